@@ -1,0 +1,53 @@
+"""The execution pool: at most `size` step processes at once; further requests wait in FIFO order."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+
+import pykka
+
+
+class ProcessPool:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._busy = 0
+        self._waiting: deque[tuple[object, Callable[[], None]]] = deque()
+        self._lock = threading.Lock()
+
+    def request(self, owner: object, grant: Callable[[], None]) -> None:
+        """Call grant() now if a slot is free, else when one frees. The grantee must release()."""
+        with self._lock:
+            if self._busy >= self.size:
+                self._waiting.append((owner, grant))
+                return
+            self._busy += 1
+        self._deliver(grant)
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._waiting:
+                self._busy -= 1
+                return
+            _, grant = self._waiting.popleft()
+        self._deliver(grant)
+
+    def cancel(self, owner: object) -> int:
+        """Drop every waiting request of owner; return how many."""
+        with self._lock:
+            kept = deque(item for item in self._waiting if item[0] is not owner)
+            dropped = len(self._waiting) - len(kept)
+            self._waiting = kept
+        return dropped
+
+    def stats(self) -> tuple[int, int, int]:
+        """(size, busy, waiting)"""
+        with self._lock:
+            return self.size, self._busy, len(self._waiting)
+
+    def _deliver(self, grant: Callable[[], None]) -> None:
+        try:
+            grant()
+        except pykka.ActorDeadError:  # the requester is gone: the slot goes to the next one
+            self.release()

@@ -1,0 +1,23 @@
+"""What every actor of one engine shares: settings, the store, the pool, the clock, the timers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pykka
+
+from ..config import EngineConfig
+from ..storage.database import Database
+from .pool import ProcessPool
+from .timers import Scheduler
+
+
+@dataclass(frozen=True)
+class Services:
+    config: EngineConfig
+    db: Database  # reads only; writes go through the store actor
+    store: pykka.ActorRef
+    pool: ProcessPool
+    scheduler: Scheduler
+    clock: Callable[[], float]  # wall clock, seconds since the epoch

@@ -1,0 +1,173 @@
+"""StepActor: owns one OS process tree from start to reaped exit, then stops."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pykka
+
+from ..executor import process, treekill
+from ..executor.output import read_output, with_exit_status
+from ..records import StepRecord
+from ..spec import StepSpec
+from ..vocabulary import STEP_CODE_KILLED, STEP_CODE_TIMEOUT, STEP_CODE_UNFINISHED, State
+from .messages import DeadlineReached, ProcessExited, RunStep, StepEnded, StepStarted, StopStep
+from .services import Services
+from .timers import TimerHandle
+
+log = logging.getLogger(__name__)
+EXIT_CANNOT_START = 127
+
+
+class StepActor(pykka.ThreadingActor):
+    """Started holding a pool slot, which it releases exactly once when its process is gone."""
+
+    def __init__(
+        self,
+        services: Services,
+        task_ref: pykka.ActorRef,
+        task_id: str,
+        workspace: Path,
+        record: StepRecord,
+        spec: StepSpec,
+    ) -> None:
+        super().__init__()
+        self._services = services
+        self._task_ref = task_ref
+        self._task_id = task_id
+        self._workspace = workspace
+        self._record = record
+        self._spec = spec
+        self._proc: subprocess.Popen | None = None
+        self._deadline: TimerHandle | None = None
+        self._stop_state: State | None = None  # why we killed it, if we did
+        self._slot_held = True
+        self._ended = False
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case RunStep():
+                self._run()
+            case ProcessExited(returncode=rc, at=at):
+                self._exited(rc, at)
+            case DeadlineReached():
+                self._kill(State.TIMEOUT)
+            case StopStep(state=state):
+                self._kill(state)
+            case _:
+                log.warning("step: unexpected message %r", message)
+        return None
+
+    def on_failure(self, *args: Any) -> None:
+        log.error("step %s of task %s failed inside the engine", self._record.index, self._task_id)
+        if self._proc is not None and self._proc.poll() is None:
+            self._kill(State.INTERRUPTED)
+        self._end(self._record.with_(state=State.INTERRUPTED, code=STEP_CODE_UNFINISHED, end=self._services.clock()))
+
+    def _run(self) -> None:
+        begin = self._services.clock()
+        try:
+            self._proc = process.start_step(self._workspace, self._task_id, self._record.index, self._spec)
+        except OSError as exc:
+            self._end(
+                self._record.with_(
+                    state=State.STOPPED,
+                    code=EXIT_CANNOT_START,
+                    output=with_exit_status(f"cannot start step: {exc}", EXIT_CANNOT_START),
+                    begin=begin,
+                    end=self._services.clock(),
+                )
+            )
+            return
+        created = _create_time(self._proc.pid)
+        self._record = self._record.with_(state=State.RUNNING, begin=begin, pid=self._proc.pid, pid_created=created)
+        threading.Thread(
+            target=_wait_for_exit,
+            args=(self._proc, self.actor_ref, self._services.clock),
+            name=f"osreapi-wait-{self._proc.pid}",
+            daemon=True,
+        ).start()
+        limit = self._spec.timeout if self._spec.timeout is not None else self._services.config.exec_timeout
+        if limit > 0:
+            self._deadline = self._services.scheduler.call_later(limit, self._deadline_reached)
+        self._task_ref.tell(StepStarted(self._record))
+
+    def _deadline_reached(self) -> None:
+        try:
+            self.actor_ref.tell(DeadlineReached())
+        except pykka.ActorDeadError:
+            pass
+
+    def _kill(self, state: State) -> None:
+        if self._proc is None or self._proc.returncode is not None or self._stop_state is not None:
+            return
+        self._stop_state = state
+        extra = treekill.marked_processes(self._task_id, self._spec.name)
+        treekill.kill_tree(
+            self._proc.pid, grace=self._services.config.kill_grace, own_child=self._proc, extra=extra
+        )
+
+    def _exited(self, returncode: int, at: float) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._release_slot()
+        output = read_output(process.log_path(self._workspace, self._record.index), self._services.config.max_output)
+        match self._stop_state:
+            case State.TIMEOUT:
+                state, code = State.TIMEOUT, STEP_CODE_TIMEOUT
+                output = with_exit_status(_add_line(output, "step timed out: process tree killed"), code)
+            case State.KILLED:
+                state, code = State.KILLED, STEP_CODE_KILLED
+                output = with_exit_status(_add_line(output, "step killed on request"), code)
+            case State.INTERRUPTED:
+                state, code = State.INTERRUPTED, STEP_CODE_UNFINISHED
+                output = _add_line(output, "step interrupted: the server stopped")
+            case _:
+                state, code = State.STOPPED, process.exit_code(returncode)
+                if code != 0:
+                    output = with_exit_status(output, code)
+        self._end(self._record.with_(state=state, code=code, output=output, end=at))
+
+    def _end(self, record: StepRecord) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._release_slot()
+        try:
+            self._task_ref.tell(StepEnded(record))
+        except pykka.ActorDeadError:
+            pass
+        self.stop()
+
+    def _release_slot(self) -> None:
+        if self._slot_held:
+            self._slot_held = False
+            self._services.pool.release()
+
+
+def _wait_for_exit(proc: subprocess.Popen, ref: pykka.ActorRef, clock) -> None:
+    """Block on the process (not the actor) and report its exit."""
+    returncode = proc.wait()
+    try:
+        ref.tell(ProcessExited(returncode, clock()))
+    except pykka.ActorDeadError:
+        pass
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _add_line(output: str, line: str) -> str:
+    if output and not output.endswith("\n"):
+        output += "\n"
+    return output + line

@@ -1,0 +1,62 @@
+"""StoreActor: the only writer of LMDB; sweeps expired records and their workspaces."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from ..config import EngineConfig
+from ..storage.database import Database
+from .messages import CreateTask, Flush, SaveRecords, SweepExpired
+
+log = logging.getLogger(__name__)
+SWEEP_BATCH = 100
+
+
+class StoreActor(pykka.ThreadingActor):
+    def __init__(
+        self,
+        db: Database,
+        config: EngineConfig,
+        clock: Callable[[], float],
+        on_task_end: Callable[[str], None],
+    ) -> None:
+        super().__init__()
+        self._db = db
+        self._config = config
+        self._clock = clock
+        self._on_task_end = on_task_end
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case SaveRecords(task_id=task_id, task=task, steps=steps):
+                self._db.save(task_id, task, steps)
+                if task is not None and task.end is not None:
+                    # After the commit, so a waiter that wakes reads the final record from disk.
+                    self._on_task_end(task_id)
+            case CreateTask(task=task, steps=steps, specs=specs):
+                return self._db.create_task(task, steps, specs)
+            case SweepExpired():
+                return self._sweep()
+            case Flush():
+                return None
+            case _:
+                log.warning("store: unexpected message %r", message)
+        return None
+
+    def _sweep(self) -> int:
+        total = 0
+        while True:
+            gone = self._db.delete_expired(self._clock(), SWEEP_BATCH)
+            for task_id in gone:
+                shutil.rmtree(self._config.workspace(task_id), ignore_errors=True)
+            total += len(gone)
+            if len(gone) < SWEEP_BATCH:
+                break
+        if total:
+            log.debug("sweep removed %d expired tasks", total)
+        return total

@@ -1,0 +1,174 @@
+"""The command line: `osreapi [<flags>] <command> [<args> ...]` (also installed as remote_executor)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import InvalidValue
+from .executor.durations import parse_duration, parse_size
+from .vocabulary import LANGUAGES
+
+HELP = """\
+usage: {prog} [<flags>] <command> [<args> ...]
+
+OS Remote Executor API: runs lists of scripts over HTTP, sequentially, in parallel or as a DAG.
+
+Flags:
+  -h, --help              Show context-sensitive help (also try "help run").
+      --addr=":2376"      host:port to listen on (127.0.0.1:0 picks a free port).
+      --debug             Enable debug messages.
+      --key_expire=48h    How long a finished task's record is kept. Example: "key_expire=1h"
+      --exec_timeout=24h  Default time limit of one step. Example: "exec_timeout=30m"
+      --timeout=30s       Timeout for calling endpoints on the engine.
+      --max-requests=0    Maximum number of concurrent requests. 0 to disable.
+      --pool_size=30      Size of the execution work pool (step processes at once).
+      --version           Show application version.
+      --data_dir=DIR      LMDB environment and task workspaces (default: {data_dir}).
+      --lang=zh           Language of messages and state words: zh or en.
+      --max_output=1MiB   Bytes of output kept per step (head + tail).
+      --max_body=1MiB     Largest request body accepted.
+
+Commands:
+  help [<command>...]
+    Show help.
+
+  run
+    Run server
+"""
+
+HELP_RUN = """\
+usage: {prog} run [<flags>]
+
+Run server: listen on --addr, run submitted steps, keep results under --data_dir.
+Flags may come before or after the command, spelled with '_' or '-', with '=' or a space.
+See "{prog} help" for the list of flags.
+"""
+
+
+def _checked(parse: Callable[[str], float], minimum: float, what: str, strict: bool = False) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = parse(text)
+        except (InvalidValue, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if value < minimum or (strict and value == minimum):
+            bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{what} must be {bound}, got {text!r}")
+        return value
+
+    return convert
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidValue(f"invalid integer {text!r}") from None
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Register --a_b and --a-b as one flag."""
+    spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}", f"--{name.replace('-', '_')}"])
+    parser.add_argument(*spellings, **kwargs)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line naming the flag, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, add_help=False, allow_abbrev=False)
+    parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("--version", action="store_true")
+    parser.add_argument("--debug", action="store_true")
+    _flag(parser, "addr", default=":2376")
+    duration = parse_duration
+    _flag(parser, "key_expire", default=parse_duration("48h"), type=_checked(duration, 0, "key_expire", strict=True))
+    _flag(parser, "exec_timeout", default=parse_duration("24h"), type=_checked(duration, 0, "exec_timeout"))
+    _flag(parser, "timeout", default=30.0, type=_checked(duration, 0, "timeout", strict=True))
+    _flag(parser, "max-requests", dest="max_requests", default=0, type=_checked(_integer, 0, "max-requests"))
+    _flag(parser, "pool_size", default=30, type=_checked(_integer, 1, "pool_size"))
+    _flag(parser, "data_dir", default=None)
+    _flag(parser, "lang", default="zh", choices=LANGUAGES)
+    _flag(parser, "max_output", default=1 << 20, type=_checked(parse_size, 1, "max_output"))
+    _flag(parser, "max_body", default=1 << 20, type=_checked(parse_size, 1, "max_body"))
+    parser.add_argument("command", nargs="?")
+    parser.add_argument("args", nargs="*")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "osreapi"
+    if prog in ("__main__.py", "-m", "-c"):
+        prog = "osreapi"
+    parser = build_parser(prog)
+    args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    if args.version:
+        print(__version__)
+        return 0
+    from .embed import default_data_dir
+
+    if args.help or args.command in (None, "help"):
+        topic = args.args[:1] if args.command == "help" else ([args.command] if args.command else [])
+        text = HELP_RUN if topic == ["run"] else HELP
+        print(text.format(prog=prog, data_dir=default_data_dir()), end="")
+        if args.command is None and not args.help:
+            print(f"{prog}: error: expected a command (run)", file=sys.stderr)
+            return 2
+        return 0
+    if args.command != "run":
+        parser.error(f"unknown command {args.command!r} (commands: help, run)")
+    if args.args:
+        parser.error(f"unexpected arguments: {' '.join(args.args)}")
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .embed import Executor, default_data_dir
+    from .http.app import HttpSettings, make_app
+    from .http.server import HttpServer, parse_addr
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        host, port = parse_addr(args.addr)
+    except InvalidValue as exc:
+        print(f"osreapi: error: argument --addr: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())  # the main thread runs the ordered shutdown
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    executor = Executor(
+        data_dir,
+        pool_size=args.pool_size,
+        exec_timeout=args.exec_timeout,
+        key_expire=args.key_expire,
+        max_output=int(args.max_output),
+        call_timeout=args.timeout,
+    )
+    settings = HttpSettings(lang=args.lang, max_body=int(args.max_body), max_requests=int(args.max_requests))
+    server = HttpServer(make_app(executor, settings), host, port)
+    try:
+        server.start()
+    except OSError as exc:
+        executor.close()
+        print(f"osreapi: error: cannot listen on {args.addr}: {exc}", file=sys.stderr)
+        return 1
+    print(f"osreapi {__version__} listening on {server.url} (data dir: {executor.config.data_dir})", flush=True)
+    while not stop.wait(1.0):  # a timeout keeps signal delivery prompt on every platform
+        pass
+    logging.getLogger(__name__).info("shutting down: closing HTTP, interrupting running tasks, flushing the store")
+    server.stop()
+    executor.close()
+    return 0

@@ -1,0 +1,36 @@
+"""Settings of the engine (shared by the CLI and the embedding API)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    data_dir: Path
+    pool_size: int = 30
+    exec_timeout: float = 24 * HOUR  # 0 = no limit
+    key_expire: float = 48 * HOUR
+    max_output: int = 1 << 20
+    kill_grace: float = 2.0  # seconds between TERM and KILL
+    sweep_interval: float = 30.0
+    call_timeout: float = 30.0  # how long a caller waits for an actor's answer
+    extra_live_tasks: int = 16  # task actors beyond pool_size; further tasks wait as data
+
+    @property
+    def workspace_root(self) -> Path:
+        return self.data_dir / "workspace"
+
+    def workspace(self, task_id: str) -> Path:
+        path = (self.workspace_root / task_id).resolve()
+        # Task ids are validated, but the path check is the last line: never outside the data dir.
+        if path.parent != self.workspace_root.resolve():
+            raise ValueError(f"task id {task_id!r} does not name a workspace inside the data dir")
+        return path
+
+    @property
+    def max_live_tasks(self) -> int:
+        return self.pool_size + self.extra_live_tasks

@@ -1,0 +1,245 @@
+"""Executor: the engine in-process — actors, store and pool — for Python tools and the HTTP layer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from . import recovery, spec
+from .actors.messages import CreateTask, Enqueue, Flush, InterruptAll, SaveRecords, SweepExpired
+from .actors.pool import ProcessPool
+from .actors.services import Services
+from .actors.store import StoreActor
+from .actors.supervisor import SupervisorActor
+from .actors.timers import Scheduler
+from .config import EngineConfig
+from .errors import EngineBusy, EngineClosed, InvalidRequest
+from .executor import process
+from .executor.durations import parse_duration
+from .executor.output import read_output
+from .records import StepRecord, TaskRecord
+from .storage.database import Database
+from .vocabulary import State
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task: TaskRecord
+    steps: tuple[StepRecord, ...]
+
+    @property
+    def finished(self) -> bool:
+        return self.task.state.finished
+
+
+@dataclass(frozen=True)
+class Submitted:
+    id: str
+    count: int
+    created: bool  # False when the id existed already and nothing new runs
+
+
+def default_data_dir() -> Path:
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "osreapi"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "osreapi"
+
+
+def _seconds(value: float | str) -> float:
+    return parse_duration(value) if isinstance(value, str) else float(value)
+
+
+class Executor:
+    """Run step lists in-process. Use as a context manager, or call close()."""
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        pool_size: int = 30,
+        exec_timeout: float | str = "24h",
+        key_expire: float | str = "48h",
+        max_output: int = 1 << 20,
+        kill_grace: float = 2.0,
+        sweep_interval: float = 30.0,
+        call_timeout: float | str = "30s",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self.config = EngineConfig(
+            data_dir=Path(data_dir or default_data_dir()).resolve(),
+            pool_size=pool_size,
+            exec_timeout=_seconds(exec_timeout),
+            key_expire=_seconds(key_expire),
+            max_output=max_output,
+            kill_grace=kill_grace,
+            sweep_interval=sweep_interval,
+            call_timeout=_seconds(call_timeout),
+        )
+        self.clock = clock
+        self._waiters: dict[str, list[threading.Event]] = defaultdict(list)
+        self._waiters_lock = threading.Lock()
+        self._closed = False
+        self.config.workspace_root.mkdir(parents=True, exist_ok=True)
+        self._db = Database(self.config.data_dir / "db")
+        self._scheduler = Scheduler()
+        self._store = StoreActor.start(self._db, self.config, clock, self._task_ended)
+        self._pool = ProcessPool(pool_size)
+        self._services = Services(self.config, self._db, self._store, self._pool, self._scheduler, clock)
+        interrupted, waiting = recovery.recover(self._db, self.config, clock())
+        for task, steps in interrupted:
+            self._store.ask(SaveRecords(task.id, None, steps), timeout=self.config.call_timeout)
+            self._store.ask(SaveRecords(task.id, task), timeout=self.config.call_timeout)
+        self._supervisor = SupervisorActor.start(self._services)
+        for task_id in waiting:
+            self._supervisor.tell(Enqueue(task_id))
+        self._schedule_sweep()
+
+    # -- public API ---------------------------------------------------------------------
+
+    def submit(
+        self,
+        steps: list[dict[str, Any]] | str | bytes,
+        mode: str | None = None,
+        task_id: str | None = None,
+    ) -> str:
+        """Validate and queue a task; return its id. mode: None (sequential, or dag when
+        any step has depends_on), "sequential", "parallel" or "dag"."""
+        return self.submit_task(steps, parallel=mode == "parallel", task_id=task_id).id
+
+    def submit_task(
+        self, steps: list[dict[str, Any]] | str | bytes, *, parallel: bool = False, task_id: str | None = None
+    ) -> Submitted:
+        self._check_open()
+        data = spec.parse_body(steps) if isinstance(steps, (str, bytes)) else steps
+        task_id = spec.validate_task_id(task_id) if task_id is not None else str(uuid.uuid4())
+        specs = spec.build_steps(task_id, data)
+        mode = spec.choose_mode(specs, parallel)
+        task = TaskRecord(id=task_id, mode=mode.value, count=len(specs), accepted=self.clock())
+        records = tuple(StepRecord(index=i, name=s.name) for i, s in enumerate(specs))
+        existing = self._ask(self._store, CreateTask(task, records, specs))
+        if existing is not None:
+            return Submitted(existing.id, existing.count, created=False)
+        self._supervisor.tell(Enqueue(task_id))
+        return Submitted(task_id, len(specs), created=True)
+
+    def get(self, task_id: str) -> TaskResult | None:
+        """The task and its steps, or None when unknown or expired. Running steps carry their output so far."""
+        task = self._db.get_task(task_id)
+        if task is None or self._expired(task):
+            return None
+        steps = []
+        for step in self._db.get_steps(task_id):
+            if step.state is State.RUNNING:
+                log_file = process.log_path(self.config.workspace(task_id), step.index)
+                step = replace(step, output=read_output(log_file, self.config.max_output))
+            steps.append(step)
+        return TaskResult(task, tuple(steps))
+
+    def list(self) -> list[TaskRecord]:
+        return [task for task in self._db.list_tasks() if not self._expired(task)]
+
+    def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
+        """Block until the task has ended (or timeout); return its result, None if unknown."""
+        event = threading.Event()
+        with self._waiters_lock:
+            self._waiters[task_id].append(event)
+        try:
+            result = self.get(task_id)
+            if result is None or result.finished:
+                return result
+            event.wait(timeout)
+            return self.get(task_id)
+        finally:
+            with self._waiters_lock:
+                events = self._waiters.get(task_id)
+                if events is not None:
+                    events.remove(event)
+                    if not events:
+                        del self._waiters[task_id]
+
+    def sweep(self) -> int:
+        """Remove expired records and workspaces now; return how many tasks went."""
+        return self._ask(self._store, SweepExpired())
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Interrupt running tasks (their trees are killed), keep queued ones for the next start, flush."""
+        if self._closed:
+            return
+        self._closed = True
+        done = threading.Event()
+        try:
+            self._supervisor.tell(InterruptAll(done))
+            if not done.wait(timeout):
+                log.error("shutdown: tasks still running after %.0fs", timeout)
+            self._supervisor.stop(timeout=timeout)
+            self._store.ask(Flush(), timeout=timeout)
+            self._store.stop(timeout=timeout)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            log.exception("shutdown: an actor did not stop in time")
+        finally:
+            self._scheduler.stop()
+            self._db.close()
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    @property
+    def pool(self) -> ProcessPool:
+        return self._pool
+
+    def _ask(self, ref: pykka.ActorRef, message: Any) -> Any:
+        try:
+            return ref.ask(message, timeout=self.config.call_timeout)
+        except pykka.Timeout:
+            raise EngineBusy(f"the engine did not answer within {self.config.call_timeout:g}s") from None
+        except pykka.ActorDeadError:
+            raise EngineClosed("the engine is shut down") from None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosed("the engine is shut down")
+
+    def _expired(self, task: TaskRecord) -> bool:
+        return task.expires is not None and task.expires <= self.clock()
+
+    def _task_ended(self, task_id: str) -> None:
+        with self._waiters_lock:
+            events = list(self._waiters.get(task_id, ()))
+        for event in events:
+            event.set()
+
+    def _schedule_sweep(self) -> None:
+        def tick() -> None:
+            if self._closed:
+                return
+            try:
+                self._store.tell(SweepExpired())
+            except pykka.ActorDeadError:
+                return
+            self._schedule_sweep()
+
+        self._scheduler.call_later(self.config.sweep_interval, tick)
+
+
+__all__ = ["Executor", "TaskResult", "Submitted", "InvalidRequest", "default_data_dir"]

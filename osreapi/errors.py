@@ -1,0 +1,21 @@
+"""The project's exception root and its small, named subclasses."""
+
+
+class OsreapiError(Exception):
+    """Root of every error osreapi raises on purpose."""
+
+
+class InvalidValue(OsreapiError, ValueError):
+    """A duration, size or other scalar setting could not be parsed."""
+
+
+class InvalidRequest(OsreapiError):
+    """A submission is malformed; the message names what and where."""
+
+
+class EngineBusy(OsreapiError):
+    """The engine did not answer within the configured timeout."""
+
+
+class EngineClosed(OsreapiError):
+    """The engine has been shut down."""

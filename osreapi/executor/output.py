@@ -1,0 +1,40 @@
+"""A step's output, read back from its log file with a bounded head + tail."""
+
+from __future__ import annotations
+
+import codecs
+import os
+from pathlib import Path
+
+
+def read_output(path: Path, max_bytes: int) -> str:
+    """Decode the log as UTF-8 (bad bytes replaced), keeping at most max_bytes: head and tail."""
+    try:
+        with open(path, "rb") as log:
+            size = os.fstat(log.fileno()).st_size
+            if size <= max_bytes:
+                return log.read(size).decode("utf-8", "replace")
+            head_size = max_bytes // 2
+            head = log.read(head_size)
+            log.seek(size - (max_bytes - head_size))
+            tail = log.read()
+    except FileNotFoundError:
+        return ""
+    # Cut at character boundaries so the seams do not turn into replacement characters.
+    head_text = codecs.getincrementaldecoder("utf-8")("replace").decode(head, final=False)
+    skip = 0
+    while skip < min(3, len(tail)) and 0x80 <= tail[skip] <= 0xBF:
+        skip += 1
+    tail_text = tail[skip:].decode("utf-8", "replace")
+    return f"{head_text}\n... {size - len(head) - len(tail)} bytes truncated ...\n{tail_text}"
+
+
+def with_exit_status(output: str, code: int) -> str:
+    """Add 'exit status N' as the last line of a failed step's output unless it already says so."""
+    line = f"exit status {code}"
+    stripped = output.rstrip("\n")
+    if stripped.endswith(line) and stripped[: -len(line)].endswith(("", "\n", " ")):
+        return output
+    if stripped and not output.endswith("\n"):
+        output += "\n"
+    return output + line

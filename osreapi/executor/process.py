@@ -1,0 +1,54 @@
+"""Start one step as its own OS process tree: script file, environment, log file, new session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ..spec import StepSpec
+from . import interpreters
+from .treekill import STEP_MARKER, TASK_MARKER
+
+CONTROL_DIR = ".osreapi"  # inside the task workspace: scripts and logs
+
+
+def log_path(workspace: Path, index: int) -> Path:
+    return workspace / CONTROL_DIR / f"step-{index}.log"
+
+
+def step_environment(task_id: str, spec: StepSpec) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(spec.env)
+    env[TASK_MARKER] = task_id
+    env[STEP_MARKER] = spec.name
+    return env
+
+
+def start_step(workspace: Path, task_id: str, index: int, spec: StepSpec) -> subprocess.Popen:
+    """Write the script, then run it in a new session with stdout+stderr appended to its log."""
+    interpreter = interpreters.lookup(spec.command_type)
+    if interpreter is None:
+        raise FileNotFoundError(f"no interpreter for command_type {spec.command_type!r} on this host")
+    control = workspace / CONTROL_DIR
+    control.mkdir(parents=True, exist_ok=True)
+    script = control / f"step-{index}{interpreter.suffix}"
+    with open(script, "w", encoding="utf-8", newline=interpreter.newline) as handle:
+        handle.write(spec.content)
+    with open(log_path(workspace, index), "ab") as log:
+        return subprocess.Popen(
+            [*interpreter.argv_prefix, str(script)],
+            cwd=workspace,
+            env=step_environment(task_id, spec),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+            start_new_session=sys.platform != "win32",
+        )
+
+
+def exit_code(returncode: int) -> int:
+    """A signal death (negative returncode) reads as the shell does: 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode

@@ -1,0 +1,113 @@
+"""Kill a whole process tree: TERM the group, wait a grace, KILL what is left, reap."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+
+TASK_MARKER = "OSREAPI_TASK_ID"
+STEP_MARKER = "OSREAPI_STEP_NAME"
+
+
+def marked_processes(task_id: str, step_name: str | None = None) -> list[psutil.Process]:
+    """Processes whose environment carries this task's (and step's) marker, found even after setsid."""
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get(TASK_MARKER) == task_id and (step_name is None or env.get(STEP_MARKER) == step_name):
+            found.append(proc)
+    return found
+
+
+def kill_tree(
+    root_pid: int,
+    *,
+    grace: float,
+    own_child: subprocess.Popen | None = None,
+    extra: list[psutil.Process] | None = None,
+) -> list[int]:
+    """Kill root_pid's process group, its descendants and `extra`; return the pids signalled.
+
+    `own_child` is the Popen of root_pid when it is our child: another thread reaps it, so it is
+    waited through Popen (never psutil, which would reap it behind Popen's back).
+    """
+    procs: dict[int, psutil.Process] = {}
+    try:
+        root = psutil.Process(root_pid)
+        for child in root.children(recursive=True):
+            procs[child.pid] = child
+        if own_child is None:
+            procs[root.pid] = root
+    except psutil.Error:
+        pass
+    for proc in extra or ():
+        procs.setdefault(proc.pid, proc)
+    procs.pop(os.getpid(), None)
+    signalled = sorted(set(procs) | {root_pid})
+
+    def root_alive() -> bool:
+        return own_child.poll() is None if own_child is not None else True
+
+    if root_alive():
+        _killpg(root_pid, signal.SIGTERM)
+    for proc in procs.values():
+        _signal(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = wait_gone(list(procs.values()), timeout=grace)
+    if own_child is not None:
+        try:
+            own_child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    if root_alive() or alive:
+        _killpg(root_pid, signal.SIGKILL)
+    for proc in alive:
+        _signal(proc, signal.SIGKILL)
+    wait_gone(alive, timeout=grace)
+    if own_child is not None and own_child.poll() is None:
+        own_child.kill()
+    return signalled
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process is gone or a zombie (its reaper may be slow); return the rest."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        alive = [p for p in procs if _alive(p)]
+        remaining = deadline - time.monotonic()
+        if not alive or remaining <= 0:
+            return alive
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.02)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal(proc: psutil.Process, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except psutil.Error:
+        pass

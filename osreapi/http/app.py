@@ -1,0 +1,219 @@
+"""The Bottle application: the seed's routes, a thin client of the Executor."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+import bottle
+
+from ..embed import Executor
+from ..errors import EngineBusy, EngineClosed, InvalidRequest
+from ..vocabulary import (
+    CODE_BAD_REQUEST,
+    CODE_BUSY,
+    CODE_INTERNAL,
+    CODE_NOT_FOUND,
+    CODE_OK,
+    CODE_TOO_LARGE,
+    CODE_TOO_MANY,
+    DEFAULT_LANGUAGE,
+    message,
+    normalize_language,
+)
+from . import render
+
+log = logging.getLogger(__name__)
+JSON_TYPE = "application/json; charset=utf-8"
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", ""}
+_STATUS_OF_CODE = {CODE_NOT_FOUND: 404, CODE_BAD_REQUEST: 400, CODE_TOO_LARGE: 413, CODE_TOO_MANY: 429,
+                   CODE_INTERNAL: 500, CODE_BUSY: 503}
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    lang: str = DEFAULT_LANGUAGE
+    max_body: int = 1 << 20
+    max_requests: int = 0  # 0 = no limit
+
+
+def request_language(default: str) -> str:
+    return (
+        normalize_language(bottle.request.query.get("lang"))
+        or normalize_language(bottle.request.headers.get("Accept-Language"))
+        or default
+    )
+
+
+def json_response(code: int, msg: str, data: Any = None, headers: dict[str, str] | None = None) -> bottle.HTTPResponse:
+    status = _STATUS_OF_CODE.get(code, 200)
+    all_headers = {"Content-Type": JSON_TYPE, **(headers or {})}
+    return bottle.HTTPResponse(body=render.envelope(code, msg, data), status=status, headers=all_headers)
+
+
+def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], float] | None = None) -> Callable:
+    """Build the WSGI application (the Bottle app wrapped in the concurrency limit)."""
+    app = bottle.Bottle(catchall=True)
+    now = clock or executor.clock
+
+    def lang() -> str:
+        return request_language(settings.lang)
+
+    def api(handler: Callable[..., bottle.HTTPResponse]) -> Callable[..., bottle.HTTPResponse]:
+        """Turn engine errors into envelopes; never let a traceback reach the client."""
+
+        def wrapper(*args: Any, **kwargs: Any) -> bottle.HTTPResponse:
+            try:
+                return handler(*args, **kwargs)
+            except InvalidRequest as exc:
+                return json_response(CODE_BAD_REQUEST, str(exc))
+            except (EngineBusy, EngineClosed):
+                return json_response(CODE_BUSY, message("busy", lang()))
+            except bottle.HTTPResponse:
+                raise
+            except Exception:
+                log.exception("internal error on %s %s", bottle.request.method, bottle.request.path)
+                return json_response(CODE_INTERNAL, message("internal", lang()))
+
+        return wrapper
+
+    @app.post("/")
+    @api
+    def submit() -> bottle.HTTPResponse:
+        query = bottle.request.query
+        parallel = _flag(query, "async") or _flag(query, "ansync")
+        task_id = query.get("id")
+        body = _read_body(settings.max_body)
+        if body is None:
+            return json_response(CODE_TOO_LARGE, message("too_large", lang(), limit=settings.max_body))
+        submitted = executor.submit_task(body, parallel=parallel, task_id=task_id)
+        data = {"id": submitted.id, "count": submitted.count}
+        return json_response(CODE_OK, message("success", lang()), data, {"X-Task-ID": submitted.id})
+
+    @app.get("/")
+    @api
+    def list_tasks() -> bottle.HTTPResponse:
+        sort = bottle.request.query.get("sort") or "start"
+        if sort not in render.SORT_KEYS:
+            raise InvalidRequest(f"sort: unknown value {sort!r} (use start, end or ttl)")
+        language = lang()
+        tasks = executor.list()
+        moment = now()
+        data = {
+            "running": render.running_count(tasks),
+            "tasks": [render.task_summary_json(t, language, moment) for t in render.sorted_tasks(tasks, sort)],
+            "total": len(tasks),
+        }
+        return json_response(CODE_OK, message("success", language), data)
+
+    @app.get("/<task_id>")
+    @api
+    def get_task(task_id: str) -> bottle.HTTPResponse:
+        language = lang()
+        result = executor.get(task_id)
+        if result is None:
+            return json_response(CODE_NOT_FOUND, message("not_found", language))
+        code, msg, data = render.result_json(result.task, result.steps, language, now())
+        return json_response(code, msg, data)
+
+    @app.error(404)
+    def not_found(_: bottle.HTTPError) -> str:
+        bottle.response.content_type = JSON_TYPE
+        return render.envelope(CODE_NOT_FOUND, message("no_route", lang()))
+
+    @app.error(405)
+    def method_not_allowed(_: bottle.HTTPError) -> str:
+        bottle.response.content_type = JSON_TYPE
+        return render.envelope(405, message("method", lang()))
+
+    @app.error(500)
+    def internal(err: bottle.HTTPError) -> str:
+        log.error("unhandled error: %s", err.exception)
+        bottle.response.content_type = JSON_TYPE
+        return render.envelope(CODE_INTERNAL, message("internal", lang()))
+
+    return RequestLimit(app, settings)
+
+
+def _flag(query: bottle.FormsDict, name: str) -> bool:
+    value = query.get(name)
+    if value is None:
+        return False
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise InvalidRequest(f"{name}: expected true or false, got {value!r}")
+
+
+def _read_body(limit: int) -> bytes | None:
+    """The raw body whatever its Content-Type (curl -d sends form encoding); None if over limit."""
+    environ = bottle.request.environ
+    length = environ.get("CONTENT_LENGTH") or ""
+    stream = environ["wsgi.input"]
+    if length.strip():
+        try:
+            size = int(length)
+        except ValueError:
+            raise InvalidRequest("Content-Length: not a number") from None
+        if size > limit:
+            return None
+        return stream.read(size) if size else b""
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        body = stream.read(limit + 1)
+        return None if len(body) > limit else body
+    return b""
+
+
+class RequestLimit:
+    """WSGI middleware: at most `max_requests` requests in flight; beyond it 429."""
+
+    def __init__(self, app: bottle.Bottle, settings: HttpSettings) -> None:
+        self.app = app
+        self._settings = settings
+        self._slots = threading.BoundedSemaphore(settings.max_requests) if settings.max_requests > 0 else None
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if self._slots is None:
+            return self.app(environ, start_response)
+        if not self._slots.acquire(blocking=False):
+            lang = normalize_language(parse_qs(environ.get("QUERY_STRING", "")).get("lang", [""])[0])
+            lang = lang or normalize_language(environ.get("HTTP_ACCEPT_LANGUAGE")) or self._settings.lang
+            body = render.envelope(CODE_TOO_MANY, message("too_many_requests", lang)).encode("utf-8")
+            start_response("429 Too Many Requests", [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body)))])
+            return [body]
+        try:
+            result = self.app(environ, start_response)
+        except BaseException:
+            self._slots.release()
+            raise
+        if isinstance(result, (list, tuple)):
+            # Whole body already built: the request is no longer in flight.
+            self._slots.release()
+            return result
+        return _ReleaseOnClose(result, self._slots.release)
+
+
+class _ReleaseOnClose:
+    """A streamed body holds its slot until the server closes it (normal end or disconnect)."""
+
+    def __init__(self, body: Iterable[bytes], release: Callable[[], None]) -> None:
+        self._body = body
+        self._release = release
+
+    def __iter__(self):
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close:
+                close()
+        finally:
+            self._release()

@@ -1,0 +1,101 @@
+"""Records to the seed's JSON shapes: steps, tasks, times and the response envelope."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from ..executor.durations import format_duration
+from ..records import StepRecord, TaskRecord
+from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, State, message
+
+
+def envelope(code: int, msg: str, data: Any = None) -> str:
+    body: dict[str, Any] = {"code": code, "message": msg}
+    if data is not None:
+        body["data"] = data
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def timestamp(seconds: float) -> str:
+    """RFC 3339 in the server's local zone, whole seconds, with offset."""
+    return datetime.fromtimestamp(int(seconds)).astimezone().isoformat()
+
+
+def times(begin: float | None, end: float | None, expires: float | None, now: float) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if begin is not None:
+        out["begin"] = timestamp(begin)
+    if end is not None:
+        out["end"] = timestamp(end)
+    if expires is not None:
+        out["ttl"] = format_duration(max(0.0, expires - now))
+    return out
+
+
+def step_json(step: StepRecord, task: TaskRecord, lang: str, now: float) -> dict[str, Any]:
+    return {
+        "step": step.index,
+        "name": step.name,
+        "state": step.state.word(lang),
+        "code": step.code,
+        "message": step.output,
+        "times": times(step.begin, step.end, task.expires, now),
+    }
+
+
+def task_code(task: TaskRecord) -> int:
+    if not task.state.finished:
+        return CODE_RUNNING
+    return CODE_OK if task.succeeded else CODE_FAILED
+
+
+def task_message(task: TaskRecord, lang: str, *, listing: bool) -> str:
+    code = task_code(task)
+    if code == CODE_RUNNING:
+        return message("running", lang)
+    if code == CODE_OK:
+        return message("all_succeeded" if listing else "success", lang)
+    return message("failed", lang, index=task.failed_step if task.failed_step is not None else 0)
+
+
+def result_json(task: TaskRecord, steps: tuple[StepRecord, ...], lang: str, now: float) -> tuple[int, str, list]:
+    """(code, message, data) of GET /<id>: all steps, or only those that did not succeed."""
+    code = task_code(task)
+    shown = [s for s in steps if s.failed] if code == CODE_FAILED else list(steps)
+    return code, task_message(task, lang, listing=False), [step_json(s, task, lang, now) for s in shown]
+
+
+def task_summary_json(task: TaskRecord, lang: str, now: float) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "state": task.state.word(lang),
+        "code": task_code(task),
+        "count": task.count,
+        "message": task_message(task, lang, listing=True),
+        "times": times(task.begin, task.end, task.expires, now),
+    }
+
+
+SORT_KEYS = {
+    "start": "begin",
+    "begin": "begin",
+    "end": "end",
+    "completed": "end",
+    "ttl": "expires",
+    "expired": "expires",
+}
+
+
+def sorted_tasks(tasks: list[TaskRecord], sort: str) -> list[TaskRecord]:
+    """Ascending by the chosen time; tasks without that time last (by acceptance among themselves)."""
+    field = SORT_KEYS[sort]
+    return sorted(
+        tasks,
+        key=lambda t: (getattr(t, field) is None, getattr(t, field) or 0.0, t.accepted),
+    )
+
+
+def running_count(tasks: list[TaskRecord]) -> int:
+    return sum(1 for t in tasks if t.state is State.RUNNING)

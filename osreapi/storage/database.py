@@ -1,0 +1,205 @@
+"""The LMDB environment: task summaries, step records, specs and the expiry index.
+
+Writes happen on one thread only (the StoreActor's); reads may come from any thread.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from ..records import StepRecord, TaskRecord
+from ..spec import StepSpec
+
+INITIAL_MAP_SIZE = 2 << 30  # sparse on disk; grown on MapFullError
+_STEP_KEY = struct.Struct(">I")
+_EXPIRY_KEY = struct.Struct(">Q")
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _task_key(task_id: str) -> bytes:
+    return task_id.encode("utf-8")
+
+
+def _step_key(task_id: str, index: int) -> bytes:
+    return task_id.encode("utf-8") + b"\x00" + _STEP_KEY.pack(index)
+
+
+def _expiry_key(expires: float, task_id: str) -> bytes:
+    return _EXPIRY_KEY.pack(max(0, int(expires * 1000))) + task_id.encode("utf-8")
+
+
+class _ResizeGate:
+    """Readers share it; growing the map waits until no read transaction is open."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Database:
+    def __init__(self, path: Path, map_size: int = INITIAL_MAP_SIZE) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=8, subdir=True)
+        self._env.reader_check()
+        self._tasks = self._env.open_db(b"tasks")
+        self._steps = self._env.open_db(b"steps")
+        self._specs = self._env.open_db(b"specs")
+        self._expiry = self._env.open_db(b"expiry")
+        self._gate = _ResizeGate()
+
+    def close(self) -> None:
+        self._env.sync(True)
+        self._env.close()
+
+    # -- writes (one thread) -------------------------------------------------------------
+
+    def _write(self, work) -> Any:
+        """Run work(txn) in a write transaction, growing the map and retrying when it is full."""
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    return work(txn)
+            except lmdb.MapFullError:
+                with self._gate.exclusive():
+                    self._env.set_mapsize(self._env.info()["map_size"] * 2)
+
+    def create_task(self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...]) -> TaskRecord | None:
+        """Store a new task; if the id exists already, store nothing and return the existing task."""
+
+        def work(txn: lmdb.Transaction) -> TaskRecord | None:
+            existing = txn.get(_task_key(task.id), db=self._tasks)
+            if existing is not None:
+                return TaskRecord.from_json(json.loads(existing))
+            txn.put(_task_key(task.id), _dumps(task.to_json()), db=self._tasks)
+            txn.put(_task_key(task.id), _dumps([s.to_json() for s in specs]), db=self._specs)
+            for step in steps:
+                txn.put(_step_key(task.id, step.index), _dumps(step.to_json()), db=self._steps)
+            return None
+
+        return self._write(work)
+
+    def save(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...] = ()) -> None:
+        """Write a task summary and/or step records in one transaction; index the expiry."""
+
+        def work(txn: lmdb.Transaction) -> None:
+            if task is not None:
+                key = _task_key(task.id)
+                if task.expires is not None:
+                    old = txn.get(key, db=self._tasks)
+                    old_expires = json.loads(old).get("expires") if old else None
+                    if old_expires is not None and old_expires != task.expires:
+                        txn.delete(_expiry_key(old_expires, task.id), db=self._expiry)
+                    txn.put(_expiry_key(task.expires, task.id), b"", db=self._expiry)
+                txn.put(key, _dumps(task.to_json()), db=self._tasks)
+            for step in steps:
+                txn.put(_step_key(task_id, step.index), _dumps(step.to_json()), db=self._steps)
+
+        self._write(work)
+
+    def delete_expired(self, now: float, limit: int) -> list[str]:
+        """Delete up to `limit` tasks whose records expired at or before `now`; return their ids."""
+
+        def work(txn: lmdb.Transaction) -> list[str]:
+            gone: list[str] = []
+            cursor = txn.cursor(db=self._expiry)
+            bound = _EXPIRY_KEY.pack(int(now * 1000))
+            keys = []
+            for key, _ in cursor:
+                if key[:8] > bound or len(keys) >= limit:
+                    break
+                keys.append(key)
+            for key in keys:
+                task_id = key[8:].decode("utf-8")
+                txn.delete(key, db=self._expiry)
+                self._delete_task(txn, task_id)
+                gone.append(task_id)
+            return gone
+
+        return self._write(work)
+
+    def _delete_task(self, txn: lmdb.Transaction, task_id: str) -> None:
+        txn.delete(_task_key(task_id), db=self._tasks)
+        txn.delete(_task_key(task_id), db=self._specs)
+        prefix = task_id.encode("utf-8") + b"\x00"
+        cursor = txn.cursor(db=self._steps)
+        if cursor.set_range(prefix):
+            while cursor.key().startswith(prefix):
+                if not cursor.delete():
+                    break
+
+    # -- reads (any thread) --------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[lmdb.Transaction]:
+        with self._gate.reading(), self._env.begin(buffers=False) as txn:
+            yield txn
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        with self._reading() as txn:
+            raw = txn.get(_task_key(task_id), db=self._tasks)
+        return TaskRecord.from_json(json.loads(raw)) if raw is not None else None
+
+    def get_steps(self, task_id: str) -> list[StepRecord]:
+        prefix = task_id.encode("utf-8") + b"\x00"
+        steps = []
+        with self._reading() as txn:
+            cursor = txn.cursor(db=self._steps)
+            if cursor.set_range(prefix):
+                for key, raw in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    steps.append(StepRecord.from_json(json.loads(raw)))
+        return steps
+
+    def get_specs(self, task_id: str) -> tuple[StepSpec, ...]:
+        with self._reading() as txn:
+            raw = txn.get(_task_key(task_id), db=self._specs)
+        return tuple(StepSpec.from_json(s) for s in json.loads(raw)) if raw is not None else ()
+
+    def list_tasks(self) -> list[TaskRecord]:
+        with self._reading() as txn:
+            return [TaskRecord.from_json(json.loads(raw)) for _, raw in txn.cursor(db=self._tasks)]
+
+    def size_bytes(self) -> int:
+        info = self._env.info()
+        stat = self._env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"]
