@@ -22,11 +22,12 @@ def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[
     for task in db.list_tasks():
         if task.state.finished:
             continue
-        if task.state is State.PENDING and task.begin is None:
+        stored_steps = db.get_steps(task.id)
+        if task.begin is None and not any(step.begin for step in stored_steps):
             waiting.append(task)
             continue
-        steps = tuple(_interrupt_step(step, now) for step in db.get_steps(task.id))
-        kill_leftovers(task.id, db.get_steps(task.id), config.kill_grace)
+        steps = tuple(_interrupt_step(step, now) for step in stored_steps)
+        kill_leftovers(task.id, stored_steps, config.kill_grace)
         ended = task.with_(
             state=State.INTERRUPTED,
             end=now,

@@ -13,14 +13,14 @@ class ProcessPool:
     def __init__(self, size: int) -> None:
         self.size = size
         self._busy = 0
-        self._waiting: deque[tuple[object, Callable[[], None]]] = deque()
+        self._waiting: deque[tuple[object, object, Callable[[], None]]] = deque()
         self._lock = threading.Lock()
 
-    def request(self, owner: object, grant: Callable[[], None]) -> None:
+    def request(self, owner: object, key: object, grant: Callable[[], None]) -> None:
         """Call grant() now if a slot is free, else when one frees. The grantee must release()."""
         with self._lock:
             if self._busy >= self.size:
-                self._waiting.append((owner, grant))
+                self._waiting.append((owner, key, grant))
                 return
             self._busy += 1
         self._deliver(grant)
@@ -30,15 +30,15 @@ class ProcessPool:
             if not self._waiting:
                 self._busy -= 1
                 return
-            _, grant = self._waiting.popleft()
+            _, _, grant = self._waiting.popleft()
         self._deliver(grant)
 
-    def cancel(self, owner: object) -> int:
-        """Drop every waiting request of owner; return how many."""
+    def cancel(self, owner: object) -> list[object]:
+        """Drop every waiting request of owner; return their keys (the others were granted)."""
         with self._lock:
-            kept = deque(item for item in self._waiting if item[0] is not owner)
-            dropped = len(self._waiting) - len(kept)
-            self._waiting = kept
+            dropped = [key for who, key, _ in self._waiting if who is owner]
+            if dropped:
+                self._waiting = deque(item for item in self._waiting if item[0] is not owner)
         return dropped
 
     def stats(self) -> tuple[int, int, int]:

@@ -46,10 +46,11 @@ class TaskActor(pykka.ThreadingActor):
         names = {spec.name: index for index, spec in enumerate(specs)}
         self._deps = dag.plan(task.mode, len(specs), [[names[d] for d in spec.depends_on] for spec in specs])
         self._dependents = dag.dependents(self._deps)
-        self._requested: set[int] = set()  # waiting for a pool slot
+        self._requested: set[int] = set()  # asked the pool for a slot, grant not yet handled
         self._running: dict[int, pykka.ActorRef] = {}
         self._finished = 0
         self._stopping: State | None = None
+        self._done = False  # stops once no granted slot is still on its way to us
         self._workspace = services.config.workspace(task.id)
 
     def on_receive(self, message: Any) -> Any:
@@ -73,6 +74,7 @@ class TaskActor(pykka.ThreadingActor):
         for ref in self._running.values():
             _tell(ref, StopStep(State.INTERRUPTED))
         self._services.pool.cancel(self)
+        self._requested.clear()
         for index, step in enumerate(self._steps):
             if not step.state.finished:
                 self._steps[index] = step.with_(state=State.INTERRUPTED)
@@ -82,9 +84,8 @@ class TaskActor(pykka.ThreadingActor):
     # -- flow ---------------------------------------------------------------------------
 
     def _start(self) -> None:
+        # The task stays pending (等待中) until its first step process starts.
         self._workspace.mkdir(parents=True, exist_ok=True)
-        self._task = self._task.with_(state=State.RUNNING, begin=self._services.clock())
-        self._save()
         for index, needs in enumerate(self._deps):
             if not needs:
                 self._request(index)
@@ -92,12 +93,13 @@ class TaskActor(pykka.ThreadingActor):
     def _request(self, index: int) -> None:
         self._requested.add(index)
         ref = self.actor_ref
-        self._services.pool.request(self, lambda: ref.tell(SlotGranted(index)))
+        self._services.pool.request(self, index, lambda: ref.tell(SlotGranted(index)))
 
     def _slot_granted(self, index: int) -> None:
         self._requested.discard(index)
         if self._stopping is not None or self._steps[index].state is not State.PENDING:
             self._services.pool.release()
+            self._maybe_stop()
             return
         ref = StepActor.start(
             self._services, self.actor_ref, self._task.id, self._workspace, self._steps[index], self._specs[index]
@@ -137,8 +139,11 @@ class TaskActor(pykka.ThreadingActor):
         if self._stopping is not None or self._task.state.finished:
             return
         self._stopping = state
-        self._services.pool.cancel(self)
-        self._requested.clear()
+        self._requested.difference_update(self._services.pool.cancel(self))
+        if state is State.INTERRUPTED and self._task.begin is None and not self._running:
+            # Nothing of it ever ran: it stays queued in the store and runs after the next start.
+            self._end_actor()
+            return
         skipped = []
         for index, step in enumerate(self._steps):
             if step.state is State.PENDING and index not in self._running:
@@ -156,17 +161,29 @@ class TaskActor(pykka.ThreadingActor):
         end = self._services.clock()
         self._task = self._task.with_(
             state=self._stopping or State.STOPPED,
+            begin=self._task.begin or end,
             end=end,
             expires=end + self._services.config.key_expire,
             failed_step=lowest_failure(self._steps),
         )
         self._save()
+        self._end_actor()
+
+    def _end_actor(self) -> None:
         _tell(self._supervisor, TaskEnded(self._task.id))
-        self.stop()
+        self._done = True
+        self._maybe_stop()
+
+    def _maybe_stop(self) -> None:
+        if self._done and not self._requested:
+            self.stop()
 
     # -- records ------------------------------------------------------------------------
 
     def _update_step(self, record: StepRecord) -> None:
+        if self._task.begin is None and record.begin is not None:
+            self._task = self._task.with_(state=State.RUNNING, begin=record.begin)
+            self._save()
         self._steps[record.index] = record
         self._save((record,))
 

@@ -1,0 +1,210 @@
+"""Fixtures that start real things: an Executor on a temp LMDB, a cheroot server on 127.0.0.1:0,
+the installed console script; every one is torn down."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+import pykka
+import pytest
+
+from osreapi import Executor
+from osreapi.http.app import HttpSettings, make_app
+from osreapi.http.server import HttpServer
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers.items():
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+class Client:
+    """A tiny HTTP client for 127.0.0.1 (one connection per request)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+
+    def request(self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None) -> Response:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return Response(resp.status, dict(resp.getheaders()), resp.read())
+        finally:
+            conn.close()
+
+    def get(self, path: str, **kw: Any) -> Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, steps: Any, **kw: Any) -> Response:
+        body = steps if isinstance(steps, (str, bytes)) else json.dumps(steps)
+        return self.request("POST", path, body=body, **kw)
+
+    def submit(self, steps: Any, query: str = "") -> str:
+        resp = self.post("/" + query, steps)
+        assert resp.status == 200, resp.body
+        return resp.json["data"]["id"]
+
+    def wait(self, task_id: str, timeout: float = 20.0) -> Response:
+        """Poll GET /<id> until it is no longer running (bounded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            resp = self.get(f"/{task_id}")
+            if resp.json["code"] != 1001:
+                return resp
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} still running after {timeout}s: {resp.body[:500]!r}")
+            time.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def _no_actor_leaks() -> Iterator[None]:
+    yield
+    pykka.ActorRegistry.stop_all(timeout=10)
+
+
+@pytest.fixture
+def make_executor(tmp_path: Path) -> Iterator[Callable[..., Executor]]:
+    made: list[Executor] = []
+
+    def make(data_dir: Path | None = None, **kwargs: Any) -> Executor:
+        kwargs.setdefault("kill_grace", 0.5)
+        ex = Executor(data_dir or tmp_path / "data", **kwargs)
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:
+        ex.close()
+
+
+@pytest.fixture
+def executor(make_executor: Callable[..., Executor]) -> Executor:
+    return make_executor()
+
+
+@pytest.fixture
+def make_server(make_executor: Callable[..., Executor]) -> Iterator[Callable[..., Client]]:
+    servers: list[HttpServer] = []
+
+    def make(executor: Executor | None = None, settings: HttpSettings | None = None, **kwargs: Any) -> Client:
+        ex = executor or make_executor(**kwargs)
+        server = HttpServer(make_app(ex, settings or HttpSettings()), "127.0.0.1", 0)
+        server.start()
+        servers.append(server)
+        client = Client(server.url)
+        client.executor = ex  # type: ignore[attr-defined]
+        return client
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def client(make_server: Callable[..., Client]) -> Client:
+    return make_server()
+
+
+def console_script(name: str = "osreapi") -> str:
+    path = shutil.which(name, path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    assert path, f"console script {name} is not installed (pip install -e '.[test]')"
+    return path
+
+
+class ServerProcess:
+    """The installed console script running `run` on 127.0.0.1:0."""
+
+    def __init__(self, data_dir: Path, *args: str, script: str = "osreapi") -> None:
+        self.data_dir = data_dir
+        self.log = data_dir.parent / f"server-{time.monotonic_ns()}.log"
+        self._log_handle = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [console_script(script), "run", "--addr", "127.0.0.1:0", "--data_dir", str(data_dir), *args],
+            stdout=subprocess.PIPE,
+            stderr=self._log_handle,
+            stdin=subprocess.DEVNULL,
+        )
+        line = self.proc.stdout.readline().decode()
+        match = re.search(r"listening on (http://\S+)", line)
+        if not match:
+            self.proc.kill()
+            raise AssertionError(f"server did not start: {line!r} {self.log.read_text()}")
+        self.url = match.group(1)
+        self.client = Client(self.url)
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        self.proc.stdout.close()
+        self._log_handle.close()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def start(*args: str, data_dir: Path | None = None, script: str = "osreapi") -> ServerProcess:
+        server = ServerProcess(data_dir or tmp_path / "data", *args, script=script)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def gone(pid: int) -> bool:
+    """True when the process no longer runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True

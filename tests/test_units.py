@@ -1,0 +1,77 @@
+"""Unit tests of the state table, output capping and tree kill."""
+
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from osreapi.executor.output import read_output, with_exit_status
+from osreapi.executor.treekill import kill_tree, marked_processes
+from osreapi.vocabulary import State, message, normalize_language
+
+from .conftest import gone, wait_until
+
+
+def test_state_table_both_languages():
+    assert [s.word("zh") for s in State] == ["等待中", "执行中", "已结束", "执行超时", "已终止", "已暂停", "已跳过", "已中断"]
+    assert [s.word("en") for s in State] == [s.value for s in State]
+    assert {s for s in State if s.finished} == {State.STOPPED, State.TIMEOUT, State.KILLED, State.SKIPPED, State.INTERRUPTED}
+
+
+def test_messages_and_languages():
+    assert message("failed", "zh", index=1) == "1, 执行失败"
+    assert message("not_found") == "id不存在, 沒有数据"
+    assert message("success", "en") == "success"
+    assert normalize_language("en-US,en;q=0.9") == "en"
+    assert normalize_language("zh-CN") == "zh"
+    assert normalize_language("fr") is None
+
+
+def test_output_whole_when_small(tmp_path):
+    log = tmp_path / "log"
+    log.write_bytes(b"a\nb\xff\n")
+    assert read_output(log, 100) == "a\nb\ufffd\n"
+    assert read_output(tmp_path / "missing", 100) == ""
+
+
+def test_output_head_and_tail_when_large(tmp_path):
+    log = tmp_path / "log"
+    log.write_bytes(b"".join(b"line %06d\n" % i for i in range(100_000)))  # 1.2 MB
+    text = read_output(log, 1000)
+    assert text.startswith("line 000000\n")
+    assert text.endswith("line 099999\n")
+    assert f"... {1_200_000 - 1000} bytes truncated ..." in text
+    assert len(text.encode()) < 1100
+
+
+def test_output_cut_keeps_characters_whole(tmp_path):
+    log = tmp_path / "log"
+    log.write_bytes("汉".encode() * 1000)
+    text = read_output(log, 101)
+    assert "\ufffd" not in text
+
+
+def test_exit_status_line():
+    assert with_exit_status("boom\n", 3) == "boom\nexit status 3"
+    assert with_exit_status("exit 100 exit status 100", 100) == "exit 100 exit status 100"
+    assert with_exit_status("", 1) == "exit status 1"
+    assert with_exit_status("no newline", 2) == "no newline\nexit status 2"
+
+
+@pytest.mark.timeout(30)
+def test_kill_tree_kills_group_children_and_marked_escapees(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "OSREAPI_TASK_ID": "unit-kill", "OSREAPI_STEP_NAME": "s"}
+    script = "sleep 300 & echo $! > child; setsid sleep 301 & echo $! > escaped; sleep 302"
+    proc = subprocess.Popen(["sh", "-c", script], cwd=tmp_path, env=env, start_new_session=True)
+    assert wait_until(lambda: (tmp_path / "escaped").exists() and (tmp_path / "escaped").read_text().strip())
+    child = int((tmp_path / "child").read_text())
+    escaped = int((tmp_path / "escaped").read_text())
+    assert wait_until(lambda: any(p.pid == escaped for p in marked_processes("unit-kill")))
+    started = time.monotonic()
+    killed = kill_tree(proc.pid, grace=1.0, own_child=proc, extra=marked_processes("unit-kill", "s"))
+    proc.wait(5)
+    assert {proc.pid, child, escaped} <= set(killed)
+    assert wait_until(lambda: gone(child) and gone(escaped), timeout=5)
+    assert not psutil.pid_exists(proc.pid)
+    assert time.monotonic() - started < 5
