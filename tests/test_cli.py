@@ -1,0 +1,154 @@
+"""The installed console scripts: flags, help, run, ordered shutdown, restart recovery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .conftest import console_script, gone, wait_until
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([console_script(), *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def sh(content: str, **kw) -> dict:
+    return {"command_type": "sh", "command_content": content, **kw}
+
+
+def test_version_and_help():
+    from osreapi import __version__
+
+    assert run_cli("--version").stdout.strip() == __version__
+    for args in (["help"], ["-h"], ["--help"]):
+        out = run_cli(*args)
+        assert out.returncode == 0
+        for flag in ("--addr", "--key_expire", "--exec_timeout", "--timeout", "--max-requests", "--pool_size",
+                     "--data_dir", "--lang", "--max_output", "--max_body"):
+            assert flag in out.stdout
+    run_help = run_cli("help", "run")
+    assert run_help.returncode == 0 and "Run server" in run_help.stdout
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["run", "--key_expire", "10"], "--key_expire"),
+        (["--exec-timeout=abc", "run"], "--exec_timeout"),
+        (["run", "--pool_size=-1"], "--pool_size"),
+        (["run", "--pool-size", "0"], "--pool_size"),
+        (["run", "--timeout=0"], "--timeout"),
+        (["run", "--max-requests=-2"], "--max-requests"),
+        (["run", "--max_output=lots"], "--max_output"),
+        (["run", "--lang=fr"], "--lang"),
+        (["run", "--addr=nohost"], "--addr"),
+        (["run", "--no-such-flag"], "--no-such-flag"),
+    ],
+)
+def test_bad_flag_values_exit_nonzero_naming_the_flag(args, flag, tmp_path):
+    out = run_cli(*args, "--data_dir", str(tmp_path))
+    assert out.returncode != 0
+    assert flag in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_command_and_missing_command():
+    assert run_cli("serve").returncode != 0
+    assert run_cli().returncode != 0
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "osreapi", "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip()
+
+
+@pytest.mark.timeout(60)
+def test_flags_in_every_spelling_and_the_alias(start_server, tmp_path):
+    server = start_server("--key-expire=1h", "--exec_timeout", "200ms", "--pool-size=2", "--lang", "en",
+                          "--max_output=1KiB", data_dir=tmp_path / "d", script="remote_executor")
+    client = server.client
+    task_id = client.submit([sh("sleep 5")])
+    body = client.wait(task_id).json
+    assert body["message"] == "0, execution failed" and body["data"][0]["state"] == "timeout"
+    assert body["data"][0]["times"]["ttl"].startswith("59m")
+    big = client.wait(client.submit([sh("head -c 5000 /dev/zero | tr '\\0' x")])).json["data"][0]["message"]
+    assert "bytes truncated" in big and len(big) < 1200
+    assert server.terminate() == 0
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_interrupts_running_keeps_queued_and_restart_runs_them(start_server, tmp_path):
+    data = tmp_path / "data"
+    server = start_server("--pool_size=1", data_dir=data)
+    client = server.client
+    done = client.submit([sh("echo earlier")])
+    client.wait(done)
+    running = client.submit([sh("sleep 300 & echo $! > bg.pid; sleep 300"), sh("echo never")])
+    queued = client.submit([sh("echo queued-ran > out.txt")])
+    workspace = data / "workspace" / running
+    assert wait_until(lambda: (workspace / "bg.pid").exists() and (workspace / "bg.pid").read_text().strip())
+    bg = int((workspace / "bg.pid").read_text())
+    assert client.get(f"/{queued}").json["data"][0]["state"] == "等待中"
+    started = time.monotonic()
+    assert server.terminate() == 0
+    assert time.monotonic() - started < 20
+    assert wait_until(lambda: gone(bg), timeout=5)
+    assert not (data / "workspace" / queued / "out.txt").exists()
+
+    restarted = start_server("--pool_size=1", data_dir=data)
+    client = restarted.client
+    body = client.get(f"/{running}").json
+    assert body["code"] == 1002 and body["message"] == "0, 执行失败"
+    assert [(s["state"], s["code"]) for s in body["data"]] == [("已中断", -1), ("已跳过", -1)]
+    listed = {t["id"]: t for t in client.get("/").json["data"]["tasks"]}
+    assert listed[running]["state"] == "已中断" and listed[running]["code"] == 1002
+    assert client.wait(queued).json["code"] == 0
+    assert (data / "workspace" / queued / "out.txt").read_text() == "queued-ran\n"
+    assert client.get(f"/{done}").json["data"][0]["message"] == "earlier\n"
+    assert restarted.terminate() == 0
+
+
+@pytest.mark.timeout(90)
+def test_kill_9_then_restart_marks_interrupted_and_kills_leftovers(start_server, tmp_path):
+    data = tmp_path / "data"
+    server = start_server(data_dir=data)
+    client = server.client
+    task_id = client.submit([sh("setsid sleep 300 & echo $! > escaped.pid; sleep 300")])
+    workspace = data / "workspace" / task_id
+    assert wait_until(lambda: (workspace / "escaped.pid").exists() and (workspace / "escaped.pid").read_text().strip())
+    escaped = int((workspace / "escaped.pid").read_text())
+    leader = client.get(f"/{task_id}").json
+    server.kill()
+    assert psutil.pid_exists(escaped) and not gone(escaped)
+    restarted = start_server(data_dir=data)
+    assert wait_until(lambda: gone(escaped), timeout=10)
+    body = restarted.client.get(f"/{task_id}").json
+    assert leader["code"] == 1001
+    assert body["code"] == 1002 and body["data"][0]["state"] == "已中断"
+    assert restarted.terminate() == 0
+
+
+@pytest.mark.timeout(60)
+def test_smoke_script_against_the_console_server(start_server):
+    server = start_server()
+    smoke = Path(__file__).resolve().parent.parent / "tools" / "smoke.sh"
+    out = subprocess.run(["sh", str(smoke), server.url], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "smoke: all passed" in out.stdout
+    assert server.terminate() == 0
+
+
+@pytest.mark.timeout(60)
+def test_expiry_through_the_console_server(start_server):
+    server = start_server("--key_expire=1s")
+    task_id = server.client.submit([sh("true")])
+    assert server.client.wait(task_id).json["code"] == 0
+    assert wait_until(lambda: server.client.get(f"/{task_id}").status == 404, timeout=10)
+    assert json.loads(server.client.get("/").body)["data"]["total"] == 0
+    assert server.terminate() == 0

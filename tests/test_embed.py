@@ -1,0 +1,65 @@
+"""The embedding API: the same actors in-process, no HTTP."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from osreapi import EngineClosed, Executor, InvalidRequest
+from osreapi.vocabulary import State
+
+
+def test_context_manager_submit_wait_get(tmp_path):
+    with Executor(tmp_path / "d", pool_size=2) as ex:
+        task_id = ex.submit([{"command_type": "sh", "command_content": "echo $X", "env_vars": {"X": "1"}}])
+        result = ex.wait(task_id, timeout=10)
+        assert result.finished and result.task.state is State.STOPPED and result.task.succeeded
+        assert result.steps[0].output == "1\n"
+        assert ex.get(task_id) == result
+        assert [t.id for t in ex.list()] == [task_id]
+    with pytest.raises(EngineClosed):
+        ex.submit([{"command_type": "sh", "command_content": "true"}])
+
+
+def test_modes_and_ids(executor: Executor, tmp_path):
+    steps = [{"command_type": "sh", "command_content": "sleep 0.3"}] * 3
+    parallel = executor.submit(steps, mode="parallel", task_id="par-1")
+    assert parallel == "par-1"
+    result = executor.wait(parallel, 10)
+    assert result.task.mode == "parallel"
+    assert max(s.begin for s in result.steps) < min(s.end for s in result.steps)
+    assert executor.submit(steps, mode="parallel", task_id="par-1") == "par-1"  # idempotent
+    with pytest.raises(InvalidRequest):
+        executor.submit([{"command_type": "sh"}])
+    with pytest.raises(InvalidRequest):
+        executor.submit(steps, task_id="../escape")
+
+
+def test_wait_is_bounded_and_unknown_is_none(executor: Executor):
+    assert executor.wait("missing", timeout=0.1) is None
+    task_id = executor.submit([{"command_type": "sh", "command_content": "sleep 2"}])
+    result = executor.wait(task_id, timeout=0.2)
+    assert result is not None and not result.finished
+
+
+def test_wait_wakes_on_end_from_other_threads(executor: Executor):
+    task_id = executor.submit([{"command_type": "sh", "command_content": "sleep 0.2"}])
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(executor.wait(task_id, 10))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert len(results) == 4 and all(r.finished for r in results)
+
+
+def test_many_queued_tasks_cost_no_thread_each(make_executor):
+    ex = make_executor(pool_size=2)
+    before = threading.active_count()
+    ids = [ex.submit([{"command_type": "sh", "command_content": "sleep 0.01"}]) for _ in range(300)]
+    peak = threading.active_count()
+    for task_id in ids:
+        assert ex.wait(task_id, 60).task.succeeded
+    # Live task actors are capped (pool + a constant); waiting tasks are data, not threads.
+    assert peak - before <= 3 * 2 + ex.config.extra_live_tasks + 4

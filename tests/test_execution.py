@@ -1,0 +1,136 @@
+"""Running steps as OS process trees: pool bound, time limits, tree kill, output, exit codes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from osreapi import Executor
+from osreapi.vocabulary import State
+
+from .conftest import gone, wait_until
+
+
+def sh(content: str, **kw) -> dict:
+    return {"command_type": "sh", "command_content": content, **kw}
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(b, 1) for b, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
+    current = peak = 0
+    for _, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
+def test_pool_bounds_processes_across_tasks(make_executor):
+    ex: Executor = make_executor(pool_size=2)
+    ids = [ex.submit([sh("sleep 0.2")] * 3, mode="parallel") for _ in range(2)]
+    results = [ex.wait(task_id, 20) for task_id in ids]
+    intervals = [(s.begin, s.end) for r in results for s in r.steps]
+    assert all(s.code == 0 for r in results for s in r.steps)
+    assert max_overlap(intervals) == 2  # bounded by the pool, and the pool is used
+
+
+def test_pool_waits_in_fifo_order(make_executor):
+    ex: Executor = make_executor(pool_size=1)
+    ids = [ex.submit([sh("sleep 0.05")]) for _ in range(5)]
+    results = [ex.wait(task_id, 20) for task_id in ids]
+    begins = [r.steps[0].begin for r in results]
+    assert begins == sorted(begins)
+
+
+def test_waiting_task_is_pending_until_its_step_starts(make_executor):
+    ex: Executor = make_executor(pool_size=1)
+    first = ex.submit([sh("sleep 0.5")])
+    second = ex.submit([sh("true")])
+    assert wait_until(lambda: ex.get(first).task.state is State.RUNNING)
+    waiting = ex.get(second)
+    assert waiting.task.state is State.PENDING and waiting.task.begin is None
+    assert ex.wait(second, 10).task.state is State.STOPPED
+
+
+@pytest.mark.timeout(30)
+def test_timeout_kills_the_whole_tree_grandchildren_included(make_executor):
+    ex: Executor = make_executor()
+    script = "sleep 300 & echo $! > bg.pid; setsid sleep 300 & echo $! > escaped.pid; echo started; sleep 300"
+    task_id = ex.submit([sh(script, timeout="500ms"), sh("echo never")])
+    started = time.monotonic()
+    result = ex.wait(task_id, 20)
+    elapsed = time.monotonic() - started
+    step = result.steps[0]
+    assert step.state is State.TIMEOUT and step.code == 124
+    assert step.output.startswith("started\n") and step.output.endswith("exit status 124")
+    assert result.steps[1].state is State.SKIPPED
+    workspace = ex.config.workspace(task_id)
+    for pid_file in ("bg.pid", "escaped.pid"):
+        pid = int((workspace / pid_file).read_text())
+        assert wait_until(lambda: gone(pid), timeout=5), f"{pid_file} {pid} survived"
+    assert not psutil.pid_exists(step.pid)
+    assert elapsed < 5
+
+
+def test_default_exec_timeout_applies(make_executor):
+    ex: Executor = make_executor(exec_timeout="300ms")
+    result = ex.wait(ex.submit([sh("sleep 30")]), 20)
+    assert result.steps[0].state is State.TIMEOUT
+
+
+def test_zero_timeout_means_no_limit(make_executor):
+    ex: Executor = make_executor(exec_timeout="100ms")
+    result = ex.wait(ex.submit([sh("sleep 0.3", timeout="0")]), 20)
+    assert result.steps[0].state is State.STOPPED and result.steps[0].code == 0
+
+
+def test_a_term_ignoring_step_is_killed_after_the_grace(make_executor):
+    ex: Executor = make_executor(kill_grace=0.3)
+    result = ex.wait(ex.submit([sh("trap '' TERM; sleep 30 & wait; sleep 30", timeout="200ms")]), 20)
+    assert result.steps[0].state is State.TIMEOUT and not psutil.pid_exists(result.steps[0].pid)
+
+
+def test_signal_death_reports_128_plus_n(executor: Executor):
+    result = executor.wait(executor.submit([sh("kill -9 $$")]), 10)
+    assert result.steps[0].state is State.STOPPED and result.steps[0].code == 137
+    assert result.steps[0].output.endswith("exit status 137")
+
+
+def test_large_output_is_capped_head_and_tail(make_executor):
+    ex: Executor = make_executor(max_output=64 * 1024)
+    script = "i=0; while [ $i -lt 200000 ]; do echo line$i; i=$((i+1)); done"
+    result = ex.wait(ex.submit([{"command_type": "bash", "command_content": script}]), 60)
+    text = result.steps[0].output
+    assert result.steps[0].code == 0
+    assert text.startswith("line0\nline1\n") and text.endswith("line199999\n")
+    assert "bytes truncated" in text
+    assert len(text.encode()) <= 64 * 1024 + 100
+
+
+def test_output_keeps_arrival_order_and_bad_bytes(executor: Executor):
+    script = "import sys\nprint('out1')\nprint('err1', file=sys.stderr)\nprint('out2')\nsys.stdout.buffer.write(b'\\xff\\n')"
+    result = executor.wait(executor.submit([{"command_type": "python", "command_content": script}]), 10)
+    assert result.steps[0].output == "out1\nerr1\nout2\n\ufffd\n"
+
+
+def test_step_script_is_a_file_in_the_workspace(executor: Executor):
+    task_id = executor.submit([sh("echo $0")])
+    result = executor.wait(task_id, 10)
+    script = Path(result.steps[0].output.strip())
+    assert script.parent.parent == executor.config.workspace(task_id)
+    assert script.read_text() == "echo $0"
+
+
+@pytest.mark.timeout(30)
+def test_no_polling_sleep_in_the_engine(executor: Executor, capsys):
+    """A one-step `true` task ends within a few ms of its process exiting (figure printed, not asserted)."""
+    gaps = []
+    for _ in range(20):
+        result = executor.wait(executor.submit([sh("true")]), 10)
+        gaps.append((result.task.end - result.steps[0].end) * 1000)
+    gaps.sort()
+    with capsys.disabled():
+        print(f"\n[figure] process exit -> task ended: median {gaps[10]:.2f} ms, max {gaps[-1]:.2f} ms")
+    assert all(g >= 0 for g in gaps)

@@ -1,0 +1,101 @@
+"""LMDB persistence: restart, expiry, sweep, map growth."""
+
+from __future__ import annotations
+
+import pytest
+
+from osreapi.records import StepRecord, TaskRecord
+from osreapi.storage.database import Database
+from osreapi.vocabulary import State
+
+from .conftest import wait_until
+
+
+def sh(content: str, **kw) -> dict:
+    return {"command_type": "sh", "command_content": content, **kw}
+
+
+def test_finished_result_survives_a_restart(make_executor, tmp_path):
+    data = tmp_path / "data"
+    first = make_executor(data)
+    task_id = first.submit([sh("echo kept"), sh("exit 4")])
+    before = first.wait(task_id, 10)
+    first.close()
+    second = make_executor(data)
+    after = second.get(task_id)
+    assert after == before
+    assert after.steps[0].output == "kept\n" and after.steps[1].code == 4
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_record_expires_then_sweep_removes_it_and_its_workspace(make_executor):
+    clock = FakeClock()
+    ex = make_executor(key_expire="1h", clock=clock, sweep_interval=3600)
+    task_id = ex.submit([sh("echo x > file")])
+    result = ex.wait(task_id, 10)
+    workspace = ex.config.workspace(task_id)
+    assert (workspace / "file").exists()
+    assert result.task.expires == pytest.approx(result.task.end + 3600)
+    clock.now += 3599
+    assert ex.get(task_id) is not None and ex.sweep() == 0
+    clock.now += 2
+    assert ex.get(task_id) is None  # expired answers "not found" before any sweep
+    assert ex.list() == []
+    assert workspace.exists()
+    assert ex.sweep() == 1
+    assert not workspace.exists()
+    assert ex._db.get_task(task_id) is None and ex._db.get_steps(task_id) == []
+
+
+def test_periodic_sweep_runs_by_itself(make_executor):
+    ex = make_executor(key_expire="100ms", sweep_interval=0.1)
+    task_id = ex.submit([sh("true")])
+    ex.wait(task_id, 10)
+    workspace = ex.config.workspace(task_id)
+    assert wait_until(lambda: not workspace.exists() and ex._db.get_task(task_id) is None, timeout=10)
+
+
+def test_sweep_goes_in_batches(tmp_path):
+    db = Database(tmp_path / "db")
+    try:
+        for i in range(250):
+            task = TaskRecord(id=f"t{i}", mode="sequential", count=1, accepted=0, state=State.STOPPED, end=1, expires=10 + i)
+            db.create_task(task, (StepRecord(0, "s"),), ())
+            db.save(task.id, task)
+        assert len(db.delete_expired(now=1000, limit=100)) == 100
+        assert len(db.delete_expired(now=1000, limit=100)) == 100
+        assert len(db.delete_expired(now=1000, limit=100)) == 50
+        assert db.list_tasks() == []
+    finally:
+        db.close()
+
+
+def test_map_full_grows_the_map(tmp_path):
+    db = Database(tmp_path / "db", map_size=256 * 1024)
+    try:
+        big = "x" * 50_000
+        for i in range(40):  # 2 MB into a 256 KiB map
+            task = TaskRecord(id=f"t{i}", mode="sequential", count=1, accepted=0)
+            db.create_task(task, (StepRecord(0, "s", output=big),), ())
+        assert len(db.list_tasks()) == 40
+        assert db.get_steps("t39")[0].output == big
+    finally:
+        db.close()
+
+
+def test_create_is_idempotent_per_id(tmp_path):
+    db = Database(tmp_path / "db")
+    try:
+        task = TaskRecord(id="same", mode="sequential", count=2, accepted=0)
+        assert db.create_task(task, (), ()) is None
+        existing = db.create_task(task.with_(count=5), (), ())
+        assert existing is not None and existing.count == 2
+    finally:
+        db.close()
