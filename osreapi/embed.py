@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,17 +16,19 @@ from typing import Any
 import pykka
 
 from . import recovery, spec
-from .actors.messages import CreateTask, Enqueue, Flush, InterruptAll, SaveRecords, SweepExpired
+from .actors.control import ACTIONS
+from .actors.messages import Control, ControlQueued, CreateTask, Enqueue, Flush, GetStats, InterruptAll, SaveRecords, SweepExpired
 from .actors.pool import ProcessPool
 from .actors.services import Services
 from .actors.store import StoreActor
 from .actors.supervisor import SupervisorActor
 from .actors.timers import Scheduler
 from .config import EngineConfig
-from .errors import EngineBusy, EngineClosed, InvalidRequest
+from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.output import read_output
+from .metrics import EngineMetrics
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
 from .vocabulary import State
@@ -100,7 +102,9 @@ class Executor:
         self._scheduler = Scheduler()
         self._store = StoreActor.start(self._db, self.config, clock, self._task_ended)
         self._pool = ProcessPool(pool_size)
-        self._services = Services(self.config, self._db, self._store, self._pool, self._scheduler, clock)
+        self.metrics = EngineMetrics()
+        self.metrics.add_gauges(self.stats, lambda: Counter(task.state for task in self.list()))
+        self._services = Services(self.config, self._db, self._store, self._pool, self._scheduler, clock, self.metrics)
         interrupted, waiting = recovery.recover(self._db, self.config, clock())
         for task, steps in interrupted:
             self._store.ask(SaveRecords(task.id, None, steps), timeout=self.config.call_timeout)
@@ -150,6 +154,68 @@ class Executor:
                 step = replace(step, output=read_output(log_file, self.config.max_output))
             steps.append(step)
         return TaskResult(task, tuple(steps))
+
+    def step(self, task_id: str, step: str | int) -> tuple[TaskRecord, StepRecord]:
+        """One step by index or name; raises NotFound."""
+        result = self.get(task_id)
+        if result is None:
+            raise NotFound(f"task {task_id!r} does not exist or has expired")
+        return result.task, result.steps[self._step_index(result.steps, step)]
+
+    def log_path(self, task_id: str, index: int) -> Path:
+        """Where a step's full output is written while it runs (kept until the record expires)."""
+        return process.log_path(self.config.workspace(task_id), index)
+
+    def control(self, task_id: str, action: str, step: str | int | None = None) -> None:
+        """kill / pause / resume a task, or one step (by index or name).
+        Raises NotFound for an unknown task or step, ActionRejected when the action does not apply."""
+        if action not in ACTIONS:
+            raise ActionRejected(f"action: unknown value {action!r} (use kill, pause or resume)")
+        result = self.get(task_id)
+        if result is None:
+            raise NotFound(f"task {task_id!r} does not exist or has expired")
+        index = None if step is None else self._step_index(result.steps, step)
+        if result.task.state.finished:
+            raise ActionRejected(f"the task has ended ({result.task.state.value}); {action} does not apply")
+        live = self._ask(self._supervisor, ControlQueued(task_id, action, index))
+        try:
+            if live is not None:
+                self._ask_raw(live, Control(action, index))
+        except pykka.ActorDeadError:
+            raise ActionRejected(f"the task has ended; {action} does not apply") from None
+        self._ask(self._store, Flush())  # the answer comes after the change is on disk
+
+    @staticmethod
+    def _step_index(steps: tuple[StepRecord, ...], step: str | int) -> int:
+        if isinstance(step, int) or (isinstance(step, str) and step.isdigit()):
+            index = int(step)
+            if 0 <= index < len(steps):
+                return index
+        else:
+            for record in steps:
+                if record.name == step:
+                    return record.index
+        raise NotFound(f"step {step!r} does not exist in this task")
+
+    def check_health(self) -> None:
+        """Raise EngineBusy / EngineClosed unless the supervisor and the store answer."""
+        self._check_open()
+        self._ask(self._supervisor, GetStats())
+        self._ask(self._store, Flush())
+
+    def stats(self) -> dict[str, int]:
+        """Gauges of the engine: pool, live task actors, queued tasks, store size, threads."""
+        size, busy, waiting = self._pool.stats()
+        live, queued = self._ask(self._supervisor, GetStats())
+        return {
+            "pool_size": size,
+            "pool_busy": busy,
+            "pool_waiting": waiting,
+            "tasks_live": live,
+            "tasks_queued": queued,
+            "store_bytes": self._db.size_bytes(),
+            "threads": threading.active_count(),
+        }
 
     def list(self) -> list[TaskRecord]:
         return [task for task in self._db.list_tasks() if not self._expired(task)]
@@ -210,11 +276,15 @@ class Executor:
 
     def _ask(self, ref: pykka.ActorRef, message: Any) -> Any:
         try:
+            return self._ask_raw(ref, message)
+        except pykka.ActorDeadError:
+            raise EngineClosed("the engine is shut down") from None
+
+    def _ask_raw(self, ref: pykka.ActorRef, message: Any) -> Any:
+        try:
             return ref.ask(message, timeout=self.config.call_timeout)
         except pykka.Timeout:
             raise EngineBusy(f"the engine did not answer within {self.config.call_timeout:g}s") from None
-        except pykka.ActorDeadError:
-            raise EngineClosed("the engine is shut down") from None
 
     def _check_open(self) -> None:
         if self._closed:

@@ -19,3 +19,11 @@ class EngineBusy(OsreapiError):
 
 class EngineClosed(OsreapiError):
     """The engine has been shut down."""
+
+
+class NotFound(OsreapiError):
+    """No such task or step (or it expired)."""
+
+
+class ActionRejected(OsreapiError):
+    """A control action does not apply to the task or step in its current state."""

@@ -49,6 +49,21 @@ class TaskEnded:
 
 
 @dataclass(frozen=True)
+class ControlQueued:
+    """ask: apply a control action to a task that has no TaskActor yet; answers the live
+    TaskActor's ref instead when it has one (the caller then sends it a Control)."""
+
+    task_id: str
+    action: str
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class GetStats:
+    """ask: (live task actors, queued tasks)"""
+
+
+@dataclass(frozen=True)
 class InterruptAll:
     """Stop starting tasks; interrupt the running ones; `done` is set when none is left."""
 
@@ -67,7 +82,9 @@ class SlotGranted:
 
 
 @dataclass(frozen=True)
-class StepStarted:
+class StepUpdated:
+    """The step started, paused or resumed."""
+
     record: StepRecord
 
 
@@ -79,6 +96,14 @@ class StepEnded:
 @dataclass(frozen=True)
 class InterruptTask:
     pass
+
+
+@dataclass(frozen=True)
+class Control:
+    """ask: kill, pause or resume the task (index None) or one step; raises ActionRejected."""
+
+    action: str
+    index: int | None = None
 
 
 # -- StepActor ----------------------------------------------------------------------------
@@ -95,6 +120,16 @@ class ProcessExited:
 
 @dataclass(frozen=True)
 class DeadlineReached:
+    pass
+
+
+@dataclass(frozen=True)
+class PauseStep:
+    pass
+
+
+@dataclass(frozen=True)
+class ResumeStep:
     pass
 
 

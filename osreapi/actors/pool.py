@@ -41,6 +41,15 @@ class ProcessPool:
                 self._waiting = deque(item for item in self._waiting if item[0] is not owner)
         return dropped
 
+    def cancel_key(self, owner: object, key: object) -> bool:
+        """Drop owner's waiting request for key; False if it was already granted (or never made)."""
+        with self._lock:
+            for item in self._waiting:
+                if item[0] is owner and item[1] == key:
+                    self._waiting.remove(item)
+                    return True
+        return False
+
     def stats(self) -> tuple[int, int, int]:
         """(size, busy, waiting)"""
         with self._lock:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pykka
 
 from ..config import EngineConfig
+from ..metrics import EngineMetrics
 from ..storage.database import Database
 from .pool import ProcessPool
 from .timers import Scheduler
@@ -21,3 +22,4 @@ class Services:
     pool: ProcessPool
     scheduler: Scheduler
     clock: Callable[[], float]  # wall clock, seconds since the epoch
+    metrics: EngineMetrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import threading
 import time
@@ -17,7 +18,7 @@ from ..executor.output import read_output, with_exit_status
 from ..records import StepRecord
 from ..spec import StepSpec
 from ..vocabulary import STEP_CODE_KILLED, STEP_CODE_TIMEOUT, STEP_CODE_UNFINISHED, State
-from .messages import DeadlineReached, ProcessExited, RunStep, StepEnded, StepStarted, StopStep
+from .messages import DeadlineReached, PauseStep, ProcessExited, ResumeStep, RunStep, StepEnded, StepUpdated, StopStep
 from .services import Services
 from .timers import TimerHandle
 
@@ -49,6 +50,9 @@ class StepActor(pykka.ThreadingActor):
         self._stop_state: State | None = None  # why we killed it, if we did
         self._slot_held = True
         self._ended = False
+        self._limit = spec.timeout if spec.timeout is not None else services.config.exec_timeout
+        self._active_since: float | None = None  # monotonic; None while paused or not started
+        self._active_total = 0.0  # seconds run before the last pause: paused time does not count
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -57,7 +61,12 @@ class StepActor(pykka.ThreadingActor):
             case ProcessExited(returncode=rc, at=at):
                 self._exited(rc, at)
             case DeadlineReached():
-                self._kill(State.TIMEOUT)
+                if self._active_since is not None and self._remaining() <= 0:
+                    self._kill(State.TIMEOUT)
+            case PauseStep():
+                self._pause()
+            case ResumeStep():
+                self._resume()
             case StopStep(state=state):
                 self._kill(state)
             case _:
@@ -85,6 +94,7 @@ class StepActor(pykka.ThreadingActor):
                 )
             )
             return
+        self._services.metrics.steps_started.inc()
         created = _create_time(self._proc.pid)
         self._record = self._record.with_(state=State.RUNNING, begin=begin, pid=self._proc.pid, pid_created=created)
         threading.Thread(
@@ -93,10 +103,42 @@ class StepActor(pykka.ThreadingActor):
             name=f"osreapi-wait-{self._proc.pid}",
             daemon=True,
         ).start()
-        limit = self._spec.timeout if self._spec.timeout is not None else self._services.config.exec_timeout
-        if limit > 0:
-            self._deadline = self._services.scheduler.call_later(limit, self._deadline_reached)
-        self._task_ref.tell(StepStarted(self._record))
+        self._active_since = time.monotonic()
+        self._arm_deadline()
+        self._task_ref.tell(StepUpdated(self._record))
+
+    def _remaining(self) -> float:
+        active = self._active_total
+        if self._active_since is not None:
+            active += time.monotonic() - self._active_since
+        return self._limit - active
+
+    def _arm_deadline(self) -> None:
+        if self._limit > 0:
+            self._deadline = self._services.scheduler.call_later(max(0.0, self._remaining()), self._deadline_reached)
+
+    def _pause(self) -> None:
+        if self._proc is None or self._active_since is None or self._stop_state is not None:
+            return
+        treekill.signal_tree(self._proc.pid, signal.SIGSTOP, extra=self._marked())
+        self._active_total += time.monotonic() - self._active_since
+        self._active_since = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._record = self._record.with_(state=State.PAUSED)
+        self._task_ref.tell(StepUpdated(self._record))
+
+    def _resume(self) -> None:
+        if self._proc is None or self._active_since is not None or self._stop_state is not None:
+            return
+        treekill.signal_tree(self._proc.pid, signal.SIGCONT, extra=self._marked())
+        self._active_since = time.monotonic()
+        self._arm_deadline()
+        self._record = self._record.with_(state=State.RUNNING)
+        self._task_ref.tell(StepUpdated(self._record))
+
+    def _marked(self):
+        return treekill.marked_processes(self._task_id, self._spec.name)
 
     def _deadline_reached(self) -> None:
         try:
@@ -108,9 +150,8 @@ class StepActor(pykka.ThreadingActor):
         if self._proc is None or self._proc.returncode is not None or self._stop_state is not None:
             return
         self._stop_state = state
-        extra = treekill.marked_processes(self._task_id, self._spec.name)
         treekill.kill_tree(
-            self._proc.pid, grace=self._services.config.kill_grace, own_child=self._proc, extra=extra
+            self._proc.pid, grace=self._services.config.kill_grace, own_child=self._proc, extra=self._marked()
         )
 
     def _exited(self, returncode: int, at: float) -> None:
@@ -139,6 +180,7 @@ class StepActor(pykka.ThreadingActor):
             return
         self._ended = True
         self._release_slot()
+        self._services.metrics.step_ended(record)
         try:
             self._task_ref.tell(StepEnded(record))
         except pykka.ActorDeadError:

@@ -1,4 +1,4 @@
-"""TaskActor: drives one task's steps in their mode, keeps its record, then stops."""
+"""TaskActor: drives one task's steps in their mode, keeps its record, obeys control, then stops."""
 
 from __future__ import annotations
 
@@ -10,15 +10,19 @@ import pykka
 from ..executor import dag
 from ..records import StepRecord, TaskRecord, lowest_failure
 from ..spec import StepSpec
-from ..vocabulary import State
+from ..vocabulary import STEP_CODE_KILLED, STEP_CODE_UNFINISHED, State
+from .control import check_step_action, check_task_action
 from .messages import (
+    Control,
     InterruptTask,
+    PauseStep,
+    ResumeStep,
     RunStep,
     SaveRecords,
     SlotGranted,
     StartTask,
     StepEnded,
-    StepStarted,
+    StepUpdated,
     StopStep,
     TaskEnded,
 )
@@ -29,6 +33,9 @@ log = logging.getLogger(__name__)
 
 
 class TaskActor(pykka.ThreadingActor):
+    """Steps move pending -> (slot) -> running -> ended; a step is requested from the pool only
+    when its dependencies succeeded and neither it nor the task is paused."""
+
     def __init__(
         self,
         services: Services,
@@ -48,7 +55,8 @@ class TaskActor(pykka.ThreadingActor):
         self._dependents = dag.dependents(self._deps)
         self._requested: set[int] = set()  # asked the pool for a slot, grant not yet handled
         self._running: dict[int, pykka.ActorRef] = {}
-        self._finished = 0
+        self._finished = sum(1 for step in steps if step.state.finished)
+        self._paused = task.state is State.PAUSED
         self._stopping: State | None = None
         self._done = False  # stops once no granted slot is still on its way to us
         self._workspace = services.config.workspace(task.id)
@@ -59,10 +67,14 @@ class TaskActor(pykka.ThreadingActor):
                 self._start()
             case SlotGranted(index=index):
                 self._slot_granted(index)
-            case StepStarted(record=record):
+            case StepUpdated(record=record):
                 self._update_step(record)
             case StepEnded(record=record):
                 self._step_ended(record)
+            case Control(action=action, index=None):
+                self._control_task(action)
+            case Control(action=action, index=index):
+                self._control_step(action, index)
             case InterruptTask():
                 self._stop_all(State.INTERRUPTED)
             case _:
@@ -81,29 +93,44 @@ class TaskActor(pykka.ThreadingActor):
         self._stopping = State.INTERRUPTED
         self._finish()
 
-    # -- flow ---------------------------------------------------------------------------
+    # -- scheduling ---------------------------------------------------------------------
 
     def _start(self) -> None:
         # The task stays pending (等待中) until its first step process starts.
         self._workspace.mkdir(parents=True, exist_ok=True)
-        for index, needs in enumerate(self._deps):
-            if not needs:
-                self._request(index)
+        self._consider(range(len(self._steps)))
+        self._check_finished()
 
-    def _request(self, index: int) -> None:
-        self._requested.add(index)
-        ref = self.actor_ref
-        self._services.pool.request(self, index, lambda: ref.tell(SlotGranted(index)))
+    def _consider(self, indices) -> None:
+        """Request a slot for each step that may run now; skip those whose dependency failed."""
+        pending = list(indices)
+        skipped = []
+        while pending:
+            index = pending.pop()
+            step = self._steps[index]
+            if step.state is not State.PENDING or index in self._requested or index in self._running:
+                continue
+            needs = [self._steps[d] for d in self._deps[index]]
+            if any(need.failed for need in needs):
+                self._steps[index] = step.with_(state=State.SKIPPED)
+                self._finished += 1
+                skipped.append(self._steps[index])
+                pending.extend(self._dependents[index])
+            elif all(need.succeeded for need in needs) and not self._paused and self._stopping is None:
+                self._requested.add(index)
+                ref = self.actor_ref
+                self._services.pool.request(self, index, lambda i=index: ref.tell(SlotGranted(i)))
+        if skipped:
+            self._save(tuple(skipped))
 
     def _slot_granted(self, index: int) -> None:
         self._requested.discard(index)
-        if self._stopping is not None or self._steps[index].state is not State.PENDING:
-            self._services.pool.release()
+        step = self._steps[index]
+        if self._stopping is not None or self._paused or step.state is not State.PENDING:
+            self._services.pool.release()  # a paused step is requested again on resume
             self._maybe_stop()
             return
-        ref = StepActor.start(
-            self._services, self.actor_ref, self._task.id, self._workspace, self._steps[index], self._specs[index]
-        )
+        ref = StepActor.start(self._services, self.actor_ref, self._task.id, self._workspace, step, self._specs[index])
         self._running[index] = ref
         ref.tell(RunStep())
 
@@ -111,28 +138,63 @@ class TaskActor(pykka.ThreadingActor):
         self._running.pop(record.index, None)
         self._update_step(record)
         self._finished += 1
-        if self._stopping is None:
-            if record.succeeded:
-                for nxt in self._dependents[record.index]:
-                    if all(self._steps[d].succeeded for d in self._deps[nxt]):
-                        self._request(nxt)
-            else:
-                self._skip_dependents(record.index)
-        if self._finished == len(self._steps):
+        self._consider(self._dependents[record.index])
+        self._check_finished()
+
+    def _check_finished(self) -> None:
+        if self._finished == len(self._steps) and not self._done:
             self._finish()
 
-    def _skip_dependents(self, index: int) -> None:
-        pending = list(self._dependents[index])
-        skipped = []
-        while pending:
-            nxt = pending.pop()
-            if self._steps[nxt].state is State.PENDING:
-                self._steps[nxt] = self._steps[nxt].with_(state=State.SKIPPED)
-                self._finished += 1
-                skipped.append(self._steps[nxt])
-                pending.extend(self._dependents[nxt])
-        if skipped:
-            self._save(tuple(skipped))
+    # -- control ------------------------------------------------------------------------
+
+    def _control_task(self, action: str) -> None:
+        check_task_action(action, self._task.state)
+        if action == "kill":
+            self._stop_all(State.KILLED)
+        elif action == "pause":
+            self._paused = True
+            for index in self._services.pool.cancel(self):
+                self._requested.discard(index)
+            for ref in self._running.values():
+                ref.tell(PauseStep())
+            self._task = self._task.with_(state=State.PAUSED)
+            self._save()
+        else:
+            self._paused = False
+            self._task = self._task.with_(state=State.RUNNING if self._task.begin is not None else State.PENDING)
+            self._save()
+            held = []
+            for index, step in enumerate(self._steps):
+                if step.state is State.PAUSED and index not in self._running:
+                    self._steps[index] = step.with_(state=State.PENDING)
+                    held.append(self._steps[index])
+            if held:
+                self._save(tuple(held))
+            for ref in self._running.values():
+                ref.tell(ResumeStep())
+            self._consider(range(len(self._steps)))
+
+    def _control_step(self, action: str, index: int) -> None:
+        step = self._steps[index]
+        check_step_action(action, step, self._paused)
+        running = self._running.get(index)
+        if action == "kill":
+            if running is not None:
+                running.tell(StopStep(State.KILLED))
+                return
+            if self._services.pool.cancel_key(self, index):
+                self._requested.discard(index)  # else the grant is on its way and is released then
+            now = self._services.clock()
+            self._step_ended(step.with_(state=State.KILLED, code=STEP_CODE_KILLED, end=now, begin=None))
+        elif running is not None:
+            running.tell(PauseStep() if action == "pause" else ResumeStep())
+        elif action == "pause":  # held before it starts
+            if index in self._requested and self._services.pool.cancel_key(self, index):
+                self._requested.discard(index)
+            self._update_step(step.with_(state=State.PAUSED))
+        else:
+            self._update_step(step.with_(state=State.PENDING))
+            self._consider([index])
 
     def _stop_all(self, state: State) -> None:
         """Kill the running trees and skip what has not started; the task ends as `state`."""
@@ -146,16 +208,15 @@ class TaskActor(pykka.ThreadingActor):
             return
         skipped = []
         for index, step in enumerate(self._steps):
-            if step.state is State.PENDING and index not in self._running:
-                self._steps[index] = step.with_(state=State.SKIPPED)
+            if step.state in (State.PENDING, State.PAUSED) and index not in self._running:
+                self._steps[index] = step.with_(state=State.SKIPPED, code=STEP_CODE_UNFINISHED)
                 self._finished += 1
                 skipped.append(self._steps[index])
         if skipped:
             self._save(tuple(skipped))
         for ref in list(self._running.values()):
             _tell(ref, StopStep(state))
-        if self._finished == len(self._steps):
-            self._finish()
+        self._check_finished()
 
     def _finish(self) -> None:
         end = self._services.clock()
@@ -182,7 +243,8 @@ class TaskActor(pykka.ThreadingActor):
 
     def _update_step(self, record: StepRecord) -> None:
         if self._task.begin is None and record.begin is not None:
-            self._task = self._task.with_(state=State.RUNNING, begin=record.begin)
+            state = State.PAUSED if self._paused else State.RUNNING
+            self._task = self._task.with_(state=state, begin=record.begin)
             self._save()
         self._steps[record.index] = record
         self._save((record,))

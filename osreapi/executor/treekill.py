@@ -58,10 +58,11 @@ def kill_tree(
     def root_alive() -> bool:
         return own_child.poll() is None if own_child is not None else True
 
-    if root_alive():
-        _killpg(root_pid, signal.SIGTERM)
-    for proc in procs.values():
-        _signal(proc, signal.SIGTERM)
+    for sig in (signal.SIGTERM, signal.SIGCONT):  # CONT: a stopped (paused) process acts on TERM
+        if root_alive():
+            _killpg(root_pid, sig)
+        for proc in procs.values():
+            _signal(proc, sig)
     deadline = time.monotonic() + grace
     alive = wait_gone(list(procs.values()), timeout=grace)
     if own_child is not None:
@@ -77,6 +78,20 @@ def kill_tree(
     if own_child is not None and own_child.poll() is None:
         own_child.kill()
     return signalled
+
+
+def signal_tree(root_pid: int, sig: int, extra: list[psutil.Process] | None = None) -> None:
+    """Send sig to root_pid's process group, its descendants and `extra` (pause / resume)."""
+    procs = {proc.pid: proc for proc in extra or ()}
+    try:
+        for child in psutil.Process(root_pid).children(recursive=True):
+            procs.setdefault(child.pid, child)
+    except psutil.Error:
+        pass
+    procs.pop(os.getpid(), None)
+    _killpg(root_pid, sig)
+    for proc in procs.values():
+        _signal(proc, sig)
 
 
 def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -12,7 +13,9 @@ from urllib.parse import parse_qs
 import bottle
 
 from ..embed import Executor
-from ..errors import EngineBusy, EngineClosed, InvalidRequest
+from ..records import StepRecord
+from .. import __version__
+from ..errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound
 from ..vocabulary import (
     CODE_BAD_REQUEST,
     CODE_BUSY,
@@ -25,7 +28,8 @@ from ..vocabulary import (
     message,
     normalize_language,
 )
-from . import render
+from . import openapi, render
+from .logstream import LogReader
 
 log = logging.getLogger(__name__)
 JSON_TYPE = "application/json; charset=utf-8"
@@ -70,8 +74,10 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         def wrapper(*args: Any, **kwargs: Any) -> bottle.HTTPResponse:
             try:
                 return handler(*args, **kwargs)
-            except InvalidRequest as exc:
+            except (InvalidRequest, ActionRejected) as exc:
                 return json_response(CODE_BAD_REQUEST, str(exc))
+            except NotFound:
+                return json_response(CODE_NOT_FOUND, message("not_found", lang()))
             except (EngineBusy, EngineClosed):
                 return json_response(CODE_BUSY, message("busy", lang()))
             except bottle.HTTPResponse:
@@ -81,6 +87,37 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
                 return json_response(CODE_INTERNAL, message("internal", lang()))
 
         return wrapper
+
+    closing = threading.Event()
+    openapi_body = json.dumps(openapi.document(), ensure_ascii=False)
+
+    @app.hook("after_request")
+    def count_request() -> None:
+        route = bottle.request.environ.get("bottle.route")
+        route = route.rule if route is not None else "unmatched"
+        executor.metrics.http_requests.labels(bottle.request.method, route, str(bottle.response.status_code)).inc()
+
+    @app.get("/healthz")
+    @api
+    def healthz() -> bottle.HTTPResponse:
+        executor.check_health()
+        return json_response(CODE_OK, message("success", lang()), {"status": "ok"})
+
+    @app.get("/version")
+    @api
+    def version() -> bottle.HTTPResponse:
+        return json_response(CODE_OK, message("success", lang()), {"version": __version__})
+
+    @app.get("/metrics")
+    @api
+    def metrics() -> bottle.HTTPResponse:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return bottle.HTTPResponse(body=executor.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.get("/openapi.json")
+    def openapi_json() -> bottle.HTTPResponse:
+        return bottle.HTTPResponse(body=openapi_body, headers={"Content-Type": JSON_TYPE})
 
     @app.post("/")
     @api
@@ -121,6 +158,63 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         code, msg, data = render.result_json(result.task, result.steps, language, now())
         return json_response(code, msg, data)
 
+    @app.put("/<task_id>")
+    @api
+    def control_task(task_id: str) -> bottle.HTTPResponse:
+        executor.control(task_id, bottle.request.query.get("action") or "", None)
+        return json_response(CODE_OK, message("success", lang()))
+
+    @app.put("/<task_id>/<step>")
+    @api
+    def control_step(task_id: str, step: str) -> bottle.HTTPResponse:
+        executor.control(task_id, bottle.request.query.get("action") or "", step)
+        return json_response(CODE_OK, message("success", lang()))
+
+    @app.get("/<task_id>/<step>")
+    @api
+    def get_step(task_id: str, step: str) -> bottle.HTTPResponse:
+        language = lang()
+        task, record = executor.step(task_id, step)
+        if not record.state.finished:
+            code, msg = render.CODE_RUNNING, message("running", language)
+        elif record.succeeded:
+            code, msg = CODE_OK, message("success", language)
+        else:
+            code, msg = render.CODE_FAILED, message("failed", language, index=record.index)
+        return json_response(code, msg, render.step_json(record, task, language, now()))
+
+    @app.get("/<task_id>/<step>/log")
+    @api
+    def step_log(task_id: str, step: str) -> bottle.HTTPResponse:
+        language = lang()
+        task, record = executor.step(task_id, step)
+        index = record.index
+        sse = "text/event-stream" in (bottle.request.headers.get("Accept") or "")
+        follow = _flag(bottle.request.query, "follow")
+        offset = _offset(bottle.request.query.get("offset"), bottle.request.headers.get("Last-Event-ID") if sse else None)
+
+        def current() -> StepRecord | None:
+            try:
+                return executor.step(task_id, index)[1]
+            except NotFound:
+                return None
+
+        def end_record() -> dict | None:
+            try:
+                task_now, step_now = executor.step(task_id, index)
+            except NotFound:
+                return None
+            if not step_now.state.finished:
+                return None
+            return render.step_json(step_now, task_now, language, now())
+
+        reader = LogReader(executor.log_path(task_id, index), current, closing, executor.config.max_output)
+        if sse:
+            headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+            return bottle.HTTPResponse(body=reader.sse(offset, follow, end_record), headers=headers)
+        headers = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache"}
+        return bottle.HTTPResponse(body=reader.plain(offset, follow), headers=headers)
+
     @app.error(404)
     def not_found(_: bottle.HTTPError) -> str:
         bottle.response.content_type = JSON_TYPE
@@ -137,7 +231,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         bottle.response.content_type = JSON_TYPE
         return render.envelope(CODE_INTERNAL, message("internal", lang()))
 
-    return RequestLimit(app, settings)
+    return RequestLimit(app, settings, closing)
 
 
 def _flag(query: bottle.FormsDict, name: str) -> bool:
@@ -150,6 +244,16 @@ def _flag(query: bottle.FormsDict, name: str) -> bool:
     if lowered in _FALSE:
         return False
     raise InvalidRequest(f"{name}: expected true or false, got {value!r}")
+
+
+def _offset(query_value: str | None, last_event_id: str | None) -> int:
+    for name, value in (("Last-Event-ID", last_event_id), ("offset", query_value)):
+        if value is None or value == "":
+            continue
+        if not value.strip().isdigit():
+            raise InvalidRequest(f"{name}: expected a byte offset (a whole number >= 0), got {value!r}")
+        return int(value)
+    return 0
 
 
 def _read_body(limit: int) -> bytes | None:
@@ -174,8 +278,9 @@ def _read_body(limit: int) -> bytes | None:
 class RequestLimit:
     """WSGI middleware: at most `max_requests` requests in flight; beyond it 429."""
 
-    def __init__(self, app: bottle.Bottle, settings: HttpSettings) -> None:
+    def __init__(self, app: bottle.Bottle, settings: HttpSettings, closing: threading.Event) -> None:
         self.app = app
+        self.closing = closing  # set when the server stops: open log streams end
         self._settings = settings
         self._slots = threading.BoundedSemaphore(settings.max_requests) if settings.max_requests > 0 else None
 

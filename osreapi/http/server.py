@@ -56,6 +56,9 @@ class HttpServer:
         return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
     def stop(self) -> None:
+        closing = getattr(self._server.wsgi_app, "closing", None)
+        if closing is not None:
+            closing.set()  # streams end first, so stop() never waits on an open one
         self._server.stop()
         if self._thread is not None:
             self._thread.join(10)
