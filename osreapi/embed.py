@@ -79,6 +79,7 @@ class Executor:
         kill_grace: float = 2.0,
         sweep_interval: float = 30.0,
         call_timeout: float | str = "30s",
+        extra_live_tasks: int = 16,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if pool_size < 1:
@@ -92,6 +93,7 @@ class Executor:
             kill_grace=kill_grace,
             sweep_interval=sweep_interval,
             call_timeout=_seconds(call_timeout),
+            extra_live_tasks=extra_live_tasks,
         )
         self.clock = clock
         self._waiters: dict[str, list[threading.Event]] = defaultdict(list)

@@ -117,20 +117,27 @@ def test_sigterm_interrupts_running_keeps_queued_and_restart_runs_them(start_ser
 @pytest.mark.timeout(90)
 def test_kill_9_then_restart_marks_interrupted_and_kills_leftovers(start_server, tmp_path):
     data = tmp_path / "data"
-    server = start_server(data_dir=data)
+    server = start_server("--pool_size=1", data_dir=data)
     client = server.client
+    earlier = client.submit([sh("echo earlier")])
+    client.wait(earlier)
     task_id = client.submit([sh("setsid sleep 300 & echo $! > escaped.pid; sleep 300")])
+    queued = client.submit([sh("echo queued > out.txt")])
     workspace = data / "workspace" / task_id
     assert wait_until(lambda: (workspace / "escaped.pid").exists() and (workspace / "escaped.pid").read_text().strip())
     escaped = int((workspace / "escaped.pid").read_text())
     leader = client.get(f"/{task_id}").json
     server.kill()
     assert psutil.pid_exists(escaped) and not gone(escaped)
-    restarted = start_server(data_dir=data)
+    restarted = start_server("--pool_size=1", data_dir=data)
     assert wait_until(lambda: gone(escaped), timeout=10)
-    body = restarted.client.get(f"/{task_id}").json
+    client = restarted.client
+    body = client.get(f"/{task_id}").json
     assert leader["code"] == 1001
     assert body["code"] == 1002 and body["data"][0]["state"] == "已中断"
+    assert client.get(f"/{earlier}").json["data"][0]["message"] == "earlier\n"
+    assert client.wait(queued).json["code"] == 0
+    assert (data / "workspace" / queued / "out.txt").read_text() == "queued\n"
     assert restarted.terminate() == 0
 
 

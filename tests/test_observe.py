@@ -1,0 +1,225 @@
+"""Live output (plain, follow, SSE), health, version, metrics, the OpenAPI document, osreapi-killtree."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import time
+
+import jsonschema
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from osreapi.http.openapi import document
+
+from .conftest import Client, console_script, gone, wait_until
+
+
+def sh(content: str, **kw) -> dict:
+    return {"command_type": "sh", "command_content": content, **kw}
+
+
+def open_stream(client: Client, path: str, headers: dict | None = None) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection(client.host, client.port, timeout=30)
+    conn.request("GET", path, headers=headers or {})
+    return conn.getresponse()
+
+
+def parse_sse(raw: str) -> list[dict]:
+    events = []
+    for block in raw.split("\n\n"):
+        if not block.strip() or block.startswith(":"):
+            continue
+        event = {"event": "message", "data": []}
+        for line in block.split("\n"):
+            if line.startswith("data: "):
+                event["data"].append(line[6:])
+            elif line.startswith("id: "):
+                event["id"] = int(line[4:])
+            elif line.startswith("event: "):
+                event["event"] = line[7:]
+        event["data"] = "\n".join(event["data"])
+        events.append(event)
+    return events
+
+
+def test_log_so_far_and_from_an_offset(client: Client):
+    task_id = client.submit([sh("printf 'hello\\nworld\\n'")])
+    client.wait(task_id)
+    resp = client.get(f"/{task_id}/0/log")
+    assert resp.status == 200 and resp.header("Content-Type").startswith("text/plain")
+    assert resp.body == b"hello\nworld\n"
+    assert client.get(f"/{task_id}/0/log?offset=6").body == b"world\n"
+    assert client.get(f"/{task_id}/0/log?offset=-1").status == 400
+    assert client.get(f"/{task_id}/9/log").status == 404
+
+
+@pytest.mark.timeout(30)
+def test_follow_streams_before_the_step_ends(client: Client):
+    task_id = client.submit([sh("echo first; sleep 1; echo second")])
+    started = time.monotonic()
+    resp = open_stream(client, f"/{task_id}/0/log?follow=true")
+    assert resp.status == 200 and resp.getheader("Transfer-Encoding") == "chunked"
+    first = resp.read1(100)
+    while b"first" not in first:
+        first += resp.read1(100)
+    first_at = time.monotonic() - started
+    rest = resp.read()
+    assert first_at < 0.9  # arrived while the step was still sleeping
+    assert (first + rest) == b"first\nsecond\n"
+    assert client.executor.get(task_id).finished
+
+
+@pytest.mark.timeout(60)
+def test_hundred_thousand_lines_complete_and_ordered_in_stream_and_result(make_server):
+    client = make_server(max_output=4 << 20)
+    script = "i=0; while [ $i -lt 100000 ]; do echo line$i; i=$((i+1)); done"
+    task_id = client.submit([{"command_type": "bash", "command_content": script}])
+    resp = open_stream(client, f"/{task_id}/0/log?follow=true")
+    streamed = resp.read().decode()
+    expected = "".join(f"line{i}\n" for i in range(100000))
+    assert streamed == expected
+    assert client.wait(task_id, 60).json["data"][0]["message"] == expected
+
+
+@pytest.mark.timeout(60)
+def test_stream_says_when_the_output_cap_cuts_the_result(make_server):
+    client = make_server(max_output=1000)
+    task_id = client.submit([sh("i=0; while [ $i -lt 500 ]; do echo line$i; i=$((i+1)); done")])
+    streamed = open_stream(client, f"/{task_id}/0/log?follow=true").read().decode()
+    assert streamed.startswith("line0\n") and "line499\n" in streamed
+    assert "over the 1000-byte cap" in streamed.splitlines()[-1]
+    assert "bytes truncated" in client.wait(task_id).json["data"][0]["message"]
+
+
+@pytest.mark.timeout(30)
+def test_sse_resumes_with_last_event_id_without_gap_or_duplicate(client: Client):
+    script = "i=0; while [ $i -lt 30 ]; do echo 行$i; i=$((i+1)); sleep 0.02; done"
+    task_id = client.submit([sh(script)])
+    resp = open_stream(client, f"/{task_id}/0/log?follow=true", {"Accept": "text/event-stream"})
+    assert resp.getheader("Content-Type").startswith("text/event-stream")
+    raw = b""
+    while raw.count(b"\n\n") < 4:  # a comment and at least three events
+        raw += resp.read1(1)
+    resp.close()
+    first_part = parse_sse(raw[: raw.rindex(b"\n\n") + 2].decode())
+    last_id = first_part[-1]["id"]
+    received = "".join(e["data"] for e in first_part if e["event"] == "message")
+    assert len(received.encode()) == last_id
+    resp = open_stream(client, f"/{task_id}/0/log?follow=true", {"Accept": "text/event-stream", "Last-Event-ID": str(last_id)})
+    rest = parse_sse(resp.read().decode())
+    received += "".join(e["data"] for e in rest if e["event"] == "message")
+    assert received == "".join(f"行{i}\n" for i in range(30))
+    end = rest[-1]
+    assert end["event"] == "end"
+    record = json.loads(end["data"])
+    assert record["state"] == "已结束" and record["code"] == 0 and record["step"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_server_stop_ends_open_streams(make_server):
+    from osreapi.http.app import HttpSettings, make_app
+    from osreapi.http.server import HttpServer
+
+    ex = make_server().executor
+    server = HttpServer(make_app(ex, HttpSettings()), "127.0.0.1", 0)
+    server.start()
+    client = Client(server.url)
+    task_id = client.submit([sh("echo up; sleep 300")])
+    resp = open_stream(client, f"/{task_id}/0/log?follow=true")
+    assert b"up" in resp.read1(10)
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 8
+
+
+def test_health_and_version(client: Client):
+    from osreapi import __version__
+
+    health = client.get("/healthz")
+    assert health.status == 200 and health.json["data"] == {"status": "ok"}
+    assert client.get("/version").json["data"]["version"] == __version__
+
+
+def metric_values(text: str) -> dict[tuple, float]:
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+@pytest.mark.timeout(30)
+def test_metrics_count_what_ran(make_server):
+    client = make_server(pool_size=3)
+    client.wait(client.submit([sh("true"), sh("true")]))
+    client.wait(client.submit([sh("exit 1")]))
+    client.wait(client.submit([sh("sleep 5", timeout="100ms")]))
+    resp = client.get("/metrics")
+    assert resp.status == 200 and resp.header("Content-Type").startswith("text/plain")
+    values = metric_values(resp.body.decode())
+    assert values[("osreapi_steps_started_total", ())] == 4
+    assert values[("osreapi_steps_finished_total", (("outcome", "succeeded"),))] == 2
+    assert values[("osreapi_steps_finished_total", (("outcome", "failed"),))] == 1
+    assert values[("osreapi_steps_finished_total", (("outcome", "timeout"),))] == 1
+    assert values[("osreapi_step_duration_seconds_count", ())] == 4
+    assert values[("osreapi_tasks", (("state", "stopped"),))] == 3
+    assert values[("osreapi_pool_size", ())] == 3
+    assert values[("osreapi_pool_busy", ())] == 0
+    assert values[("osreapi_threads", ())] > 0 and values[("osreapi_store_bytes", ())] > 0
+    assert values[("osreapi_http_requests_total", (("method", "POST"), ("route", "/"), ("status", "200")))] == 3
+
+
+def response_schema(doc: dict, path: str, method: str, status: int, media: str = "application/json") -> dict:
+    schema = doc["paths"][path][method]["responses"][str(status)]["content"][media]["schema"]
+    return {**schema, "components": doc["components"]}
+
+
+def test_openapi_document_is_valid_and_matches_real_responses(client: Client):
+    doc = client.get("/openapi.json").json
+    assert doc == json.loads(json.dumps(document()))
+    assert doc["openapi"].startswith("3.")
+    jsonschema.Draft202012Validator.check_schema(doc["components"]["schemas"]["Step"])
+    ok = client.submit([sh("echo ok", name="a")])
+    client.wait(ok)
+    bad = client.submit([sh("exit 2")])
+    client.wait(bad)
+    running = client.submit([sh("sleep 300")])
+    checks = [
+        ("/", "post", client.post("/", [sh("true")])),
+        ("/", "post", client.post("/", "[]")),
+        ("/", "get", client.get("/")),
+        ("/{id}", "get", client.get(f"/{ok}")),
+        ("/{id}", "get", client.get(f"/{bad}")),
+        ("/{id}", "get", client.get(f"/{running}")),
+        ("/{id}", "get", client.get("/missing")),
+        ("/{id}/{step}", "get", client.get(f"/{ok}/a")),
+        ("/{id}/{step}", "get", client.get(f"/{ok}/9")),
+        ("/{id}", "put", client.request("PUT", f"/{running}?action=pause")),
+        ("/{id}", "put", client.request("PUT", f"/{running}?action=pause")),
+        ("/{id}/{step}", "put", client.request("PUT", f"/{running}/0?action=kill")),
+        ("/healthz", "get", client.get("/healthz")),
+        ("/version", "get", client.get("/version")),
+    ]
+    for path, method, resp in checks:
+        assert str(resp.status) in doc["paths"][path][method]["responses"], (path, method, resp.status)
+        jsonschema.validate(resp.json, response_schema(doc, path, method, resp.status))
+    assert set(doc["paths"]) == {"/", "/{id}", "/{id}/{step}", "/{id}/{step}/log", "/healthz", "/version", "/metrics", "/openapi.json"}
+
+
+@pytest.mark.timeout(30)
+def test_killtree_console_script_finds_marked_trees_without_the_server(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "OSREAPI_TASK_ID": "orphan-task"}
+    proc = subprocess.Popen(["sh", "-c", "setsid sleep 300 & echo $! > esc; sleep 300"], cwd=tmp_path, env=env,
+                            start_new_session=True)
+    assert wait_until(lambda: (tmp_path / "esc").exists() and (tmp_path / "esc").read_text().strip())
+    escaped = int((tmp_path / "esc").read_text())
+    dry = subprocess.run([console_script("osreapi-killtree"), "orphan-task", "--dry-run"], capture_output=True, text=True, timeout=20)
+    assert dry.returncode == 0
+    assert f"would kill {proc.pid}" in dry.stdout and f"would kill {escaped}" in dry.stdout
+    assert proc.poll() is None and not gone(escaped)
+    out = subprocess.run([console_script("osreapi-killtree"), "orphan-task", "--grace", "1"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and f"killed {escaped}" in out.stdout
+    proc.wait(10)
+    assert wait_until(lambda: gone(escaped), timeout=5)
