@@ -126,6 +126,8 @@ def test_kill_9_then_restart_marks_interrupted_and_kills_leftovers(start_server,
     workspace = data / "workspace" / task_id
     assert wait_until(lambda: (workspace / "escaped.pid").exists() and (workspace / "escaped.pid").read_text().strip())
     escaped = int((workspace / "escaped.pid").read_text())
+    # Only what is committed survives kill -9: wait until the running step is on disk.
+    assert wait_until(lambda: client.get(f"/{task_id}").json["data"][0]["state"] == "执行中")
     leader = client.get(f"/{task_id}").json
     server.kill()
     assert psutil.pid_exists(escaped) and not gone(escaped)
@@ -134,7 +136,7 @@ def test_kill_9_then_restart_marks_interrupted_and_kills_leftovers(start_server,
     client = restarted.client
     body = client.get(f"/{task_id}").json
     assert leader["code"] == 1001
-    assert body["code"] == 1002 and body["data"][0]["state"] == "已中断"
+    assert body["code"] == 1002 and body["data"][0]["state"] == "已中断", body
     assert client.get(f"/{earlier}").json["data"][0]["message"] == "earlier\n"
     assert client.wait(queued).json["code"] == 0
     assert (data / "workspace" / queued / "out.txt").read_text() == "queued\n"

@@ -242,15 +242,17 @@ class TaskActor(pykka.ThreadingActor):
     # -- records ------------------------------------------------------------------------
 
     def _update_step(self, record: StepRecord) -> None:
+        self._steps[record.index] = record
         if self._task.begin is None and record.begin is not None:
             state = State.PAUSED if self._paused else State.RUNNING
             self._task = self._task.with_(state=state, begin=record.begin)
-            self._save()
-        self._steps[record.index] = record
-        self._save((record,))
+            self._save((record,), with_task=True)  # one transaction: the task began with this step
+        else:
+            self._save((record,))
 
-    def _save(self, steps: tuple[StepRecord, ...] = ()) -> None:
-        self._services.store.tell(SaveRecords(self._task.id, self._task if not steps else None, steps))
+    def _save(self, steps: tuple[StepRecord, ...] = (), with_task: bool = False) -> None:
+        task = self._task if with_task or not steps else None
+        self._services.store.tell(SaveRecords(self._task.id, task, steps))
 
 
 def _tell(ref: pykka.ActorRef, message: Any) -> None:
