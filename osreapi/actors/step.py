@@ -64,9 +64,9 @@ class StepActor(pykka.ThreadingActor):
                 if self._active_since is not None and self._remaining() <= 0:
                     self._kill(State.TIMEOUT)
             case PauseStep():
-                self._pause()
+                return self._pause()
             case ResumeStep():
-                self._resume()
+                return self._resume()
             case StopStep(state=state):
                 self._kill(state)
             case _:
@@ -117,25 +117,26 @@ class StepActor(pykka.ThreadingActor):
         if self._limit > 0:
             self._deadline = self._services.scheduler.call_later(max(0.0, self._remaining()), self._deadline_reached)
 
-    def _pause(self) -> None:
+    def _pause(self) -> StepRecord | None:
+        """Suspend the tree; answer the paused record (None if there is nothing to pause)."""
         if self._proc is None or self._active_since is None or self._stop_state is not None:
-            return
+            return None
         treekill.signal_tree(self._proc.pid, signal.SIGSTOP, extra=self._marked())
         self._active_total += time.monotonic() - self._active_since
         self._active_since = None
         if self._deadline is not None:
             self._deadline.cancel()
         self._record = self._record.with_(state=State.PAUSED)
-        self._task_ref.tell(StepUpdated(self._record))
+        return self._record
 
-    def _resume(self) -> None:
+    def _resume(self) -> StepRecord | None:
         if self._proc is None or self._active_since is not None or self._stop_state is not None:
-            return
+            return None
         treekill.signal_tree(self._proc.pid, signal.SIGCONT, extra=self._marked())
         self._active_since = time.monotonic()
         self._arm_deadline()
         self._record = self._record.with_(state=State.RUNNING)
-        self._task_ref.tell(StepUpdated(self._record))
+        return self._record
 
     def _marked(self):
         return treekill.marked_processes(self._task_id, self._spec.name)

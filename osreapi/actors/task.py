@@ -155,10 +155,9 @@ class TaskActor(pykka.ThreadingActor):
             self._paused = True
             for index in self._services.pool.cancel(self):
                 self._requested.discard(index)
-            for ref in self._running.values():
-                ref.tell(PauseStep())
             self._task = self._task.with_(state=State.PAUSED)
             self._save()
+            self._ask_steps(list(self._running.values()), PauseStep())
         else:
             self._paused = False
             self._task = self._task.with_(state=State.RUNNING if self._task.begin is not None else State.PENDING)
@@ -170,8 +169,7 @@ class TaskActor(pykka.ThreadingActor):
                     held.append(self._steps[index])
             if held:
                 self._save(tuple(held))
-            for ref in self._running.values():
-                ref.tell(ResumeStep())
+            self._ask_steps(list(self._running.values()), ResumeStep())
             self._consider(range(len(self._steps)))
 
     def _control_step(self, action: str, index: int) -> None:
@@ -187,7 +185,7 @@ class TaskActor(pykka.ThreadingActor):
             now = self._services.clock()
             self._step_ended(step.with_(state=State.KILLED, code=STEP_CODE_KILLED, end=now, begin=None))
         elif running is not None:
-            running.tell(PauseStep() if action == "pause" else ResumeStep())
+            self._ask_steps([running], PauseStep() if action == "pause" else ResumeStep())
         elif action == "pause":  # held before it starts
             if index in self._requested and self._services.pool.cancel_key(self, index):
                 self._requested.discard(index)
@@ -195,6 +193,23 @@ class TaskActor(pykka.ThreadingActor):
         else:
             self._update_step(step.with_(state=State.PENDING))
             self._consider([index])
+
+    def _ask_steps(self, refs: list[pykka.ActorRef], message: PauseStep | ResumeStep) -> None:
+        """Suspend / resume step trees and record it before the control request is answered.
+        Asking is safe here: a StepActor never waits on its TaskActor."""
+        futures = []
+        for ref in refs:
+            try:
+                futures.append(ref.ask(message, block=False))
+            except pykka.ActorDeadError:
+                pass
+        for future in futures:
+            try:
+                record = future.get(timeout=self._services.config.call_timeout)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                continue  # the step ended meanwhile; its StepEnded is on its way
+            if record is not None:
+                self._update_step(record)
 
     def _stop_all(self, state: State) -> None:
         """Kill the running trees and skip what has not started; the task ends as `state`."""

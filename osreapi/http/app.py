@@ -30,6 +30,7 @@ from ..vocabulary import (
 )
 from . import openapi, render
 from .logstream import LogReader
+from .security import Guard, audit
 
 log = logging.getLogger(__name__)
 JSON_TYPE = "application/json; charset=utf-8"
@@ -44,6 +45,7 @@ class HttpSettings:
     lang: str = DEFAULT_LANGUAGE
     max_body: int = 1 << 20
     max_requests: int = 0  # 0 = no limit
+    token: str | None = None  # None: protected mode (loopback clients only)
 
 
 def request_language(default: str) -> str:
@@ -93,9 +95,15 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
 
     @app.hook("after_request")
     def count_request() -> None:
-        route = bottle.request.environ.get("bottle.route")
-        route = route.rule if route is not None else "unmatched"
-        executor.metrics.http_requests.labels(bottle.request.method, route, str(bottle.response.status_code)).inc()
+        environ = bottle.request.environ
+        route = environ.get("bottle.route")
+        rule = route.rule if route is not None else "unmatched"
+        status = bottle.response.status_code
+        executor.metrics.http_requests.labels(bottle.request.method, rule, str(status)).inc()
+        if bottle.request.method in ("POST", "PUT", "DELETE", "PATCH"):
+            args = environ.get("route.url_args") or {}
+            task_id, steps = environ.get("osreapi.submitted", (args.get("task_id"), None))
+            audit(environ, route=rule, task_id=task_id, steps=steps, status=status)
 
     @app.get("/healthz")
     @api
@@ -129,6 +137,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         if body is None:
             return json_response(CODE_TOO_LARGE, message("too_large", lang(), limit=settings.max_body))
         submitted = executor.submit_task(body, parallel=parallel, task_id=task_id)
+        bottle.request.environ["osreapi.submitted"] = (submitted.id, submitted.count)
         data = {"id": submitted.id, "count": submitted.count}
         return json_response(CODE_OK, message("success", lang()), data, {"X-Task-ID": submitted.id})
 
@@ -231,7 +240,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         bottle.response.content_type = JSON_TYPE
         return render.envelope(CODE_INTERNAL, message("internal", lang()))
 
-    return RequestLimit(app, settings, closing)
+    return Guard(RequestLimit(app, settings, closing), settings.token, settings.lang)
 
 
 def _flag(query: bottle.FormsDict, name: str) -> bool:

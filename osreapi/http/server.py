@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from ..errors import InvalidValue
 
@@ -28,8 +31,33 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host or "0.0.0.0", number
 
 
+@dataclass(frozen=True)
+class TlsSettings:
+    cert: str
+    key: str
+    client_ca: str | None = None  # require client certificates signed by this CA (mTLS)
+
+
+def tls_adapter(tls: TlsSettings) -> BuiltinSSLAdapter:
+    adapter = BuiltinSSLAdapter(tls.cert, tls.key)
+    adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.client_ca:
+        adapter.context.load_verify_locations(cafile=tls.client_ca)
+        adapter.context.verify_mode = ssl.CERT_REQUIRED
+    return adapter
+
+
 class HttpServer:
-    def __init__(self, app: Callable, host: str, port: int, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(
+        self,
+        app: Callable,
+        host: str,
+        port: int,
+        threads: int = DEFAULT_THREADS,
+        tls: TlsSettings | None = None,
+        max_header: int = 64 * 1024,
+    ) -> None:
+        self._scheme = "https" if tls else "http"
         self._server = wsgi.Server(
             (host, port),
             app,
@@ -39,6 +67,9 @@ class HttpServer:
             accepted_queue_size=threads * 4,
             shutdown_timeout=5,
         )
+        self._server.max_request_header_size = max_header
+        if tls is not None:
+            self._server.ssl_adapter = tls_adapter(tls)
         self._thread: threading.Thread | None = None
 
     def start(self) -> tuple[str, int]:
@@ -53,7 +84,13 @@ class HttpServer:
     def url(self) -> str:
         host, port = self._server.bind_addr[:2]
         shown = "127.0.0.1" if host == "0.0.0.0" else host
-        return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+        netloc = f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}"
+        return f"{self._scheme}://{netloc}"
+
+    @property
+    def loopback_only(self) -> bool:
+        host = self._server.bind_addr[0]
+        return host in ("localhost",) or host.startswith("127.") or host == "::1"
 
     def stop(self) -> None:
         closing = getattr(self._server.wsgi_app, "closing", None)

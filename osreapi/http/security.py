@@ -1,0 +1,131 @@
+"""Who may call: protected mode (loopback only without a token), bearer tokens, the audit log."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from ..errors import InvalidValue
+from ..vocabulary import normalize_language
+from .render import envelope
+
+audit_log = logging.getLogger("osreapi.audit")
+JSON_TYPE = "application/json; charset=utf-8"
+OPEN_PATHS = frozenset({"/healthz"})  # answered without a token
+
+_FORBIDDEN = (
+    "只允许本机访问: 请用 --token、--token_file 或环境变量 OSREAPI_TOKEN 设置令牌, 并以 Authorization: Bearer <token> 访问",
+    "only loopback clients are served without a token: set one with --token, --token_file or OSREAPI_TOKEN, "
+    "then send Authorization: Bearer <token>",
+)
+_UNAUTHORIZED = (
+    "缺少或错误的令牌: 请发送 Authorization: Bearer <token>",
+    "missing or wrong token: send Authorization: Bearer <token>",
+)
+
+
+def load_token(token: str | None, token_file: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """The configured token: --token, else --token_file (not world-readable), else OSREAPI_TOKEN."""
+    environ = os.environ if environ is None else environ
+    if token is not None:
+        if not token.strip():
+            raise InvalidValue("--token: empty token")
+        return token.strip()
+    if token_file:
+        path = Path(token_file)
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise InvalidValue(f"--token_file: cannot read {path}: {exc.strerror}") from None
+        if mode & stat.S_IROTH:
+            raise InvalidValue(f"--token_file: {path} is world-readable; chmod o-r {path}")
+        if not text:
+            raise InvalidValue(f"--token_file: {path} is empty")
+        return text
+    from_env = environ.get("OSREAPI_TOKEN", "").strip()
+    return from_env or None
+
+
+def is_loopback(address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def token_hint(token: str) -> str:
+    """An identity for logs that does not reveal the token."""
+    return "token#" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
+
+
+class Guard:
+    """WSGI middleware: protected mode without a token; with one, Bearer auth on every route but /healthz.
+    The client address is the socket peer (REMOTE_ADDR), never a header such as X-Forwarded-For."""
+
+    def __init__(self, app: Callable, token: str | None, default_lang: str) -> None:
+        self.app = app
+        self._token = token.encode("utf-8") if token else None
+        self._identity = token_hint(token) if token else "loopback"
+        self._default_lang = default_lang
+
+    def __getattr__(self, name: str):  # expose the inner app's attributes (e.g. `closing`)
+        return getattr(self.app, name)
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") in OPEN_PATHS:
+            return self.app(environ, start_response)
+        if self._token is None:
+            if not is_loopback(environ.get("REMOTE_ADDR")):
+                return self._refuse(environ, start_response, "403 Forbidden", 403, _FORBIDDEN, {})
+        else:
+            header = environ.get("HTTP_AUTHORIZATION", "")
+            scheme, _, presented = header.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode("utf-8"), self._token):
+                headers = {"WWW-Authenticate": 'Bearer realm="osreapi"'}
+                return self._refuse(environ, start_response, "401 Unauthorized", 401, _UNAUTHORIZED, headers)
+        environ["osreapi.identity"] = self._identity
+        return self.app(environ, start_response)
+
+    def _refuse(self, environ, start_response, status, code, texts, headers) -> list[bytes]:
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        lang = (
+            normalize_language(query.get("lang", [""])[0])
+            or normalize_language(environ.get("HTTP_ACCEPT_LANGUAGE"))
+            or self._default_lang
+        )
+        body = envelope(code, texts[1 if lang == "en" else 0]).encode("utf-8")
+        if environ.get("REQUEST_METHOD") in ("POST", "PUT", "DELETE", "PATCH"):
+            audit(environ, route=environ.get("PATH_INFO", ""), task_id=None, steps=None, status=code)
+        start_response(status, [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))), *headers.items()])
+        return [body]
+
+
+def audit(environ: dict, *, route: str, task_id: str | None, steps: int | None, status: int) -> None:
+    """One structured line per mutating request; never the token itself."""
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "client": environ.get("REMOTE_ADDR"),
+        "identity": environ.get("osreapi.identity", "anonymous"),
+        "method": environ.get("REQUEST_METHOD"),
+        "route": route,
+        "path": environ.get("PATH_INFO"),
+        "task_id": task_id,
+        "steps": steps,
+        "status": status,
+    }
+    audit_log.info(json.dumps(record, ensure_ascii=False))
