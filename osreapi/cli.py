@@ -34,6 +34,15 @@ Flags:
       --lang=zh           Language of messages and state words: zh or en.
       --max_output=1MiB   Bytes of output kept per step (head + tail).
       --max_body=1MiB     Largest request body accepted.
+      --token=TOKEN       Require "Authorization: Bearer TOKEN" on every route but /healthz
+                          (also --token_file=PATH, not world-readable, or env OSREAPI_TOKEN).
+                          Without a token only loopback clients are served.
+      --tls_cert=PEM      Serve HTTPS with this certificate (and --tls_key=PEM);
+      --tls_client_ca=PEM also require client certificates signed by this CA (mTLS).
+      --max_steps=1000    Most steps in one task.
+      --max_script=1MiB   Largest command_content of one step.
+      --max_env_vars=256  Most env_vars of one step (--max_env_bytes=128KiB in all).
+      --max_header=64KiB  Largest request header block.
 
 Commands:
   help [<command>...]
@@ -100,6 +109,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     _flag(parser, "lang", default="zh", choices=LANGUAGES)
     _flag(parser, "max_output", default=1 << 20, type=_checked(parse_size, 1, "max_output"))
     _flag(parser, "max_body", default=1 << 20, type=_checked(parse_size, 1, "max_body"))
+    _flag(parser, "token", default=None)
+    _flag(parser, "token_file", default=None)
+    _flag(parser, "tls_cert", default=None)
+    _flag(parser, "tls_key", default=None)
+    _flag(parser, "tls_client_ca", default=None)
+    _flag(parser, "max_steps", default=1000, type=_checked(_integer, 1, "max_steps"))
+    _flag(parser, "max_script", default=1 << 20, type=_checked(parse_size, 1, "max_script"))
+    _flag(parser, "max_env_vars", default=256, type=_checked(_integer, 0, "max_env_vars"))
+    _flag(parser, "max_env_bytes", default=128 * 1024, type=_checked(parse_size, 0, "max_env_bytes"))
+    _flag(parser, "max_header", default=64 * 1024, type=_checked(parse_size, 1024, "max_header"))
     parser.add_argument("command", nargs="?")
     parser.add_argument("args", nargs="*")
     return parser
@@ -134,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from .embed import Executor, default_data_dir
     from .http.app import HttpSettings, make_app
-    from .http.server import HttpServer, parse_addr
+    from .http.security import load_token
+    from .http.server import HttpServer, TlsSettings, parse_addr
+    from .spec import Limits
 
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
@@ -145,6 +166,15 @@ def run(args: argparse.Namespace) -> int:
     except InvalidValue as exc:
         print(f"osreapi: error: argument --addr: {exc}", file=sys.stderr)
         return 2
+    try:
+        token = load_token(args.token, args.token_file)
+    except InvalidValue as exc:
+        print(f"osreapi: error: {exc}", file=sys.stderr)
+        return 2
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        print("osreapi: error: --tls_cert and --tls_key go together (and --tls_client_ca needs them)", file=sys.stderr)
+        return 2
+    tls = TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())  # the main thread runs the ordered shutdown
@@ -156,19 +186,31 @@ def run(args: argparse.Namespace) -> int:
         key_expire=args.key_expire,
         max_output=int(args.max_output),
         call_timeout=args.timeout,
+        limits=Limits(int(args.max_steps), int(args.max_script), int(args.max_env_vars), int(args.max_env_bytes)),
     )
-    settings = HttpSettings(lang=args.lang, max_body=int(args.max_body), max_requests=int(args.max_requests))
-    server = HttpServer(make_app(executor, settings), host, port)
+    settings = HttpSettings(
+        lang=args.lang, max_body=int(args.max_body), max_requests=int(args.max_requests), token=token
+    )
     try:
+        server = HttpServer(make_app(executor, settings), host, port, tls=tls, max_header=int(args.max_header))
         server.start()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         executor.close()
-        print(f"osreapi: error: cannot listen on {args.addr}: {exc}", file=sys.stderr)
+        print(f"osreapi: error: cannot serve on {args.addr}: {exc}", file=sys.stderr)
         return 1
     print(f"osreapi {__version__} listening on {server.url} (data dir: {executor.config.data_dir})", flush=True)
+    log = logging.getLogger(__name__)
+    if token is None:
+        if not server.loopback_only:
+            log.warning(
+                "listening beyond loopback without a token: protected mode serves loopback clients only; "
+                "set --token, --token_file or OSREAPI_TOKEN to serve others"
+            )
+    else:
+        log.info("bearer token required on every route but /healthz")
     while not stop.wait(1.0):  # a timeout keeps signal delivery prompt on every platform
         pass
-    logging.getLogger(__name__).info("shutting down: closing HTTP, interrupting running tasks, flushing the store")
+    log.info("shutting down: closing HTTP, interrupting running tasks, flushing the store")
     server.stop()
     executor.close()
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .spec import TASK_ID_PATTERN
+
 HOUR = 3600.0
 
 
@@ -25,6 +27,8 @@ class EngineConfig:
         return self.data_dir / "workspace"
 
     def workspace(self, task_id: str) -> Path:
+        if not TASK_ID_PATTERN.fullmatch(task_id):
+            raise ValueError(f"task id {task_id!r} cannot name a workspace")
         path = (self.workspace_root / task_id).resolve()
         # Task ids are validated, but the path check is the last line: never outside the data dir.
         if path.parent != self.workspace_root.resolve():

@@ -80,6 +80,7 @@ class Executor:
         sweep_interval: float = 30.0,
         call_timeout: float | str = "30s",
         extra_live_tasks: int = 16,
+        limits: spec.Limits = spec.Limits(),
         clock: Callable[[], float] = time.time,
     ) -> None:
         if pool_size < 1:
@@ -96,6 +97,7 @@ class Executor:
             extra_live_tasks=extra_live_tasks,
         )
         self.clock = clock
+        self.limits = limits
         self._waiters: dict[str, list[threading.Event]] = defaultdict(list)
         self._waiters_lock = threading.Lock()
         self._closed = False
@@ -134,7 +136,7 @@ class Executor:
         self._check_open()
         data = spec.parse_body(steps) if isinstance(steps, (str, bytes)) else steps
         task_id = spec.validate_task_id(task_id) if task_id is not None else str(uuid.uuid4())
-        specs = spec.build_steps(task_id, data)
+        specs = spec.build_steps(task_id, data, self.limits)
         mode = spec.choose_mode(specs, parallel)
         task = TaskRecord(id=task_id, mode=mode.value, count=len(specs), accepted=self.clock())
         records = tuple(StepRecord(index=i, name=s.name) for i, s in enumerate(specs))

@@ -20,6 +20,16 @@ RESERVED_IDS = frozenset({"healthz", "version", "metrics", "ui", "openapi.json",
 _ENV_NAME = re.compile(r"^[^=\x00]+$")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one submission may ask for; each is a server flag."""
+
+    max_steps: int = MAX_STEPS
+    max_script_bytes: int = 1 << 20  # command_content, UTF-8 bytes
+    max_env_vars: int = 256  # per step
+    max_env_bytes: int = 128 * 1024  # per step: names and values together
+
+
 class Mode(str, Enum):
     SEQUENTIAL = "sequential"
     PARALLEL = "parallel"
@@ -58,7 +68,7 @@ class StepSpec:
 
 
 def validate_task_id(task_id: str) -> str:
-    if not isinstance(task_id, str) or not TASK_ID_PATTERN.match(task_id):
+    if not isinstance(task_id, str) or not TASK_ID_PATTERN.fullmatch(task_id):
         raise InvalidRequest(
             "id: must be 1-64 characters, a letter or digit first, then letters, digits, '.', '_' or '-'"
         )
@@ -85,15 +95,15 @@ def parse_body(body: bytes | str) -> list[Any]:
     return data
 
 
-def build_steps(task_id: str, data: Any) -> tuple[StepSpec, ...]:
+def build_steps(task_id: str, data: Any, limits: Limits = Limits()) -> tuple[StepSpec, ...]:
     """Validate a decoded submission; raise InvalidRequest naming the step and field."""
     if not isinstance(data, list):
         raise InvalidRequest(f"body: expected a JSON array of steps, got {_json_type(data)}")
     if not data:
         raise InvalidRequest("body: the array of steps is empty")
-    if len(data) > MAX_STEPS:
-        raise InvalidRequest(f"body: too many steps ({len(data)}), the limit is {MAX_STEPS}")
-    steps = tuple(_build_step(task_id, index, item) for index, item in enumerate(data))
+    if len(data) > limits.max_steps:
+        raise InvalidRequest(f"body: too many steps ({len(data)}), the limit is {limits.max_steps}")
+    steps = tuple(_build_step(task_id, index, item, limits) for index, item in enumerate(data))
     names: dict[str, int] = {}
     for index, step in enumerate(steps):
         if step.name in names:
@@ -118,7 +128,7 @@ def choose_mode(steps: tuple[StepSpec, ...], parallel: bool) -> Mode:
     return Mode.PARALLEL if parallel else Mode.SEQUENTIAL
 
 
-def _build_step(task_id: str, index: int, item: Any) -> StepSpec:
+def _build_step(task_id: str, index: int, item: Any, limits: Limits) -> StepSpec:
     where = f"step {index}"
     if not isinstance(item, dict):
         raise InvalidRequest(f"{where}: expected an object, got {_json_type(item)}")
@@ -137,16 +147,17 @@ def _build_step(task_id: str, index: int, item: Any) -> StepSpec:
         raise InvalidRequest(f"{where}: command_content is required")
     if not isinstance(content, str):
         raise InvalidRequest(f"{where}: command_content must be a string")
-    if "\x00" in content:
-        raise InvalidRequest(f"{where}: command_content contains a NUL character")
+    _check_text(where, "command_content", content)
+    if len(content.encode("utf-8")) > limits.max_script_bytes:
+        raise InvalidRequest(f"{where}: command_content is larger than {limits.max_script_bytes} bytes")
     name = item.get("name")
     if name is None or name == "":
         name = f"{task_id}-{index}"
     elif not isinstance(name, str):
         raise InvalidRequest(f"{where}: name must be a string")
-    elif len(name) > MAX_NAME_LENGTH or "\x00" in name or "/" in name or name.strip() != name:
+    elif len(name) > MAX_NAME_LENGTH or "\x00" in name or "/" in name or name.strip() != name or not name.isprintable():
         raise InvalidRequest(
-            f"{where}: name must be at most {MAX_NAME_LENGTH} characters, without '/', NUL or surrounding spaces"
+            f"{where}: name must be printable, at most {MAX_NAME_LENGTH} characters, without '/' or surrounding spaces"
         )
     elif name.isdigit():
         raise InvalidRequest(f"{where}: name {name!r} must not be all digits (it would read as a step index)")
@@ -154,13 +165,23 @@ def _build_step(task_id: str, index: int, item: Any) -> StepSpec:
         name=name,
         command_type=interpreters.canonical_type(command_type),
         content=content,
-        env=_build_env(where, item.get("env_vars")),
+        env=_build_env(where, item.get("env_vars"), limits),
         depends_on=_build_depends(where, item.get("depends_on")),
         timeout=_build_timeout(where, item.get("timeout")),
     )
 
 
-def _build_env(where: str, value: Any) -> tuple[tuple[str, str], ...]:
+def _check_text(where: str, field: str, value: str) -> None:
+    """Refuse text that cannot be written as UTF-8 (lone surrogates from JSON escapes) or holds NUL."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{where}: {field} is not valid Unicode (a lone surrogate)") from None
+    if "\x00" in value:
+        raise InvalidRequest(f"{where}: {field} contains a NUL character")
+
+
+def _build_env(where: str, value: Any, limits: Limits) -> tuple[tuple[str, str], ...]:
     if value is None:
         return ()
     pairs: list[tuple[str, str]] = []
@@ -177,11 +198,14 @@ def _build_env(where: str, value: Any) -> tuple[tuple[str, str], ...]:
             pairs.append((key, val))
     else:
         raise InvalidRequest(f"{where}: env_vars must be an array of 'NAME=value' strings or an object")
+    if len(pairs) > limits.max_env_vars:
+        raise InvalidRequest(f"{where}: env_vars has {len(pairs)} entries, the limit is {limits.max_env_vars}")
     for key, val in pairs:
         if not _ENV_NAME.match(key):
             raise InvalidRequest(f"{where}: env_vars has an invalid name {key!r}")
-        if "\x00" in val:
-            raise InvalidRequest(f"{where}: env_vars[{key!r}] contains a NUL character")
+        _check_text(where, f"env_vars[{key!r}]", key + val)
+    if sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) + 2 for k, v in pairs) > limits.max_env_bytes:
+        raise InvalidRequest(f"{where}: env_vars are larger than {limits.max_env_bytes} bytes")
     return tuple(pairs)
 
 

@@ -138,6 +138,8 @@ def client(make_server: Callable[..., Client]) -> Client:
 
 
 def console_script(name: str = "osreapi") -> str:
+    if os.path.isabs(name):
+        return name
     path = shutil.which(name, path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     assert path, f"console script {name} is not installed (pip install -e '.[test]')"
     return path
@@ -157,7 +159,7 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
         )
         line = self.proc.stdout.readline().decode()
-        match = re.search(r"listening on (http://\S+)", line)
+        match = re.search(r"listening on (https?://\S+)", line)
         if not match:
             self.proc.kill()
             raise AssertionError(f"server did not start: {line!r} {self.log.read_text()}")
