@@ -35,6 +35,8 @@ class StoreActor(pykka.ThreadingActor):
         match message:
             case SaveRecords(task_id=task_id, task=task, steps=steps):
                 self._db.save(task_id, task, steps)
+                if task is not None:  # a task-level change is promised to callers: on disk now
+                    self._db.sync()
                 if task is not None and task.end is not None:
                     # After the commit, so a waiter that wakes reads the final record from disk.
                     self._on_task_end(task_id)
@@ -43,6 +45,7 @@ class StoreActor(pykka.ThreadingActor):
             case SweepExpired():
                 return self._sweep()
             case Flush():
+                self._db.sync()
                 return None
             case _:
                 log.warning("store: unexpected message %r", message)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pykka
 
-from ..executor import dag
+from ..executor import dag, process
 from ..records import StepRecord, TaskRecord, lowest_failure
 from ..spec import StepSpec
 from ..vocabulary import STEP_CODE_KILLED, STEP_CODE_UNFINISHED, State
@@ -97,7 +97,7 @@ class TaskActor(pykka.ThreadingActor):
 
     def _start(self) -> None:
         # The task stays pending (等待中) until its first step process starts.
-        self._workspace.mkdir(parents=True, exist_ok=True)
+        process.prepare_workspace(self._workspace)
         self._consider(range(len(self._steps)))
         self._check_finished()
 

@@ -14,6 +14,11 @@ from .treekill import STEP_MARKER, TASK_MARKER
 CONTROL_DIR = ".osreapi"  # inside the task workspace: scripts and logs
 
 
+def prepare_workspace(workspace: Path) -> None:
+    """Create the task workspace and its control directory (scripts and logs), once per task."""
+    (workspace / CONTROL_DIR).mkdir(parents=True, exist_ok=True)
+
+
 def log_path(workspace: Path, index: int) -> Path:
     return workspace / CONTROL_DIR / f"step-{index}.log"
 
@@ -31,10 +36,13 @@ def start_step(workspace: Path, task_id: str, index: int, spec: StepSpec) -> sub
     interpreter = interpreters.lookup(spec.command_type)
     if interpreter is None:
         raise FileNotFoundError(f"no interpreter for command_type {spec.command_type!r} on this host")
-    control = workspace / CONTROL_DIR
-    control.mkdir(parents=True, exist_ok=True)
-    script = control / f"step-{index}{interpreter.suffix}"
-    with open(script, "w", encoding="utf-8", newline=interpreter.newline) as handle:
+    script = workspace / CONTROL_DIR / f"step-{index}{interpreter.suffix}"
+    try:
+        handle = open(script, "w", encoding="utf-8", newline=interpreter.newline)
+    except FileNotFoundError:  # the task prepares the directory once; this is a fallback
+        script.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(script, "w", encoding="utf-8", newline=interpreter.newline)
+    with handle:
         handle.write(spec.content)
     with open(log_path(workspace, index), "ab") as log:
         return subprocess.Popen(

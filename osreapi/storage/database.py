@@ -78,13 +78,20 @@ class _ResizeGate:
 class Database:
     def __init__(self, path: Path, map_size: int = INITIAL_MAP_SIZE) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=8, subdir=True)
+        # Commits are not flushed one by one: the store calls sync() where durability is promised
+        # (a task accepted, begun, paused or ended). A process crash loses nothing either way;
+        # an OS crash may lose the newest step-only updates, which recovery tolerates.
+        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=8, subdir=True, sync=False)
         self._env.reader_check()
         self._tasks = self._env.open_db(b"tasks")
         self._steps = self._env.open_db(b"steps")
         self._specs = self._env.open_db(b"specs")
         self._expiry = self._env.open_db(b"expiry")
         self._gate = _ResizeGate()
+
+    def sync(self) -> None:
+        """Flush committed transactions to disk."""
+        self._env.sync(True)
 
     def close(self) -> None:
         self._env.sync(True)
@@ -115,7 +122,9 @@ class Database:
                 txn.put(_step_key(task.id, step.index), _dumps(step.to_json()), db=self._steps)
             return None
 
-        return self._write(work)
+        created = self._write(work)
+        self.sync()
+        return created
 
     def save(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...] = ()) -> None:
         """Write a task summary and/or step records in one transaction; index the expiry."""

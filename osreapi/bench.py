@@ -1,0 +1,337 @@
+#!/usr/bin/env python3
+"""osreapi benchmark: every figure next to the cost of starting a process, measured in the same run.
+
+    osreapi-bench            # full run (a few minutes on 2 cores); also python tools/bench.py
+    osreapi-bench --quick    # reduced counts: a smoke test of the harness
+    osreapi-bench --url http://127.0.0.1:2376   # an already running server (no RSS figures)
+
+Prints one JSON line per figure, then a table. Talks only to the server it starts (127.0.0.1) or --url.
+Every loop is bounded in count and in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+TRUE_STEP = {"command_type": "sh", "command_content": "true"}
+DEADLINE = 600.0  # no phase may run longer than this
+
+
+class Http:
+    """One keep-alive connection."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+
+    def call(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
+        data = json.dumps(body).encode() if body is not None else None
+        for attempt in (1, 2):
+            try:
+                self.conn.request(method, path, body=data)
+                resp = self.conn.getresponse()
+                return resp.status, resp.read()
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def submit(self, steps: list, query: str = "") -> str:
+        status, body = self.call("POST", "/" + query, steps)
+        if status != 200:
+            raise RuntimeError(f"submit answered {status}: {body[:200]!r}")
+        return json.loads(body)["data"]["id"]
+
+    def code(self, task_id: str) -> int:
+        return json.loads(self.call("GET", f"/{task_id}")[1])["code"]
+
+    def wait(self, task_id: str, interval: float = 0.002, limit: float = 120.0) -> int:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            code = self.code(task_id)
+            if code != 1001:
+                return code
+            time.sleep(interval)
+        raise TimeoutError(f"task {task_id} not done after {limit}s")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Server:
+    def __init__(self, pool_size: int, parent: Path) -> None:
+        parent.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="osreapi-bench-", dir=parent))
+        script = shutil.which("osreapi", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        if not script:
+            sys.exit("osreapi is not installed (pip install .)")
+        self.proc = subprocess.Popen(
+            [script, "run", "--addr", "127.0.0.1:0", "--data_dir", str(self.dir / "data"), f"--pool_size={pool_size}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        )
+        line = self.proc.stdout.readline().decode()
+        match = re.search(r"listening on (http://\S+)", line)
+        if not match:
+            self.proc.kill()
+            sys.exit(f"server did not start: {line!r}")
+        self.url = match.group(1)
+        import psutil
+
+        self.ps = psutil.Process(self.proc.pid)
+        self.peak_rss = 0
+        self.peak_threads = 0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self.peak_rss = max(self.peak_rss, self.ps.memory_info().rss)
+                self.peak_threads = max(self.peak_threads, self.ps.num_threads())
+            except Exception:
+                return
+
+    def rss_mb(self) -> float:
+        return self.ps.memory_info().rss / 1e6
+
+    def reset_peaks(self) -> None:
+        self.peak_rss = self.ps.memory_info().rss
+        self.peak_threads = self.ps.num_threads()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.floor_ms: float | None = None
+
+    def add(self, name: str, value: float, unit: str, target: str = "", ratio: bool = False, **extra) -> None:
+        row = {"figure": name, "value": round(value, 3), "unit": unit}
+        if ratio and self.floor_ms:
+            row["x_floor"] = round(value / self.floor_ms, 2)
+        if target:
+            row["target"] = target
+        row.update(extra)
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    def table(self) -> str:
+        lines = ["| figure | value | × floor | target |", "|---|---|---|---|"]
+        for row in self.rows:
+            value = f"{row['value']:g} {row['unit']}"
+            lines.append(f"| {row['figure']} | {value} | {row.get('x_floor', '')} | {row.get('target', '')} |")
+        return "\n".join(lines)
+
+
+def median_ms(fn: Callable[[], object], count: int) -> tuple[float, float]:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.95))]
+
+
+def fill(url: str, count: int, clients: int) -> list[str]:
+    """Submit `count` one-step tasks from `clients` threads; wait for all; return their ids."""
+    ids: list[str] = []
+    lock = threading.Lock()
+    per_client = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
+
+    def work(n: int) -> None:
+        http = Http(url)
+        mine = [http.submit([TRUE_STEP]) for _ in range(n)]
+        for task_id in mine:
+            http.wait(task_id, interval=0.01)
+        http.close()
+        with lock:
+            ids.extend(mine)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(work, per_client))
+    return ids
+
+
+def run(args: argparse.Namespace) -> Report:
+    report = Report()
+    quick = args.quick
+    scale = 0.1 if quick else 1.0
+
+    # floor
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "script.sh"
+        script.write_text("true\n")
+        floor, _ = median_ms(lambda: subprocess.run(["sh", "-c", "true"]), 20 if quick else 100)
+        floor_script, _ = median_ms(lambda: subprocess.run(["sh", str(script)]), 20 if quick else 100)
+    report.floor_ms = floor
+    report.add("floor: sh -c true", floor, "ms")
+    report.add("floor: sh script.sh", floor_script, "ms")
+
+    server = None if args.url else Server(args.pool_size, Path(args.data_parent))
+    url = args.url or server.url
+    http = Http(url)
+    try:
+        if server:
+            time.sleep(0.5)
+            report.add("memory: RSS idle", server.rss_mb(), "MB", "≤ 35 MB")
+
+        # latency
+        def one_task() -> None:
+            http.wait(http.submit([TRUE_STEP]), interval=0.002)
+
+        one_task()  # warm up
+        med, p95 = median_ms(one_task, 10 if quick else 50)
+        report.add("latency: 1-step true, submit→done (median)", med, "ms", "≤ 5 ms (≤ 6× floor)", ratio=True)
+        report.add("latency: 1-step true, submit→done (p95)", p95, "ms", ratio=True)
+
+        # step overhead
+        steps = 11 if quick else 41
+        runs = 3 if quick else 7
+        one, _ = median_ms(lambda: http.wait(http.submit([TRUE_STEP]), 0.002), runs)
+        many, _ = median_ms(lambda: http.wait(http.submit([TRUE_STEP] * steps), 0.002), runs)
+        report.add("step overhead: cost per extra sequential step", (many - one) / (steps - 1), "ms", "≤ 2× floor", ratio=True)
+
+        # throughput
+        tasks = int(300 * scale)
+        start = time.perf_counter()
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def submitter(n: int) -> None:
+            client = Http(url)
+            mine = [client.submit([TRUE_STEP] * 3) for _ in range(n)]
+            for task_id in mine:
+                client.wait(task_id, interval=0.005)
+            client.close()
+            with lock:
+                ids.extend(mine)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(submitter, [tasks // 8 + (1 if i < tasks % 8 else 0) for i in range(8)]))
+        elapsed = time.perf_counter() - start
+        report.add("throughput: 3-step tasks, 8 submitters", tasks / elapsed, "tasks/s", "≥ 250 tasks/s",
+                   steps_per_s=round(3 * tasks / elapsed, 1))
+
+        # parallel
+        start = time.perf_counter()
+        task_id = http.submit([{"command_type": "sh", "command_content": "sleep 0.5"}] * 20, "?async=true")
+        http.wait(task_id, interval=0.005)
+        report.add("parallel: 20 × sleep 0.5, async", time.perf_counter() - start, "s", "≤ 0.55 s")
+
+        # list and get at 1,000 stored tasks
+        stored = len(json.loads(http.call("GET", "/")[1])["data"]["tasks"])
+        target_list = 100 if quick else 1000
+        if stored < target_list:
+            fill(url, target_list - stored, 8)
+        med, _ = median_ms(lambda: http.call("GET", "/"), 10 if quick else 30)
+        size = len(http.call("GET", "/")[1])
+        report.add(f"list: GET / with {target_list} tasks", med, "ms", "≤ 15 ms at 1,000", bytes=size)
+        if server:
+            report.add(f"memory: RSS after {target_list} tasks", server.rss_mb(), "MB", "≤ 60 MB at 1,000")
+
+        # get
+        finished = json.loads(http.call("GET", "/")[1])["data"]["tasks"][0]["id"]
+        duration = 1.0 if quick else 3.0
+        counts: list[int] = []
+        latencies: list[float] = []
+
+        def getter() -> None:
+            client = Http(url)
+            n = 0
+            mine = []
+            end = time.perf_counter() + duration
+            while time.perf_counter() < end and n < 1_000_000:
+                t0 = time.perf_counter()
+                client.call("GET", f"/{finished}")
+                mine.append((time.perf_counter() - t0) * 1000)
+                n += 1
+            client.close()
+            with lock:
+                counts.append(n)
+                latencies.extend(mine)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: getter(), range(8)))
+        report.add("get: GET /<id>, 8 keep-alive clients", sum(counts) / duration, "req/s", "≥ 3,000 req/s",
+                   median_ms=round(statistics.median(latencies), 3))
+
+        # burst
+        burst = 1000 if quick else 10_000
+        if server:
+            server.reset_peaks()
+        start = time.perf_counter()
+        burst_ids = fill(url, burst, 8)
+        drained = time.perf_counter() - start
+        codes = {}
+        for task_id in burst_ids[:: max(1, len(burst_ids) // 200)]:
+            code = http.code(task_id)
+            codes[code] = codes.get(code, 0) + 1
+        listed = json.loads(http.call("GET", "/")[1])["data"]
+        lost = burst - len(set(burst_ids) & {t["id"] for t in listed["tasks"]})
+        report.add(f"burst: {burst} one-step tasks, 8 clients, drain", drained, "s", "all complete, none lost",
+                   lost=lost, sampled_codes=codes)
+        if server:
+            report.add("burst: peak threads", server.peak_threads, "threads", "constant + pool")
+            report.add("burst: peak RSS", server.peak_rss / 1e6, "MB", "≤ 150 MB")
+        med, _ = median_ms(lambda: http.call("GET", "/"), 3 if quick else 10)
+        report.add(f"list: GET / with {listed['total']} tasks", med, "ms", "linear", bytes=len(http.call("GET", "/")[1]))
+        if server:
+            report.add("memory: peak RSS", server.peak_rss / 1e6, "MB")
+    finally:
+        http.close()
+        if server:
+            server.stop()
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="reduced counts (a smoke test of the harness)")
+    parser.add_argument("--url", help="benchmark a running server instead of starting one")
+    parser.add_argument("--pool-size", type=int, default=30)
+    parser.add_argument(
+        "--data-parent",
+        default=str(Path.home() / ".cache"),
+        help="where the temporary data dir goes (default ~/.cache: the file system of the default data dir)",
+    )
+    args = parser.parse_args(argv)
+    timer = threading.Timer(DEADLINE, lambda: os._exit(3))  # bounded: never hangs a CI run
+    timer.daemon = True
+    timer.start()
+    report = run(args)
+    print()
+    print(report.table())
+    timer.cancel()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
