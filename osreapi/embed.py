@@ -28,6 +28,7 @@ from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, No
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.output import read_output
+from .executor.reaper import Reaper
 from .metrics import EngineMetrics
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
@@ -108,7 +109,10 @@ class Executor:
         self._pool = ProcessPool(pool_size)
         self.metrics = EngineMetrics()
         self.metrics.add_gauges(self.stats, lambda: Counter(task.state for task in self.list()))
-        self._services = Services(self.config, self._db, self._store, self._pool, self._scheduler, clock, self.metrics)
+        self._reaper = Reaper(clock)
+        self._services = Services(
+            self.config, self._db, self._store, self._pool, self._scheduler, clock, self.metrics, self._reaper
+        )
         interrupted, waiting = recovery.recover(self._db, self.config, clock())
         for task, steps in interrupted:
             self._store.ask(SaveRecords(task.id, None, steps), timeout=self.config.call_timeout)
@@ -264,6 +268,7 @@ class Executor:
             log.exception("shutdown: an actor did not stop in time")
         finally:
             self._scheduler.stop()
+            self._reaper.close()
             self._db.close()
 
     def __enter__(self) -> Executor:

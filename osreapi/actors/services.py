@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pykka
 
 from ..config import EngineConfig
+from ..executor.reaper import Reaper
 from ..metrics import EngineMetrics
 from ..storage.database import Database
 from .pool import ProcessPool
@@ -23,3 +24,4 @@ class Services:
     scheduler: Scheduler
     clock: Callable[[], float]  # wall clock, seconds since the epoch
     metrics: EngineMetrics
+    reaper: Reaper

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -97,12 +96,8 @@ class StepActor(pykka.ThreadingActor):
         self._services.metrics.steps_started.inc()
         created = _create_time(self._proc.pid)
         self._record = self._record.with_(state=State.RUNNING, begin=begin, pid=self._proc.pid, pid_created=created)
-        threading.Thread(
-            target=_wait_for_exit,
-            args=(self._proc, self.actor_ref, self._services.clock),
-            name=f"osreapi-wait-{self._proc.pid}",
-            daemon=True,
-        ).start()
+        ref = self.actor_ref
+        self._services.reaper.watch(self._proc, lambda rc, at: _tell_exit(ref, rc, at))
         self._active_since = time.monotonic()
         self._arm_deadline()
         self._task_ref.tell(StepUpdated(self._record))
@@ -194,11 +189,9 @@ class StepActor(pykka.ThreadingActor):
             self._services.pool.release()
 
 
-def _wait_for_exit(proc: subprocess.Popen, ref: pykka.ActorRef, clock) -> None:
-    """Block on the process (not the actor) and report its exit."""
-    returncode = proc.wait()
+def _tell_exit(ref: pykka.ActorRef, returncode: int, at: float) -> None:
     try:
-        ref.tell(ProcessExited(returncode, clock()))
+        ref.tell(ProcessExited(returncode, at))
     except pykka.ActorDeadError:
         pass
 
