@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -198,6 +199,11 @@ def run(args: argparse.Namespace) -> int:
         executor.close()
         print(f"osreapi: error: cannot serve on {args.addr}: {exc}", file=sys.stderr)
         return 1
+    # Start-up objects live forever: keep them out of the collector's way; collect young objects
+    # less often (each step allocates a burst of short-lived actors and records).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 50)
     print(f"osreapi {__version__} listening on {server.url} (data dir: {executor.config.data_dir})", flush=True)
     log = logging.getLogger(__name__)
     if token is None:

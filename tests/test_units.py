@@ -75,3 +75,22 @@ def test_kill_tree_kills_group_children_and_marked_escapees(tmp_path):
     assert wait_until(lambda: gone(child) and gone(escaped), timeout=5)
     assert not psutil.pid_exists(proc.pid)
     assert time.monotonic() - started < 5
+
+
+def test_pool_grants_in_submission_order_not_arrival_order():
+    from osreapi.actors.pool import ProcessPool
+
+    pool = ProcessPool(1)
+    granted: list[str] = []
+    pool.request("a", 0, lambda: granted.append("first"), order=(1.0, 0))
+    pool.request("c", 0, lambda: granted.append("late"), order=(3.0, 0))
+    pool.request("b", 1, lambda: granted.append("b1"), order=(2.0, 1))
+    pool.request("b", 0, lambda: granted.append("b0"), order=(2.0, 0))
+    pool.request("d", 0, lambda: granted.append("cancelled"), order=(0.5, 0))
+    assert pool.cancel("d") == [0]
+    assert pool.stats() == (1, 1, 3)
+    for _ in range(3):
+        pool.release()
+    assert granted == ["first", "b0", "b1", "late"]
+    pool.release()
+    assert pool.stats() == (1, 0, 0)

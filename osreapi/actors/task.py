@@ -119,7 +119,9 @@ class TaskActor(pykka.ThreadingActor):
             elif all(need.succeeded for need in needs) and not self._paused and self._stopping is None:
                 self._requested.add(index)
                 ref = self.actor_ref
-                self._services.pool.request(self, index, lambda i=index: ref.tell(SlotGranted(i)))
+                self._services.pool.request(
+                    self, index, lambda i=index: ref.tell(SlotGranted(i)), order=(self._task.accepted, index)
+                )
         if skipped:
             self._save(tuple(skipped))
 
