@@ -151,6 +151,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(args)
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each busy thread its own malloc arena; with an actor per step that fragments
+    memory (RSS grows by tens of MB). Two arenas cost no measurable speed here."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
     from .embed import Executor, default_data_dir
     from .http.app import HttpSettings, make_app
@@ -158,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     from .http.server import HttpServer, TlsSettings, parse_addr
     from .spec import Limits
 
+    _limit_malloc_arenas()
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

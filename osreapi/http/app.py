@@ -147,15 +147,8 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         sort = bottle.request.query.get("sort") or "start"
         if sort not in render.SORT_KEYS:
             raise InvalidRequest(f"sort: unknown value {sort!r} (use start, end or ttl)")
-        language = lang()
         tasks = executor.list()
-        moment = now()
-        data = {
-            "running": render.running_count(tasks),
-            "tasks": [render.task_summary_json(t, language, moment) for t in render.sorted_tasks(tasks, sort)],
-            "total": len(tasks),
-        }
-        return json_response(CODE_OK, message("success", language), data)
+        return bottle.HTTPResponse(body=render.list_body(tasks, sort, lang(), now()), headers={"Content-Type": JSON_TYPE})
 
     @app.get("/<task_id>")
     @api

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from ..executor.durations import format_duration
@@ -20,7 +22,13 @@ def envelope(code: int, msg: str, data: Any = None) -> str:
 
 def timestamp(seconds: float) -> str:
     """RFC 3339 in the server's local zone, whole seconds, with offset."""
-    return datetime.fromtimestamp(int(seconds)).astimezone().isoformat()
+    return _timestamp(int(seconds))
+
+
+@lru_cache(maxsize=8192)
+def _timestamp(whole_seconds: int) -> str:
+    # Cached: listing thousands of tasks formats the same few seconds again and again.
+    return datetime.fromtimestamp(whole_seconds).astimezone().isoformat()
 
 
 def times(begin: float | None, end: float | None, expires: float | None, now: float) -> dict[str, str]:
@@ -95,6 +103,20 @@ def sorted_tasks(tasks: list[TaskRecord], sort: str) -> list[TaskRecord]:
         tasks,
         key=lambda t: (getattr(t, field) is None, getattr(t, field) or 0.0, t.accepted),
     )
+
+
+def list_body(tasks: list[TaskRecord], sort: str, lang: str, now: float, batch: int = 500) -> Iterator[bytes]:
+    """The GET / envelope as a stream of chunks, so that a long list is never one big string."""
+    ordered = sorted_tasks(tasks, sort)
+    head = envelope(CODE_OK, message("success", lang), {"running": running_count(tasks), "tasks": []})
+    yield head[: -len("]}}")].encode("utf-8")
+    for start in range(0, len(ordered), batch):
+        part = ",".join(
+            json.dumps(task_summary_json(t, lang, now), ensure_ascii=False, separators=(",", ":"))
+            for t in ordered[start : start + batch]
+        )
+        yield (("," if start else "") + part).encode("utf-8")
+    yield f'],"total":{len(tasks)}}}}}'.encode()
 
 
 def running_count(tasks: list[TaskRecord]) -> int:
