@@ -265,3 +265,21 @@ def test_server_survives_malformed_http(client: Client):
     assert client.get("/").status == 200
     assert client.post("/", STEP).status == 200
     assert client.get("/").json["data"]["total"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_start_up_log_warns_when_listening_beyond_loopback_without_token(start_server, tmp_path):
+    # Bound to every interface for a moment; the test itself only talks to 127.0.0.1.
+    open_server = subprocess.Popen(
+        [console_script(), "run", "--addr", "0.0.0.0:0", "--data_dir", str(tmp_path / "w")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert "listening on" in open_server.stdout.readline().decode()
+    finally:
+        open_server.terminate()
+        _, err = open_server.communicate(timeout=30)
+    assert "without a token" in err.decode() and "loopback" in err.decode()
+    local = start_server(data_dir=tmp_path / "l")
+    assert local.terminate() == 0
+    assert "without a token" not in local.log.read_text()

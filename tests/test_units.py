@@ -94,3 +94,21 @@ def test_pool_grants_in_submission_order_not_arrival_order():
     assert granted == ["first", "b0", "b1", "late"]
     pool.release()
     assert pool.stats() == (1, 0, 0)
+
+
+def test_scheduler_runs_due_callbacks_and_forgets_cancelled_ones():
+    import threading
+
+    from osreapi.actors.timers import Scheduler
+
+    scheduler = Scheduler()
+    try:
+        fired = threading.Event()
+        scheduler.call_later(0.01, fired.set)
+        handles = [scheduler.call_later(86400, lambda: None) for _ in range(200)]
+        for handle in handles:
+            handle.cancel()
+        assert fired.wait(5)
+        assert scheduler.pending() < 100  # cancelled day-long timers do not pile up
+    finally:
+        scheduler.stop()

@@ -11,13 +11,16 @@ from collections.abc import Callable
 
 
 class TimerHandle:
-    __slots__ = ("cancelled",)
+    __slots__ = ("cancelled", "_scheduler")
 
-    def __init__(self) -> None:
+    def __init__(self, scheduler: Scheduler) -> None:
         self.cancelled = False
+        self._scheduler = scheduler
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self._scheduler._cancelled_one()
 
 
 class Scheduler:
@@ -27,15 +30,30 @@ class Scheduler:
         self._counter = itertools.count()
         self._cond = threading.Condition()
         self._stopped = False
+        self._cancelled = 0
         self._thread = threading.Thread(target=self._run, name="osreapi-scheduler", daemon=True)
         self._thread.start()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        handle = TimerHandle()
+        handle = TimerHandle(self)
         with self._cond:
             heapq.heappush(self._heap, (self._clock() + delay, next(self._counter), handle, callback))
             self._cond.notify()
         return handle
+
+    def _cancelled_one(self) -> None:
+        """Drop cancelled entries once they are most of the heap: a step's 24 h deadline,
+        cancelled when the step ends, must not keep the step's objects alive for a day."""
+        with self._cond:
+            self._cancelled += 1
+            if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._heap)
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._cond:
@@ -57,6 +75,9 @@ class Scheduler:
                 if self._stopped:
                     return
                 _, _, handle, callback = heapq.heappop(self._heap)
+                if handle.cancelled:
+                    self._cancelled = max(0, self._cancelled - 1)
+                    continue
             if not handle.cancelled:
                 try:
                     callback()
