@@ -17,7 +17,17 @@ import pykka
 
 from . import recovery, spec
 from .actors.control import ACTIONS
-from .actors.messages import Control, ControlQueued, CreateTask, Enqueue, Flush, GetStats, InterruptAll, SaveRecords, SweepExpired
+from .actors.messages import (
+    Control,
+    ControlQueued,
+    CreateTask,
+    Enqueue,
+    Flush,
+    GetStats,
+    InterruptAll,
+    SaveRecords,
+    SweepExpired,
+)
 from .actors.pool import ProcessPool
 from .actors.services import Services
 from .actors.store import StoreActor

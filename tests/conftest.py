@@ -195,6 +195,11 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         server.close()
 
 
+def sh(content: str, **kw) -> dict:
+    """A sh step."""
+    return {"command_type": "sh", "command_content": content, **kw}
+
+
 def gone(pid: int) -> bool:
     """True when the process no longer runs (a zombie awaiting its reaper counts as gone)."""
     try:

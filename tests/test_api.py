@@ -12,14 +12,11 @@ import pytest
 
 from osreapi.http.app import HttpSettings
 
-from .conftest import Client, wait_until
+from .conftest import Client, sh, wait_until
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d([+-]\d\d:\d\d|Z)$")
 GO_DURATION = re.compile(r"^(\d+h)?(\d+m)?[\d.]+(s|ms|µs)$")
 
-
-def sh(content: str, **kw) -> dict:
-    return {"command_type": "sh", "command_content": content, **kw}
 
 
 def test_submit_answer_shape_and_header(client: Client):

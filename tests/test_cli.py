@@ -11,15 +11,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import console_script, gone, wait_until
+from .conftest import console_script, gone, sh, wait_until
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([console_script(), *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
-
-def sh(content: str, **kw) -> dict:
-    return {"command_type": "sh", "command_content": content, **kw}
 
 
 def test_version_and_help():

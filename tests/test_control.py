@@ -7,11 +7,7 @@ import time
 import psutil
 import pytest
 
-from .conftest import Client, gone, wait_until
-
-
-def sh(content: str, **kw) -> dict:
-    return {"command_type": "sh", "command_content": content, **kw}
+from .conftest import Client, gone, sh, wait_until
 
 
 def put(client: Client, path: str, action: str):

@@ -11,11 +11,7 @@ import pytest
 from osreapi import Executor
 from osreapi.vocabulary import State
 
-from .conftest import gone, wait_until
-
-
-def sh(content: str, **kw) -> dict:
-    return {"command_type": "sh", "command_content": content, **kw}
+from .conftest import gone, sh, wait_until
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:

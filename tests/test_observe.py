@@ -13,11 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from osreapi.http.openapi import document
 
-from .conftest import Client, console_script, gone, wait_until
-
-
-def sh(content: str, **kw) -> dict:
-    return {"command_type": "sh", "command_content": content, **kw}
+from .conftest import Client, console_script, gone, sh, wait_until
 
 
 def open_stream(client: Client, path: str, headers: dict | None = None) -> http.client.HTTPResponse:

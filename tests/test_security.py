@@ -9,22 +9,19 @@ import os
 import socket
 import ssl
 import subprocess
-from pathlib import Path
 
 import pytest
 import webtest
 
+from osreapi import InvalidRequest
 from osreapi.http.app import HttpSettings, make_app
 from osreapi.spec import Limits
 
 from .certs import make_pki
-from .conftest import Client, console_script, wait_until
+from .conftest import Client, console_script, sh, wait_until
 
 STEP = [{"command_type": "sh", "command_content": "echo hi"}]
 
-
-def sh(content: str, **kw) -> dict:
-    return {"command_type": "sh", "command_content": content, **kw}
 
 
 # -- protected mode ------------------------------------------------------------------------
@@ -192,7 +189,7 @@ def test_limits_answer_400_and_run_nothing(make_server, tmp_path):
 
 def test_paths_from_ids_never_leave_the_data_dir(executor):
     for bad in ["../x", "..", "/etc", "a/../../b", "a\x00b", "%2e%2e", "ok\n"]:
-        with pytest.raises(Exception):
+        with pytest.raises(InvalidRequest):
             executor.submit(STEP, task_id=bad)
         with pytest.raises(ValueError):
             executor.config.workspace(bad)

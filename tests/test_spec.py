@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 
 from osreapi.errors import InvalidRequest
 from osreapi.executor import dag
-from osreapi.spec import MAX_STEPS, Mode, build_steps, choose_mode, parse_body, validate_task_id
+from osreapi.spec import (
+    MAX_STEPS,
+    Mode,
+    build_steps,
+    choose_mode,
+    parse_body,
+    validate_task_id,
+)
 
 
 def step(**kw):

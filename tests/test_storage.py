@@ -8,11 +8,7 @@ from osreapi.records import StepRecord, TaskRecord
 from osreapi.storage.database import Database
 from osreapi.vocabulary import State
 
-from .conftest import wait_until
-
-
-def sh(content: str, **kw) -> dict:
-    return {"command_type": "sh", "command_content": content, **kw}
+from .conftest import sh, wait_until
 
 
 def test_finished_result_survives_a_restart(make_executor, tmp_path):

@@ -16,8 +16,22 @@ from ..executor import process, treekill
 from ..executor.output import read_output, with_exit_status
 from ..records import StepRecord
 from ..spec import StepSpec
-from ..vocabulary import STEP_CODE_KILLED, STEP_CODE_TIMEOUT, STEP_CODE_UNFINISHED, State
-from .messages import DeadlineReached, PauseStep, ProcessExited, ResumeStep, RunStep, StepEnded, StepUpdated, StopStep
+from ..vocabulary import (
+    STEP_CODE_KILLED,
+    STEP_CODE_TIMEOUT,
+    STEP_CODE_UNFINISHED,
+    State,
+)
+from .messages import (
+    DeadlineReached,
+    PauseStep,
+    ProcessExited,
+    ResumeStep,
+    RunStep,
+    StepEnded,
+    StepUpdated,
+    StopStep,
+)
 from .services import Services
 from .timers import TimerHandle
 

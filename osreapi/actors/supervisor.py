@@ -13,7 +13,16 @@ from ..errors import ActionRejected
 from ..records import StepRecord, TaskRecord, lowest_failure
 from ..vocabulary import STEP_CODE_KILLED, State
 from .control import check_step_action, check_task_action
-from .messages import ControlQueued, Enqueue, GetStats, InterruptAll, InterruptTask, SaveRecords, StartTask, TaskEnded
+from .messages import (
+    ControlQueued,
+    Enqueue,
+    GetStats,
+    InterruptAll,
+    InterruptTask,
+    SaveRecords,
+    StartTask,
+    TaskEnded,
+)
 from .services import Services
 from .task import TaskActor
 

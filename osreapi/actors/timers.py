@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import heapq
-import logging
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable

@@ -12,10 +12,10 @@ from urllib.parse import parse_qs
 
 import bottle
 
-from ..embed import Executor
-from ..records import StepRecord
 from .. import __version__
+from ..embed import Executor
 from ..errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound
+from ..records import StepRecord
 from ..vocabulary import (
     CODE_BAD_REQUEST,
     CODE_BUSY,
