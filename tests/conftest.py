@@ -118,9 +118,14 @@ def executor(make_executor: Callable[..., Executor]) -> Executor:
 def make_server(make_executor: Callable[..., Executor]) -> Iterator[Callable[..., Client]]:
     servers: list[HttpServer] = []
 
-    def make(executor: Executor | None = None, settings: HttpSettings | None = None, **kwargs: Any) -> Client:
+    def make(
+        executor: Executor | None = None,
+        settings: HttpSettings | None = None,
+        client_timeout: float = 10.0,
+        **kwargs: Any,
+    ) -> Client:
         ex = executor or make_executor(**kwargs)
-        server = HttpServer(make_app(ex, settings or HttpSettings()), "127.0.0.1", 0)
+        server = HttpServer(make_app(ex, settings or HttpSettings()), "127.0.0.1", 0, client_timeout=client_timeout)
         server.start()
         servers.append(server)
         client = Client(server.url)

@@ -56,6 +56,7 @@ class HttpServer:
         threads: int = DEFAULT_THREADS,
         tls: TlsSettings | None = None,
         max_header: int = 64 * 1024,
+        client_timeout: float = 10.0,  # a client silent this long mid-request is dropped
     ) -> None:
         self._scheme = "https" if tls else "http"
         self._server = wsgi.Server(
@@ -63,7 +64,7 @@ class HttpServer:
             app,
             numthreads=threads,
             server_name="osreapi",
-            timeout=10,
+            timeout=client_timeout,
             accepted_queue_size=threads * 4,
             shutdown_timeout=5,
         )
