@@ -140,9 +140,11 @@ class Executor:
         mode: str | None = None,
         task_id: str | None = None,
     ) -> str:
-        """Validate and queue a task; return its id. mode: None (sequential, or dag when
-        any step has depends_on), "sequential", "parallel" or "dag"."""
-        return self.submit_task(steps, parallel=mode == "parallel", task_id=task_id).id
+        """Validate and queue a task; return its id. mode: None or "sequential" (in order),
+        "parallel", or "dag"; any step with depends_on makes it a DAG whatever the mode."""
+        if mode not in (None, "sequential", "parallel", "dag"):
+            raise InvalidRequest(f"mode: unknown value {mode!r} (use sequential, parallel or dag)")
+        return self.submit_task(steps, parallel=mode in ("parallel", "dag"), task_id=task_id).id
 
     def submit_task(
         self, steps: list[dict[str, Any]] | str | bytes, *, parallel: bool = False, task_id: str | None = None
@@ -202,6 +204,16 @@ class Executor:
         except pykka.ActorDeadError:
             raise ActionRejected(f"the task has ended; {action} does not apply") from None
         self._ask(self._store, Flush())  # the answer comes after the change is on disk
+
+    def kill(self, task_id: str, step: str | int | None = None) -> None:
+        """Kill a task's process trees (its remaining steps are skipped), or one step's."""
+        self.control(task_id, "kill", step)
+
+    def pause(self, task_id: str, step: str | int | None = None) -> None:
+        self.control(task_id, "pause", step)
+
+    def resume(self, task_id: str, step: str | int | None = None) -> None:
+        self.control(task_id, "resume", step)
 
     @staticmethod
     def _step_index(steps: tuple[StepRecord, ...], step: str | int) -> int:

@@ -63,3 +63,23 @@ def test_many_queued_tasks_cost_no_thread_each(make_executor):
         assert ex.wait(task_id, 60).task.succeeded
     # Live task actors are capped (pool + a constant); waiting tasks are data, not threads.
     assert peak - before <= 3 * 2 + ex.config.extra_live_tasks + 4
+
+
+def test_kill_pause_resume_in_process(executor: Executor):
+    import psutil
+
+    from .conftest import gone, wait_until
+
+    task_id = executor.submit([{"command_type": "sh", "command_content": "sleep 300"}, {"command_type": "sh", "command_content": "true"}])
+    assert wait_until(lambda: executor.get(task_id).steps[0].state is State.RUNNING)
+    pid = executor.get(task_id).steps[0].pid
+    executor.pause(task_id)
+    assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    executor.resume(task_id)
+    assert psutil.Process(pid).status() != psutil.STATUS_STOPPED
+    executor.kill(task_id)
+    result = executor.wait(task_id, 10)
+    assert result.task.state is State.KILLED and [s.state for s in result.steps] == [State.KILLED, State.SKIPPED]
+    assert wait_until(lambda: gone(pid))
+    with pytest.raises(InvalidRequest):
+        executor.submit([{"command_type": "sh", "command_content": "true"}], mode="sideways")
