@@ -19,9 +19,11 @@ from ..records import StepRecord
 from ..vocabulary import (
     CODE_BAD_REQUEST,
     CODE_BUSY,
+    CODE_FAILED,
     CODE_INTERNAL,
     CODE_NOT_FOUND,
     CODE_OK,
+    CODE_RUNNING,
     CODE_TOO_LARGE,
     CODE_TOO_MANY,
     DEFAULT_LANGUAGE,
@@ -178,11 +180,11 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         language = lang()
         task, record = executor.step(task_id, step)
         if not record.state.finished:
-            code, msg = render.CODE_RUNNING, message("running", language)
+            code, msg = CODE_RUNNING, message("running", language)
         elif record.succeeded:
             code, msg = CODE_OK, message("success", language)
         else:
-            code, msg = render.CODE_FAILED, message("failed", language, index=record.index)
+            code, msg = CODE_FAILED, message("failed", language, index=record.index)
         return json_response(code, msg, render.step_json(record, task, language, now()))
 
     @app.get("/<task_id>/<step>/log")
