@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -203,6 +204,19 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 def sh(content: str, **kw) -> dict:
     """A sh step."""
     return {"command_type": "sh", "command_content": content, **kw}
+
+
+def hold_request(client: Client, attempts: int = 5) -> socket.socket:
+    """Put one request in flight on a server with --max-requests 1 (headers sent, body owed) and
+    return its socket once a probe is refused with 429. A probe may win the slot first (the held
+    request is then the one refused): try again, a bounded number of times."""
+    for _ in range(attempts):
+        held = socket.create_connection((client.host, client.port), timeout=10)
+        held.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[")
+        if wait_until(lambda: client.get("/").status == 429, timeout=2):
+            return held
+        held.close()
+    raise AssertionError("no request could be held in flight")
 
 
 def gone(pid: int) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from osreapi.http.app import HttpSettings
 
-from .conftest import Client, sh, wait_until
+from .conftest import Client, hold_request, sh, wait_until
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d([+-]\d\d:\d\d|Z)$")
 GO_DURATION = re.compile(r"^(\d+h)?(\d+m)?[\d.]+(s|ms|µs)$")
@@ -232,11 +231,8 @@ def test_idempotent_submit_with_id(client: Client, tmp_path: Path):
 
 def test_max_requests_answers_429_only_past_the_limit(make_server):
     client = make_server(settings=HttpSettings(max_requests=1))
-    # Hold one request in flight: headers sent, body still owed.
-    held = socket.create_connection((client.host, client.port), timeout=10)
+    held = hold_request(client)
     try:
-        held.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n[")
-        assert wait_until(lambda: client.get("/").status == 429, timeout=5)
         assert client.get("/").json["code"] == 429
     finally:
         held.close()

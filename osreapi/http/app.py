@@ -272,11 +272,21 @@ def _read_body(limit: int) -> bytes | None:
             raise InvalidRequest("Content-Length: not a number") from None
         if size > limit:
             return None
-        return stream.read(size) if size else b""
+        body = _read(stream, size) if size else b""
+        if len(body) < size:
+            raise InvalidRequest(f"body: truncated, {len(body)} of {size} bytes arrived")
+        return body
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        body = stream.read(limit + 1)
+        body = _read(stream, limit + 1)
         return None if len(body) > limit else body
     return b""
+
+
+def _read(stream, size: int) -> bytes:
+    try:
+        return stream.read(size)
+    except (OSError, ValueError) as exc:  # a client that stopped sending or sent a broken chunk
+        raise InvalidRequest(f"body: could not be read ({exc.__class__.__name__})") from None
 
 
 class RequestLimit:
@@ -310,14 +320,20 @@ class RequestLimit:
 
 
 class _ReleaseOnClose:
-    """A streamed body holds its slot until the server closes it (normal end or disconnect)."""
+    """A streamed body holds its slot until it is exhausted (before the server writes the last
+    chunk, so a client that then sends its next request never races the release) or closed
+    (a client that went away)."""
 
     def __init__(self, body: Iterable[bytes], release: Callable[[], None]) -> None:
         self._body = body
         self._release = release
+        self._released = False
 
     def __iter__(self):
-        return iter(self._body)
+        try:
+            yield from self._body
+        finally:
+            self._release_once()
 
     def close(self) -> None:
         try:
@@ -325,4 +341,9 @@ class _ReleaseOnClose:
             if close:
                 close()
         finally:
+            self._release_once()
+
+    def _release_once(self) -> None:
+        if not self._released:
+            self._released = True
             self._release()
