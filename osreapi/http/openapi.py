@@ -82,6 +82,8 @@ ACTION = {"name": "action", "in": "query", "required": True,
           "schema": {"type": "string", "enum": ["kill", "pause", "resume"]}}
 COMMON_ERRORS = {
     "400": _json(ERROR, "bad parameters"),
+    "401": _json(ERROR, "a token is configured and the request lacks it (WWW-Authenticate: Bearer)"),
+    "403": _json(ERROR, "protected mode: no token is configured and the client is not on loopback"),
     "429": _json(ERROR, "too many requests"),
     "503": _json(ERROR, "engine busy"),
 }
@@ -200,7 +202,10 @@ def document() -> dict[str, Any]:
             "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi", "responses": {
                 "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         },
+        "security": [{}, {"bearer": []}],
         "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "needed on every route but /healthz when the server has a token"}},
             "schemas": {
                 "Error": _envelope(),
                 "Times": TIMES,
