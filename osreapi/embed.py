@@ -164,23 +164,31 @@ class Executor:
 
     def get(self, task_id: str) -> TaskResult | None:
         """The task and its steps, or None when unknown or expired. Running steps carry their output so far."""
+        try:
+            task, steps = self._load(task_id)
+        except NotFound:
+            return None
+        return TaskResult(task, tuple(self._with_output(task_id, step) for step in steps))
+
+    def step(self, task_id: str, step: str | int, output: bool = True) -> tuple[TaskRecord, StepRecord]:
+        """One step by index or name (a running one with its output so far, unless output=False);
+        raises NotFound."""
+        task, steps = self._load(task_id)
+        record = steps[self._step_index(steps, step)]
+        return task, self._with_output(task_id, record) if output else record
+
+    def _load(self, task_id: str) -> tuple[TaskRecord, list[StepRecord]]:
+        """The stored records, as they are (no log read); NotFound when unknown or expired."""
         task = self._db.get_task(task_id)
         if task is None or self._expired(task):
-            return None
-        steps = []
-        for step in self._db.get_steps(task_id):
-            if step.state is State.RUNNING:
-                log_file = process.log_path(self.config.workspace(task_id), step.index)
-                step = replace(step, output=read_output(log_file, self.config.max_output))
-            steps.append(step)
-        return TaskResult(task, tuple(steps))
-
-    def step(self, task_id: str, step: str | int) -> tuple[TaskRecord, StepRecord]:
-        """One step by index or name; raises NotFound."""
-        result = self.get(task_id)
-        if result is None:
             raise NotFound(f"task {task_id!r} does not exist or has expired")
-        return result.task, result.steps[self._step_index(result.steps, step)]
+        return task, self._db.get_steps(task_id)
+
+    def _with_output(self, task_id: str, step: StepRecord) -> StepRecord:
+        if step.state is not State.RUNNING:
+            return step
+        log_file = process.log_path(self.config.workspace(task_id), step.index)
+        return replace(step, output=read_output(log_file, self.config.max_output))
 
     def log_path(self, task_id: str, index: int) -> Path:
         """Where a step's full output is written while it runs (kept until the record expires)."""
@@ -191,12 +199,10 @@ class Executor:
         Raises NotFound for an unknown task or step, ActionRejected when the action does not apply."""
         if action not in ACTIONS:
             raise ActionRejected(f"action: unknown value {action!r} (use kill, pause or resume)")
-        result = self.get(task_id)
-        if result is None:
-            raise NotFound(f"task {task_id!r} does not exist or has expired")
-        index = None if step is None else self._step_index(result.steps, step)
-        if result.task.state.finished:
-            raise ActionRejected(f"the task has ended ({result.task.state.value}); {action} does not apply")
+        task, steps = self._load(task_id)
+        index = None if step is None else self._step_index(steps, step)
+        if task.state.finished:
+            raise ActionRejected(f"the task has ended ({task.state.value}); {action} does not apply")
         live = self._ask(self._supervisor, ControlQueued(task_id, action, index))
         try:
             if live is not None:
@@ -216,7 +222,7 @@ class Executor:
         self.control(task_id, "resume", step)
 
     @staticmethod
-    def _step_index(steps: tuple[StepRecord, ...], step: str | int) -> int:
+    def _step_index(steps: list[StepRecord] | tuple[StepRecord, ...], step: str | int) -> int:
         if isinstance(step, int) or (isinstance(step, str) and step.isdigit()):
             index = int(step)
             if 0 <= index < len(steps):

@@ -191,15 +191,14 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     @api
     def step_log(task_id: str, step: str) -> bottle.HTTPResponse:
         language = lang()
-        task, record = executor.step(task_id, step)
-        index = record.index
+        index = executor.step(task_id, step, output=False)[1].index
         sse = "text/event-stream" in (bottle.request.headers.get("Accept") or "")
         follow = _flag(bottle.request.query, "follow")
         offset = _offset(bottle.request.query.get("offset"), bottle.request.headers.get("Last-Event-ID") if sse else None)
 
-        def current() -> StepRecord | None:
+        def current() -> StepRecord | None:  # polled while following: state only, no log read
             try:
-                return executor.step(task_id, index)[1]
+                return executor.step(task_id, index, output=False)[1]
             except NotFound:
                 return None
 
