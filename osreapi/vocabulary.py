@@ -69,6 +69,12 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "too_large": ("请求体过大, 上限 {limit} 字节", "request body too large, the limit is {limit} bytes"),
     "no_route": ("路径不存在", "no such route"),
     "method": ("不支持的请求方法", "method not allowed"),
+    "forbidden": (
+        "只允许本机访问: 请用 --token、--token_file 或环境变量 OSREAPI_TOKEN 设置令牌, 并以 Authorization: Bearer <token> 访问",
+        "only loopback clients are served without a token: set one with --token, --token_file or OSREAPI_TOKEN, "
+        "then send Authorization: Bearer <token>",
+    ),
+    "unauthorized": ("缺少或错误的令牌: 请发送 Authorization: Bearer <token>", "missing or wrong token: send Authorization: Bearer <token>"),
 }
 
 

@@ -8,7 +8,6 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
 import bottle
 
@@ -28,14 +27,13 @@ from ..vocabulary import (
     CODE_TOO_MANY,
     DEFAULT_LANGUAGE,
     message,
-    normalize_language,
 )
 from . import openapi, render
+from .answers import JSON_TYPE, language_of, refuse
 from .logstream import LogReader
 from .security import Guard, audit
 
 log = logging.getLogger(__name__)
-JSON_TYPE = "application/json; charset=utf-8"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 _STATUS_OF_CODE = {CODE_NOT_FOUND: 404, CODE_BAD_REQUEST: 400, CODE_TOO_LARGE: 413, CODE_TOO_MANY: 429,
@@ -51,11 +49,7 @@ class HttpSettings:
 
 
 def request_language(default: str) -> str:
-    return (
-        normalize_language(bottle.request.query.get("lang"))
-        or normalize_language(bottle.request.headers.get("Accept-Language"))
-        or default
-    )
+    return language_of(bottle.request.environ, default)
 
 
 def json_response(code: int, msg: str, data: Any = None, headers: dict[str, str] | None = None) -> bottle.HTTPResponse:
@@ -301,11 +295,8 @@ class RequestLimit:
         if self._slots is None:
             return self.app(environ, start_response)
         if not self._slots.acquire(blocking=False):
-            lang = normalize_language(parse_qs(environ.get("QUERY_STRING", "")).get("lang", [""])[0])
-            lang = lang or normalize_language(environ.get("HTTP_ACCEPT_LANGUAGE")) or self._settings.lang
-            body = render.envelope(CODE_TOO_MANY, message("too_many_requests", lang)).encode("utf-8")
-            start_response("429 Too Many Requests", [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body)))])
-            return [body]
+            text = message("too_many_requests", language_of(environ, self._settings.lang))
+            return refuse(start_response, "429 Too Many Requests", CODE_TOO_MANY, text)
         try:
             result = self.app(environ, start_response)
         except BaseException:

@@ -12,26 +12,13 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from urllib.parse import parse_qs
 
 from ..errors import InvalidValue
-from ..vocabulary import normalize_language
-from .render import envelope
+from ..vocabulary import message
+from .answers import language_of, refuse
 
 audit_log = logging.getLogger("osreapi.audit")
-JSON_TYPE = "application/json; charset=utf-8"
 OPEN_PATHS = frozenset({"/healthz"})  # answered without a token
-
-_FORBIDDEN = (
-    "只允许本机访问: 请用 --token、--token_file 或环境变量 OSREAPI_TOKEN 设置令牌, 并以 Authorization: Bearer <token> 访问",
-    "only loopback clients are served without a token: set one with --token, --token_file or OSREAPI_TOKEN, "
-    "then send Authorization: Bearer <token>",
-)
-_UNAUTHORIZED = (
-    "缺少或错误的令牌: 请发送 Authorization: Bearer <token>",
-    "missing or wrong token: send Authorization: Bearer <token>",
-)
-
 
 def load_token(token: str | None, token_file: str | None, environ: dict[str, str] | None = None) -> str | None:
     """The configured token: --token, else --token_file (not world-readable), else OSREAPI_TOKEN."""
@@ -91,28 +78,21 @@ class Guard:
             return self.app(environ, start_response)
         if self._token is None:
             if not is_loopback(environ.get("REMOTE_ADDR")):
-                return self._refuse(environ, start_response, "403 Forbidden", 403, _FORBIDDEN, {})
+                return self._refuse(environ, start_response, "403 Forbidden", 403, "forbidden")
         else:
             header = environ.get("HTTP_AUTHORIZATION", "")
             scheme, _, presented = header.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode("utf-8"), self._token):
                 headers = {"WWW-Authenticate": 'Bearer realm="osreapi"'}
-                return self._refuse(environ, start_response, "401 Unauthorized", 401, _UNAUTHORIZED, headers)
+                return self._refuse(environ, start_response, "401 Unauthorized", 401, "unauthorized", headers)
         environ["osreapi.identity"] = self._identity
         return self.app(environ, start_response)
 
-    def _refuse(self, environ, start_response, status, code, texts, headers) -> list[bytes]:
-        query = parse_qs(environ.get("QUERY_STRING", ""))
-        lang = (
-            normalize_language(query.get("lang", [""])[0])
-            or normalize_language(environ.get("HTTP_ACCEPT_LANGUAGE"))
-            or self._default_lang
-        )
-        body = envelope(code, texts[1 if lang == "en" else 0]).encode("utf-8")
+    def _refuse(self, environ, start_response, status: str, code: int, key: str, headers=None) -> list[bytes]:
         if environ.get("REQUEST_METHOD") in ("POST", "PUT", "DELETE", "PATCH"):
             audit(environ, route=environ.get("PATH_INFO", ""), task_id=None, steps=None, status=code)
-        start_response(status, [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))), *headers.items()])
-        return [body]
+        text = message(key, language_of(environ, self._default_lang))
+        return refuse(start_response, status, code, text, headers)
 
 
 def audit(environ: dict, *, route: str, task_id: str | None, steps: int | None, status: int) -> None:
