@@ -17,6 +17,7 @@ import pykka
 
 from . import recovery, spec
 from .actors.control import ACTIONS
+from .actors.delivery import tell_if_alive
 from .actors.messages import (
     Control,
     ControlQueued,
@@ -307,10 +308,6 @@ class Executor:
 
     # -- internals ----------------------------------------------------------------------
 
-    @property
-    def pool(self) -> ProcessPool:
-        return self._pool
-
     def _ask(self, ref: pykka.ActorRef, message: Any) -> Any:
         try:
             return self._ask_raw(ref, message)
@@ -340,11 +337,8 @@ class Executor:
         def tick() -> None:
             if self._closed:
                 return
-            try:
-                self._store.tell(SweepExpired())
-            except pykka.ActorDeadError:
-                return
-            self._schedule_sweep()
+            if tell_if_alive(self._store, SweepExpired()):
+                self._schedule_sweep()
 
         self._scheduler.call_later(self.config.sweep_interval, tick)
 

@@ -22,6 +22,7 @@ from ..vocabulary import (
     STEP_CODE_UNFINISHED,
     State,
 )
+from .delivery import tell_if_alive
 from .messages import (
     DeadlineReached,
     PauseStep,
@@ -111,7 +112,7 @@ class StepActor(pykka.ThreadingActor):
         created = _create_time(self._proc.pid)
         self._record = self._record.with_(state=State.RUNNING, begin=begin, pid=self._proc.pid, pid_created=created)
         ref = self.actor_ref
-        self._services.reaper.watch(self._proc, lambda rc, at: _tell_exit(ref, rc, at))
+        self._services.reaper.watch(self._proc, lambda rc, at: tell_if_alive(ref, ProcessExited(rc, at)))
         self._active_since = time.monotonic()
         self._arm_deadline()
         self._task_ref.tell(StepUpdated(self._record))
@@ -151,10 +152,7 @@ class StepActor(pykka.ThreadingActor):
         return treekill.marked_processes(self._task_id, self._spec.name)
 
     def _deadline_reached(self) -> None:
-        try:
-            self.actor_ref.tell(DeadlineReached())
-        except pykka.ActorDeadError:
-            pass
+        tell_if_alive(self.actor_ref, DeadlineReached())
 
     def _kill(self, state: State) -> None:
         if self._proc is None or self._proc.returncode is not None or self._stop_state is not None:
@@ -191,23 +189,13 @@ class StepActor(pykka.ThreadingActor):
         self._ended = True
         self._release_slot()
         self._services.metrics.step_ended(record)
-        try:
-            self._task_ref.tell(StepEnded(record))
-        except pykka.ActorDeadError:
-            pass
+        tell_if_alive(self._task_ref, StepEnded(record))
         self.stop()
 
     def _release_slot(self) -> None:
         if self._slot_held:
             self._slot_held = False
             self._services.pool.release()
-
-
-def _tell_exit(ref: pykka.ActorRef, returncode: int, at: float) -> None:
-    try:
-        ref.tell(ProcessExited(returncode, at))
-    except pykka.ActorDeadError:
-        pass
 
 
 def _create_time(pid: int) -> float | None:

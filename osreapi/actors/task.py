@@ -12,6 +12,7 @@ from ..records import StepRecord, TaskRecord, lowest_failure
 from ..spec import StepSpec
 from ..vocabulary import STEP_CODE_KILLED, STEP_CODE_UNFINISHED, State
 from .control import check_step_action, check_task_action
+from .delivery import tell_if_alive
 from .messages import (
     Control,
     InterruptTask,
@@ -84,7 +85,7 @@ class TaskActor(pykka.ThreadingActor):
     def on_failure(self, *args: Any) -> None:
         log.error("task %s failed inside the engine; marking it interrupted", self._task.id)
         for ref in self._running.values():
-            _tell(ref, StopStep(State.INTERRUPTED))
+            tell_if_alive(ref, StopStep(State.INTERRUPTED))
         self._services.pool.cancel(self)
         self._requested.clear()
         for index, step in enumerate(self._steps):
@@ -232,7 +233,7 @@ class TaskActor(pykka.ThreadingActor):
         if skipped:
             self._save(tuple(skipped))
         for ref in list(self._running.values()):
-            _tell(ref, StopStep(state))
+            tell_if_alive(ref, StopStep(state))
         self._check_finished()
 
     def _finish(self) -> None:
@@ -248,7 +249,7 @@ class TaskActor(pykka.ThreadingActor):
         self._end_actor()
 
     def _end_actor(self) -> None:
-        _tell(self._supervisor, TaskEnded(self._task.id))
+        tell_if_alive(self._supervisor, TaskEnded(self._task.id))
         self._done = True
         self._maybe_stop()
 
@@ -270,10 +271,3 @@ class TaskActor(pykka.ThreadingActor):
     def _save(self, steps: tuple[StepRecord, ...] = (), with_task: bool = False) -> None:
         task = self._task if with_task or not steps else None
         self._services.store.tell(SaveRecords(self._task.id, task, steps))
-
-
-def _tell(ref: pykka.ActorRef, message: Any) -> None:
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        pass
