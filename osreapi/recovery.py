@@ -61,7 +61,5 @@ def kill_leftovers(task_id: str, steps: list[StepRecord], grace: float) -> list[
             continue
         if same:
             killed += treekill.kill_tree(step.pid, grace=grace)
-    marked = treekill.marked_processes(task_id)
-    if marked:
-        killed += treekill.kill_tree(marked[0].pid, grace=grace, extra=marked)
+    killed += treekill.kill_marked(task_id, grace)
     return sorted(set(killed))

@@ -29,6 +29,23 @@ def marked_processes(task_id: str, step_name: str | None = None) -> list[psutil.
     return found
 
 
+def marked_trees(task_id: str) -> list[psutil.Process]:
+    """Every process carrying the task's marker, and their descendants."""
+    procs: dict[int, psutil.Process] = {}
+    for proc in marked_processes(task_id):
+        procs.update(_snapshot(proc.pid, include_root=True))
+    return list(procs.values())
+
+
+def kill_marked(task_id: str, grace: float) -> list[int]:
+    """Kill a task's processes found by marker (no group or child of ours needed): the ops tool
+    and restart recovery, when the server that started them is gone."""
+    procs = {proc.pid: proc for proc in marked_trees(task_id)}
+    procs.pop(os.getpid(), None)
+    _terminate(procs, grace)
+    return sorted(procs)
+
+
 def kill_tree(
     root_pid: int,
     *,
@@ -41,26 +58,54 @@ def kill_tree(
     `own_child` is the Popen of root_pid when it is our child: another thread reaps it, so it is
     waited through Popen (never psutil, which would reap it behind Popen's back).
     """
+    procs = _snapshot(root_pid, include_root=own_child is None, extra=extra)
+    _terminate(procs, grace, group=root_pid, own_child=own_child)
+    return sorted(set(procs) | {root_pid})
+
+
+def signal_tree(root_pid: int, sig: int, extra: list[psutil.Process] | None = None) -> None:
+    """Send sig to root_pid's process group, its descendants and `extra` (pause / resume)."""
+    procs = _snapshot(root_pid, include_root=False, extra=extra)
+    _killpg(root_pid, sig)
+    for proc in procs.values():
+        _signal(proc, sig)
+
+
+def _snapshot(
+    root_pid: int, include_root: bool, extra: list[psutil.Process] | None = None
+) -> dict[int, psutil.Process]:
+    """root_pid's descendants (and itself if asked) plus extra; never this process."""
     procs: dict[int, psutil.Process] = {}
     try:
         root = psutil.Process(root_pid)
+        if include_root:
+            procs[root.pid] = root
         for child in root.children(recursive=True):
             procs[child.pid] = child
-        if own_child is None:
-            procs[root.pid] = root
     except psutil.Error:
         pass
     for proc in extra or ():
         procs.setdefault(proc.pid, proc)
     procs.pop(os.getpid(), None)
-    signalled = sorted(set(procs) | {root_pid})
+    return procs
 
-    def root_alive() -> bool:
+
+def _terminate(
+    procs: dict[int, psutil.Process],
+    grace: float,
+    group: int | None = None,
+    own_child: subprocess.Popen | None = None,
+) -> None:
+    """TERM (and CONT) everything, wait up to `grace`, KILL what is left, wait again."""
+
+    def group_alive() -> bool:
+        if group is None:
+            return False
         return own_child.poll() is None if own_child is not None else True
 
     for sig in (signal.SIGTERM, signal.SIGCONT):  # CONT: a stopped (paused) process acts on TERM
-        if root_alive():
-            _killpg(root_pid, sig)
+        if group_alive():
+            _killpg(group, sig)
         for proc in procs.values():
             _signal(proc, sig)
     deadline = time.monotonic() + grace
@@ -70,28 +115,13 @@ def kill_tree(
             own_child.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
-    if root_alive() or alive:
-        _killpg(root_pid, signal.SIGKILL)
+    if group is not None and (group_alive() or alive):
+        _killpg(group, signal.SIGKILL)
     for proc in alive:
         _signal(proc, signal.SIGKILL)
     wait_gone(alive, timeout=grace)
     if own_child is not None and own_child.poll() is None:
         own_child.kill()
-    return signalled
-
-
-def signal_tree(root_pid: int, sig: int, extra: list[psutil.Process] | None = None) -> None:
-    """Send sig to root_pid's process group, its descendants and `extra` (pause / resume)."""
-    procs = {proc.pid: proc for proc in extra or ()}
-    try:
-        for child in psutil.Process(root_pid).children(recursive=True):
-            procs.setdefault(child.pid, child)
-    except psutil.Error:
-        pass
-    procs.pop(os.getpid(), None)
-    _killpg(root_pid, sig)
-    for proc in procs.values():
-        _signal(proc, sig)
 
 
 def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
