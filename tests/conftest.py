@@ -219,6 +219,12 @@ def hold_request(client: Client, attempts: int = 5) -> socket.socket:
     raise AssertionError("no request could be held in flight")
 
 
+def read_pid(path: Path, timeout: float = 10.0) -> int:
+    """The pid a step wrote to `path`, once the file holds one (bounded wait)."""
+    assert wait_until(lambda: path.exists() and path.read_text().strip() != "", timeout=timeout), path
+    return int(path.read_text())
+
+
 def gone(pid: int) -> bool:
     """True when the process no longer runs (a zombie awaiting its reaper counts as gone)."""
     try:

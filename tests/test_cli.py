@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import console_script, gone, sh, wait_until
+from .conftest import console_script, gone, read_pid, sh, wait_until
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -89,8 +89,7 @@ def test_sigterm_interrupts_running_keeps_queued_and_restart_runs_them(start_ser
     running = client.submit([sh("sleep 300 & echo $! > bg.pid; sleep 300"), sh("echo never")])
     queued = client.submit([sh("echo queued-ran > out.txt")])
     workspace = data / "workspace" / running
-    assert wait_until(lambda: (workspace / "bg.pid").exists() and (workspace / "bg.pid").read_text().strip())
-    bg = int((workspace / "bg.pid").read_text())
+    bg = read_pid(workspace / "bg.pid")
     assert client.get(f"/{queued}").json["data"][0]["state"] == "等待中"
     started = time.monotonic()
     assert server.terminate() == 0
@@ -121,8 +120,7 @@ def test_kill_9_then_restart_marks_interrupted_and_kills_leftovers(start_server,
     task_id = client.submit([sh("setsid sleep 300 & echo $! > escaped.pid; sleep 300")])
     queued = client.submit([sh("echo queued > out.txt")])
     workspace = data / "workspace" / task_id
-    assert wait_until(lambda: (workspace / "escaped.pid").exists() and (workspace / "escaped.pid").read_text().strip())
-    escaped = int((workspace / "escaped.pid").read_text())
+    escaped = read_pid(workspace / "escaped.pid")
     # Only what is committed survives kill -9: wait until the running step is on disk.
     assert wait_until(lambda: client.get(f"/{task_id}").json["data"][0]["state"] == "执行中")
     leader = client.get(f"/{task_id}").json

@@ -7,7 +7,7 @@ import time
 import psutil
 import pytest
 
-from .conftest import Client, gone, sh, wait_until
+from .conftest import Client, gone, read_pid, sh, wait_until
 
 
 def put(client: Client, path: str, action: str):
@@ -18,16 +18,11 @@ def step_state(client: Client, task_id: str, step) -> str:
     return client.get(f"/{task_id}/{step}?lang=en").json["data"]["state"]
 
 
-def wait_file(path, timeout=10.0) -> str:
-    assert wait_until(lambda: path.exists() and path.read_text().strip() != "", timeout=timeout), path
-    return path.read_text().strip()
-
-
 @pytest.mark.timeout(30)
 def test_kill_task_kills_the_tree_and_skips_the_rest(client: Client):
     task_id = client.submit([sh("sleep 300 & echo $! > bg.pid; setsid sleep 300 & echo $! > esc.pid; sleep 300"), sh("echo never")])
     workspace = client.executor.config.workspace(task_id)
-    bg, esc = int(wait_file(workspace / "bg.pid")), int(wait_file(workspace / "esc.pid"))
+    bg, esc = read_pid(workspace / "bg.pid"), read_pid(workspace / "esc.pid")
     leader = client.executor.get(task_id).steps[0].pid
     resp = put(client, f"/{task_id}", "kill")
     assert resp.status == 200 and resp.json == {"code": 0, "message": "成功"}

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from osreapi.http.openapi import document
 
-from .conftest import Client, console_script, gone, sh, wait_until
+from .conftest import Client, console_script, gone, read_pid, sh, wait_until
 
 
 def open_stream(client: Client, path: str, headers: dict | None = None) -> http.client.HTTPResponse:
@@ -209,8 +209,7 @@ def test_killtree_console_script_finds_marked_trees_without_the_server(tmp_path)
     env = {"PATH": "/usr/bin:/bin", "OSREAPI_TASK_ID": "orphan-task"}
     proc = subprocess.Popen(["sh", "-c", "setsid sleep 300 & echo $! > esc; sleep 300"], cwd=tmp_path, env=env,
                             start_new_session=True)
-    assert wait_until(lambda: (tmp_path / "esc").exists() and (tmp_path / "esc").read_text().strip())
-    escaped = int((tmp_path / "esc").read_text())
+    escaped = read_pid(tmp_path / "esc")
     dry = subprocess.run([console_script("osreapi-killtree"), "orphan-task", "--dry-run"], capture_output=True, text=True, timeout=20)
     assert dry.returncode == 0
     assert f"would kill {proc.pid}" in dry.stdout and f"would kill {escaped}" in dry.stdout

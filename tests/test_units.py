@@ -10,7 +10,7 @@ from osreapi.executor.output import read_output, with_exit_status
 from osreapi.executor.treekill import kill_tree, marked_processes
 from osreapi.vocabulary import State, message, normalize_language
 
-from .conftest import gone, wait_until
+from .conftest import gone, read_pid, wait_until
 
 
 def test_state_table_both_languages():
@@ -64,9 +64,8 @@ def test_kill_tree_kills_group_children_and_marked_escapees(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "OSREAPI_TASK_ID": "unit-kill", "OSREAPI_STEP_NAME": "s"}
     script = "sleep 300 & echo $! > child; setsid sleep 301 & echo $! > escaped; sleep 302"
     proc = subprocess.Popen(["sh", "-c", script], cwd=tmp_path, env=env, start_new_session=True)
-    assert wait_until(lambda: (tmp_path / "escaped").exists() and (tmp_path / "escaped").read_text().strip())
+    escaped = read_pid(tmp_path / "escaped")
     child = int((tmp_path / "child").read_text())
-    escaped = int((tmp_path / "escaped").read_text())
     assert wait_until(lambda: any(p.pid == escaped for p in marked_processes("unit-kill")))
     started = time.monotonic()
     killed = kill_tree(proc.pid, grace=1.0, own_child=proc, extra=marked_processes("unit-kill", "s"))
