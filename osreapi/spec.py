@@ -155,7 +155,7 @@ def _build_step(task_id: str, index: int, item: Any, limits: Limits) -> StepSpec
         name = f"{task_id}-{index}"
     elif not isinstance(name, str):
         raise InvalidRequest(f"{where}: name must be a string")
-    elif len(name) > MAX_NAME_LENGTH or "\x00" in name or "/" in name or name.strip() != name or not name.isprintable():
+    elif len(name) > MAX_NAME_LENGTH or "/" in name or name.strip() != name or not name.isprintable():
         raise InvalidRequest(
             f"{where}: name must be printable, at most {MAX_NAME_LENGTH} characters, without '/' or surrounding spaces"
         )

@@ -18,11 +18,9 @@ from ..records import StepRecord
 from ..vocabulary import (
     CODE_BAD_REQUEST,
     CODE_BUSY,
-    CODE_FAILED,
     CODE_INTERNAL,
     CODE_NOT_FOUND,
     CODE_OK,
-    CODE_RUNNING,
     CODE_TOO_LARGE,
     CODE_TOO_MANY,
     DEFAULT_LANGUAGE,
@@ -171,15 +169,8 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     @app.get("/<task_id>/<step>")
     @api
     def get_step(task_id: str, step: str) -> bottle.HTTPResponse:
-        language = lang()
         task, record = executor.step(task_id, step)
-        if not record.state.finished:
-            code, msg = CODE_RUNNING, message("running", language)
-        elif record.succeeded:
-            code, msg = CODE_OK, message("success", language)
-        else:
-            code, msg = CODE_FAILED, message("failed", language, index=record.index)
-        return json_response(code, msg, render.step_json(record, task, language, now()))
+        return json_response(*render.step_result_json(record, task, lang(), now()))
 
     @app.get("/<task_id>/<step>/log")
     @api

@@ -53,6 +53,17 @@ def step_json(step: StepRecord, task: TaskRecord, lang: str, now: float) -> dict
     }
 
 
+def step_result_json(step: StepRecord, task: TaskRecord, lang: str, now: float) -> tuple[int, str, dict[str, Any]]:
+    """(code, message, data) of GET /<id>/<step>: codes as for a task, the step alone as data."""
+    if not step.state.finished:
+        code, msg = CODE_RUNNING, message("running", lang)
+    elif step.succeeded:
+        code, msg = CODE_OK, message("success", lang)
+    else:
+        code, msg = CODE_FAILED, message("failed", lang, index=step.index)
+    return code, msg, step_json(step, task, lang, now)
+
+
 def task_code(task: TaskRecord) -> int:
     if not task.state.finished:
         return CODE_RUNNING
