@@ -79,15 +79,24 @@ def test_flags_in_every_spelling_and_the_alias(start_server, tmp_path):
     assert server.terminate() == 0
 
 
+def finished_running_queued(start_server, data, running_steps: list, queued_text: str):
+    """A pool-1 server holding a finished task ("earlier"), a running one and one queued behind it
+    (which writes queued_text to out.txt); returns (server, finished id, running id, queued id)."""
+    server = start_server("--pool_size=1", data_dir=data)
+    finished = server.client.submit([sh("echo earlier")])
+    server.client.wait(finished)
+    running = server.client.submit(running_steps)
+    queued = server.client.submit([sh(f"echo {queued_text} > out.txt")])
+    return server, finished, running, queued
+
+
 @pytest.mark.timeout(90)
 def test_sigterm_interrupts_running_keeps_queued_and_restart_runs_them(start_server, tmp_path):
     data = tmp_path / "data"
-    server = start_server("--pool_size=1", data_dir=data)
+    server, done, running, queued = finished_running_queued(
+        start_server, data, [sh("sleep 300 & echo $! > bg.pid; sleep 300"), sh("echo never")], "queued-ran"
+    )
     client = server.client
-    done = client.submit([sh("echo earlier")])
-    client.wait(done)
-    running = client.submit([sh("sleep 300 & echo $! > bg.pid; sleep 300"), sh("echo never")])
-    queued = client.submit([sh("echo queued-ran > out.txt")])
     workspace = data / "workspace" / running
     bg = read_pid(workspace / "bg.pid")
     assert client.get(f"/{queued}").json["data"][0]["state"] == "等待中"
@@ -113,12 +122,10 @@ def test_sigterm_interrupts_running_keeps_queued_and_restart_runs_them(start_ser
 @pytest.mark.timeout(90)
 def test_kill_9_then_restart_marks_interrupted_and_kills_leftovers(start_server, tmp_path):
     data = tmp_path / "data"
-    server = start_server("--pool_size=1", data_dir=data)
+    server, earlier, task_id, queued = finished_running_queued(
+        start_server, data, [sh("setsid sleep 300 & echo $! > escaped.pid; sleep 300")], "queued"
+    )
     client = server.client
-    earlier = client.submit([sh("echo earlier")])
-    client.wait(earlier)
-    task_id = client.submit([sh("setsid sleep 300 & echo $! > escaped.pid; sleep 300")])
-    queued = client.submit([sh("echo queued > out.txt")])
     workspace = data / "workspace" / task_id
     escaped = read_pid(workspace / "escaped.pid")
     # Only what is committed survives kill -9: wait until the running step is on disk.
