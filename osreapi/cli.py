@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import InvalidValue
+from .errors import DataDirInUse, InvalidValue
 from .executor.durations import parse_duration, parse_size
 from .vocabulary import LANGUAGES
 
@@ -35,6 +35,8 @@ Flags:
       --lang=zh           Language of messages and state words: zh or en.
       --max_output=1MiB   Bytes of output kept per step (head + tail).
       --max_body=1MiB     Largest request body accepted.
+      --max_log=64MiB     Bytes of a step's log file kept on disk (the head, then a
+                          marker line and the last 64 KiB).
       --token=TOKEN       Require "Authorization: Bearer TOKEN" on every route but /healthz
                           (also --token_file=PATH, not world-readable, or env OSREAPI_TOKEN).
                           Without a token only loopback clients are served.
@@ -110,6 +112,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     _flag(parser, "lang", default="zh", choices=LANGUAGES)
     _flag(parser, "max_output", default=1 << 20, type=_checked(parse_size, 1, "max_output"))
     _flag(parser, "max_body", default=1 << 20, type=_checked(parse_size, 1, "max_body"))
+    _flag(parser, "max_log", default=64 << 20, type=_checked(parse_size, 1, "max_log"))
     _flag(parser, "token", default=None)
     _flag(parser, "token_file", default=None)
     _flag(parser, "tls_cert", default=None)
@@ -195,15 +198,20 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())  # the main thread runs the ordered shutdown
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    executor = Executor(
-        data_dir,
-        pool_size=args.pool_size,
-        exec_timeout=args.exec_timeout,
-        key_expire=args.key_expire,
-        max_output=int(args.max_output),
-        call_timeout=args.timeout,
-        limits=Limits(int(args.max_steps), int(args.max_script), int(args.max_env_vars), int(args.max_env_bytes)),
-    )
+    try:
+        executor = Executor(
+            data_dir,
+            pool_size=args.pool_size,
+            exec_timeout=args.exec_timeout,
+            key_expire=args.key_expire,
+            max_output=int(args.max_output),
+            max_log=int(args.max_log),
+            call_timeout=args.timeout,
+            limits=Limits(int(args.max_steps), int(args.max_script), int(args.max_env_vars), int(args.max_env_bytes)),
+        )
+    except DataDirInUse as exc:
+        print(f"osreapi: error: {exc}", file=sys.stderr)
+        return 1
     settings = HttpSettings(
         lang=args.lang, max_body=int(args.max_body), max_requests=int(args.max_requests), token=token
     )

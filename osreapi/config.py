@@ -17,6 +17,7 @@ class EngineConfig:
     exec_timeout: float = 24 * HOUR  # 0 = no limit
     key_expire: float = 48 * HOUR
     max_output: int = 1 << 20
+    max_log: int = 64 << 20  # bytes of a step's log file kept on disk (head, marker, tail)
     kill_grace: float = 2.0  # seconds between TERM and KILL
     sweep_interval: float = 30.0
     call_timeout: float = 30.0  # how long a caller waits for an actor's answer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -16,11 +17,10 @@ from typing import Any
 import pykka
 
 from . import recovery, spec
-from .actors.control import ACTIONS
+from .actors.taskstate import ACTIONS
 from .actors.delivery import tell_if_alive
 from .actors.messages import (
-    Control,
-    ControlQueued,
+    ControlTask,
     CreateTask,
     Enqueue,
     Flush,
@@ -29,23 +29,28 @@ from .actors.messages import (
     SaveRecords,
     SweepExpired,
 )
-from .actors.pool import ProcessPool
+from .actors.pool import WorkerPool
+from .actors.reply import Reply
+from .actors.step import StepActor
 from .actors.services import Services
 from .actors.store import StoreActor
 from .actors.supervisor import SupervisorActor
 from .actors.timers import Scheduler
 from .config import EngineConfig
-from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound
+from .errors import ActionRejected, DiskFull, EngineBusy, EngineClosed, InvalidRequest, NotFound
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.output import read_output
+from .executor.janitor import Janitor
 from .executor.reaper import Reaper
 from .metrics import EngineMetrics
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
+from .storage.lock import lock_data_dir
 from .vocabulary import State
 
 log = logging.getLogger(__name__)
+_DIGITS = re.compile(r"[0-9]+")
 Listener = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
@@ -89,6 +94,7 @@ class Executor:
         exec_timeout: float | str = "24h",
         key_expire: float | str = "48h",
         max_output: int = 1 << 20,
+        max_log: int = 64 << 20,
         kill_grace: float = 2.0,
         sweep_interval: float = 30.0,
         call_timeout: float | str = "30s",
@@ -104,6 +110,7 @@ class Executor:
             exec_timeout=_seconds(exec_timeout),
             key_expire=_seconds(key_expire),
             max_output=max_output,
+            max_log=max_log,
             kill_grace=kill_grace,
             sweep_interval=sweep_interval,
             call_timeout=_seconds(call_timeout),
@@ -115,21 +122,39 @@ class Executor:
         self._waiters_lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._closed = False
-        self.config.workspace_root.mkdir(parents=True, exist_ok=True)
-        self._db = Database(self.config.data_dir / "db")
+        self._lock = lock_data_dir(self.config.data_dir)  # before anything in it is touched
+        try:
+            self._start_engine()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.close()
+            raise
+
+    def _start_engine(self) -> None:
+        config, clock = self.config, self.clock
+        config.workspace_root.mkdir(parents=True, exist_ok=True)
+        self._db = Database(config.data_dir / "db")
         self._scheduler = Scheduler()
-        self._store = StoreActor.start(self._db, self.config, clock, self._committed)
-        self._pool = ProcessPool(pool_size)
-        self.metrics = EngineMetrics()
-        self.metrics.add_gauges(self.stats, lambda: Counter(task.state for task in self.list()))
-        self._reaper = Reaper(clock)
-        self._services = Services(
-            self.config, self._db, self._store, self._pool, self._scheduler, clock, self.metrics, self._reaper
+        self._disk_full = threading.Event()
+        self._store = StoreActor.start(
+            self._db, config, clock, self._committed, self._scheduler.call_later, self._disk_full
         )
-        interrupted, waiting = recovery.recover(self._db, self.config, clock())
-        for task, steps in interrupted:
-            self._store.ask(SaveRecords(task.id, None, steps), timeout=self.config.call_timeout)
-            self._store.ask(SaveRecords(task.id, task), timeout=self.config.call_timeout)
+        self._services = Services(
+            config=config,
+            db=self._db,
+            store=self._store,
+            pool=WorkerPool(config.pool_size, lambda: StepActor.start(self._services)),
+            scheduler=self._scheduler,
+            clock=clock,
+            metrics=EngineMetrics(),
+            reaper=Reaper(clock),
+            janitor=Janitor(self._scheduler.call_later),
+        )
+        self.metrics = self._services.metrics
+        self.metrics.add_gauges(self.stats, self._db.state_counts)
+        ended, waiting = recovery.recover(self._db, config, clock())
+        for task, steps in ended:
+            self._store.ask(SaveRecords(task.id, task, steps, durable=True), timeout=config.call_timeout)
         self._supervisor = SupervisorActor.start(self._services)
         for task_id in waiting:
             self._supervisor.tell(Enqueue(task_id))
@@ -202,21 +227,23 @@ class Executor:
         return process.log_path(self.config.workspace(task_id), index)
 
     def control(self, task_id: str, action: str, step: str | int | None = None) -> None:
-        """kill / pause / resume a task, or one step (by index or name).
-        Raises NotFound for an unknown task or step, ActionRejected when the action does not apply."""
+        """kill / pause / resume a task, or one step (by index or name); returns once the processes
+        are signalled and the change is on disk. Raises NotFound for an unknown task or step,
+        ActionRejected when the action does not apply, DiskFull when it cannot be recorded."""
         if action not in ACTIONS:
             raise ActionRejected(f"action: unknown value {action!r} (use kill, pause or resume)")
         task, steps = self._load(task_id)
         index = None if step is None else self._step_index(steps, step)
         if task.state.finished:
             raise ActionRejected(f"the task has ended ({task.state.value}); {action} does not apply")
-        live = self._ask(self._supervisor, ControlQueued(task_id, action, index))
+        self._check_open()
+        reply = Reply()
+        if not tell_if_alive(self._supervisor, ControlTask(task_id, action, index, reply)):
+            raise EngineClosed("the engine is shut down")
         try:
-            if live is not None:
-                self._ask_raw(live, Control(action, index))
-        except pykka.ActorDeadError:
-            raise ActionRejected(f"the task has ended; {action} does not apply") from None
-        self._ask(self._store, Flush())  # the answer comes after the change is on disk
+            reply.get(timeout=self.config.call_timeout)
+        except pykka.Timeout:
+            raise EngineBusy(f"the engine did not answer within {self.config.call_timeout:g}s") from None
 
     def kill(self, task_id: str, step: str | int | None = None) -> None:
         """Kill a task's process trees (its remaining steps are skipped), or one step's."""
@@ -230,7 +257,7 @@ class Executor:
 
     @staticmethod
     def _step_index(steps: list[StepRecord] | tuple[StepRecord, ...], step: str | int) -> int:
-        if isinstance(step, int) or (isinstance(step, str) and step.isdigit()):
+        if isinstance(step, int) or (isinstance(step, str) and _DIGITS.fullmatch(step)):
             index = int(step)
             if 0 <= index < len(steps):
                 return index
@@ -240,15 +267,17 @@ class Executor:
                     return record.index
         raise NotFound(f"step {step!r} does not exist in this task")
 
-    def check_health(self) -> None:
-        """Raise EngineBusy / EngineClosed unless the supervisor and the store answer."""
+    def check_health(self) -> str:
+        """"ok", or "disk full" while the store cannot write; raise EngineBusy / EngineClosed
+        unless the supervisor and the store answer."""
         self._check_open()
         self._ask(self._supervisor, GetStats())
         self._ask(self._store, Flush())
+        return "disk full" if self._disk_full.is_set() else "ok"
 
     def stats(self) -> dict[str, int]:
         """Gauges of the engine: pool, live task actors, queued tasks, store size, threads."""
-        size, busy, waiting = self._pool.stats()
+        size, busy, waiting = self._services.pool.stats()
         live, queued = self._ask(self._supervisor, GetStats())
         return {
             "pool_size": size,
@@ -302,14 +331,24 @@ class Executor:
             if not done.wait(timeout):
                 log.error("shutdown: tasks still running after %.0fs", timeout)
             self._supervisor.stop(timeout=timeout)
+            self._services.pool.stop_all(timeout)
             self._store.ask(Flush(), timeout=timeout)
             self._store.stop(timeout=timeout)
         except (pykka.ActorDeadError, pykka.Timeout):
             log.exception("shutdown: an actor did not stop in time")
         finally:
+            self._finish_kills(timeout)
             self._scheduler.stop()
-            self._reaper.close()
+            self._services.reaper.close()
             self._db.close()
+            if self._lock is not None:
+                self._lock.close()
+
+    def _finish_kills(self, timeout: float) -> None:
+        """Let the janitor finish killing leftover processes (bounded) before its timer stops."""
+        deadline = time.monotonic() + timeout
+        while self._services.janitor.busy() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def __enter__(self) -> Executor:
         return self

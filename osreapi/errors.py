@@ -27,3 +27,11 @@ class NotFound(OsreapiError):
 
 class ActionRejected(OsreapiError):
     """A control action does not apply to the task or step in its current state."""
+
+
+class DiskFull(OsreapiError):
+    """The store could not write: the disk (or its quota) is full. Reads go on working."""
+
+
+class DataDirInUse(OsreapiError):
+    """Another server (or Executor) holds the data dir."""

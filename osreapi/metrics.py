@@ -9,7 +9,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .records import StepRecord
 from .vocabulary import State
 
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600, 6 * 3600, 24 * 3600)
@@ -34,12 +33,11 @@ class EngineMetrics:
             registry=self.registry,
         )
 
-    def step_ended(self, step: StepRecord) -> None:
-        if step.begin is None:  # never ran (killed or skipped before it started)
-            return
-        self.steps_finished.labels(outcome=outcome(step)).inc()
-        if step.end is not None:
-            self.step_duration.observe(max(0.0, step.end - step.begin))
+    def step_ended(self, state: State, code: int, begin: float | None, end: float) -> None:
+        """A step process ended (or could not start)."""
+        self.steps_finished.labels(outcome=outcome(state, code)).inc()
+        if begin is not None:
+            self.step_duration.observe(max(0.0, end - begin))
 
     def add_gauges(self, read: Callable[[], dict[str, float]], task_states: Callable[[], Tally]) -> None:
         self.registry.register(_Gauges(read, task_states))
@@ -48,10 +46,10 @@ class EngineMetrics:
         return generate_latest(self.registry)
 
 
-def outcome(step: StepRecord) -> str:
-    if step.state is State.STOPPED:
-        return "succeeded" if step.code == 0 else "failed"
-    return step.state.value
+def outcome(state: State, code: int) -> str:
+    if state is State.STOPPED:
+        return "succeeded" if code == 0 else "failed"
+    return state.value
 
 
 class _Gauges(Collector):

@@ -8,15 +8,17 @@ import psutil
 
 from .config import EngineConfig
 from .executor import treekill
-from .records import StepRecord, TaskRecord, lowest_failure
+from .actors.taskstate import TaskState
+from .records import StepRecord, TaskRecord
 from .storage.database import Database
-from .vocabulary import STEP_CODE_UNFINISHED, State
+from .vocabulary import State
 
 log = logging.getLogger(__name__)
 
 
 def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[TaskRecord, tuple[StepRecord, ...]]], list[str]]:
-    """Return (records to save as interrupted, ids of never-started tasks in submission order)."""
+    """Return (records to save as interrupted, ids of never-started tasks in submission order).
+    A step whose start was recorded may have run: it is interrupted, never run again."""
     interrupted = []
     waiting: list[TaskRecord] = []
     for task in db.list_tasks():
@@ -26,26 +28,16 @@ def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[
         if task.begin is None and not any(step.begin for step in stored_steps):
             waiting.append(task)
             continue
-        steps = tuple(_interrupt_step(step, now) for step in stored_steps)
         kill_leftovers(task.id, stored_steps, config.kill_grace)
-        ended = task.with_(
-            state=State.INTERRUPTED,
-            end=now,
-            expires=now + config.key_expire,
-            failed_step=lowest_failure(steps),
-        )
+        state = TaskState(task, stored_steps, db.get_specs(task.id))
+        state.interrupt_begun_steps(now, "step interrupted: the server stopped")
+        state.end_all(State.INTERRUPTED)
+        state.finish(now, config.key_expire)
+        ended, steps = state.take_changes()
         interrupted.append((ended, steps))
         log.warning("task %s was running when the server stopped: marked interrupted", task.id)
     waiting.sort(key=lambda t: t.accepted)
     return interrupted, [t.id for t in waiting]
-
-
-def _interrupt_step(step: StepRecord, now: float) -> StepRecord:
-    if step.state.finished:
-        return step
-    if step.state is State.PENDING and step.begin is None:
-        return step.with_(state=State.SKIPPED)
-    return step.with_(state=State.INTERRUPTED, code=STEP_CODE_UNFINISHED, end=now)
 
 
 def kill_leftovers(task_id: str, steps: list[StepRecord], grace: float) -> list[int]:

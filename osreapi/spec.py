@@ -44,6 +44,7 @@ class StepSpec:
     env: tuple[tuple[str, str], ...] = ()
     depends_on: tuple[str, ...] = ()
     timeout: float | None = None  # seconds; None = the server's default; 0 = no limit
+    keep_background: bool = False  # its background processes may outlive it (daemons)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class StepSpec:
             "env": [list(pair) for pair in self.env],
             "depends_on": list(self.depends_on),
             "timeout": self.timeout,
+            "keep_background": self.keep_background,
         }
 
     @classmethod
@@ -64,6 +66,7 @@ class StepSpec:
             env=tuple((k, v) for k, v in data["env"]),
             depends_on=tuple(data["depends_on"]),
             timeout=data["timeout"],
+            keep_background=data.get("keep_background", False),
         )
 
 
@@ -168,6 +171,7 @@ def _build_step(task_id: str, index: int, item: Any, limits: Limits) -> StepSpec
         env=_build_env(where, item.get("env_vars"), limits),
         depends_on=_build_depends(where, item.get("depends_on")),
         timeout=_build_timeout(where, item.get("timeout")),
+        keep_background=_build_flag(where, "keep_background", item.get("keep_background")),
     )
 
 
@@ -227,6 +231,14 @@ def _build_timeout(where: str, value: Any) -> float | None:
     if seconds < 0:
         raise InvalidRequest(f"{where}: timeout must not be negative")
     return seconds
+
+
+def _build_flag(where: str, field: str, value: Any) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{where}: {field} must be true or false")
+    return value
 
 
 def _json_type(value: Any) -> str:

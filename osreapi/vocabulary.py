@@ -51,6 +51,7 @@ CODE_TOO_LARGE = 413
 CODE_TOO_MANY = 429
 CODE_INTERNAL = 500
 CODE_BUSY = 503
+CODE_DISK_FULL = 507
 
 # Step codes for states that have no exit status of their own.
 STEP_CODE_UNFINISHED = -1
@@ -66,6 +67,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "too_many_requests": ("请求过多, 请稍后重试", "too many requests, try again later"),
     "busy": ("引擎繁忙, 请稍后重试", "engine busy, try again later"),
     "internal": ("内部错误", "internal error"),
+    "disk_full": ("磁盘已满, 无法保存: 请释放空间后重试", "the disk is full, nothing can be stored: free some space and try again"),
     "too_large": ("请求体过大, 上限 {limit} 字节", "request body too large, the limit is {limit} bytes"),
     "no_route": ("路径不存在", "no such route"),
     "method": ("不支持的请求方法", "method not allowed"),

@@ -63,7 +63,7 @@ def test_sweep_goes_in_batches(tmp_path):
     try:
         for i in range(250):
             task = TaskRecord(id=f"t{i}", mode="sequential", count=1, accepted=0, state=State.STOPPED, end=1, expires=10 + i)
-            db.create_task(task, (StepRecord(0, "s"),), ())
+            db.create_task(task, (StepRecord(0, "s"),), (), now=0)
             db.save(task.id, task)
         assert len(db.delete_expired(now=1000, limit=100)) == 100
         assert len(db.delete_expired(now=1000, limit=100)) == 100
@@ -79,7 +79,7 @@ def test_map_full_grows_the_map(tmp_path):
         big = "x" * 50_000
         for i in range(40):  # 2 MB into a 256 KiB map
             task = TaskRecord(id=f"t{i}", mode="sequential", count=1, accepted=0)
-            db.create_task(task, (StepRecord(0, "s", output=big),), ())
+            db.create_task(task, (StepRecord(0, "s", output=big),), (), now=0)
         assert len(db.list_tasks()) == 40
         assert db.get_steps("t39")[0].output == big
     finally:
@@ -90,8 +90,8 @@ def test_create_is_idempotent_per_id(tmp_path):
     db = Database(tmp_path / "db")
     try:
         task = TaskRecord(id="same", mode="sequential", count=2, accepted=0)
-        assert db.create_task(task, (), ()) is None
-        existing = db.create_task(task.with_(count=5), (), ())
+        assert db.create_task(task, (), (), now=0) == (None, False)
+        existing, _ = db.create_task(task.with_(count=5), (), (), now=0)
         assert existing is not None and existing.count == 2
     finally:
         db.close()

@@ -77,22 +77,24 @@ def test_kill_tree_kills_group_children_and_marked_escapees(tmp_path):
 
 
 def test_pool_grants_in_submission_order_not_arrival_order():
-    from osreapi.actors.pool import ProcessPool
+    from osreapi.actors.pool import WorkerPool
 
-    pool = ProcessPool(1)
+    workers = ["worker"]  # stands for the one StepActor ref; the pool only hands it around
+    pool = WorkerPool(1, lambda: workers.pop())
     granted: list[str] = []
-    pool.request("a", 0, lambda: granted.append("first"), order=(1.0, 0))
-    pool.request("c", 0, lambda: granted.append("late"), order=(3.0, 0))
-    pool.request("b", 1, lambda: granted.append("b1"), order=(2.0, 1))
-    pool.request("b", 0, lambda: granted.append("b0"), order=(2.0, 0))
-    pool.request("d", 0, lambda: granted.append("cancelled"), order=(0.5, 0))
+    pool.request("a", 0, lambda w: granted.append("first"), order=(1.0, 0))
+    pool.request("c", 0, lambda w: granted.append("late"), order=(3.0, 0))
+    pool.request("b", 1, lambda w: granted.append("b1"), order=(2.0, 1))
+    pool.request("b", 0, lambda w: granted.append("b0"), order=(2.0, 0))
+    pool.request("d", 0, lambda w: granted.append("cancelled"), order=(0.5, 0))
     assert pool.cancel("d") == [0]
     assert pool.stats() == (1, 1, 3)
     for _ in range(3):
-        pool.release()
+        pool.release("worker")
     assert granted == ["first", "b0", "b1", "late"]
-    pool.release()
+    pool.release("worker")
     assert pool.stats() == (1, 0, 0)
+    assert workers == []  # one worker was started and reused, never a second
 
 
 def test_scheduler_runs_due_callbacks_and_forgets_cancelled_ones():

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pykka
 
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
 from ..vocabulary import State
+from .reply import Reply
 
 
 # -- StoreActor ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CreateTask:
-    """ask: returns the existing TaskRecord if the id is taken, else None."""
+    """ask: returns the existing TaskRecord if the id is taken (and not expired), else None;
+    raises DiskFull when it cannot be written."""
 
     task: TaskRecord
     steps: tuple[StepRecord, ...]
@@ -22,9 +28,22 @@ class CreateTask:
 
 @dataclass(frozen=True)
 class SaveRecords:
+    """Commit records. `durable`: flushed before anyone is told. After the commit `reply` arrives
+    and `then` (an actor and a message) is told; when the write fails, `reply` fails and
+    `otherwise` is told instead (the records are kept and written again once the disk has room)."""
+
     task_id: str
     task: TaskRecord | None = None
     steps: tuple[StepRecord, ...] = ()
+    durable: bool = False
+    reply: Reply | None = None
+    then: tuple[pykka.ActorRef, Any] | None = None
+    otherwise: tuple[pykka.ActorRef, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RetryUnsaved:
+    pass
 
 
 @dataclass(frozen=True)
@@ -49,13 +68,13 @@ class TaskEnded:
 
 
 @dataclass(frozen=True)
-class ControlQueued:
-    """ask: apply a control action to a task that has no TaskActor yet; answers the live
-    TaskActor's ref instead when it has one (the caller then sends it a Control)."""
+class ControlTask:
+    """kill / pause / resume a task (index None) or one step; `reply` is answered when done."""
 
     task_id: str
     action: str
-    index: int | None = None
+    index: int | None
+    reply: Reply
 
 
 @dataclass(frozen=True)
@@ -77,20 +96,33 @@ class StartTask:
 
 
 @dataclass(frozen=True)
-class SlotGranted:
+class WorkerGranted:
     index: int
+    worker: pykka.ActorRef
 
 
 @dataclass(frozen=True)
-class StepUpdated:
-    """The step started, paused or resumed."""
+class StartNotRecorded:
+    """The step's start could not be written: it must not run."""
 
-    record: StepRecord
+    index: int
+    worker: pykka.ActorRef
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    index: int
+    pid: int
+    created: float | None
 
 
 @dataclass(frozen=True)
 class StepEnded:
-    record: StepRecord
+    index: int
+    state: State
+    code: int
+    output: str
+    end: float
 
 
 @dataclass(frozen=True)
@@ -98,43 +130,50 @@ class InterruptTask:
     pass
 
 
-@dataclass(frozen=True)
-class Control:
-    """ask: kill, pause or resume the task (index None) or one step; raises ActionRejected."""
-
-    action: str
-    index: int | None = None
-
-
-# -- StepActor ----------------------------------------------------------------------------
+# -- StepActor (a long-lived worker: one process tree at a time) -------------------------
 @dataclass(frozen=True)
 class RunStep:
-    pass
+    """Start a step's process. `run` is unique: messages about an earlier run are ignored."""
+
+    run: int
+    task: pykka.ActorRef
+    task_id: str
+    workspace: Path
+    record: StepRecord
+    spec: StepSpec
+
+
+@dataclass(frozen=True)
+class SignalStep:
+    """pause / resume the run's tree; `reply` arrives once it is signalled."""
+
+    run: int
+    pause: bool
+    reply: Reply | None = None
+
+
+@dataclass(frozen=True)
+class StopStep:
+    """Kill the run's tree; `state` is what it ends as (KILLED or INTERRUPTED)."""
+
+    run: int
+    state: State
 
 
 @dataclass(frozen=True)
 class ProcessExited:
+    run: int
     returncode: int
     at: float
 
 
 @dataclass(frozen=True)
 class DeadlineReached:
-    pass
+    run: int
 
 
 @dataclass(frozen=True)
-class PauseStep:
-    pass
+class Escalate:
+    """The TERM grace of a kill is over: KILL what is left."""
 
-
-@dataclass(frozen=True)
-class ResumeStep:
-    pass
-
-
-@dataclass(frozen=True)
-class StopStep:
-    """Kill the step's tree; `state` is what it ends as (KILLED or INTERRUPTED)."""
-
-    state: State
+    run: int

@@ -1,43 +1,51 @@
-"""The execution pool: at most `size` step processes at once; further requests wait in order of
-submission (task acceptance time, then step index), whatever thread asked first."""
+"""The execution pool: at most `size` long-lived StepActors, each running one process tree at a
+time. A free slot is an idle worker; requests wait in order of submission (task acceptance time,
+then step index), whatever thread asked first. Workers are started on first need and live on."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 from collections.abc import Callable
 
 import pykka
 
-Grant = Callable[[], None]
+log = logging.getLogger(__name__)
+Grant = Callable[[pykka.ActorRef], None]  # hands a worker to its requester; raises ActorDeadError if gone
 
 
-class ProcessPool:
-    def __init__(self, size: int) -> None:
+class WorkerPool:
+    def __init__(self, size: int, spawn: Callable[[], pykka.ActorRef]) -> None:
         self.size = size
-        self._busy = 0
+        self._spawn = spawn
+        self._workers: set[pykka.ActorRef] = set()
+        self._idle: list[pykka.ActorRef] = []
         self._waiting: list[tuple[tuple, int, object, object, Grant]] = []  # a heap
         self._counter = itertools.count()
         self._lock = threading.Lock()
 
     def request(self, owner: object, key: object, grant: Grant, order: tuple = ()) -> None:
-        """Call grant() now if a slot is free, else when one frees (lowest `order` first).
-        The grantee must release()."""
+        """Call grant(worker) now if one is free, else when one frees (lowest `order` first).
+        The worker returns itself with release() when its process is gone."""
         with self._lock:
-            if self._busy >= self.size:
-                heapq.heappush(self._waiting, (order, next(self._counter), owner, key, grant))
-                return
-            self._busy += 1
-        self._deliver(grant)
+            heapq.heappush(self._waiting, (order, next(self._counter), owner, key, grant))
+        self._dispatch()
 
-    def release(self) -> None:
+    def release(self, worker: pykka.ActorRef) -> None:
         with self._lock:
-            if not self._waiting:
-                self._busy -= 1
-                return
-            grant = heapq.heappop(self._waiting)[4]
-        self._deliver(grant)
+            if worker in self._workers:
+                self._idle.append(worker)
+        self._dispatch()
+
+    def retire(self, worker: pykka.ActorRef) -> None:
+        """A worker failed and stopped: forget it; a new one is started when needed."""
+        with self._lock:
+            self._workers.discard(worker)
+            if worker in self._idle:
+                self._idle.remove(worker)
+        self._dispatch()
 
     def cancel(self, owner: object) -> list[object]:
         """Drop every waiting request of owner; return their keys (the others were granted)."""
@@ -61,10 +69,42 @@ class ProcessPool:
     def stats(self) -> tuple[int, int, int]:
         """(size, busy, waiting)"""
         with self._lock:
-            return self.size, self._busy, len(self._waiting)
+            return self.size, len(self._workers) - len(self._idle), len(self._waiting)
 
-    def _deliver(self, grant: Grant) -> None:
+    def stop_all(self, timeout: float) -> None:
+        with self._lock:
+            workers, self._workers, self._idle = list(self._workers), set(), []
+        for worker in workers:
+            try:
+                worker.stop(timeout=timeout)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                pass
+
+    def _dispatch(self) -> None:
+        """Match waiting requests with idle workers (starting workers up to size)."""
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    return
+                worker = self._idle.pop() if self._idle else self._new_worker()
+                if worker is None:
+                    return
+                grant = heapq.heappop(self._waiting)[4]
+            try:
+                grant(worker)
+            except pykka.ActorDeadError:  # the requester is gone: the worker serves the next one
+                with self._lock:
+                    self._idle.append(worker)
+
+    def _new_worker(self) -> pykka.ActorRef | None:
+        """Called with the lock held. None when the pool is full or no thread can be started
+        (the request then waits for a worker to come back)."""
+        if len(self._workers) >= self.size:
+            return None
         try:
-            grant()
-        except pykka.ActorDeadError:  # the requester is gone: the slot goes to the next one
-            self.release()
+            worker = self._spawn()
+        except Exception:  # e.g. RuntimeError: can't start new thread
+            log.exception("cannot start a step worker; %d running", len(self._workers))
+            return None
+        self._workers.add(worker)
+        return worker

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import pykka
 
 from ..config import EngineConfig
+from ..executor.janitor import Janitor
 from ..executor.reaper import Reaper
 from ..metrics import EngineMetrics
 from ..storage.database import Database
-from .pool import ProcessPool
+from .pool import WorkerPool
 from .timers import Scheduler
 
 
@@ -20,8 +21,9 @@ class Services:
     config: EngineConfig
     db: Database  # reads only; writes go through the store actor
     store: pykka.ActorRef
-    pool: ProcessPool
+    pool: WorkerPool
     scheduler: Scheduler
     clock: Callable[[], float]  # wall clock, seconds since the epoch
     metrics: EngineMetrics
     reaper: Reaper
+    janitor: Janitor

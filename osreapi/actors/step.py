@@ -1,38 +1,28 @@
-"""StepActor: owns one OS process tree from start to reaped exit, then stops."""
+"""StepActor: a long-lived worker of the pool; it owns one OS process tree at a time.
+
+A free pool slot is an idle StepActor. The TaskActor hands it a RunStep (after the step's start is
+on disk); it starts the process, reports StepStarted, and when the reaper reports the exit it
+reports StepEnded and returns itself to the pool. Kills are handed to the janitor (TERM, grace,
+KILL, rescans on a timer), so no handler here ever waits.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
-import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
 import pykka
 
 from ..executor import process, treekill
-from ..executor.output import read_output, with_exit_status
-from ..records import StepRecord
-from ..spec import StepSpec
-from ..vocabulary import (
-    STEP_CODE_KILLED,
-    STEP_CODE_TIMEOUT,
-    STEP_CODE_UNFINISHED,
-    State,
-)
+from ..executor.output import add_line, read_output, with_exit_status
+from ..executor.reaper import LogSink
+from ..vocabulary import STEP_CODE_KILLED, STEP_CODE_TIMEOUT, STEP_CODE_UNFINISHED, State
 from .delivery import tell_if_alive
-from .messages import (
-    DeadlineReached,
-    PauseStep,
-    ProcessExited,
-    ResumeStep,
-    RunStep,
-    StepEnded,
-    StepUpdated,
-    StopStep,
-)
+from .messages import DeadlineReached, ProcessExited, RunStep, SignalStep, StepEnded, StepStarted, StopStep
+from .reply import arrive
 from .services import Services
 from .timers import TimerHandle
 
@@ -41,81 +31,75 @@ EXIT_CANNOT_START = 127
 
 
 class StepActor(pykka.ThreadingActor):
-    """Started holding a pool slot, which it releases exactly once when its process is gone."""
-
-    def __init__(
-        self,
-        services: Services,
-        task_ref: pykka.ActorRef,
-        task_id: str,
-        workspace: Path,
-        record: StepRecord,
-        spec: StepSpec,
-    ) -> None:
+    def __init__(self, services: Services) -> None:
         super().__init__()
         self._services = services
-        self._task_ref = task_ref
-        self._task_id = task_id
-        self._workspace = workspace
-        self._record = record
-        self._spec = spec
-        self._proc: subprocess.Popen | None = None
+        self._job: RunStep | None = None
+        self._proc = None
         self._deadline: TimerHandle | None = None
         self._stop_state: State | None = None  # why we killed it, if we did
-        self._slot_held = True
-        self._ended = False
-        self._limit = spec.timeout if spec.timeout is not None else services.config.exec_timeout
-        self._active_since: float | None = None  # monotonic; None while paused or not started
+        self._limit = 0.0
+        self._active_since: float | None = None  # monotonic; None while paused
         self._active_total = 0.0  # seconds run before the last pause: paused time does not count
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case RunStep():
-                self._run()
-            case ProcessExited(returncode=rc, at=at):
+                self._run(message)
+            case ProcessExited(run=run, returncode=rc, at=at) if self._is_current(run):
                 self._exited(rc, at)
-            case DeadlineReached():
+            case DeadlineReached(run=run) if self._is_current(run):
                 if self._active_since is not None and self._remaining() <= 0:
                     self._kill(State.TIMEOUT)
-            case PauseStep():
-                return self._pause()
-            case ResumeStep():
-                return self._resume()
-            case StopStep(state=state):
+            case SignalStep(run=run, pause=pause, reply=reply):
+                if self._is_current(run):
+                    self._signal(pause)
+                arrive(reply)
+            case StopStep(run=run, state=state) if self._is_current(run):
                 self._kill(state)
+            case ProcessExited() | DeadlineReached() | StopStep():
+                pass  # about a run that has ended
             case _:
                 log.warning("step: unexpected message %r", message)
         return None
 
     def on_failure(self, *args: Any) -> None:
-        log.error("step %s of task %s failed inside the engine", self._record.index, self._task_id)
-        if self._proc is not None and self._proc.poll() is None:
-            self._kill(State.INTERRUPTED)
-        self._end(self._record.with_(state=State.INTERRUPTED, code=STEP_CODE_UNFINISHED, end=self._services.clock()))
+        log.error("step worker failed inside the engine")
+        job = self._job
+        if job is not None:
+            if self._proc is not None and self._proc.poll() is None:
+                self._clean_up(job, grace=0.0)
+            now = self._services.clock()
+            tell_if_alive(job.task, StepEnded(job.record.index, State.INTERRUPTED, STEP_CODE_UNFINISHED,
+                                              "step interrupted: the engine failed", now))
+        self._services.pool.retire(self.actor_ref)
 
-    def _run(self) -> None:
-        begin = self._services.clock()
+    def _is_current(self, run: int) -> bool:
+        return self._job is not None and self._job.run == run
+
+    def _run(self, job: RunStep) -> None:
+        self._job, self._proc, self._stop_state = job, None, None
+        self._active_total, self._deadline = 0.0, None
+        spec = job.spec
+        self._limit = spec.timeout if spec.timeout is not None else self._services.config.exec_timeout
         try:
-            self._proc = process.start_step(self._workspace, self._task_id, self._record.index, self._spec)
+            self._proc, output = process.start_step(job.workspace, job.task_id, job.record.index, spec)
+            sink = LogSink(output, process.log_path(job.workspace, job.record.index), self._services.config.max_log)
         except OSError as exc:
-            self._end(
-                self._record.with_(
-                    state=State.STOPPED,
-                    code=EXIT_CANNOT_START,
-                    output=with_exit_status(f"cannot start step: {exc}", EXIT_CANNOT_START),
-                    begin=begin,
-                    end=self._services.clock(),
-                )
-            )
+            if self._proc is not None:  # started, but its log cannot be opened: do not leave it running
+                self._proc.kill()
+                self._proc.wait()
+            text = with_exit_status(f"cannot start step: {exc}", EXIT_CANNOT_START)
+            self._end(State.STOPPED, EXIT_CANNOT_START, text, self._services.clock())
             return
         self._services.metrics.steps_started.inc()
-        created = _create_time(self._proc.pid)
-        self._record = self._record.with_(state=State.RUNNING, begin=begin, pid=self._proc.pid, pid_created=created)
-        ref = self.actor_ref
-        self._services.reaper.watch(self._proc, lambda rc, at: tell_if_alive(ref, ProcessExited(rc, at)))
+        run, ref = job.run, self.actor_ref
+        self._services.reaper.watch(
+            self._proc, sink, lambda rc, at: tell_if_alive(ref, ProcessExited(run, rc, at)), spec.keep_background
+        )
         self._active_since = time.monotonic()
         self._arm_deadline()
-        self._task_ref.tell(StepUpdated(self._record))
+        job.task.tell(StepStarted(job.record.index, self._proc.pid, _create_time(self._proc.pid)))
 
     def _remaining(self) -> float:
         active = self._active_total
@@ -125,77 +109,64 @@ class StepActor(pykka.ThreadingActor):
 
     def _arm_deadline(self) -> None:
         if self._limit > 0:
-            self._deadline = self._services.scheduler.call_later(max(0.0, self._remaining()), self._deadline_reached)
+            run, ref = self._job.run, self.actor_ref
+            self._deadline = self._services.scheduler.call_later(
+                max(0.0, self._remaining()), lambda: tell_if_alive(ref, DeadlineReached(run))
+            )
 
-    def _pause(self) -> StepRecord | None:
-        """Suspend the tree; answer the paused record (None if there is nothing to pause)."""
-        if self._proc is None or self._active_since is None or self._stop_state is not None:
-            return None
-        treekill.signal_tree(self._proc.pid, signal.SIGSTOP, extra=self._marked())
-        self._active_total += time.monotonic() - self._active_since
-        self._active_since = None
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._record = self._record.with_(state=State.PAUSED)
-        return self._record
-
-    def _resume(self) -> StepRecord | None:
-        if self._proc is None or self._active_since is not None or self._stop_state is not None:
-            return None
-        treekill.signal_tree(self._proc.pid, signal.SIGCONT, extra=self._marked())
-        self._active_since = time.monotonic()
-        self._arm_deadline()
-        self._record = self._record.with_(state=State.RUNNING)
-        return self._record
-
-    def _marked(self):
-        return treekill.marked_processes(self._task_id, self._spec.name)
-
-    def _deadline_reached(self) -> None:
-        tell_if_alive(self.actor_ref, DeadlineReached())
+    def _signal(self, pause: bool) -> None:
+        """Suspend or resume the tree; paused time does not count against the time limit."""
+        if self._proc is None or self._stop_state is not None or pause == (self._active_since is None):
+            return
+        marked = treekill.marked_processes(self._job.task_id, self._job.spec.name)
+        treekill.signal_tree(self._proc.pid, signal.SIGSTOP if pause else signal.SIGCONT, extra=marked)
+        if pause:
+            self._active_total += time.monotonic() - self._active_since
+            self._active_since = None
+            if self._deadline is not None:
+                self._deadline.cancel()
+        else:
+            self._active_since = time.monotonic()
+            self._arm_deadline()
 
     def _kill(self, state: State) -> None:
         if self._proc is None or self._proc.returncode is not None or self._stop_state is not None:
             return
         self._stop_state = state
-        treekill.kill_tree(
-            self._proc.pid, grace=self._services.config.kill_grace, own_child=self._proc, extra=self._marked()
-        )
+        self._clean_up(self._job, grace=self._services.config.kill_grace)
+
+    def _clean_up(self, job: RunStep, grace: float) -> None:
+        self._services.janitor.clean(job.task_id, job.spec.name, self._proc.pid, grace)
 
     def _exited(self, returncode: int, at: float) -> None:
+        job = self._job
         if self._deadline is not None:
             self._deadline.cancel()
-        self._release_slot()
-        output = read_output(process.log_path(self._workspace, self._record.index), self._services.config.max_output)
+        if self._stop_state is None and not job.spec.keep_background:
+            self._clean_up(job, grace=self._services.config.kill_grace)  # its background processes
+        output = read_output(process.log_path(job.workspace, job.record.index), self._services.config.max_output)
         match self._stop_state:
             case State.TIMEOUT:
                 state, code = State.TIMEOUT, STEP_CODE_TIMEOUT
-                output = with_exit_status(_add_line(output, "step timed out: process tree killed"), code)
+                output = with_exit_status(add_line(output, "step timed out: process tree killed"), code)
             case State.KILLED:
                 state, code = State.KILLED, STEP_CODE_KILLED
-                output = with_exit_status(_add_line(output, "step killed on request"), code)
+                output = with_exit_status(add_line(output, "step killed on request"), code)
             case State.INTERRUPTED:
                 state, code = State.INTERRUPTED, STEP_CODE_UNFINISHED
-                output = _add_line(output, "step interrupted: the server stopped")
+                output = add_line(output, "step interrupted: the server stopped")
             case _:
                 state, code = State.STOPPED, process.exit_code(returncode)
                 if code != 0:
                     output = with_exit_status(output, code)
-        self._end(self._record.with_(state=state, code=code, output=output, end=at))
+        self._end(state, code, output, at)
 
-    def _end(self, record: StepRecord) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        self._release_slot()
-        self._services.metrics.step_ended(record)
-        tell_if_alive(self._task_ref, StepEnded(record))
-        self.stop()
-
-    def _release_slot(self) -> None:
-        if self._slot_held:
-            self._slot_held = False
-            self._services.pool.release()
+    def _end(self, state: State, code: int, output: str, end: float) -> None:
+        job = self._job
+        self._job = self._proc = None
+        self._services.metrics.step_ended(state, code, job.record.begin, end)
+        tell_if_alive(job.task, StepEnded(job.record.index, state, code, output, end))
+        self._services.pool.release(self.actor_ref)
 
 
 def _create_time(pid: int) -> float | None:
@@ -204,8 +175,3 @@ def _create_time(pid: int) -> float | None:
     except psutil.Error:
         return None
 
-
-def _add_line(output: str, line: str) -> str:
-    if output and not output.endswith("\n"):
-        output += "\n"
-    return output + line

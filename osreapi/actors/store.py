@@ -1,21 +1,33 @@
-"""StoreActor: the only writer of LMDB; sweeps expired records and their workspaces."""
+"""StoreActor: the only writer of LMDB; sweeps expired records and their workspaces.
+
+A write that fails (a full disk) is an answer, never a dead actor: the records are kept in memory,
+merged with later ones for the same task, and written again every second until the disk has room;
+submits answer DiskFull meanwhile and reads go on from what is on disk.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from collections.abc import Callable
 from typing import Any
 
+import lmdb
 import pykka
 
 from ..config import EngineConfig
+from ..errors import DiskFull
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
-from .messages import CreateTask, Flush, SaveRecords, SweepExpired
+from .delivery import tell_if_alive
+from .messages import CreateTask, Flush, RetryUnsaved, SaveRecords, SweepExpired
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 100
+RETRY_AFTER = 1.0  # seconds between attempts to write what a full disk refused
+WRITE_ERRORS = (lmdb.Error, OSError)
+OnCommit = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
 class StoreActor(pykka.ThreadingActor):
@@ -24,40 +36,118 @@ class StoreActor(pykka.ThreadingActor):
         db: Database,
         config: EngineConfig,
         clock: Callable[[], float],
-        on_commit: Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None],
+        on_commit: OnCommit,
+        call_later: Callable[[float, Callable[[], None]], object],
+        disk_full: threading.Event,
     ) -> None:
         super().__init__()
         self._db = db
         self._config = config
         self._clock = clock
         self._on_commit = on_commit  # after every committed write of a task's records
+        self._call_later = call_later
+        self._unsaved: dict[str, tuple[TaskRecord | None, dict[int, StepRecord]]] = {}
+        self._retry_scheduled = False
+        self._disk_full = disk_full  # set while a write is refused; read by health checks
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case SaveRecords(task_id=task_id, task=task, steps=steps):
-                self._db.save(task_id, task, steps)
-                if task is not None:  # a task-level change is promised to callers: on disk now
-                    self._db.sync()
-                # After the commit, so a waiter or subscriber that wakes reads it from disk.
-                self._on_commit(task_id, task, steps)
+            case SaveRecords():
+                self._save(message)
             case CreateTask(task=task, steps=steps, specs=specs):
-                existing = self._db.create_task(task, steps, specs)
-                if existing is None:
-                    self._on_commit(task.id, task, steps)
-                return existing
+                return self._create(task, steps, specs)
+            case RetryUnsaved():
+                self._retry()
             case SweepExpired():
                 return self._sweep()
             case Flush():
-                self._db.sync()
-                return None
+                self._guarded(self._db.sync)
             case _:
                 log.warning("store: unexpected message %r", message)
         return None
 
+    def _create(self, task: TaskRecord, steps, specs) -> TaskRecord | None:
+        try:
+            existing, replaced = self._db.create_task(task, steps, specs, self._clock())
+        except WRITE_ERRORS as exc:
+            self._failed(exc)
+            raise DiskFull(f"the task could not be stored: {exc}") from None
+        if replaced:  # an expired record with this id: its old workspace goes with it
+            shutil.rmtree(self._config.workspace(task.id), ignore_errors=True)
+        if existing is None:
+            self._on_commit(task.id, task, steps)
+        return existing
+
+    def _save(self, message: SaveRecords) -> None:
+        task, steps = self._merge_unsaved(message.task_id, message.task, message.steps)
+        try:
+            self._db.save(message.task_id, task, steps)
+            if message.durable or task is not None:
+                self._db.sync()
+        except WRITE_ERRORS as exc:
+            self._unsaved[message.task_id] = (task, {s.index: s for s in steps})
+            self._failed(exc)
+            if message.reply is not None:
+                message.reply.fail(DiskFull(f"the change could not be stored: {exc}"))
+            if message.otherwise is not None:
+                tell_if_alive(*message.otherwise)
+            return
+        self._committed(message.task_id, task, steps)
+        if message.reply is not None:
+            message.reply.arrive()
+        if message.then is not None:
+            tell_if_alive(*message.then)
+
+    def _merge_unsaved(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]):
+        """Newer records on top of what a full disk refused for the same task."""
+        old = self._unsaved.pop(task_id, None)
+        if old is None:
+            return task, steps
+        old_task, old_steps = old
+        merged = {**old_steps, **{s.index: s for s in steps}}
+        return task or old_task, tuple(merged[i] for i in sorted(merged))
+
+    def _retry(self) -> None:
+        self._retry_scheduled = False
+        for task_id in list(self._unsaved):
+            task, steps = self._unsaved.pop(task_id)
+            try:
+                self._db.save(task_id, task, tuple(steps[i] for i in sorted(steps)))
+                self._db.sync()
+            except WRITE_ERRORS as exc:
+                self._unsaved[task_id] = (task, steps)
+                self._failed(exc)
+                return
+            self._committed(task_id, task, tuple(steps.values()))
+        if self._disk_full.is_set():
+            log.warning("store: the disk has room again; every record is written")
+        self._disk_full.clear()
+
+    def _committed(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
+        if not self._unsaved:
+            self._disk_full.clear()
+        self._on_commit(task_id, task, steps)
+
+    def _failed(self, exc: BaseException) -> None:
+        if not self._disk_full.is_set():
+            log.error("store: a write failed (%s); retrying every %gs", exc, RETRY_AFTER)
+        self._disk_full.set()
+        if self._unsaved and not self._retry_scheduled:
+            self._retry_scheduled = True
+            ref = self.actor_ref
+            self._call_later(RETRY_AFTER, lambda: tell_if_alive(ref, RetryUnsaved()))
+
+    def _guarded(self, write: Callable[[], Any]) -> Any:
+        try:
+            return write()
+        except WRITE_ERRORS as exc:
+            self._failed(exc)
+            return None
+
     def _sweep(self) -> int:
         total = 0
         while True:
-            gone = self._db.delete_expired(self._clock(), SWEEP_BATCH)
+            gone = self._guarded(lambda: self._db.delete_expired(self._clock(), SWEEP_BATCH)) or []
             for task_id in gone:
                 shutil.rmtree(self._config.workspace(task_id), ignore_errors=True)
             total += len(gone)

@@ -1,30 +1,24 @@
-"""SupervisorActor: keeps waiting tasks as data and runs a bounded number of TaskActors."""
+"""SupervisorActor: keeps waiting tasks as data and runs a bounded number of TaskActors.
+
+No single failure stops it: a task that cannot be started or controlled ends interrupted with the
+reason, and the rest goes on.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from typing import Any
 
 import pykka
 
 from ..errors import ActionRejected
-from ..records import StepRecord, TaskRecord, lowest_failure
-from ..vocabulary import STEP_CODE_KILLED, State
-from .control import check_step_action, check_task_action
-from .messages import (
-    ControlQueued,
-    Enqueue,
-    GetStats,
-    InterruptAll,
-    InterruptTask,
-    SaveRecords,
-    StartTask,
-    TaskEnded,
-)
+from ..vocabulary import State
+from .delivery import tell_if_alive
+from .messages import ControlTask, Enqueue, GetStats, InterruptAll, InterruptTask, SaveRecords, StartTask, TaskEnded
 from .services import Services
 from .task import TaskActor
+from .taskstate import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -33,100 +27,117 @@ class SupervisorActor(pykka.ThreadingActor):
     def __init__(self, services: Services) -> None:
         super().__init__()
         self._services = services
-        self._queue: deque[str] = deque()  # task ids, FIFO; a waiting task costs no thread
-        self._held: dict[str, None] = {}  # queued tasks paused before they started, in order
+        self._queued: dict[str, None] = {}  # task ids in arrival order; a waiting task costs no thread
+        self._held: dict[str, None] = {}  # queued tasks paused before they started
+        self._controlled: dict[str, TaskState] = {}  # queued tasks changed here; the store may lag
         self._live: dict[str, pykka.ActorRef] = {}
         self._stopping: threading.Event | None = None
 
     def on_receive(self, message: Any) -> Any:
         match message:
+            case GetStats():
+                return len(self._live), len(self._queued) + len(self._held)
             case Enqueue(task_id=task_id):
-                self._queue.append(task_id)
-                self._start_more()
+                self._queued[task_id] = None
             case TaskEnded(task_id=task_id):
                 self._live.pop(task_id, None)
-                self._start_more()
-                self._check_stopped()
-            case ControlQueued(task_id=task_id, action=action, index=index):
-                return self._control(task_id, action, index)
-            case GetStats():
-                return len(self._live), len(self._queue) + len(self._held)
+            case ControlTask(task_id=task_id):
+                self._control(message)
             case InterruptAll(done=done):
                 self._stopping = done
                 for ref in self._live.values():
-                    ref.tell(InterruptTask())
-                self._check_stopped()
+                    tell_if_alive(ref, InterruptTask())
             case _:
                 log.warning("supervisor: unexpected message %r", message)
+        self._start_more()
+        if self._stopping is not None and not self._live:
+            self._stopping.set()
         return None
 
     def _start_more(self) -> None:
         limit = self._services.config.max_live_tasks
-        db = self._services.db
-        while self._queue and len(self._live) < limit and self._stopping is None:
-            task_id = self._queue.popleft()
-            task = db.get_task(task_id)
-            if task is None or task.state.finished:
-                continue
-            if task.state is State.PAUSED:  # paused before a restart
-                self._held[task_id] = None
-                continue
-            specs = db.get_specs(task_id)
-            steps = db.get_steps(task_id)
-            ref = TaskActor.start(self._services, self.actor_ref, task, steps, specs)
-            self._live[task_id] = ref
-            ref.tell(StartTask())
+        while self._queued and len(self._live) < limit and self._stopping is None:
+            task_id = next(iter(self._queued))
+            try:
+                self._start(task_id)
+            except Exception as exc:  # e.g. a thread that cannot start, a record that cannot be read
+                log.exception("task %s cannot be started", task_id)
+                self._interrupt_stored(task_id, f"task not started: {exc.__class__.__name__}: {exc}")
 
-    def _control(self, task_id: str, action: str, index: int | None) -> pykka.ActorRef | None:
-        """Hand back the live TaskActor, or apply the action to the stored, not yet started task."""
-        live = self._live.get(task_id)
+    def _start(self, task_id: str) -> None:
+        del self._queued[task_id]
+        state = self._controlled.pop(task_id, None) or self._stored_state(task_id)
+        if state is None or state.task.state.finished:  # deleted or ended meanwhile
+            return
+        if state.paused:  # held before it started: it waits for a resume
+            self._held[task_id] = None
+            self._controlled[task_id] = state
+            return
+        ref = TaskActor.start(self._services, self.actor_ref, state.task, state.steps, state.specs)
+        self._live[task_id] = ref
+        ref.tell(StartTask())
+
+    def _control(self, message: ControlTask) -> None:
+        """Hand the request to the live TaskActor, or apply it to the stored, queued task."""
+        live = self._live.get(message.task_id)
         if live is not None:
-            return live
-        if task_id not in self._held and task_id not in self._queue:
-            raise ActionRejected("the task is not running here (it has ended or the server is stopping)")
+            if not tell_if_alive(live, message):
+                message.reply.fail(ActionRejected("the task has ended"))
+            return
+        task_id = message.task_id
+        if task_id not in self._queued and task_id not in self._held:
+            message.reply.fail(ActionRejected("the task is not running here (it has ended or the server is stopping)"))
+            return
+        try:
+            state = self._controlled.get(task_id) or self._stored_state(task_id)
+            if state is None:
+                raise ActionRejected("the task is no longer stored")
+            state.control(message.action, message.index, self._services.clock())
+        except ActionRejected as exc:
+            message.reply.fail(exc)
+            return
+        state.skip_blocked()
+        self._controlled[task_id] = state
+        if state.done:
+            state.finish(self._services.clock(), self._services.config.key_expire)
+            self._queued.pop(task_id, None)
+            self._held.pop(task_id, None)
+            del self._controlled[task_id]
+        elif state.paused and task_id in self._queued:
+            del self._queued[task_id]
+            self._held[task_id] = None
+        elif not state.paused and task_id in self._held:
+            del self._held[task_id]
+            self._queued = {task_id: None, **self._queued}  # it was accepted before most of the queue
+        self._save(state, message.reply)
+
+    def _stored_state(self, task_id: str) -> TaskState | None:
         db = self._services.db
         task = db.get_task(task_id)
-        steps = db.get_steps(task_id)
-        if index is not None:
-            step = steps[index]
-            check_step_action(action, step, task.state is State.PAUSED)
-            if action == "kill":
-                step = step.with_(state=State.KILLED, code=STEP_CODE_KILLED, end=self._services.clock())
-            else:
-                step = step.with_(state=State.PAUSED if action == "pause" else State.PENDING)
-            self._save(task_id, None, (step,))
-            return None
-        check_task_action(action, task.state)
-        if action == "kill":
-            self._held.pop(task_id, None)
-            if task_id in self._queue:
-                self._queue.remove(task_id)
-            now = self._services.clock()
-            steps = [s if s.state.finished else s.with_(state=State.SKIPPED) for s in steps]
-            self._save(task_id, None, tuple(steps))
-            ended = task.with_(
-                state=State.KILLED,
-                end=now,
-                expires=now + self._services.config.key_expire,
-                failed_step=lowest_failure(steps),
-            )
-            self._save(task_id, ended)
-        elif action == "pause":
-            self._save(task_id, task.with_(state=State.PAUSED))
-            if task_id in self._queue:
-                self._queue.remove(task_id)
-            self._held[task_id] = None
-        else:
-            self._save(task_id, task.with_(state=State.PENDING))
-            del self._held[task_id]
-            self._queue.appendleft(task_id)  # it was accepted before most of the queue
-            self._start_more()
-        return None
+        return TaskState(task, db.get_steps(task_id), db.get_specs(task_id)) if task is not None else None
 
-    def _save(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...] = ()) -> None:
-        # ask, not tell: the next read of this task (by _start_more) must see the write.
-        self._services.store.ask(SaveRecords(task_id, task, steps), timeout=self._services.config.call_timeout)
+    def _interrupt_stored(self, task_id: str, reason: str) -> None:
+        """End a stored task as interrupted, saying why in its first unfinished step."""
+        try:
+            state = self._stored_state(task_id)
+        except Exception:
+            log.exception("task %s cannot be read; it stays as stored", task_id)
+            return
+        if state is None:
+            return
+        state.end_all(State.INTERRUPTED)
+        state.interrupt_begun_steps(self._services.clock(), reason)
+        for index, step in enumerate(state.steps):
+            if step.state is State.SKIPPED:
+                state.step_lost(index, self._services.clock(), reason)
+                break
+        state.finish(self._services.clock(), self._services.config.key_expire)
+        self._save(state)
 
-    def _check_stopped(self) -> None:
-        if self._stopping is not None and not self._live:
-            self._stopping.set()
+    def _save(self, state: TaskState, reply=None) -> None:
+        task, steps = state.take_changes()
+        if reply is not None:
+            reply.expect()
+        self._services.store.tell(SaveRecords(state.task.id, task, steps, durable=True, reply=reply))
+        if reply is not None:
+            reply.arrive()

@@ -38,3 +38,10 @@ def with_exit_status(output: str, code: int) -> str:
     if stripped and not output.endswith("\n"):
         output += "\n"
     return output + line
+
+
+def add_line(output: str, line: str) -> str:
+    """Append one line to a step's output."""
+    if output and not output.endswith("\n"):
+        output += "\n"
+    return output + line

@@ -31,8 +31,9 @@ def step_environment(task_id: str, spec: StepSpec) -> dict[str, str]:
     return env
 
 
-def start_step(workspace: Path, task_id: str, index: int, spec: StepSpec) -> subprocess.Popen:
-    """Write the script, then run it in a new session with stdout+stderr appended to its log."""
+def start_step(workspace: Path, task_id: str, index: int, spec: StepSpec) -> tuple[subprocess.Popen, int]:
+    """Write the script, then run it in a new session with stdout+stderr merged into a pipe;
+    return the process and the pipe's read end (the reaper copies it into the step's log)."""
     interpreter = interpreters.lookup(spec.command_type)
     if interpreter is None:
         raise FileNotFoundError(f"no interpreter for command_type {spec.command_type!r} on this host")
@@ -44,17 +45,24 @@ def start_step(workspace: Path, task_id: str, index: int, spec: StepSpec) -> sub
         handle = open(script, "w", encoding="utf-8", newline=interpreter.newline)
     with handle:
         handle.write(spec.content)
-    with open(log_path(workspace, index), "ab") as log:
-        return subprocess.Popen(
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(
             [*interpreter.argv_prefix, str(script)],
             cwd=workspace,
             env=step_environment(task_id, spec),
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=write_end,
             stderr=subprocess.STDOUT,
             close_fds=True,
             start_new_session=sys.platform != "win32",
         )
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    return proc, read_end
 
 
 def exit_code(returncode: int) -> int:

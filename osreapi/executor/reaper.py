@@ -1,8 +1,9 @@
-"""Report step process exits without a thread per process.
+"""Report step process exits and copy their output to log files, without a thread per process.
 
-On Linux (pidfd, kernel 5.3+) one thread waits on every step's pidfd with epoll and reaps the
-process when it exits; elsewhere each process gets a small waiter thread. Either way nothing
-polls, and only the process's own Popen reaps it (never waitpid(-1)).
+On Linux (pidfd, kernel 5.3+) one thread waits with epoll on every step's pidfd and output pipe:
+it copies output into the step's log file (capped, see LogSink) and, when the process exits,
+reaps it, drains its pipe and reports. Elsewhere each process gets a small thread doing the same.
+Only the process's own Popen reaps it (never waitpid(-1)).
 """
 
 from __future__ import annotations
@@ -13,16 +14,90 @@ import selectors
 import subprocess
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 OnExit = Callable[[int, float], None]  # (returncode, when)
+TAIL = 64 * 1024  # bytes kept from the end of an output over the cap
+
+
+class LogSink:
+    """A step's output pipe into its log file: the first `cap` bytes, then (once the pipe closes)
+    a marker line saying how many bytes were dropped and the last 64 KiB. A write the disk refuses
+    is dropped and counted, never raised."""
+
+    def __init__(self, fd: int, path: Path, cap: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self._file = open(path, "ab", buffering=0)
+        self._room = cap
+        self._tail = bytearray()
+        self._dropped = 0
+        self._disk_full = False
+        self.closed = False
+
+    def pump(self) -> bool:
+        """Copy what the pipe holds now; False once it is at its end."""
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        head = data[: max(0, self._room)]
+        if head:
+            self._room -= len(head)
+            self._write(head)
+        rest = data[len(head):]
+        if rest:
+            self._dropped += len(rest)
+            self._tail += rest
+            del self._tail[:-TAIL]
+
+    def _write(self, data: bytes) -> bool:
+        try:
+            self._file.write(data)
+            return True
+        except OSError:  # ENOSPC and friends: the bytes are lost, the step goes on
+            self._disk_full = True
+            self._dropped += len(data)
+            return False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.pump()
+        if self._dropped or self._disk_full:
+            lost = self._dropped - len(self._tail)
+            why = "the disk was full" if self._disk_full else "over the --max_log cap"
+            marker = f"\n... {lost} bytes of output dropped ({why}); the last {len(self._tail)} bytes follow ...\n"
+            self._write(marker.encode() + bytes(self._tail))
+        self._file.close()
+        os.close(self.fd)
+
+
+class _Watch:
+    __slots__ = ("proc", "sink", "on_exit", "keep_output")
+
+    def __init__(self, proc: subprocess.Popen, sink: LogSink, on_exit: OnExit, keep_output: bool) -> None:
+        self.proc = proc
+        self.sink = sink
+        self.on_exit = on_exit
+        self.keep_output = keep_output  # background processes may go on writing after the exit
 
 
 class Reaper:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._pending: list[tuple[subprocess.Popen, OnExit]] = []
+        self._pending: list[_Watch] = []
         self._closed = False
         self._thread: threading.Thread | None = None
         self._use_pidfd = hasattr(os, "pidfd_open") and _pidfd_works()
@@ -34,13 +109,15 @@ class Reaper:
             self._thread = threading.Thread(target=self._loop, name="osreapi-reaper", daemon=True)
             self._thread.start()
 
-    def watch(self, proc: subprocess.Popen, on_exit: OnExit) -> None:
-        """Call on_exit(returncode, time) once proc has exited and been reaped."""
+    def watch(self, proc: subprocess.Popen, sink: LogSink, on_exit: OnExit, keep_output: bool = False) -> None:
+        """Copy proc's output through sink; call on_exit(returncode, time) once it has exited,
+        been reaped and its output drained."""
+        watch = _Watch(proc, sink, on_exit, keep_output)
         if not self._use_pidfd:
-            threading.Thread(target=self._wait_one, args=(proc, on_exit), name=f"osreapi-wait-{proc.pid}", daemon=True).start()
+            threading.Thread(target=self._wait_one, args=(watch,), name=f"osreapi-wait-{proc.pid}", daemon=True).start()
             return
         with self._lock:
-            self._pending.append((proc, on_exit))
+            self._pending.append(watch)
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:  # the pipe is full of wake-ups already
@@ -56,41 +133,70 @@ class Reaper:
             pass
         self._thread.join(5)
 
-    def _wait_one(self, proc: subprocess.Popen, on_exit: OnExit) -> None:
-        returncode = proc.wait()
-        self._report(on_exit, returncode)
+    def _wait_one(self, watch: _Watch) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(watch.sink.fd, selectors.EVENT_READ)
+        open_pipe = True
+        while watch.proc.poll() is None:
+            if open_pipe and selector.select(0.05) and not watch.sink.pump():
+                selector.unregister(watch.sink.fd)
+                open_pipe = False
+            elif not open_pipe:
+                watch.proc.wait()
+        selector.close()
+        self._exited(watch)
 
-    def _report(self, on_exit: OnExit, returncode: int) -> None:
+    def _exited(self, watch: _Watch) -> None:
+        """The process is reaped: drain and close its output (unless kept), then report."""
+        returncode = watch.proc.wait()
+        if not watch.keep_output:
+            watch.sink.close()
+        else:
+            watch.sink.pump()
         try:
-            on_exit(returncode, self._clock())
+            watch.on_exit(returncode, self._clock())
         except Exception:
             log.exception("reporting a process exit failed")
 
     def _loop(self) -> None:
         while not self._closed:
             for key, _ in self._selector.select():
-                if key.data is None:
-                    os.read(self._wake_r, 4096)
-                    self._register_pending()
-                    continue
-                proc, on_exit = key.data
-                self._selector.unregister(key.fd)
-                os.close(key.fd)
-                self._report(on_exit, proc.wait())  # exited: the wait returns at once
+                match key.data:
+                    case None:
+                        os.read(self._wake_r, 4096)
+                        self._register_pending()
+                    case ("exit", watch):
+                        self._selector.unregister(key.fd)
+                        os.close(key.fd)
+                        if watch.sink.closed or not watch.keep_output:
+                            self._forget_output(watch)
+                        self._exited(watch)
+                    case ("output", watch):
+                        if not watch.sink.pump():
+                            self._forget_output(watch)
+                            watch.sink.close()
         self._selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
+    def _forget_output(self, watch: _Watch) -> None:
+        if not watch.sink.closed:
+            try:
+                self._selector.unregister(watch.sink.fd)
+            except (KeyError, ValueError):
+                pass
+
     def _register_pending(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
-        for proc, on_exit in pending:
+        for watch in pending:
             try:
-                fd = os.pidfd_open(proc.pid)
+                fd = os.pidfd_open(watch.proc.pid)
             except OSError:  # cannot watch it this way: a thread of its own
-                threading.Thread(target=self._wait_one, args=(proc, on_exit), daemon=True).start()
+                threading.Thread(target=self._wait_one, args=(watch,), daemon=True).start()
                 continue
-            self._selector.register(fd, selectors.EVENT_READ, (proc, on_exit))
+            self._selector.register(watch.sink.fd, selectors.EVENT_READ, ("output", watch))
+            self._selector.register(fd, selectors.EVENT_READ, ("exit", watch))
 
 
 def _pidfd_works() -> bool:

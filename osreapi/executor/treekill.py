@@ -156,3 +156,31 @@ def _signal(proc: psutil.Process, sig: int) -> None:
         proc.send_signal(sig)
     except psutil.Error:
         pass
+
+
+def scan_markers(wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
+    """One pass over /proc: the pids whose environment carries each wanted (task id, step name)
+    marker pair. Reads the environ files directly: one scan serves every pending clean-up."""
+    found: dict[tuple[str, str], list[int]] = {}
+    if not wanted:
+        return found
+    tasks = {task.encode() for task, _ in wanted}
+    me = os.getpid()
+    for pid in psutil.pids():
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                raw = handle.read()
+        except OSError:
+            continue
+        if b"OSREAPI_TASK_ID=" not in raw:
+            continue
+        env = dict(item.partition(b"=")[::2] for item in raw.split(b"\0") if item)
+        task = env.get(TASK_MARKER.encode())
+        if task not in tasks:
+            continue
+        key = (task.decode(), env.get(STEP_MARKER.encode(), b"").decode())
+        if key in wanted:
+            found.setdefault(key, []).append(pid)
+    return found

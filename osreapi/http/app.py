@@ -13,11 +13,12 @@ import bottle
 
 from .. import __version__
 from ..embed import Executor
-from ..errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound
+from ..errors import ActionRejected, DiskFull, EngineBusy, EngineClosed, InvalidRequest, NotFound
 from ..records import StepRecord
 from ..vocabulary import (
     CODE_BAD_REQUEST,
     CODE_BUSY,
+    CODE_DISK_FULL,
     CODE_INTERNAL,
     CODE_NOT_FOUND,
     CODE_OK,
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 _STATUS_OF_CODE = {CODE_NOT_FOUND: 404, CODE_BAD_REQUEST: 400, CODE_TOO_LARGE: 413, CODE_TOO_MANY: 429,
-                   CODE_INTERNAL: 500, CODE_BUSY: 503}
+                   CODE_INTERNAL: 500, CODE_BUSY: 503, CODE_DISK_FULL: 507}
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
                 return json_response(CODE_NOT_FOUND, message("not_found", lang()))
             except (EngineBusy, EngineClosed):
                 return json_response(CODE_BUSY, message("busy", lang()))
+            except DiskFull:
+                return json_response(CODE_DISK_FULL, message("disk_full", lang()))
             except bottle.HTTPResponse:
                 raise
             except Exception:
@@ -102,8 +105,8 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     @app.get("/healthz")
     @api
     def healthz() -> bottle.HTTPResponse:
-        executor.check_health()
-        return json_response(CODE_OK, message("success", lang()), {"status": "ok"})
+        status = executor.check_health()  # alive either way; "disk full" while writes are refused
+        return json_response(CODE_OK, message("success", lang()), {"status": status})
 
     @app.get("/version")
     @api

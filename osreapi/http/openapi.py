@@ -89,6 +89,7 @@ COMMON_ERRORS = {
     "403": _json(ERROR, "protected mode: no token is configured and the client is not on loopback"),
     "429": _json(ERROR, "too many requests"),
     "503": _json(ERROR, "engine busy"),
+    "507": _json(ERROR, "the disk is full: nothing could be stored (code 507); reads go on working"),
 }
 
 
@@ -195,7 +196,7 @@ def document() -> dict[str, Any]:
                 },
             },
             "/healthz": {"get": {"summary": "Liveness of actors and store", "operationId": "health", "responses": {
-                "200": _json(_envelope({"type": "object"}, [0]), "healthy"),
+                "200": _json(_envelope({"type": "object"}, [0]), 'alive; data.status is "ok" or "disk full"'),
                 "503": _json(ERROR, "unhealthy")}}},
             "/version": {"get": {"summary": "Version", "operationId": "version", "responses": {
                 "200": _json(_envelope({"type": "object", "required": ["version"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import struct
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ import lmdb
 
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
+from ..vocabulary import State
 
 INITIAL_MAP_SIZE = 2 << 30  # sparse on disk; grown on MapFullError
 _STEP_KEY = struct.Struct(">I")
@@ -88,6 +90,8 @@ class Database:
         self._specs = self._env.open_db(b"specs")
         self._expiry = self._env.open_db(b"expiry")
         self._gate = _ResizeGate()
+        self._counts_lock = threading.Lock()
+        self._counts: Counter[State] = Counter(task.state for task in self.list_tasks())
 
     def sync(self) -> None:
         """Flush committed transactions to disk."""
@@ -109,40 +113,58 @@ class Database:
                 with self._gate.exclusive():
                     self._env.set_mapsize(self._env.info()["map_size"] * 2)
 
-    def create_task(self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...]) -> TaskRecord | None:
-        """Store a new task; if the id exists already, store nothing and return the existing task."""
+    def create_task(
+        self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...], now: float
+    ) -> tuple[TaskRecord | None, bool]:
+        """Store a new task. If the id exists and has not expired, store nothing and return the
+        existing task; an expired one is replaced (the caller then removes its old workspace).
+        Returns (existing task or None, whether an expired task was replaced)."""
 
-        def work(txn: lmdb.Transaction) -> TaskRecord | None:
-            existing = txn.get(_task_key(task.id), db=self._tasks)
-            if existing is not None:
-                return TaskRecord.from_json(json.loads(existing))
+        def work(txn: lmdb.Transaction) -> tuple[TaskRecord | None, TaskRecord | None]:
+            raw = txn.get(_task_key(task.id), db=self._tasks)
+            old = TaskRecord.from_json(json.loads(raw)) if raw is not None else None
+            if old is not None and (old.expires is None or old.expires > now):
+                return old, None
+            if old is not None:
+                txn.delete(_expiry_key(old.expires, old.id), db=self._expiry)
+                self._delete_task(txn, old.id)
             txn.put(_task_key(task.id), _dumps(task.to_json()), db=self._tasks)
             txn.put(_task_key(task.id), _dumps([s.to_json() for s in specs]), db=self._specs)
             for step in steps:
                 txn.put(_step_key(task.id, step.index), _dumps(step.to_json()), db=self._steps)
-            return None
+            return None, old
 
-        created = self._write(work)
-        self.sync()
-        return created
+        existing, replaced = self._write(work)
+        if existing is None:
+            self.sync()
+            self._count(task.state, +1)
+            self._count(replaced.state if replaced else None, -1)
+        return existing, replaced is not None
 
     def save(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...] = ()) -> None:
         """Write a task summary and/or step records in one transaction; index the expiry."""
 
-        def work(txn: lmdb.Transaction) -> None:
-            if task is not None:
+        def work(txn: lmdb.Transaction) -> State | None:
+            if task is None:
+                old_state = None
+            else:
                 key = _task_key(task.id)
+                raw = txn.get(key, db=self._tasks)
+                old = json.loads(raw) if raw else {}
+                old_state = State(old["state"]) if old else None
+                if old.get("expires") is not None and old["expires"] != task.expires:
+                    txn.delete(_expiry_key(old["expires"], task.id), db=self._expiry)
                 if task.expires is not None:
-                    old = txn.get(key, db=self._tasks)
-                    old_expires = json.loads(old).get("expires") if old else None
-                    if old_expires is not None and old_expires != task.expires:
-                        txn.delete(_expiry_key(old_expires, task.id), db=self._expiry)
                     txn.put(_expiry_key(task.expires, task.id), b"", db=self._expiry)
                 txn.put(key, _dumps(task.to_json()), db=self._tasks)
             for step in steps:
                 txn.put(_step_key(task_id, step.index), _dumps(step.to_json()), db=self._steps)
+            return old_state
 
-        self._write(work)
+        old_state = self._write(work)
+        if task is not None and old_state is not task.state:
+            self._count(old_state, -1)
+            self._count(task.state, +1)
 
     def delete_expired(self, now: float, limit: int) -> list[str]:
         """Delete up to `limit` tasks whose records expired at or before `now`; return their ids."""
@@ -159,13 +181,17 @@ class Database:
             for key in keys:
                 task_id = key[8:].decode("utf-8")
                 txn.delete(key, db=self._expiry)
-                self._delete_task(txn, task_id)
-                gone.append(task_id)
+                gone.append((task_id, self._delete_task(txn, task_id)))
             return gone
 
-        return self._write(work)
+        gone = self._write(work)
+        for _, state in gone:
+            self._count(state, -1)
+        return [task_id for task_id, _ in gone]
 
-    def _delete_task(self, txn: lmdb.Transaction, task_id: str) -> None:
+    def _delete_task(self, txn: lmdb.Transaction, task_id: str) -> State | None:
+        """Delete a task's records; return the state it had (None if there was none)."""
+        raw = txn.get(_task_key(task_id), db=self._tasks)
         txn.delete(_task_key(task_id), db=self._tasks)
         txn.delete(_task_key(task_id), db=self._specs)
         prefix = task_id.encode("utf-8") + b"\x00"
@@ -174,6 +200,17 @@ class Database:
             while cursor.key().startswith(prefix):
                 if not cursor.delete():
                     break
+        return State(json.loads(raw)["state"]) if raw is not None else None
+
+    def _count(self, state: State | None, delta: int) -> None:
+        if state is not None:
+            with self._counts_lock:
+                self._counts[state] += delta
+
+    def state_counts(self) -> Counter[State]:
+        """Stored tasks by state, kept as the store writes (no scan)."""
+        with self._counts_lock:
+            return Counter(self._counts)
 
     # -- reads (any thread) --------------------------------------------------------------
 

@@ -1,0 +1,205 @@
+"""One task's state machine: every transition of a task and its steps is written here, once.
+
+No actors, threads or I/O: the TaskActor drives it for a running task, the supervisor for a task
+still queued, recovery for a task found unfinished at start. Each call records which step records
+changed (`take_changes`) so that the owner saves exactly those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..errors import ActionRejected
+from ..executor import dag
+from ..executor.output import add_line
+from ..records import StepRecord, TaskRecord, lowest_failure
+from ..spec import StepSpec
+from ..vocabulary import STEP_CODE_KILLED, STEP_CODE_UNFINISHED, State
+
+ACTIONS = ("kill", "pause", "resume")
+_NOT_STARTED = (State.PENDING, State.PAUSED)
+
+
+class TaskState:
+    def __init__(self, task: TaskRecord, steps: list[StepRecord], specs: tuple[StepSpec, ...]) -> None:
+        self.task = task
+        self.steps = list(steps)
+        self.specs = specs
+        names = {spec.name: index for index, spec in enumerate(specs)}
+        self.deps = dag.plan(task.mode, len(specs), [[names[d] for d in spec.depends_on] for spec in specs])
+        self.dependents = dag.dependents(self.deps)
+        self.active: set[int] = set()  # a process was started (or is starting) and has not ended
+        self.stopping: dict[int, State] = {}  # active steps being killed, and what they end as
+        self.ending: State | None = None  # the task is being killed or interrupted
+        self._changed: dict[int, StepRecord] = {}
+        self._task_changed = False
+
+    # -- queries ------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self.task.state is State.PAUSED
+
+    @property
+    def done(self) -> bool:
+        """Every step has ended and no process is left: the task can end."""
+        return not self.active and all(step.state.finished for step in self.steps)
+
+    def runnable(self) -> list[int]:
+        """Steps that may be given a process now (in index order)."""
+        if self.paused or self.ending is not None:
+            return []
+        return [
+            index
+            for index, step in enumerate(self.steps)
+            if step.state is State.PENDING
+            and index not in self.active
+            and all(self.steps[d].succeeded for d in self.deps[index])
+        ]
+
+    def take_changes(self) -> tuple[TaskRecord | None, tuple[StepRecord, ...]]:
+        """What changed since the last call: (the task if it changed, the changed steps)."""
+        task = self.task if self._task_changed else None
+        steps = tuple(self._changed[i] for i in sorted(self._changed))
+        self._changed.clear()
+        self._task_changed = False
+        return task, steps
+
+    # -- transitions --------------------------------------------------------------------
+
+    def _set_step(self, record: StepRecord) -> None:
+        self.steps[record.index] = record
+        self._changed[record.index] = record
+
+    def _set_task(self, **changes) -> None:
+        self.task = self.task.with_(**changes)
+        self._task_changed = True
+
+    def step_starting(self, index: int, now: float) -> StepRecord:
+        """A process is about to start: recorded before it exists, so it never runs twice."""
+        self.active.add(index)
+        record = self.steps[index].with_(state=State.RUNNING, begin=now, end=None)
+        self._set_step(record)
+        if self.task.begin is None:
+            self._set_task(state=State.RUNNING, begin=now)
+        return record
+
+    def step_started(self, index: int, pid: int, created: float | None) -> None:
+        step = self.steps[index]
+        if index in self.active and not step.state.finished:
+            self._set_step(step.with_(pid=pid, pid_created=created))
+
+    def step_ended(self, index: int, state: State, code: int, output: str, end: float) -> None:
+        self.active.discard(index)
+        self.stopping.pop(index, None)
+        step = self.steps[index]
+        self._set_step(step.with_(state=state, code=code, output=output, end=end, begin=step.begin or end))
+        self.skip_blocked(self.dependents[index])
+
+    def skip_blocked(self, indices: Iterable[int] | None = None) -> None:
+        """Skip every step not started whose dependency did not succeed (held ones too)."""
+        pending = list(range(len(self.steps)) if indices is None else indices)
+        while pending:
+            index = pending.pop()
+            step = self.steps[index]
+            if step.state in _NOT_STARTED and index not in self.active and any(
+                self.steps[d].failed for d in self.deps[index]
+            ):
+                self._set_step(step.with_(state=State.SKIPPED, code=STEP_CODE_UNFINISHED))
+                pending.extend(self.dependents[index])
+
+    def control(self, action: str, index: int | None, now: float) -> list[int]:
+        """Apply kill / pause / resume to the task (index None) or one step; return the active
+        steps whose processes must now be signalled. Raises ActionRejected, changing nothing."""
+        if action not in ACTIONS:
+            raise ActionRejected(f"action: unknown value {action!r} (use {', '.join(ACTIONS)})")
+        if self.task.state.finished or self.ending is not None:
+            raise ActionRejected(f"the task has ended ({self.task.state.value}); {action} does not apply")
+        if index is None:
+            return self._control_task(action, now)
+        return self._control_step(action, index, now)
+
+    def _control_task(self, action: str, now: float) -> list[int]:
+        if action == "kill":
+            return self.end_all(State.KILLED)
+        if action == "pause":
+            if self.paused:
+                raise ActionRejected("the task is already paused")
+            self._set_task(state=State.PAUSED)
+            return self._set_active_steps(State.RUNNING, State.PAUSED)
+        if not self.paused:
+            raise ActionRejected("the task is not paused")
+        self._set_task(state=State.RUNNING if self.task.begin is not None else State.PENDING)
+        return self._set_active_steps(State.PAUSED, State.RUNNING)
+
+    def _set_active_steps(self, old: State, new: State) -> list[int]:
+        """Active steps in `old` (and not being killed) go to `new`; return them to be signalled."""
+        targets = sorted(i for i in self.active if i not in self.stopping and self.steps[i].state is old)
+        for index in targets:
+            self._set_step(self.steps[index].with_(state=new))
+        return targets
+
+    def _control_step(self, action: str, index: int, now: float) -> list[int]:
+        step = self.steps[index]
+        if step.state.finished:
+            raise ActionRejected(f"step {index} has ended ({step.state.value}); {action} does not apply")
+        if index in self.stopping:
+            raise ActionRejected(f"step {index} is being killed; {action} does not apply")
+        if action == "kill":
+            if index in self.active:
+                self.stopping[index] = State.KILLED
+                return [index]
+            self._set_step(step.with_(state=State.KILLED, code=STEP_CODE_KILLED, end=now))
+            self.skip_blocked(self.dependents[index])
+            return []
+        if action == "pause":
+            if step.state is State.PAUSED or self.paused:
+                raise ActionRejected(f"step {index} is already paused")
+            self._set_step(step.with_(state=State.PAUSED))
+            return [index] if index in self.active else []
+        if self.paused:
+            raise ActionRejected("the whole task is paused: resume the task")
+        if step.state is not State.PAUSED:
+            raise ActionRejected(f"step {index} is not paused")
+        running = index in self.active
+        self._set_step(step.with_(state=State.RUNNING if running else State.PENDING))
+        return [index] if running else []
+
+    def end_all(self, state: State) -> list[int]:
+        """The task is killed or interrupted: skip what has not started; return the active steps
+        to stop (they end as `state`)."""
+        self.ending = state
+        for index, step in enumerate(self.steps):
+            if step.state in _NOT_STARTED and index not in self.active:
+                self._set_step(step.with_(state=State.SKIPPED, code=STEP_CODE_UNFINISHED))
+        targets = [i for i in self.active if i not in self.stopping]
+        for index in targets:
+            self.stopping[index] = state
+        return targets
+
+    def step_lost(self, index: int, now: float, reason: str) -> None:
+        """A step recorded as starting or running has no process (a crash, a failed start)."""
+        self.active.discard(index)
+        self.stopping.pop(index, None)
+        step = self.steps[index]
+        output = add_line(step.output, reason)
+        self._set_step(step.with_(state=State.INTERRUPTED, code=STEP_CODE_UNFINISHED, end=now, output=output))
+        self.skip_blocked(self.dependents[index])
+
+    def interrupt_begun_steps(self, now: float, reason: str) -> None:
+        """Every step that began and has not ended loses its process (recovery, an engine failure)."""
+        for index, step in enumerate(self.steps):
+            if not step.state.finished and (step.begin is not None or index in self.active):
+                self.step_lost(index, now, reason)
+
+    def finish(self, now: float, key_expire: float) -> TaskRecord:
+        """The task's ended record: the one place it is built."""
+        self._set_task(
+            state=self.ending or State.STOPPED,
+            begin=self.task.begin or now,
+            end=now,
+            expires=now + key_expire,
+            failed_step=lowest_failure(self.steps),
+        )
+        return self.task
+

@@ -1,0 +1,104 @@
+"""Kill what carries a step's marker until nothing does: TERM, then KILL after a grace, again and
+again (bounded), since a TERM-ignoring step can keep starting setsid children while it is killed.
+
+Driven by the scheduler's timer thread, never by an actor: a kill never blocks the StepActor.
+One /proc scan per round serves every step being cleaned up at that time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import treekill
+
+log = logging.getLogger(__name__)
+ROUND = 0.1  # seconds between scans
+GIVE_UP_AFTER = 30.0  # seconds past the grace: a process that survives KILL this long is stuck
+
+
+@dataclass
+class _Job:
+    group: int | None  # the step's process group (its first process's pid)
+    grace: float
+    since: float
+    term_sent: set[int] = field(default_factory=set)
+
+
+class Janitor:
+    def __init__(self, call_later: Callable[[float, Callable[[], None]], object]) -> None:
+        self._call_later = call_later
+        self._lock = threading.Lock()
+        self._jobs: dict[tuple[str, str], _Job] = {}
+        self._scheduled = False
+
+    def clean(self, task_id: str, step: str, group: int | None, grace: float) -> None:
+        """TERM the step's group now; from the next round, TERM every marked process, KILL those
+        left once `grace` has passed, until a scan finds none."""
+        if group is not None:
+            _killpg(group, signal.SIGTERM)
+            _killpg(group, signal.SIGCONT)  # a stopped (paused) process acts on TERM
+        with self._lock:
+            job = self._jobs.get((task_id, step))
+            if job is None or grace < job.grace:
+                self._jobs[(task_id, step)] = _Job(group, grace, time.monotonic())
+            self._schedule()
+
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._jobs)
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._call_later(ROUND, self._round)
+
+    def _round(self) -> None:
+        with self._lock:
+            self._scheduled = False
+            jobs = dict(self._jobs)
+        found = treekill.scan_markers(set(jobs))
+        now = time.monotonic()
+        finished = []
+        for key, job in jobs.items():
+            pids = found.get(key, [])
+            late = now - job.since >= job.grace
+            if not pids or now - job.since > job.grace + GIVE_UP_AFTER:
+                if pids:
+                    log.error("processes %s of step %s/%s survive SIGKILL", pids, *key)
+                finished.append(key)
+                continue
+            for pid in pids:
+                if late:
+                    _kill(pid, signal.SIGKILL)
+                elif pid not in job.term_sent:
+                    job.term_sent.add(pid)
+                    _kill(pid, signal.SIGTERM)
+                    _kill(pid, signal.SIGCONT)
+            if late and job.group is not None:
+                _killpg(job.group, signal.SIGKILL)
+        with self._lock:
+            for key in finished:
+                if self._jobs.get(key) is jobs[key]:
+                    del self._jobs[key]
+            if self._jobs:
+                self._schedule()
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _killpg(group: int, sig: int) -> None:
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
