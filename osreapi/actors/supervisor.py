@@ -118,13 +118,11 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _interrupt_stored(self, task_id: str, reason: str) -> None:
         """End a stored task as interrupted, saying why in its first unfinished step."""
-        try:
-            state = self._stored_state(task_id)
-        except Exception:
-            log.exception("task %s cannot be read; it stays as stored", task_id)
+        db = self._services.db
+        task = db.get_task(task_id)
+        if task is None:
             return
-        if state is None:
-            return
+        state = TaskState(task, db.get_steps(task_id), (), plan=False)
         state.end_all(State.INTERRUPTED)
         state.interrupt_begun_steps(self._services.clock(), reason)
         for index, step in enumerate(state.steps):

@@ -21,12 +21,18 @@ _NOT_STARTED = (State.PENDING, State.PAUSED)
 
 
 class TaskState:
-    def __init__(self, task: TaskRecord, steps: list[StepRecord], specs: tuple[StepSpec, ...]) -> None:
+    def __init__(
+        self, task: TaskRecord, steps: list[StepRecord], specs: tuple[StepSpec, ...], plan: bool = True
+    ) -> None:
+        """plan=False: no dependencies (to end a task whose stored specs cannot be read)."""
         self.task = task
         self.steps = list(steps)
         self.specs = specs
-        names = {spec.name: index for index, spec in enumerate(specs)}
-        self.deps = dag.plan(task.mode, len(specs), [[names[d] for d in spec.depends_on] for spec in specs])
+        if plan:
+            names = {spec.name: index for index, spec in enumerate(specs)}
+            self.deps = dag.plan(task.mode, len(specs), [[names[d] for d in spec.depends_on] for spec in specs])
+        else:
+            self.deps = tuple(() for _ in steps)
         self.dependents = dag.dependents(self.deps)
         self.active: set[int] = set()  # a process was started (or is starting) and has not ended
         self.stopping: dict[int, State] = {}  # active steps being killed, and what they end as

@@ -1,0 +1,249 @@
+"""The engine under crashes, races and odd control sequences: each test reproduces a failure of
+the first engine (issue 8) and asserts what the OS and the store say afterwards."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from osreapi import Executor
+from osreapi.actors.messages import Enqueue
+from osreapi.executor import treekill
+from osreapi.records import StepRecord, TaskRecord
+from osreapi.spec import StepSpec
+from osreapi.storage.database import Database
+
+from .conftest import Client, console_script, gone, read_pid, sh, wait_until
+
+
+def put(client: Client, path: str, action: str):
+    return client.request("PUT", f"{path}?action={action}")
+
+
+def state_of(client: Client, task_id: str, step=0) -> str:
+    return client.get(f"/{task_id}/{step}?lang=en").json["data"]["state"]
+
+
+def marked_left(task_id: str) -> list[psutil.Process]:
+    return treekill.marked_processes(task_id)
+
+
+# -- 1. at most once -----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_step_never_runs_twice_when_the_server_is_killed_right_after_accepting(start_server, tmp_path):
+    ledger = tmp_path / "ledger"
+    for attempt, crash_after in enumerate((0.0, 0.001, 0.002, 0.003, 0.005, 0.008)):
+        data = tmp_path / f"data{attempt}"
+        server = start_server("--pool_size=2", data_dir=data)
+        task_id = server.client.submit([sh(f'echo "$OSREAPI_TASK_ID $$" >> {ledger}; sleep 30')])
+        time.sleep(crash_after)  # not a wait for anything: the crash window is swept on purpose
+        server.kill()  # SIGKILL a few ms after POST answered
+        restarted = start_server("--pool_size=2", data_dir=data)
+        # Either recovery interrupted it (it may have started) or it runs now for the first time.
+        assert wait_until(lambda: state_of(restarted.client, task_id) in ("interrupted", "running"), timeout=20)
+        if state_of(restarted.client, task_id) == "running":
+            assert wait_until(lambda: task_id in ledger.read_text() if ledger.exists() else False)
+        runs = [line for line in (ledger.read_text().splitlines() if ledger.exists() else []) if task_id in line]
+        assert len(runs) <= 1, runs
+        assert restarted.terminate() == 0
+        for line in runs:
+            assert wait_until(lambda: gone(int(line.split()[1])), timeout=10)
+
+
+# -- 3, 4, 5: control races and sequences --------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_pause_right_after_start_is_recorded_and_resume_finishes_the_step(client: Client):
+    for _ in range(10):
+        task_id = client.submit([sh("sleep 0.3; echo done", name="a")])
+        assert put(client, f"/{task_id}/a", "pause").status == 200
+        assert state_of(client, task_id, "a") == "paused"  # answered after it was recorded
+        resumed = put(client, f"/{task_id}/a", "resume")
+        assert resumed.status == 200, resumed.body
+        body = client.wait(task_id).json
+        assert body["code"] == 0 and body["data"][0]["message"] == "done\n"
+    assert client.executor.stats()["pool_busy"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_held_step_whose_dependency_was_killed_is_skipped_and_the_task_ends(client: Client):
+    task_id = client.submit([sh("sleep 5", name="a"), sh("true", name="b")])
+    assert put(client, f"/{task_id}/b", "pause").status == 200
+    assert wait_until(lambda: state_of(client, task_id, "a") == "running")
+    assert put(client, f"/{task_id}/a", "kill").status == 200
+    assert wait_until(lambda: state_of(client, task_id, "a") == "killed")
+    resumed = put(client, f"/{task_id}/b", "resume")
+    assert resumed.status == 400  # b was skipped when a was killed: nothing left to resume
+    body = client.wait(task_id).json
+    assert body["code"] == 1002
+    assert [(s["name"], s["state"]) for s in body["data"]] == [("a", "已终止"), ("b", "已跳过")]
+
+
+@pytest.mark.timeout(60)
+def test_resume_after_restart_of_a_task_paused_while_queued(make_executor, tmp_path):
+    data = tmp_path / "data"
+    first = make_executor(data, pool_size=1, extra_live_tasks=0)
+    running = first.submit([sh("sleep 30")])
+    waiting = first.submit([sh("sleep 30")])
+    held = first.submit([sh("echo held")])
+    first.pause(held)
+    assert wait_until(lambda: first.get(running).steps[0].pid is not None)
+    first.close()
+    second = make_executor(data, pool_size=1, extra_live_tasks=0)
+    assert second.get(running).task.state.value == "interrupted"
+    assert wait_until(lambda: second.get(waiting).steps[0].pid is not None)
+    second.resume(held)  # it waits behind `waiting` in the queue, not in the held set
+    assert second.get(held).task.state.value == "pending"
+    second.kill(waiting)
+    result = second.wait(held, timeout=20)
+    assert result.task.state.value == "stopped" and result.steps[0].output == "held\n"
+
+
+@pytest.mark.timeout(30)
+def test_kill_does_not_block_the_step_and_a_pause_meanwhile_is_refused(make_server):
+    client = make_server(kill_grace=3.0, call_timeout="2s")
+    task_id = client.submit([sh("trap '' TERM; echo $$ > pid; sleep 30", name="a")])
+    pid = read_pid(client.executor.config.workspace(task_id) / "pid")
+    assert put(client, f"/{task_id}/a", "kill").status == 200
+    during = put(client, f"/{task_id}/a", "pause")  # inside the 3 s grace: TERM is ignored
+    assert during.status == 400 and "killed" in during.json["message"]
+    assert state_of(client, task_id, "a") != "paused"
+    body = client.wait(task_id).json
+    assert [(s["state"], s["code"]) for s in body["data"]] == [("已终止", 137)]
+    assert wait_until(lambda: gone(pid), timeout=10)
+
+
+# -- 8. nothing escapes ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+def test_setsid_children_started_during_the_kill_grace_are_all_killed(make_server):
+    client = make_server(kill_grace=1.0)
+    task_id = client.submit([sh("trap '' TERM; while :; do sleep 0.3; setsid sleep 1000 & done", timeout="1s")])
+    body = client.wait(task_id).json
+    assert body["data"][0]["state"] == "执行超时"
+    assert wait_until(lambda: not marked_left(task_id), timeout=15), [p.pid for p in marked_left(task_id)]
+
+
+@pytest.mark.timeout(30)
+def test_background_children_end_with_their_step_unless_kept(client: Client):
+    plain = client.submit([sh("sleep 60 & echo $! > bg.pid")])
+    kept = client.submit([sh("sleep 60 & echo $! > bg.pid", keep_background=True)])
+    assert client.wait(plain).json["code"] == 0 and client.wait(kept).json["code"] == 0
+    plain_bg = read_pid(client.executor.config.workspace(plain) / "bg.pid")
+    kept_bg = read_pid(client.executor.config.workspace(kept) / "bg.pid")
+    try:
+        assert wait_until(lambda: gone(plain_bg), timeout=10)
+        assert not gone(kept_bg)  # a daemon a step asked to keep
+    finally:
+        psutil.Process(kept_bg).kill()
+
+
+# -- 2. full disk and the log cap ----------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.timeout(60)
+def test_a_full_disk_answers_507_keeps_reads_and_recovers_by_itself(make_server, small_disk):
+    client = make_server(data_dir=small_disk / "data", max_log=1 << 20)
+    before = client.submit([sh("echo before")])
+    assert client.wait(before).json["code"] == 0
+    running = client.submit([sh("while [ ! -e go ]; do sleep 0.05; done; head -c 3000000 /dev/zero | tr '\\0' x; echo")])
+    assert wait_until(lambda: state_of(client, running) == "running")
+    filler = small_disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=40"], capture_output=True)
+    (client.executor.config.workspace(running) / "go").touch()  # it prints 3 MB onto the full disk
+    big = [sh("echo during # " + "x" * 600_000)]  # needs new pages: freed ones cannot hold it
+    refused = client.post("/", big)
+    assert refused.status == 507 and refused.json["code"] == 507
+    assert "磁盘已满" in refused.json["message"]
+    assert client.get(f"/{before}").json["code"] == 0  # reads go on
+    assert client.get("/healthz").json["data"]["status"] == "disk full"
+    filler.unlink()
+    assert wait_until(lambda: client.post("/", big).status == 200, timeout=10)
+    assert wait_until(lambda: client.get("/healthz").json["data"]["status"] == "ok", timeout=10)
+    body = client.wait(running).json
+    assert body["code"] in (0, 1002)  # ended, and recorded once the disk had room
+
+
+@pytest.mark.timeout(30)
+def test_log_files_are_capped_on_disk_with_a_marker_and_the_tail(make_server):
+    client = make_server(max_log=256 * 1024)
+    task_id = client.submit([sh("head -c 3000000 /dev/zero | tr '\\0' x; echo; echo the-last-line")])
+    body = client.wait(task_id).json
+    assert body["code"] == 0
+    log_file = client.executor.log_path(task_id, 0)
+    assert log_file.stat().st_size < 256 * 1024 + 64 * 1024 + 200
+    text = log_file.read_text()
+    assert "bytes of output dropped (over the --max_log cap)" in text
+    assert text.rstrip().endswith("the-last-line")
+
+
+# -- 6. one failure does not stop the engine -------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_a_task_that_cannot_start_ends_interrupted_and_the_engine_goes_on(make_executor, tmp_path):
+    data = tmp_path / "data"
+    db = Database(data / "db")
+    broken = TaskRecord(id="broken", mode="dag", count=1, accepted=1.0)
+    spec = StepSpec(name="a", command_type="sh", content="true", depends_on=("missing",))
+    db.create_task(broken, (StepRecord(0, "a"),), (spec,), now=1.0)
+    db.close()
+    ex = make_executor(data)
+    assert wait_until(lambda: ex.get("broken").task.state.value == "interrupted", timeout=10)
+    assert "task not started" in ex.get("broken").steps[0].output
+    ex._supervisor.tell(Enqueue("broken"))  # an ended task queued again is simply dropped
+    task_id = ex.submit([sh("echo alive")])
+    assert ex.wait(task_id, timeout=20).steps[0].output == "alive\n"
+
+
+# -- 9, 10: ids and data dirs ----------------------------------------------------------------
+
+
+def test_an_expired_id_posted_again_is_a_new_task(make_executor, tmp_path):
+    now = [1000.0]
+    ex = make_executor(key_expire="1s", clock=lambda: now[0])
+    first = ex.submit_task([sh("echo run >> ../runs")], task_id="again")
+    assert ex.wait("again", timeout=20).finished
+    assert ex.submit_task([sh("echo run >> ../runs")], task_id="again").created is False  # still kept
+    now[0] += 2  # past its expiry, before any sweep
+    second = ex.submit_task([sh("echo run >> ../runs")], task_id="again")
+    assert first.created and second.created
+    assert ex.wait("again", timeout=20).task.state.value == "stopped"
+    assert (ex.config.workspace_root / "runs").read_text() == "run\nrun\n"
+
+
+@pytest.mark.timeout(30)
+def test_a_second_server_on_the_same_data_dir_exits_and_changes_nothing(start_server, tmp_path):
+    data = tmp_path / "data"
+    first = start_server(data_dir=data)
+    task_id = first.client.submit([sh("echo $$ > pid; sleep 30")])
+    pid = read_pid(data / "workspace" / task_id / "pid")
+    second = subprocess.run(
+        [console_script(), "run", "--addr", "127.0.0.1:0", "--data_dir", str(data)],
+        capture_output=True, timeout=20, stdin=subprocess.DEVNULL,
+    )
+    assert second.returncode != 0
+    assert f"is in use by pid {first.proc.pid}" in second.stderr.decode()
+    assert not gone(pid) and state_of(first.client, task_id) == "running"
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.proc.wait(20) == 0
