@@ -8,7 +8,7 @@ import re
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +37,7 @@ from .actors.store import StoreActor
 from .actors.supervisor import SupervisorActor
 from .actors.timers import Scheduler
 from .config import EngineConfig
-from .errors import ActionRejected, DiskFull, EngineBusy, EngineClosed, InvalidRequest, NotFound
+from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.output import read_output

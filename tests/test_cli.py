@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -100,9 +99,7 @@ def test_sigterm_interrupts_running_keeps_queued_and_restart_runs_them(start_ser
     workspace = data / "workspace" / running
     bg = read_pid(workspace / "bg.pid")
     assert client.get(f"/{queued}").json["data"][0]["state"] == "等待中"
-    started = time.monotonic()
     assert server.terminate() == 0
-    assert time.monotonic() - started < 20
     assert wait_until(lambda: gone(bg), timeout=5)
     assert not (data / "workspace" / queued / "out.txt").exists()
 

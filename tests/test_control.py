@@ -45,15 +45,13 @@ def test_pause_and_resume_a_task_stretches_a_loop_of_short_sleeps(client: Client
     assert put(client, f"/{task_id}", "pause").status == 200
     assert client.get(f"/{task_id}?lang=en").json["data"][0]["state"] == "paused"
     assert client.get("/?lang=en").json["data"]["tasks"][0]["state"] == "paused"
-    time.sleep(0.2)  # let a SIGSTOP race with a write settle
-    frozen = count.read_text()
-    time.sleep(1.0)
-    assert count.read_text() == frozen  # nothing ran while paused
+    tree = [psutil.Process(client.executor.get(task_id).steps[0].pid)]
+    tree += tree[0].children(recursive=True)
+    # Answered once suspended: every process of the tree is stopped (a short-lived child may be gone).
+    assert all(p.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE) for p in tree if p.is_running())
     assert put(client, f"/{task_id}", "resume").status == 200
     body = client.wait(task_id).json
-    step = client.executor.get(task_id).steps[0]
     assert body["code"] == 0 and count.read_text().split()[-1] == "10"
-    assert step.end - step.begin >= 2.1  # ~1 s of work + 1.2 s paused
 
 
 @pytest.mark.timeout(30)
@@ -61,9 +59,8 @@ def test_paused_time_does_not_count_against_the_step_timeout(client: Client):
     loop = "i=0; while [ $i -lt 8 ]; do sleep 0.1; i=$((i+1)); done; echo done"
     task_id = client.submit([sh(loop, timeout="1500ms")])
     assert wait_until(lambda: step_state(client, task_id, 0) == "running")
-    time.sleep(0.2)
     assert put(client, f"/{task_id}/0", "pause").status == 200
-    time.sleep(1.6)
+    time.sleep(1.6)  # the scenario itself: longer paused than the time limit
     assert step_state(client, task_id, 0) == "paused"
     assert put(client, f"/{task_id}/0", "resume").status == 200
     body = client.wait(task_id).json
@@ -128,8 +125,9 @@ def test_a_step_not_started_can_be_held_and_released(client: Client, tmp_path):
     task_id = client.submit([sh("sleep 0.3"), sh(f"touch {mark}")])
     assert put(client, f"/{task_id}/1", "pause").status == 200
     assert step_state(client, task_id, 1) == "paused"
-    time.sleep(0.8)
-    assert not mark.exists() and step_state(client, task_id, 0) == "stopped"
+    assert wait_until(lambda: step_state(client, task_id, 0) == "stopped")
+    assert client.executor.stats()["pool_busy"] == 0  # step 0's worker is back; step 1 is held
+    assert not mark.exists()
     assert client.get(f"/{task_id}").json["code"] == 1001
     assert put(client, f"/{task_id}/1", "resume").status == 200
     assert client.wait(task_id).json["code"] == 0 and mark.exists()
@@ -149,8 +147,8 @@ def test_control_of_tasks_waiting_for_their_turn(make_server, tmp_path):
     listed = {t["id"]: t for t in client.get("/").json["data"]["tasks"]}
     assert listed[killed]["state"] == "已终止" and listed[killed]["code"] == 1002
     assert client.wait(first).json["code"] == 0
-    time.sleep(0.3)
-    assert not (tmp_path / "held").exists()
+    assert wait_until(lambda: client.executor.stats()["tasks_live"] == 0)  # the slot is free, yet
+    assert client.executor.stats()["pool_busy"] == 0 and not (tmp_path / "held").exists()
     assert client.get(f"/{held}?lang=en").json["code"] == 1001
     assert put(client, f"/{held}", "resume").status == 200
     assert client.wait(held).json["code"] == 0 and (tmp_path / "held").exists()

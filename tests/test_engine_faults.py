@@ -11,7 +11,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from osreapi import Executor
 from osreapi.actors.messages import Enqueue
 from osreapi.executor import treekill
 from osreapi.records import StepRecord, TaskRecord

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import subprocess
-import time
 
 import jsonschema
 import pytest
@@ -53,16 +52,15 @@ def test_log_so_far_and_from_an_offset(client: Client):
 
 @pytest.mark.timeout(30)
 def test_follow_streams_before_the_step_ends(client: Client):
-    task_id = client.submit([sh("echo first; sleep 1; echo second")])
-    started = time.monotonic()
+    task_id = client.submit([sh("echo first; while [ ! -e go ]; do sleep 0.02; done; echo second")])
     resp = open_stream(client, f"/{task_id}/0/log?follow=true")
     assert resp.status == 200 and resp.getheader("Transfer-Encoding") == "chunked"
     first = resp.read1(100)
     while b"first" not in first:
         first += resp.read1(100)
-    first_at = time.monotonic() - started
+    assert not client.executor.get(task_id).finished  # it arrived while the step still waits
+    (client.executor.config.workspace(task_id) / "go").touch()
     rest = resp.read()
-    assert first_at < 0.9  # arrived while the step was still sleeping
     assert (first + rest) == b"first\nsecond\n"
     assert client.executor.get(task_id).finished
 
@@ -125,9 +123,8 @@ def test_server_stop_ends_open_streams(make_server):
     task_id = client.submit([sh("echo up; sleep 300")])
     resp = open_stream(client, f"/{task_id}/0/log?follow=true")
     assert b"up" in resp.read1(10)
-    started = time.monotonic()
-    server.stop()
-    assert time.monotonic() - started < 8
+    server.stop()  # returns (bounded by the test's timeout) although a stream was open
+    assert resp.read() is not None  # and the stream has ended
 
 
 def test_health_and_version(client: Client):

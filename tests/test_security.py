@@ -254,7 +254,7 @@ def test_server_survives_malformed_http(client: Client):
         raw(client, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
         raw(client, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(100)),  # a TLS hello on plain HTTP
     ]
-    for answer in answers[:4]:
+    for answer in answers:
         assert answer == b"" or answer.startswith(b"HTTP/1.")
         assert not answer.startswith(b"HTTP/1.1 200")
     for _ in range(5):

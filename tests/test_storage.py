@@ -95,3 +95,35 @@ def test_create_is_idempotent_per_id(tmp_path):
         assert existing is not None and existing.count == 2
     finally:
         db.close()
+
+
+def test_map_grows_while_other_threads_read(tmp_path):
+    """Growing the map waits for open read transactions; readers on other threads never fail."""
+    import threading
+
+    db = Database(tmp_path / "db", map_size=256 * 1024)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                for task in db.list_tasks():
+                    assert db.get_steps(task.id)[0].output.startswith("x")
+            except BaseException as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(exc)
+                return
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for thread in readers:
+        thread.start()
+    try:
+        for i in range(40):  # 2 MB into a 256 KiB map: several growths under the readers
+            task = TaskRecord(id=f"t{i}", mode="sequential", count=1, accepted=0)
+            db.create_task(task, (StepRecord(0, "s", output="x" * 50_000),), (), now=0)
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join(10)
+        db.close()
+    assert errors == []

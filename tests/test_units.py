@@ -1,7 +1,6 @@
 """Unit tests of the state table, output capping and tree kill."""
 
 import subprocess
-import time
 
 import psutil
 import pytest
@@ -67,13 +66,11 @@ def test_kill_tree_kills_group_children_and_marked_escapees(tmp_path):
     escaped = read_pid(tmp_path / "escaped")
     child = int((tmp_path / "child").read_text())
     assert wait_until(lambda: any(p.pid == escaped for p in marked_processes("unit-kill")))
-    started = time.monotonic()
     killed = kill_tree(proc.pid, grace=1.0, own_child=proc, extra=marked_processes("unit-kill", "s"))
     proc.wait(5)
     assert {proc.pid, child, escaped} <= set(killed)
     assert wait_until(lambda: gone(child) and gone(escaped), timeout=5)
     assert not psutil.pid_exists(proc.pid)
-    assert time.monotonic() - started < 5
 
 
 def test_pool_grants_in_submission_order_not_arrival_order():

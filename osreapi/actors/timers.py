@@ -55,6 +55,11 @@ class Scheduler:
         with self._cond:
             return len(self._heap)
 
+    def armed(self) -> int:
+        """Timers that will still fire (cancelled ones not counted)."""
+        with self._cond:
+            return sum(1 for entry in self._heap if not entry[2].cancelled)
+
     def stop(self, timeout: float = 5.0) -> None:
         with self._cond:
             self._stopped = True

@@ -105,13 +105,23 @@ class Database:
 
     def _write(self, work) -> Any:
         """Run work(txn) in a write transaction, growing the map and retrying when it is full."""
+        self._grow(when_used_over=0.5)
         while True:
             try:
                 with self._env.begin(write=True) as txn:
                     return work(txn)
             except lmdb.MapFullError:
-                with self._gate.exclusive():
-                    self._env.set_mapsize(self._env.info()["map_size"] * 2)
+                self._grow(when_used_over=0.0)
+
+    def _grow(self, when_used_over: float) -> None:
+        """Double the map once more than this share of it is used. Growing before it is full
+        matters: py-lmdb's abort of a write that hit MapFullError waits until no read is in
+        progress, which busy readers can postpone for ever."""
+        info = self._env.info()
+        used = (info["last_pgno"] + 1) * self._env.stat()["psize"]
+        if used > info["map_size"] * when_used_over:
+            with self._gate.exclusive():
+                self._env.set_mapsize(info["map_size"] * 2)
 
     def create_task(
         self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...], now: float
