@@ -28,6 +28,7 @@ from .actors.messages import (
     Flush,
     GetStats,
     InterruptAll,
+    Ping,
     SaveRecords,
     SweepExpired,
 )
@@ -185,10 +186,11 @@ class Executor:
 
     def _load(self, task_id: str) -> tuple[TaskRecord, list[StepRecord]]:
         """The stored records, as they are (no log read); NotFound when unknown or expired."""
-        return self._live_task(task_id), self._db.get_steps(task_id)
+        task, steps = self._db.get_task_and_steps(task_id)
+        return self._live(task_id, task), steps
 
-    def _live_task(self, task_id: str) -> TaskRecord:
-        task = self._db.get_task(task_id)
+    def _live(self, task_id: str, task: TaskRecord | None) -> TaskRecord:
+        """The task, unless it is unknown or expired (NotFound)."""
         if task is None or self._expired(task):
             raise NotFound(f"task {task_id!r} does not exist or has expired")
         return task
@@ -226,7 +228,7 @@ class Executor:
         """Remove a finished task's record and workspace. Raises NotFound for an unknown or expired
         task, TaskActive for one that has not finished."""
         self._check_open()
-        self._live_task(task_id)  # an expired record is gone already for callers
+        self._live(task_id, self._db.get_task(task_id))  # an expired record is gone already for callers
         task = self._ask(self._store, DeleteTask(task_id))
         if task is None:
             raise NotFound(f"task {task_id!r} does not exist or has expired")
@@ -261,7 +263,7 @@ class Executor:
         """Raise EngineBusy / EngineClosed unless the supervisor and the store answer."""
         self._check_open()
         self._ask(self._supervisor, GetStats())
-        self._ask(self._store, Flush())
+        self._ask(self._store, Ping())  # not Flush: a health probe must not cost an fsync
 
     def stats(self) -> dict[str, int]:
         """Gauges of the engine: pool, live task actors, queued tasks, store size, threads."""

@@ -41,6 +41,11 @@ class SweepExpired:
 
 
 @dataclass(frozen=True)
+class Ping:
+    """ask: answered at once (liveness), with no disk work."""
+
+
+@dataclass(frozen=True)
 class Flush:
     """ask: answered once every earlier message is on disk."""
 

@@ -12,7 +12,7 @@ import pykka
 from ..config import EngineConfig
 from ..records import TaskRecord
 from ..storage.database import Database
-from .messages import CreateTask, DeleteTask, Flush, SaveRecords, SweepExpired
+from .messages import CreateTask, DeleteTask, Flush, Ping, SaveRecords, SweepExpired
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 100
@@ -49,6 +49,8 @@ class StoreActor(pykka.ThreadingActor):
                 return self._sweep()
             case Flush():
                 self._db.sync()
+                return None
+            case Ping():
                 return None
             case _:
                 log.warning("store: unexpected message %r", message)

@@ -14,7 +14,8 @@ JSON_TYPE = "application/json; charset=utf-8"
 
 def language_of(environ: dict, default: str) -> str:
     """?lang= first, then Accept-Language, then the server's default."""
-    query = parse_qs(environ.get("QUERY_STRING", ""))
+    query_string = environ.get("QUERY_STRING", "")
+    query = parse_qs(query_string) if "lang=" in query_string else {}
     return (
         normalize_language(query.get("lang", [""])[0])
         or normalize_language(environ.get("HTTP_ACCEPT_LANGUAGE"))

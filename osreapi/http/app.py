@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -95,14 +96,19 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     hub = StreamHub(settings.lang)
     openapi_body = json.dumps(openapi.document(), ensure_ascii=False)
 
+    @functools.lru_cache(maxsize=1024)  # labels() costs more than the request's own rendering
+    def request_counter(method: str, rule: str, status: int):
+        return executor.metrics.http_requests.labels(method, rule, str(status))
+
     @app.hook("after_request")
     def count_request() -> None:
         environ = bottle.request.environ
         route = environ.get("bottle.route")
         rule = route.rule if route is not None else "unmatched"
         status = bottle.response.status_code
-        executor.metrics.http_requests.labels(bottle.request.method, rule, str(status)).inc()
-        if bottle.request.method in ("POST", "PUT", "DELETE", "PATCH"):
+        method = environ["REQUEST_METHOD"]
+        request_counter(method, rule, status).inc()
+        if method in ("POST", "PUT", "DELETE", "PATCH"):
             args = environ.get("route.url_args") or {}
             task_id, steps = environ.get("osreapi.submitted", (args.get("task_id"), None))
             audit(environ, route=rule, task_id=task_id, steps=steps, status=status)

@@ -198,15 +198,26 @@ class Database:
         return TaskRecord.from_json(json.loads(raw)) if raw is not None else None
 
     def get_steps(self, task_id: str) -> list[StepRecord]:
+        with self._reading() as txn:
+            return self._steps_in(txn, task_id)
+
+    def get_task_and_steps(self, task_id: str) -> tuple[TaskRecord | None, list[StepRecord]]:
+        """A task and its steps as of one moment (one read transaction)."""
+        with self._reading() as txn:
+            raw = txn.get(_task_key(task_id), db=self._tasks)
+            if raw is None:
+                return None, []
+            return TaskRecord.from_json(json.loads(raw)), self._steps_in(txn, task_id)
+
+    def _steps_in(self, txn: lmdb.Transaction, task_id: str) -> list[StepRecord]:
         prefix = task_id.encode("utf-8") + b"\x00"
         steps = []
-        with self._reading() as txn:
-            cursor = txn.cursor(db=self._steps)
-            if cursor.set_range(prefix):
-                for key, raw in cursor:
-                    if not key.startswith(prefix):
-                        break
-                    steps.append(StepRecord.from_json(json.loads(raw)))
+        cursor = txn.cursor(db=self._steps)
+        if cursor.set_range(prefix):
+            for key, raw in cursor:
+                if not key.startswith(prefix):
+                    break
+                steps.append(StepRecord.from_json(json.loads(raw)))
         return steps
 
     def get_specs(self, task_id: str) -> tuple[StepSpec, ...]:
