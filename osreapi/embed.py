@@ -177,6 +177,12 @@ class Executor:
             return None
         return TaskResult(task, tuple(self._with_output(task_id, step) for step in steps))
 
+    @property
+    def deletions(self) -> int:
+        """How many tasks have been deleted (by DELETE or expiry); a finished task's records never
+        change otherwise, so a cache of them is valid while this count holds."""
+        return self._db.deletions
+
     def step(self, task_id: str, step: str | int, output: bool = True) -> tuple[TaskRecord, StepRecord]:
         """One step by index or name (a running one with its output so far, unless output=False);
         raises NotFound."""

@@ -32,7 +32,9 @@ from ..vocabulary import (
 )
 from . import openapi, render
 from .answers import JSON_TYPE, language_of, refuse
+from .health import HealthCheck
 from .logstream import LogSource
+from .resultcache import FinishedResults
 from .security import Guard, audit
 from .streams import Handoff, StreamHub
 
@@ -94,6 +96,8 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         return wrapper
 
     hub = StreamHub(settings.lang)
+    finished = FinishedResults()
+    health = HealthCheck(executor.check_health)
     openapi_body = json.dumps(openapi.document(), ensure_ascii=False)
 
     @functools.lru_cache(maxsize=1024)  # labels() costs more than the request's own rendering
@@ -116,7 +120,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     @app.get("/healthz")
     @api
     def healthz() -> bottle.HTTPResponse:
-        executor.check_health()
+        health()
         return json_response(CODE_OK, message("success", lang()), {"status": "ok"})
 
     @app.get("/version")
@@ -162,9 +166,14 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     @api
     def get_task(task_id: str) -> bottle.HTTPResponse:
         language = lang()
+        deletions = executor.deletions  # noted before the read (see FinishedResults)
+        cached = finished.get(task_id, language, deletions, now())
+        if cached is not None:
+            return bottle.HTTPResponse(body=cached, headers={"Content-Type": JSON_TYPE})
         result = executor.get(task_id)
         if result is None:
             return json_response(CODE_NOT_FOUND, message("not_found", language))
+        finished.put(result.task, result.steps, language, deletions)
         code, msg, data = render.result_json(result.task, result.steps, language, now())
         return json_response(code, msg, data)
 

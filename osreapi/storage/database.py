@@ -88,6 +88,9 @@ class Database:
         self._specs = self._env.open_db(b"specs")
         self._expiry = self._env.open_db(b"expiry")
         self._gate = _ResizeGate()
+        # Tasks deleted so far, counted after each commit: a reader that notes it before reading a
+        # finished task may cache that task's records for as long as the count holds.
+        self.deletions = 0
 
     def sync(self) -> None:
         """Flush committed transactions to disk."""
@@ -163,7 +166,9 @@ class Database:
                 gone.append(task_id)
             return gone
 
-        return self._write(work)
+        gone = self._write(work)
+        self.deletions += len(gone)  # after the commit: see `deletions`
+        return gone
 
     def delete_task(self, task: TaskRecord) -> None:
         """Remove one task's records and its expiry entry."""
@@ -174,6 +179,7 @@ class Database:
             self._delete_task(txn, task.id)
 
         self._write(work)
+        self.deletions += 1  # after the commit: see `deletions`
 
     def _delete_task(self, txn: lmdb.Transaction, task_id: str) -> None:
         txn.delete(_task_key(task_id), db=self._tasks)
