@@ -241,8 +241,8 @@ def _build_timeout(index: int, value: Any) -> float | None:
         return None
     try:
         seconds = parse_duration(value)
-    except InvalidValue as exc:
-        raise InvalidRequest("bad_timeout", step=index, reason=str(exc)) from None
+    except InvalidValue:
+        raise InvalidRequest("bad_timeout", step=index, value=value) from None
     if seconds < 0:
         raise InvalidRequest("negative_timeout", step=index)
     return seconds

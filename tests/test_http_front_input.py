@@ -112,6 +112,8 @@ def test_messages_follow_the_request_language_validation_included(client: Client
     en = client.post("/", "[{}]", headers={"Accept-Language": "en-US,en;q=0.9"}).json["message"]
     assert (zh, en) == ("第 0 步: command_type 为必填项", "step 0: command_type is required")
     assert client.get("/?sort=size").json["message"].startswith("sort: 未知的值 'size'")
+    assert client.post("/", [sh("true", timeout="10")]).json["message"].startswith("第 0 步: timeout: 无效的时长 '10'")
+    assert client.post("/", "{}").json["message"] == "请求体应为步骤的 JSON 数组, 收到的是对象"
     missing = client.request("PUT", f"/{finished}?lang=en")
     assert missing.status == 400 and missing.json["message"] == "action is missing: use kill, pause, resume, e.g. ?action=kill"
     assert "kill, pause, resume" in client.request("PUT", f"/{finished}").json["message"]
