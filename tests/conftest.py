@@ -247,3 +247,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
             return False
         time.sleep(interval)
     return True
+
+
+def start_step(client: Client, script: str, printed: bytes | None = None) -> str:
+    """Submit one sh step; return the task id once the step runs (or, with `printed`, once its log
+    holds exactly that)."""
+    task_id = client.submit([sh(script)])
+    if printed is None:
+        assert wait_until(lambda: client.get(f"/{task_id}?lang=en").json["data"][0]["state"] == "running")
+    else:
+        assert wait_until(lambda: client.get(f"/{task_id}/0/log").body == printed)
+    return task_id

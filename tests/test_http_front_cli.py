@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from .conftest import console_script, sh, wait_until
+from .conftest import console_script, start_step
 
 
 def test_help_of_an_unknown_command_is_an_error():
@@ -40,8 +40,7 @@ def test_start_up_line_shows_the_address_really_bound(tmp_path):
 def test_a_rejected_control_action_logs_one_line_not_a_traceback(start_server):
     server = start_server()
     client = server.client
-    task_id = client.submit([sh("sleep 30")])
-    assert wait_until(lambda: client.get(f"/{task_id}?lang=en").json["data"][0]["state"] == "running")
+    task_id = start_step(client, "sleep 30")
     assert client.request("PUT", f"/{task_id}?action=resume").status == 400
     assert client.request("PUT", f"/{task_id}?action=kill").status == 200
     server.terminate()

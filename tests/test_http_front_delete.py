@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .conftest import Client, sh, wait_until
+from .conftest import Client, sh, start_step
 
 
 @pytest.mark.timeout(30)
@@ -32,8 +32,7 @@ def test_delete_removes_a_finished_task_record_and_workspace(client: Client, cap
 
 @pytest.mark.timeout(30)
 def test_delete_of_a_running_task_is_409_and_changes_nothing(client: Client):
-    task_id = client.submit([sh("sleep 30")])
-    assert wait_until(lambda: client.get(f"/{task_id}?lang=en").json["data"][0]["state"] == "running")
+    task_id = start_step(client, "sleep 30")
     resp = client.request("DELETE", f"/{task_id}?lang=en")
     assert resp.status == 409 and resp.json["code"] == 409
     assert task_id in resp.json["message"] and "kill" in resp.json["message"]

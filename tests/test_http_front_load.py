@@ -17,7 +17,7 @@ import pytest
 from osreapi.http.app import HttpSettings, make_app
 from osreapi.http.server import HttpServer
 
-from .conftest import Client, sh, wait_until
+from .conftest import Client, start_step, wait_until
 
 
 def connect(client: Client, payload: bytes = b"") -> socket.socket:
@@ -171,8 +171,7 @@ def test_a_body_announced_with_expect_continue_is_invited_then_taken(client: Cli
 def test_vanished_followers_are_noticed_and_do_not_block_anyone(start_server):
     server = start_server()
     client = server.client
-    task_id = client.submit([sh("sleep 40")])
-    assert wait_until(lambda: client.get(f"/{task_id}?lang=en").json["data"][0]["state"] == "running")
+    task_id = start_step(client, "sleep 40")
     baseline = fds(server.proc.pid)
     followers = Followers(client, f"/{task_id}/0/log?follow=true", 40)
     try:
@@ -192,8 +191,7 @@ def test_vanished_followers_are_noticed_and_do_not_block_anyone(start_server):
 def test_open_followers_do_not_count_against_max_requests_and_end_with_the_step(start_server):
     server = start_server("--max-requests", "10")
     client = server.client
-    task_id = client.submit([sh("echo started; sleep 40")])
-    assert wait_until(lambda: client.get(f"/{task_id}/0/log").body == b"started\n")
+    task_id = start_step(client, "echo started; sleep 40", b"started\n")
     followers = Followers(client, f"/{task_id}/0/log?follow=true", 10)
     try:
         assert followers.pump(lambda: followers.all_have(b"started\n"), timeout=30)
@@ -210,9 +208,8 @@ def test_open_followers_do_not_count_against_max_requests_and_end_with_the_step(
 def test_a_thousand_followers_are_all_served_and_all_end_with_the_step(start_server):
     server = start_server()
     client = server.client
-    task_id = client.submit([sh("echo ready; while [ ! -f go ]; do sleep 0.05; done; echo done")])
+    task_id = start_step(client, "echo ready; while [ ! -f go ]; do sleep 0.05; done; echo done", b"ready\n")
     go = server.data_dir / "workspace" / task_id / "go"
-    assert wait_until(lambda: client.get(f"/{task_id}/0/log").body == b"ready\n")
     started = time.monotonic()
     followers = Followers(client, f"/{task_id}/0/log?follow=true", 1000)
     try:
@@ -233,8 +230,7 @@ def test_a_thousand_followers_are_all_served_and_all_end_with_the_step(start_ser
 def test_p99_of_a_normal_client_beside_drips_and_followers(start_server):
     server = start_server("--read_timeout", "30s")
     client = server.client
-    task_id = client.submit([sh("echo ready; sleep 60")])
-    assert wait_until(lambda: client.get(f"/{task_id}/0/log").body == b"ready\n")
+    task_id = start_step(client, "echo ready; sleep 60", b"ready\n")
     followers = Followers(client, f"/{task_id}/0/log?follow=true", 200)
     try:
         with drippers(client, 100, every=1.0):
