@@ -39,6 +39,7 @@ from .security import Guard, audit
 from .streams import Handoff, StreamHub
 
 log = logging.getLogger(__name__)
+Answer = str | bottle.HTTPResponse  # what a route returns to Bottle
 _DIGITS = re.compile(r"[0-9]+")
 MAX_OFFSET = 1 << 62  # fits os.lseek
 _TRUE = {"true", "1", "yes", "on"}
@@ -59,10 +60,19 @@ def request_language(default: str) -> str:
     return language_of(bottle.request.environ, default)
 
 
-def json_response(code: int, msg: str, data: Any = None, headers: dict[str, str] | None = None) -> bottle.HTTPResponse:
-    status = _STATUS_OF_CODE.get(code, 200)
-    all_headers = {"Content-Type": JSON_TYPE, **(headers or {})}
-    return bottle.HTTPResponse(body=render.envelope(code, msg, data), status=status, headers=all_headers)
+def json_response(code: int, msg: str, data: Any = None, headers: dict[str, str] | None = None) -> str:
+    return json_body(render.envelope(code, msg, data), _STATUS_OF_CODE.get(code, 200), headers)
+
+
+def json_body(body: str, status: int = 200, headers: dict[str, str] | None = None) -> str:
+    """A JSON answer: status and headers set on Bottle's response, the body returned (on the read
+    path an HTTPResponse object costs more than rendering the body)."""
+    response = bottle.response
+    response.status = status
+    response.content_type = JSON_TYPE
+    for name, value in (headers or {}).items():
+        response.set_header(name, value)
+    return body
 
 
 def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], float] | None = None) -> Callable:
@@ -73,10 +83,10 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     def lang() -> str:
         return request_language(settings.lang)
 
-    def api(handler: Callable[..., bottle.HTTPResponse]) -> Callable[..., bottle.HTTPResponse]:
+    def api(handler: Callable[..., Answer]) -> Callable[..., Answer]:
         """Turn engine errors into envelopes; never let a traceback reach the client."""
 
-        def wrapper(*args: Any, **kwargs: Any) -> bottle.HTTPResponse:
+        def wrapper(*args: Any, **kwargs: Any) -> Answer:
             try:
                 return handler(*args, **kwargs)
             except (InvalidRequest, ActionRejected) as exc:
@@ -119,29 +129,29 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
 
     @app.get("/healthz")
     @api
-    def healthz() -> bottle.HTTPResponse:
+    def healthz() -> Answer:
         health()
         return json_response(CODE_OK, message("success", lang()), {"status": "ok"})
 
     @app.get("/version")
     @api
-    def version() -> bottle.HTTPResponse:
+    def version() -> Answer:
         return json_response(CODE_OK, message("success", lang()), {"version": __version__})
 
     @app.get("/metrics")
     @api
-    def metrics() -> bottle.HTTPResponse:
+    def metrics() -> Answer:
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return bottle.HTTPResponse(body=executor.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.get("/openapi.json")
-    def openapi_json() -> bottle.HTTPResponse:
+    def openapi_json() -> Answer:
         return bottle.HTTPResponse(body=openapi_body, headers={"Content-Type": JSON_TYPE})
 
     @app.post("/")
     @api
-    def submit() -> bottle.HTTPResponse:
+    def submit() -> Answer:
         query = bottle.request.query
         parallel = _flag(query, "async") or _flag(query, "ansync")
         task_id = query.get("id")
@@ -155,7 +165,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
 
     @app.get("/")
     @api
-    def list_tasks() -> bottle.HTTPResponse:
+    def list_tasks() -> Answer:
         sort = bottle.request.query.get("sort") or "start"
         if sort not in render.SORT_KEYS:
             raise InvalidRequest("bad_sort", value=sort)
@@ -164,12 +174,12 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
 
     @app.get("/<task_id>")
     @api
-    def get_task(task_id: str) -> bottle.HTTPResponse:
+    def get_task(task_id: str) -> Answer:
         language = lang()
         deletions = executor.deletions  # noted before the read (see FinishedResults)
         cached = finished.get(task_id, language, deletions, now())
         if cached is not None:
-            return bottle.HTTPResponse(body=cached, headers={"Content-Type": JSON_TYPE})
+            return json_body(cached)
         result = executor.get(task_id)
         if result is None:
             return json_response(CODE_NOT_FOUND, message("not_found", language))
@@ -179,7 +189,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
 
     @app.delete("/<task_id>")
     @api
-    def delete_task(task_id: str) -> bottle.HTTPResponse:
+    def delete_task(task_id: str) -> Answer:
         try:
             executor.delete(task_id)
         except TaskActive:
@@ -188,25 +198,25 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
 
     @app.put("/<task_id>")
     @api
-    def control_task(task_id: str) -> bottle.HTTPResponse:
+    def control_task(task_id: str) -> Answer:
         executor.control(task_id, bottle.request.query.get("action") or "", None)
         return json_response(CODE_OK, message("success", lang()))
 
     @app.put("/<task_id>/<step>")
     @api
-    def control_step(task_id: str, step: str) -> bottle.HTTPResponse:
+    def control_step(task_id: str, step: str) -> Answer:
         executor.control(task_id, bottle.request.query.get("action") or "", step)
         return json_response(CODE_OK, message("success", lang()))
 
     @app.get("/<task_id>/<step>")
     @api
-    def get_step(task_id: str, step: str) -> bottle.HTTPResponse:
+    def get_step(task_id: str, step: str) -> Answer:
         task, record = executor.step(task_id, step)
         return json_response(*render.step_result_json(record, task, lang(), now()))
 
     @app.get("/<task_id>/<step>/log")
     @api
-    def step_log(task_id: str, step: str) -> bottle.HTTPResponse:
+    def step_log(task_id: str, step: str) -> Answer:
         language = lang()
         index = executor.step(task_id, step, output=False)[1].index
         environ = bottle.request.environ  # raw header text: bottle's headers raise on bytes that are not UTF-8
