@@ -133,3 +133,12 @@ def test_oversized_header_block_is_431_in_the_envelope(client: Client):
     status, answer = envelope_of(raw_request(client, head))
     assert status == 431 and answer["code"] == 431 and "请求头过大" in answer["message"]
     assert client.get("/healthz").status == 200
+
+
+def test_a_body_over_max_body_on_any_route_is_never_drained(client: Client):
+    with socket.create_connection((client.host, client.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 1000)
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes after its answer (bounded by the timeout)
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in answer

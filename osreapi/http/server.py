@@ -64,9 +64,13 @@ class _Request(HTTPRequest):
         if not super().read_request_headers():
             return False
         length = self.inheaders.get(b"Content-Length")
-        if length is not None and not _DIGITS.fullmatch(length.strip()):  # '-1' would read to EOF
+        if length is None:
+            return True
+        if not _DIGITS.fullmatch(length.strip()):  # '-1' would read to EOF
             self._refuse("400 Bad Request", "content_length", value=length.decode("latin-1"))
             return False
+        if int(length) > self.server.osreapi_max_body:
+            self.close_connection = True  # never drain a body this large to keep the connection
         return True
 
     def simple_response(self, status, msg: str = "") -> None:
@@ -118,13 +122,13 @@ class _Server(wsgi.Server):
         self.gateway = _Gateway
         self.osreapi_read_timeout = read_timeout
         self.osreapi_lang = lang
-        self._max_body = max_body
+        self.osreapi_max_body = max_body
         self._max_connections = max_connections
 
     def prepare(self) -> None:
         super().prepare()
         plain = self._connections
-        self._connections = RequestIntake(self, self.osreapi_read_timeout, self._max_body, self._max_connections)
+        self._connections = RequestIntake(self, self.osreapi_read_timeout, self.osreapi_max_body, self._max_connections)
         plain._selector.close()  # its only entry was the listening socket, registered again above
 
     def process_conn(self, conn) -> None:

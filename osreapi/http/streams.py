@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import os
 import selectors
 import socket
 import threading
@@ -74,9 +73,9 @@ class StreamHub:
         self._streams: dict[int, _Stream] = {}
         self._thread: threading.Thread | None = None
         self._selector: selectors.BaseSelector | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r, self._wake_w = socket.socketpair()  # a pipe would not select() on Windows
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
 
     # -- what routes call -----------------------------------------------------------------
 
@@ -94,11 +93,8 @@ class StreamHub:
 
     def wake(self) -> None:
         """A source has new data: tick now rather than at the next tick."""
-        with self._lock:
-            if self._wake_w < 0:
-                return
-            with suppress(BlockingIOError, OSError):
-                os.write(self._wake_w, b"\0")
+        with self._lock, suppress(OSError):  # full (a wake is pending anyway) or closed (stopped)
+            self._wake_w.send(b"\0")
 
     @property
     def count(self) -> int:
@@ -115,10 +111,8 @@ class StreamHub:
         for stream in self._take_incoming():
             self._end(stream)
         with self._lock:
-            if self._wake_w >= 0:
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-                self._wake_r = self._wake_w = -1
+            self._wake_r.close()
+            self._wake_w.close()
 
     # -- hand-off (worker thread) ---------------------------------------------------------
 
@@ -158,8 +152,8 @@ class StreamHub:
                 for key, mask in self._selector.select(timeout=self._tick):
                     if key.data is None:
                         woken = True
-                        with suppress(BlockingIOError):
-                            os.read(self._wake_r, 4096)
+                        with suppress(OSError):
+                            self._wake_r.recv(4096)
                     else:
                         self._on_event(key.data, mask)
                 for stream in self._take_incoming():
