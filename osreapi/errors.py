@@ -19,7 +19,7 @@ class Refusal(OsreapiError):
     """Something a client asked for is refused. The message is a key of the vocabulary table with
     its values, rendered in the caller's language by text(); str() is the English text."""
 
-    def __init__(self, key: str, *, step: int | None = None, **values: object) -> None:
+    def __init__(self, key: str, /, *, step: int | None = None, **values: object) -> None:
         phrase = Phrase(key, values)
         self.phrase = phrase if step is None else Phrase("at_step", {"index": step, "text": phrase})
         super().__init__(self.phrase.render("en"))

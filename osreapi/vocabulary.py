@@ -171,7 +171,7 @@ _MESSAGES.update({
 })
 
 
-def message(key: str, lang: str = DEFAULT_LANGUAGE, **values: object) -> str:
+def message(key: str, lang: str = DEFAULT_LANGUAGE, /, **values: object) -> str:
     return _MESSAGES[key][_lang_index(lang)].format(**values)
 
 

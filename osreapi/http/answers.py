@@ -30,7 +30,7 @@ def refuse(start_response: Callable, status: str, code: int, text: str, headers:
     return [body]
 
 
-def raw_refusal(status: str, key: str, lang: str, retry_after: int | None = None, **values: object) -> bytes:
+def raw_refusal(status: str, key: str, lang: str, /, retry_after: int | None = None, **values: object) -> bytes:
     """A whole HTTP/1.1 response with the envelope, for answers given below the WSGI application
     (the server's parser, the request intake); the connection closes after it."""
     body = envelope(int(status[:3]), message(key, lang, **values)).encode("utf-8")

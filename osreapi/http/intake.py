@@ -241,7 +241,7 @@ def _pending(conn) -> _Pending:
     return pending
 
 
-def refuse(conn, status: str, key: str, server, retry_after: int | None = None, **values: object) -> None:
+def refuse(conn, status: str, key: str, server, /, retry_after: int | None = None, **values: object) -> None:
     """Answer with the envelope without blocking (it fits the socket buffer, or is dropped) and close."""
     payload = raw_refusal(status, key, server.osreapi_lang, retry_after=retry_after, **values)
     with suppress(OSError):

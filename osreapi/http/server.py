@@ -92,7 +92,7 @@ class _Request(HTTPRequest):
         else:
             self._refuse(status, "bad_http", detail=msg or status[4:])
 
-    def _refuse(self, status: str, key: str, retry_after: int | None = None, **values: object) -> None:
+    def _refuse(self, status: str, key: str, /, retry_after: int | None = None, **values: object) -> None:
         self.close_connection = True
         lang = normalize_language(self.inheaders.get(b"Accept-Language", b"").decode("latin-1")) or self.server.osreapi_lang
         try:
