@@ -142,3 +142,16 @@ def test_a_body_over_max_body_on_any_route_is_never_drained(client: Client):
         while chunk := sock.recv(65536):  # the server closes after its answer (bounded by the timeout)
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in answer
+
+
+def test_a_chunked_body_is_read_whole_and_limited_by_max_body(make_server):
+    client = make_server(settings=HttpSettings(max_body=200))
+    body = json.dumps([sh("echo chunked")]).encode()
+    chunks = b"".join(b"%x\r\n%b\r\n" % (len(part), part) for part in (body[:10], body[10:])) + b"0\r\n\r\n"
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    status, answer = envelope_of(raw_request(client, head, chunks))
+    assert status == 200 and answer["code"] == 0
+    assert client.wait(answer["data"]["id"]).json["data"][0]["message"] == "chunked\n"
+    big = json.dumps([sh("echo " + "x" * 300)]).encode()
+    status, answer = envelope_of(raw_request(client, head, b"%x\r\n%b\r\n0\r\n\r\n" % (len(big), big)))
+    assert status == 413 and answer["code"] == 413

@@ -9,6 +9,7 @@ import ssl
 import threading
 
 import bottle
+import psutil
 import pytest
 
 from osreapi.http.server import HttpServer
@@ -124,3 +125,30 @@ def test_log_follow_over_tls_is_served_by_the_worker_fallback(start_server, tmp_
         assert resp.status == 200 and resp.read() == b"a\nb\n"
     finally:
         conn.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_follower_that_does_not_read_costs_the_server_no_more_than_its_buffer(start_server):
+    server = start_server("--max_output", "4KiB")  # GET /<id> while waiting stays small
+    client = server.client
+    size = 40_000_000
+    task_id = client.submit([{"command_type": "sh", "command_content": f"head -c {size} /dev/zero | tr '\\0' x"}])
+    process = psutil.Process(server.proc.pid)
+    before = process.memory_info().rss
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect((client.host, client.port))
+    with sock:
+        sock.sendall(f"GET /{task_id}/0/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        client.wait(task_id)  # the whole output is written while the follower reads nothing
+        grown = process.memory_info().rss - before
+        received = bytearray()
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    body = bytes(received).partition(b"\r\n\r\n")[2]
+    assert body.endswith(b"0\r\n\r\n")
+    payload = b"".join(body.split(b"\r\n")[1::2])  # chunk data between the size lines (no CRLF in it)
+    print(f"\nserver RSS grew {grown / 1e6:.1f} MB while a follower of a {size / 1e6:.0f} MB log read nothing")
+    assert grown < 10_000_000
+    assert payload[:size] == b"x" * size and b"over the 4096-byte cap" in payload[size:]

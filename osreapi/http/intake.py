@@ -204,6 +204,14 @@ class RequestIntake(ConnectionManager):
         self._dispatch_waiting()
         return True
 
+    def close(self) -> None:
+        with self._whole_lock:
+            waiting, self._whole = list(self._whole), deque()
+        for conn in waiting:
+            with suppress(OSError):
+                conn.close()
+        super().close()
+
     def _dispatch_waiting(self) -> None:
         """Give whole requests to the workers' queue, oldest first, while it has room (a burst of
         requests waits here, bounded by max_connections, rather than being refused)."""

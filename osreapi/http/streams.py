@@ -57,6 +57,7 @@ class _Stream:
     out: bytearray
     last_sent: float
     ending: bool = False
+    more: bool = False  # the last pull stopped at the high-water mark, not at the source's end
     events: int = field(default=selectors.EVENT_READ)
 
 
@@ -188,26 +189,40 @@ class StreamHub:
                 return
         if mask & selectors.EVENT_WRITE:
             self._flush(stream)
+            if id(stream) in self._streams and len(stream.out) < HIGH_WATER // 2:
+                self._pull(stream, time.monotonic())  # the reader keeps up: do not wait for the tick
 
     def _pull(self, stream: _Stream, now: float) -> None:
-        if stream.ending or len(stream.out) >= HIGH_WATER:
-            return
+        """Take what the source has, up to the high-water mark, and send it."""
+        pulled = False
+        stream.more = False
+        while not stream.ending:
+            if len(stream.out) >= HIGH_WATER:
+                stream.more = True  # the source may hold more: pull again as soon as the socket drains
+                break
+            data, done = self._read(stream, now, idle=not pulled)
+            if data:
+                stream.out += _frame(data) if stream.chunked else data
+                stream.last_sent = now
+                pulled = True
+            if done:
+                stream.ending = True
+                if stream.chunked:
+                    stream.out += b"0\r\n\r\n"
+            if not data:
+                break
+        if pulled or stream.ending:
+            self._flush(stream)
+
+    def _read(self, stream: _Stream, now: float, idle: bool) -> tuple[bytes, bool]:
         try:
             data, done = stream.source.read()
-            if not data and now - stream.last_sent >= self._heartbeat:
+            if not data and idle and now - stream.last_sent >= self._heartbeat:
                 data = stream.source.heartbeat()
         except Exception:
             log.exception("stream source failed; ending the stream")
             data, done = b"", True
-        if data:
-            stream.out += _frame(data) if stream.chunked else data
-            stream.last_sent = now
-        if done:
-            stream.ending = True
-            if stream.chunked:
-                stream.out += b"0\r\n\r\n"
-        if data or done:
-            self._flush(stream)
+        return data, done
 
     def _flush(self, stream: _Stream) -> None:
         if id(stream) not in self._streams:
@@ -224,7 +239,7 @@ class StreamHub:
         if not stream.out and stream.ending:
             self._end(stream)
             return
-        wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if stream.out else 0)
+        wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if stream.out or stream.more else 0)
         if wanted != stream.events:
             stream.events = wanted
             self._selector.modify(stream.sock, wanted, stream)
