@@ -135,6 +135,9 @@ class StreamHub:
         request.conn.linger = True
         stream = _Stream(sock, source, chunked, bytearray(head), time.monotonic())
         with self._lock:
+            if self._stopping.is_set():  # the server is stopping: the stream ends before it starts
+                self._end(stream)
+                return
             self._incoming.append(stream)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="osreapi-streams", daemon=True)
