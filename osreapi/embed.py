@@ -239,7 +239,7 @@ class Executor:
         if task is None:
             raise NotFound(f"task {task_id!r} does not exist or has expired")
         if not task.state.finished:
-            raise TaskActive(f"task {task_id!r} is {task.state.value}; kill it or wait for it to end")
+            raise TaskActive(task_id, task.state.value)
 
     def kill(self, task_id: str, step: str | int | None = None) -> None:
         """Kill a task's process trees (its remaining steps are skipped), or one step's."""

@@ -51,6 +51,10 @@ class ActionRejected(Refusal):
 class TaskActive(OsreapiError):
     """The task has not finished: it cannot be deleted (HTTP 409)."""
 
+    def __init__(self, task_id: str, state: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id!r} is {state}; kill it or wait for it to end")
+
 
 class TaskConflict(OsreapiError):
     """A task id is taken by a task with a different submission (HTTP 409)."""

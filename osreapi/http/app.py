@@ -93,6 +93,8 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
                 return json_response(CODE_BAD_REQUEST, exc.text(lang()))
             except TaskConflict as exc:
                 return json_response(CODE_CONFLICT, message("task_conflict", lang(), id=exc.task_id))
+            except TaskActive as exc:
+                return json_response(CODE_CONFLICT, message("task_active", lang(), id=exc.task_id))
             except NotFound:
                 return json_response(CODE_NOT_FOUND, message("not_found", lang()))
             except (EngineBusy, EngineClosed):
@@ -190,10 +192,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     @app.delete("/<task_id>")
     @api
     def delete_task(task_id: str) -> Answer:
-        try:
-            executor.delete(task_id)
-        except TaskActive:
-            return json_response(CODE_CONFLICT, message("task_active", lang(), id=task_id))
+        executor.delete(task_id)
         return json_response(CODE_OK, message("success", lang()))
 
     @app.put("/<task_id>")
