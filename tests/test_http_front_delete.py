@@ -59,3 +59,17 @@ def test_deleted_id_is_free_again_and_leaves_no_expiry_entry(make_server):
 def test_delete_of_an_unknown_task_is_404_in_the_envelope(client: Client):
     resp = client.request("DELETE", "/no-such-task")
     assert resp.status == 404 and resp.json == {"code": 1003, "message": "id不存在, 沒有数据"}
+
+
+def test_executor_delete_raises_for_a_running_or_unknown_task(executor):
+    from osreapi.errors import NotFound, TaskActive
+
+    task_id = executor.submit([sh("sleep 30")])
+    with pytest.raises(TaskActive):
+        executor.delete(task_id)
+    executor.kill(task_id)
+    executor.wait(task_id, 10)
+    executor.delete(task_id)
+    assert executor.get(task_id) is None and not executor.config.workspace(task_id).exists()
+    with pytest.raises(NotFound):
+        executor.delete(task_id)
