@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from osreapi.errors import NotFound, TaskActive
+
 from .conftest import Client, sh, start_step
 
 
@@ -62,8 +64,6 @@ def test_delete_of_an_unknown_task_is_404_in_the_envelope(client: Client):
 
 
 def test_executor_delete_raises_for_a_running_or_unknown_task(executor):
-    from osreapi.errors import NotFound, TaskActive
-
     task_id = executor.submit([sh("sleep 30")])
     with pytest.raises(TaskActive):
         executor.delete(task_id)
