@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from osreapi.http.intake import request_ready
+from osreapi.http.intake import ChunkWalk, request_ready
 
 HEAD = b"POST / HTTP/1.1\r\nHost: x\r\n"
 
@@ -32,3 +32,14 @@ def test_request_ready(data: bytes, ready: bool, body: int):
 
 def test_a_head_over_max_header_goes_to_the_parser_to_be_refused():
     assert request_ready(b"GET / HTTP/1.1\r\nX: " + b"y" * 5000, max_header=4096, max_body=1000) == (True, 0)
+
+
+def test_a_chunked_body_is_walked_once_across_reads():
+    walk = ChunkWalk()
+    data = bytearray(HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
+    for _ in range(3000):  # 3,000 one-byte chunks arriving one by one
+        data += b"1\r\nx\r\n"
+        assert request_ready(data, 4096, 100_000, walk) == (False, 100_000)
+    assert walk.total == 3000 and walk.pos == len(data)
+    data += b"0\r\n\r\n"
+    assert request_ready(data, 4096, 100_000, walk) == (True, 100_000)

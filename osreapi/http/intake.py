@@ -35,7 +35,17 @@ _RECV = 64 * 1024
 _CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\S*)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.IGNORECASE | re.MULTILINE)
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,15}")
 _EXPECT = re.compile(rb"^expect:[ \t]*100-continue", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass
+class ChunkWalk:
+    """How far a chunked body has been checked, so that each new read resumes there (a body of
+    many tiny chunks is walked once, not once per read)."""
+
+    pos: int = 0  # where the next chunk-size line starts (0: at the body's start)
+    total: int = 0  # body bytes in the chunks checked so far
 
 
 @dataclass
@@ -46,9 +56,12 @@ class _Pending:
     started: float | None = None  # when its first byte arrived
     body: int = 0  # body bytes the head announced (for the deadline)
     continued: bool = False  # "100 Continue" sent for this request
+    walk: ChunkWalk = field(default_factory=ChunkWalk)
 
 
-def request_ready(data: bytes | bytearray, max_header: int, max_body: int) -> tuple[bool, int]:
+def request_ready(
+    data: bytes | bytearray, max_header: int, max_body: int, walk: ChunkWalk | None = None
+) -> tuple[bool, int]:
     """(whether a worker can take the request now, the body size its head announces).
     Ready means: head and body are complete, or the request is too large or malformed, so that the
     worker's parser answers it at once (413/431/400) without waiting on the client."""
@@ -58,7 +71,7 @@ def request_ready(data: bytes | bytearray, max_header: int, max_body: int) -> tu
     head = bytes(data[:head_end])
     body_start = head_end + 4
     if _CHUNKED.search(head):  # its size is unknown: it may take as long as the largest body
-        return _chunked_ready(data, body_start, max_body), max_body
+        return _chunked_ready(data, body_start, max_body, walk or ChunkWalk()), max_body
     match = _CONTENT_LENGTH.search(head)
     if match is None:
         return True, 0
@@ -75,26 +88,27 @@ def _expects_continue(data: bytes | bytearray) -> bool:
     return _EXPECT.search(head) is not None
 
 
-def _chunked_ready(data: bytes | bytearray, pos: int, max_body: int) -> bool:
-    """Walk the chunks buffered so far: ready at the last chunk's trailer end, or when malformed or
-    over max_body (the worker answers those)."""
-    total = 0
+def _chunked_ready(data: bytes | bytearray, body_start: int, max_body: int, walk: ChunkWalk) -> bool:
+    """Walk the chunks buffered since the last walk: ready at the last chunk's trailer end, or when
+    malformed or over max_body (the worker answers those)."""
+    pos = walk.pos or body_start
     while True:
         line_end = data.find(b"\r\n", pos)
         if line_end < 0:
             return len(data) - pos > 1024  # a chunk-size line is short
         size_text = bytes(data[pos:line_end]).split(b";", 1)[0].strip()
-        if not re.fullmatch(rb"[0-9a-fA-F]{1,15}", size_text):
+        if not _CHUNK_SIZE.fullmatch(size_text):
             return True
         size = int(size_text, 16)
         if size == 0:
             return data.find(b"\r\n\r\n", line_end) >= 0
-        total += size
-        if total > max_body:
+        if walk.total + size > max_body:
             return True
-        pos = line_end + 2 + size + 2
-        if pos > len(data):
+        end = line_end + 2 + size + 2
+        if end > len(data):
             return False
+        pos = walk.pos = end
+        walk.total += size
 
 
 class RequestIntake(ConnectionManager):
@@ -182,11 +196,10 @@ class RequestIntake(ConnectionManager):
             pending.started = now
         pending.data += chunk
         conn.last_used = now
-        if self._take_if_ready(conn, pending, sock_fd):
-            return
+        self._take_if_ready(conn, pending, sock_fd)
 
     def _take_if_ready(self, conn, pending: _Pending, sock_fd: int | None = None) -> bool:
-        ready, pending.body = request_ready(pending.data, self.server.max_request_header_size, self._max_body)
+        ready, pending.body = request_ready(pending.data, self.server.max_request_header_size, self._max_body, pending.walk)
         if not ready:
             if pending.body and not pending.continued and _expects_continue(pending.data):
                 pending.continued = True  # the client waits for this before it sends the body
@@ -197,9 +210,7 @@ class RequestIntake(ConnectionManager):
             self._selector.unregister(sock_fd)
         rfile = conn.rfile
         rfile._read_buf, rfile._read_pos = bytes(pending.data) + rfile._read_buf[rfile._read_pos :], 0
-        pending.data = bytearray()
-        pending.started = None
-        pending.continued = False
+        conn.osreapi_pending = _Pending()  # the next request starts afresh
         self._whole.append(conn)
         self._dispatch_waiting()
         return True
