@@ -127,6 +127,74 @@ class Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+BARE_SERVER = """
+import json, sys
+import bottle
+from cheroot import wsgi
+
+app = bottle.Bottle()
+
+@app.get("/<task_id>")
+def get(task_id):
+    bottle.response.content_type = "application/json; charset=utf-8"
+    return json.dumps({"code": 0, "message": "成功", "data": [{"step": 0, "name": task_id}]}, ensure_ascii=False)
+
+server = wsgi.Server(("127.0.0.1", 0), app, numthreads=32)
+server.prepare()
+print(server.bind_addr[1], flush=True)
+server.serve()
+"""
+
+
+class BareServer:
+    """A bare Bottle handler on cheroot (same thread count as ours): the framework's ceiling."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", BARE_SERVER], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+        self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def wrk_rate(url: str, seconds: int) -> float:
+    """Requests per second wrk measures (2 threads, 8 connections) on one URL."""
+    out = subprocess.run(["wrk", "-t2", "-c8", f"-d{seconds}s", url], capture_output=True, text=True,
+                         timeout=seconds + 60)
+    match = re.search(r"Requests/sec:\s*([0-9.]+)", out.stdout)
+    if out.returncode != 0 or not match:
+        raise RuntimeError(f"wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+    if re.search(r"Non-2xx or 3xx responses", out.stdout):
+        raise RuntimeError(f"wrk saw errors on {url}: {out.stdout[-500:]}")
+    return float(match.group(1))
+
+
+def wrk_figures(report: "Report", url: str, task_id: str, seconds: int) -> None:
+    """GET /<id> and GET /healthz beside the bare ceiling, measured in turns (best of two rounds,
+    so that a neighbour's burst on a shared machine does not decide the ratio)."""
+    if shutil.which("wrk") is None:
+        report.add("wrk: skipped (wrk is not installed; apt-get install wrk)", 0, "")
+        return
+    bare = BareServer()
+    try:
+        targets = {"bare": f"{bare.url}/{task_id}", "get": f"{url}/{task_id}", "healthz": f"{url}/healthz"}
+        best = dict.fromkeys(targets, 0.0)
+        for _ in range(2):
+            for name, target in targets.items():
+                best[name] = max(best[name], wrk_rate(target, seconds))
+    finally:
+        bare.stop()
+    report.add("wrk: bare Bottle-on-cheroot handler (ceiling)", best["bare"], "req/s")
+    for name, figure in (("get", "wrk: GET /<id> of a finished task"), ("healthz", "wrk: GET /healthz")):
+        share = best[name] / best["bare"]
+        report.add(figure, best[name], "req/s", "≥ 90% of bare", of_bare=f"{share:.0%}")
+
+
 class Report:
     def __init__(self) -> None:
         self.rows: list[dict] = []
@@ -282,6 +350,8 @@ def run(args: argparse.Namespace) -> Report:
             list(pool.map(lambda _: getter(), range(8)))
         report.add("get: GET /<id>, 8 keep-alive clients", sum(counts) / duration, "req/s", "≥ 3,000 req/s",
                    median_ms=round(statistics.median(latencies), 3))
+
+        wrk_figures(report, url, finished, 2 if quick else 5)
 
         # burst
         burst = 1000 if quick else 10_000

@@ -22,10 +22,12 @@ from .actors.delivery import tell_if_alive
 from .actors.messages import (
     ControlTask,
     CreateTask,
+    DeleteTask,
     Enqueue,
     Flush,
     GetStats,
     InterruptAll,
+    Ping,
     SaveRecords,
     SweepExpired,
 )
@@ -37,7 +39,7 @@ from .actors.store import StoreActor
 from .actors.supervisor import SupervisorActor
 from .actors.timers import Scheduler
 from .config import EngineConfig
-from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound
+from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive, TaskConflict
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.output import read_output
@@ -50,7 +52,7 @@ from .storage.lock import lock_data_dir
 from .vocabulary import State
 
 log = logging.getLogger(__name__)
-_DIGITS = re.compile(r"[0-9]+")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 Listener = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
@@ -171,7 +173,7 @@ class Executor:
         """Validate and queue a task; return its id. mode: None or "sequential" (in order),
         "parallel", or "dag"; any step with depends_on makes it a DAG whatever the mode."""
         if mode not in (None, "sequential", "parallel", "dag"):
-            raise InvalidRequest(f"mode: unknown value {mode!r} (use sequential, parallel or dag)")
+            raise InvalidRequest("bad_mode", value=mode)
         return self.submit_task(steps, parallel=mode in ("parallel", "dag"), task_id=task_id).id
 
     def submit_task(
@@ -186,6 +188,8 @@ class Executor:
         records = tuple(StepRecord(index=i, name=s.name) for i, s in enumerate(specs))
         existing = self._ask(self._store, CreateTask(task, records, specs))
         if existing is not None:
+            if existing.mode != task.mode or self._db.get_specs(task_id) != specs:
+                raise TaskConflict(task_id)
             return Submitted(existing.id, existing.count, created=False)
         self._supervisor.tell(Enqueue(task_id))
         return Submitted(task_id, len(specs), created=True)
@@ -198,6 +202,12 @@ class Executor:
             return None
         return TaskResult(task, tuple(self._with_output(task_id, step) for step in steps))
 
+    @property
+    def deletions(self) -> int:
+        """How many tasks have been deleted (by DELETE or expiry); a finished task's records never
+        change otherwise, so a cache of them is valid while this count holds."""
+        return self._db.deletions
+
     def step(self, task_id: str, step: str | int, output: bool = True) -> tuple[TaskRecord, StepRecord]:
         """One step by index or name (a running one with its output so far, unless output=False);
         raises NotFound."""
@@ -207,10 +217,14 @@ class Executor:
 
     def _load(self, task_id: str) -> tuple[TaskRecord, list[StepRecord]]:
         """The stored records, as they are (no log read); NotFound when unknown or expired."""
-        task = self._db.get_task(task_id)
+        task, steps = self._db.get_task_and_steps(task_id)
+        return self._live(task_id, task), steps
+
+    def _live(self, task_id: str, task: TaskRecord | None) -> TaskRecord:
+        """The task, unless it is unknown or expired (NotFound)."""
         if task is None or self._expired(task):
             raise NotFound(f"task {task_id!r} does not exist or has expired")
-        return task, self._db.get_steps(task_id)
+        return task
 
     def _with_output(self, task_id: str, step: StepRecord) -> StepRecord:
         if step.state is not State.RUNNING:
@@ -230,12 +244,14 @@ class Executor:
         """kill / pause / resume a task, or one step (by index or name); returns once the processes
         are signalled and the change is on disk. Raises NotFound for an unknown task or step,
         ActionRejected when the action does not apply, DiskFull when it cannot be recorded."""
+        if not action:
+            raise ActionRejected("no_action", actions=", ".join(ACTIONS))
         if action not in ACTIONS:
-            raise ActionRejected(f"action: unknown value {action!r} (use kill, pause or resume)")
+            raise ActionRejected("bad_action", value=action, actions=", ".join(ACTIONS))
         task, steps = self._load(task_id)
         index = None if step is None else self._step_index(steps, step)
         if task.state.finished:
-            raise ActionRejected(f"the task has ended ({task.state.value}); {action} does not apply")
+            raise ActionRejected("task_ended", state=task.state, action=action)
         self._check_open()
         reply = Reply()
         if not tell_if_alive(self._supervisor, ControlTask(task_id, action, index, reply)):
@@ -244,6 +260,20 @@ class Executor:
             reply.get(timeout=self.config.call_timeout)
         except pykka.Timeout:
             raise EngineBusy(f"the engine did not answer within {self.config.call_timeout:g}s") from None
+        except ActionRejected as exc:  # expected: one line, no traceback
+            log.info("%s of %s refused: ActionRejected: %s", action, task_id, exc)
+            raise
+
+    def delete(self, task_id: str) -> None:
+        """Remove a finished task's record and workspace. Raises NotFound for an unknown or expired
+        task, TaskActive for one that has not finished."""
+        self._check_open()
+        self._live(task_id, self._db.get_task(task_id))  # an expired record is gone already for callers
+        task = self._ask(self._store, DeleteTask(task_id))
+        if task is None:
+            raise NotFound(f"task {task_id!r} does not exist or has expired")
+        if not task.state.finished:
+            raise TaskActive(task_id, task.state.value)
 
     def kill(self, task_id: str, step: str | int | None = None) -> None:
         """Kill a task's process trees (its remaining steps are skipped), or one step's."""
@@ -257,10 +287,12 @@ class Executor:
 
     @staticmethod
     def _step_index(steps: list[StepRecord] | tuple[StepRecord, ...], step: str | int) -> int:
-        if isinstance(step, int) or (isinstance(step, str) and _DIGITS.fullmatch(step)):
-            index = int(step)
+        if isinstance(step, int) or _ASCII_DIGITS.fullmatch(step):
+            index = int(step) if len(str(step)) <= 9 else -1  # longer: past any step, and int() stays cheap
             if 0 <= index < len(steps):
                 return index
+        elif step.isdigit():  # '²', '①': digits to str.isdigit(), never a step name (spec refuses those)
+            raise InvalidRequest("bad_step_ref", ref=step)
         else:
             for record in steps:
                 if record.name == step:
@@ -272,7 +304,7 @@ class Executor:
         unless the supervisor and the store answer."""
         self._check_open()
         self._ask(self._supervisor, GetStats())
-        self._ask(self._store, Flush())
+        self._ask(self._store, Ping())  # not Flush: a health probe must not cost an fsync
         return "disk full" if self._disk_full.is_set() else "ok"
 
     def stats(self) -> dict[str, int]:

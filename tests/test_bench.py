@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,5 +31,12 @@ def test_quick_benchmark_prints_every_figure(tmp_path):
         assert figure in names, figure
     burst = next(row for row in rows if row["figure"].startswith("burst:") and "drain" in row["figure"])
     assert burst["lost"] == 0 and burst["sampled_codes"] == {"0": sum(burst["sampled_codes"].values())}
+    if shutil.which("wrk"):
+        wrk = {row["figure"]: row for row in rows if row["figure"].startswith("wrk:")}
+        assert set(wrk) == {"wrk: bare Bottle-on-cheroot handler (ceiling)", "wrk: GET /<id> of a finished task",
+                            "wrk: GET /healthz"}
+        assert all(row["value"] > 0 for row in wrk.values())
+    else:
+        assert any(row["figure"].startswith("wrk: skipped") for row in rows)
     assert "| figure | value | × floor | target |" in out.stdout
     assert not list(tmp_path.iterdir())  # the temporary data dir is removed

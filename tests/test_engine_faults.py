@@ -112,8 +112,8 @@ def test_kill_does_not_block_the_step_and_a_pause_meanwhile_is_refused(make_serv
     task_id = client.submit([sh("trap '' TERM; echo $$ > pid; sleep 30", name="a")])
     pid = read_pid(client.executor.config.workspace(task_id) / "pid")
     assert put(client, f"/{task_id}/a", "kill").status == 200
-    during = put(client, f"/{task_id}/a", "pause")  # inside the 3 s grace: TERM is ignored
-    assert during.status == 400 and "killed" in during.json["message"]
+    during = put(client, f"/{task_id}/a", "pause&lang=en")  # inside the 3 s grace: TERM is ignored
+    assert during.status == 400 and "being killed" in during.json["message"]
     assert state_of(client, task_id, "a") != "paused"
     body = client.wait(task_id).json
     assert [(s["state"], s["code"]) for s in body["data"]] == [("已终止", 137)]

@@ -168,3 +168,8 @@ def test_round_trip_json():
     from osreapi.spec import StepSpec
 
     assert tuple(StepSpec.from_json(json.loads(json.dumps(s.to_json()))) for s in steps) == steps
+
+
+def test_a_refused_env_value_names_its_key():
+    msg = error([step(env_vars={"KEY": {}})])
+    assert msg == "step 0: env_vars['KEY'] must be a string"

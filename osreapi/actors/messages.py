@@ -47,8 +47,21 @@ class RetryUnsaved:
 
 
 @dataclass(frozen=True)
+class DeleteTask:
+    """ask: remove a finished task's records and workspace. Answers the task as it was (None when
+    unknown); a task that has not finished is answered and left alone."""
+
+    task_id: str
+
+
+@dataclass(frozen=True)
 class SweepExpired:
     pass
+
+
+@dataclass(frozen=True)
+class Ping:
+    """ask: answered at once (liveness), with no disk work."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ..errors import DiskFull
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
 from .delivery import tell_if_alive
-from .messages import CreateTask, Flush, RetryUnsaved, SaveRecords, SweepExpired
+from .messages import CreateTask, DeleteTask, Flush, Ping, RetryUnsaved, SaveRecords, SweepExpired
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 100
@@ -56,6 +56,10 @@ class StoreActor(pykka.ThreadingActor):
                 self._save(message)
             case CreateTask(task=task, steps=steps, specs=specs):
                 return self._create(task, steps, specs)
+            case DeleteTask(task_id=task_id):
+                return self._delete(task_id)
+            case Ping():
+                return None
             case RetryUnsaved():
                 self._retry()
             case SweepExpired():
@@ -75,8 +79,24 @@ class StoreActor(pykka.ThreadingActor):
         if replaced:  # an expired record with this id: its old workspace goes with it
             shutil.rmtree(self._config.workspace(task.id), ignore_errors=True)
         if existing is None:
+            if not self._unsaved:
+                self._disk_full.clear()
             self._on_commit(task.id, task, steps)
         return existing
+
+    def _delete(self, task_id: str) -> TaskRecord | None:
+        """Remove a finished task's records and workspace; answer the task as it was."""
+        task = self._db.get_task(task_id)
+        if task is None or not task.state.finished:
+            return task
+        try:
+            self._db.delete_task(task)
+            self._db.sync()
+        except WRITE_ERRORS as exc:
+            self._failed(exc)
+            raise DiskFull(f"the task could not be deleted: {exc}") from None
+        shutil.rmtree(self._config.workspace(task_id), ignore_errors=True)
+        return task
 
     def _save(self, message: SaveRecords) -> None:
         task, steps = self._merge_unsaved(message.task_id, message.task, message.steps)
@@ -124,8 +144,8 @@ class StoreActor(pykka.ThreadingActor):
         self._disk_full.clear()
 
     def _committed(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
-        if not self._unsaved:
-            self._disk_full.clear()
+        # A small write may fit in freed pages while the disk is still full: only a new task or
+        # the retry of everything refused says there is room again.
         self._on_commit(task_id, task, steps)
 
     def _failed(self, exc: BaseException) -> None:

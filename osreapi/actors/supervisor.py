@@ -82,16 +82,16 @@ class SupervisorActor(pykka.ThreadingActor):
         live = self._live.get(message.task_id)
         if live is not None:
             if not tell_if_alive(live, message):
-                message.reply.fail(ActionRejected("the task has ended"))
+                message.reply.fail(ActionRejected("task_gone", action=message.action))
             return
         task_id = message.task_id
         if task_id not in self._queued and task_id not in self._held:
-            message.reply.fail(ActionRejected("the task is not running here (it has ended or the server is stopping)"))
+            message.reply.fail(ActionRejected("task_not_here"))
             return
         try:
             state = self._controlled.get(task_id) or self._stored_state(task_id)
             if state is None:
-                raise ActionRejected("the task is no longer stored")
+                raise ActionRejected("task_not_here")
             state.control(message.action, message.index, self._services.clock())
         except ActionRejected as exc:
             message.reply.fail(exc)

@@ -118,9 +118,9 @@ class TaskState:
         """Apply kill / pause / resume to the task (index None) or one step; return the active
         steps whose processes must now be signalled. Raises ActionRejected, changing nothing."""
         if action not in ACTIONS:
-            raise ActionRejected(f"action: unknown value {action!r} (use {', '.join(ACTIONS)})")
+            raise ActionRejected("bad_action", value=action, actions=", ".join(ACTIONS))
         if self.task.state.finished or self.ending is not None:
-            raise ActionRejected(f"the task has ended ({self.task.state.value}); {action} does not apply")
+            raise ActionRejected("task_ended", state=self.task.state, action=action)
         if index is None:
             return self._control_task(action, now)
         return self._control_step(action, index, now)
@@ -130,11 +130,11 @@ class TaskState:
             return self.end_all(State.KILLED)
         if action == "pause":
             if self.paused:
-                raise ActionRejected("the task is already paused")
+                raise ActionRejected("task_paused_already")
             self._set_task(state=State.PAUSED)
             return self._set_active_steps(State.RUNNING, State.PAUSED)
         if not self.paused:
-            raise ActionRejected("the task is not paused")
+            raise ActionRejected("task_not_paused")
         self._set_task(state=State.RUNNING if self.task.begin is not None else State.PENDING)
         return self._set_active_steps(State.PAUSED, State.RUNNING)
 
@@ -148,9 +148,9 @@ class TaskState:
     def _control_step(self, action: str, index: int, now: float) -> list[int]:
         step = self.steps[index]
         if step.state.finished:
-            raise ActionRejected(f"step {index} has ended ({step.state.value}); {action} does not apply")
+            raise ActionRejected("step_ended", index=index, state=step.state, action=action)
         if index in self.stopping:
-            raise ActionRejected(f"step {index} is being killed; {action} does not apply")
+            raise ActionRejected("step_being_killed", index=index, action=action)
         if action == "kill":
             if index in self.active:
                 self.stopping[index] = State.KILLED
@@ -160,13 +160,13 @@ class TaskState:
             return []
         if action == "pause":
             if step.state is State.PAUSED or self.paused:
-                raise ActionRejected(f"step {index} is already paused")
+                raise ActionRejected("step_paused_already", index=index)
             self._set_step(step.with_(state=State.PAUSED))
             return [index] if index in self.active else []
         if self.paused:
-            raise ActionRejected("the whole task is paused: resume the task")
+            raise ActionRejected("resume_task_first")
         if step.state is not State.PAUSED:
-            raise ActionRejected(f"step {index} is not paused")
+            raise ActionRejected("step_not_paused", index=index)
         running = index in self.active
         self._set_step(step.with_(state=State.RUNNING if running else State.PENDING))
         return [index] if running else []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -13,12 +15,14 @@ import bottle
 
 from .. import __version__
 from ..embed import Executor
-from ..errors import ActionRejected, DiskFull, EngineBusy, EngineClosed, InvalidRequest, NotFound
+from ..errors import ActionRejected, DiskFull, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive, TaskConflict
 from ..records import StepRecord
 from ..vocabulary import (
     CODE_BAD_REQUEST,
     CODE_BUSY,
     CODE_DISK_FULL,
+    CODE_CONFLICT,
+    CODE_RANGE,
     CODE_INTERNAL,
     CODE_NOT_FOUND,
     CODE_OK,
@@ -29,13 +33,19 @@ from ..vocabulary import (
 )
 from . import openapi, render
 from .answers import JSON_TYPE, language_of, refuse
-from .logstream import LogReader
+from .health import HealthCheck
+from .logstream import LogSource
+from .resultcache import FinishedResults
 from .security import Guard, audit
+from .streams import Handoff, StreamHub
 
 log = logging.getLogger(__name__)
+Answer = str | bottle.HTTPResponse  # what a route returns to Bottle
+_DIGITS = re.compile(r"[0-9]+")
+MAX_OFFSET = 1 << 62  # fits os.lseek
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
-_STATUS_OF_CODE = {CODE_NOT_FOUND: 404, CODE_BAD_REQUEST: 400, CODE_TOO_LARGE: 413, CODE_TOO_MANY: 429,
+_STATUS_OF_CODE = {CODE_NOT_FOUND: 404, CODE_BAD_REQUEST: 400, CODE_CONFLICT: 409, CODE_TOO_LARGE: 413, CODE_RANGE: 416, CODE_TOO_MANY: 429,
                    CODE_INTERNAL: 500, CODE_BUSY: 503, CODE_DISK_FULL: 507}
 
 
@@ -51,10 +61,19 @@ def request_language(default: str) -> str:
     return language_of(bottle.request.environ, default)
 
 
-def json_response(code: int, msg: str, data: Any = None, headers: dict[str, str] | None = None) -> bottle.HTTPResponse:
-    status = _STATUS_OF_CODE.get(code, 200)
-    all_headers = {"Content-Type": JSON_TYPE, **(headers or {})}
-    return bottle.HTTPResponse(body=render.envelope(code, msg, data), status=status, headers=all_headers)
+def json_response(code: int, msg: str, data: Any = None, headers: dict[str, str] | None = None) -> str:
+    return json_body(render.envelope(code, msg, data), _STATUS_OF_CODE.get(code, 200), headers)
+
+
+def json_body(body: str, status: int = 200, headers: dict[str, str] | None = None) -> str:
+    """A JSON answer: status and headers set on Bottle's response, the body returned (on the read
+    path an HTTPResponse object costs more than rendering the body)."""
+    response = bottle.response
+    response.status = status
+    response.content_type = JSON_TYPE
+    for name, value in (headers or {}).items():
+        response.set_header(name, value)
+    return body
 
 
 def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], float] | None = None) -> Callable:
@@ -65,14 +84,18 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     def lang() -> str:
         return request_language(settings.lang)
 
-    def api(handler: Callable[..., bottle.HTTPResponse]) -> Callable[..., bottle.HTTPResponse]:
+    def api(handler: Callable[..., Answer]) -> Callable[..., Answer]:
         """Turn engine errors into envelopes; never let a traceback reach the client."""
 
-        def wrapper(*args: Any, **kwargs: Any) -> bottle.HTTPResponse:
+        def wrapper(*args: Any, **kwargs: Any) -> Answer:
             try:
                 return handler(*args, **kwargs)
             except (InvalidRequest, ActionRejected) as exc:
-                return json_response(CODE_BAD_REQUEST, str(exc))
+                return json_response(CODE_BAD_REQUEST, exc.text(lang()))
+            except TaskConflict as exc:
+                return json_response(CODE_CONFLICT, message("task_conflict", lang(), id=exc.task_id))
+            except TaskActive as exc:
+                return json_response(CODE_CONFLICT, message("task_active", lang(), id=exc.task_id))
             except NotFound:
                 return json_response(CODE_NOT_FOUND, message("not_found", lang()))
             except (EngineBusy, EngineClosed):
@@ -87,8 +110,14 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
 
         return wrapper
 
-    closing = threading.Event()
+    hub = StreamHub(settings.lang)
+    finished = FinishedResults()
+    health = HealthCheck(executor.check_health)
     openapi_body = json.dumps(openapi.document(), ensure_ascii=False)
+
+    @functools.lru_cache(maxsize=1024)  # labels() costs more than the request's own rendering
+    def request_counter(method: str, rule: str, status: int):
+        return executor.metrics.http_requests.labels(method, rule, str(status))
 
     @app.hook("after_request")
     def count_request() -> None:
@@ -96,37 +125,38 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         route = environ.get("bottle.route")
         rule = route.rule if route is not None else "unmatched"
         status = bottle.response.status_code
-        executor.metrics.http_requests.labels(bottle.request.method, rule, str(status)).inc()
-        if bottle.request.method in ("POST", "PUT", "DELETE", "PATCH"):
+        method = environ["REQUEST_METHOD"]
+        request_counter(method, rule, status).inc()
+        if method in ("POST", "PUT", "DELETE", "PATCH"):
             args = environ.get("route.url_args") or {}
             task_id, steps = environ.get("osreapi.submitted", (args.get("task_id"), None))
             audit(environ, route=rule, task_id=task_id, steps=steps, status=status)
 
     @app.get("/healthz")
     @api
-    def healthz() -> bottle.HTTPResponse:
-        status = executor.check_health()  # alive either way; "disk full" while writes are refused
+    def healthz() -> Answer:
+        status = health()  # alive either way; "disk full" while writes are refused
         return json_response(CODE_OK, message("success", lang()), {"status": status})
 
     @app.get("/version")
     @api
-    def version() -> bottle.HTTPResponse:
+    def version() -> Answer:
         return json_response(CODE_OK, message("success", lang()), {"version": __version__})
 
     @app.get("/metrics")
     @api
-    def metrics() -> bottle.HTTPResponse:
+    def metrics() -> Answer:
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return bottle.HTTPResponse(body=executor.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.get("/openapi.json")
-    def openapi_json() -> bottle.HTTPResponse:
+    def openapi_json() -> Answer:
         return bottle.HTTPResponse(body=openapi_body, headers={"Content-Type": JSON_TYPE})
 
     @app.post("/")
     @api
-    def submit() -> bottle.HTTPResponse:
+    def submit() -> Answer:
         query = bottle.request.query
         parallel = _flag(query, "async") or _flag(query, "ansync")
         task_id = query.get("id")
@@ -140,51 +170,63 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
 
     @app.get("/")
     @api
-    def list_tasks() -> bottle.HTTPResponse:
+    def list_tasks() -> Answer:
         sort = bottle.request.query.get("sort") or "start"
         if sort not in render.SORT_KEYS:
-            raise InvalidRequest(f"sort: unknown value {sort!r} (use start, end or ttl)")
+            raise InvalidRequest("bad_sort", value=sort)
         tasks = executor.list()
         return bottle.HTTPResponse(body=render.list_body(tasks, sort, lang(), now()), headers={"Content-Type": JSON_TYPE})
 
     @app.get("/<task_id>")
     @api
-    def get_task(task_id: str) -> bottle.HTTPResponse:
+    def get_task(task_id: str) -> Answer:
         language = lang()
+        deletions = executor.deletions  # noted before the read (see FinishedResults)
+        cached = finished.get(task_id, language, deletions, now())
+        if cached is not None:
+            return json_body(cached)
         result = executor.get(task_id)
         if result is None:
             return json_response(CODE_NOT_FOUND, message("not_found", language))
+        finished.put(result.task, result.steps, language, deletions)
         code, msg, data = render.result_json(result.task, result.steps, language, now())
         if _flag(bottle.request.query, "detail"):  # ours: every step, with its dependencies
             data = render.detail_json(result.task, result.steps, executor.specs(task_id), language, now())
         return json_response(code, msg, data)
 
+    @app.delete("/<task_id>")
+    @api
+    def delete_task(task_id: str) -> Answer:
+        executor.delete(task_id)
+        return json_response(CODE_OK, message("success", lang()))
+
     @app.put("/<task_id>")
     @api
-    def control_task(task_id: str) -> bottle.HTTPResponse:
+    def control_task(task_id: str) -> Answer:
         executor.control(task_id, bottle.request.query.get("action") or "", None)
         return json_response(CODE_OK, message("success", lang()))
 
     @app.put("/<task_id>/<step>")
     @api
-    def control_step(task_id: str, step: str) -> bottle.HTTPResponse:
+    def control_step(task_id: str, step: str) -> Answer:
         executor.control(task_id, bottle.request.query.get("action") or "", step)
         return json_response(CODE_OK, message("success", lang()))
 
     @app.get("/<task_id>/<step>")
     @api
-    def get_step(task_id: str, step: str) -> bottle.HTTPResponse:
+    def get_step(task_id: str, step: str) -> Answer:
         task, record = executor.step(task_id, step)
         return json_response(*render.step_result_json(record, task, lang(), now()))
 
     @app.get("/<task_id>/<step>/log")
     @api
-    def step_log(task_id: str, step: str) -> bottle.HTTPResponse:
+    def step_log(task_id: str, step: str) -> Answer:
         language = lang()
         index = executor.step(task_id, step, output=False)[1].index
-        sse = "text/event-stream" in (bottle.request.headers.get("Accept") or "")
+        environ = bottle.request.environ  # raw header text: bottle's headers raise on bytes that are not UTF-8
+        sse = "text/event-stream" in environ.get("HTTP_ACCEPT", "")
         follow = _flag(bottle.request.query, "follow")
-        offset = _offset(bottle.request.query.get("offset"), bottle.request.headers.get("Last-Event-ID") if sse else None)
+        offset = _offset(bottle.request.query.get("offset"), environ.get("HTTP_LAST_EVENT_ID") if sse else None)
 
         def current() -> StepRecord | None:  # polled while following: state only, no log read
             try:
@@ -201,12 +243,15 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
                 return None
             return render.step_json(step_now, task_now, language, now())
 
-        reader = LogReader(executor.log_path(task_id, index), current, closing, executor.config.max_output)
-        if sse:
-            headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
-            return bottle.HTTPResponse(body=reader.sse(offset, follow, end_record), headers=headers)
-        headers = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache"}
-        return bottle.HTTPResponse(body=reader.plain(offset, follow), headers=headers)
+        source = LogSource(executor.log_path(task_id, index), offset, sse=sse, follow=follow, step=current,
+                           end_record=end_record, max_output=executor.config.max_output)
+        if offset > source.size():
+            return json_response(CODE_RANGE, message("offset_past_end", language, offset=offset, size=source.size()))
+        kind = "text/event-stream" if sse else "text/plain"
+        headers = [("Content-Type", f"{kind}; charset=utf-8"), ("Cache-Control", "no-cache")]
+        if follow:
+            return hub.serve(environ, "200 OK", headers, source)
+        return bottle.HTTPResponse(body=hub.drive(source), headers=dict(headers))
 
     @app.error(404)
     def not_found(_: bottle.HTTPError) -> str:
@@ -224,7 +269,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         bottle.response.content_type = JSON_TYPE
         return render.envelope(CODE_INTERNAL, message("internal", lang()))
 
-    return Guard(RequestLimit(app, settings, closing), settings.token, settings.lang)
+    return Guard(RequestLimit(Handoff(app, hub), settings, hub), settings.token, settings.lang)
 
 
 def _flag(query: bottle.FormsDict, name: str) -> bool:
@@ -236,17 +281,22 @@ def _flag(query: bottle.FormsDict, name: str) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise InvalidRequest(f"{name}: expected true or false, got {value!r}")
+    raise InvalidRequest("bad_flag", name=name, value=value)
 
 
 def _offset(query_value: str | None, last_event_id: str | None) -> int:
     for name, value in (("Last-Event-ID", last_event_id), ("offset", query_value)):
         if value is None or value == "":
             continue
-        if not value.strip().isdigit():
-            raise InvalidRequest(f"{name}: expected a byte offset (a whole number >= 0), got {value!r}")
-        return int(value)
+        return _whole_number(name, value.strip(), MAX_OFFSET)
     return 0
+
+
+def _whole_number(name: str, text: str, limit: int) -> int:
+    """ASCII digits only ('²'.isdigit() is true) and at most `limit`, so that lseek and int() never fail."""
+    if not _DIGITS.fullmatch(text) or len(text) > len(str(limit)) or int(text) > limit:
+        raise InvalidRequest("bad_offset", name=name, value=text, limit=limit)
+    return int(text)
 
 
 def _read_body(limit: int) -> bytes | None:
@@ -255,15 +305,14 @@ def _read_body(limit: int) -> bytes | None:
     length = environ.get("CONTENT_LENGTH") or ""
     stream = environ["wsgi.input"]
     if length.strip():
-        try:
-            size = int(length)
-        except ValueError:
-            raise InvalidRequest("Content-Length: not a number") from None
+        if not _DIGITS.fullmatch(length.strip()):  # '-1' would read to EOF, past --max_body
+            raise InvalidRequest("content_length", value=length)
+        size = int(length) if len(length.strip()) <= 18 else limit + 1
         if size > limit:
             return None
         body = _read(stream, size) if size else b""
         if len(body) < size:
-            raise InvalidRequest(f"body: truncated, {len(body)} of {size} bytes arrived")
+            raise InvalidRequest("body_truncated", got=len(body), size=size)
         return body
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         body = _read(stream, limit + 1)
@@ -275,23 +324,23 @@ def _read(stream, size: int) -> bytes:
     try:
         return stream.read(size)
     except (OSError, ValueError) as exc:  # a client that stopped sending or sent a broken chunk
-        raise InvalidRequest(f"body: could not be read ({exc.__class__.__name__})") from None
+        raise InvalidRequest("body_unreadable", reason=exc.__class__.__name__) from None
 
 
 class RequestLimit:
     """WSGI middleware: at most `max_requests` requests in flight; beyond it 429."""
 
-    def __init__(self, app: bottle.Bottle, settings: HttpSettings, closing: threading.Event) -> None:
+    def __init__(self, app: Callable, settings: HttpSettings, hub: StreamHub) -> None:
         self.app = app
-        self.closing = closing  # set when the server stops: open log streams end
-        self._settings = settings
+        self.hub = hub  # streams handed off to it no longer hold a slot
+        self.settings = settings
         self._slots = threading.BoundedSemaphore(settings.max_requests) if settings.max_requests > 0 else None
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if self._slots is None:
             return self.app(environ, start_response)
         if not self._slots.acquire(blocking=False):
-            text = message("too_many_requests", language_of(environ, self._settings.lang))
+            text = message("too_many_requests", language_of(environ, self.settings.lang))
             return refuse(start_response, "429 Too Many Requests", CODE_TOO_MANY, text)
         try:
             result = self.app(environ, start_response)

@@ -71,7 +71,9 @@ STEP_INPUT = {
         "name": {"type": "string"},
         "depends_on": {"type": "array", "items": {"type": "string"}},
         "timeout": {"type": "string", "description": "Go duration, e.g. 30s"},
+        "keep_background": {"type": "boolean", "description": "let background processes outlive the step"},
     },
+    "additionalProperties": False,
 }
 
 TASK_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -88,6 +90,9 @@ COMMON_ERRORS = {
     "401": _json(ERROR, "a token is configured and the request lacks it (WWW-Authenticate: Bearer)"),
     "403": _json(ERROR, "protected mode: no token is configured and the client is not on loopback"),
     "429": _json(ERROR, "too many requests"),
+    "408": _json(ERROR, "the request did not arrive whole within --read_timeout"),
+    "431": _json(ERROR, "request header block over --max_header"),
+    "503": _json(ERROR, "engine busy, or too many connections (Retry-After)"),
     "503": _json(ERROR, "engine busy"),
     "507": _json(ERROR, "the disk is full: nothing could be stored (code 507); reads go on working"),
 }
@@ -127,6 +132,7 @@ def document() -> dict[str, Any]:
                         "type": "array", "minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/StepInput"}}}}},
                     "responses": {
                         "200": _json({"$ref": "#/components/schemas/Submitted"}, "accepted"),
+                        "409": _json(ERROR, "the id names a task with a different submission (code 409)"),
                         "413": _json(ERROR, "body too large"),
                         **COMMON_ERRORS,
                     },
@@ -140,6 +146,17 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": _json({"$ref": "#/components/schemas/Result"}, "0 all succeeded, 1001 running, 1002 failed"),
                         "404": _json(ERROR, "unknown or expired (code 1003)"),
+                        **COMMON_ERRORS,
+                    },
+                },
+                "delete": {
+                    "summary": "Remove a finished task's record and workspace",
+                    "operationId": "deleteTask",
+                    "parameters": [TASK_ID, LANG],
+                    "responses": {
+                        "200": _json(_envelope(codes=[0]), "removed"),
+                        "404": _json(ERROR, "unknown or expired (code 1003)"),
+                        "409": _json(ERROR, "the task has not ended (code 409)"),
                         **COMMON_ERRORS,
                     },
                 },
@@ -191,6 +208,7 @@ def document() -> dict[str, Any]:
                             "text/plain": {"schema": {"type": "string"}},
                             "text/event-stream": {"schema": {"type": "string"}}}},
                         "404": _json(ERROR, "unknown task or step"),
+                        "416": _json(ERROR, "offset past the end of the output (code 416)"),
                         **COMMON_ERRORS,
                     },
                 },

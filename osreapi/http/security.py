@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -43,6 +44,7 @@ def load_token(token: str | None, token_file: str | None, environ: dict[str, str
     return from_env or None
 
 
+@functools.lru_cache(maxsize=1024)  # asked on every request; clients are few
 def is_loopback(address: str | None) -> bool:
     if not address:
         return False
@@ -70,7 +72,7 @@ class Guard:
         self._identity = token_hint(token) if token else "loopback"
         self._default_lang = default_lang
 
-    def __getattr__(self, name: str):  # expose the inner app's attributes (e.g. `closing`)
+    def __getattr__(self, name: str):  # expose the inner app's attributes (e.g. `hub`)
         return getattr(self.app, name)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:

@@ -92,6 +92,9 @@ class Database:
         self._gate = _ResizeGate()
         self._counts_lock = threading.Lock()
         self._counts: Counter[State] = Counter(task.state for task in self.list_tasks())
+        # Tasks deleted so far, counted after each commit: a reader that notes it before reading a
+        # finished task may cache that task's records for as long as the count holds.
+        self.deletions = 0
 
     def sync(self) -> None:
         """Flush committed transactions to disk."""
@@ -148,7 +151,9 @@ class Database:
         if existing is None:
             self.sync()
             self._count(task.state, +1)
-            self._count(replaced.state if replaced else None, -1)
+            if replaced is not None:
+                self._count(replaced.state, -1)
+                self.deletions += 1  # the expired task is gone: see `deletions`
         return existing, replaced is not None
 
     def save(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...] = ()) -> None:
@@ -195,9 +200,21 @@ class Database:
             return gone
 
         gone = self._write(work)
+        self.deletions += len(gone)  # after the commit: see `deletions`
         for _, state in gone:
             self._count(state, -1)
         return [task_id for task_id, _ in gone]
+
+    def delete_task(self, task: TaskRecord) -> None:
+        """Remove one task's records and its expiry entry."""
+
+        def work(txn: lmdb.Transaction) -> None:
+            if task.expires is not None:
+                txn.delete(_expiry_key(task.expires, task.id), db=self._expiry)
+            return self._delete_task(txn, task.id)
+
+        self._count(self._write(work), -1)
+        self.deletions += 1  # after the commit: see `deletions`
 
     def _delete_task(self, txn: lmdb.Transaction, task_id: str) -> State | None:
         """Delete a task's records; return the state it had (None if there was none)."""
@@ -235,15 +252,26 @@ class Database:
         return TaskRecord.from_json(json.loads(raw)) if raw is not None else None
 
     def get_steps(self, task_id: str) -> list[StepRecord]:
+        with self._reading() as txn:
+            return self._steps_in(txn, task_id)
+
+    def get_task_and_steps(self, task_id: str) -> tuple[TaskRecord | None, list[StepRecord]]:
+        """A task and its steps as of one moment (one read transaction)."""
+        with self._reading() as txn:
+            raw = txn.get(_task_key(task_id), db=self._tasks)
+            if raw is None:
+                return None, []
+            return TaskRecord.from_json(json.loads(raw)), self._steps_in(txn, task_id)
+
+    def _steps_in(self, txn: lmdb.Transaction, task_id: str) -> list[StepRecord]:
         prefix = task_id.encode("utf-8") + b"\x00"
         steps = []
-        with self._reading() as txn:
-            cursor = txn.cursor(db=self._steps)
-            if cursor.set_range(prefix):
-                for key, raw in cursor:
-                    if not key.startswith(prefix):
-                        break
-                    steps.append(StepRecord.from_json(json.loads(raw)))
+        cursor = txn.cursor(db=self._steps)
+        if cursor.set_range(prefix):
+            for key, raw in cursor:
+                if not key.startswith(prefix):
+                    break
+                steps.append(StepRecord.from_json(json.loads(raw)))
         return steps
 
     def get_specs(self, task_id: str) -> tuple[StepSpec, ...]:

@@ -1,0 +1,59 @@
+"""GET /<id> of a finished task, rendered once per language.
+
+A finished task's records never change until it is deleted or expires; only its `ttl` (time left)
+does. The body is kept with the ttl cut out and put back on each answer. An entry is used only
+while no task has been deleted since it was made (Executor.deletions) and before its expiry.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..executor.durations import format_duration
+from ..records import StepRecord, TaskRecord
+from . import render
+
+_PROBE_LEFT = 1234567.891  # a ttl no real answer renders with, cut out of the cached body
+
+
+@dataclass(frozen=True)
+class _Entry:
+    deletions: int
+    expires: float
+    parts: tuple[str, ...]  # the body split where the ttl goes
+
+    def body(self, now: float) -> str:
+        ttl = format_duration(max(0.0, self.expires - now))
+        return f'"ttl":"{ttl}"'.join(self.parts)
+
+
+class FinishedResults:
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, task_id: str, lang: str, deletions: int, now: float) -> str | None:
+        with self._lock:
+            entry = self._entries.get((task_id, lang))
+            if entry is None:
+                return None
+            if entry.deletions != deletions or now >= entry.expires:
+                del self._entries[(task_id, lang)]
+                return None
+            self._entries.move_to_end((task_id, lang))
+        return entry.body(now)
+
+    def put(self, task: TaskRecord, steps: tuple[StepRecord, ...], lang: str, deletions: int) -> None:
+        if task.expires is None or not task.state.finished:
+            return
+        code, msg, data = render.result_json(task, steps, lang, task.expires - _PROBE_LEFT)
+        probe = f'"ttl":"{format_duration(_PROBE_LEFT)}"'
+        entry = _Entry(deletions, task.expires, tuple(render.envelope(code, msg, data).split(probe)))
+        with self._lock:
+            self._entries[(task.id, lang)] = entry
+            self._entries.move_to_end((task.id, lang))
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
