@@ -132,8 +132,8 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     @app.get("/healthz")
     @api
     def healthz() -> Answer:
-        health()
-        return json_response(CODE_OK, message("success", lang()), {"status": "ok"})
+        status = health()
+        return json_response(CODE_OK, message("success", lang()), {"status": status or "ok"})
 
     @app.get("/version")
     @api
@@ -179,13 +179,15 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     def get_task(task_id: str) -> Answer:
         language = lang()
         deletions = executor.deletions  # noted before the read (see FinishedResults)
-        cached = finished.get(task_id, language, deletions, now())
+        plain = set(bottle.request.query) <= {"lang"}  # the cache holds the plain answer only
+        cached = finished.get(task_id, language, deletions, now()) if plain else None
         if cached is not None:
             return json_body(cached)
         result = executor.get(task_id)
         if result is None:
             return json_response(CODE_NOT_FOUND, message("not_found", language))
-        finished.put(result.task, result.steps, language, deletions)
+        if plain:
+            finished.put(result.task, result.steps, language, deletions)
         code, msg, data = render.result_json(result.task, result.steps, language, now())
         return json_response(code, msg, data)
 
