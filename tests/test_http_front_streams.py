@@ -47,7 +47,7 @@ class Feed:
 
 @pytest.fixture
 def hub_server():
-    hub = StreamHub("en", tick=0.05, heartbeat=0.3)
+    hub = StreamHub("en", tick=0.05, heartbeat=0.3, stall_limit=1.0)
     feeds: list[Feed] = []
     app = bottle.Bottle()
 
@@ -109,6 +109,21 @@ def test_hub_notices_a_client_that_left_and_ends_all_streams_on_stop(hub_server)
     assert feeds[1].closed.wait(5)
     assert read_until(staying, b"0\r\n\r\n").endswith(b"0\r\n\r\n")
     staying.close()
+
+
+def test_hub_drops_a_reader_that_takes_nothing_for_the_stall_limit(hub_server):
+    hub, feeds, address, _ = hub_server
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(address)
+    with sock:
+        sock.sendall(b"GET /feed HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_until(lambda: len(feeds) == 1 and hub.count == 1)
+        feeds[0].push(b"y" * 8_000_000)  # far more than the socket buffers and the hub's own hold
+        hub.wake()
+        assert feeds[0].closed.wait(10)  # dropped about a second after the reader stopped taking
+        assert wait_until(lambda: hub.count == 0)
 
 
 @pytest.mark.timeout(60)
