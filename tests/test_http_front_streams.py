@@ -12,6 +12,7 @@ import bottle
 import psutil
 import pytest
 
+from osreapi.http.logstream import SharedPoll
 from osreapi.http.server import HttpServer
 from osreapi.http.streams import Handoff, StreamHub
 
@@ -167,3 +168,16 @@ def test_a_follower_that_does_not_read_costs_the_server_no_more_than_its_buffer(
     print(f"\nserver RSS grew {grown / 1e6:.1f} MB while a follower of a {size / 1e6:.0f} MB log read nothing")
     assert grown < 10_000_000
     assert payload[:size] == b"x" * size and b"over the 4096-byte cap" in payload[size:]
+
+
+def test_followers_of_one_step_share_one_state_read():
+    reads = []
+    shared = SharedPoll(lambda task_id, index: reads.append((task_id, index)) or None, max_age=60)
+    for _ in range(1000):
+        shared("t", 0)
+    shared("t", 1)
+    assert reads == [("t", 0), ("t", 1)]
+    fresh = SharedPoll(lambda task_id, index: reads.append((task_id, index)) or None, max_age=0)
+    for _ in range(3):
+        fresh("u", 0)
+    assert reads.count(("u", 0)) == 3

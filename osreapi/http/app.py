@@ -33,7 +33,7 @@ from ..vocabulary import (
 from . import openapi, render
 from .answers import JSON_TYPE, language_of, refuse
 from .health import HealthCheck
-from .logstream import LogSource
+from .logstream import LogSource, SharedPoll
 from .resultcache import FinishedResults
 from .security import Guard, audit
 from .streams import Handoff, StreamHub
@@ -110,6 +110,14 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     hub = StreamHub(settings.lang)
     finished = FinishedResults()
     health = HealthCheck(executor.check_health)
+
+    def step_state(task_id: str, index: int) -> StepRecord | None:
+        try:
+            return executor.step(task_id, index, output=False)[1]
+        except NotFound:
+            return None
+
+    step_states = SharedPoll(step_state)
     openapi_body = json.dumps(openapi.document(), ensure_ascii=False)
 
     @functools.lru_cache(maxsize=1024)  # labels() costs more than the request's own rendering
@@ -226,10 +234,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         offset = _offset(bottle.request.query.get("offset"), environ.get("HTTP_LAST_EVENT_ID") if sse else None)
 
         def current() -> StepRecord | None:  # polled while following: state only, no log read
-            try:
-                return executor.step(task_id, index, output=False)[1]
-            except NotFound:
-                return None
+            return step_states(task_id, index)
 
         def end_record() -> dict | None:
             try:
