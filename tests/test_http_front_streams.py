@@ -12,6 +12,7 @@ import bottle
 import psutil
 import pytest
 
+from osreapi.http.logstream import SharedPoll
 from osreapi.http.server import HttpServer
 from osreapi.http.streams import Handoff, StreamHub
 
@@ -47,7 +48,7 @@ class Feed:
 
 @pytest.fixture
 def hub_server():
-    hub = StreamHub("en", tick=0.05, heartbeat=0.3)
+    hub = StreamHub("en", tick=0.05, heartbeat=0.3, stall_limit=1.0)
     feeds: list[Feed] = []
     app = bottle.Bottle()
 
@@ -111,6 +112,21 @@ def test_hub_notices_a_client_that_left_and_ends_all_streams_on_stop(hub_server)
     staying.close()
 
 
+def test_hub_drops_a_reader_that_takes_nothing_for_the_stall_limit(hub_server):
+    hub, feeds, address, _ = hub_server
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(address)
+    with sock:
+        sock.sendall(b"GET /feed HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_until(lambda: len(feeds) == 1 and hub.count == 1)
+        feeds[0].push(b"y" * 8_000_000)  # far more than the socket buffers and the hub's own hold
+        hub.wake()
+        assert feeds[0].closed.wait(10)  # dropped about a second after the reader stopped taking
+        assert wait_until(lambda: hub.count == 0)
+
+
 @pytest.mark.timeout(60)
 def test_log_follow_over_tls_is_served_by_the_worker_fallback(start_server, tmp_path):
     pki = make_pki(tmp_path)
@@ -152,3 +168,16 @@ def test_a_follower_that_does_not_read_costs_the_server_no_more_than_its_buffer(
     print(f"\nserver RSS grew {grown / 1e6:.1f} MB while a follower of a {size / 1e6:.0f} MB log read nothing")
     assert grown < 10_000_000
     assert payload[:size] == b"x" * size and b"over the 4096-byte cap" in payload[size:]
+
+
+def test_followers_of_one_step_share_one_state_read():
+    reads = []
+    shared = SharedPoll(lambda task_id, index: reads.append((task_id, index)) or None, max_age=60)
+    for _ in range(1000):
+        shared("t", 0)
+    shared("t", 1)
+    assert reads == [("t", 0), ("t", 1)]
+    fresh = SharedPoll(lambda task_id, index: reads.append((task_id, index)) or None, max_age=0)
+    for _ in range(3):
+        fresh("u", 0)
+    assert reads.count(("u", 0)) == 3

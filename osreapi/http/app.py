@@ -34,7 +34,7 @@ from ..vocabulary import (
 from . import openapi, render
 from .answers import JSON_TYPE, language_of, refuse
 from .health import HealthCheck
-from .logstream import LogSource
+from .logstream import LogSource, SharedPoll
 from .resultcache import FinishedResults
 from .security import Guard, audit
 from .streams import Handoff, StreamHub
@@ -113,6 +113,14 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     hub = StreamHub(settings.lang)
     finished = FinishedResults()
     health = HealthCheck(executor.check_health)
+
+    def step_state(task_id: str, index: int) -> StepRecord | None:
+        try:
+            return executor.step(task_id, index, output=False)[1]
+        except NotFound:
+            return None
+
+    step_states = SharedPoll(step_state)
     openapi_body = json.dumps(openapi.document(), ensure_ascii=False)
 
     @functools.lru_cache(maxsize=1024)  # labels() costs more than the request's own rendering
@@ -182,13 +190,15 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     def get_task(task_id: str) -> Answer:
         language = lang()
         deletions = executor.deletions  # noted before the read (see FinishedResults)
-        cached = finished.get(task_id, language, deletions, now())
+        plain = set(bottle.request.query) <= {"lang"}  # the cache holds the plain answer only
+        cached = finished.get(task_id, language, deletions, now()) if plain else None
         if cached is not None:
             return json_body(cached)
         result = executor.get(task_id)
         if result is None:
             return json_response(CODE_NOT_FOUND, message("not_found", language))
-        finished.put(result.task, result.steps, language, deletions)
+        if plain:
+            finished.put(result.task, result.steps, language, deletions)
         code, msg, data = render.result_json(result.task, result.steps, language, now())
         if _flag(bottle.request.query, "detail"):  # ours: every step, with its dependencies
             data = render.detail_json(result.task, result.steps, executor.specs(task_id), language, now())
@@ -229,10 +239,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         offset = _offset(bottle.request.query.get("offset"), environ.get("HTTP_LAST_EVENT_ID") if sse else None)
 
         def current() -> StepRecord | None:  # polled while following: state only, no log read
-            try:
-                return executor.step(task_id, index, output=False)[1]
-            except NotFound:
-                return None
+            return step_states(task_id, index)
 
         def end_record() -> dict | None:
             try:

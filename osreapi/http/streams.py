@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 TICK = 0.05
 HEARTBEAT = 15.0
 MAX_STREAMS = 10_000
-HIGH_WATER = 256 * 1024  # bytes queued for a slow reader before its source is no longer read
+HIGH_WATER = 128 * 1024  # bytes queued for a slow reader before its source is no longer read
+STALL_LIMIT = 60.0  # a reader that takes nothing of what is queued for this long is dropped
 _ENVIRON_REQUEST = "osreapi.request"  # cheroot's HTTPRequest, put there by our Gateway
 _ENVIRON_STREAM = "osreapi.stream"  # a stream the application asks to hand off
 
@@ -56,6 +57,7 @@ class _Stream:
     chunked: bool
     out: bytearray
     last_sent: float
+    last_taken: float = 0.0  # when the reader last took bytes (or had nothing waiting)
     ending: bool = False
     more: bool = False  # the last pull stopped at the high-water mark, not at the source's end
     events: int = field(default=selectors.EVENT_READ)
@@ -63,8 +65,9 @@ class _Stream:
 
 class StreamHub:
     def __init__(self, default_lang: str, tick: float = TICK, heartbeat: float = HEARTBEAT,
-                 max_streams: int = MAX_STREAMS) -> None:
+                 max_streams: int = MAX_STREAMS, stall_limit: float = STALL_LIMIT) -> None:
         self._lang = default_lang
+        self._stall_limit = stall_limit
         self._tick = tick
         self._heartbeat = heartbeat
         self._max_streams = max_streams
@@ -133,7 +136,7 @@ class StreamHub:
         request.chunked_write = False
         request.close_connection = True
         request.conn.linger = True
-        stream = _Stream(sock, source, chunked, bytearray(head), time.monotonic())
+        stream = _Stream(sock, source, chunked, bytearray(head), time.monotonic(), time.monotonic())
         with self._lock:
             if self._stopping.is_set():  # the server is stopping: the stream ends before it starts
                 self._end(stream)
@@ -197,6 +200,9 @@ class StreamHub:
 
     def _pull(self, stream: _Stream, now: float) -> None:
         """Take what the source has, up to the high-water mark, and send it."""
+        if stream.out and now - stream.last_taken > self._stall_limit:
+            self._end(stream)  # its buffer is all it may cost, and not for ever
+            return
         pulled = False
         stream.more = False
         while not stream.ending:
@@ -239,6 +245,9 @@ class StreamHub:
                 self._end(stream)
                 return
             del stream.out[:sent]
+            stream.last_taken = time.monotonic()
+        if not stream.out:
+            stream.last_taken = time.monotonic()
         if not stream.out and stream.ending:
             self._end(stream)
             return
