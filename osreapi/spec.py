@@ -16,7 +16,7 @@ MAX_STEPS = 1000
 MAX_NAME_LENGTH = 128
 TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Route words that a task id would shadow.
-RESERVED_IDS = frozenset({"healthz", "version", "metrics", "ui", "openapi.json", "favicon.ico"})
+RESERVED_IDS = frozenset({"healthz", "version", "metrics", "ui", "events", "openapi.json", "favicon.ico"})
 _ENV_NAME = re.compile(r"^[^=\x00]+$")
 
 

@@ -26,7 +26,7 @@ from ..vocabulary import (
     DEFAULT_LANGUAGE,
     message,
 )
-from . import openapi, render
+from . import dashboard, openapi, render
 from .answers import JSON_TYPE, language_of, refuse
 from .logstream import LogReader
 from .security import Guard, audit
@@ -44,6 +44,7 @@ class HttpSettings:
     max_body: int = 1 << 20
     max_requests: int = 0  # 0 = no limit
     token: str | None = None  # None: protected mode (loopback clients only)
+    events_heartbeat: float = 5.0  # seconds between keep-alives of an idle /events stream
 
 
 def request_language(default: str) -> str:
@@ -120,6 +121,8 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     @app.get("/openapi.json")
     def openapi_json() -> bottle.HTTPResponse:
         return bottle.HTTPResponse(body=openapi_body, headers={"Content-Type": JSON_TYPE})
+
+    dashboard.add_routes(app, executor, api, lang, now, closing, settings.events_heartbeat)
 
     @app.post("/")
     @api

@@ -1,0 +1,93 @@
+"""GET /events: the event bus as Server-Sent Events, one subscriber's stream source.
+
+`FeedSource` follows the stream hub's StreamSource protocol: `read()` hands back what is new,
+`heartbeat()` a comment that keeps proxies open and finds vanished clients, `close()` unsubscribes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..events import Batch, Event, EventBus, Reset
+from . import render
+
+OPENING = b": osreapi events\nretry: 2000\n\n"
+HEARTBEAT = b": keep-alive\n\n"
+
+
+def sse(kind: str, seq: int, data: Any) -> bytes:
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {seq}\nevent: {kind}\ndata: {body}\n\n".encode("utf-8")
+
+
+def event_json(event: Event, lang: str, now: float) -> dict[str, Any]:
+    """A task event's data is its entry as GET / lists it; a step event's {"id", "step"}."""
+    if event.step is None:
+        return render.task_summary_json(event.task, lang, now)
+    return {"id": event.task.id, "step": render.step_json(event.step, event.task, lang, now)}
+
+
+class FeedSource:
+    def __init__(
+        self,
+        bus: EventBus,
+        after: int | None,
+        task_id: str | None,
+        lang: str,
+        clock: Callable[[], float],
+        wake: Callable[[], None],
+    ) -> None:
+        self._bus = bus
+        self._cursor = bus.last if after is None else after  # no Last-Event-ID: only what comes next
+        self._task_id = task_id
+        self._lang = lang
+        self._clock = clock
+        self._wake = wake
+        self._opened = False
+        bus.add_waker(wake)
+
+    def read(self) -> tuple[bytes, bool]:
+        parts = [] if self._opened else [OPENING]
+        self._opened = True
+        batch = self._bus.since(self._cursor, self._task_id)
+        if isinstance(batch, Reset):
+            parts.append(sse("reset", batch.last, {"last": batch.last}))
+            self._cursor = batch.last
+        else:
+            parts.extend(self._render(batch))
+        return b"".join(parts), False
+
+    def _render(self, batch: Batch) -> list[bytes]:
+        now = self._clock()
+        self._cursor = batch.upto
+        return [sse(e.kind, e.seq, event_json(e, self._lang, now)) for e in batch.events]
+
+    def heartbeat(self) -> bytes:
+        return HEARTBEAT
+
+    def close(self) -> None:
+        self._bus.remove_waker(self._wake)
+
+
+def pump(source: FeedSource, ready: threading.Event, closing: threading.Event, heartbeat: float) -> Iterator[bytes]:
+    """Serve a source from the request's own thread: read when woken, a heartbeat when idle.
+    Every wait is bounded, so a closing server or a vanished client ends it."""
+    try:
+        quiet_since = time.monotonic()
+        while not closing.is_set():
+            ready.clear()  # before reading: a publish during the read wakes the next wait
+            data, finished = source.read()
+            if data:
+                quiet_since = time.monotonic()
+                yield data
+            if finished:
+                return
+            if not ready.wait(min(1.0, heartbeat)) and time.monotonic() - quiet_since >= heartbeat:
+                quiet_since = time.monotonic()
+                yield source.heartbeat()
+    finally:
+        source.close()
