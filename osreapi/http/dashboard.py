@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from ..errors import InvalidRequest, NotFound
 from ..events import EventBus
 from ..records import TaskRecord
 from ..spec import TASK_ID_PATTERN
+from ..vocabulary import LANGUAGES, State
+from .answers import JSON_TYPE
 from .feed import FeedSource, pump
 
 UI_DIR = Path(__file__).parent / "ui"
@@ -63,6 +66,9 @@ def add_routes(
     bus = EventBus(stored_task, clock=executor.clock)
     executor.subscribe(bus.publish)
 
+    # The state words of both languages, from the one table, so the page can colour and filter by state.
+    vocabulary_body = json.dumps({"states": {s.value: [s.word(language) for language in LANGUAGES] for s in State}}, ensure_ascii=False)
+
     @app.get("/events")
     @api
     def events() -> bottle.HTTPResponse:
@@ -81,6 +87,10 @@ def add_routes(
     def ui_page(task_id: str | None = None) -> bottle.HTTPResponse:
         return bottle.static_file("index.html", root=str(UI_DIR), headers=dict(UI_HEADERS))
 
-    @app.get("/ui/<name:re:[a-z0-9_-]+[.](js|css|svg)>")
+    @app.get("/ui/vocabulary.json")
+    def ui_vocabulary() -> bottle.HTTPResponse:
+        return bottle.HTTPResponse(body=vocabulary_body, headers={"Content-Type": JSON_TYPE, **UI_HEADERS})
+
+    @app.get("/ui/<name:re:[a-z0-9_-]+[.](?:js|css|svg)>")
     def ui_asset(name: str) -> bottle.HTTPResponse:
         return bottle.static_file(name, root=str(UI_DIR), headers=dict(UI_HEADERS))
