@@ -39,8 +39,8 @@ def until(driver: WebDriver, predicate: Callable[[WebDriver], object], timeout: 
 
 
 def text_of(driver: WebDriver, css: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    """In one script call: the page re-renders rows as events arrive, so a held element may go stale."""
+    return driver.execute_script("return document.querySelector(arguments[0])?.textContent ?? ''", css)
 
 
 def open_page(driver: WebDriver, client: Client, path: str = "/ui/") -> None:
@@ -92,7 +92,7 @@ def test_deep_link_live_output_then_kill_from_the_page(browser: WebDriver, clien
     task_id = client.submit([sh(script, name="chatty"), sh("echo never", name="after")])
     open_page(browser, client, f"/ui/tasks/{task_id}")
     pid = read_pid(pid_file)
-    until(browser, lambda d: "line5" in d.find_element(By.ID, "log").text)  # arrives while it runs
+    until(browser, lambda d: "line5" in text_of(d, "#log"))  # arrives while it runs
     assert step_state(browser, 0) == "执行中"
     browser.find_element(By.CSS_SELECTOR, "#steps tr[data-step='0'] [data-step-action='kill']").click()
     until(browser, lambda d: step_state(d, 0) == "已终止")
@@ -135,14 +135,14 @@ def test_a_bad_submission_shows_the_servers_400_beside_the_form(browser: WebDriv
 def test_a_good_submission_opens_the_task_and_english_is_a_toggle_away(browser: WebDriver, client: Client) -> None:
     open_page(browser, client)
     browser.find_element(By.ID, "lang-toggle").click()
-    until(browser, lambda d: d.find_element(By.ID, "submit-button").text == "Submit")
+    until(browser, lambda d: text_of(d, "#submit-button") == "Submit")
     until(browser, lambda d: "off" not in d.find_element(By.ID, "live").get_attribute("class"))
     browser.find_element(By.ID, "submit-steps").send_keys(json.dumps([sh("echo from the form")]))
     browser.find_element(By.ID, "submit-id").send_keys("from-form")
     browser.find_element(By.ID, "submit-button").click()
     until(browser, lambda d: d.current_url.endswith("/ui/tasks/from-form"))
     until(browser, lambda d: text_of(d, "#task-state") == "stopped")
-    until(browser, lambda d: "from the form" in d.find_element(By.ID, "log").text)
+    until(browser, lambda d: "from the form" in text_of(d, "#log"))
     browser.find_element(By.ID, "lang-toggle").click()  # back to Chinese for the next tests
     until(browser, lambda d: text_of(d, "#task-state") == "已结束")
     assert console_errors(browser) == []
@@ -154,7 +154,7 @@ def test_capped_output_shows_the_truncation_marker(browser: WebDriver, make_serv
     client.wait(task_id)
     open_page(browser, client, f"/ui/tasks/{task_id}")
     until(browser, lambda d: "2000" in text_of(d, "#log-notice"))
-    assert "line-499" in browser.find_element(By.ID, "log").text
+    assert "line-499" in text_of(browser, "#log")
 
 
 def test_the_token_is_asked_once_and_kept_in_session_storage_only(browser: WebDriver, make_server) -> None:

@@ -19,6 +19,7 @@ const ui = {
   page: 0,
   view: { kind: "list" },
   detail: null, // { task, steps } of the open task
+  detailEarly: [], // feed events of the open task that came while its detail was loading
   selected: null, // the step whose output is shown
   stopLog: () => {},
   renderTimer: null,
@@ -97,6 +98,7 @@ function onFeedEvent(event) {
 }
 
 function apply(kind, data) {
+  if (ui.view.kind === "task" && ui.view.id === data.id && !ui.detail) ui.detailEarly.push([kind, data]);
   if (kind === "task") {
     ui.tasks.set(data.id, { ...data, received: Date.now() });
     if (ui.detail && ui.detail.task.id === data.id) ui.detail.task = { ...ui.detail.task, ...data };
@@ -221,6 +223,7 @@ function fillStateFilter() {
 // -- one task -----------------------------------------------------------------------------
 
 async function openTask(id) {
+  ui.detailEarly = [];
   const { status, body } = await call("GET", `/${encodeURIComponent(id)}?detail=true`);
   if (ui.view.kind !== "task" || ui.view.id !== id) return;
   if (status !== 200 || !body?.data) {
@@ -232,6 +235,7 @@ async function openTask(id) {
   }
   ui.detail = body.data;
   ui.steps.set(id, new Map(body.data.steps.map((s) => [s.step, s])));
+  for (const [kind, data] of ui.detailEarly.splice(0)) apply(kind, data); // newer than or as new as the load
   if (ui.selected === null || !ui.detail.steps.some((s) => s.step === ui.selected)) {
     const pick = ui.detail.steps.find((s) => stateKey(s.state) === "running")
       || ui.detail.steps.find((s) => stepClass(s) === "st-failed") || ui.detail.steps[0];
@@ -283,21 +287,39 @@ function renderTask() {
   $("task-meta").textContent = [`${t("mode_word")}: ${t(task.mode)}`, `${t("begin")}: ${localTime(task.times?.begin)}`,
     `${t("end")}: ${localTime(task.times?.end)}`, task.message].join(" · ");
   drawDag($("dag"), detail.steps, task.mode, stepClass, selectStep, ui.selected);
-  $("steps").tBodies[0].replaceChildren(...detail.steps.map((step) => {
-    const tr = make("tr", { class: `clickable${step.step === ui.selected ? " selected" : ""}`, "data-step": step.step });
-    const finished = stateKey(step.state) !== "running" && stateKey(step.state) !== "pending" && stateKey(step.state) !== "paused";
-    const cells = [String(step.step), step.name, chip(step.state, stepClass(step)), finished ? String(step.code) : "", duration(step)];
-    for (const cell of cells) { const td = make("td"); td.append(cell); tr.append(td); }
-    const actions = make("td");
-    for (const action of ["kill", "pause", "resume"]) {
-      const button = make("button", { type: "button", "data-step-action": action }, t(action));
-      button.addEventListener("click", (e) => { e.stopPropagation(); act(action, step.step); });
-      actions.append(button);
-    }
-    tr.append(actions);
-    tr.addEventListener("click", () => selectStep(step.step));
-    return tr;
-  }));
+  const body = $("steps").tBodies[0];
+  if (body.dataset.task !== task.id || body.rows.length !== detail.steps.length) {
+    body.dataset.task = task.id;
+    body.replaceChildren(...detail.steps.map(stepRow));
+  }
+  detail.steps.forEach((step, at) => fillStepRow(body.rows[at], step));
+}
+
+// A step's row is made once and then updated in place, so a click never lands on a row being replaced.
+function stepRow(step) {
+  const tr = make("tr", { class: "clickable", "data-step": step.step });
+  for (let i = 0; i < 5; i++) tr.append(make("td"));
+  const actions = make("td");
+  for (const action of ["kill", "pause", "resume"]) {
+    const button = make("button", { type: "button", "data-step-action": action }, t(action));
+    button.addEventListener("click", (e) => { e.stopPropagation(); act(action, step.step); });
+    actions.append(button);
+  }
+  tr.append(actions);
+  tr.addEventListener("click", () => selectStep(step.step));
+  return tr;
+}
+
+function fillStepRow(tr, step) {
+  const key = stateKey(step.state);
+  const finished = !["running", "pending", "paused"].includes(key);
+  tr.classList.toggle("selected", step.step === ui.selected);
+  const cells = [String(step.step), step.name, chip(step.state, stepClass(step)), finished ? String(step.code) : "", duration(step)];
+  cells.forEach((cell, i) => {
+    const td = tr.cells[i];
+    if (typeof cell === "string") { if (td.textContent !== cell) td.textContent = cell; }
+    else if (td.textContent !== cell.textContent || td.firstChild?.className !== cell.className) td.replaceChildren(cell);
+  });
 }
 
 // -- pages and wiring ---------------------------------------------------------------------
@@ -367,7 +389,9 @@ function wire() {
   }
   $("submit-form").addEventListener("submit", submit);
   window.addEventListener("popstate", route);
-  setInterval(() => { if (ui.view.kind === "task" || ui.tasks.size < 2000) scheduleRender(); }, 1000); // durations, ttl
+  setInterval(() => { // a running step's duration
+    if (ui.view.kind === "task" && ui.detail?.steps.some((s) => stateKey(s.state) === "running")) scheduleRender();
+  }, 1000);
 }
 
 async function main() {
