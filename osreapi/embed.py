@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from .actors.messages import (
     Control,
     ControlQueued,
     CreateTask,
+    DeleteTask,
     Enqueue,
     Flush,
     GetStats,
@@ -35,7 +37,7 @@ from .actors.store import StoreActor
 from .actors.supervisor import SupervisorActor
 from .actors.timers import Scheduler
 from .config import EngineConfig
-from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound
+from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive, TaskConflict
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.output import read_output
@@ -47,6 +49,7 @@ from .vocabulary import State
 
 log = logging.getLogger(__name__)
 Listener = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ class Executor:
         """Validate and queue a task; return its id. mode: None or "sequential" (in order),
         "parallel", or "dag"; any step with depends_on makes it a DAG whatever the mode."""
         if mode not in (None, "sequential", "parallel", "dag"):
-            raise InvalidRequest(f"mode: unknown value {mode!r} (use sequential, parallel or dag)")
+            raise InvalidRequest("bad_mode", value=mode)
         return self.submit_task(steps, parallel=mode in ("parallel", "dag"), task_id=task_id).id
 
     def submit_task(
@@ -161,6 +164,8 @@ class Executor:
         records = tuple(StepRecord(index=i, name=s.name) for i, s in enumerate(specs))
         existing = self._ask(self._store, CreateTask(task, records, specs))
         if existing is not None:
+            if existing.mode != task.mode or self._db.get_specs(task_id) != specs:
+                raise TaskConflict(task_id)
             return Submitted(existing.id, existing.count, created=False)
         self._supervisor.tell(Enqueue(task_id))
         return Submitted(task_id, len(specs), created=True)
@@ -182,10 +187,13 @@ class Executor:
 
     def _load(self, task_id: str) -> tuple[TaskRecord, list[StepRecord]]:
         """The stored records, as they are (no log read); NotFound when unknown or expired."""
+        return self._live_task(task_id), self._db.get_steps(task_id)
+
+    def _live_task(self, task_id: str) -> TaskRecord:
         task = self._db.get_task(task_id)
         if task is None or self._expired(task):
             raise NotFound(f"task {task_id!r} does not exist or has expired")
-        return task, self._db.get_steps(task_id)
+        return task
 
     def _with_output(self, task_id: str, step: StepRecord) -> StepRecord:
         if step.state is not State.RUNNING:
@@ -204,19 +212,32 @@ class Executor:
     def control(self, task_id: str, action: str, step: str | int | None = None) -> None:
         """kill / pause / resume a task, or one step (by index or name).
         Raises NotFound for an unknown task or step, ActionRejected when the action does not apply."""
+        if not action:
+            raise ActionRejected("no_action", actions=", ".join(ACTIONS))
         if action not in ACTIONS:
-            raise ActionRejected(f"action: unknown value {action!r} (use kill, pause or resume)")
+            raise ActionRejected("bad_action", value=action, actions=", ".join(ACTIONS))
         task, steps = self._load(task_id)
         index = None if step is None else self._step_index(steps, step)
         if task.state.finished:
-            raise ActionRejected(f"the task has ended ({task.state.value}); {action} does not apply")
+            raise ActionRejected("task_ended", state=task.state, action=action)
         live = self._ask(self._supervisor, ControlQueued(task_id, action, index))
         try:
             if live is not None:
                 self._ask_raw(live, Control(action, index))
         except pykka.ActorDeadError:
-            raise ActionRejected(f"the task has ended; {action} does not apply") from None
+            raise ActionRejected("task_gone", action=action) from None
         self._ask(self._store, Flush())  # the answer comes after the change is on disk
+
+    def delete(self, task_id: str) -> None:
+        """Remove a finished task's record and workspace. Raises NotFound for an unknown or expired
+        task, TaskActive for one that has not finished."""
+        self._check_open()
+        self._live_task(task_id)  # an expired record is gone already for callers
+        task = self._ask(self._store, DeleteTask(task_id))
+        if task is None:
+            raise NotFound(f"task {task_id!r} does not exist or has expired")
+        if not task.state.finished:
+            raise TaskActive(f"task {task_id!r} is {task.state.value}; kill it or wait for it to end")
 
     def kill(self, task_id: str, step: str | int | None = None) -> None:
         """Kill a task's process trees (its remaining steps are skipped), or one step's."""
@@ -230,10 +251,12 @@ class Executor:
 
     @staticmethod
     def _step_index(steps: list[StepRecord] | tuple[StepRecord, ...], step: str | int) -> int:
-        if isinstance(step, int) or (isinstance(step, str) and step.isdigit()):
-            index = int(step)
+        if isinstance(step, int) or _ASCII_DIGITS.fullmatch(step):
+            index = int(step) if len(str(step)) <= 9 else -1  # longer: past any step, and int() stays cheap
             if 0 <= index < len(steps):
                 return index
+        elif step.isdigit():  # '²', '①': digits to str.isdigit(), never a step name (spec refuses those)
+            raise InvalidRequest("bad_step_ref", ref=step)
         else:
             for record in steps:
                 if record.name == step:

@@ -100,6 +100,10 @@ def test_deep_link_live_output_then_kill_from_the_page(browser: WebDriver, clien
     assert "成功" in text_of(browser, "#action-answer")
     until(browser, lambda d: step_state(d, 1) == "已跳过")
     assert browser.find_elements(By.CSS_SELECTOR, "#dag g.node.st-killed")  # the drawing follows the states
+    until(browser, lambda d: text_of(d, "#task-state") in ("已结束", "已终止"))  # the task has ended
+    browser.find_element(By.CSS_SELECTOR, "#task-view .actions [data-action='delete']").click()
+    until(browser, lambda d: text_of(d, "#action-answer").startswith("删除: 成功"))
+    assert client.get(f"/{task_id}").status == 404
     assert console_errors(browser) == []
 
 
@@ -114,12 +118,14 @@ def test_pause_and_resume_from_the_page_and_an_action_that_does_not_apply(browse
     assert process.status() == psutil.STATUS_STOPPED
     browser.find_element(By.CSS_SELECTOR, "#task-view .actions [data-action='pause']").click()
     until(browser, lambda d: "400" in text_of(d, "#action-answer"))  # the server's answer is shown
+    browser.find_element(By.CSS_SELECTOR, "#task-view .actions [data-action='delete']").click()
+    until(browser, lambda d: "409" in text_of(d, "#action-answer"))  # not while it runs
     browser.find_element(By.CSS_SELECTOR, "#task-view .actions [data-action='resume']").click()
     until(browser, lambda d: step_state(d, 0) == "执行中")
     assert process.status() != psutil.STATUS_STOPPED
     browser.find_element(By.CSS_SELECTOR, "#task-view .actions [data-action='kill']").click()
     until(browser, lambda d: text_of(d, "#task-state") == "已终止")
-    assert console_errors(browser, allowed=("status of 400",)) == []
+    assert console_errors(browser, allowed=("status of 400", "status of 409")) == []
 
 
 def test_a_bad_submission_shows_the_servers_400_beside_the_form(browser: WebDriver, client: Client) -> None:

@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 
@@ -141,16 +142,52 @@ def test_ring_overflow_answers_reset_and_the_filter_skips_ahead() -> None:
     assert other.events == () and other.upto == bus.last
 
 
-def test_a_vanished_subscriber_is_noticed_within_seconds(make_server) -> None:
-    # One request slot: the open stream holds it until the server notices its client is gone.
-    client = make_server(settings=HttpSettings(max_requests=1, events_heartbeat=0.5))
-    sock = socket.create_connection((client.host, client.port), timeout=5)
-    sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+def open_raw_feed(client: Client, path: str = "/events") -> socket.socket:
+    sock = socket.create_connection((client.host, client.port), timeout=10)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return sock
+
+
+def test_a_vanished_subscriber_is_noticed_within_seconds(client: Client) -> None:
+    sock = open_raw_feed(client)
     assert sock.recv(100).startswith(b"HTTP/1.1 200")
-    assert client.get("/version").status == 429
+    assert wait_until(lambda: client.hub.count == 1, timeout=5)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # vanish: RST, no FIN
     sock.close()
-    assert wait_until(lambda: client.get("/version").status == 200, timeout=5, interval=0.1)
+    assert wait_until(lambda: client.hub.count == 0, timeout=5, interval=0.05)
+
+
+def test_500_subscribers_cost_no_thread_each(client: Client) -> None:
+    warm = open_raw_feed(client)  # the hub's own thread starts with the first stream
+    assert wait_until(lambda: client.hub.count == 1, timeout=5)
+    threads = threading.active_count()
+    socks: list[socket.socket] = []
+    seen: dict[socket.socket, bytes] = {}
+    try:
+        for _ in range(20):  # in bursts of 25, each answered before the next (the worker queue is bounded)
+            burst = [open_raw_feed(client) for _ in range(25)]
+            socks += burst
+            assert all(sock.recv(12) == b"HTTP/1.1 200" for sock in burst)
+        assert wait_until(lambda: client.hub.count == 501, timeout=30, interval=0.05), client.hub.count
+        assert threading.active_count() <= threads  # the fixed worker pool and the hub serve them all
+        task_id = client.submit([sh("true")], "?id=for-everyone")
+        for sock in socks[::50]:  # a sample of them all get the news
+            assert wait_until(lambda: task_id.encode() in _received(sock, seen), timeout=10)
+    finally:
+        for sock in [warm, *socks]:
+            sock.close()
+    assert wait_until(lambda: client.hub.count == 0, timeout=10, interval=0.05)
+
+
+def _received(sock: socket.socket, seen: dict[socket.socket, bytes]) -> bytes:
+    """Everything this socket has received so far (non-blocking reads, kept in `seen`)."""
+    sock.setblocking(False)
+    try:
+        while chunk := sock.recv(65536):
+            seen[sock] = seen.get(sock, b"") + chunk
+    except BlockingIOError:
+        pass
+    return seen.get(sock, b"")
 
 
 def test_events_arrive_for_kill_from_a_running_step(client: Client, tmp_path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from ..records import TaskRecord
 from ..spec import TASK_ID_PATTERN
 from ..vocabulary import LANGUAGES, State
 from .answers import JSON_TYPE
-from .feed import FeedSource, pump
+from .feed import FeedSource
+from .streams import StreamHub
 
 UI_DIR = Path(__file__).parent / "ui"
 _SEQUENCE = re.compile(r"[0-9]{1,19}")
@@ -28,14 +28,14 @@ UI_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-FEED_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+FEED_HEADERS = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")]
 
 
 def last_event_id(value: str | None) -> int | None:
     if value is None or value.strip() == "":
         return None
     if not _SEQUENCE.fullmatch(value.strip()):
-        raise InvalidRequest(f"Last-Event-ID: expected an event number (digits), got {value[:40]!r}")
+        raise InvalidRequest("bad_event_id", value=value[:40])
     return int(value)
 
 
@@ -43,7 +43,7 @@ def task_filter(value: str | None) -> str | None:
     if value is None:
         return None
     if not TASK_ID_PATTERN.fullmatch(value):
-        raise InvalidRequest(f"task: {value[:70]!r} is not a task id (1-64 letters, digits, '.', '_', '-')")
+        raise InvalidRequest("bad_task_filter", value=value[:70])
     return value
 
 
@@ -53,8 +53,7 @@ def add_routes(
     api: Callable,
     lang: Callable[[], str],
     now: Callable[[], float],
-    closing: threading.Event,
-    heartbeat: float,
+    hub: StreamHub,
 ) -> None:
     """Add /events and /ui/ to `app`; call before the catch-all /<task_id> routes."""
     def stored_task(task_id: str) -> TaskRecord | None:
@@ -72,11 +71,11 @@ def add_routes(
     @app.get("/events")
     @api
     def events() -> bottle.HTTPResponse:
-        after = last_event_id(bottle.request.headers.get("Last-Event-ID"))
+        environ = bottle.request.environ  # raw header text: bottle's headers raise on bytes that are not UTF-8
+        after = last_event_id(environ.get("HTTP_LAST_EVENT_ID"))
         task_id = task_filter(bottle.request.query.get("task"))
-        ready = threading.Event()
-        source = FeedSource(bus, after, task_id, lang(), now, ready.set)
-        return bottle.HTTPResponse(body=pump(source, ready, closing, heartbeat), headers=FEED_HEADERS)
+        source = FeedSource(bus, after, task_id, lang(), now, hub.wake)
+        return hub.serve(environ, "200 OK", FEED_HEADERS, source)
 
     @app.get("/ui")
     def ui_redirect() -> None:

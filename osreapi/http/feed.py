@@ -7,9 +7,7 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from ..events import Batch, Event, EventBus, Reset
@@ -71,23 +69,3 @@ class FeedSource:
 
     def close(self) -> None:
         self._bus.remove_waker(self._wake)
-
-
-def pump(source: FeedSource, ready: threading.Event, closing: threading.Event, heartbeat: float) -> Iterator[bytes]:
-    """Serve a source from the request's own thread: read when woken, a heartbeat when idle.
-    Every wait is bounded, so a closing server or a vanished client ends it."""
-    try:
-        quiet_since = time.monotonic()
-        while not closing.is_set():
-            ready.clear()  # before reading: a publish during the read wakes the next wait
-            data, finished = source.read()
-            if data:
-                quiet_since = time.monotonic()
-                yield data
-            if finished:
-                return
-            if not ready.wait(min(1.0, heartbeat)) and time.monotonic() - quiet_since >= heartbeat:
-                quiet_since = time.monotonic()
-                yield source.heartbeat()
-    finally:
-        source.close()
