@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from osreapi.http.app import HttpSettings
+from osreapi.records import StepRecord, TaskRecord
+from osreapi.spec import Limits, build_steps
+from osreapi.storage.database import Database
+from osreapi.vocabulary import State
 
 from .browser import console_errors, foreign, launch, requested_urls
 from .conftest import Client, gone, read_pid, sh
@@ -179,3 +184,39 @@ def test_the_token_is_asked_once_and_kept_in_session_storage_only(browser: WebDr
     assert browser.find_element(By.ID, "token-dialog").get_attribute("open") is None
     assert all("open-sesame" not in url for url in requested_urls(browser))  # never in a URL
     assert console_errors(browser, allowed=("status of 401",)) == []
+
+
+def seed_finished_tasks(data_dir, count: int) -> None:
+    """A data dir holding `count` finished tasks, as a server that ran them would leave it."""
+    db = Database(data_dir / "db")
+    now = time.time()
+    try:
+        for i in range(count):
+            task_id = f"stored-{i:05d}"
+            specs = build_steps(task_id, [sh("true")], Limits())
+            begin = now - count + i
+            task = TaskRecord(task_id, "sequential", 1, begin, State.STOPPED, begin, begin + 0.5, now + 3600)
+            db.create_task(task, (StepRecord(0, specs[0].name, State.STOPPED, 0, "", begin, begin + 0.5),), specs)
+            db.save(task_id, task)  # indexes its expiry
+    finally:
+        db.close()
+
+
+def test_usable_with_10000_stored_tasks(browser: WebDriver, make_server, tmp_path) -> None:
+    seed_finished_tasks(tmp_path / "data", 10_000)
+    client = make_server(data_dir=tmp_path / "data")
+    open_page(browser, client)
+    until(browser, lambda d: "10000" in text_of(d, "#page-info"), timeout=30)
+    rows = lambda: browser.execute_script("return document.querySelectorAll('#tasks tbody tr').length")  # noqa: E731
+    assert rows() == 50  # paged: the DOM holds one page, not ten thousand rows
+    assert text_of(browser, "#tasks tbody tr:first-child a") == "stored-09999"  # newest first
+    browser.find_element(By.ID, "next-page").click()
+    until(browser, lambda d: text_of(d, "#tasks tbody tr:first-child a") == "stored-09949")
+    Select(browser.find_element(By.ID, "state-filter")).select_by_value("running")
+    until(browser, lambda d: rows() == 0)
+    client.submit([sh("exec sleep 30")], "?id=among-many")
+    until(browser, lambda d: text_of(d, "#tasks tbody tr:first-child a") == "among-many")  # live, filtered
+    assert text_of(browser, "#running-count") == "执行中 1"
+    client.request("PUT", "/among-many?action=kill")
+    until(browser, lambda d: rows() == 0)
+    assert console_errors(browser) == []

@@ -14,7 +14,7 @@ const ui = {
   loading: new Set(), // ids whose steps are being fetched
   loaded: false, // the list snapshot is in; feed events before it wait in `early`
   early: [],
-  sort: { key: "begin", dir: 1 },
+  sort: { key: "begin", dir: -1 }, // newest first
   filter: "",
   page: 0,
   view: { kind: "list" },
