@@ -177,7 +177,10 @@ function stepCounts(task) {
     return `${task.count}`;
   }
   const byState = new Map();
-  for (const step of known.values()) byState.set(step.state, (byState.get(step.state) || 0) + 1);
+  for (const step of known.values()) {
+    const word = stepClass(step) === "st-failed" ? t("failed") : step.state; // a non-zero exit counts as failed
+    byState.set(word, (byState.get(word) || 0) + 1);
+  }
   return [...byState].map(([word, n]) => `${word} ${n}`).join(" · ");
 }
 
@@ -213,7 +216,7 @@ function fillStateFilter() {
   const options = [make("option", { value: "" }, t("all"))];
   const keys = [...ui.keys, "failed"];
   for (const key of keys) {
-    const word = key === "failed" ? t("failed_count", { n: "" }).trim() : ui.vocabulary[key][lang() === "en" ? 1 : 0];
+    const word = key === "failed" ? t("failed") : ui.vocabulary[key][lang() === "en" ? 1 : 0];
     options.push(make("option", { value: key }, word));
   }
   select.replaceChildren(...options);

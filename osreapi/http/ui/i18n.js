@@ -9,7 +9,7 @@ const WORDS = {
     running_count: "执行中 {n}", failed_count: "失败 {n}", token_prompt: "服务器需要令牌 (只保存在本标签页的会话存储中):",
     ok: "确定", deleted: "已删除", done: "成功", no_output: "(无输出)", not_found: "任务不存在或已过期",
     steps_placeholder: '[{"command_type": "sh", "command_content": "echo hello"}]', mode_word: "模式",
-    lost: "连接中断, 正在重连…", back: "返回列表",
+    lost: "连接中断, 正在重连…", back: "返回列表", failed: "失败",
   },
   en: {
     filter: "State", all: "all", prev: "Previous", next: "Next", page: "page {page}/{pages}, {total} tasks",
@@ -20,7 +20,7 @@ const WORDS = {
     running_count: "running {n}", failed_count: "failed {n}", token_prompt: "The server needs a token (kept in this tab's session storage only):",
     ok: "OK", deleted: "deleted", done: "success", no_output: "(no output)", not_found: "the task does not exist or has expired",
     steps_placeholder: '[{"command_type": "sh", "command_content": "echo hello"}]', mode_word: "mode",
-    lost: "connection lost, reconnecting…", back: "Back to the list",
+    lost: "connection lost, reconnecting…", back: "Back to the list", failed: "failed",
   },
 };
 
