@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -220,3 +222,29 @@ def test_usable_with_10000_stored_tasks(browser: WebDriver, make_server, tmp_pat
     client.request("PUT", "/among-many?action=kill")
     until(browser, lambda d: rows() == 0)
     assert console_errors(browser) == []
+
+
+def test_output_and_feed_resume_after_the_connection_drops(browser: WebDriver, client: Client) -> None:
+    script = "i=0; while [ $i -lt 400 ]; do echo line$i; i=$((i+1)); sleep 0.05; done"
+    task_id = client.submit([sh(script, name="counter")])
+    open_page(browser, client, f"/ui/tasks/{task_id}")
+    until(browser, lambda d: "line5\n" in text_of(d, "#log"))
+    dropped = drop_connections(client.port)
+    assert dropped >= 2  # the feed and the log stream at least
+    until(browser, lambda d: "line60\n" in text_of(d, "#log"), timeout=30)
+    lines = text_of(browser, "#log").split("\n")[:-1]
+    assert lines == [f"line{i}" for i in range(len(lines))]  # resumed at its byte offset: no gap, no repeat
+    client.request("PUT", f"/{task_id}?action=kill")
+    until(browser, lambda d: text_of(d, "#task-state") == "已终止")  # the feed is back too
+    assert console_errors(browser, allowed=("ERR_INCOMPLETE_CHUNKED_ENCODING", "ERR_EMPTY_RESPONSE")) == []
+
+
+def drop_connections(port: int) -> int:
+    """Cut every connection this process serves on `port`, as a broken network would (FIN both ways)."""
+    cut = 0
+    for conn in psutil.Process().net_connections("tcp"):
+        if conn.laddr.port == port and conn.status == psutil.CONN_ESTABLISHED and conn.fd >= 0:
+            with socket.socket(fileno=os.dup(conn.fd)) as sock:  # a duplicate: the server's own fd stays
+                sock.shutdown(socket.SHUT_RDWR)
+            cut += 1
+    return cut
