@@ -1,27 +1,41 @@
 // The page's own words, both languages; state words come from the server (/ui/vocabulary.json).
-const WORDS = {
-  zh: {
-    filter: "状态筛选", all: "全部", prev: "上一页", next: "下一页", page: "第 {page}/{pages} 页, 共 {total} 个任务",
-    id: "任务 ID", state: "状态", steps: "步骤", begin: "开始", end: "结束", ttl: "保留", index: "序号",
-    name: "名称", exit_code: "退出码", duration: "耗时", actions: "操作", output: "输出",
-    submit_title: "提交任务", mode: "模式", sequential: "顺序", parallel: "并行", dag: "DAG",
-    task_id: "ID (可选)", submit: "提交", kill: "终止", pause: "暂停", resume: "继续", delete: "删除",
-    running_count: "执行中 {n}", failed_count: "失败 {n}", token_prompt: "服务器需要令牌 (只保存在本标签页的会话存储中):",
-    ok: "确定", deleted: "已删除", done: "成功", no_output: "(无输出)", not_found: "任务不存在或已过期",
-    steps_placeholder: '[{"command_type": "sh", "command_content": "echo hello"}]', mode_word: "模式",
-    lost: "连接中断, 正在重连…", back: "返回列表", failed: "失败",
-  },
-  en: {
-    filter: "State", all: "all", prev: "Previous", next: "Next", page: "page {page}/{pages}, {total} tasks",
-    id: "Task ID", state: "State", steps: "Steps", begin: "Start", end: "End", ttl: "TTL", index: "#",
-    name: "Name", exit_code: "Exit code", duration: "Duration", actions: "Actions", output: "Output",
-    submit_title: "Submit a task", mode: "Mode", sequential: "sequential", parallel: "parallel", dag: "DAG",
-    task_id: "ID (optional)", submit: "Submit", kill: "Kill", pause: "Pause", resume: "Resume", delete: "Delete",
-    running_count: "running {n}", failed_count: "failed {n}", token_prompt: "The server needs a token (kept in this tab's session storage only):",
-    ok: "OK", deleted: "deleted", done: "success", no_output: "(no output)", not_found: "the task does not exist or has expired",
-    steps_placeholder: '[{"command_type": "sh", "command_content": "echo hello"}]', mode_word: "mode",
-    lost: "connection lost, reconnecting…", back: "Back to the list", failed: "failed",
-  },
+const WORDS = { // key: [中文, English]
+  filter: ["状态筛选", "State"],
+  all: ["全部", "all"],
+  prev: ["上一页", "Previous"],
+  next: ["下一页", "Next"],
+  page: ["第 {page}/{pages} 页, 共 {total} 个任务", "page {page}/{pages}, {total} tasks"],
+  id: ["任务 ID", "Task ID"],
+  state: ["状态", "State"],
+  steps: ["步骤", "Steps"],
+  begin: ["开始", "Start"],
+  end: ["结束", "End"],
+  ttl: ["保留", "TTL"],
+  index: ["序号", "#"],
+  name: ["名称", "Name"],
+  exit_code: ["退出码", "Exit code"],
+  duration: ["耗时", "Duration"],
+  actions: ["操作", "Actions"],
+  output: ["输出", "Output"],
+  submit_title: ["提交任务", "Submit a task"],
+  mode: ["模式", "Mode"],
+  sequential: ["顺序", "sequential"],
+  parallel: ["并行", "parallel"],
+  dag: ["DAG", "DAG"],
+  task_id: ["ID (可选)", "ID (optional)"],
+  submit: ["提交", "Submit"],
+  kill: ["终止", "Kill"],
+  pause: ["暂停", "Pause"],
+  resume: ["继续", "Resume"],
+  delete: ["删除", "Delete"],
+  running_count: ["执行中 {n}", "running {n}"],
+  failed_count: ["失败 {n}", "failed {n}"],
+  token_prompt: ["服务器需要令牌 (只保存在本标签页的会话存储中):", "The server needs a token (kept in this tab's session storage only):"],
+  ok: ["确定", "OK"],
+  not_found: ["任务不存在或已过期", "the task does not exist or has expired"],
+  steps_placeholder: ['[{"command_type": "sh", "command_content": "echo hello"}]', '[{"command_type": "sh", "command_content": "echo hello"}]'],
+  mode_word: ["模式", "mode"],
+  failed: ["失败", "failed"],
 };
 
 let current = localStorage.getItem("osreapi.lang") === "en" ? "en" : "zh";
@@ -35,7 +49,7 @@ export function setLang(value) {
 }
 
 export function t(key, values = {}) {
-  const text = WORDS[current][key] ?? key;
+  const text = WORDS[key]?.[current === "en" ? 1 : 0] ?? key;
   return text.replace(/\{(\w+)\}/g, (_, name) => String(values[name] ?? ""));
 }
 
