@@ -17,7 +17,6 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from osreapi.http.app import HttpSettings
 from osreapi.records import StepRecord, TaskRecord
-from osreapi.spec import Limits, build_steps
 from osreapi.storage.database import Database
 from osreapi.vocabulary import State
 
@@ -194,12 +193,9 @@ def seed_finished_tasks(data_dir, count: int) -> None:
     now = time.time()
     try:
         for i in range(count):
-            task_id = f"stored-{i:05d}"
-            specs = build_steps(task_id, [sh("true")], Limits())
             begin = now - count + i
-            task = TaskRecord(task_id, "sequential", 1, begin, State.STOPPED, begin, begin + 0.5, now + 3600)
-            db.create_task(task, (StepRecord(0, specs[0].name, State.STOPPED, 0, "", begin, begin + 0.5),), specs)
-            db.save(task_id, task)  # indexes its expiry
+            task = TaskRecord(f"stored-{i:05d}", "sequential", 1, begin, State.STOPPED, begin, begin + 0.5, now + 3600)
+            db.save(task.id, task, (StepRecord(0, f"{task.id}-0", State.STOPPED, 0, "", begin, begin + 0.5),))
     finally:
         db.close()
 
