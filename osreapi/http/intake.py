@@ -14,11 +14,14 @@ TLS connections go to a worker as cheroot does (the TLS layer decides what a rea
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import selectors
 import socket
+import threading
 import time
 from contextlib import suppress
+from collections import deque
 from dataclasses import dataclass, field
 
 from cheroot.connections import ConnectionManager
@@ -103,6 +106,8 @@ class RequestIntake(ConnectionManager):
         self._max_body = max_body
         self._max_connections = max_connections
         self._tls = server.ssl_adapter is not None
+        self._whole: deque = deque()  # whole requests waiting for a worker's queue to have room
+        self._whole_lock = threading.Lock()
 
     # -- connections coming back from a worker (keep-alive) -------------------------------
 
@@ -127,8 +132,10 @@ class RequestIntake(ConnectionManager):
     def _run(self, expiration_interval: float) -> None:
         last_check = time.time()
         while not self._stop_requested:
+            self._dispatch_waiting()
+            wait = 0.01 if self._whole else min(expiration_interval, 0.25)
             try:
-                active = list(self._selector.select(timeout=min(expiration_interval, 0.25)))
+                active = list(self._selector.select(timeout=wait))
             except OSError:
                 self._remove_invalid_sockets()
                 continue
@@ -149,7 +156,7 @@ class RequestIntake(ConnectionManager):
         if self._tls:
             self.server.process_conn(conn)
             return
-        if self._num_connections >= self._max_connections:
+        if self._num_connections + len(self._whole) >= self._max_connections:
             refuse(conn, "503 Service Unavailable", "overloaded", self.server, retry_after=RETRY_AFTER)
             return
         conn.last_used = time.time()
@@ -193,8 +200,20 @@ class RequestIntake(ConnectionManager):
         pending.data = bytearray()
         pending.started = None
         pending.continued = False
-        self.server.process_conn(conn)
+        self._whole.append(conn)
+        self._dispatch_waiting()
         return True
+
+    def _dispatch_waiting(self) -> None:
+        """Give whole requests to the workers' queue, oldest first, while it has room (a burst of
+        requests waits here, bounded by max_connections, rather than being refused)."""
+        with self._whole_lock:  # workers returning keep-alive connections dispatch too
+            while self._whole:
+                try:
+                    self.server.requests.put(self._whole[0])
+                except queue.Full:
+                    return
+                self._whole.popleft()
 
     def _expire_overdue(self, now: float) -> None:
         """408 to a request not whole within its deadline; idle keep-alive connections closed quietly."""

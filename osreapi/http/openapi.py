@@ -71,7 +71,9 @@ STEP_INPUT = {
         "name": {"type": "string"},
         "depends_on": {"type": "array", "items": {"type": "string"}},
         "timeout": {"type": "string", "description": "Go duration, e.g. 30s"},
+        "keep_background": {"type": "boolean", "description": "let background processes outlive the step"},
     },
+    "additionalProperties": False,
 }
 
 TASK_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -88,7 +90,9 @@ COMMON_ERRORS = {
     "401": _json(ERROR, "a token is configured and the request lacks it (WWW-Authenticate: Bearer)"),
     "403": _json(ERROR, "protected mode: no token is configured and the client is not on loopback"),
     "429": _json(ERROR, "too many requests"),
-    "503": _json(ERROR, "engine busy"),
+    "408": _json(ERROR, "the request did not arrive whole within --read_timeout"),
+    "431": _json(ERROR, "request header block over --max_header"),
+    "503": _json(ERROR, "engine busy, or too many connections (Retry-After)"),
 }
 
 
@@ -126,6 +130,7 @@ def document() -> dict[str, Any]:
                         "type": "array", "minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/StepInput"}}}}},
                     "responses": {
                         "200": _json({"$ref": "#/components/schemas/Submitted"}, "accepted"),
+                        "409": _json(ERROR, "the id names a task with a different submission (code 409)"),
                         "413": _json(ERROR, "body too large"),
                         **COMMON_ERRORS,
                     },
@@ -201,6 +206,7 @@ def document() -> dict[str, Any]:
                             "text/plain": {"schema": {"type": "string"}},
                             "text/event-stream": {"schema": {"type": "string"}}}},
                         "404": _json(ERROR, "unknown task or step"),
+                        "416": _json(ERROR, "offset past the end of the output (code 416)"),
                         **COMMON_ERRORS,
                     },
                 },

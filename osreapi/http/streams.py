@@ -16,6 +16,7 @@ import email.utils
 import logging
 import os
 import selectors
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -129,10 +130,10 @@ class StreamHub:
         if chunked:
             lines.append("Transfer-Encoding: chunked")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        sock = request.conn.socket.dup()
+        # The descriptor changes owner: cheroot's socket object is left closed (detached), and
+        # cheroot is told the response is done, with nothing more to write and nothing to shut down.
+        sock = socket.socket(fileno=request.conn.socket.detach())
         sock.setblocking(False)
-        # cheroot: the response is done, nothing more to write, and the socket is not shut down
-        # (our duplicate keeps the connection open; cheroot's copy of the descriptor just closes).
         request.sent_headers = True
         request.chunked_write = False
         request.close_connection = True

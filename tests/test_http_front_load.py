@@ -1,0 +1,247 @@
+"""Hostile and careless clients against the real server (the installed console script, 127.0.0.1):
+drip and silent connections, vanished followers, --max-requests with streams, 1,000 followers.
+Every loop is bounded in count and time; latency figures are printed, never asserted."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+import pytest
+
+from osreapi.http.app import HttpSettings, make_app
+from osreapi.http.server import HttpServer
+
+from .conftest import Client, sh, wait_until
+
+
+def connect(client: Client, payload: bytes = b"") -> socket.socket:
+    sock = socket.create_connection((client.host, client.port), timeout=10)
+    if payload:
+        sock.sendall(payload)
+    return sock
+
+
+@contextmanager
+def drippers(client: Client, count: int, every: float = 0.5, seconds: float = 60.0) -> Iterator[list[socket.socket]]:
+    """`count` connections that send a POST head promising 100 bytes, then one byte every `every` s."""
+    socks = [connect(client, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n") for _ in range(count)]
+    stop = threading.Event()
+
+    def drip() -> None:
+        deadline = time.monotonic() + seconds
+        while not stop.wait(every) and time.monotonic() < deadline:
+            for sock in socks:
+                try:
+                    sock.send(b" ")
+                except OSError:
+                    pass  # the server has dropped it
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    try:
+        yield socks
+    finally:
+        stop.set()
+        thread.join(5)
+        for sock in socks:
+            sock.close()
+
+
+def latencies(client: Client, path: str, count: int, bound: float = 20.0) -> list[float]:
+    """Time `count` requests one after another; each must be answered 200 (bounded by `bound`)."""
+    out = []
+    for _ in range(count):
+        started = time.monotonic()
+        resp = client.get(path)
+        out.append(time.monotonic() - started)
+        assert resp.status == 200, resp.body[:300]
+        assert out[-1] < bound
+    return out
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+class Followers:
+    """`count` raw `GET ...log?follow=true` connections read by one selector in the test."""
+
+    def __init__(self, client: Client, path: str, count: int) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.received: dict[socket.socket, bytearray] = {}
+        self.ended: set[socket.socket] = set()
+        request = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        for _ in range(count):
+            sock = connect(client, request)
+            sock.setblocking(False)
+            self.received[sock] = bytearray()
+            self.selector.register(sock, selectors.EVENT_READ)
+
+    def pump(self, until, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not until():
+            if time.monotonic() > deadline:
+                return False
+            for key, _ in self.selector.select(timeout=0.1):
+                sock = key.fileobj
+                try:
+                    data = sock.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    self.received[sock] += data
+                else:
+                    self.selector.unregister(sock)
+                    self.ended.add(sock)
+        return True
+
+    def all_have(self, marker: bytes) -> bool:
+        return all(marker in data for data in self.received.values())
+
+    def close(self) -> None:
+        for sock in self.received:
+            sock.close()
+        self.selector.close()
+
+
+def fds(pid: int) -> int:
+    return psutil.Process(pid).num_fds()
+
+
+@pytest.mark.timeout(120)
+def test_drip_and_silent_connections_do_not_starve_a_normal_client(start_server):
+    server = start_server("--read_timeout", "3s")
+    client = server.client
+    silent = [connect(client, b"GET / HTTP/1.1\r\nHost: x\r\n") for _ in range(100)]
+    try:
+        with drippers(client, 40) as drips:
+            times = latencies(client, "/healthz", 100, bound=5.0)
+            print(f"\nGET /healthz beside 40 drip + 100 silent connections: p99 {p99(times) * 1000:.1f} ms")
+            for sock in drips[:3] + silent[:3]:  # past --read_timeout each is answered 408 and closed
+                sock.settimeout(15)
+                answer = b""
+                while chunk := sock.recv(4096):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 408 ") and b'"code":408' in answer, answer[:200]
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_connections_beyond_what_the_server_holds_get_503_at_once(make_executor):
+    app = make_app(make_executor(), HttpSettings(lang="en"))
+    server = HttpServer(app, "127.0.0.1", 0, max_connections=5)
+    server.start()
+    client = Client(server.url)
+    held = [connect(client, b"GET / HTTP/1.1\r\n") for _ in range(5)]
+    try:
+        assert wait_until(lambda: len(server._server._connections._selector) - 1 >= 5, timeout=5)
+        refused = connect(client)
+        answer = refused.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in answer and b"too many connections" in answer
+        refused.close()
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+
+
+def test_a_body_announced_with_expect_continue_is_invited_then_taken(client: Client):
+    body = b'[{"command_type":"sh","command_content":"echo hi"}]'
+    sock = connect(client, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+    with sock:
+        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        answer = b""
+        while b'"code":0' not in answer and (chunk := sock.recv(4096)):  # bounded by the socket timeout
+            answer += chunk
+        assert b"HTTP/1.1 200 OK" in answer and b'"code":0' in answer
+
+
+@pytest.mark.timeout(120)
+def test_vanished_followers_are_noticed_and_do_not_block_anyone(start_server):
+    server = start_server()
+    client = server.client
+    task_id = client.submit([sh("sleep 40")])
+    assert wait_until(lambda: client.get(f"/{task_id}?lang=en").json["data"][0]["state"] == "running")
+    baseline = fds(server.proc.pid)
+    followers = Followers(client, f"/{task_id}/0/log?follow=true", 40)
+    try:
+        assert followers.pump(lambda: followers.all_have(b"\r\n\r\n"), timeout=30)
+        assert all(data.startswith(b"HTTP/1.1 200 ") for data in followers.received.values())
+        assert fds(server.proc.pid) >= baseline + 40
+    finally:
+        followers.close()
+    # every one noticed and closed (the hub's own selector, made for the first stream, stays)
+    assert wait_until(lambda: fds(server.proc.pid) <= baseline + 1, timeout=5)
+    times = latencies(client, f"/{task_id}", 20)
+    print(f"\nGET /<id> after 40 vanished followers: p99 {p99(times) * 1000:.1f} ms")
+    assert client.request("PUT", f"/{task_id}?action=kill").status == 200
+
+
+@pytest.mark.timeout(120)
+def test_open_followers_do_not_count_against_max_requests_and_end_with_the_step(start_server):
+    server = start_server("--max-requests", "10")
+    client = server.client
+    task_id = client.submit([sh("echo started; sleep 40")])
+    assert wait_until(lambda: client.get(f"/{task_id}/0/log").body == b"started\n")
+    followers = Followers(client, f"/{task_id}/0/log?follow=true", 10)
+    try:
+        assert followers.pump(lambda: followers.all_have(b"started\n"), timeout=30)
+        assert client.request("PUT", f"/{task_id}?action=kill").status == 200
+        assert followers.pump(lambda: len(followers.ended) == 10, timeout=15)  # the stream ends with the step
+        assert followers.all_have(b"0\r\n\r\n")
+    finally:
+        followers.close()
+    assert client.wait(task_id).json["data"][0]["state"] == "已终止"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_thousand_followers_are_all_served_and_all_end_with_the_step(start_server):
+    server = start_server()
+    client = server.client
+    task_id = client.submit([sh("echo ready; while [ ! -f go ]; do sleep 0.05; done; echo done")])
+    go = server.data_dir / "workspace" / task_id / "go"
+    assert wait_until(lambda: client.get(f"/{task_id}/0/log").body == b"ready\n")
+    started = time.monotonic()
+    followers = Followers(client, f"/{task_id}/0/log?follow=true", 1000)
+    try:
+        assert followers.pump(lambda: followers.all_have(b"ready\n"), timeout=120)
+        print(f"\n1,000 followers connected and served in {time.monotonic() - started:.1f} s")
+        times = latencies(client, "/healthz", 50)
+        print(f"GET /healthz beside 1,000 followers: p99 {p99(times) * 1000:.1f} ms")
+        go.touch()
+        assert followers.pump(lambda: len(followers.ended) == 1000, timeout=60)
+        assert followers.all_have(b"done\n") and followers.all_have(b"0\r\n\r\n")
+    finally:
+        followers.close()
+    assert client.wait(task_id).json["code"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_p99_of_a_normal_client_beside_drips_and_followers(start_server):
+    server = start_server("--read_timeout", "30s")
+    client = server.client
+    task_id = client.submit([sh("echo ready; sleep 60")])
+    assert wait_until(lambda: client.get(f"/{task_id}/0/log").body == b"ready\n")
+    followers = Followers(client, f"/{task_id}/0/log?follow=true", 200)
+    try:
+        with drippers(client, 100, every=1.0):
+            assert followers.pump(lambda: followers.all_have(b"ready\n"), timeout=60)
+            times = latencies(client, f"/{task_id}", 200)
+            print(f"\nGET /<id> beside 100 drip connections and 200 followers: p99 {p99(times) * 1000:.1f} ms")
+            assert client.request("PUT", f"/{task_id}?action=kill").status == 200
+            assert followers.pump(lambda: len(followers.ended) == 200, timeout=30)
+    finally:
+        followers.close()
