@@ -114,7 +114,3 @@ class EventBus:
         """`wake()` is called (from the store's thread: it must be quick) after every publish."""
         with self._lock:
             self._wakers.add(wake)
-
-    def remove_waker(self, wake: Callable[[], None]) -> None:
-        with self._lock:
-            self._wakers.discard(wake)

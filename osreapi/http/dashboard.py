@@ -64,6 +64,7 @@ def add_routes(
 
     bus = EventBus(stored_task, clock=executor.clock)
     executor.subscribe(bus.publish)
+    bus.add_waker(hub.wake)  # news: the hub reads every feed now rather than at its next tick
 
     # The state words of both languages, from the one table, so the page can colour and filter by state.
     vocabulary_body = json.dumps({"states": {s.value: [s.word(language) for language in LANGUAGES] for s in State}}, ensure_ascii=False)
@@ -74,7 +75,7 @@ def add_routes(
         environ = bottle.request.environ  # raw header text: bottle's headers raise on bytes that are not UTF-8
         after = last_event_id(environ.get("HTTP_LAST_EVENT_ID"))
         task_id = task_filter(bottle.request.query.get("task"))
-        source = FeedSource(bus, after, task_id, lang(), now, hub.wake)
+        source = FeedSource(bus, after, task_id, lang(), now)
         return hub.serve(environ, "200 OK", FEED_HEADERS, source)
 
     @app.get("/ui")

@@ -1,7 +1,8 @@
 """GET /events: the event bus as Server-Sent Events, one subscriber's stream source.
 
 `FeedSource` follows the stream hub's StreamSource protocol: `read()` hands back what is new,
-`heartbeat()` a comment that keeps proxies open and finds vanished clients, `close()` unsubscribes.
+`heartbeat()` a comment that keeps proxies open and finds vanished clients. The bus wakes the hub
+once per change for every subscriber at once.
 """
 
 from __future__ import annotations
@@ -37,16 +38,13 @@ class FeedSource:
         task_id: str | None,
         lang: str,
         clock: Callable[[], float],
-        wake: Callable[[], None],
     ) -> None:
         self._bus = bus
         self._cursor = bus.last if after is None else after  # no Last-Event-ID: only what comes next
         self._task_id = task_id
         self._lang = lang
         self._clock = clock
-        self._wake = wake
         self._opened = False
-        bus.add_waker(wake)
 
     def read(self) -> tuple[bytes, bool]:
         parts = [] if self._opened else [OPENING]
@@ -68,4 +66,4 @@ class FeedSource:
         return HEARTBEAT
 
     def close(self) -> None:
-        self._bus.remove_waker(self._wake)
+        """Nothing to release: the bus keeps no state per subscriber."""
