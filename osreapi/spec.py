@@ -207,7 +207,7 @@ def _build_env(index: int, value: Any, limits: Limits) -> tuple[tuple[str, str],
     if isinstance(value, dict):
         for key, val in value.items():
             if not isinstance(val, (str, int, float)) or isinstance(val, bool):
-                raise InvalidRequest("env_value_type", step=index, key=key)
+                raise InvalidRequest("env_value_type", step=index, name=key)
             pairs.append((key, str(val)))
     elif isinstance(value, list):
         for position, entry in enumerate(value):

@@ -134,7 +134,7 @@ _MESSAGES.update({
     "depends_on_type": ("depends_on 应为步骤名的数组", "depends_on must be an array of step names"),
     "lone_surrogate": ("{field} 不是合法的 Unicode (孤立代理项)", "{field} is not valid Unicode (a lone surrogate)"),
     "nul_character": ("{field} 含有 NUL 字符", "{field} contains a NUL character"),
-    "env_value_type": ("env_vars[{key!r}] 应为字符串", "env_vars[{key!r}] must be a string"),
+    "env_value_type": ("env_vars[{name!r}] 应为字符串", "env_vars[{name!r}] must be a string"),
     "env_entry": ("env_vars[{position}] 应为 'NAME=value' 形式的字符串", "env_vars[{position}] must be a string 'NAME=value'"),
     "env_type": ("env_vars 应为 'NAME=value' 字符串数组或对象", "env_vars must be an array of 'NAME=value' strings or an object"),
     "env_count": ("env_vars 有 {count} 项, 上限 {limit}", "env_vars has {count} entries, the limit is {limit}"),
