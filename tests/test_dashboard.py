@@ -205,7 +205,7 @@ def test_usable_with_10000_stored_tasks(browser: WebDriver, make_server, tmp_pat
     client = make_server(data_dir=tmp_path / "data")
     open_page(browser, client)
     until(browser, lambda d: "10000" in text_of(d, "#page-info"), timeout=30)
-    rows = lambda: browser.execute_script("return document.querySelectorAll('#tasks tbody tr').length")  # noqa: E731
+    rows = lambda: browser.execute_script("return document.querySelectorAll('#tasks tbody tr').length")
     assert rows() == 50  # paged: the DOM holds one page, not ten thousand rows
     assert text_of(browser, "#tasks tbody tr:first-child a") == "stored-09999"  # newest first
     browser.find_element(By.ID, "next-page").click()

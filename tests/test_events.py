@@ -11,8 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import pytest
-
 from osreapi.events import Batch, EventBus, Reset
 from osreapi.http.app import HttpSettings
 from osreapi.records import StepRecord, TaskRecord
@@ -74,7 +72,7 @@ def test_task_and_step_events_carry_the_records_as_the_api_gives_them(client: Cl
     assert feed.response.getheader("Content-Type").startswith("text/event-stream")
     task_id = client.submit([sh("echo hi", name="first")])
     ended = feed.until(is_task_state(task_id, "已结束"))
-    listed = [t for t in client.get("/").json["data"]["tasks"] if t["id"] == task_id][0]
+    listed = next(t for t in client.get("/").json["data"]["tasks"] if t["id"] == task_id)
     assert {k: v for k, v in ended["data"].items() if k != "times"} == {k: v for k, v in listed.items() if k != "times"}
     feed.close()
     replay = Feed(client, f"/events?task={task_id}", {"Last-Event-ID": "0"})
@@ -172,7 +170,7 @@ def test_500_subscribers_cost_no_thread_each(client: Client) -> None:
         assert threading.active_count() <= threads  # the fixed worker pool and the hub serve them all
         task_id = client.submit([sh("true")], "?id=for-everyone")
         for sock in socks[::50]:  # a sample of them all get the news
-            assert wait_until(lambda: task_id.encode() in _received(sock, seen), timeout=10)
+            assert wait_until(lambda sock=sock: task_id.encode() in _received(sock, seen), timeout=10)
     finally:
         for sock in [warm, *socks]:
             sock.close()

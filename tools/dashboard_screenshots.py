@@ -14,10 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from osreapi import Executor  # noqa: E402
-from osreapi.http.app import HttpSettings, make_app  # noqa: E402
-from osreapi.http.server import HttpServer  # noqa: E402
-from tests.browser import launch  # noqa: E402
+from osreapi import Executor
+from osreapi.http.app import HttpSettings, make_app
+from osreapi.http.server import HttpServer
+from tests.browser import launch
 
 DAG = [
     {"name": "fetch", "command_type": "sh", "command_content": "echo fetching; sleep 1; echo 42 rows"},

@@ -20,7 +20,7 @@ HEARTBEAT = b": keep-alive\n\n"
 
 def sse(kind: str, seq: int, data: Any) -> bytes:
     body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"id: {seq}\nevent: {kind}\ndata: {body}\n\n".encode("utf-8")
+    return f"id: {seq}\nevent: {kind}\ndata: {body}\n\n".encode()
 
 
 def event_json(event: Event, lang: str, now: float) -> dict[str, Any]:
