@@ -4,6 +4,7 @@ reads from it: console errors and every URL the page requested."""
 from __future__ import annotations
 
 import json
+import os
 from urllib.parse import urlsplit
 
 from selenium import webdriver
@@ -13,7 +14,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-def launch(width: int = 1280, height: int = 900, lang: str = "zh-CN") -> webdriver.Chrome:
+def launch(width: int = 1280, height: int = 900, lang: str = "zh-CN", tz: str | None = None) -> webdriver.Chrome:
+    """A headless chromium; `tz` sets the browser's time zone (the server keeps its own)."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -21,7 +23,8 @@ def launch(width: int = 1280, height: int = 900, lang: str = "zh-CN") -> webdriv
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    env = {**os.environ, "TZ": tz} if tz else None
+    return webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=options)
 
 
 def console_errors(driver: webdriver.Chrome, allowed: tuple[str, ...] = ()) -> list[str]:

@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import time
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable, Iterator
 
 import psutil
@@ -244,3 +245,17 @@ def drop_connections(port: int) -> int:
                 sock.shutdown(socket.SHUT_RDWR)
             cut += 1
     return cut
+
+
+def test_dates_are_shown_in_the_browsers_time_zone(client: Client) -> None:
+    task_id = client.submit([sh("true")], "?id=zoned")
+    client.wait(task_id)
+    begin = datetime.fromisoformat(client.get("/").json["data"]["tasks"][0]["times"]["begin"])
+    driver = launch(tz="Asia/Kathmandu")  # +05:45 all year: no server zone shares it by chance
+    try:
+        open_page(driver, client)
+        shown = until(driver, lambda d: text_of(d, "#tasks tr[data-id='zoned'] td:nth-child(4)"))
+        expected = begin.astimezone(timezone(timedelta(hours=5, minutes=45)))
+        assert shown == expected.strftime("%Y/%m/%d %H:%M:%S").replace("/0", "/")
+    finally:
+        driver.quit()
