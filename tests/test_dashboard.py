@@ -7,8 +7,8 @@ import os
 import re
 import socket
 import time
-from datetime import datetime, timedelta, timezone
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 
 import psutil
 import pytest
