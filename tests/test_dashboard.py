@@ -22,7 +22,7 @@ from osreapi.storage.database import Database
 from osreapi.vocabulary import State
 
 from .browser import console_errors, foreign, launch, requested_urls
-from .conftest import Client, gone, read_pid, sh
+from .conftest import Client, gone, read_pid, sh, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -259,3 +259,14 @@ def test_dates_are_shown_in_the_browsers_time_zone(client: Client) -> None:
         assert shown == expected.strftime("%Y/%m/%d %H:%M:%S").replace("/0", "/")
     finally:
         driver.quit()
+
+
+def test_an_expired_task_leaves_the_list(browser: WebDriver, make_server) -> None:
+    client = make_server(key_expire="3s")  # long enough to be seen, short enough to wait for
+    open_page(browser, client)
+    client.submit([sh("true")], "?id=short-lived")
+    until(browser, lambda d: text_of(d, "#tasks tr[data-id='short-lived'] .state") == "已结束")
+    assert wait_until(lambda: client.get("/short-lived").status == 404, timeout=10)
+    client.submit([sh("true")], "?id=next-one")  # any change renders the list again
+    until(browser, lambda d: text_of(d, "#tasks tr[data-id='next-one'] .state") == "已结束")
+    assert text_of(browser, "#tasks tr[data-id='short-lived']") == ""

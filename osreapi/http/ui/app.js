@@ -55,6 +55,12 @@ function ttlLeft(task) {
   return seconds - (Date.now() - task.received) / 1000;
 }
 
+// Gone for the server once its ttl has run out (it answers 1003 even before the sweep).
+function expired(task) {
+  const left = ttlLeft(task);
+  return left !== null && left <= 0;
+}
+
 function seconds(iso) { return iso ? new Date(iso).getTime() / 1000 : null; }
 
 function duration(step) {
@@ -147,7 +153,7 @@ const SORTS = {
 
 function visibleTasks() {
   const key = SORTS[ui.sort.key];
-  const rows = [...ui.tasks.values()].filter((task) => !ui.filter || taskClass(task) === `st-${ui.filter}`);
+  const rows = [...ui.tasks.values()].filter((task) => !expired(task) && (!ui.filter || taskClass(task) === `st-${ui.filter}`));
   rows.sort((a, b) => {
     const x = key(a), y = key(b);
     if (x === y) return 0;
@@ -161,6 +167,7 @@ function visibleTasks() {
 function renderCounts() {
   let running = 0, failed = 0;
   for (const task of ui.tasks.values()) {
+    if (expired(task)) continue;
     if (stateKey(task.state) === "running") running += 1;
     if (task.code === 1002) failed += 1;
   }
