@@ -18,7 +18,7 @@ MAX_STEPS = 1000
 MAX_NAME_LENGTH = 128
 TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Route words that a task id would shadow.
-RESERVED_IDS = frozenset({"healthz", "version", "metrics", "ui", "openapi.json", "favicon.ico"})
+RESERVED_IDS = frozenset({"healthz", "version", "metrics", "ui", "events", "openapi.json", "favicon.ico"})
 STEP_FIELDS = ("command_type", "command_content", "env_vars", "name", "depends_on", "timeout", "keep_background")
 _ENV_NAME = re.compile(r"^[^=\x00]+$")
 
@@ -207,7 +207,7 @@ def _build_env(index: int, value: Any, limits: Limits) -> tuple[tuple[str, str],
     if isinstance(value, dict):
         for key, val in value.items():
             if not isinstance(val, (str, int, float)) or isinstance(val, bool):
-                raise InvalidRequest("env_value_type", step=index, key=key)
+                raise InvalidRequest("env_value_type", step=index, name=key)
             pairs.append((key, str(val)))
     elif isinstance(value, list):
         for position, entry in enumerate(value):

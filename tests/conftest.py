@@ -133,6 +133,7 @@ def make_server(make_executor: Callable[..., Executor]) -> Iterator[Callable[...
         servers.append(server)
         client = Client(server.url)
         client.executor = ex  # type: ignore[attr-defined]
+        client.hub = app.hub  # type: ignore[attr-defined]  # the stream hub: how many streams it serves
         return client
 
     yield make

@@ -198,7 +198,8 @@ def test_openapi_document_is_valid_and_matches_real_responses(client: Client):
     for path, method, resp in checks:
         assert str(resp.status) in doc["paths"][path][method]["responses"], (path, method, resp.status)
         jsonschema.validate(resp.json, response_schema(doc, path, method, resp.status))
-    assert set(doc["paths"]) == {"/", "/{id}", "/{id}/{step}", "/{id}/{step}/log", "/healthz", "/version", "/metrics", "/openapi.json"}
+    assert set(doc["paths"]) == {"/", "/{id}", "/{id}/{step}", "/{id}/{step}/log", "/healthz", "/version", "/metrics", "/openapi.json",
+                                 "/events", "/ui/"}
 
 
 @pytest.mark.timeout(30)

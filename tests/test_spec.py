@@ -54,6 +54,7 @@ def test_aliases_are_canonical():
         ([step(env_vars=["NOEQUALS"])], "step 0: env_vars[0]"),
         ([step(env_vars=[1])], "step 0: env_vars[0]"),
         ([step(env_vars="A=1")], "step 0: env_vars must be"),
+        ([step(env_vars={"A": {}})], "step 0: env_vars['A'] must be a string"),
         ([step(env_vars=["=v"])], "invalid name"),
         ([step(timeout="10")], "step 0: timeout"),
         ([step(timeout="-1s")], "step 0: timeout must not be negative"),

@@ -31,7 +31,7 @@ from ..vocabulary import (
     DEFAULT_LANGUAGE,
     message,
 )
-from . import openapi, render
+from . import dashboard, openapi, render
 from .answers import JSON_TYPE, language_of, refuse
 from .health import HealthCheck
 from .logstream import LogSource, SharedPoll
@@ -161,6 +161,8 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     @app.get("/openapi.json")
     def openapi_json() -> Answer:
         return bottle.HTTPResponse(body=openapi_body, headers={"Content-Type": JSON_TYPE})
+
+    dashboard.add_routes(app, executor, api, lang, now, hub)
 
     @app.post("/")
     @api

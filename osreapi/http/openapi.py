@@ -221,6 +221,22 @@ def document() -> dict[str, Any]:
                                         "properties": {"version": {"type": "string"}}}, [0]), "version")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics", "responses": {
                 "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/events": {"get": {
+                "summary": "Server-Sent Events of task and step changes (event: task | step | reset; id: sequence)",
+                "operationId": "events",
+                "parameters": [
+                    {"name": "task", "in": "query", "required": False, "schema": {
+                        "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}},
+                    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}},
+                    LANG,
+                ],
+                "responses": {
+                    "200": {"description": "an endless event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    **COMMON_ERRORS,
+                }}},
+            "/ui/": {"get": {"summary": "The dashboard (HTML; /ui redirects, /ui/tasks/{id} deep links)", "operationId": "dashboard",
+                             "security": [{}], "responses": {
+                "200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi", "responses": {
                 "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         },

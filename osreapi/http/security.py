@@ -20,6 +20,13 @@ from .answers import language_of, refuse
 
 audit_log = logging.getLogger("osreapi.audit")
 OPEN_PATHS = frozenset({"/healthz"})  # answered without a token
+PAGE_PREFIX = "/ui"  # the dashboard's static files: no data in them, and the page must load to ask for the token
+
+
+def is_page(environ: dict) -> bool:
+    path = environ.get("PATH_INFO", "")
+    return environ.get("REQUEST_METHOD") in ("GET", "HEAD") and (path == PAGE_PREFIX or path.startswith(PAGE_PREFIX + "/"))
+
 
 def load_token(token: str | None, token_file: str | None, environ: dict[str, str] | None = None) -> str | None:
     """The configured token: --token, else --token_file (not world-readable), else OSREAPI_TOKEN."""
@@ -81,7 +88,7 @@ class Guard:
         if self._token is None:
             if not is_loopback(environ.get("REMOTE_ADDR")):
                 return self._refuse(environ, start_response, "403 Forbidden", 403, "forbidden")
-        else:
+        elif not is_page(environ):
             header = environ.get("HTTP_AUTHORIZATION", "")
             scheme, _, presented = header.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode("utf-8"), self._token):

@@ -1,0 +1,116 @@
+"""The event bus: every committed change of a task's or a step's record, numbered, in a bounded ring.
+
+Subscribers read what came after the last sequence number they saw (`since`); one that asks for
+events already dropped from the ring gets a `Reset` and must reload. Sequence numbers start at the
+wall clock in microseconds, so a number handed out before a restart reads as dropped, never as new.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .records import StepRecord, TaskRecord
+
+log = logging.getLogger(__name__)
+DEFAULT_CAPACITY = 10_000
+BATCH = 500  # most events one `since` hands back, so a slow reader catches up in bounded pieces
+KNOWN_TASKS = 4096  # task records remembered for step-only writes, so few need a read
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    task: TaskRecord  # the task as it stood (a step event needs its expiry for the ttl)
+    step: StepRecord | None = None  # None: a task event
+
+    @property
+    def kind(self) -> str:
+        return "task" if self.step is None else "step"
+
+
+@dataclass(frozen=True)
+class Batch:
+    events: tuple[Event, ...]
+    upto: int  # the next `since` starts here (past events the task filter skipped too)
+
+
+@dataclass(frozen=True)
+class Reset:
+    """The asked-for position is gone (dropped from the ring, or from before a restart)."""
+
+    last: int  # resume after this once reloaded
+
+
+class EventBus:
+    def __init__(
+        self,
+        load_task: Callable[[str], TaskRecord | None],
+        capacity: int = DEFAULT_CAPACITY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._load_task = load_task  # for step-only writes of a task not seen lately
+        self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
+        self._ring: deque[Event] = deque(maxlen=capacity)
+        self._last = int(clock() * 1_000_000)
+        self._lock = threading.Lock()
+        self._wakers: set[Callable[[], None]] = set()
+
+    @property
+    def last(self) -> int:
+        return self._last
+
+    def publish(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
+        """The store's hook after each committed write: quick, and it never raises."""
+        try:
+            self._publish(task_id, task, steps)
+        except Exception:
+            log.exception("events: could not publish the change of task %s", task_id)
+
+    def _publish(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
+        current = task or self._tasks.get(task_id) or self._load_task(task_id)
+        if current is None:
+            return
+        with self._lock:
+            self._remember(current)
+            for step in steps:
+                self._append(current, step)
+            if task is not None:  # after its steps: a task's end comes after its last step's
+                self._append(task, None)
+            wakers = tuple(self._wakers)
+        for wake in wakers:
+            wake()
+
+    def _remember(self, task: TaskRecord) -> None:
+        self._tasks[task.id] = task
+        self._tasks.move_to_end(task.id)
+        if len(self._tasks) > KNOWN_TASKS:
+            self._tasks.popitem(last=False)
+
+    def _append(self, task: TaskRecord, step: StepRecord | None) -> None:
+        self._last += 1
+        self._ring.append(Event(self._last, task, step))
+
+    def since(self, seq: int, task_id: str | None = None) -> Batch | Reset:
+        """Events after `seq` (at most BATCH), only task `task_id`'s when given."""
+        with self._lock:
+            if seq > self._last:
+                return Reset(self._last)
+            first = self._ring[0].seq if self._ring else self._last + 1
+            if seq < first - 1:
+                return Reset(self._last)
+            newer = itertools.islice(self._ring, seq + 1 - first, None)
+            matching = (e for e in newer if task_id is None or e.task.id == task_id)
+            events = tuple(itertools.islice(matching, BATCH))
+            upto = events[-1].seq if len(events) == BATCH else self._last
+            return Batch(events, upto)
+
+    def add_waker(self, wake: Callable[[], None]) -> None:
+        """`wake()` is called (from the store's thread: it must be quick) after every publish."""
+        with self._lock:
+            self._wakers.add(wake)

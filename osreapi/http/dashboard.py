@@ -1,0 +1,96 @@
+"""Routes of the live view: GET /events (the feed) and the dashboard pages under /ui/."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import bottle
+
+from ..embed import Executor
+from ..errors import InvalidRequest, NotFound
+from ..events import EventBus
+from ..records import TaskRecord
+from ..spec import TASK_ID_PATTERN
+from ..vocabulary import LANGUAGES, State
+from .answers import JSON_TYPE
+from .feed import FeedSource
+from .streams import StreamHub
+
+UI_DIR = Path(__file__).parent / "ui"
+_SEQUENCE = re.compile(r"[0-9]{1,19}")
+# Only the server's own origin: no inline script or style, no framing, no other host.
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+FEED_HEADERS = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")]
+
+
+def last_event_id(value: str | None) -> int | None:
+    if value is None or value.strip() == "":
+        return None
+    if not _SEQUENCE.fullmatch(value.strip()):
+        raise InvalidRequest("bad_event_id", value=value[:40])
+    return int(value)
+
+
+def task_filter(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not TASK_ID_PATTERN.fullmatch(value):
+        raise InvalidRequest("bad_task_filter", value=value[:70])
+    return value
+
+
+def add_routes(
+    app: bottle.Bottle,
+    executor: Executor,
+    api: Callable,
+    lang: Callable[[], str],
+    now: Callable[[], float],
+    hub: StreamHub,
+) -> None:
+    """Add /events and /ui/ to `app`; call before the catch-all /<task_id> routes."""
+    def stored_task(task_id: str) -> TaskRecord | None:
+        try:
+            return executor.step(task_id, 0, output=False)[0]
+        except NotFound:
+            return None
+
+    bus = EventBus(stored_task, clock=executor.clock)
+    executor.subscribe(bus.publish)
+    bus.add_waker(hub.wake)  # news: the hub reads every feed now rather than at its next tick
+
+    # The state words of both languages, from the one table, so the page can colour and filter by state.
+    vocabulary_body = json.dumps({"states": {s.value: [s.word(language) for language in LANGUAGES] for s in State}}, ensure_ascii=False)
+
+    @app.get("/events")
+    @api
+    def events() -> bottle.HTTPResponse:
+        environ = bottle.request.environ  # raw header text: bottle's headers raise on bytes that are not UTF-8
+        after = last_event_id(environ.get("HTTP_LAST_EVENT_ID"))
+        task_id = task_filter(bottle.request.query.get("task"))
+        source = FeedSource(bus, after, task_id, lang(), now)
+        return hub.serve(environ, "200 OK", FEED_HEADERS, source)
+
+    @app.get("/ui")
+    def ui_redirect() -> None:
+        bottle.redirect("/ui/", 301)
+
+    @app.get("/ui/")
+    @app.get("/ui/tasks/<task_id>")
+    def ui_page(task_id: str | None = None) -> bottle.HTTPResponse:
+        return bottle.static_file("index.html", root=str(UI_DIR), headers=dict(UI_HEADERS))
+
+    @app.get("/ui/vocabulary.json")
+    def ui_vocabulary() -> bottle.HTTPResponse:
+        return bottle.HTTPResponse(body=vocabulary_body, headers={"Content-Type": JSON_TYPE, **UI_HEADERS})
+
+    @app.get("/ui/<name:re:[a-z0-9_-]+[.](?:js|css|svg)>")
+    def ui_asset(name: str) -> bottle.HTTPResponse:
+        return bottle.static_file(name, root=str(UI_DIR), headers=dict(UI_HEADERS))

@@ -1,0 +1,69 @@
+"""GET /events: the event bus as Server-Sent Events, one subscriber's stream source.
+
+`FeedSource` follows the stream hub's StreamSource protocol: `read()` hands back what is new,
+`heartbeat()` a comment that keeps proxies open and finds vanished clients. The bus wakes the hub
+once per change for every subscriber at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ..events import Batch, Event, EventBus, Reset
+from . import render
+
+OPENING = b": osreapi events\nretry: 2000\n\n"
+HEARTBEAT = b": keep-alive\n\n"
+
+
+def sse(kind: str, seq: int, data: Any) -> bytes:
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {seq}\nevent: {kind}\ndata: {body}\n\n".encode()
+
+
+def event_json(event: Event, lang: str, now: float) -> dict[str, Any]:
+    """A task event's data is its entry as GET / lists it; a step event's {"id", "step"}."""
+    if event.step is None:
+        return render.task_summary_json(event.task, lang, now)
+    return {"id": event.task.id, "step": render.step_json(event.step, event.task, lang, now)}
+
+
+class FeedSource:
+    def __init__(
+        self,
+        bus: EventBus,
+        after: int | None,
+        task_id: str | None,
+        lang: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self._bus = bus
+        self._cursor = bus.last if after is None else after  # no Last-Event-ID: only what comes next
+        self._task_id = task_id
+        self._lang = lang
+        self._clock = clock
+        self._opened = False
+
+    def read(self) -> tuple[bytes, bool]:
+        parts = [] if self._opened else [OPENING]
+        self._opened = True
+        batch = self._bus.since(self._cursor, self._task_id)
+        if isinstance(batch, Reset):
+            parts.append(sse("reset", batch.last, {"last": batch.last}))
+            self._cursor = batch.last
+        else:
+            parts.extend(self._render(batch))
+        return b"".join(parts), False
+
+    def _render(self, batch: Batch) -> list[bytes]:
+        now = self._clock()
+        self._cursor = batch.upto
+        return [sse(e.kind, e.seq, event_json(e, self._lang, now)) for e in batch.events]
+
+    def heartbeat(self) -> bytes:
+        return HEARTBEAT
+
+    def close(self) -> None:
+        """Nothing to release: the bus keeps no state per subscriber."""
