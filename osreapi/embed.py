@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from .executor import process
 from .executor.durations import parse_duration
 from .executor.output import read_output
 from .executor.reaper import Reaper
+from .listing import sorted_tasks
 from .metrics import EngineMetrics
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
@@ -254,8 +255,26 @@ class Executor:
             "threads": threading.active_count(),
         }
 
-    def list(self) -> list[TaskRecord]:
-        return [task for task in self._db.list_tasks() if not self._expired(task)]
+    def list(self, sort: str | None = None) -> list[TaskRecord]:
+        """Every task not expired; sort: None (store order) or "start", "end", "ttl" as GET /?sort=."""
+        tasks = [task for task in self._db.list_tasks() if not self._expired(task)]
+        return tasks if sort is None else sorted_tasks(tasks, sort)
+
+    def logs(self, task_id: str, step: str | int, follow: bool = False, offset: int = 0) -> Iterator[str]:
+        """A step's output from byte `offset` as text chunks; with follow, until the step ends.
+        Raises NotFound at once for an unknown task or step."""
+        from .http.logstream import LogReader  # the reader GET /<id>/<step>/log streams from
+
+        index = self.step(task_id, step, output=False)[1].index
+
+        def current() -> StepRecord | None:
+            try:
+                return self.step(task_id, index, output=False)[1]
+            except NotFound:
+                return None
+
+        reader = LogReader(self.log_path(task_id, index), current, threading.Event(), self.config.max_output)
+        return (data.decode("utf-8", "replace") for data, _ in filter(None, reader.chunks(offset, follow, True)))
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
         """Block until the task has ended (or timeout); return its result, None if unknown."""

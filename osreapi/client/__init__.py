@@ -1,0 +1,31 @@
+"""osreapi.client: drive one server (`Client`) or many (`Fleet`) over HTTP with the calls
+`osreapi.Executor` offers in-process (see `osreapi.api.TaskRunner`)."""
+
+from .client import DEFAULT_URL, Client
+from .errors import (
+    Conflict,
+    ConnectionFailed,
+    RemoteActionRejected,
+    RemoteBusy,
+    RemoteInvalidRequest,
+    RemoteNotFound,
+    ServerError,
+    StorageFull,
+    TooLarge,
+    Unauthorized,
+)
+
+__all__ = [
+    "Client",
+    "DEFAULT_URL",
+    "ServerError",
+    "ConnectionFailed",
+    "RemoteNotFound",
+    "RemoteInvalidRequest",
+    "RemoteActionRejected",
+    "RemoteBusy",
+    "Unauthorized",
+    "Conflict",
+    "TooLarge",
+    "StorageFull",
+]
