@@ -47,6 +47,7 @@ from .storage.database import Database
 from .vocabulary import State
 
 log = logging.getLogger(__name__)
+Listener = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,12 @@ class Executor:
         self.limits = limits
         self._waiters: dict[str, list[threading.Event]] = defaultdict(list)
         self._waiters_lock = threading.Lock()
+        self._listeners: list[Listener] = []
         self._closed = False
         self.config.workspace_root.mkdir(parents=True, exist_ok=True)
         self._db = Database(self.config.data_dir / "db")
         self._scheduler = Scheduler()
-        self._store = StoreActor.start(self._db, self.config, clock, self._task_ended)
+        self._store = StoreActor.start(self._db, self.config, clock, self._committed)
         self._pool = ProcessPool(pool_size)
         self.metrics = EngineMetrics()
         self.metrics.add_gauges(self.stats, lambda: Counter(task.state for task in self.list()))
@@ -191,6 +193,10 @@ class Executor:
             return step
         log_file = process.log_path(self.config.workspace(task_id), step.index)
         return replace(step, output=read_output(log_file, self.config.max_output))
+
+    def specs(self, task_id: str) -> tuple[spec.StepSpec, ...]:
+        """What the task's steps were submitted as (empty when unknown)."""
+        return self._db.get_specs(task_id)
 
     def log_path(self, task_id: str, index: int) -> Path:
         """Where a step's full output is written while it runs (kept until the record expires)."""
@@ -295,6 +301,11 @@ class Executor:
                     if not events:
                         del self._waiters[task_id]
 
+    def subscribe(self, listener: Listener) -> None:
+        """Call listener(task_id, task or None, steps) after every committed write of a task's
+        records (task is None when only steps changed). It runs on the store's thread: be quick."""
+        self._listeners.append(listener)
+
     def sweep(self) -> int:
         """Remove expired records and workspaces now; return how many tasks went."""
         return self._ask(self._store, SweepExpired())
@@ -346,11 +357,18 @@ class Executor:
     def _expired(self, task: TaskRecord) -> bool:
         return task.expires is not None and task.expires <= self.clock()
 
-    def _task_ended(self, task_id: str) -> None:
-        with self._waiters_lock:
-            events = list(self._waiters.get(task_id, ()))
-        for event in events:
-            event.set()
+    def _committed(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
+        """Called by the store after each committed write: wake waiters, tell subscribers."""
+        if task is not None and task.end is not None:
+            with self._waiters_lock:
+                events = list(self._waiters.get(task_id, ()))
+            for event in events:
+                event.set()
+        for listener in self._listeners:
+            try:
+                listener(task_id, task, steps)
+            except Exception:  # a subscriber's bug must not stop the store
+                log.exception("a record listener failed")
 
     def _schedule_sweep(self) -> None:
         def tick() -> None:

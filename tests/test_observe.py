@@ -218,3 +218,26 @@ def test_killtree_console_script_finds_marked_trees_without_the_server(tmp_path)
     assert out.returncode == 0 and f"killed {escaped}" in out.stdout
     proc.wait(10)
     assert wait_until(lambda: gone(escaped), timeout=5)
+
+
+def test_detail_view_lists_every_step_with_its_dependencies(client: Client):
+    task_id = client.submit([sh("true", name="a"), sh("exit 3", name="b", depends_on=["a"]), sh("true", name="c")])
+    assert client.wait(task_id).json["code"] == 1002
+    plain = client.get(f"/{task_id}").json["data"]
+    assert [s["name"] for s in plain] == ["b"]  # the seed's shape: only what did not succeed
+    detail = client.get(f"/{task_id}?detail=true&lang=en").json["data"]
+    assert detail["task"]["id"] == task_id and detail["task"]["mode"] == "dag"
+    assert [(s["name"], s["depends_on"], s["code"]) for s in detail["steps"]] == [("a", [], 0), ("b", ["a"], 3), ("c", [], 0)]
+
+
+def test_subscribers_hear_every_committed_change_in_order(executor):
+    heard: list[tuple[str, str | None, tuple[str, ...]]] = []
+    executor.subscribe(lambda tid, task, steps: heard.append(
+        (tid, task.state.value if task else None, tuple(s.state.value for s in steps))))
+    task_id = executor.submit([sh("true"), sh("true")])
+    assert executor.wait(task_id, timeout=20).task.state.value == "stopped"
+    assert wait_until(lambda: heard and heard[-1][1] == "stopped")
+    assert heard[0] == (task_id, "pending", ("pending", "pending"))  # the creation
+    assert {tid for tid, _, _ in heard} == {task_id}
+    ended = [states for _, _, states in heard if "stopped" in states]
+    assert len(ended) >= 2  # each step's end was published

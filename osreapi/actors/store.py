@@ -10,6 +10,7 @@ from typing import Any
 import pykka
 
 from ..config import EngineConfig
+from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
 from .messages import CreateTask, Flush, SaveRecords, SweepExpired
 
@@ -23,13 +24,13 @@ class StoreActor(pykka.ThreadingActor):
         db: Database,
         config: EngineConfig,
         clock: Callable[[], float],
-        on_task_end: Callable[[str], None],
+        on_commit: Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None],
     ) -> None:
         super().__init__()
         self._db = db
         self._config = config
         self._clock = clock
-        self._on_task_end = on_task_end
+        self._on_commit = on_commit  # after every committed write of a task's records
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -37,11 +38,13 @@ class StoreActor(pykka.ThreadingActor):
                 self._db.save(task_id, task, steps)
                 if task is not None:  # a task-level change is promised to callers: on disk now
                     self._db.sync()
-                if task is not None and task.end is not None:
-                    # After the commit, so a waiter that wakes reads the final record from disk.
-                    self._on_task_end(task_id)
+                # After the commit, so a waiter or subscriber that wakes reads it from disk.
+                self._on_commit(task_id, task, steps)
             case CreateTask(task=task, steps=steps, specs=specs):
-                return self._db.create_task(task, steps, specs)
+                existing = self._db.create_task(task, steps, specs)
+                if existing is None:
+                    self._on_commit(task.id, task, steps)
+                return existing
             case SweepExpired():
                 return self._sweep()
             case Flush():

@@ -152,6 +152,8 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         if result is None:
             return json_response(CODE_NOT_FOUND, message("not_found", language))
         code, msg, data = render.result_json(result.task, result.steps, language, now())
+        if _flag(bottle.request.query, "detail"):  # ours: every step, with its dependencies
+            data = render.detail_json(result.task, result.steps, executor.specs(task_id), language, now())
         return json_response(code, msg, data)
 
     @app.put("/<task_id>")

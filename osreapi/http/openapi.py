@@ -78,6 +78,9 @@ TASK_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "str
 STEP_REF = {"name": "step", "in": "path", "required": True, "description": "index or name",
             "schema": {"type": "string"}}
 LANG = {"name": "lang", "in": "query", "required": False, "schema": {"type": "string", "enum": ["zh", "en"]}}
+DETAIL = {"name": "detail", "in": "query", "required": False,
+          "description": "true: data is {task, steps}: the task as listed plus its mode, every step plus its depends_on",
+          "schema": {"type": "string", "enum": ["true", "false"]}}
 ACTION = {"name": "action", "in": "query", "required": True,
           "schema": {"type": "string", "enum": ["kill", "pause", "resume"]}}
 COMMON_ERRORS = {
@@ -132,7 +135,7 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "A task's result",
                     "operationId": "getTask",
-                    "parameters": [TASK_ID, LANG],
+                    "parameters": [TASK_ID, DETAIL, LANG],
                     "responses": {
                         "200": _json({"$ref": "#/components/schemas/Result"}, "0 all succeeded, 1001 running, 1002 failed"),
                         "404": _json(ERROR, "unknown or expired (code 1003)"),
@@ -214,7 +217,12 @@ def document() -> dict[str, Any]:
                 "Task": TASK,
                 "Submitted": _envelope({"type": "object", "required": ["id", "count"], "properties": {
                     "id": {"type": "string"}, "count": {"type": "integer"}}, "additionalProperties": False}, [0]),
-                "Result": _envelope({"type": "array", "items": {"$ref": "#/components/schemas/Step"}}, [0, 1001, 1002]),
+                "Result": _envelope({"oneOf": [
+                    {"type": "array", "items": {"$ref": "#/components/schemas/Step"}},
+                    {"type": "object", "required": ["task", "steps"], "properties": {
+                        "task": {"type": "object", "required": ["id", "mode"]},
+                        "steps": {"type": "array", "items": {"type": "object", "required": ["step", "depends_on"]}}}},
+                ]}, [0, 1001, 1002]),
                 "TaskList": _envelope({"type": "object", "required": ["running", "tasks", "total"], "properties": {
                     "running": {"type": "integer"}, "total": {"type": "integer"},
                     "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}}}}, [0]),

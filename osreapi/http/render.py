@@ -11,6 +11,7 @@ from typing import Any
 from ..executor.durations import format_duration
 from ..listing import SORT_KEYS, sorted_tasks  # noqa: F401  (SORT_KEYS: the routes' check)
 from ..records import StepRecord, TaskRecord
+from ..spec import StepSpec
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, State, message
 
 
@@ -85,6 +86,17 @@ def result_json(task: TaskRecord, steps: tuple[StepRecord, ...], lang: str, now:
     code = task_code(task)
     shown = [s for s in steps if s.failed] if code == CODE_FAILED else list(steps)
     return code, task_message(task, lang, listing=False), [step_json(s, task, lang, now) for s in shown]
+
+
+def detail_json(
+    task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...], lang: str, now: float
+) -> dict[str, Any]:
+    """GET /<id>?detail=true: the task as listed (with its mode) and every step with its depends_on."""
+    depends = {s.name: list(s.depends_on) for s in specs}
+    return {
+        "task": {**task_summary_json(task, lang, now), "mode": task.mode},
+        "steps": [{**step_json(s, task, lang, now), "depends_on": depends.get(s.name, [])} for s in steps],
+    }
 
 
 def task_summary_json(task: TaskRecord, lang: str, now: float) -> dict[str, Any]:
