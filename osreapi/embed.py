@@ -22,6 +22,7 @@ from .actors.messages import (
     Control,
     ControlQueued,
     CreateTask,
+    DeleteTask,
     Enqueue,
     Flush,
     GetStats,
@@ -35,7 +36,7 @@ from .actors.store import StoreActor
 from .actors.supervisor import SupervisorActor
 from .actors.timers import Scheduler
 from .config import EngineConfig
-from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound
+from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.output import read_output
@@ -183,10 +184,13 @@ class Executor:
 
     def _load(self, task_id: str) -> tuple[TaskRecord, list[StepRecord]]:
         """The stored records, as they are (no log read); NotFound when unknown or expired."""
+        return self._live_task(task_id), self._db.get_steps(task_id)
+
+    def _live_task(self, task_id: str) -> TaskRecord:
         task = self._db.get_task(task_id)
         if task is None or self._expired(task):
             raise NotFound(f"task {task_id!r} does not exist or has expired")
-        return task, self._db.get_steps(task_id)
+        return task
 
     def _with_output(self, task_id: str, step: StepRecord) -> StepRecord:
         if step.state is not State.RUNNING:
@@ -218,6 +222,17 @@ class Executor:
         except pykka.ActorDeadError:
             raise ActionRejected(f"the task has ended; {action} does not apply") from None
         self._ask(self._store, Flush())  # the answer comes after the change is on disk
+
+    def delete(self, task_id: str) -> None:
+        """Remove a finished task's record and workspace. Raises NotFound for an unknown or expired
+        task, TaskActive for one that has not finished."""
+        self._check_open()
+        self._live_task(task_id)  # an expired record is gone already for callers
+        task = self._ask(self._store, DeleteTask(task_id))
+        if task is None:
+            raise NotFound(f"task {task_id!r} does not exist or has expired")
+        if not task.state.finished:
+            raise TaskActive(f"task {task_id!r} is {task.state.value}; kill it or wait for it to end")
 
     def kill(self, task_id: str, step: str | int | None = None) -> None:
         """Kill a task's process trees (its remaining steps are skipped), or one step's."""

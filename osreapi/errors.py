@@ -27,3 +27,11 @@ class NotFound(OsreapiError):
 
 class ActionRejected(OsreapiError):
     """A control action does not apply to the task or step in its current state."""
+
+
+class TaskActive(OsreapiError):
+    """The task has not finished: it cannot be deleted (HTTP 409)."""
+
+
+class TaskConflict(OsreapiError):
+    """A task id is taken by a task with a different submission (HTTP 409)."""

@@ -47,6 +47,7 @@ CODE_RUNNING = 1001
 CODE_FAILED = 1002
 CODE_NOT_FOUND = 1003
 CODE_BAD_REQUEST = 400
+CODE_CONFLICT = 409
 CODE_TOO_LARGE = 413
 CODE_TOO_MANY = 429
 CODE_INTERNAL = 500
@@ -67,6 +68,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "busy": ("引擎繁忙, 请稍后重试", "engine busy, try again later"),
     "internal": ("内部错误", "internal error"),
     "too_large": ("请求体过大, 上限 {limit} 字节", "request body too large, the limit is {limit} bytes"),
+    "task_active": ("任务 {id} 尚未结束, 不能删除: 请先终止或等待其结束", "task {id} has not ended and cannot be deleted: kill it or wait for it to end"),
     "no_route": ("路径不存在", "no such route"),
     "method": ("不支持的请求方法", "method not allowed"),
     "forbidden": (

@@ -28,6 +28,14 @@ class SaveRecords:
 
 
 @dataclass(frozen=True)
+class DeleteTask:
+    """ask: remove a finished task's records and workspace. Answers the task as it was (None when
+    unknown); a task that has not finished is answered and left alone."""
+
+    task_id: str
+
+
+@dataclass(frozen=True)
 class SweepExpired:
     pass
 

@@ -12,7 +12,7 @@ import pykka
 from ..config import EngineConfig
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
-from .messages import CreateTask, Flush, SaveRecords, SweepExpired
+from .messages import CreateTask, DeleteTask, Flush, SaveRecords, SweepExpired
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 100
@@ -45,6 +45,8 @@ class StoreActor(pykka.ThreadingActor):
                 if existing is None:
                     self._on_commit(task.id, task, steps)
                 return existing
+            case DeleteTask(task_id=task_id):
+                return self._delete(task_id)
             case SweepExpired():
                 return self._sweep()
             case Flush():
@@ -53,6 +55,15 @@ class StoreActor(pykka.ThreadingActor):
             case _:
                 log.warning("store: unexpected message %r", message)
         return None
+
+    def _delete(self, task_id: str) -> TaskRecord | None:
+        task = self._db.get_task(task_id)
+        if task is None or not task.state.finished:
+            return task
+        self._db.delete_task(task)
+        self._db.sync()
+        shutil.rmtree(self._config.workspace(task_id), ignore_errors=True)
+        return task
 
     def _sweep(self) -> int:
         total = 0

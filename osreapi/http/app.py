@@ -13,11 +13,12 @@ import bottle
 
 from .. import __version__
 from ..embed import Executor
-from ..errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound
+from ..errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive
 from ..records import StepRecord
 from ..vocabulary import (
     CODE_BAD_REQUEST,
     CODE_BUSY,
+    CODE_CONFLICT,
     CODE_INTERNAL,
     CODE_NOT_FOUND,
     CODE_OK,
@@ -34,7 +35,7 @@ from .security import Guard, audit
 log = logging.getLogger(__name__)
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
-_STATUS_OF_CODE = {CODE_NOT_FOUND: 404, CODE_BAD_REQUEST: 400, CODE_TOO_LARGE: 413, CODE_TOO_MANY: 429,
+_STATUS_OF_CODE = {CODE_NOT_FOUND: 404, CODE_BAD_REQUEST: 400, CODE_CONFLICT: 409, CODE_TOO_LARGE: 413, CODE_TOO_MANY: 429,
                    CODE_INTERNAL: 500, CODE_BUSY: 503}
 
 
@@ -155,6 +156,15 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         if _flag(bottle.request.query, "detail"):  # ours: every step, with its dependencies
             data = render.detail_json(result.task, result.steps, executor.specs(task_id), language, now())
         return json_response(code, msg, data)
+
+    @app.delete("/<task_id>")
+    @api
+    def delete_task(task_id: str) -> bottle.HTTPResponse:
+        try:
+            executor.delete(task_id)
+        except TaskActive:
+            return json_response(CODE_CONFLICT, message("task_active", lang(), id=task_id))
+        return json_response(CODE_OK, message("success", lang()))
 
     @app.put("/<task_id>")
     @api

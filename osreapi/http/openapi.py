@@ -142,6 +142,17 @@ def document() -> dict[str, Any]:
                         **COMMON_ERRORS,
                     },
                 },
+                "delete": {
+                    "summary": "Remove a finished task's record and workspace",
+                    "operationId": "deleteTask",
+                    "parameters": [TASK_ID, LANG],
+                    "responses": {
+                        "200": _json(_envelope(codes=[0]), "removed"),
+                        "404": _json(ERROR, "unknown or expired (code 1003)"),
+                        "409": _json(ERROR, "the task has not ended (code 409)"),
+                        **COMMON_ERRORS,
+                    },
+                },
                 "put": {
                     "summary": "Kill, pause or resume a task",
                     "operationId": "controlTask",

@@ -165,6 +165,16 @@ class Database:
 
         return self._write(work)
 
+    def delete_task(self, task: TaskRecord) -> None:
+        """Remove one task's records and its expiry entry."""
+
+        def work(txn: lmdb.Transaction) -> None:
+            if task.expires is not None:
+                txn.delete(_expiry_key(task.expires, task.id), db=self._expiry)
+            self._delete_task(txn, task.id)
+
+        self._write(work)
+
     def _delete_task(self, txn: lmdb.Transaction, task_id: str) -> None:
         txn.delete(_task_key(task_id), db=self._tasks)
         txn.delete(_task_key(task_id), db=self._specs)
