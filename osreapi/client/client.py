@@ -16,7 +16,7 @@ from ..errors import InvalidRequest
 from ..records import TaskRecord
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING
 from . import wire
-from .errors import ConnectionFailed, ServerError, error_for
+from .errors import ON_CONTROL, ON_DELETE, ON_SUBMIT, ConnectionFailed, ServerError, error_for
 
 DEFAULT_URL = "http://127.0.0.1:2376"
 DEFAULT_TIMEOUT = 10.0
@@ -68,12 +68,18 @@ class Client:
             raise ConnectionFailed(f"{self.url}: HTTP {response.status_code}: not an osreapi envelope")
         return response.status_code, body
 
-    def call(self, method: str, path: str, params: dict[str, str] | None = None, content: bytes | None = None,
-             control: bool = False) -> Envelope:
+    def call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        content: bytes | None = None,
+        overrides: dict[int, type[ServerError]] | None = None,
+    ) -> Envelope:
         """The envelope of an answered request (codes 0, 1001, 1002); raises the typed error otherwise."""
         status, body = self.envelope(method, path, params, content)
         if body["code"] not in _ANSWERED:
-            raise error_for(status, body["code"], str(body.get("message", "")), control)
+            raise error_for(status, body["code"], str(body.get("message", "")), overrides)
         return body
 
     # -- TaskRunner -----------------------------------------------------------------------
@@ -81,7 +87,7 @@ class Client:
     def submit(
         self, steps: list[dict[str, Any]] | str | bytes, mode: str | None = None, task_id: str | None = None
     ) -> str:
-        return self.call("POST", "/", submit_params(mode, task_id), submit_body(steps))["data"]["id"]
+        return self.call("POST", "/", submit_params(mode, task_id), submit_body(steps), ON_SUBMIT)["data"]["id"]
 
     def get(self, task_id: str) -> TaskResult | None:
         try:
@@ -129,10 +135,10 @@ class Client:
 
     def control(self, task_id: str, action: str, step: str | int | None = None) -> None:
         path = task_path(task_id) if step is None else step_path(task_id, step)
-        self.call("PUT", path, {"action": action}, control=True)
+        self.call("PUT", path, {"action": action}, overrides=ON_CONTROL)
 
     def delete(self, task_id: str) -> None:
-        self.call("DELETE", task_path(task_id))
+        self.call("DELETE", task_path(task_id), overrides=ON_DELETE)
 
     def close(self) -> None:
         self._http.close()

@@ -4,7 +4,7 @@ written against `Executor` catches the same classes from `Client`."""
 
 from __future__ import annotations
 
-from ..errors import ActionRejected, EngineBusy, InvalidRequest, NotFound, OsreapiError
+from ..errors import ActionRejected, EngineBusy, InvalidRequest, NotFound, OsreapiError, TaskActive, TaskConflict
 
 
 class ConnectionFailed(OsreapiError):
@@ -42,7 +42,15 @@ class Unauthorized(ServerError):
 
 
 class Conflict(ServerError):
-    """409: the id is taken by a different body, or the task still runs (delete)."""
+    """409: the id is taken by a different body (submit), or the task still runs (delete)."""
+
+
+class RemoteTaskConflict(Conflict, TaskConflict):
+    """409 on submit: the id names a task with a different body; nothing ran."""
+
+
+class RemoteTaskActive(Conflict, TaskActive):
+    """409 on delete: the task has not ended."""
 
 
 class TooLarge(ServerError):
@@ -66,7 +74,15 @@ _BY_STATUS: dict[int, type[ServerError]] = {
 }
 
 
-def error_for(status: int, code: int, message: str, control: bool = False) -> ServerError:
-    """The exception for an error answer; `control`: a 400 means the action was rejected."""
-    kind = RemoteActionRejected if control and status == 400 else _BY_STATUS.get(status, ServerError)
+def error_for(
+    status: int, code: int, message: str, overrides: dict[int, type[ServerError]] | None = None
+) -> ServerError:
+    """The exception for an error answer; `overrides` says what a status means on one route
+    (400 on a control action: rejected; 409 on delete: still running)."""
+    kind = (overrides or {}).get(status) or _BY_STATUS.get(status, ServerError)
     return kind(status, code, message)
+
+
+ON_SUBMIT = {409: RemoteTaskConflict}
+ON_CONTROL = {400: RemoteActionRejected}
+ON_DELETE = {409: RemoteTaskActive}
