@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -47,7 +49,7 @@ class Client:
         self.reconnects = reconnects
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, verify=verify, cert=cert, trust_env=False
+            base_url=self.url, headers=headers, timeout=timeout, verify=tls_context(verify, cert), trust_env=False
         )
 
     # -- the envelope ---------------------------------------------------------------------
@@ -191,6 +193,18 @@ class Client:
         except ValueError:
             raise ConnectionFailed(f"{self.url}: HTTP {response.status_code} without a JSON envelope") from None
         raise error_for(response.status_code, body.get("code", response.status_code), str(body.get("message", "")))
+
+
+@lru_cache(maxsize=16)  # one context per setting, shared: loading the system's CAs is not free
+def tls_context(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.SSLContext:
+    """verify: True (the system's CAs), False (no check) or a CA bundle; cert: ours for mTLS."""
+    context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+    if verify is False:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        context.load_cert_chain(*((cert,) if isinstance(cert, str) else cert))
+    return context
 
 
 def submit_params(mode: str | None, task_id: str | None) -> dict[str, str]:
