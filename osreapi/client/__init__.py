@@ -2,6 +2,7 @@
 `osreapi.Executor` offers in-process (see `osreapi.api.TaskRunner`)."""
 
 from .client import DEFAULT_URL, Client
+from .fleet import Fleet, HostResult
 from .errors import (
     Conflict,
     ConnectionFailed,
@@ -19,6 +20,8 @@ from .errors import (
 
 __all__ = [
     "Client",
+    "Fleet",
+    "HostResult",
     "DEFAULT_URL",
     "ServerError",
     "ConnectionFailed",

@@ -77,9 +77,10 @@ class Client:
         params: dict[str, str] | None = None,
         content: bytes | None = None,
         overrides: dict[int, type[ServerError]] | None = None,
+        lang: str = "en",
     ) -> Envelope:
         """The envelope of an answered request (codes 0, 1001, 1002); raises the typed error otherwise."""
-        status, body = self.envelope(method, path, params, content)
+        status, body = self.envelope(method, path, params, content, lang)
         if body["code"] not in _ANSWERED:
             raise error_for(status, body["code"], str(body.get("message", "")), overrides)
         return body
@@ -89,7 +90,14 @@ class Client:
     def submit(
         self, steps: list[dict[str, Any]] | str | bytes, mode: str | None = None, task_id: str | None = None
     ) -> str:
-        return self.call("POST", "/", submit_params(mode, task_id), submit_body(steps), ON_SUBMIT)["data"]["id"]
+        return self.submit_envelope(steps, mode, task_id)["data"]["id"]
+
+    def submit_envelope(
+        self, steps: list[dict[str, Any]] | str | bytes, mode: str | None = None, task_id: str | None = None,
+        lang: str = "en",
+    ) -> Envelope:
+        """POST / as the server answered it: {"code": 0, "message": ..., "data": {"id", "count"}}."""
+        return self.call("POST", "/", submit_params(mode, task_id), submit_body(steps), ON_SUBMIT, lang)
 
     def get(self, task_id: str) -> TaskResult | None:
         try:
@@ -135,12 +143,15 @@ class Client:
     def resume(self, task_id: str, step: str | int | None = None) -> None:
         self.control(task_id, "resume", step)
 
-    def control(self, task_id: str, action: str, step: str | int | None = None) -> None:
+    def control(self, task_id: str, action: str, step: str | int | None = None, lang: str = "en") -> Envelope:
         path = task_path(task_id) if step is None else step_path(task_id, step)
-        self.call("PUT", path, {"action": action}, overrides=ON_CONTROL)
+        return self.call("PUT", path, {"action": action}, overrides=ON_CONTROL, lang=lang)
 
     def delete(self, task_id: str) -> None:
-        self.call("DELETE", task_path(task_id), overrides=ON_DELETE)
+        self.delete_envelope(task_id)
+
+    def delete_envelope(self, task_id: str, lang: str = "en") -> Envelope:
+        return self.call("DELETE", task_path(task_id), overrides=ON_DELETE, lang=lang)
 
     def close(self) -> None:
         self._http.close()
