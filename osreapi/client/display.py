@@ -121,15 +121,16 @@ class Out:
 
 
 class Progress:
-    """A live line on a terminal (done / running / failed, elapsed); elsewhere a plain line each
-    time a step changes state."""
+    """A live line on a terminal (done / running / failed, elapsed); elsewhere a plain line on
+    stderr each time a step changes state; nothing with --json."""
 
     def __init__(self, out: Out, task_id: str) -> None:
         self.out = out
         self.task_id = task_id
         self.started = time.monotonic()
         self._seen: dict[int, State] = {}
-        self._live = Live(self._render(None), console=out.console, transient=False) if out.tty else None
+        live = out.tty and not out.as_json
+        self._live = Live(self._render(None), console=out.console, transient=False) if live else None
 
     def __enter__(self) -> Progress:
         if self._live:
@@ -148,6 +149,8 @@ class Progress:
             self.out.raw(text)
 
     def update(self, result: TaskResult | None) -> None:
+        if self.out.as_json:
+            return
         if self._live:
             self._live.update(self._render(result))
             return
@@ -157,7 +160,8 @@ class Progress:
                 if step.state is not State.PENDING:
                     elapsed = time.monotonic() - self.started
                     code = f" (code {step.code})" if step.state.finished else ""
-                    self.out.line(f"{elapsed:6.1f}s  step {step.index} {step.name}: {self.out.word(step.state)}{code}")
+                    line = f"{elapsed:6.1f}s  step {step.index} {step.name}: {self.out.word(step.state)}{code}"
+                    print(line, file=sys.stderr, flush=True)  # progress is not the result: stdout stays clean
 
     def _render(self, result: TaskResult | None) -> Spinner:
         elapsed = time.monotonic() - self.started

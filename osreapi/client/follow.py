@@ -1,5 +1,5 @@
 """--follow: one thread per started step streams its output into a queue; the main thread prints
-whole lines, prefixed with the step's name once more than one step has run at the same time."""
+whole lines, prefixed with the step's name when the task's steps may run at once (parallel or DAG)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from ..vocabulary import State
 from .client import Client
 
 _NOT_STARTED = (State.PENDING, State.SKIPPED)
-_RUNNING = (State.RUNNING, State.PAUSED)
 
 
 class Followers:
@@ -32,9 +31,8 @@ class Followers:
     def start(self, result: TaskResult) -> None:
         """Follow every step that has started and is not followed yet."""
         new = [s for s in result.steps if s.state not in _NOT_STARTED and s.index not in self._threads]
-        running = sum(1 for s in result.steps if s.state in _RUNNING)
-        # Steps of a sequential task never overlap; others did when seen running, or started, together.
-        self.prefixed |= result.task.mode != "sequential" and (running > 1 or len(new) > 1)
+        # Steps of a parallel or DAG task may run at once (and do so between two polls unseen).
+        self.prefixed = result.task.mode != "sequential" and len(result.steps) > 1
         for step in new:
             thread = threading.Thread(target=self._follow, args=(step,), daemon=True)
             self._threads[step.index] = thread
