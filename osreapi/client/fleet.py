@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ..embed import TaskResult
-from ..errors import InvalidValue, OsreapiError
+from ..errors import InvalidValue, NotFound, OsreapiError
 from .client import DEFAULT_TIMEOUT, Client
 
 T = TypeVar("T")
@@ -130,4 +130,8 @@ class Fleet:
 
 
 def _id_on(task_id: str | Mapping[str, str], host: str) -> str:
-    return task_id if isinstance(task_id, str) else task_id[host]
+    if isinstance(task_id, str):
+        return task_id
+    if host not in task_id:
+        raise NotFound(f"{host}: no task id given for this host")
+    return task_id[host]
