@@ -2,7 +2,6 @@
 `osreapi.Executor` offers in-process (see `osreapi.api.TaskRunner`)."""
 
 from .client import DEFAULT_URL, Client
-from .fleet import Fleet, HostResult
 from .errors import (
     Conflict,
     ConnectionFailed,
@@ -17,6 +16,7 @@ from .errors import (
     TooLarge,
     Unauthorized,
 )
+from .fleet import Fleet, HostResult
 
 __all__ = [
     "Client",

@@ -25,7 +25,7 @@ from ..vocabulary import LANGUAGES
 from .client import DEFAULT_URL, Client, task_path
 from .display import Out, Progress, seconds
 from .errors import ConnectionFailed, RemoteInvalidRequest, ServerError, Unauthorized
-from .fleet import DEFAULT_FANOUT, Fleet, HostResult, read_hosts_file, parse_hosts
+from .fleet import DEFAULT_FANOUT, Fleet, HostResult, parse_hosts, read_hosts_file
 from .follow import Followers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 124
@@ -263,7 +263,8 @@ def cmd_submit(args: argparse.Namespace, out: Out) -> int:
             out.json(envelope) if out.as_json else out.line(out.text(task_id))
             return EXIT_OK
         if not out.as_json:
-            print(f"task {task_id}: {envelope['data']['count']} steps", file=sys.stderr, flush=True)
+            count = envelope["data"]["count"]
+            print(f"task {task_id}: {count} step{'s' if count != 1 else ''}", file=sys.stderr, flush=True)
         result, timed_out = watch(client, task_id, out, args.timeout, args.follow and not out.as_json)
         return show_end(client, out, task_id, result, timed_out)
 
