@@ -36,6 +36,7 @@ from .actors.store import StoreActor
 from .actors.supervisor import SupervisorActor
 from .actors.timers import Scheduler
 from .config import EngineConfig
+from .controls import ControlCalls
 from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive
 from .executor import process
 from .executor.durations import parse_duration
@@ -80,7 +81,7 @@ def _seconds(value: float | str) -> float:
     return parse_duration(value) if isinstance(value, str) else float(value)
 
 
-class Executor:
+class Executor(ControlCalls):
     """Run step lists in-process. Use as a context manager, or call close()."""
 
     def __init__(
@@ -233,16 +234,6 @@ class Executor:
             raise NotFound(f"task {task_id!r} does not exist or has expired")
         if not task.state.finished:
             raise TaskActive(f"task {task_id!r} is {task.state.value}; kill it or wait for it to end")
-
-    def kill(self, task_id: str, step: str | int | None = None) -> None:
-        """Kill a task's process trees (its remaining steps are skipped), or one step's."""
-        self.control(task_id, "kill", step)
-
-    def pause(self, task_id: str, step: str | int | None = None) -> None:
-        self.control(task_id, "pause", step)
-
-    def resume(self, task_id: str, step: str | int | None = None) -> None:
-        self.control(task_id, "resume", step)
 
     @staticmethod
     def _step_index(steps: list[StepRecord] | tuple[StepRecord, ...], step: str | int) -> int:

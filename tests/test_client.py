@@ -19,7 +19,41 @@ from .certs import make_pki
 from .conftest import sh
 
 
-class CuttingProxy:
+class LoopbackListener:
+    """A TCP listener on 127.0.0.1 whose thread hands each connection to `handle` until closed."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._sockets: list[socket.socket] = []
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self._sockets.append(conn)
+            self.handle(conn)
+
+    def handle(self, conn: socket.socket) -> None:
+        """Hold the connection and never answer (a hung host)."""
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+        for conn in self._sockets:
+            conn.close()
+        self._listener.close()
+
+
+class CuttingProxy(LoopbackListener):
     """A TCP proxy to a real server that cuts the first connection which has carried an SSE event
     (`id:` line), right after forwarding it; every other byte passes unchanged."""
 
@@ -27,25 +61,15 @@ class CuttingProxy:
         self.upstream = upstream
         self.requests: list[bytes] = []
         self.cuts = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                downstream, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            upstream = socket.create_connection(self.upstream, timeout=30)
-            downstream.settimeout(30)
-            for source, target, watch in ((downstream, upstream, False), (upstream, downstream, True)):
-                thread = threading.Thread(target=self._pipe, args=(source, target, watch), daemon=True)
-                thread.start()
-                self._threads.append(thread)
+    def handle(self, downstream: socket.socket) -> None:
+        upstream = socket.create_connection(self.upstream, timeout=30)
+        downstream.settimeout(30)
+        for source, target, responses in ((downstream, upstream, False), (upstream, downstream, True)):
+            thread = threading.Thread(target=self._pipe, args=(source, target, responses), daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def _pipe(self, source: socket.socket, target: socket.socket, responses: bool) -> None:
         try:
@@ -64,12 +88,6 @@ class CuttingProxy:
             except OSError:
                 pass
             sock.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(5)
-        self._listener.close()
 
 
 @pytest.fixture

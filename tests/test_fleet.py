@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,35 +18,8 @@ from osreapi.errors import NotFound
 from osreapi.vocabulary import State
 
 from .conftest import sh
+from .test_client import LoopbackListener
 from .test_client_cli import osreapi
-
-
-class SilentServer:
-    """Accepts TCP connections and never answers (a hung host)."""
-
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            self._held.append(conn)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for conn in self._held:
-            conn.close()
-        self._listener.close()
 
 
 @dataclass
@@ -67,7 +39,7 @@ def hosts(make_server, tmp_path: Path) -> Iterator[Hosts]:
     with socket.socket() as closed:  # a port nothing listens on: a stopped server
         closed.bind(("127.0.0.1", 0))
         stopped = f"127.0.0.1:{closed.getsockname()[1]}"
-    silent = SilentServer()
+    silent = LoopbackListener()  # accepts connections and never answers
     yield Hosts(healthy, stopped, f"127.0.0.1:{silent.port}")
     silent.close()
 

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import httpx
 from httpx_sse import connect_sse
 
+from ..controls import ControlCalls
 from ..embed import TaskResult
 from ..errors import InvalidRequest
 from ..records import TaskRecord
@@ -29,7 +30,7 @@ _ANSWERED = (CODE_OK, CODE_RUNNING, CODE_FAILED)
 Envelope = dict[str, Any]
 
 
-class Client:
+class Client(ControlCalls):
     """One server. `timeout` bounds each request (connect, read, write) in seconds; `verify` is
     True, False or a CA bundle path; `cert` a client certificate path or (cert, key) for mTLS."""
 
@@ -133,15 +134,6 @@ class Client:
         received, up to `reconnects` times in a row. Raises NotFound at once for an unknown step."""
         self.call("GET", step_path(task_id, step))
         return self._log_chunks(task_id, step, follow, offset)
-
-    def kill(self, task_id: str, step: str | int | None = None) -> None:
-        self.control(task_id, "kill", step)
-
-    def pause(self, task_id: str, step: str | int | None = None) -> None:
-        self.control(task_id, "pause", step)
-
-    def resume(self, task_id: str, step: str | int | None = None) -> None:
-        self.control(task_id, "resume", step)
 
     def control(self, task_id: str, action: str, step: str | int | None = None, lang: str = "en") -> Envelope:
         path = task_path(task_id) if step is None else step_path(task_id, step)
