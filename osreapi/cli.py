@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import InvalidValue
+from .errors import InvalidValue, one_line_refusals
 from .executor.durations import parse_duration, parse_size
 from .vocabulary import LANGUAGES
 
@@ -44,6 +44,7 @@ Flags:
       --max_script=1MiB   Largest command_content of one step.
       --max_env_vars=256  Most env_vars of one step (--max_env_bytes=128KiB in all).
       --max_header=64KiB  Largest request header block.
+      --read_timeout=10s  A request's head must arrive whole within this (its body at >= 32 KiB/s).
 
 Commands:
   help [<command>...]
@@ -64,6 +65,9 @@ Run server: listen on --addr, run submitted steps, keep results under --data_dir
 Flags may come before or after the command, spelled with '_' or '-', with '=' or a space.
 See "{prog} help" for the list of flags.
 """
+
+
+HELP_TOPICS = ("help", "run")  # commands `help <command>` knows
 
 
 def _checked(parse: Callable[[str], float], minimum: float, what: str, strict: bool = False) -> Callable[[str], float]:
@@ -124,6 +128,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     _flag(parser, "max_env_vars", default=256, type=_checked(_integer, 0, "max_env_vars"))
     _flag(parser, "max_env_bytes", default=128 * 1024, type=_checked(parse_size, 0, "max_env_bytes"))
     _flag(parser, "max_header", default=64 * 1024, type=_checked(parse_size, 1024, "max_header"))
+    _flag(parser, "read_timeout", default=10.0, type=_checked(duration, 0, "read_timeout", strict=True))
     parser.add_argument("command", nargs="?")
     parser.add_argument("args", nargs="*")
     return parser
@@ -155,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if topic and topic[0] in client_cli.COMMANDS:
             client_cli.build_parser(topic[0], prog).print_help()
             return 0
+        if topic and topic[0] not in HELP_TOPICS:
+            parser.error(f"unknown command {topic[0]!r} (commands: {', '.join(HELP_TOPICS + CLIENT_COMMANDS)})")
         text = HELP_RUN if topic == ["run"] else HELP
         commands = client_cli.commands_help(prog)
         print(text.format(prog=prog, data_dir=default_data_dir(), client_commands=commands), end="")
@@ -187,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     from .embed import Executor, default_data_dir
     from .http.app import HttpSettings, make_app
     from .http.security import load_token
-    from .http.server import HttpServer, TlsSettings, parse_addr
+    from .http.server import HttpServer, TlsSettings, parse_addr, raise_fd_limit
     from .spec import Limits
 
     _limit_malloc_arenas()
@@ -195,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("pykka").addFilter(one_line_refusals)
     try:
         host, port = parse_addr(args.addr)
     except InvalidValue as exc:
@@ -226,7 +234,9 @@ def run(args: argparse.Namespace) -> int:
         lang=args.lang, max_body=int(args.max_body), max_requests=int(args.max_requests), token=token
     )
     try:
-        server = HttpServer(make_app(executor, settings), host, port, tls=tls, max_header=int(args.max_header))
+        raise_fd_limit()
+        server = HttpServer(make_app(executor, settings), host, port, tls=tls, max_header=int(args.max_header),
+                            read_timeout=args.read_timeout)
         server.start()
     except (OSError, ValueError) as exc:
         executor.close()

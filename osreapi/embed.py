@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -37,7 +38,7 @@ from .actors.supervisor import SupervisorActor
 from .actors.timers import Scheduler
 from .config import EngineConfig
 from .controls import ControlCalls
-from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive
+from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive, TaskConflict
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.output import read_output
@@ -50,6 +51,7 @@ from .vocabulary import State
 
 log = logging.getLogger(__name__)
 Listener = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ class Executor(ControlCalls):
         """Validate and queue a task; return its id. mode: None or "sequential" (in order),
         "parallel", or "dag"; any step with depends_on makes it a DAG whatever the mode."""
         if mode not in (None, "sequential", "parallel", "dag"):
-            raise InvalidRequest(f"mode: unknown value {mode!r} (use sequential, parallel or dag)")
+            raise InvalidRequest("bad_mode", value=mode)
         return self.submit_task(steps, parallel=mode in ("parallel", "dag"), task_id=task_id).id
 
     def submit_task(
@@ -164,6 +166,8 @@ class Executor(ControlCalls):
         records = tuple(StepRecord(index=i, name=s.name) for i, s in enumerate(specs))
         existing = self._ask(self._store, CreateTask(task, records, specs))
         if existing is not None:
+            if existing.mode != task.mode or self._db.get_specs(task_id) != specs:
+                raise TaskConflict(task_id)
             return Submitted(existing.id, existing.count, created=False)
         self._supervisor.tell(Enqueue(task_id))
         return Submitted(task_id, len(specs), created=True)
@@ -210,18 +214,20 @@ class Executor(ControlCalls):
     def control(self, task_id: str, action: str, step: str | int | None = None) -> None:
         """kill / pause / resume a task, or one step (by index or name).
         Raises NotFound for an unknown task or step, ActionRejected when the action does not apply."""
+        if not action:
+            raise ActionRejected("no_action", actions=", ".join(ACTIONS))
         if action not in ACTIONS:
-            raise ActionRejected(f"action: unknown value {action!r} (use kill, pause or resume)")
+            raise ActionRejected("bad_action", value=action, actions=", ".join(ACTIONS))
         task, steps = self._load(task_id)
         index = None if step is None else self._step_index(steps, step)
         if task.state.finished:
-            raise ActionRejected(f"the task has ended ({task.state.value}); {action} does not apply")
+            raise ActionRejected("task_ended", state=task.state, action=action)
         live = self._ask(self._supervisor, ControlQueued(task_id, action, index))
         try:
             if live is not None:
                 self._ask_raw(live, Control(action, index))
         except pykka.ActorDeadError:
-            raise ActionRejected(f"the task has ended; {action} does not apply") from None
+            raise ActionRejected("task_gone", action=action) from None
         self._ask(self._store, Flush())  # the answer comes after the change is on disk
 
     def delete(self, task_id: str) -> None:
@@ -237,10 +243,12 @@ class Executor(ControlCalls):
 
     @staticmethod
     def _step_index(steps: list[StepRecord] | tuple[StepRecord, ...], step: str | int) -> int:
-        if isinstance(step, int) or (isinstance(step, str) and step.isdigit()):
-            index = int(step)
+        if isinstance(step, int) or _ASCII_DIGITS.fullmatch(step):
+            index = int(step) if len(str(step)) <= 9 else -1  # longer: past any step, and int() stays cheap
             if 0 <= index < len(steps):
                 return index
+        elif step.isdigit():  # '²', '①': digits to str.isdigit(), never a step name (spec refuses those)
+            raise InvalidRequest("bad_step_ref", ref=step)
         else:
             for record in steps:
                 if record.name == step:

@@ -1,5 +1,11 @@
 """The project's exception root and its small, named subclasses."""
 
+from __future__ import annotations
+
+import logging
+
+from .vocabulary import Phrase
+
 
 class OsreapiError(Exception):
     """Root of every error osreapi raises on purpose."""
@@ -9,8 +15,21 @@ class InvalidValue(OsreapiError, ValueError):
     """A duration, size or other scalar setting could not be parsed."""
 
 
-class InvalidRequest(OsreapiError):
-    """A submission is malformed; the message names what and where."""
+class Refusal(OsreapiError):
+    """Something a client asked for is refused. The message is a key of the vocabulary table with
+    its values, rendered in the caller's language by text(); str() is the English text."""
+
+    def __init__(self, key: str, *, step: int | None = None, **values: object) -> None:
+        phrase = Phrase(key, values)
+        self.phrase = phrase if step is None else Phrase("at_step", {"index": step, "text": phrase})
+        super().__init__(self.phrase.render("en"))
+
+    def text(self, lang: str) -> str:
+        return self.phrase.render(lang)
+
+
+class InvalidRequest(Refusal):
+    """A submission or a query is malformed; the message names what and where."""
 
 
 class EngineBusy(OsreapiError):
@@ -25,7 +44,7 @@ class NotFound(OsreapiError):
     """No such task or step (or it expired)."""
 
 
-class ActionRejected(OsreapiError):
+class ActionRejected(Refusal):
     """A control action does not apply to the task or step in its current state."""
 
 
@@ -35,3 +54,18 @@ class TaskActive(OsreapiError):
 
 class TaskConflict(OsreapiError):
     """A task id is taken by a task with a different submission (HTTP 409)."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"id {task_id} is taken by a task with a different submission: nothing was run")
+
+
+def one_line_refusals(record: logging.LogRecord) -> bool:
+    """A logging filter: a refusal handed back to a caller (pykka logs those with their traceback
+    at INFO) is expected, so it is logged as one line."""
+    if record.exc_info and isinstance(record.exc_info[1], Refusal):
+        record.msg = f"{record.getMessage()} {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+    return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -11,12 +12,14 @@ from typing import Any
 from .errors import InvalidRequest, InvalidValue
 from .executor import dag, interpreters
 from .executor.durations import parse_duration
+from .vocabulary import Phrase
 
 MAX_STEPS = 1000
 MAX_NAME_LENGTH = 128
 TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Route words that a task id would shadow.
 RESERVED_IDS = frozenset({"healthz", "version", "metrics", "ui", "openapi.json", "favicon.ico"})
+STEP_FIELDS = ("command_type", "command_content", "env_vars", "name", "depends_on", "timeout", "keep_background")
 _ENV_NAME = re.compile(r"^[^=\x00]+$")
 
 
@@ -44,6 +47,7 @@ class StepSpec:
     env: tuple[tuple[str, str], ...] = ()
     depends_on: tuple[str, ...] = ()
     timeout: float | None = None  # seconds; None = the server's default; 0 = no limit
+    keep_background: bool = False  # background processes may outlive the step
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +57,7 @@ class StepSpec:
             "env": [list(pair) for pair in self.env],
             "depends_on": list(self.depends_on),
             "timeout": self.timeout,
+            "keep_background": self.keep_background,
         }
 
     @classmethod
@@ -64,16 +69,15 @@ class StepSpec:
             env=tuple((k, v) for k, v in data["env"]),
             depends_on=tuple(data["depends_on"]),
             timeout=data["timeout"],
+            keep_background=data.get("keep_background", False),  # absent from older records
         )
 
 
 def validate_task_id(task_id: str) -> str:
     if not isinstance(task_id, str) or not TASK_ID_PATTERN.fullmatch(task_id):
-        raise InvalidRequest(
-            "id: must be 1-64 characters, a letter or digit first, then letters, digits, '.', '_' or '-'"
-        )
+        raise InvalidRequest("bad_id")
     if task_id.lower() in RESERVED_IDS:
-        raise InvalidRequest(f"id: {task_id!r} is reserved for a route")
+        raise InvalidRequest("reserved_id", id=task_id)
     return task_id
 
 
@@ -83,42 +87,42 @@ def parse_body(body: bytes | str) -> list[Any]:
         try:
             body = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidRequest(f"body: not valid UTF-8 at byte {exc.start}") from None
+            raise InvalidRequest("body_not_utf8", at=exc.start) from None
     if not body.strip():
-        raise InvalidRequest("body: empty, expected a JSON array of steps")
+        raise InvalidRequest("body_empty")
     try:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"body: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise InvalidRequest("body_bad_json", line=exc.lineno, column=exc.colno, reason=exc.msg) from None
     except RecursionError:
-        raise InvalidRequest("body: JSON nested too deeply") from None
+        raise InvalidRequest("body_too_deep") from None
     return data
 
 
 def build_steps(task_id: str, data: Any, limits: Limits = Limits()) -> tuple[StepSpec, ...]:
     """Validate a decoded submission; raise InvalidRequest naming the step and field."""
     if not isinstance(data, list):
-        raise InvalidRequest(f"body: expected a JSON array of steps, got {_json_type(data)}")
+        raise InvalidRequest("body_not_array", got=_json_type(data))
     if not data:
-        raise InvalidRequest("body: the array of steps is empty")
+        raise InvalidRequest("body_no_steps")
     if len(data) > limits.max_steps:
-        raise InvalidRequest(f"body: too many steps ({len(data)}), the limit is {limits.max_steps}")
+        raise InvalidRequest("too_many_steps", count=len(data), limit=limits.max_steps)
     steps = tuple(_build_step(task_id, index, item, limits) for index, item in enumerate(data))
     names: dict[str, int] = {}
     for index, step in enumerate(steps):
         if step.name in names:
-            raise InvalidRequest(f"step {index}: name {step.name!r} is already used by step {names[step.name]}")
+            raise InvalidRequest("duplicate_name", step=index, name=step.name, other=names[step.name])
         names[step.name] = index
     for index, step in enumerate(steps):
         for dep in step.depends_on:
             if dep == step.name:
-                raise InvalidRequest(f"step {index}: depends_on names the step itself ({dep!r})")
+                raise InvalidRequest("self_dependency", step=index, name=dep)
             if dep not in names:
-                raise InvalidRequest(f"step {index}: depends_on names an unknown step {dep!r}")
+                raise InvalidRequest("unknown_dependency", step=index, name=dep)
     cycle = dag.find_cycle([[names[d] for d in step.depends_on] for step in steps])
     if cycle:
         path = " -> ".join(steps[i].name for i in cycle + [cycle[0]])
-        raise InvalidRequest(f"depends_on: dependency cycle {path}")
+        raise InvalidRequest("dependency_cycle", path=path)
     return steps
 
 
@@ -129,107 +133,129 @@ def choose_mode(steps: tuple[StepSpec, ...], parallel: bool) -> Mode:
 
 
 def _build_step(task_id: str, index: int, item: Any, limits: Limits) -> StepSpec:
-    where = f"step {index}"
     if not isinstance(item, dict):
-        raise InvalidRequest(f"{where}: expected an object, got {_json_type(item)}")
-    command_type = item.get("command_type")
-    if command_type is None or command_type == "":
-        raise InvalidRequest(f"{where}: command_type is required")
-    if not isinstance(command_type, str):
-        raise InvalidRequest(f"{where}: command_type must be a string")
-    if interpreters.lookup(command_type) is None:
-        here = ", ".join(sorted(interpreters.available()))
-        known = command_type in interpreters.KNOWN_TYPES
-        reason = "is not available on this host" if known else "is unknown"
-        raise InvalidRequest(f"{where}: command_type {command_type!r} {reason} (available: {here})")
-    content = item.get("command_content")
-    if content is None or content == "":
-        raise InvalidRequest(f"{where}: command_content is required")
-    if not isinstance(content, str):
-        raise InvalidRequest(f"{where}: command_content must be a string")
-    _check_text(where, "command_content", content)
+        raise InvalidRequest("not_object", step=index, got=_json_type(item))
+    _check_fields(index, item)
+    command_type = _build_command_type(index, item.get("command_type"))
+    content = _required_text(index, "command_content", item.get("command_content"))
     if len(content.encode("utf-8")) > limits.max_script_bytes:
-        raise InvalidRequest(f"{where}: command_content is larger than {limits.max_script_bytes} bytes")
-    name = item.get("name")
-    if name is None or name == "":
-        name = f"{task_id}-{index}"
-    elif not isinstance(name, str):
-        raise InvalidRequest(f"{where}: name must be a string")
-    elif len(name) > MAX_NAME_LENGTH or "/" in name or name.strip() != name or not name.isprintable():
-        raise InvalidRequest(
-            f"{where}: name must be printable, at most {MAX_NAME_LENGTH} characters, without '/' or surrounding spaces"
-        )
-    elif name.isdigit():
-        raise InvalidRequest(f"{where}: name {name!r} must not be all digits (it would read as a step index)")
+        raise InvalidRequest("script_too_large", step=index, limit=limits.max_script_bytes)
     return StepSpec(
-        name=name,
-        command_type=interpreters.canonical_type(command_type),
+        name=_build_name(task_id, index, item.get("name")),
+        command_type=command_type,
         content=content,
-        env=_build_env(where, item.get("env_vars"), limits),
-        depends_on=_build_depends(where, item.get("depends_on")),
-        timeout=_build_timeout(where, item.get("timeout")),
+        env=_build_env(index, item.get("env_vars"), limits),
+        depends_on=_build_depends(index, item.get("depends_on")),
+        timeout=_build_timeout(index, item.get("timeout")),
+        keep_background=_build_boolean(index, "keep_background", item.get("keep_background")),
     )
 
 
-def _check_text(where: str, field: str, value: str) -> None:
+def _check_fields(index: int, item: dict[str, Any]) -> None:
+    """A field the step does not know is refused, with the nearest known one when it is close."""
+    for field in item:
+        if field not in STEP_FIELDS:
+            near = difflib.get_close_matches(str(field), STEP_FIELDS, n=1, cutoff=0.6)
+            hint = Phrase("did_you_mean", {"field": near[0]}) if near else ""
+            raise InvalidRequest("unknown_field", step=index, field=field, hint=hint)
+
+
+def _required_text(index: int, field: str, value: Any) -> str:
+    if value is None or value == "":
+        raise InvalidRequest("required", step=index, field=field)
+    if not isinstance(value, str):
+        raise InvalidRequest("must_be_string", step=index, field=field)
+    _check_text(index, field, value)
+    return value
+
+
+def _build_command_type(index: int, value: Any) -> str:
+    command_type = _required_text(index, "command_type", value)
+    if interpreters.lookup(command_type) is None:
+        here = ", ".join(sorted(interpreters.available()))
+        key = "type_unavailable" if command_type in interpreters.KNOWN_TYPES else "type_unknown"
+        raise InvalidRequest(key, step=index, value=command_type, available=here)
+    return interpreters.canonical_type(command_type)
+
+
+def _build_name(task_id: str, index: int, name: Any) -> str:
+    if name is None or name == "":
+        return f"{task_id}-{index}"
+    if not isinstance(name, str):
+        raise InvalidRequest("must_be_string", step=index, field="name")
+    if len(name) > MAX_NAME_LENGTH or "/" in name or name.strip() != name or not name.isprintable():
+        raise InvalidRequest("bad_name", step=index, limit=MAX_NAME_LENGTH)
+    if name.isdigit():
+        raise InvalidRequest("digit_name", step=index, name=name)
+    return name
+
+
+def _check_text(index: int, field: str, value: str) -> None:
     """Refuse text that cannot be written as UTF-8 (lone surrogates from JSON escapes) or holds NUL."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidRequest(f"{where}: {field} is not valid Unicode (a lone surrogate)") from None
+        raise InvalidRequest("lone_surrogate", step=index, field=field) from None
     if "\x00" in value:
-        raise InvalidRequest(f"{where}: {field} contains a NUL character")
+        raise InvalidRequest("nul_character", step=index, field=field)
 
 
-def _build_env(where: str, value: Any, limits: Limits) -> tuple[tuple[str, str], ...]:
+def _build_env(index: int, value: Any, limits: Limits) -> tuple[tuple[str, str], ...]:
     if value is None:
         return ()
     pairs: list[tuple[str, str]] = []
     if isinstance(value, dict):
         for key, val in value.items():
-            if not isinstance(val, (str, int, float, bool)) or isinstance(val, bool):
-                raise InvalidRequest(f"{where}: env_vars[{key!r}] must be a string")
+            if not isinstance(val, (str, int, float)) or isinstance(val, bool):
+                raise InvalidRequest("env_value_type", step=index, key=key)
             pairs.append((key, str(val)))
     elif isinstance(value, list):
         for position, entry in enumerate(value):
             if not isinstance(entry, str) or "=" not in entry:
-                raise InvalidRequest(f"{where}: env_vars[{position}] must be a string 'NAME=value'")
+                raise InvalidRequest("env_entry", step=index, position=position)
             key, _, val = entry.partition("=")
             pairs.append((key, val))
     else:
-        raise InvalidRequest(f"{where}: env_vars must be an array of 'NAME=value' strings or an object")
+        raise InvalidRequest("env_type", step=index)
     if len(pairs) > limits.max_env_vars:
-        raise InvalidRequest(f"{where}: env_vars has {len(pairs)} entries, the limit is {limits.max_env_vars}")
+        raise InvalidRequest("env_count", step=index, count=len(pairs), limit=limits.max_env_vars)
     for key, val in pairs:
         if not _ENV_NAME.match(key):
-            raise InvalidRequest(f"{where}: env_vars has an invalid name {key!r}")
-        _check_text(where, f"env_vars[{key!r}]", key + val)
+            raise InvalidRequest("env_name", step=index, name=key)
+        _check_text(index, f"env_vars[{key!r}]", key + val)
     if sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) + 2 for k, v in pairs) > limits.max_env_bytes:
-        raise InvalidRequest(f"{where}: env_vars are larger than {limits.max_env_bytes} bytes")
+        raise InvalidRequest("env_size", step=index, limit=limits.max_env_bytes)
     return tuple(pairs)
 
 
-def _build_depends(where: str, value: Any) -> tuple[str, ...]:
+def _build_depends(index: int, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise InvalidRequest(f"{where}: depends_on must be an array of step names")
+        raise InvalidRequest("depends_on_type", step=index)
     return tuple(dict.fromkeys(value))
 
 
-def _build_timeout(where: str, value: Any) -> float | None:
+def _build_timeout(index: int, value: Any) -> float | None:
     if value is None or value == "":
         return None
     try:
         seconds = parse_duration(value)
     except InvalidValue as exc:
-        raise InvalidRequest(f"{where}: timeout: {exc}") from None
+        raise InvalidRequest("bad_timeout", step=index, reason=str(exc)) from None
     if seconds < 0:
-        raise InvalidRequest(f"{where}: timeout must not be negative")
+        raise InvalidRequest("negative_timeout", step=index)
     return seconds
 
 
-def _json_type(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number"
-    )
+def _build_boolean(index: int, field: str, value: Any) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest("must_be_boolean", step=index, field=field)
+    return value
+
+
+def _json_type(value: Any) -> Phrase:
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return Phrase("json_" + kinds.get(type(value), "number"))

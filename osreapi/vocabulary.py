@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 LANGUAGES = ("zh", "en")
 DEFAULT_LANGUAGE = "zh"
@@ -49,6 +51,7 @@ CODE_NOT_FOUND = 1003
 CODE_BAD_REQUEST = 400
 CODE_CONFLICT = 409
 CODE_TOO_LARGE = 413
+CODE_RANGE = 416
 CODE_TOO_MANY = 429
 CODE_INTERNAL = 500
 CODE_BUSY = 503
@@ -76,12 +79,122 @@ _MESSAGES: dict[str, tuple[str, str]] = {
         "only loopback clients are served without a token: set one with --token, --token_file or OSREAPI_TOKEN, "
         "then send Authorization: Bearer <token>",
     ),
+    "task_conflict": (
+        "id {id} 已被另一个内容不同的任务使用: 没有执行任何步骤",
+        "id {id} is taken by a task with a different submission: nothing was run",
+    ),
+    "overloaded": ("服务器繁忙: 连接过多, 请稍后重试", "server overloaded: too many connections, try again later"),
+    "read_timeout": ("请求未在 {seconds} 秒内完整到达", "the request did not arrive whole within {seconds}s"),
+    "header_too_large": ("请求头过大, 上限 {limit} 字节", "request header block too large, the limit is {limit} bytes"),
+    "uri_too_long": ("请求行过长, 上限 {limit} 字节", "request line too long, the limit is {limit} bytes"),
+    "bad_http": ("HTTP 请求格式错误: {detail}", "malformed HTTP request: {detail}"),
+    "not_implemented": ("不支持的传输编码: 只接受 chunked", "unsupported Transfer-Encoding: only chunked is accepted"),
     "unauthorized": ("缺少或错误的令牌: 请发送 Authorization: Bearer <token>", "missing or wrong token: send Authorization: Bearer <token>"),
 }
 
 
+# What a client sent wrong (InvalidRequest / ActionRejected). Names the client sent stay as sent.
+_MESSAGES.update({
+    "at_step": ("第 {index} 步: {text}", "step {index}: {text}"),
+    "bad_id": (
+        "id: 须为 1-64 个字符, 以字母或数字开头, 其后为字母、数字、'.'、'_' 或 '-'",
+        "id: must be 1-64 characters, a letter or digit first, then letters, digits, '.', '_' or '-'",
+    ),
+    "reserved_id": ("id: {id!r} 是保留的路由名", "id: {id!r} is reserved for a route"),
+    "body_not_utf8": ("请求体: 第 {at} 字节不是合法的 UTF-8", "body: not valid UTF-8 at byte {at}"),
+    "body_empty": ("请求体为空, 应为步骤的 JSON 数组", "body: empty, expected a JSON array of steps"),
+    "body_bad_json": ("请求体: 第 {line} 行第 {column} 列不是合法的 JSON: {reason}",
+                      "body: invalid JSON at line {line} column {column}: {reason}"),
+    "body_too_deep": ("请求体: JSON 嵌套过深", "body: JSON nested too deeply"),
+    "body_not_array": ("请求体应为步骤的 JSON 数组, 收到的是 {got}", "body: expected a JSON array of steps, got {got}"),
+    "body_no_steps": ("请求体: 步骤数组为空", "body: the array of steps is empty"),
+    "too_many_steps": ("请求体: 步骤过多 ({count}), 上限 {limit}", "body: too many steps ({count}), the limit is {limit}"),
+    "content_length": ("Content-Length: 应为非负整数字节数, 收到 {value!r}",
+                       "Content-Length: expected a whole number of bytes, got {value!r}"),
+    "body_truncated": ("请求体不完整: 收到 {got} / {size} 字节", "body: truncated, {got} of {size} bytes arrived"),
+    "body_unreadable": ("请求体无法读取 ({reason})", "body: could not be read ({reason})"),
+    "not_object": ("应为对象, 收到的是 {got}", "expected an object, got {got}"),
+    "unknown_field": ("未知字段 {field!r}{hint}", "unknown field {field!r}{hint}"),
+    "did_you_mean": (", 是否想写 {field}?", " (did you mean {field}?)"),
+    "required": ("{field} 为必填项", "{field} is required"),
+    "must_be_string": ("{field} 应为字符串", "{field} must be a string"),
+    "must_be_boolean": ("{field} 应为 true 或 false", "{field} must be true or false"),
+    "type_unavailable": ("command_type {value!r} 在本机不可用 (可用: {available})",
+                         "command_type {value!r} is not available on this host (available: {available})"),
+    "type_unknown": ("command_type {value!r} 未知 (可用: {available})", "command_type {value!r} is unknown (available: {available})"),
+    "script_too_large": ("command_content 超过 {limit} 字节", "command_content is larger than {limit} bytes"),
+    "bad_name": ("name 须为可打印字符, 最多 {limit} 个, 不含 '/' 且首尾无空格",
+                 "name must be printable, at most {limit} characters, without '/' or surrounding spaces"),
+    "digit_name": ("name {name!r} 不能全为数字 (会被当作步骤序号)",
+                   "name {name!r} must not be all digits (it would read as a step index)"),
+    "duplicate_name": ("name {name!r} 已被第 {other} 步使用", "name {name!r} is already used by step {other}"),
+    "self_dependency": ("depends_on 指向了步骤自身 ({name!r})", "depends_on names the step itself ({name!r})"),
+    "unknown_dependency": ("depends_on 指向了不存在的步骤 {name!r}", "depends_on names an unknown step {name!r}"),
+    "dependency_cycle": ("depends_on: 依赖成环 {path}", "depends_on: dependency cycle {path}"),
+    "depends_on_type": ("depends_on 应为步骤名的数组", "depends_on must be an array of step names"),
+    "lone_surrogate": ("{field} 不是合法的 Unicode (孤立代理项)", "{field} is not valid Unicode (a lone surrogate)"),
+    "nul_character": ("{field} 含有 NUL 字符", "{field} contains a NUL character"),
+    "env_value_type": ("env_vars[{key!r}] 应为字符串", "env_vars[{key!r}] must be a string"),
+    "env_entry": ("env_vars[{position}] 应为 'NAME=value' 形式的字符串", "env_vars[{position}] must be a string 'NAME=value'"),
+    "env_type": ("env_vars 应为 'NAME=value' 字符串数组或对象", "env_vars must be an array of 'NAME=value' strings or an object"),
+    "env_count": ("env_vars 有 {count} 项, 上限 {limit}", "env_vars has {count} entries, the limit is {limit}"),
+    "env_name": ("env_vars 含有非法的变量名 {name!r}", "env_vars has an invalid name {name!r}"),
+    "env_size": ("env_vars 超过 {limit} 字节", "env_vars are larger than {limit} bytes"),
+    "bad_timeout": ("timeout: {reason}", "timeout: {reason}"),
+    "negative_timeout": ("timeout 不能为负数", "timeout must not be negative"),
+    "bad_mode": ("mode: 未知的值 {value!r} (可用 sequential、parallel 或 dag)",
+                 "mode: unknown value {value!r} (use sequential, parallel or dag)"),
+    "bad_sort": ("sort: 未知的值 {value!r} (可用 start、end 或 ttl)", "sort: unknown value {value!r} (use start, end or ttl)"),
+    "bad_flag": ("{name}: 应为 true 或 false, 收到 {value!r}", "{name}: expected true or false, got {value!r}"),
+    "bad_offset": ("{name}: 应为字节偏移 (0 到 {limit} 的整数), 收到 {value!r}",
+                   "{name}: expected a byte offset (a whole number from 0 to {limit}), got {value!r}"),
+    "offset_past_end": ("offset {offset} 超出了输出的末尾 ({size} 字节)", "offset {offset} is past the end of the output ({size} bytes)"),
+    "bad_step_ref": ("步骤 {ref!r} 既不是序号 (数字 0-9) 也不是步骤名", "step {ref!r} is neither an index (digits 0-9) nor a step name"),
+    "no_action": ("缺少 action: 可用 {actions}, 例如 ?action=kill", "action is missing: use {actions}, e.g. ?action=kill"),
+    "bad_action": ("action: 未知的值 {value!r} (可用 {actions})", "action: unknown value {value!r} (use {actions})"),
+    "task_ended": ("任务已结束 ({state}), {action} 不适用", "the task has ended ({state}); {action} does not apply"),
+    "task_gone": ("任务已结束, {action} 不适用", "the task has ended; {action} does not apply"),
+    "task_paused_already": ("任务已暂停", "the task is already paused"),
+    "task_not_paused": ("任务没有暂停", "the task is not paused"),
+    "task_not_here": ("任务不在此处运行 (已结束或服务正在停止)", "the task is not running here (it has ended or the server is stopping)"),
+    "step_ended": ("第 {index} 步已结束 ({state}), {action} 不适用", "step {index} has ended ({state}); {action} does not apply"),
+    "step_paused_already": ("第 {index} 步已暂停", "step {index} is already paused"),
+    "step_not_paused": ("第 {index} 步没有暂停", "step {index} is not paused"),
+    "resume_task_first": ("整个任务已暂停: 请恢复任务", "the whole task is paused: resume the task"),
+    "json_object": ("对象", "an object"),
+    "json_array": ("数组", "an array"),
+    "json_string": ("字符串", "a string"),
+    "json_boolean": ("布尔值", "a boolean"),
+    "json_null": ("null", "null"),
+    "json_number": ("数字", "a number"),
+})
+
+
 def message(key: str, lang: str = DEFAULT_LANGUAGE, **values: object) -> str:
     return _MESSAGES[key][_lang_index(lang)].format(**values)
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A message not yet rendered: a key of the table and its values (which may be Phrases).
+    A key the table does not know is shown as is (a plain English sentence)."""
+
+    key: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def render(self, lang: str = DEFAULT_LANGUAGE) -> str:
+        if self.key not in _MESSAGES:
+            return self.key
+        values = {k: _render_value(v, lang) for k, v in self.values.items()}
+        return message(self.key, lang, **values)
+
+
+def _render_value(value: Any, lang: str) -> Any:
+    if isinstance(value, Phrase):
+        return value.render(lang)
+    if isinstance(value, State):
+        return value.word(lang)
+    return value
 
 
 def normalize_language(value: str | None) -> str | None:

@@ -123,10 +123,12 @@ def make_server(make_executor: Callable[..., Executor]) -> Iterator[Callable[...
         executor: Executor | None = None,
         settings: HttpSettings | None = None,
         client_timeout: float = 10.0,
+        read_timeout: float = 10.0,
         **kwargs: Any,
     ) -> Client:
         ex = executor or make_executor(**kwargs)
-        server = HttpServer(make_app(ex, settings or HttpSettings()), "127.0.0.1", 0, client_timeout=client_timeout)
+        app = make_app(ex, settings or HttpSettings())
+        server = HttpServer(app, "127.0.0.1", 0, client_timeout=client_timeout, read_timeout=read_timeout)
         server.start()
         servers.append(server)
         client = Client(server.url)
@@ -207,12 +209,17 @@ def sh(content: str, **kw) -> dict:
 
 
 def hold_request(client: Client, attempts: int = 5) -> socket.socket:
-    """Put one request in flight on a server with --max-requests 1 (headers sent, body owed) and
-    return its socket once a probe is refused with 429. A probe may win the slot first (the held
-    request is then the one refused): try again, a bounded number of times."""
+    """Put one request in flight on a server with --max-requests 1 and return its socket once a
+    probe is refused with 429: a 32 MB log asked for by a client that does not read it (the server's
+    worker waits to write). A probe may win the slot first: try again, a bounded number of times."""
+    task_id = client.submit([sh("head -c 32000000 /dev/zero | tr '\\0' x")])
+    client.wait(task_id)
     for _ in range(attempts):
-        held = socket.create_connection((client.host, client.port), timeout=10)
-        held.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[")
+        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        held.settimeout(10)
+        held.connect((client.host, client.port))
+        held.sendall(f"GET /{task_id}/0/log HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         if wait_until(lambda: client.get("/").status == 429, timeout=2):
             return held
         held.close()

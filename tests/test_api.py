@@ -191,7 +191,7 @@ def test_list_fields_sorting_and_running_count(client: Client):
 )
 def test_bad_input_answers_400_and_runs_nothing(client: Client, tmp_path: Path, body: str, expected: str):
     mark = tmp_path / "mark"
-    resp = client.post("/", body.replace("MARK", str(mark)))
+    resp = client.post("/?lang=en", body.replace("MARK", str(mark)))
     assert resp.status == 400
     assert resp.json["code"] == 400 and expected in resp.json["message"]
     time.sleep(0.1)  # a wrongly started step would have had time to touch the marker
@@ -222,8 +222,10 @@ def test_idempotent_submit_with_id(client: Client, tmp_path: Path):
     first = client.post("/?id=deploy-42", steps)
     assert first.json == {"code": 0, "message": "成功", "data": {"id": "deploy-42", "count": 2}}
     client.wait("deploy-42")
-    again = client.post("/?id=deploy-42", [sh("echo other")])
+    again = client.post("/?id=deploy-42", steps)
     assert again.status == 200 and again.json["data"] == {"id": "deploy-42", "count": 2}
+    other = client.post("/?id=deploy-42", [sh("echo other")])
+    assert other.status == 409 and other.json["code"] == 409 and "deploy-42" in other.json["message"]
     time.sleep(0.1)
     assert counter.read_text() == "run\n"
     assert client.get("/deploy-42").json["code"] == 0
@@ -251,7 +253,7 @@ def test_engine_timeout_answers_503(make_server):
 def test_unknown_routes_and_methods_answer_json(client: Client):
     resp = client.get("/a/b/c")
     assert resp.status == 404 and resp.json["code"] == 1003
-    resp = client.request("DELETE", "/x")
+    resp = client.request("PATCH", "/x")
     assert resp.status == 405 and "code" in resp.json
 
 

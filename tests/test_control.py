@@ -10,8 +10,8 @@ import pytest
 from .conftest import Client, gone, read_pid, sh, wait_until
 
 
-def put(client: Client, path: str, action: str):
-    return client.request("PUT", f"{path}?action={action}")
+def put(client: Client, path: str, action: str, lang: str = "zh"):
+    return client.request("PUT", f"{path}?action={action}&lang={lang}")
 
 
 def step_state(client: Client, task_id: str, step) -> str:
@@ -85,13 +85,13 @@ def test_kill_of_a_paused_task_ends_it(client: Client):
 def test_illegal_actions_answer_errors_and_change_nothing(client: Client):
     task_id = client.submit([sh("sleep 300")])
     assert wait_until(lambda: step_state(client, task_id, 0) == "running")
-    resume = put(client, f"/{task_id}", "resume")
+    resume = put(client, f"/{task_id}", "resume", lang="en")
     assert resume.status == 400 and resume.json["code"] == 400 and "not paused" in resume.json["message"]
-    bad = put(client, f"/{task_id}", "explode")
+    bad = put(client, f"/{task_id}", "explode", lang="en")
     assert bad.status == 400 and "action" in bad.json["message"]
     assert put(client, f"/{task_id}", "").status == 400
     assert put(client, f"/{task_id}", "pause").status == 200
-    twice = put(client, f"/{task_id}", "pause")
+    twice = put(client, f"/{task_id}", "pause", lang="en")
     assert twice.status == 400 and "already paused" in twice.json["message"]
     assert put(client, f"/{task_id}/0", "resume").status == 400  # the task is paused, not the step alone
     assert step_state(client, task_id, 0) == "paused"
@@ -102,7 +102,7 @@ def test_illegal_actions_answer_errors_and_change_nothing(client: Client):
     assert put(client, f"/{task_id}", "kill").status == 200
     client.wait(task_id)
     for action in ("kill", "pause", "resume"):
-        ended = put(client, f"/{task_id}", action)
+        ended = put(client, f"/{task_id}", action, lang="en")
         assert ended.status == 400 and "ended" in ended.json["message"]
     assert client.get(f"/{task_id}").json["data"][0]["state"] == "已终止"
 

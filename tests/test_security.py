@@ -182,7 +182,7 @@ def test_limits_answer_400_and_run_nothing(make_server, tmp_path):
         ([sh(f"touch {mark}\ud800")], "not valid Unicode"),
     ]
     for steps, expected in cases:
-        resp = client.post("/", json.dumps(steps))
+        resp = client.post("/?lang=en", json.dumps(steps))
         assert resp.status == 400 and expected in resp.json["message"], (expected, resp.json)
     assert not mark.exists() and client.get("/").json["data"]["total"] == 0
 
@@ -284,11 +284,23 @@ def test_start_up_log_warns_when_listening_beyond_loopback_without_token(start_s
 
 @pytest.mark.timeout(30)
 def test_a_slow_client_is_dropped_and_does_not_hold_a_worker(make_server):
-    client = make_server(settings=HttpSettings(max_requests=1), client_timeout=1.0)
-    slow = hold_request(client)  # it holds the one slot...
+    client = make_server(settings=HttpSettings(max_requests=1), client_timeout=1.0, read_timeout=1.0)
+    slow = socket.create_connection((client.host, client.port), timeout=10)
     try:
-        closed = slow.recv(4096)  # ...until the server gives up on it
-        assert closed == b"" or closed.startswith(b"HTTP/1.1 4")
+        slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[")
+        assert client.get("/").status == 200  # the half-sent request holds no slot and no worker...
+        answer = b""
+        while chunk := slow.recv(4096):  # ...and is answered 408 once its time is up, then closed
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 ") and b'"code":408' in answer
     finally:
         slow.close()
-    assert wait_until(lambda: client.get("/").status == 200, timeout=5)
+    reader = hold_request(client)  # a client that does not read its answer holds the slot...
+    try:
+        assert wait_until(lambda: client.get("/").status == 200, timeout=5)  # ...until the server gives up on it
+        received = 0
+        while chunk := reader.recv(1 << 20):
+            received += len(chunk)
+        assert received < 32_000_000  # cut short: the connection was dropped
+    finally:
+        reader.close()

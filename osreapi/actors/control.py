@@ -11,20 +11,20 @@ ACTIONS = ("kill", "pause", "resume")
 
 def check_task_action(action: str, state: State) -> None:
     if state.finished:
-        raise ActionRejected(f"the task has ended ({state.value}); {action} does not apply")
+        raise ActionRejected("task_ended", state=state, action=action)
     if action == "pause" and state is State.PAUSED:
-        raise ActionRejected("the task is already paused")
+        raise ActionRejected("task_paused_already")
     if action == "resume" and state is not State.PAUSED:
-        raise ActionRejected("the task is not paused")
+        raise ActionRejected("task_not_paused")
 
 
 def check_step_action(action: str, step: StepRecord, task_paused: bool) -> None:
     if step.state.finished:
-        raise ActionRejected(f"step {step.index} has ended ({step.state.value}); {action} does not apply")
+        raise ActionRejected("step_ended", index=step.index, state=step.state, action=action)
     if action == "pause" and (step.state is State.PAUSED or task_paused):
-        raise ActionRejected(f"step {step.index} is already paused")
+        raise ActionRejected("step_paused_already", index=step.index)
     if action == "resume":
         if task_paused:
-            raise ActionRejected("the whole task is paused: resume the task")
+            raise ActionRejected("resume_task_first")
         if step.state is not State.PAUSED:
-            raise ActionRejected(f"step {step.index} is not paused")
+            raise ActionRejected("step_not_paused", index=step.index)

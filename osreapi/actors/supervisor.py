@@ -83,7 +83,7 @@ class SupervisorActor(pykka.ThreadingActor):
         if live is not None:
             return live
         if task_id not in self._held and task_id not in self._queue:
-            raise ActionRejected("the task is not running here (it has ended or the server is stopping)")
+            raise ActionRejected("task_not_here")
         db = self._services.db
         task = db.get_task(task_id)
         steps = db.get_steps(task_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -13,12 +14,13 @@ import bottle
 
 from .. import __version__
 from ..embed import Executor
-from ..errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive
+from ..errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive, TaskConflict
 from ..records import StepRecord
 from ..vocabulary import (
     CODE_BAD_REQUEST,
     CODE_BUSY,
     CODE_CONFLICT,
+    CODE_RANGE,
     CODE_INTERNAL,
     CODE_NOT_FOUND,
     CODE_OK,
@@ -29,13 +31,16 @@ from ..vocabulary import (
 )
 from . import openapi, render
 from .answers import JSON_TYPE, language_of, refuse
-from .logstream import LogReader
+from .logstream import LogSource
 from .security import Guard, audit
+from .streams import Handoff, StreamHub
 
 log = logging.getLogger(__name__)
+_DIGITS = re.compile(r"[0-9]+")
+MAX_OFFSET = 1 << 62  # fits os.lseek
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
-_STATUS_OF_CODE = {CODE_NOT_FOUND: 404, CODE_BAD_REQUEST: 400, CODE_CONFLICT: 409, CODE_TOO_LARGE: 413, CODE_TOO_MANY: 429,
+_STATUS_OF_CODE = {CODE_NOT_FOUND: 404, CODE_BAD_REQUEST: 400, CODE_CONFLICT: 409, CODE_TOO_LARGE: 413, CODE_RANGE: 416, CODE_TOO_MANY: 429,
                    CODE_INTERNAL: 500, CODE_BUSY: 503}
 
 
@@ -72,7 +77,9 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
             try:
                 return handler(*args, **kwargs)
             except (InvalidRequest, ActionRejected) as exc:
-                return json_response(CODE_BAD_REQUEST, str(exc))
+                return json_response(CODE_BAD_REQUEST, exc.text(lang()))
+            except TaskConflict as exc:
+                return json_response(CODE_CONFLICT, message("task_conflict", lang(), id=exc.task_id))
             except NotFound:
                 return json_response(CODE_NOT_FOUND, message("not_found", lang()))
             except (EngineBusy, EngineClosed):
@@ -85,7 +92,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
 
         return wrapper
 
-    closing = threading.Event()
+    hub = StreamHub(settings.lang)
     openapi_body = json.dumps(openapi.document(), ensure_ascii=False)
 
     @app.hook("after_request")
@@ -141,7 +148,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     def list_tasks() -> bottle.HTTPResponse:
         sort = bottle.request.query.get("sort") or "start"
         if sort not in render.SORT_KEYS:
-            raise InvalidRequest(f"sort: unknown value {sort!r} (use start, end or ttl)")
+            raise InvalidRequest("bad_sort", value=sort)
         tasks = executor.list()
         return bottle.HTTPResponse(body=render.list_body(tasks, sort, lang(), now()), headers={"Content-Type": JSON_TYPE})
 
@@ -189,9 +196,10 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     def step_log(task_id: str, step: str) -> bottle.HTTPResponse:
         language = lang()
         index = executor.step(task_id, step, output=False)[1].index
-        sse = "text/event-stream" in (bottle.request.headers.get("Accept") or "")
+        environ = bottle.request.environ  # raw header text: bottle's headers raise on bytes that are not UTF-8
+        sse = "text/event-stream" in environ.get("HTTP_ACCEPT", "")
         follow = _flag(bottle.request.query, "follow")
-        offset = _offset(bottle.request.query.get("offset"), bottle.request.headers.get("Last-Event-ID") if sse else None)
+        offset = _offset(bottle.request.query.get("offset"), environ.get("HTTP_LAST_EVENT_ID") if sse else None)
 
         def current() -> StepRecord | None:  # polled while following: state only, no log read
             try:
@@ -208,12 +216,15 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
                 return None
             return render.step_json(step_now, task_now, language, now())
 
-        reader = LogReader(executor.log_path(task_id, index), current, closing, executor.config.max_output)
-        if sse:
-            headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
-            return bottle.HTTPResponse(body=reader.sse(offset, follow, end_record), headers=headers)
-        headers = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache"}
-        return bottle.HTTPResponse(body=reader.plain(offset, follow), headers=headers)
+        source = LogSource(executor.log_path(task_id, index), offset, sse=sse, follow=follow, step=current,
+                           end_record=end_record, max_output=executor.config.max_output)
+        if offset > source.size():
+            return json_response(CODE_RANGE, message("offset_past_end", language, offset=offset, size=source.size()))
+        kind = "text/event-stream" if sse else "text/plain"
+        headers = [("Content-Type", f"{kind}; charset=utf-8"), ("Cache-Control", "no-cache")]
+        if follow:
+            return hub.serve(environ, "200 OK", headers, source)
+        return bottle.HTTPResponse(body=hub.drive(source), headers=dict(headers))
 
     @app.error(404)
     def not_found(_: bottle.HTTPError) -> str:
@@ -231,7 +242,7 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         bottle.response.content_type = JSON_TYPE
         return render.envelope(CODE_INTERNAL, message("internal", lang()))
 
-    return Guard(RequestLimit(app, settings, closing), settings.token, settings.lang)
+    return Guard(RequestLimit(Handoff(app, hub), settings, hub), settings.token, settings.lang)
 
 
 def _flag(query: bottle.FormsDict, name: str) -> bool:
@@ -243,17 +254,22 @@ def _flag(query: bottle.FormsDict, name: str) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise InvalidRequest(f"{name}: expected true or false, got {value!r}")
+    raise InvalidRequest("bad_flag", name=name, value=value)
 
 
 def _offset(query_value: str | None, last_event_id: str | None) -> int:
     for name, value in (("Last-Event-ID", last_event_id), ("offset", query_value)):
         if value is None or value == "":
             continue
-        if not value.strip().isdigit():
-            raise InvalidRequest(f"{name}: expected a byte offset (a whole number >= 0), got {value!r}")
-        return int(value)
+        return _whole_number(name, value.strip(), MAX_OFFSET)
     return 0
+
+
+def _whole_number(name: str, text: str, limit: int) -> int:
+    """ASCII digits only ('²'.isdigit() is true) and at most `limit`, so that lseek and int() never fail."""
+    if not _DIGITS.fullmatch(text) or len(text) > len(str(limit)) or int(text) > limit:
+        raise InvalidRequest("bad_offset", name=name, value=text, limit=limit)
+    return int(text)
 
 
 def _read_body(limit: int) -> bytes | None:
@@ -262,15 +278,14 @@ def _read_body(limit: int) -> bytes | None:
     length = environ.get("CONTENT_LENGTH") or ""
     stream = environ["wsgi.input"]
     if length.strip():
-        try:
-            size = int(length)
-        except ValueError:
-            raise InvalidRequest("Content-Length: not a number") from None
+        if not _DIGITS.fullmatch(length.strip()):  # '-1' would read to EOF, past --max_body
+            raise InvalidRequest("content_length", value=length)
+        size = int(length) if len(length.strip()) <= 18 else limit + 1
         if size > limit:
             return None
         body = _read(stream, size) if size else b""
         if len(body) < size:
-            raise InvalidRequest(f"body: truncated, {len(body)} of {size} bytes arrived")
+            raise InvalidRequest("body_truncated", got=len(body), size=size)
         return body
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         body = _read(stream, limit + 1)
@@ -282,23 +297,23 @@ def _read(stream, size: int) -> bytes:
     try:
         return stream.read(size)
     except (OSError, ValueError) as exc:  # a client that stopped sending or sent a broken chunk
-        raise InvalidRequest(f"body: could not be read ({exc.__class__.__name__})") from None
+        raise InvalidRequest("body_unreadable", reason=exc.__class__.__name__) from None
 
 
 class RequestLimit:
     """WSGI middleware: at most `max_requests` requests in flight; beyond it 429."""
 
-    def __init__(self, app: bottle.Bottle, settings: HttpSettings, closing: threading.Event) -> None:
+    def __init__(self, app: Callable, settings: HttpSettings, hub: StreamHub) -> None:
         self.app = app
-        self.closing = closing  # set when the server stops: open log streams end
-        self._settings = settings
+        self.hub = hub  # streams handed off to it no longer hold a slot
+        self.settings = settings
         self._slots = threading.BoundedSemaphore(settings.max_requests) if settings.max_requests > 0 else None
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if self._slots is None:
             return self.app(environ, start_response)
         if not self._slots.acquire(blocking=False):
-            text = message("too_many_requests", language_of(environ, self._settings.lang))
+            text = message("too_many_requests", language_of(environ, self.settings.lang))
             return refuse(start_response, "429 Too Many Requests", CODE_TOO_MANY, text)
         try:
             result = self.app(environ, start_response)

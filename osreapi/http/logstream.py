@@ -7,16 +7,15 @@ offset (?offset=N or Last-Event-ID) gets no gap and no duplicate.
 from __future__ import annotations
 
 import json
-import threading
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from ..records import StepRecord
 
 CHUNK = 64 * 1024
-POLL_INTERVAL = 0.05  # how often a follower looks for new output when there is none
-HEARTBEAT = 15.0
+STATE_POLL = 0.25  # how often a follower asks whether its step has ended (when no output came)
 
 
 def complete_utf8(data: bytes) -> int:
@@ -38,89 +37,99 @@ def sse_event(text: str, offset: int) -> bytes:
     return ("".join(f"data: {line}\n" for line in lines) + f"id: {offset}\n\n").encode("utf-8")
 
 
-class LogReader:
+class LogSource:
+    """A step's log as a StreamSource (streams.py): plain text or SSE events from a byte offset,
+    optionally following the step until it ends. Never blocks: the file stays open and is read
+    only when it has grown; the step's state is asked for at most every STATE_POLL seconds."""
+
     def __init__(
         self,
         path: Path,
+        offset: int,
+        *,
+        sse: bool,
+        follow: bool,
         step: Callable[[], StepRecord | None],
-        stop: threading.Event,
+        end_record: Callable[[], dict | None],
         max_output: int,
     ) -> None:
         self._path = path
+        self._offset = offset
+        self._sse = sse
+        self._follow = follow
         self._step = step  # the step's current record, None once it is gone
-        self._stop = stop
+        self._end_record = end_record  # the step's record as JSON once it has ended, else None
         self._max_output = max_output
+        self._file = None
+        self._next_poll = 0.0
+        self._step_over = False  # the step has ended: read what is left, then finish
+        self._preamble = b": osreapi log stream\n\n" if sse else b""
 
-    def _read(self, offset: int) -> bytes:
-        try:
-            with open(self._path, "rb") as log:
-                log.seek(offset)
-                return log.read(CHUNK)
-        except FileNotFoundError:
-            return b""
+    def read(self) -> tuple[bytes, bool]:
+        if self._preamble:
+            preamble, self._preamble = self._preamble, b""
+            return preamble, False
+        data = self._read_new()
+        if data:
+            return self._format(data), False
+        if not self._follow or self._step_over:
+            return self._tail(), True
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._next_poll = now + STATE_POLL
+            record = self._step()
+            self._step_over = record is None or record.state.finished
+        return b"", False
 
-    def _size(self) -> int:
+    def heartbeat(self) -> bytes:
+        return b": keep-alive\n\n" if self._sse else b""
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def size(self) -> int:
         try:
             return self._path.stat().st_size
         except FileNotFoundError:
             return 0
 
-    def chunks(self, offset: int, follow: bool, utf8_whole: bool = False) -> Iterator[tuple[bytes, int] | None]:
-        """Yield (data, offset after it) as output appears; None when idle (a chance to heartbeat).
-        Ends at the end of the log (not following), or when the step has ended and all is read."""
-        while True:
-            data = self._read(offset)
-            if utf8_whole and data:
-                data = data[: complete_utf8(data)] or data  # a lone bad byte still moves on
-            if data:
-                offset += len(data)
-                yield data, offset
-                continue
-            if not follow or self._stop.is_set():
-                return
-            record = self._step()
-            if record is None or record.state.finished:
-                data = self._read(offset)  # written between the last read and the end
-                if data:
-                    continue
-                return
-            yield None
-            self._stop.wait(POLL_INTERVAL)
+    def _read_new(self) -> bytes:
+        if self._file is None:
+            try:
+                self._file = open(self._path, "rb")
+            except FileNotFoundError:
+                return b""
+        if os.fstat(self._file.fileno()).st_size <= self._offset:
+            return b""
+        self._file.seek(self._offset)
+        data = self._file.read(CHUNK)
+        if self._sse and data:
+            data = data[: complete_utf8(data)] or data  # a lone bad byte still moves on
+        self._offset += len(data)
+        return data
 
-    def cap_notice(self) -> str | None:
-        size = self._size()
+    def _format(self, data: bytes) -> bytes:
+        return sse_event(data.decode("utf-8", "replace"), self._offset) if self._sse else data
+
+    def _tail(self) -> bytes:
+        """What ends the stream: the cap notice (when the stored result was cut) and, for SSE, the
+        step's record."""
+        notice = self._cap_notice() if self._follow or self._sse else None
+        if not self._sse:
+            return f"\n{notice}\n".encode() if notice else b""
+        tail = f"event: notice\ndata: {notice}\n\n".encode() if notice else b""
+        record = self._end_record()
+        if record is not None:
+            tail += f"event: end\ndata: {json.dumps(record, ensure_ascii=False)}\n\n".encode()
+        return tail
+
+    def _cap_notice(self) -> str | None:
+        size = self.size()
         if size <= self._max_output:
             return None
         return (
             f"... output is {size} bytes, over the {self._max_output}-byte cap: "
             f"the stored result keeps the head and the tail ..."
         )
-
-    def plain(self, offset: int, follow: bool) -> Iterator[bytes]:
-        yield b""  # headers go out at once
-        for item in self.chunks(offset, follow):
-            if item is not None:
-                yield item[0]
-        if follow:
-            notice = self.cap_notice()
-            if notice:
-                yield f"\n{notice}\n".encode()
-
-    def sse(self, offset: int, follow: bool, end_record: Callable[[], dict | None]) -> Iterator[bytes]:
-        yield b": osreapi log stream\n\n"
-        idle_since = time.monotonic()
-        for item in self.chunks(offset, follow, utf8_whole=True):
-            if item is None:
-                if time.monotonic() - idle_since > HEARTBEAT:
-                    idle_since = time.monotonic()
-                    yield b": keep-alive\n\n"
-                continue
-            data, after = item
-            idle_since = time.monotonic()
-            yield sse_event(data.decode("utf-8", "replace"), after)
-        notice = self.cap_notice()
-        if notice:
-            yield f"event: notice\ndata: {notice}\n\n".encode()
-        record = end_record()
-        if record is not None and not self._stop.is_set():
-            yield f"event: end\ndata: {json.dumps(record, ensure_ascii=False)}\n\n".encode()

@@ -70,7 +70,7 @@ class Guard:
         self._identity = token_hint(token) if token else "loopback"
         self._default_lang = default_lang
 
-    def __getattr__(self, name: str):  # expose the inner app's attributes (e.g. `closing`)
+    def __getattr__(self, name: str):  # expose the inner app's attributes (e.g. `hub`)
         return getattr(self.app, name)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import queue
+import re
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cheroot import wsgi
+from cheroot.server import HTTPConnection, HTTPRequest
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from ..errors import InvalidValue
+from ..vocabulary import DEFAULT_LANGUAGE, normalize_language
+from .answers import raw_refusal
+from .intake import RETRY_AFTER, RequestIntake, refuse
 
+log = logging.getLogger(__name__)
 DEFAULT_THREADS = 32
+_DIGITS = re.compile(rb"[0-9]{1,18}")
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -47,6 +56,113 @@ def tls_adapter(tls: TlsSettings) -> BuiltinSSLAdapter:
     return adapter
 
 
+class _Request(HTTPRequest):
+    """cheroot's request: its own answers (bad head, timeouts, overload) in the JSON envelope, and a
+    Content-Length that is not plain digits refused before any body is read."""
+
+    def read_request_headers(self) -> bool:
+        if not super().read_request_headers():
+            return False
+        length = self.inheaders.get(b"Content-Length")
+        if length is not None and not _DIGITS.fullmatch(length.strip()):  # '-1' would read to EOF
+            self._refuse("400 Bad Request", "content_length", value=length.decode("latin-1"))
+            return False
+        return True
+
+    def simple_response(self, status, msg: str = "") -> None:
+        status = str(status)
+        code = int(status[:3])
+        server = self.server
+        if code == 413:  # cheroot says 413 for a header block over max_request_header_size
+            self._refuse("431 Request Header Fields Too Large", "header_too_large", limit=server.max_request_header_size)
+        elif code == 414:
+            self._refuse(status, "uri_too_long", limit=server.max_request_header_size)
+        elif code == 408:
+            self._refuse(status, "read_timeout", seconds=f"{server.osreapi_read_timeout:g}")
+        elif code == 501:
+            self._refuse(status, "not_implemented")
+        elif code == 503:
+            self._refuse(status, "overloaded", retry_after=RETRY_AFTER)
+        elif code >= 500:
+            self._refuse(status, "internal")
+        else:
+            self._refuse(status, "bad_http", detail=msg or status[4:])
+
+    def _refuse(self, status: str, key: str, retry_after: int | None = None, **values: object) -> None:
+        self.close_connection = True
+        lang = normalize_language(self.inheaders.get(b"Accept-Language", b"").decode("latin-1")) or self.server.osreapi_lang
+        try:
+            self.conn.wfile.write(raw_refusal(status, key, lang, retry_after=retry_after, **values))
+        except OSError:
+            pass  # the client has gone
+
+
+class _Connection(HTTPConnection):
+    RequestHandlerClass = _Request
+
+
+class _Gateway(wsgi.Gateway_10):
+    """WSGI 1.0, plus the cheroot request in the environ, for the stream hub's hand-off."""
+
+    def get_environ(self) -> dict:
+        environ = super().get_environ()
+        environ["osreapi.request"] = self.req
+        return environ
+
+
+class _Server(wsgi.Server):
+    ConnectionClass = _Connection
+
+    def __init__(self, *args, read_timeout: float, max_body: int, max_connections: int, lang: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gateway = _Gateway
+        self.osreapi_read_timeout = read_timeout
+        self.osreapi_lang = lang
+        self._max_body = max_body
+        self._max_connections = max_connections
+
+    def prepare(self) -> None:
+        super().prepare()
+        plain = self._connections
+        self._connections = RequestIntake(self, self.osreapi_read_timeout, self._max_body, self._max_connections)
+        plain._selector.close()  # its only entry was the listening socket, registered again above
+
+    def process_conn(self, conn) -> None:
+        """Never wait for a free worker: when every worker is busy and the queue is full, 503 now."""
+        try:
+            self.requests.put(conn)
+        except queue.Full:
+            refuse(conn, "503 Service Unavailable", "overloaded", self, retry_after=RETRY_AFTER)
+
+    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        log.log(level, "%s", msg, exc_info=traceback)
+
+
+def default_max_connections() -> int:
+    """Connections the intake may hold while their requests arrive: what file descriptors allow."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError, OSError):
+        return 1000
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(64, min(10_000, soft // 2))
+
+
+def raise_fd_limit() -> None:
+    """Let the process use as many descriptors as it may (thousands of followers each hold one)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 class HttpServer:
     def __init__(
         self,
@@ -56,17 +172,29 @@ class HttpServer:
         threads: int = DEFAULT_THREADS,
         tls: TlsSettings | None = None,
         max_header: int = 64 * 1024,
-        client_timeout: float = 10.0,  # a client silent this long mid-request is dropped
+        client_timeout: float = 10.0,  # a keep-alive connection idle this long is closed
+        read_timeout: float = 10.0,  # a request's head must arrive whole within this (body: at a minimum rate)
+        max_connections: int | None = None,
     ) -> None:
         self._scheme = "https" if tls else "http"
-        self._server = wsgi.Server(
+        self._app = app
+        settings = getattr(app, "settings", None)  # the app's body limit and language, when it has them
+        max_body = settings.max_body if settings else 1 << 20
+        lang = settings.lang if settings else DEFAULT_LANGUAGE
+        self._server = _Server(
             (host, port),
             app,
             numthreads=threads,
             server_name="osreapi",
             timeout=client_timeout,
+            request_queue_size=1024,  # the listen backlog: bursts of connections are accepted, not dropped
             accepted_queue_size=threads * 4,
+            accepted_queue_timeout=0,
             shutdown_timeout=5,
+            read_timeout=read_timeout,
+            max_body=max_body,
+            max_connections=max_connections or default_max_connections(),
+            lang=lang,
         )
         self._server.max_request_header_size = max_header
         if tls is not None:
@@ -83,9 +211,9 @@ class HttpServer:
 
     @property
     def url(self) -> str:
+        """The address the socket is bound to (0.0.0.0 or [::] when it listens on every interface)."""
         host, port = self._server.bind_addr[:2]
-        shown = "127.0.0.1" if host == "0.0.0.0" else host
-        netloc = f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}"
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return f"{self._scheme}://{netloc}"
 
     @property
@@ -94,9 +222,9 @@ class HttpServer:
         return host in ("localhost",) or host.startswith("127.") or host == "::1"
 
     def stop(self) -> None:
-        closing = getattr(self._server.wsgi_app, "closing", None)
-        if closing is not None:
-            closing.set()  # streams end first, so stop() never waits on an open one
+        hub = getattr(self._app, "hub", None)
+        if hub is not None:
+            hub.stop()  # streams end first, so stop() never waits on an open one
         self._server.stop()
         if self._thread is not None:
             self._thread.join(10)

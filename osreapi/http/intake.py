@@ -1,0 +1,232 @@
+"""Requests are read whole by the selector thread before a worker sees them (plain HTTP).
+
+cheroot hands a connection to one of its worker threads as soon as its first byte arrives, and
+the worker then blocks until the head and the body are in: a client that drips a byte every few
+seconds holds a worker, and a few dozen of them hold the server. Here the selector thread keeps
+each connection until its head (and a Content-Length or chunked body up to --max_body) is
+buffered, within a total deadline: --read_timeout for the head, plus the body at a minimum rate.
+A client past its deadline gets 408 and is closed; beyond `max_connections` held at once, a new
+connection gets 503 with Retry-After at once. Workers only ever see whole requests.
+
+TLS connections go to a worker as cheroot does (the TLS layer decides what a read returns).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import selectors
+import socket
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+from cheroot.connections import ConnectionManager
+
+from .answers import raw_refusal
+
+log = logging.getLogger(__name__)
+MIN_BODY_RATE = 32 * 1024  # bytes per second a body must at least arrive at (beyond --read_timeout)
+RETRY_AFTER = 1  # seconds, in a 503 for an overloaded server
+_RECV = 64 * 1024
+_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\S*)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.IGNORECASE | re.MULTILINE)
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_EXPECT = re.compile(rb"^expect:[ \t]*100-continue", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass
+class _Pending:
+    """What the selector has read of a connection's next request."""
+
+    data: bytearray = field(default_factory=bytearray)
+    started: float | None = None  # when its first byte arrived
+    body: int = 0  # body bytes the head announced (for the deadline)
+    continued: bool = False  # "100 Continue" sent for this request
+
+
+def request_ready(data: bytes | bytearray, max_header: int, max_body: int) -> tuple[bool, int]:
+    """(whether a worker can take the request now, the body size its head announces).
+    Ready means: head and body are complete, or the request is too large or malformed, so that the
+    worker's parser answers it at once (413/431/400) without waiting on the client."""
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0:
+        return len(data) > max_header, 0
+    head = bytes(data[:head_end])
+    body_start = head_end + 4
+    if _CHUNKED.search(head):  # its size is unknown: it may take as long as the largest body
+        return _chunked_ready(data, body_start, max_body), max_body
+    match = _CONTENT_LENGTH.search(head)
+    if match is None:
+        return True, 0
+    if not _DIGITS.fullmatch(match.group(1)):
+        return True, 0  # refused by the request parser
+    length = int(match.group(1))
+    if length > max_body:
+        return True, 0  # refused as too large, unread
+    return len(data) - body_start >= length, length
+
+
+def _expects_continue(data: bytes | bytearray) -> bool:
+    head = bytes(data[: data.find(b"\r\n\r\n")])
+    return _EXPECT.search(head) is not None
+
+
+def _chunked_ready(data: bytes | bytearray, pos: int, max_body: int) -> bool:
+    """Walk the chunks buffered so far: ready at the last chunk's trailer end, or when malformed or
+    over max_body (the worker answers those)."""
+    total = 0
+    while True:
+        line_end = data.find(b"\r\n", pos)
+        if line_end < 0:
+            return len(data) - pos > 1024  # a chunk-size line is short
+        size_text = bytes(data[pos:line_end]).split(b";", 1)[0].strip()
+        if not re.fullmatch(rb"[0-9a-fA-F]{1,15}", size_text):
+            return True
+        size = int(size_text, 16)
+        if size == 0:
+            return data.find(b"\r\n\r\n", line_end) >= 0
+        total += size
+        if total > max_body:
+            return True
+        pos = line_end + 2 + size + 2
+        if pos > len(data):
+            return False
+
+
+class RequestIntake(ConnectionManager):
+    """cheroot's ConnectionManager, reading each request whole before handing it to a worker."""
+
+    def __init__(self, server, read_timeout: float, max_body: int, max_connections: int) -> None:
+        super().__init__(server)
+        self._read_timeout = read_timeout
+        self._max_body = max_body
+        self._max_connections = max_connections
+        self._tls = server.ssl_adapter is not None
+
+    # -- connections coming back from a worker (keep-alive) -------------------------------
+
+    def put(self, conn) -> None:
+        conn.last_used = time.time()
+        if self._tls:
+            super().put(conn)
+            return
+        pending = _pending(conn)
+        rfile = conn.rfile
+        leftover = rfile._read_buf[rfile._read_pos :]  # a pipelined next request, already read
+        rfile._read_buf, rfile._read_pos = b"", 0
+        if leftover:
+            pending.data += leftover
+            pending.started = conn.last_used
+            if self._take_if_ready(conn, pending):
+                return
+        self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
+
+    # -- the selector loop -----------------------------------------------------------------
+
+    def _run(self, expiration_interval: float) -> None:
+        last_check = time.time()
+        while not self._stop_requested:
+            try:
+                active = list(self._selector.select(timeout=min(expiration_interval, 0.25)))
+            except OSError:
+                self._remove_invalid_sockets()
+                continue
+            for sock_fd, conn in active:
+                if conn is self.server:
+                    self._accept()
+                else:
+                    self._readable(sock_fd, conn)
+            now = time.time()
+            if now - last_check > 0.2:
+                self._expire_overdue(now)
+                last_check = now
+
+    def _accept(self) -> None:
+        conn = self._from_server_socket(self.server.socket)
+        if conn is None:
+            return
+        if self._tls:
+            self.server.process_conn(conn)
+            return
+        if self._num_connections >= self._max_connections:
+            refuse(conn, "503 Service Unavailable", "overloaded", self.server, retry_after=RETRY_AFTER)
+            return
+        conn.last_used = time.time()
+        self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
+
+    def _readable(self, sock_fd: int, conn) -> None:
+        if self._tls:
+            self._selector.unregister(sock_fd)
+            self.server.process_conn(conn)
+            return
+        try:
+            chunk = conn.socket.recv(_RECV)
+        except OSError:  # reset, or a read that would block after all: drop it
+            chunk = b""
+        if not chunk:  # the client closed (or reset) the connection
+            self._selector.unregister(sock_fd)
+            with suppress(OSError):
+                conn.close()
+            return
+        pending = _pending(conn)
+        now = time.time()
+        if pending.started is None:
+            pending.started = now
+        pending.data += chunk
+        conn.last_used = now
+        if self._take_if_ready(conn, pending, sock_fd):
+            return
+
+    def _take_if_ready(self, conn, pending: _Pending, sock_fd: int | None = None) -> bool:
+        ready, pending.body = request_ready(pending.data, self.server.max_request_header_size, self._max_body)
+        if not ready:
+            if pending.body and not pending.continued and _expects_continue(pending.data):
+                pending.continued = True  # the client waits for this before it sends the body
+                with suppress(OSError):
+                    conn.socket.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return False
+        if sock_fd is not None:
+            self._selector.unregister(sock_fd)
+        rfile = conn.rfile
+        rfile._read_buf, rfile._read_pos = bytes(pending.data) + rfile._read_buf[rfile._read_pos :], 0
+        pending.data = bytearray()
+        pending.started = None
+        pending.continued = False
+        self.server.process_conn(conn)
+        return True
+
+    def _expire_overdue(self, now: float) -> None:
+        """408 to a request not whole within its deadline; idle keep-alive connections closed quietly."""
+        idle_limit = now - self.server.timeout
+        for sock_fd, conn in list(self._selector.connections):
+            if conn is self.server:
+                continue
+            pending = _pending(conn)
+            if pending.started is None:
+                if conn.last_used < idle_limit:
+                    self._selector.unregister(sock_fd)
+                    with suppress(OSError):
+                        conn.close()
+                continue
+            deadline = pending.started + self._read_timeout + pending.body / MIN_BODY_RATE
+            if now > deadline:
+                self._selector.unregister(sock_fd)
+                refuse(conn, "408 Request Timeout", "read_timeout", self.server, seconds=f"{self._read_timeout:g}")
+
+
+def _pending(conn) -> _Pending:
+    pending = getattr(conn, "osreapi_pending", None)
+    if pending is None:
+        pending = conn.osreapi_pending = _Pending()
+    return pending
+
+
+def refuse(conn, status: str, key: str, server, retry_after: int | None = None, **values: object) -> None:
+    """Answer with the envelope without blocking (it fits the socket buffer, or is dropped) and close."""
+    payload = raw_refusal(status, key, server.osreapi_lang, retry_after=retry_after, **values)
+    with suppress(OSError):
+        conn.socket.setblocking(False)  # a socket with a timeout would wait for room to write
+        conn.socket.send(payload)
+    with suppress(OSError):
+        conn.close()

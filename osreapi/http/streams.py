@@ -1,0 +1,303 @@
+"""The stream hub: long responses (log follows, SSE feeds) served by one thread, not a worker each.
+
+A route answers a stream with `hub.serve(environ, status, headers, source)`. On plain HTTP under
+our cheroot server the worker writes nothing: once the application has returned, `Handoff` gives
+a duplicate of the connection's socket to the hub and tells cheroot the response is done, so the
+worker is free at once. The hub thread ticks (~50 ms, or at once on `wake()`), asks each source
+for new bytes, writes them without blocking (a slow reader only grows its own buffer, up to a
+bound), sends the source's heartbeat after ~15 s of silence, and notices a client that went away
+by its socket turning readable at EOF. Under TLS, or any other WSGI server, the same source is
+driven by a generator on the worker thread (cheroot sends it chunked).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import selectors
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import bottle
+
+from ..vocabulary import message
+from .answers import JSON_TYPE, language_of
+from .render import envelope
+
+log = logging.getLogger(__name__)
+TICK = 0.05
+HEARTBEAT = 15.0
+MAX_STREAMS = 10_000
+HIGH_WATER = 256 * 1024  # bytes queued for a slow reader before its source is no longer read
+_ENVIRON_REQUEST = "osreapi.request"  # cheroot's HTTPRequest, put there by our Gateway
+_ENVIRON_STREAM = "osreapi.stream"  # a stream the application asks to hand off
+
+
+class StreamSource(Protocol):
+    def read(self) -> tuple[bytes, bool]:
+        """New bytes (maybe b"") and whether the stream is finished. Called often: never block."""
+
+    def heartbeat(self) -> bytes:
+        """Sent after ~15 s of silence (b": keep-alive\\n\\n" for SSE, b"" for none)."""
+
+    def close(self) -> None:
+        """Called once, when the stream ends or the client left."""
+
+
+@dataclass
+class _Stream:
+    sock: object
+    source: StreamSource
+    chunked: bool
+    out: bytearray
+    last_sent: float
+    ending: bool = False
+    events: int = field(default=selectors.EVENT_READ)
+
+
+class StreamHub:
+    def __init__(self, default_lang: str, tick: float = TICK, heartbeat: float = HEARTBEAT,
+                 max_streams: int = MAX_STREAMS) -> None:
+        self._lang = default_lang
+        self._tick = tick
+        self._heartbeat = heartbeat
+        self._max_streams = max_streams
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._incoming: list[_Stream] = []
+        self._streams: dict[int, _Stream] = {}
+        self._thread: threading.Thread | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # -- what routes call -----------------------------------------------------------------
+
+    def serve(self, environ: dict, status: str, headers: list[tuple[str, str]], source: StreamSource) -> bottle.HTTPResponse:
+        """Answer the request with a stream of the source's bytes."""
+        if self._stopping.is_set() or self.count >= self._max_streams:
+            source.close()
+            text = envelope(503, _overloaded(environ, self._lang))
+            return bottle.HTTPResponse(text, status=503, headers={"Content-Type": JSON_TYPE, "Retry-After": "1"})
+        request = environ.get(_ENVIRON_REQUEST)
+        if request is not None and environ.get("wsgi.url_scheme") == "http" and environ.get("REQUEST_METHOD") == "GET":
+            environ[_ENVIRON_STREAM] = (status, headers, source)
+            return bottle.HTTPResponse(b"", status=status)  # Handoff writes the real head
+        return bottle.HTTPResponse(self.drive(source), status=status, headers=dict(headers))
+
+    def wake(self) -> None:
+        """A source has new data: tick now rather than at the next tick."""
+        with self._lock:
+            if self._wake_w < 0:
+                return
+            with suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"\0")
+
+    @property
+    def count(self) -> int:
+        """Streams served by the hub thread now."""
+        with self._lock:
+            return len(self._streams) + len(self._incoming)
+
+    def stop(self) -> None:
+        """End every stream (the hub thread sends what it can and closes) and stop the thread."""
+        self._stopping.set()
+        self.wake()
+        if self._thread is not None:
+            self._thread.join(10)
+        for stream in self._take_incoming():
+            self._end(stream)
+        with self._lock:
+            if self._wake_w >= 0:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_r = self._wake_w = -1
+
+    # -- hand-off (worker thread) ---------------------------------------------------------
+
+    def adopt(self, request, status: str, headers: list[tuple[str, str]], source: StreamSource) -> None:
+        """Take over the connection of a cheroot request whose application returned a stream."""
+        chunked = request.response_protocol == "HTTP/1.1"
+        lines = [f"{request.server.protocol} {status}", *(f"{k}: {v}" for k, v in headers),
+                 f"Date: {email.utils.formatdate(usegmt=True)}", "Connection: close"]
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        sock = request.conn.socket.dup()
+        sock.setblocking(False)
+        # cheroot: the response is done, nothing more to write, and the socket is not shut down
+        # (our duplicate keeps the connection open; cheroot's copy of the descriptor just closes).
+        request.sent_headers = True
+        request.chunked_write = False
+        request.close_connection = True
+        request.conn.linger = True
+        stream = _Stream(sock, source, chunked, bytearray(head), time.monotonic())
+        with self._lock:
+            self._incoming.append(stream)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="osreapi-streams", daemon=True)
+                self._thread.start()
+        self.wake()
+
+    # -- the hub thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        next_tick = 0.0
+        try:
+            while not self._stopping.is_set():
+                woken = False
+                for key, mask in self._selector.select(timeout=self._tick):
+                    if key.data is None:
+                        woken = True
+                        with suppress(BlockingIOError):
+                            os.read(self._wake_r, 4096)
+                    else:
+                        self._on_event(key.data, mask)
+                for stream in self._take_incoming():
+                    self._streams[id(stream)] = stream
+                    self._selector.register(stream.sock, stream.events, stream)
+                    self._flush(stream)
+                now = time.monotonic()
+                if woken or now >= next_tick:
+                    next_tick = now + self._tick
+                    for stream in list(self._streams.values()):
+                        self._pull(stream, now)
+        finally:
+            for stream in list(self._streams.values()):
+                self._finish_on_stop(stream)
+            self._selector.close()
+
+    def _take_incoming(self) -> list[_Stream]:
+        with self._lock:
+            taken, self._incoming = self._incoming, []
+        return taken
+
+    def _on_event(self, stream: _Stream, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            try:
+                data = stream.sock.recv(4096)
+            except BlockingIOError:
+                data = None
+            except OSError:
+                data = b""
+            if data == b"":  # EOF or reset: the client has gone
+                self._end(stream)
+                return
+        if mask & selectors.EVENT_WRITE:
+            self._flush(stream)
+
+    def _pull(self, stream: _Stream, now: float) -> None:
+        if stream.ending or len(stream.out) >= HIGH_WATER:
+            return
+        try:
+            data, done = stream.source.read()
+            if not data and now - stream.last_sent >= self._heartbeat:
+                data = stream.source.heartbeat()
+        except Exception:
+            log.exception("stream source failed; ending the stream")
+            data, done = b"", True
+        if data:
+            stream.out += _frame(data) if stream.chunked else data
+            stream.last_sent = now
+        if done:
+            stream.ending = True
+            if stream.chunked:
+                stream.out += b"0\r\n\r\n"
+        if data or done:
+            self._flush(stream)
+
+    def _flush(self, stream: _Stream) -> None:
+        if id(stream) not in self._streams:
+            return
+        while stream.out:
+            try:
+                sent = stream.sock.send(stream.out)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._end(stream)
+                return
+            del stream.out[:sent]
+        if not stream.out and stream.ending:
+            self._end(stream)
+            return
+        wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if stream.out else 0)
+        if wanted != stream.events:
+            stream.events = wanted
+            self._selector.modify(stream.sock, wanted, stream)
+
+    def _finish_on_stop(self, stream: _Stream) -> None:
+        """On shutdown: the end of the body if it fits the socket buffer now, then close."""
+        if stream.chunked:
+            stream.out += b"0\r\n\r\n"
+        with suppress(OSError):
+            stream.sock.send(stream.out)
+        self._end(stream)
+
+    def _end(self, stream: _Stream) -> None:
+        if self._streams.pop(id(stream), None) is not None and self._selector is not None:
+            with suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(stream.sock)
+        with suppress(OSError):
+            stream.sock.close()
+        try:
+            stream.source.close()
+        except Exception:
+            log.exception("stream source failed to close")
+
+    # -- the worker-thread fallback -------------------------------------------------------
+
+    def drive(self, source: StreamSource) -> Iterator[bytes]:
+        """The same stream on the worker thread (TLS, HEAD, other WSGI servers)."""
+        try:
+            last_sent = time.monotonic()
+            while True:
+                data, done = source.read()
+                now = time.monotonic()
+                if not data and now - last_sent >= self._heartbeat:
+                    data = source.heartbeat()
+                if data:
+                    last_sent = now
+                    yield data
+                if done or self._stopping.is_set():
+                    return
+                if not data:
+                    self._stopping.wait(self._tick)
+        finally:
+            source.close()
+
+
+class Handoff:
+    """WSGI middleware around the Bottle app: after the app has answered with `hub.serve`, hand the
+    connection to the hub and answer cheroot with an empty body (the worker is free at once)."""
+
+    def __init__(self, app: Callable, hub: StreamHub) -> None:
+        self.app = app
+        self.hub = hub
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        result = self.app(environ, start_response)
+        stream = environ.pop(_ENVIRON_STREAM, None)
+        if stream is None:
+            return result
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        self.hub.adopt(environ[_ENVIRON_REQUEST], *stream)
+        return []
+
+
+def _frame(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def _overloaded(environ: dict, default_lang: str) -> str:
+    return message("overloaded", language_of(environ, default_lang))
