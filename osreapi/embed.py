@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import re
@@ -69,6 +70,25 @@ class Submitted:
     id: str
     count: int
     created: bool  # False when the id existed already and nothing new runs
+
+
+def _decoded(source: Any, idle: float = 0.05) -> Iterator[str]:
+    """A LogSource's bytes as text, characters never split between chunks (bad bytes replaced)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    try:
+        while True:
+            data, done = source.read()
+            if done:  # what comes with the end is the cap notice for HTTP readers
+                break
+            if data:
+                if text := decoder.decode(data):
+                    yield text
+            else:
+                time.sleep(idle)
+        if tail := decoder.decode(b"", final=True):
+            yield tail
+    finally:
+        source.close()
 
 
 def default_data_dir() -> Path:
@@ -283,7 +303,7 @@ class Executor(ControlCalls):
     def logs(self, task_id: str, step: str | int, follow: bool = False, offset: int = 0) -> Iterator[str]:
         """A step's output from byte `offset` as text chunks; with follow, until the step ends.
         Raises NotFound at once for an unknown task or step."""
-        from .http.logstream import LogReader  # the reader GET /<id>/<step>/log streams from
+        from .http.logstream import LogSource  # the source GET /<id>/<step>/log streams from
 
         index = self.step(task_id, step, output=False)[1].index
 
@@ -293,8 +313,10 @@ class Executor(ControlCalls):
             except NotFound:
                 return None
 
-        reader = LogReader(self.log_path(task_id, index), current, threading.Event(), self.config.max_output)
-        return (data.decode("utf-8", "replace") for data, _ in filter(None, reader.chunks(offset, follow, True)))
+        path = self.log_path(task_id, index)
+        source = LogSource(path, offset, sse=False, follow=follow, step=current, end_record=lambda: None,
+                           max_output=self.config.max_output)
+        return _decoded(source)
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
         """Block until the task has ended (or timeout); return its result, None if unknown."""

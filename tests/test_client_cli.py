@@ -63,8 +63,8 @@ def test_usage_and_connection_errors_exit_2(client: Client, tmp_path: Path):
     assert nothing.returncode == 2 and "nothing to submit" in nothing.stderr
     bad_file = tmp_path / "steps.yaml"
     bad_file.write_text("- command_type: sh\n  comand_content: echo\n")
-    bad = osreapi(client.url, "submit", str(bad_file))
-    assert bad.returncode == 2 and "step 0" in bad.stderr
+    bad = osreapi(client.url, "submit", str(bad_file), "--lang", "en")
+    assert bad.returncode == 2 and "step 0" in bad.stderr and "command_content" in bad.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("- [unclosed\n")
     assert osreapi(client.url, "submit", str(broken)).returncode == 2
@@ -105,7 +105,7 @@ def test_ls_get_logs_and_control_in_plain_lines(client: Client, tmp_path: Path):
     assert osreapi(client.url, "logs", task_id, "talk").stdout == "one\ntwo\n"
     assert osreapi(client.url, "logs", task_id, "0", "--offset", "4").stdout == "two\n"
     assert osreapi(client.url, "pause", task_id, "hold", "--lang", "en").stdout == "success\n"
-    twice = osreapi(client.url, "pause", task_id, "hold")
+    twice = osreapi(client.url, "pause", task_id, "hold", "--lang", "en")
     assert twice.returncode == 1 and "paused" in twice.stderr
     busy = osreapi(client.url, "rm", task_id)
     assert busy.returncode == 1 and task_id in busy.stderr  # 409: it still runs

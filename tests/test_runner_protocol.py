@@ -12,7 +12,7 @@ import pytest
 
 from osreapi.api import TaskRunner
 from osreapi.client import Client
-from osreapi.errors import ActionRejected, InvalidRequest, NotFound, TaskActive
+from osreapi.errors import ActionRejected, InvalidRequest, NotFound, TaskActive, TaskConflict
 from osreapi.vocabulary import State
 
 from .conftest import gone, read_pid, sh, wait_until
@@ -94,9 +94,11 @@ def test_unknown_ids_and_bad_input(runner: TaskRunner):
         runner.list(sort="sideways")
 
 
-def test_same_id_twice_is_idempotent(runner: TaskRunner):
+def test_same_id_twice_is_idempotent_and_another_body_conflicts(runner: TaskRunner):
     assert runner.submit([sh("echo once")], task_id="same") == "same"
     assert runner.submit([sh("echo once")], task_id="same") == "same"
+    with pytest.raises(TaskConflict):
+        runner.submit([sh("echo other")], task_id="same")
     result = runner.wait("same", timeout=20)
     assert result.task.succeeded and result.task.count == 1 and result.steps[0].output == "once\n"
     assert [task.id for task in runner.list()] == ["same"]
