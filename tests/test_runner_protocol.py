@@ -175,3 +175,12 @@ def test_one_step_of_a_parallel_task_is_killed_by_name(runner: TaskRunner, tmp_p
     result = runner.wait(task_id, timeout=20)
     assert [(s.name, s.state) for s in result.steps] == [("stuck", State.KILLED), ("ok", State.STOPPED)]
     assert result.task.failed_step == 0
+
+
+def test_logs_keep_carriage_returns_and_replace_bad_bytes(runner: TaskRunner):
+    task_id = runner.submit([sh("printf 'step 1/2\\rstep 2/2\\r\\ndone\\n'; printf 'bad \\377 byte\\n'")])
+    result = runner.wait(task_id, timeout=20)
+    expected = "step 1/2\rstep 2/2\r\ndone\nbad \ufffd byte\n"
+    assert result.steps[0].output == expected
+    assert "".join(runner.logs(task_id, 0)) == expected
+    assert "".join(runner.logs(task_id, 0, follow=True)) == expected
