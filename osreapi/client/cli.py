@@ -250,6 +250,14 @@ def show_end(client: Client, out: Out, task_id: str, result: TaskResult | None, 
     return status_of(result, timed_out)
 
 
+def show_answer(out: Out, envelope: dict[str, Any], text: str | None = None) -> None:
+    """The envelope with --json; otherwise `text`, or the server's message."""
+    if out.as_json:
+        out.json(envelope)
+    else:
+        out.line(out.text(envelope["message"] if text is None else text))
+
+
 def cmd_submit(args: argparse.Namespace, out: Out) -> int:
     steps = load_steps(args)
     mode = "parallel" if args.parallel else None
@@ -260,7 +268,7 @@ def cmd_submit(args: argparse.Namespace, out: Out) -> int:
         envelope = client.submit_envelope(steps, mode, args.id, lang=args.lang)
         task_id = envelope["data"]["id"]
         if not (args.wait or args.follow):
-            out.json(envelope) if out.as_json else out.line(out.text(task_id))
+            show_answer(out, envelope, task_id)
             return EXIT_OK
         if not out.as_json:
             count = envelope["data"]["count"]
@@ -313,15 +321,13 @@ def cmd_control(args: argparse.Namespace, out: Out) -> int:
             done = fleet.map(lambda host, client: client.control(args.id, "kill", args.step, lang=out.lang))
             return fleet_answers(out, done)
     with Client(args.url, **connection(args)) as client:
-        envelope = client.control(args.id, args.command, args.step, lang=out.lang)
-        out.json(envelope) if out.as_json else out.line(out.text(envelope["message"]))
+        show_answer(out, client.control(args.id, args.command, args.step, lang=out.lang))
     return EXIT_OK
 
 
 def cmd_rm(args: argparse.Namespace, out: Out) -> int:
     with Client(args.url, **connection(args)) as client:
-        envelope = client.delete_envelope(args.id, lang=out.lang)
-        out.json(envelope) if out.as_json else out.line(out.text(envelope["message"]))
+        show_answer(out, client.delete_envelope(args.id, lang=out.lang))
     return EXIT_OK
 
 
@@ -335,10 +341,11 @@ def fleet_submit(args: argparse.Namespace, out: Out, hosts: list[str], steps: li
     with make_fleet(args, hosts) as fleet:
         submitted = fleet.submit(steps, mode=mode, task_id=args.id)
         ids = {r.host: r.value for r in submitted if r.ok}
+        refused = {r.host: r.error for r in submitted if not r.ok}
 
         def finish(host: str, client: Client) -> TaskResult | None:
-            if host not in ids:
-                raise next(r.error for r in submitted if r.host == host)  # type: ignore[misc]
+            if host in refused:
+                raise refused[host]
             return client.wait(ids[host], timeout=args.timeout) if args.wait else client.get(ids[host])
 
         return fleet_rows(out, fleet, fleet.map(finish), ids, "wait" if args.wait else "submit")
