@@ -48,7 +48,7 @@ from .listing import sorted_tasks
 from .metrics import EngineMetrics
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
-from .vocabulary import State
+from .vocabulary import State, message
 
 log = logging.getLogger(__name__)
 Listener = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
@@ -316,6 +316,8 @@ class Executor(ControlCalls):
         path = self.log_path(task_id, index)
         source = LogSource(path, offset, sse=False, follow=follow, step=current, end_record=lambda: None,
                            max_output=self.config.max_output)
+        if offset > source.size():  # as the HTTP route answers 416
+            raise InvalidRequest(message("offset_past_end", "en", offset=offset, size=source.size()))
         return _decoded(source)
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:

@@ -156,8 +156,8 @@ def test_log_stream_resumes_after_a_cut_from_the_last_byte(client, tmp_path: Pat
             gate.touch()
             assert "".join(chunks) == "part2\n"  # no gap, no duplicate
         assert proxy.cuts == 1
-        log_requests = [r for r in proxy.requests if b"/log?" in r]
-        assert len(log_requests) == 2 and b"offset=6" in log_requests[1]
+        streams = [r for r in proxy.requests if b"/log?" in r and b"follow=true" in r]
+        assert len(streams) == 2 and b"offset=6" in streams[1]
     finally:
         proxy.close()
 

@@ -137,6 +137,8 @@ def test_logs_follow_offset_and_whole(runner: TaskRunner, tmp_path: Path):
     assert "".join(runner.logs(task_id, 0)) == "first\nhéllo\nlast"
     offset = len("first\nh".encode())
     assert "".join(runner.logs(task_id, "talk", offset=offset)) == "éllo\nlast"
+    with pytest.raises(InvalidRequest, match="past the end"):
+        runner.logs(task_id, "talk", offset=1000)
 
 
 def test_kill_pause_resume_and_delete(runner: TaskRunner, tmp_path: Path):

@@ -131,8 +131,16 @@ class Client(ControlCalls):
 
     def logs(self, task_id: str, step: str | int, follow: bool = False, offset: int = 0) -> Iterator[str]:
         """Output chunks from byte `offset` (SSE). A dropped connection is resumed from the last byte
-        received, up to `reconnects` times in a row. Raises NotFound at once for an unknown step."""
-        self.call("GET", step_path(task_id, step))
+        received, up to `reconnects` times in a row. Raises NotFound (unknown step) or
+        InvalidRequest (offset past the end) at once."""
+        path = step_path(task_id, step) + "/log"
+        try:
+            with self._http.stream("GET", path, params={"offset": str(offset), "lang": "en"}) as response:
+                if response.status_code != 200:  # unknown task or step, offset past the end: now
+                    response.read()
+                    self._raise_answer(response)
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(f"{self.url}: {_reason(exc)}") from None
         return self._log_chunks(task_id, step, follow, offset)
 
     def control(self, task_id: str, action: str, step: str | int | None = None, lang: str = "en") -> Envelope:

@@ -26,7 +26,7 @@ class RemoteNotFound(ServerError, NotFound):
 
 
 class RemoteInvalidRequest(ServerError, InvalidRequest):
-    """400 on a submission or a query: nothing was run."""
+    """400 on a submission or a query (416: a log offset past the output's end): nothing was run."""
 
 
 class RemoteActionRejected(ServerError, ActionRejected):
@@ -68,6 +68,7 @@ _BY_STATUS: dict[int, type[ServerError]] = {
     404: RemoteNotFound,
     409: Conflict,
     413: TooLarge,
+    416: RemoteInvalidRequest,  # a log offset past the end of the output
     429: RemoteBusy,
     503: RemoteBusy,
     507: StorageFull,
