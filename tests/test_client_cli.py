@@ -59,8 +59,9 @@ def test_submit_wait_exit_statuses(client: Client):
 
 
 def test_usage_and_connection_errors_exit_2(client: Client, tmp_path: Path):
-    nothing = osreapi(client.url, "submit")
+    nothing = osreapi(client.url, "submit", "--lang", "en")
     assert nothing.returncode == 2 and "nothing to submit" in nothing.stderr
+    assert "没有可提交的步骤" in osreapi(client.url, "submit").stderr  # the default language is the server's
     bad_file = tmp_path / "steps.yaml"
     bad_file.write_text("- command_type: sh\n  comand_content: echo\n")
     bad = osreapi(client.url, "submit", str(bad_file), "--lang", "en")

@@ -21,7 +21,7 @@ from ..embed import TaskResult
 from ..errors import InvalidValue, OsreapiError
 from ..executor.durations import parse_duration
 from ..http.security import load_token
-from ..vocabulary import LANGUAGES
+from ..vocabulary import LANGUAGES, message
 from .client import DEFAULT_URL, Client, task_path
 from .display import Out, Progress, seconds
 from .errors import ConnectionFailed, RemoteInvalidRequest, ServerError, Unauthorized
@@ -163,7 +163,7 @@ ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
 def connection(args: argparse.Namespace) -> dict[str, Any]:
     """Client keyword arguments from the flags."""
     if bool(args.tls_cert) != bool(args.tls_key):
-        raise UsageError("--tls_cert and --tls_key go together")
+        raise UsageError(message("cli_tls_pair", args.lang))
     verify: bool | str = False if args.insecure else (args.tls_ca or True)
     cert = (args.tls_cert, args.tls_key) if args.tls_cert else None
     token = load_token(args.token, args.token_file)
@@ -175,7 +175,7 @@ def fleet_hosts(args: argparse.Namespace) -> list[str] | None:
         return None
     hosts = parse_hosts(args.hosts or "") + (read_hosts_file(args.hosts_file) if args.hosts_file else [])
     if not hosts:
-        raise UsageError("--hosts / --hosts_file: no host given")
+        raise UsageError(message("cli_no_hosts", args.lang))
     return list(dict.fromkeys(hosts))
 
 
@@ -193,15 +193,15 @@ def load_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
             text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
             loaded = yaml.safe_load(text)
         except OSError as exc:
-            raise UsageError(f"{where}: cannot read: {exc.strerror}") from None
+            raise UsageError(message("cli_cannot_read", args.lang, where=where, reason=exc.strerror)) from None
         except yaml.YAMLError as exc:
-            raise UsageError(f"{where}: not valid JSON or YAML: {exc}") from None
+            raise UsageError(message("cli_bad_file", args.lang, where=where, error=exc)) from None
         if not isinstance(loaded, list):
-            raise UsageError(f"{where}: expected a list of steps, got {type(loaded).__name__}")
+            raise UsageError(message("cli_not_a_list", args.lang, where=where, kind=type(loaded).__name__))
         steps.extend(loaded)
     steps.extend({"command_type": "sh", "command_content": script} for script in args.scripts)
     if not steps:
-        raise UsageError("nothing to submit: give FILE, - (stdin) or -e 'script'")
+        raise UsageError(message("cli_nothing_to_submit", args.lang))
     return steps
 
 
@@ -242,11 +242,11 @@ def show_end(client: Client, out: Out, task_id: str, result: TaskResult | None, 
     if out.as_json:
         out.json(client.envelope("GET", task_path(task_id), lang=out.lang)[1])
     elif result is None:
-        out.error(f"task {task_id}: not found (unknown or expired)")
+        out.error(out.say("cli_not_found", id=task_id))
     else:
         out.result(result)
         if timed_out:
-            out.error(f"task {task_id} still {out.word(result.task.state)} when --timeout ran out")
+            out.error(out.say("cli_timed_out", id=task_id, state=out.word(result.task.state)))
     return status_of(result, timed_out)
 
 
@@ -271,8 +271,7 @@ def cmd_submit(args: argparse.Namespace, out: Out) -> int:
             show_answer(out, envelope, task_id)
             return EXIT_OK
         if not out.as_json:
-            count = envelope["data"]["count"]
-            print(f"task {task_id}: {count} step{'s' if count != 1 else ''}", file=sys.stderr, flush=True)
+            print(out.say("cli_submitted", id=task_id, count=envelope["data"]["count"]), file=sys.stderr, flush=True)
         result, timed_out = watch(client, task_id, out, args.timeout, args.follow and not out.as_json)
         return show_end(client, out, task_id, result, timed_out)
 
@@ -337,7 +336,7 @@ def cmd_rm(args: argparse.Namespace, out: Out) -> int:
 def fleet_submit(args: argparse.Namespace, out: Out, hosts: list[str], steps: list[dict[str, Any]],
                  mode: str | None) -> int:
     if args.follow:
-        raise UsageError("--follow prints one host's output: use --wait with --hosts")
+        raise UsageError(out.say("cli_follow_fleet"))
     with make_fleet(args, hosts) as fleet:
         submitted = fleet.submit(steps, mode=mode, task_id=args.id)
         ids = {r.host: r.value for r in submitted if r.ok}
@@ -368,13 +367,13 @@ def fleet_rows(out: Out, fleet: Fleet, results: list[HostResult[TaskResult | Non
         if item.error is not None:
             rows.append((out.text(item.host), out.text(own_id), "", "", out.text(_reason(item.error))))
         elif result is None:
-            rows.append((out.text(item.host), out.text(own_id), "", "", "not found"))
+            rows.append((out.text(item.host), out.text(own_id), "", "", out.say("cli_host_no_task")))
         else:
             failed = ", ".join(f"{s.index} {s.name}" for s in result.steps if s.failed)
             rows.append((out.text(item.host), out.text(result.task.id), out.state(result.task.state, result.task.succeeded),
                          seconds(result.task.begin, result.task.end), out.text(failed)))
     if not out.as_json:
-        out.table(("host", "task", "state", "time", "failed steps / error"), rows)
+        out.table(out.heading("cli_hosts_heading"), rows)
     if all(s == EXIT_OK for s in statuses):
         return EXIT_OK
     return EXIT_TIMEOUT if all(s in (EXIT_OK, EXIT_TIMEOUT) for s in statuses) else EXIT_FAILED
@@ -385,7 +384,7 @@ def fleet_answers(out: Out, answers: list[HostResult[dict[str, Any]]]) -> int:
         if out.as_json:
             out.json({"host": item.host, **item.value} if item.ok else {"host": item.host, "error": _reason(item.error)})
     if not out.as_json:
-        out.table(("host", "answer"), [(out.text(a.host), out.text(a.value["message"] if a.ok else _reason(a.error)))
+        out.table(out.heading("cli_answers_heading"), [(out.text(a.host), out.text(a.value["message"] if a.ok else _reason(a.error)))
                                        for a in answers])
     return EXIT_OK if all(a.ok for a in answers) else EXIT_FAILED
 

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ..embed import TaskResult
 from ..records import StepRecord, TaskRecord
-from ..vocabulary import State
+from ..vocabulary import State, message
 
 OUTPUT_TAIL_LINES = 20  # of a failed step's output shown by `get` and `wait`
 _STYLE = {State.STOPPED: "green", State.RUNNING: "cyan", State.PENDING: "dim", State.PAUSED: "yellow"}
@@ -57,6 +57,12 @@ class Out:
 
     def word(self, state: State) -> str:
         return state.word(self.lang)
+
+    def say(self, key: str, **values: object) -> str:
+        return message(key, self.lang, **values)
+
+    def heading(self, key: str) -> list[str]:
+        return self.say(key).split("|")
 
     def state(self, state: State, succeeded: bool = True) -> str:
         style = "red" if not succeeded and state.finished else _STYLE.get(state, "red")
@@ -103,20 +109,22 @@ class Out:
             (self.text(t.id), self.state(t.state, t.succeeded), str(t.count), clock(t.begin), clock(t.end), _failed(t))
             for t in tasks
         ]
-        self.table(("id", "state", "steps", "begin", "end", "failed step"), rows)
+        self.table(self.heading("cli_tasks_heading"), rows)
 
     def result(self, result: TaskResult) -> None:
         task = result.task
-        self.line(f"task {self.text(task.id)}: {self.state(task.state, task.succeeded)} ({task.mode}, "
-                  f"{seconds(task.begin, task.end) or 'not started'})")
+        time_taken = seconds(task.begin, task.end) or self.say("cli_not_started")
+        self.line(self.say("cli_task", id=self.text(task.id), state=self.state(task.state, task.succeeded),
+                           mode=task.mode, time=time_taken))
         rows = [
             (str(s.index), self.text(s.name), self.state(s.state, s.succeeded), str(s.code), seconds(s.begin, s.end))
             for s in result.steps
         ]
-        self.table(("step", "name", "state", "code", "time"), rows)
+        self.table(self.heading("cli_steps_heading"), rows)
         for step in result.steps:
             if step.failed and step.output:
-                self.line(f"--- {self.text(step.name)} ({self.word(step.state)}, code {step.code}): last lines ---")
+                self.line(self.say("cli_output_tail", name=self.text(step.name), state=self.word(step.state),
+                                   code=step.code))
                 self.raw("\n".join(step.output.rstrip("\n").split("\n")[-OUTPUT_TAIL_LINES:]) + "\n")
 
 
@@ -159,18 +167,20 @@ class Progress:
                 self._seen[step.index] = step.state
                 if step.state is not State.PENDING:
                     elapsed = time.monotonic() - self.started
-                    code = f" (code {step.code})" if step.state.finished else ""
-                    line = f"{elapsed:6.1f}s  step {step.index} {step.name}: {self.out.word(step.state)}{code}"
+                    code = self.out.say("cli_exit_code", code=step.code) if step.state.finished else ""
+                    change = self.out.say("cli_step_change", index=step.index, name=step.name, state=self.out.word(step.state))
+                    line = f"{elapsed:6.1f}s  {change}{code}"
                     print(line, file=sys.stderr, flush=True)  # progress is not the result: stdout stays clean
 
     def _render(self, result: TaskResult | None) -> Spinner:
         elapsed = time.monotonic() - self.started
         if result is None:
-            text = f"{escape(self.task_id)}: waiting ({elapsed:.1f}s)"
+            text = self.out.say("cli_waiting", id=escape(self.task_id), elapsed=f"{elapsed:.1f}s")
         else:
             done, running, failed = progress_counts(result.steps)
-            text = (f"{escape(self.task_id)}: {self.out.word(result.task.state)} · done {done}/{len(result.steps)} · "
-                    f"running {running} · failed {failed} · {elapsed:.1f}s")
+            text = self.out.say("cli_progress", id=escape(self.task_id), state=self.out.word(result.task.state),
+                                done=done, count=len(result.steps), running=running, failed=failed,
+                                elapsed=f"{elapsed:.1f}s")
         return Spinner("dots", text=text)
 
 
