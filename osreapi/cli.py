@@ -54,7 +54,11 @@ Commands:
 
   run
     Run server
-"""
+{client_commands}"""
+
+# Commands that drive a server over HTTP (osreapi/client/cli.py); imported only when one is used,
+# so that the server never loads the client's libraries.
+CLIENT_COMMANDS = ("submit", "get", "ls", "logs", "wait", "kill", "pause", "resume", "rm")
 
 HELP_RUN = """\
 usage: {prog} run [<flags>]
@@ -137,8 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "osreapi"
     if prog in ("__main__.py", "-m", "-c"):
         prog = "osreapi"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((word for word in argv if word in CLIENT_COMMANDS or word in ("run", "help")), None)
+    if command in CLIENT_COMMANDS:
+        from .client import cli as client_cli
+
+        rest = list(argv)
+        rest.remove(command)
+        return client_cli.main(command, rest, prog)
     parser = build_parser(prog)
-    args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_intermixed_args(argv)
     if args.version:
         print(__version__)
         return 0
@@ -146,16 +158,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.help or args.command in (None, "help"):
         topic = args.args[:1] if args.command == "help" else ([args.command] if args.command else [])
+        from .client import cli as client_cli
+
+        if topic and topic[0] in client_cli.COMMANDS:
+            client_cli.build_parser(topic[0], prog).print_help()
+            return 0
         if topic and topic[0] not in HELP_TOPICS:
-            parser.error(f"unknown command {topic[0]!r} (commands: {', '.join(HELP_TOPICS)})")
+            parser.error(f"unknown command {topic[0]!r} (commands: {', '.join(HELP_TOPICS + CLIENT_COMMANDS)})")
         text = HELP_RUN if topic == ["run"] else HELP
-        print(text.format(prog=prog, data_dir=default_data_dir()), end="")
+        commands = client_cli.commands_help(prog)
+        print(text.format(prog=prog, data_dir=default_data_dir(), client_commands=commands), end="")
         if args.command is None and not args.help:
             print(f"{prog}: error: expected a command (run)", file=sys.stderr)
             return 2
         return 0
     if args.command != "run":
-        parser.error(f"unknown command {args.command!r} (commands: help, run)")
+        parser.error(f"unknown command {args.command!r} (commands: help, run, {', '.join(CLIENT_COMMANDS)})")
     if args.args:
         parser.error(f"unexpected arguments: {' '.join(args.args)}")
     return run(args)

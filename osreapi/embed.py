@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import re
 import threading
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,17 +40,19 @@ from .actors.store import StoreActor
 from .actors.supervisor import SupervisorActor
 from .actors.timers import Scheduler
 from .config import EngineConfig
+from .controls import ControlCalls
 from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive, TaskConflict
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.output import read_output
 from .executor.janitor import Janitor
 from .executor.reaper import Reaper
+from .listing import sorted_tasks
 from .metrics import EngineMetrics
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
 from .storage.lock import lock_data_dir
-from .vocabulary import State
+from .vocabulary import State, message
 
 log = logging.getLogger(__name__)
 _ASCII_DIGITS = re.compile(r"[0-9]+")
@@ -73,6 +76,25 @@ class Submitted:
     created: bool  # False when the id existed already and nothing new runs
 
 
+def _decoded(source: Any, idle: float = 0.05) -> Iterator[str]:
+    """A LogSource's bytes as text, characters never split between chunks (bad bytes replaced)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    try:
+        while True:
+            data, done = source.read()
+            if done:  # what comes with the end is the cap notice for HTTP readers
+                break
+            if data:
+                if text := decoder.decode(data):
+                    yield text
+            else:
+                time.sleep(idle)
+        if tail := decoder.decode(b"", final=True):
+            yield tail
+    finally:
+        source.close()
+
+
 def default_data_dir() -> Path:
     if os.name == "nt":
         base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
@@ -85,7 +107,7 @@ def _seconds(value: float | str) -> float:
     return parse_duration(value) if isinstance(value, str) else float(value)
 
 
-class Executor:
+class Executor(ControlCalls):
     """Run step lists in-process. Use as a context manager, or call close()."""
 
     def __init__(
@@ -275,16 +297,6 @@ class Executor:
         if not task.state.finished:
             raise TaskActive(task_id, task.state.value)
 
-    def kill(self, task_id: str, step: str | int | None = None) -> None:
-        """Kill a task's process trees (its remaining steps are skipped), or one step's."""
-        self.control(task_id, "kill", step)
-
-    def pause(self, task_id: str, step: str | int | None = None) -> None:
-        self.control(task_id, "pause", step)
-
-    def resume(self, task_id: str, step: str | int | None = None) -> None:
-        self.control(task_id, "resume", step)
-
     @staticmethod
     def _step_index(steps: list[StepRecord] | tuple[StepRecord, ...], step: str | int) -> int:
         if isinstance(step, int) or _ASCII_DIGITS.fullmatch(step):
@@ -321,8 +333,30 @@ class Executor:
             "threads": threading.active_count(),
         }
 
-    def list(self) -> list[TaskRecord]:
-        return [task for task in self._db.list_tasks() if not self._expired(task)]
+    def list(self, sort: str | None = None) -> list[TaskRecord]:
+        """Every task not expired; sort: None (store order) or "start", "end", "ttl" as GET /?sort=."""
+        tasks = [task for task in self._db.list_tasks() if not self._expired(task)]
+        return tasks if sort is None else sorted_tasks(tasks, sort)
+
+    def logs(self, task_id: str, step: str | int, follow: bool = False, offset: int = 0) -> Iterator[str]:
+        """A step's output from byte `offset` as text chunks; with follow, until the step ends.
+        Raises NotFound at once for an unknown task or step."""
+        from .http.logstream import LogSource  # the source GET /<id>/<step>/log streams from
+
+        index = self.step(task_id, step, output=False)[1].index
+
+        def current() -> StepRecord | None:
+            try:
+                return self.step(task_id, index, output=False)[1]
+            except NotFound:
+                return None
+
+        path = self.log_path(task_id, index)
+        source = LogSource(path, offset, sse=False, follow=follow, step=current, end_record=lambda: None,
+                           max_output=self.config.max_output)
+        if offset > source.size():  # as the HTTP route answers 416
+            raise InvalidRequest(message("offset_past_end", "en", offset=offset, size=source.size()))
+        return _decoded(source)
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
         """Block until the task has ended (or timeout); return its result, None if unknown."""

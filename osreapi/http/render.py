@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..executor.durations import format_duration
+from ..listing import SORT_KEYS, sorted_tasks  # noqa: F401  (SORT_KEYS: the routes' check)
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, State, message
@@ -107,25 +108,6 @@ def task_summary_json(task: TaskRecord, lang: str, now: float) -> dict[str, Any]
         "message": task_message(task, lang, listing=True),
         "times": times(task.begin, task.end, task.expires, now),
     }
-
-
-SORT_KEYS = {
-    "start": "begin",
-    "begin": "begin",
-    "end": "end",
-    "completed": "end",
-    "ttl": "expires",
-    "expired": "expires",
-}
-
-
-def sorted_tasks(tasks: list[TaskRecord], sort: str) -> list[TaskRecord]:
-    """Ascending by the chosen time; tasks without that time last (by acceptance among themselves)."""
-    field = SORT_KEYS[sort]
-    return sorted(
-        tasks,
-        key=lambda t: (getattr(t, field) is None, getattr(t, field) or 0.0, t.accepted),
-    )
 
 
 def list_body(tasks: list[TaskRecord], sort: str, lang: str, now: float, batch: int = 500) -> Iterator[bytes]:

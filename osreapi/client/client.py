@@ -1,0 +1,264 @@
+"""Client: the HTTP API of one osreapi server as the same calls `osreapi.Executor` offers."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from httpx_sse import connect_sse
+
+from ..controls import ControlCalls
+from ..embed import TaskResult
+from ..errors import InvalidRequest
+from ..records import TaskRecord
+from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING
+from . import wire
+from .errors import ON_CONTROL, ON_DELETE, ON_SUBMIT, ConnectionFailed, ServerError, error_for
+
+DEFAULT_URL = "http://127.0.0.1:2376"
+DEFAULT_TIMEOUT = 10.0
+STREAM_READ_TIMEOUT = 60.0  # over the server's 15 s heartbeat on a quiet log stream
+MODES = (None, "sequential", "parallel", "dag")
+_ANSWERED = (CODE_OK, CODE_RUNNING, CODE_FAILED)
+
+Envelope = dict[str, Any]
+
+
+class Client(ControlCalls):
+    """One server. `timeout` bounds each request (connect, read, write) in seconds; `verify` is
+    True, False or a CA bundle path; `cert` a client certificate path or (cert, key) for mTLS."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        verify: bool | str = True,
+        cert: str | tuple[str, str] | None = None,
+        poll_interval: float = 0.05,
+        reconnects: int = 5,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.reconnects = reconnects
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, verify=tls_context(verify, cert), trust_env=False
+        )
+
+    # -- the envelope ---------------------------------------------------------------------
+
+    def envelope(
+        self, method: str, path: str, params: dict[str, str] | None = None, content: bytes | None = None, lang: str = "en"
+    ) -> tuple[int, Envelope]:
+        """(HTTP status, the envelope as sent). Raises ConnectionFailed when there is no envelope."""
+        try:
+            response = self._http.request(method, path, params={**(params or {}), "lang": lang}, content=content)
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(f"{self.url}: {_reason(exc)}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            raise ConnectionFailed(f"{self.url}: HTTP {response.status_code} without a JSON envelope") from None
+        if not isinstance(body, dict) or "code" not in body:
+            raise ConnectionFailed(f"{self.url}: HTTP {response.status_code}: not an osreapi envelope")
+        return response.status_code, body
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        content: bytes | None = None,
+        overrides: dict[int, type[ServerError]] | None = None,
+        lang: str = "en",
+    ) -> Envelope:
+        """The envelope of an answered request (codes 0, 1001, 1002); raises the typed error otherwise."""
+        status, body = self.envelope(method, path, params, content, lang)
+        if body["code"] not in _ANSWERED:
+            raise error_for(status, body["code"], str(body.get("message", "")), overrides)
+        return body
+
+    # -- TaskRunner -----------------------------------------------------------------------
+
+    def submit(
+        self, steps: list[dict[str, Any]] | str | bytes, mode: str | None = None, task_id: str | None = None
+    ) -> str:
+        return self.submit_envelope(steps, mode, task_id)["data"]["id"]
+
+    def submit_envelope(
+        self, steps: list[dict[str, Any]] | str | bytes, mode: str | None = None, task_id: str | None = None,
+        lang: str = "en",
+    ) -> Envelope:
+        """POST / as the server answered it: {"code": 0, "message": ..., "data": {"id", "count"}}."""
+        return self.call("POST", "/", submit_params(mode, task_id), submit_body(steps), ON_SUBMIT, lang)
+
+    def get(self, task_id: str) -> TaskResult | None:
+        try:
+            body = self.call("GET", task_path(task_id), {"detail": "true"})
+        except ServerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return wire.task_result(body["data"], time.time())
+
+    def list(self, sort: str | None = None) -> list[TaskRecord]:
+        """Tasks as GET / lists them (their `mode` is not on that list: it is "")."""
+        body = self.call("GET", "/", {"sort": sort} if sort else None)
+        now = time.time()
+        return [wire.task_record(entry, now) for entry in body["data"]["tasks"]]
+
+    def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
+        """Poll until the task has ended (backing off to 1 s between polls) or timeout passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = self.poll_interval
+        while True:
+            result = self.get(task_id)
+            if result is None or result.finished:
+                return result
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return result
+            time.sleep(interval if left is None else min(interval, left))
+            interval = min(interval * 1.5, 1.0)
+
+    def logs(self, task_id: str, step: str | int, follow: bool = False, offset: int = 0) -> Iterator[str]:
+        """Output chunks from byte `offset` (SSE). A dropped connection is resumed from the last byte
+        received, up to `reconnects` times in a row. Raises NotFound (unknown step) or
+        InvalidRequest (offset past the end) at once."""
+        path = step_path(task_id, step) + "/log"
+        try:
+            with self._http.stream("GET", path, params={"offset": str(offset), "lang": "en"}) as response:
+                if response.status_code != 200:  # unknown task or step, offset past the end: now
+                    response.read()
+                    self._raise_answer(response)
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(f"{self.url}: {_reason(exc)}") from None
+        return self._log_chunks(task_id, step, follow, offset)
+
+    def control(self, task_id: str, action: str, step: str | int | None = None, lang: str = "en") -> Envelope:
+        path = task_path(task_id) if step is None else step_path(task_id, step)
+        return self.call("PUT", path, {"action": action}, overrides=ON_CONTROL, lang=lang)
+
+    def delete(self, task_id: str) -> None:
+        self.delete_envelope(task_id)
+
+    def delete_envelope(self, task_id: str, lang: str = "en") -> Envelope:
+        return self.call("DELETE", task_path(task_id), overrides=ON_DELETE, lang=lang)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _log_chunks(self, task_id: str, step: str | int, follow: bool, offset: int) -> Iterator[str]:
+        failures = 0
+        while True:
+            try:
+                for text, after in self._log_stream(step_path(task_id, step) + "/log", follow, offset):
+                    if after is None:  # event: end
+                        return
+                    offset, failures = after, 0
+                    yield text
+                if not follow:
+                    return
+                reason = "the stream ended before the step did"
+            except httpx.HTTPError as exc:
+                reason = _reason(exc)
+            failures += 1  # resume from the last byte received
+            if failures > self.reconnects:
+                raise ConnectionFailed(f"{self.url}: log stream of {task_id}/{step} lost: {reason}")
+            time.sleep(min(0.1 * 2**failures, 2.0))
+
+    def _log_stream(self, path: str, follow: bool, offset: int) -> Iterator[tuple[str, int | None]]:
+        """(text, byte offset after it) per output event of one connection; ("", None) for the end."""
+        params = {"offset": str(offset), "lang": "en", **({"follow": "true"} if follow else {})}
+        timeout = httpx.Timeout(self.timeout, read=max(self.timeout, STREAM_READ_TIMEOUT))
+        with connect_sse(self._http, "GET", path, params=params, timeout=timeout) as source:
+            if source.response.status_code != 200:
+                source.response.read()
+                self._raise_answer(source.response)
+            for event in source.iter_sse():
+                if event.event == "end":
+                    yield "", None
+                    return
+                if event.event == "message" and event.id:
+                    after = int(event.id)
+                    text = event.data
+                    if len(text.encode("utf-8")) != after - offset:
+                        text = self._log_bytes(path, offset, after)
+                    offset = after
+                    yield text, after
+
+    def _log_bytes(self, path: str, start: int, end: int) -> str:
+        """Bytes start..end of a log as plain text: SSE framing takes a carriage return in the
+        output for a line break (and bad bytes arrive replaced), so such an event is read again."""
+        data = b""
+        with self._http.stream("GET", path, params={"offset": str(start)}) as response:
+            if response.status_code != 200:
+                response.read()
+                self._raise_answer(response)
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) >= end - start:
+                    break
+        return data[: end - start].decode("utf-8", "replace")
+
+    def _raise_answer(self, response: httpx.Response) -> None:
+        try:
+            body = response.json()
+        except ValueError:
+            raise ConnectionFailed(f"{self.url}: HTTP {response.status_code} without a JSON envelope") from None
+        raise error_for(response.status_code, body.get("code", response.status_code), str(body.get("message", "")))
+
+
+@lru_cache(maxsize=16)  # one context per setting, shared: loading the system's CAs is not free
+def tls_context(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.SSLContext:
+    """verify: True (the system's CAs), False (no check) or a CA bundle; cert: ours for mTLS."""
+    context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+    if verify is False:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        context.load_cert_chain(*((cert,) if isinstance(cert, str) else cert))
+    return context
+
+
+def submit_params(mode: str | None, task_id: str | None) -> dict[str, str]:
+    if mode not in MODES:
+        raise InvalidRequest(f"mode: unknown value {mode!r} (use sequential, parallel or dag)")
+    params = {"async": "true"} if mode in ("parallel", "dag") else {}
+    return {**params, "id": task_id} if task_id is not None else params
+
+
+def submit_body(steps: list[dict[str, Any]] | str | bytes) -> bytes:
+    if isinstance(steps, bytes):
+        return steps
+    return (steps if isinstance(steps, str) else json.dumps(steps, ensure_ascii=False)).encode("utf-8")
+
+
+def task_path(task_id: str) -> str:
+    return "/" + quote(str(task_id), safe="")
+
+
+def step_path(task_id: str, step: str | int) -> str:
+    return task_path(task_id) + "/" + quote(str(step), safe="")
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    kind = type(exc).__name__
+    text = str(exc)
+    return f"{kind}: {text}" if text else kind

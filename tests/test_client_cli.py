@@ -1,0 +1,189 @@
+"""The terminal commands through the installed console script against a real server: exit
+statuses, --json envelopes, YAML input, live output, and the progress display on a pseudo-terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from osreapi.cli import CLIENT_COMMANDS
+from osreapi.client import cli as client_cli
+from osreapi.http.app import HttpSettings
+
+from .conftest import Client, console_script, sh, wait_until
+
+
+def osreapi(url: str, *args: str, stdin: str | None = None, env: dict | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OSREAPI_")}
+    environ.update({"OSREAPI_URL": url, **(env or {})})
+    return subprocess.run([console_script(), *args], input=stdin, capture_output=True, text=True,
+                          env=environ, timeout=timeout)
+
+
+def without_ttl(envelope: dict) -> dict:
+    """The envelope with each step's ttl left out: it counts down between two reads."""
+    steps = [{**step, "times": {k: v for k, v in step["times"].items() if k != "ttl"}} for step in envelope["data"]]
+    return {**envelope, "data": steps}
+
+
+def test_help_lists_the_client_commands():
+    out = subprocess.run([console_script(), "help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    for command in CLIENT_COMMANDS:
+        assert f"\n  {command} " in out.stdout
+    assert tuple(client_cli.COMMANDS) == CLIENT_COMMANDS
+    usage = subprocess.run([console_script(), "help", "submit"], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 0 and "--hosts_file" in usage.stdout and "--follow" in usage.stdout
+
+
+def test_submit_wait_exit_statuses(client: Client):
+    ok = osreapi(client.url, "submit", "-e", "echo hello", "-e", "uname -s", "--wait", "--lang", "en")
+    assert ok.returncode == 0, ok.stderr
+    assert "step 1" in ok.stderr  # progress lines on stderr, the table on stdout
+    assert [line.split()[2] for line in ok.stdout.splitlines()[2:]] == ["stopped", "stopped"]
+    failed = osreapi(client.url, "submit", "-e", "echo oops; exit 3", "--wait", "--lang", "en")
+    assert failed.returncode == 1 and "oops" in failed.stdout and "exit status 3" in failed.stdout
+    slow = osreapi(client.url, "submit", "-e", "sleep 30", "--wait", "--timeout", "300ms")
+    assert slow.returncode == 124 and "--timeout" in slow.stderr
+    task_id = slow.stderr.split()[1].rstrip(":")
+    assert osreapi(client.url, "kill", task_id).returncode == 0
+    assert osreapi(client.url, "wait", task_id, "--timeout", "20s").returncode == 1  # killed
+
+
+def test_usage_and_connection_errors_exit_2(client: Client, tmp_path: Path):
+    nothing = osreapi(client.url, "submit", "--lang", "en")
+    assert nothing.returncode == 2 and "nothing to submit" in nothing.stderr
+    assert "没有可提交的步骤" in osreapi(client.url, "submit").stderr  # the default language is the server's
+    bad_file = tmp_path / "steps.yaml"
+    bad_file.write_text("- command_type: sh\n  comand_content: echo\n")
+    bad = osreapi(client.url, "submit", str(bad_file), "--lang", "en")
+    assert bad.returncode == 2 and "step 0" in bad.stderr and "command_content" in bad.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("- [unclosed\n")
+    assert osreapi(client.url, "submit", str(broken)).returncode == 2
+    down = osreapi("http://127.0.0.1:9", "ls")
+    assert down.returncode == 2 and "127.0.0.1:9" in down.stderr
+    assert osreapi(client.url, "submit", "--no-such-flag").returncode == 2
+    assert osreapi(client.url, "get", "no-such-task").returncode == 1
+
+
+def test_yaml_json_and_stdin_files_with_json_output(client: Client, tmp_path: Path):
+    yaml_file = tmp_path / "steps.yaml"
+    yaml_file.write_text("- name: build\n  command_type: sh\n  command_content: echo built\n"
+                         "- name: test\n  command_type: sh\n  command_content: echo tested\n  depends_on: [build]\n")
+    submitted = osreapi(client.url, "submit", str(yaml_file), "--json", "--id", "from-yaml")
+    assert submitted.returncode == 0
+    assert json.loads(submitted.stdout) == {"code": 0, "message": "成功", "data": {"id": "from-yaml", "count": 2}}
+    done = osreapi(client.url, "wait", "from-yaml", "--json", "--timeout", "20s")
+    assert done.returncode == 0
+    envelope = json.loads(done.stdout)
+    assert without_ttl(envelope) == without_ttl(client.get("/from-yaml").json)  # the server's, unchanged
+    assert [s["message"] for s in envelope["data"]] == ["built\n", "tested\n"]
+    piped = osreapi(client.url, "submit", "-", "--wait", "--json", stdin=json.dumps([sh("echo piped")]))
+    assert piped.returncode == 0 and json.loads(piped.stdout)["data"][0]["message"] == "piped\n"
+    listed = osreapi(client.url, "ls", "--json", "--sort", "end", "--lang", "en")
+    tasks = json.loads(listed.stdout)["data"]["tasks"]
+    assert listed.returncode == 0 and "from-yaml" in [t["id"] for t in tasks]
+    assert {t["state"] for t in tasks} == {"stopped"}
+
+
+def test_ls_get_logs_and_control_in_plain_lines(client: Client, tmp_path: Path):
+    gate = tmp_path / "gate"
+    task_id = client.submit([sh("echo one; echo two", name="talk"),
+                             sh(f"while [ ! -e {gate} ]; do sleep 0.01; done", name="hold")])
+    assert wait_until(lambda: client.get(f"/{task_id}?lang=en").json["data"][-1]["state"] == "running")
+    listed = osreapi(client.url, "ls", "--lang", "en")
+    header, row = listed.stdout.splitlines()
+    assert header.split()[:3] == ["id", "state", "steps"] and row.split()[:3] == [task_id, "running", "2"]
+    assert osreapi(client.url, "logs", task_id, "talk").stdout == "one\ntwo\n"
+    assert osreapi(client.url, "logs", task_id, "0", "--offset", "4").stdout == "two\n"
+    assert osreapi(client.url, "pause", task_id, "hold", "--lang", "en").stdout == "success\n"
+    twice = osreapi(client.url, "pause", task_id, "hold", "--lang", "en")
+    assert twice.returncode == 1 and "paused" in twice.stderr
+    busy = osreapi(client.url, "rm", task_id)
+    assert busy.returncode == 1 and task_id in busy.stderr  # 409: it still runs
+    assert osreapi(client.url, "resume", task_id, "hold").returncode == 0
+    gate.touch()
+    shown = osreapi(client.url, "wait", task_id, "--lang", "en")
+    assert shown.returncode == 0 and "talk" in shown.stdout and "hold" in shown.stdout
+    assert osreapi(client.url, "get", task_id).returncode == 0
+    assert osreapi(client.url, "rm", task_id).returncode == 0
+    assert osreapi(client.url, "get", task_id).returncode == 1
+
+
+def test_follow_prefixes_step_names_only_when_steps_may_overlap(client: Client, tmp_path: Path):
+    gate = tmp_path / "gate"
+    parallel = osreapi(client.url, "submit", "--async", "--follow", "--lang", "en",
+                       "-e", f"echo left; while [ ! -e {gate} ]; do sleep 0.01; done; echo left-done",
+                       "-e", f"echo right; touch {gate}; echo right-done", "--id", "par")
+    assert parallel.returncode == 0, parallel.stderr
+    lines = parallel.stdout.splitlines()
+    for expected in ("[par-0] left", "[par-0] left-done", "[par-1] right", "[par-1] right-done"):
+        assert expected in lines
+    sequential = osreapi(client.url, "submit", "--follow", "-e", "echo first", "-e", "echo second", "--id", "seq")
+    assert sequential.returncode == 0
+    lines = sequential.stdout.splitlines()
+    assert "first" in lines and "second" in lines and not any(line.startswith("[seq-") for line in lines)
+
+
+def test_token_from_a_file_or_the_environment(make_server, tmp_path: Path):
+    server = make_server(settings=HttpSettings(token="cli-secret"))
+    token_file = tmp_path / "token"
+    token_file.write_text("cli-secret\n")
+    token_file.chmod(0o600)
+    assert osreapi(server.url, "ls", "--token_file", str(token_file)).returncode == 0
+    assert osreapi(server.url, "ls", env={"OSREAPI_TOKEN": "cli-secret"}).returncode == 0
+    refused = osreapi(server.url, "ls")
+    assert refused.returncode == 2 and "401" in refused.stderr
+
+
+def read_pty(fd: int, until: bytes, deadline: float) -> bytes:
+    """Read a pseudo-terminal until `until` appears (or EOF); bounded by the deadline."""
+    seen = b""
+    while until not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if not ready:
+            continue
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: the other end closed
+            break
+        if not data:
+            break
+        seen += data
+    return seen
+
+
+@pytest.mark.slow
+def test_progress_display_on_a_terminal(client: Client, tmp_path: Path):
+    gate = tmp_path / "gate"
+    task_id = client.submit([sh("true"), sh(f"while [ ! -e {gate} ]; do sleep 0.01; done")])
+    leader, follower = pty.openpty()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("OSREAPI_", "NO_COLOR"))}
+    environ.update({"OSREAPI_URL": client.url, "TERM": "xterm-256color", "COLUMNS": "160"})
+    proc = subprocess.Popen([console_script(), "wait", task_id, "--lang", "en"], stdin=follower,
+                            stdout=follower, stderr=follower, env=environ, close_fds=True)
+    os.close(follower)
+    try:
+        deadline = time.monotonic() + 30
+        live = read_pty(leader, b"done 1/2", deadline)
+        assert b"done 1/2" in live and b"running 1" in live and b"failed 0" in live
+        assert b"\x1b[" in live  # drawn with terminal control sequences, not plain lines
+        gate.touch()
+        rest = read_pty(leader, b"\xe2\x94\x83", deadline)  # the table's box drawing (heavy vertical)
+        assert proc.wait(timeout=30) == 0
+        assert b"done 2/2" in rest or b"done 2/2" in live + rest
+        assert b"stopped" in rest
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
