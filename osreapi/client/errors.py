@@ -15,7 +15,8 @@ class ServerError(OsreapiError):
     """The server answered with an error envelope."""
 
     def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(f"{message} (HTTP {status}, code {code})")
+        # Not super(): the engine's classes mixed in below take their own arguments.
+        Exception.__init__(self, f"{message} (HTTP {status}, code {code})")
         self.status = status
         self.code = code
         self.message = message
