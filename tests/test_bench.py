@@ -13,7 +13,8 @@ import pytest
 FIGURES = [
     "floor: sh -c true", "floor: sh script.sh", "memory: RSS idle", "latency: 1-step true, submit→done (median)",
     "latency: 1-step true, submit→done (p95)", "step overhead: cost per extra sequential step",
-    "throughput: 3-step tasks, 8 submitters", "parallel: 20 × sleep 0.5, async", "list: GET / with 100 tasks",
+    "ceiling: sh -c true runs per second, 8 threads", "throughput: 3-step tasks, 8 submitters",
+    "throughput: 3-step tasks, 8 submitters, 2 polling clients", "parallel: 20 × sleep 0.5, async", "list: GET / with 100 tasks",
     "get: GET /<id>, 8 keep-alive clients", "burst: 1000 one-step tasks, 8 clients, drain", "burst: peak threads",
     "burst: peak RSS", "memory: peak RSS",
 ]
