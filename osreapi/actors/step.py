@@ -99,7 +99,7 @@ class StepActor(pykka.ThreadingActor):
         )
         self._active_since = time.monotonic()
         self._arm_deadline()
-        job.task.tell(StepStarted(job.record.index, self._proc.pid, _create_time(self._proc.pid)))
+        tell_if_alive(job.task, StepStarted(job.record.index, self._proc.pid, _create_time(self._proc.pid)))
 
     def _remaining(self) -> float:
         active = self._active_total

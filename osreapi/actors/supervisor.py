@@ -40,7 +40,9 @@ class SupervisorActor(pykka.ThreadingActor):
             case Enqueue(task_id=task_id):
                 self._queued[task_id] = None
             case TaskEnded(task_id=task_id):
-                self._live.pop(task_id, None)
+                ref = self._live.pop(task_id, None)
+                if ref is not None:  # after its last message from here: nothing sent to it is lost
+                    ref.stop(block=False)
             case ControlTask(task_id=task_id):
                 self._control(message)
             case InterruptAll(done=done):

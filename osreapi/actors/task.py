@@ -56,7 +56,8 @@ class TaskActor(pykka.ThreadingActor):
         self._state = TaskState(task, steps, specs)
         self._requested: set[int] = set()  # asked the pool for a worker, not granted yet
         self._workers: dict[int, tuple[pykka.ActorRef, int]] = {}  # active step -> (worker, run)
-        self._ended = False
+        self._ended = False  # TaskEnded sent: the supervisor stops this actor (so no message is lost)
+        self._leave_queued = False  # the server stops before the task began: it stays queued
         self._workspace = services.config.workspace(task.id)
 
     def on_receive(self, message: Any) -> Any:
@@ -98,6 +99,10 @@ class TaskActor(pykka.ThreadingActor):
         """Request workers for what may run, save what changed, end the task when all is done."""
         if self._ended:
             return
+        if self._leave_queued:
+            if not self._requested:  # no worker is on its way to us any more
+                self._end()
+            return
         runnable = self._state.runnable()
         for index in runnable:
             if index not in self._requested:
@@ -108,20 +113,19 @@ class TaskActor(pykka.ThreadingActor):
         if self._state.done and not self._requested:
             self._state.finish(self._services.clock(), self._services.config.key_expire)
             self._save(durable=True)
-            self._ended = True
-            tell_if_alive(self._supervisor, TaskEnded(self._state.task.id))
-            self.stop()
+            self._end()
             return
         self._save()
+
+    def _end(self) -> None:
+        self._ended = True
+        tell_if_alive(self._supervisor, TaskEnded(self._state.task.id))
 
     def _interrupt(self) -> None:
         """The server is stopping: a task that never started stays queued for the next start."""
         if self._state.task.begin is None and not self._state.active:
-            self._services.pool.cancel(self)
-            self._requested.clear()
-            self._ended = True
-            tell_if_alive(self._supervisor, TaskEnded(self._state.task.id))
-            self.stop()
+            self._requested.difference_update(self._services.pool.cancel(self))
+            self._leave_queued = True  # grants already on their way are given back first
             return
         self._stop_steps(self._state.end_all(State.INTERRUPTED))
 
@@ -134,7 +138,7 @@ class TaskActor(pykka.ThreadingActor):
 
     def _worker_granted(self, index: int, worker: pykka.ActorRef) -> None:
         self._requested.discard(index)
-        if index not in self._state.runnable():  # paused, killed or ended meanwhile
+        if self._leave_queued or index not in self._state.runnable():  # paused, killed or ended meanwhile
             self._services.pool.release(worker)
             return
         record = self._state.step_starting(index, self._services.clock())
