@@ -79,7 +79,7 @@ def test_pool_grants_in_submission_order_not_arrival_order():
     workers = ["worker"]  # stands for the one StepActor ref; the pool only hands it around
     pool = WorkerPool(1, lambda: workers.pop())
     granted: list[str] = []
-    pool.request("a", 0, lambda w: granted.append("first"), order=(1.0, 0))
+    assert pool.request("a", 0, lambda w: granted.append("never"), order=(1.0, 0)) == "worker"  # at once
     pool.request("c", 0, lambda w: granted.append("late"), order=(3.0, 0))
     pool.request("b", 1, lambda w: granted.append("b1"), order=(2.0, 1))
     pool.request("b", 0, lambda w: granted.append("b0"), order=(2.0, 0))
@@ -88,7 +88,7 @@ def test_pool_grants_in_submission_order_not_arrival_order():
     assert pool.stats() == (1, 1, 3)
     for _ in range(3):
         pool.release("worker")
-    assert granted == ["first", "b0", "b1", "late"]
+    assert granted == ["b0", "b1", "late"]
     pool.release("worker")
     assert pool.stats() == (1, 0, 0)
     assert workers == []  # one worker was started and reused, never a second

@@ -29,16 +29,16 @@ class CreateTask:
 @dataclass(frozen=True)
 class SaveRecords:
     """Commit records. `durable`: flushed before anyone is told. After the commit `reply` arrives
-    and `then` (an actor and a message) is told; when the write fails, `reply` fails and
-    `otherwise` is told instead (the records are kept and written again once the disk has room)."""
+    and every (actor, message) of `then` is told; when the write fails, `reply` fails and those of
+    `otherwise` are told instead (the records are kept and written again once the disk has room)."""
 
     task_id: str
     task: TaskRecord | None = None
     steps: tuple[StepRecord, ...] = ()
     durable: bool = False
     reply: Reply | None = None
-    then: tuple[pykka.ActorRef, Any] | None = None
-    otherwise: tuple[pykka.ActorRef, Any] | None = None
+    then: tuple[tuple[pykka.ActorRef, Any], ...] = ()
+    otherwise: tuple[tuple[pykka.ActorRef, Any], ...] = ()
 
 
 @dataclass(frozen=True)

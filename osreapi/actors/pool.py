@@ -26,12 +26,18 @@ class WorkerPool:
         self._counter = itertools.count()
         self._lock = threading.Lock()
 
-    def request(self, owner: object, key: object, grant: Grant, order: tuple = ()) -> None:
-        """Call grant(worker) now if one is free, else when one frees (lowest `order` first).
-        The worker returns itself with release() when its process is gone."""
+    def request(self, owner: object, key: object, grant: Grant, order: tuple = ()) -> pykka.ActorRef | None:
+        """A free worker at once when nobody waits (no message round trip), else None and
+        grant(worker) later, when one frees (lowest `order` first). The worker returns itself
+        with release() when its process is gone."""
         with self._lock:
+            if not self._waiting:
+                worker = self._idle.pop() if self._idle else self._new_worker()
+                if worker is not None:
+                    return worker
             heapq.heappush(self._waiting, (order, next(self._counter), owner, key, grant))
         self._dispatch()
+        return None
 
     def release(self, worker: pykka.ActorRef) -> None:
         with self._lock:

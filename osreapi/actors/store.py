@@ -109,14 +109,14 @@ class StoreActor(pykka.ThreadingActor):
             self._failed(exc)
             if message.reply is not None:
                 message.reply.fail(DiskFull(f"the change could not be stored: {exc}"))
-            if message.otherwise is not None:
-                tell_if_alive(*message.otherwise)
+            for ref, then in message.otherwise:
+                tell_if_alive(ref, then)
             return
         self._committed(message.task_id, task, steps)
         if message.reply is not None:
             message.reply.arrive()
-        if message.then is not None:
-            tell_if_alive(*message.then)
+        for ref, then in message.then:
+            tell_if_alive(ref, then)
 
     def _merge_unsaved(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]):
         """Newer records on top of what a full disk refused for the same task."""

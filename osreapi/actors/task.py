@@ -58,6 +58,7 @@ class TaskActor(pykka.ThreadingActor):
         self._workers: dict[int, tuple[pykka.ActorRef, int]] = {}  # active step -> (worker, run)
         self._ended = False  # TaskEnded sent: the supervisor stops this actor (so no message is lost)
         self._leave_queued = False  # the server stops before the task began: it stays queued
+        self._starting: list[tuple[pykka.ActorRef, RunStep]] = []  # sent with the next save
         self._workspace = services.config.workspace(task.id)
 
     def on_receive(self, message: Any) -> Any:
@@ -130,32 +131,41 @@ class TaskActor(pykka.ThreadingActor):
         self._stop_steps(self._state.end_all(State.INTERRUPTED))
 
     def _request(self, index: int) -> None:
-        self._requested.add(index)
         ref = self.actor_ref
-        self._services.pool.request(
-            self, index, lambda worker: ref.tell(WorkerGranted(index, worker)), order=(self._state.task.accepted, index)
+        worker = self._services.pool.request(
+            self, index, lambda w: ref.tell(WorkerGranted(index, w)), order=(self._state.task.accepted, index)
         )
+        if worker is None:
+            self._requested.add(index)
+        else:
+            self._start_step(index, worker)
 
     def _worker_granted(self, index: int, worker: pykka.ActorRef) -> None:
         self._requested.discard(index)
         if self._leave_queued or index not in self._state.runnable():  # paused, killed or ended meanwhile
             self._services.pool.release(worker)
             return
+        self._start_step(index, worker)
+
+    def _start_step(self, index: int, worker: pykka.ActorRef) -> None:
         record = self._state.step_starting(index, self._services.clock())
         run = next(_runs)
         self._workers[index] = (worker, run)
         job = RunStep(run, self.actor_ref, self._state.task.id, self._workspace, record, self._specs[index])
-        # The start is on disk before the process exists: after a crash it is interrupted, never re-run.
-        self._save(durable=True, then=(worker, job), otherwise=(self.actor_ref, StartNotRecorded(index, worker)))
+        self._starting.append((worker, job))
 
-    def _save(self, durable: bool = False, reply: Reply | None = None, then=None, otherwise=None) -> None:
+    def _save(self, durable: bool = False, reply: Reply | None = None) -> None:
+        """Save what changed. Steps about to start go in the same transaction, flushed: a start is
+        on disk before its process exists (after a crash it is interrupted, never run again)."""
         task, steps = self._state.take_changes()
-        if task is None and not steps and then is None:
+        starting, self._starting = tuple(self._starting), []
+        if task is None and not steps and not starting:
             if reply is not None:
                 reply.arrive()
             return
-        message = SaveRecords(self._state.task.id, task, steps, durable or task is not None, reply, then, otherwise)
-        self._services.store.tell(message)
+        refused = tuple((self.actor_ref, StartNotRecorded(job.record.index, worker)) for worker, job in starting)
+        durable = durable or task is not None or bool(starting)
+        self._services.store.tell(SaveRecords(self._state.task.id, task, steps, durable, reply, starting, refused))
 
     # -- control ---------------------------------------------------------------------------
 
