@@ -145,6 +145,7 @@ class Executor(ControlCalls):
         self._waiters: dict[str, list[threading.Event]] = defaultdict(list)
         self._waiters_lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._delete_listeners: list[Callable[[tuple[str, ...]], None]] = []
         self._closed = False
         self._lock = lock_data_dir(self.config.data_dir)  # before anything in it is touched
         try:
@@ -161,7 +162,7 @@ class Executor(ControlCalls):
         self._scheduler = Scheduler()
         self._disk_full = threading.Event()
         self._store = StoreActor.start(
-            self._db, config, clock, self._committed, self._scheduler.call_later, self._disk_full
+            self._db, config, clock, self._committed, self._deleted, self._scheduler.call_later, self._disk_full
         )
         self._services = Services(
             config=config,
@@ -377,10 +378,13 @@ class Executor(ControlCalls):
                     if not events:
                         del self._waiters[task_id]
 
-    def subscribe(self, listener: Listener) -> None:
+    def subscribe(self, listener: Listener, on_delete: Callable[[tuple[str, ...]], None] | None = None) -> None:
         """Call listener(task_id, task or None, steps) after every committed write of a task's
-        records (task is None when only steps changed). It runs on the store's thread: be quick."""
+        records (task is None when only steps changed), and on_delete(task_ids) after tasks were
+        deleted or swept. Both run on the store's thread: be quick."""
         self._listeners.append(listener)
+        if on_delete is not None:
+            self._delete_listeners.append(on_delete)
 
     def sweep(self) -> int:
         """Remove expired records and workspaces now; return how many tasks went."""
@@ -442,6 +446,13 @@ class Executor(ControlCalls):
 
     def _expired(self, task: TaskRecord) -> bool:
         return task.expires is not None and task.expires <= self.clock()
+
+    def _deleted(self, task_ids: tuple[str, ...]) -> None:
+        for listener in self._delete_listeners:
+            try:
+                listener(task_ids)
+            except Exception:  # a subscriber's bug must not stop the store
+                log.exception("a delete listener failed")
 
     def _committed(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
         """Called by the store after each committed write: wake waiters, tell subscribers."""

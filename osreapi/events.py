@@ -28,9 +28,12 @@ class Event:
     seq: int
     task: TaskRecord  # the task as it stood (a step event needs its expiry for the ttl)
     step: StepRecord | None = None  # None: a task event
+    deleted: bool = False  # the task's records are gone (deleted, or swept once expired)
 
     @property
     def kind(self) -> str:
+        if self.deleted:
+            return "delete"
         return "task" if self.step is None else "step"
 
 
@@ -85,6 +88,21 @@ class EventBus:
             wakers = tuple(self._wakers)
         for wake in wakers:
             wake()
+
+    def forget(self, task_ids: tuple[str, ...]) -> None:
+        """The store's hook after tasks were deleted or swept: one `delete` event each."""
+        try:
+            with self._lock:
+                for task_id in task_ids:
+                    known = self._tasks.pop(task_id, None)
+                    stub = known or TaskRecord(id=task_id, mode="", count=0, accepted=0.0)
+                    self._last += 1
+                    self._ring.append(Event(self._last, stub, None, deleted=True))
+                wakers = tuple(self._wakers)
+            for wake in wakers:
+                wake()
+        except Exception:
+            log.exception("events: could not publish the deletion of %s", task_ids)
 
     def _remember(self, task: TaskRecord) -> None:
         self._tasks[task.id] = task

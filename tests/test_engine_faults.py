@@ -120,6 +120,23 @@ def test_kill_does_not_block_the_step_and_a_pause_meanwhile_is_refused(make_serv
     assert wait_until(lambda: gone(pid), timeout=10)
 
 
+@pytest.mark.timeout(60)
+def test_control_right_after_submit_reaches_a_step_still_starting(executor):
+    """A kill or pause sent while the step's start is being written overtakes the start itself."""
+    for _ in range(10):
+        killed = executor.submit([sh("sleep 30")])
+        executor.kill(killed)
+        result = executor.wait(killed, timeout=10)
+        assert result.finished and result.steps[0].state.value == "killed", result
+        paused = executor.submit([sh("echo $$ > pid; sleep 0.2; echo done")])
+        executor.pause(paused)
+        assert executor.get(paused).task.state.value == "paused"
+        executor.resume(paused)
+        result = executor.wait(paused, timeout=10)
+        assert result.finished and result.steps[0].output == "done\n", result
+    assert executor.stats()["pool_busy"] == 0
+
+
 # -- 8. nothing escapes ---------------------------------------------------------------------
 
 

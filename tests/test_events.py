@@ -198,3 +198,19 @@ def test_events_arrive_for_kill_from_a_running_step(client: Client, tmp_path) ->
     killed = feed.until(lambda e: e["event"] == "step" and e["data"]["step"]["state"] == "已终止")
     assert killed["data"]["step"]["code"] == 137
     feed.close()
+
+
+def test_a_deleted_or_swept_task_is_announced(make_server) -> None:
+    now = [time.time()]
+    client = make_server(key_expire="10s", clock=lambda: now[0])
+    feed = Feed(client)
+    deleted = client.submit([sh("true")])
+    swept = client.submit([sh("true")])
+    client.wait(deleted), client.wait(swept)
+    assert client.request("DELETE", f"/{deleted}").status == 200
+    gone = feed.until(lambda e: e["event"] == "delete")
+    assert gone["data"] == {"id": deleted}
+    now[0] += 60  # past the other's expiry: the sweep removes it
+    assert client.executor.sweep() == 1
+    assert feed.until(lambda e: e["event"] == "delete")["data"] == {"id": swept}
+    feed.close()

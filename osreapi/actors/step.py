@@ -41,6 +41,10 @@ class StepActor(pykka.ThreadingActor):
         self._limit = 0.0
         self._active_since: float | None = None  # monotonic; None while paused
         self._active_total = 0.0  # seconds run before the last pause: paused time does not count
+        self._last_run = 0
+        # Control that overtook its run's RunStep (that one comes through the store, after the
+        # start is on disk): applied as the run starts.
+        self._early: dict[int, list[SignalStep | StopStep]] = {}
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -54,10 +58,17 @@ class StepActor(pykka.ThreadingActor):
             case SignalStep(run=run, pause=pause, reply=reply):
                 if self._is_current(run):
                     self._signal(pause)
-                arrive(reply)
-            case StopStep(run=run, state=state) if self._is_current(run):
-                self._kill(state)
-            case ProcessExited() | DeadlineReached() | StopStep():
+                    arrive(reply)
+                elif run > self._last_run:
+                    self._early.setdefault(run, []).append(message)
+                else:
+                    arrive(reply)  # the run has ended: nothing to signal
+            case StopStep(run=run, state=state):
+                if self._is_current(run):
+                    self._kill(state)
+                elif run > self._last_run:
+                    self._early.setdefault(run, []).append(message)
+            case ProcessExited() | DeadlineReached():
                 pass  # about a run that has ended
             case _:
                 log.warning("step: unexpected message %r", message)
@@ -79,7 +90,27 @@ class StepActor(pykka.ThreadingActor):
 
     def _run(self, job: RunStep) -> None:
         self._job, self._proc, self._stop_state = job, None, None
-        self._active_total, self._deadline = 0.0, None
+        self._active_total, self._deadline, self._last_run = 0.0, None, job.run
+        early = self._early.pop(job.run, [])
+        self._early.clear()  # older runs' leftovers, if any
+        stop = next((m.state for m in early if isinstance(m, StopStep)), None)
+        if stop is not None:  # killed before its process could start: it never starts
+            if stop is State.KILLED:
+                code, text = STEP_CODE_KILLED, with_exit_status("step killed before it started", STEP_CODE_KILLED)
+            else:
+                code, text = STEP_CODE_UNFINISHED, "step interrupted before it started"
+            self._end(stop, code, text, self._services.clock())
+            for message in early:
+                if isinstance(message, SignalStep):
+                    arrive(message.reply)
+            return
+        self._start(job)
+        for message in early:  # a pause (or resume) that came first
+            if isinstance(message, SignalStep):
+                self._signal(message.pause)
+                arrive(message.reply)
+
+    def _start(self, job: RunStep) -> None:
         spec = job.spec
         self._limit = spec.timeout if spec.timeout is not None else self._services.config.exec_timeout
         try:

@@ -37,6 +37,7 @@ class StoreActor(pykka.ThreadingActor):
         config: EngineConfig,
         clock: Callable[[], float],
         on_commit: OnCommit,
+        on_delete: Callable[[tuple[str, ...]], None],
         call_later: Callable[[float, Callable[[], None]], object],
         disk_full: threading.Event,
     ) -> None:
@@ -45,6 +46,7 @@ class StoreActor(pykka.ThreadingActor):
         self._config = config
         self._clock = clock
         self._on_commit = on_commit  # after every committed write of a task's records
+        self._on_delete = on_delete  # after tasks were deleted or swept
         self._call_later = call_later
         self._unsaved: dict[str, tuple[TaskRecord | None, dict[int, StepRecord]]] = {}
         self._retry_scheduled = False
@@ -96,6 +98,7 @@ class StoreActor(pykka.ThreadingActor):
             self._failed(exc)
             raise DiskFull(f"the task could not be deleted: {exc}") from None
         shutil.rmtree(self._config.workspace(task_id), ignore_errors=True)
+        self._on_delete((task_id,))
         return task
 
     def _save(self, message: SaveRecords) -> None:
@@ -170,6 +173,8 @@ class StoreActor(pykka.ThreadingActor):
             gone = self._guarded(lambda: self._db.delete_expired(self._clock(), SWEEP_BATCH)) or []
             for task_id in gone:
                 shutil.rmtree(self._config.workspace(task_id), ignore_errors=True)
+            if gone:
+                self._on_delete(tuple(gone))
             total += len(gone)
             if len(gone) < SWEEP_BATCH:
                 break

@@ -63,7 +63,7 @@ def add_routes(
             return None
 
     bus = EventBus(stored_task, clock=executor.clock)
-    executor.subscribe(bus.publish)
+    executor.subscribe(bus.publish, on_delete=bus.forget)
     bus.add_waker(hub.wake)  # news: the hub reads every feed now rather than at its next tick
 
     # The state words of both languages, from the one table, so the page can colour and filter by state.

@@ -24,7 +24,10 @@ def sse(kind: str, seq: int, data: Any) -> bytes:
 
 
 def event_json(event: Event, lang: str, now: float) -> dict[str, Any]:
-    """A task event's data is its entry as GET / lists it; a step event's {"id", "step"}."""
+    """A task event's data is its entry as GET / lists it; a step event's {"id", "step"}; a delete
+    event's {"id"}."""
+    if event.deleted:
+        return {"id": event.task.id}
     if event.step is None:
         return render.task_summary_json(event.task, lang, now)
     return {"id": event.task.id, "step": render.step_json(event.step, event.task, lang, now)}

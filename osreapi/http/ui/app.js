@@ -96,7 +96,7 @@ function onFeedEvent(event) {
     if (ui.view.kind === "task") openTask(ui.view.id);
     return;
   }
-  if (event.event !== "task" && event.event !== "step") return;
+  if (event.event !== "task" && event.event !== "step" && event.event !== "delete") return;
   const data = JSON.parse(event.data);
   if (!ui.loaded) { ui.early.push([event.event, data]); return; }
   apply(event.event, data);
@@ -104,6 +104,11 @@ function onFeedEvent(event) {
 }
 
 function apply(kind, data) {
+  if (kind === "delete") { // deleted or swept: gone from every open page
+    ui.tasks.delete(data.id);
+    ui.steps.delete(data.id);
+    return;
+  }
   if (ui.view.kind === "task" && ui.view.id === data.id && !ui.detail) ui.detailEarly.push([kind, data]);
   if (kind === "task") {
     ui.tasks.set(data.id, { ...data, received: Date.now() });
