@@ -259,3 +259,10 @@ def start_step(client: Client, script: str, printed: bytes | None = None) -> str
     else:
         assert wait_until(lambda: client.get(f"/{task_id}/0/log").body == printed)
     return task_id
+
+
+def step_pid(executor: Executor, task_id: str, index: int = 0, timeout: float = 10.0) -> int:
+    """The pid of a step's process once it is recorded (a step is running from the moment its start
+    is written; its pid follows as soon as the process exists)."""
+    assert wait_until(lambda: executor.get(task_id).steps[index].pid is not None, timeout=timeout)
+    return executor.get(task_id).steps[index].pid

@@ -7,7 +7,7 @@ import time
 import psutil
 import pytest
 
-from .conftest import Client, gone, read_pid, sh, wait_until
+from .conftest import Client, gone, read_pid, sh, step_pid, wait_until
 
 
 def put(client: Client, path: str, action: str, lang: str = "zh"):
@@ -23,7 +23,7 @@ def test_kill_task_kills_the_tree_and_skips_the_rest(client: Client):
     task_id = client.submit([sh("sleep 300 & echo $! > bg.pid; setsid sleep 300 & echo $! > esc.pid; sleep 300"), sh("echo never")])
     workspace = client.executor.config.workspace(task_id)
     bg, esc = read_pid(workspace / "bg.pid"), read_pid(workspace / "esc.pid")
-    leader = client.executor.get(task_id).steps[0].pid
+    leader = step_pid(client.executor, task_id)
     resp = put(client, f"/{task_id}", "kill")
     assert resp.status == 200 and resp.json == {"code": 0, "message": "成功"}
     body = client.wait(task_id).json
@@ -45,7 +45,7 @@ def test_pause_and_resume_a_task_stretches_a_loop_of_short_sleeps(client: Client
     assert put(client, f"/{task_id}", "pause").status == 200
     assert client.get(f"/{task_id}?lang=en").json["data"][0]["state"] == "paused"
     assert client.get("/?lang=en").json["data"]["tasks"][0]["state"] == "paused"
-    tree = [psutil.Process(client.executor.get(task_id).steps[0].pid)]
+    tree = [psutil.Process(step_pid(client.executor, task_id))]
     tree += tree[0].children(recursive=True)
     # Answered once suspended: every process of the tree is stopped (a short-lived child may be gone).
     assert all(p.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE) for p in tree if p.is_running())
@@ -72,7 +72,7 @@ def test_paused_time_does_not_count_against_the_step_timeout(client: Client):
 def test_kill_of_a_paused_task_ends_it(client: Client):
     task_id = client.submit([sh("sleep 300")])
     assert wait_until(lambda: step_state(client, task_id, 0) == "running")
-    pid = client.executor.get(task_id).steps[0].pid
+    pid = step_pid(client.executor, task_id)
     assert put(client, f"/{task_id}", "pause").status == 200
     assert put(client, f"/{task_id}", "kill").status == 200
     assert client.wait(task_id).json["data"][0]["code"] == 137

@@ -68,11 +68,11 @@ def test_many_queued_tasks_cost_no_thread_each(make_executor):
 def test_kill_pause_resume_in_process(executor: Executor):
     import psutil
 
-    from .conftest import gone, wait_until
+    from .conftest import gone, step_pid, wait_until
 
     task_id = executor.submit([{"command_type": "sh", "command_content": "sleep 300"}, {"command_type": "sh", "command_content": "true"}])
     assert wait_until(lambda: executor.get(task_id).steps[0].state is State.RUNNING)
-    pid = executor.get(task_id).steps[0].pid
+    pid = step_pid(executor, task_id)
     executor.pause(task_id)
     assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
     executor.resume(task_id)

@@ -1,5 +1,9 @@
 """StoreActor: the only writer of LMDB; sweeps expired records and their workspaces.
 
+Group commit: a write promised durable is committed at once (readers see it) but flushed, and
+acknowledged, when the mailbox is empty (or GROUP writes wait): steps starting together share one
+fsync, and nobody hears of a change before it is on disk.
+
 A write that fails (a full disk) is an answer, never a dead actor: the records are kept in memory,
 merged with later ones for the same task, and written again every second until the disk has room;
 submits answer DiskFull meanwhile and reads go on from what is on disk.
@@ -11,6 +15,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import lmdb
@@ -25,6 +30,7 @@ from .messages import CreateTask, DeleteTask, Flush, Ping, RetryUnsaved, SaveRec
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 100
+GROUP = 64  # most committed writes waiting for one flush
 RETRY_AFTER = 1.0  # seconds between attempts to write what a full disk refused
 WRITE_ERRORS = (lmdb.Error, OSError)
 OnCommit = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
@@ -50,9 +56,17 @@ class StoreActor(pykka.ThreadingActor):
         self._call_later = call_later
         self._unsaved: dict[str, tuple[TaskRecord | None, dict[int, StepRecord]]] = {}
         self._retry_scheduled = False
+        self._awaiting: list[SaveRecords] = []  # committed, acknowledged after the next flush
         self._disk_full = disk_full  # set while a write is refused; read by health checks
 
     def on_receive(self, message: Any) -> Any:
+        try:
+            return self._handle(message)
+        finally:
+            if self._awaiting and (len(self._awaiting) >= GROUP or self.actor_inbox.empty()):
+                self._flush()
+
+    def _handle(self, message: Any) -> Any:
         match message:
             case SaveRecords():
                 self._save(message)
@@ -67,7 +81,7 @@ class StoreActor(pykka.ThreadingActor):
             case SweepExpired():
                 return self._sweep()
             case Flush():
-                self._guarded(self._db.sync)
+                self._flush()
             case _:
                 log.warning("store: unexpected message %r", message)
         return None
@@ -80,6 +94,8 @@ class StoreActor(pykka.ThreadingActor):
             raise DiskFull(f"the task could not be stored: {exc}") from None
         if replaced:  # an expired record with this id: its old workspace goes with it
             shutil.rmtree(self._config.workspace(task.id), ignore_errors=True)
+        if existing is None and not self._flush():
+            raise DiskFull("the task could not be flushed to disk")
         if existing is None:
             if not self._unsaved:
                 self._disk_full.clear()
@@ -93,10 +109,11 @@ class StoreActor(pykka.ThreadingActor):
             return task
         try:
             self._db.delete_task(task)
-            self._db.sync()
         except WRITE_ERRORS as exc:
             self._failed(exc)
             raise DiskFull(f"the task could not be deleted: {exc}") from None
+        if not self._flush():
+            raise DiskFull("the deletion could not be flushed to disk")
         shutil.rmtree(self._config.workspace(task_id), ignore_errors=True)
         self._on_delete((task_id,))
         return task
@@ -105,21 +122,47 @@ class StoreActor(pykka.ThreadingActor):
         task, steps = self._merge_unsaved(message.task_id, message.task, message.steps)
         try:
             self._db.save(message.task_id, task, steps)
-            if message.durable or task is not None:
-                self._db.sync()
         except WRITE_ERRORS as exc:
             self._unsaved[message.task_id] = (task, {s.index: s for s in steps})
             self._failed(exc)
-            if message.reply is not None:
-                message.reply.fail(DiskFull(f"the change could not be stored: {exc}"))
-            for ref, then in message.otherwise:
-                tell_if_alive(ref, then)
+            self._refuse(message, exc)
             return
-        self._committed(message.task_id, task, steps)
+        committed = replace(message, task=task, steps=steps)
+        if message.durable or task is not None or self._awaiting:  # in order behind the others
+            self._awaiting.append(committed)
+        else:
+            self._deliver(committed)
+
+    def _flush(self) -> bool:
+        """Flush what was committed; then tell everyone waiting for it. False if the flush failed
+        (the writes promised durable are then refused)."""
+        awaiting, self._awaiting = self._awaiting, []
+        try:
+            self._db.sync()
+        except WRITE_ERRORS as exc:
+            self._failed(exc)
+            for message in awaiting:
+                if message.durable or message.task is not None:
+                    self._refuse(message, exc)
+                else:
+                    self._deliver(message)
+            return False
+        for message in awaiting:
+            self._deliver(message)
+        return True
+
+    def _deliver(self, message: SaveRecords) -> None:
+        self._committed(message.task_id, message.task, message.steps)
         if message.reply is not None:
             message.reply.arrive()
         for ref, then in message.then:
             tell_if_alive(ref, then)
+
+    def _refuse(self, message: SaveRecords, exc: BaseException) -> None:
+        if message.reply is not None:
+            message.reply.fail(DiskFull(f"the change could not be stored: {exc}"))
+        for ref, otherwise in message.otherwise:
+            tell_if_alive(ref, otherwise)
 
     def _merge_unsaved(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]):
         """Newer records on top of what a full disk refused for the same task."""

@@ -147,9 +147,8 @@ class Database:
                 txn.put(_step_key(task.id, step.index), _dumps(step.to_json()), db=self._steps)
             return None, old
 
-        existing, replaced = self._write(work)
+        existing, replaced = self._write(work)  # the store flushes it before answering
         if existing is None:
-            self.sync()
             self._count(task.state, +1)
             if replaced is not None:
                 self._count(replaced.state, -1)
