@@ -212,10 +212,11 @@ class Report:
         print(json.dumps(row), flush=True)
 
     def table(self) -> str:
-        lines = ["| figure | value | × floor | target |", "|---|---|---|---|"]
+        lines = ["| figure | value | × floor | share of limit | target |", "|---|---|---|---|---|"]
         for row in self.rows:
             value = f"{row['value']:g} {row['unit']}"
-            lines.append(f"| {row['figure']} | {value} | {row.get('x_floor', '')} | {row.get('target', '')} |")
+            share = row.get("of_ceiling") or row.get("of_bare") or ""
+            lines.append(f"| {row['figure']} | {value} | {row.get('x_floor', '')} | {share} | {row.get('target', '')} |")
         return "\n".join(lines)
 
 
