@@ -19,6 +19,7 @@ class StepRecord:
     end: float | None = None
     pid: int | None = None
     pid_created: float | None = None  # psutil create_time, guards against pid reuse
+    run_id: str | None = None  # marks this run's processes (OSREAPI_RUN_ID), unique across restarts
 
     @property
     def succeeded(self) -> bool:

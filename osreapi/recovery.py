@@ -11,7 +11,6 @@ from .executor import treekill
 from .actors.taskstate import TaskState
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
-from .vocabulary import State
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,7 @@ def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[
             continue
         kill_leftovers(task.id, stored_steps, config.kill_grace)
         state = TaskState(task, stored_steps, db.get_specs(task.id))
-        state.interrupt_begun_steps(now, "step interrupted: the server stopped")
-        state.end_all(State.INTERRUPTED)
+        state.interrupt(now, "step interrupted: the server stopped")
         state.finish(now, config.key_expire)
         ended, steps = state.take_changes()
         interrupted.append((ended, steps))
@@ -41,17 +39,26 @@ def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[
 
 
 def kill_leftovers(task_id: str, steps: list[StepRecord], grace: float) -> list[int]:
-    """Kill the trees of a task's steps: stored pids (checked against their create time) and marked processes."""
+    """Kill the trees of a task's unfinished steps: stored pids (checked against their create time)
+    and the processes carrying their run marker. Daemons kept by steps that ended are left alone."""
     killed: list[int] = []
     for step in steps:
-        if step.pid is None or step.state.finished:
+        if step.state.finished or step.begin is None:
             continue
-        try:
-            proc = psutil.Process(step.pid)
-            same = step.pid_created is not None and abs(proc.create_time() - step.pid_created) < 0.01
-        except psutil.Error:
-            continue
-        if same:
-            killed += treekill.kill_tree(step.pid, grace=grace)
-    killed += treekill.kill_marked(task_id, grace)
+        killed += _kill_stored_tree(step, grace)
+        if step.run_id is not None:
+            killed += treekill.kill_marked(task_id, grace, step.name, step.run_id)
+        else:  # recorded by an older version: the step's marker
+            killed += treekill.kill_marked(task_id, grace, step.name)
     return sorted(set(killed))
+
+
+def _kill_stored_tree(step: StepRecord, grace: float) -> list[int]:
+    if step.pid is None:
+        return []
+    try:
+        proc = psutil.Process(step.pid)
+        same = step.pid_created is not None and abs(proc.create_time() - step.pid_created) < 0.01
+    except psutil.Error:
+        return []
+    return treekill.kill_tree(step.pid, grace=grace) if same else []

@@ -3,6 +3,7 @@ the first engine (issue 8) and asserts what the OS and the store say afterwards.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -163,6 +164,55 @@ def test_background_children_end_with_their_step_unless_kept(client: Client):
         psutil.Process(kept_bg).kill()
 
 
+@pytest.mark.timeout(40)
+def test_a_term_ignoring_step_without_a_marker_is_killed_through_its_group(make_executor):
+    """`env -i` drops the marker: the process group still holds it, and is killed at the grace."""
+    ex = make_executor(kill_grace=0.5)
+    task_id = ex.submit([sh("trap '' TERM; exec env -i sleep 300", timeout="1s")])
+    result = ex.wait(task_id, timeout=15)
+    assert result.finished and result.steps[0].state.value == "timeout"
+    assert wait_until(lambda: gone(result.steps[0].pid), timeout=10)
+
+
+@pytest.mark.timeout(40)
+def test_a_kept_daemon_survives_a_new_task_that_reuses_its_expired_id(make_executor):
+    now = [1000.0]
+    ex = make_executor(key_expire="1s", clock=lambda: now[0])
+    ex.submit([sh("sleep 300 >/dev/null 2>&1 & echo $! > ../daemon.pid", name="a", keep_background=True)], task_id="reused")
+    assert ex.wait("reused", timeout=10).finished
+    daemon = read_pid(ex.config.workspace_root / "daemon.pid")
+    try:
+        now[0] += 5  # the record expired: the id is free again
+        ex.submit([sh("true", name="a")], task_id="reused")  # same task id, same step name
+        assert ex.wait("reused", timeout=10).task.state.value == "stopped"
+        assert wait_until(lambda: not ex._services.janitor.busy())  # its clean-up is done
+        assert not gone(daemon)  # another run's daemon: not this step's to kill
+    finally:
+        psutil.Process(daemon).kill()
+
+
+def test_no_descriptor_leaks_when_a_log_cannot_be_opened(executor):
+    """An earlier step makes the next step's log path a directory: that step cannot start."""
+    steps = [sh("mkdir -p .osreapi/step-1.log", name="a"), sh("echo hi", name="b")]
+    executor.wait(executor.submit(steps), timeout=10)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(10):
+        result = executor.wait(executor.submit(steps), timeout=10)
+        assert result.steps[1].code == 127 and "cannot start step" in result.steps[1].output
+    assert len(os.listdir("/proc/self/fd")) - before < 3
+
+
+def test_a_task_whose_workspace_cannot_be_made_says_why(make_executor, tmp_path):
+    ex = make_executor()
+    ex.config.workspace_root.mkdir(parents=True, exist_ok=True)
+    (ex.config.workspace_root / "blocked").write_text("a file where the workspace goes")
+    ex.submit([sh("true", name="a")], task_id="blocked")
+    result = ex.wait("blocked", timeout=10)
+    assert result.task.state.value == "interrupted"
+    assert "the engine failed" in result.steps[0].output and "Error" in result.steps[0].output
+    assert ex.wait(ex.submit([sh("echo next")]), timeout=10).steps[0].output == "next\n"
+
+
 # -- 2. full disk and the log cap ----------------------------------------------------------
 
 
@@ -194,8 +244,9 @@ def test_a_full_disk_answers_507_keeps_reads_and_recovers_by_itself(make_server,
     assert client.get(f"/{before}").json["code"] == 0  # reads go on
     assert client.get("/healthz").json["data"]["status"] == "disk full"
     filler.unlink()
-    assert wait_until(lambda: client.post("/", big).status == 200, timeout=10)
+    # By itself: the store probes for room every second, nobody has to submit first.
     assert wait_until(lambda: client.get("/healthz").json["data"]["status"] == "ok", timeout=10)
+    assert client.post("/", big).status == 200
     body = client.wait(running).json
     assert body["code"] in (0, 1002)  # ended, and recorded once the disk had room
 

@@ -67,8 +67,7 @@ class TaskMachine(RuleBasedStateMachine):
     def restart(self) -> None:
         """The server dies now: recovery ends the task from its records alone (on a copy)."""
         stored = TaskState(self.state.task, self.state.steps, self.state.specs)
-        stored.interrupt_begun_steps(self._tick(), "interrupted")
-        stored.end_all(State.INTERRUPTED)
+        stored.interrupt(self._tick(), "interrupted")
         assert stored.done
         final = stored.finish(self._tick(), 10.0)
         assert final.state.finished and all(step.state.finished for step in stored.steps)

@@ -9,6 +9,7 @@ KILL, rescans on a timer), so no handler here ever waits.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from typing import Any
@@ -113,13 +114,15 @@ class StepActor(pykka.ThreadingActor):
     def _start(self, job: RunStep) -> None:
         spec = job.spec
         self._limit = spec.timeout if spec.timeout is not None else self._services.config.exec_timeout
+        output = None
         try:
-            self._proc, output = process.start_step(job.workspace, job.task_id, job.record.index, spec)
+            self._proc, output = process.start_step(job.workspace, job.task_id, job.record.index, spec, job.record.run_id)
             sink = LogSink(output, process.log_path(job.workspace, job.record.index), self._services.config.max_log)
         except OSError as exc:
             if self._proc is not None:  # started, but its log cannot be opened: do not leave it running
                 self._proc.kill()
                 self._proc.wait()
+                os.close(output)
             text = with_exit_status(f"cannot start step: {exc}", EXIT_CANNOT_START)
             self._end(State.STOPPED, EXIT_CANNOT_START, text, self._services.clock())
             return
@@ -149,7 +152,7 @@ class StepActor(pykka.ThreadingActor):
         """Suspend or resume the tree; paused time does not count against the time limit."""
         if self._proc is None or self._stop_state is not None or pause == (self._active_since is None):
             return
-        marked = treekill.marked_processes(self._job.task_id, self._job.spec.name)
+        marked = treekill.marked_processes(self._job.task_id, self._job.spec.name, self._job.record.run_id)
         treekill.signal_tree(self._proc.pid, signal.SIGSTOP if pause else signal.SIGCONT, extra=marked)
         if pause:
             self._active_total += time.monotonic() - self._active_since
@@ -167,7 +170,7 @@ class StepActor(pykka.ThreadingActor):
         self._clean_up(self._job, grace=self._services.config.kill_grace)
 
     def _clean_up(self, job: RunStep, grace: float) -> None:
-        self._services.janitor.clean(job.task_id, job.spec.name, self._proc.pid, grace)
+        self._services.janitor.clean(job.record.run_id, self._proc.pid, grace)
 
     def _exited(self, returncode: int, at: float) -> None:
         job = self._job

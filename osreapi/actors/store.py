@@ -175,6 +175,12 @@ class StoreActor(pykka.ThreadingActor):
 
     def _retry(self) -> None:
         self._retry_scheduled = False
+        if not self._unsaved:  # a refused create, delete or flush: is there room again?
+            try:
+                self._db.probe()
+            except WRITE_ERRORS as exc:
+                self._failed(exc)
+                return
         for task_id in list(self._unsaved):
             task, steps = self._unsaved.pop(task_id)
             try:
@@ -198,7 +204,7 @@ class StoreActor(pykka.ThreadingActor):
         if not self._disk_full.is_set():
             log.error("store: a write failed (%s); retrying every %gs", exc, RETRY_AFTER)
         self._disk_full.set()
-        if self._unsaved and not self._retry_scheduled:
+        if not self._retry_scheduled:
             self._retry_scheduled = True
             ref = self.actor_ref
             self._call_later(RETRY_AFTER, lambda: tell_if_alive(ref, RetryUnsaved()))

@@ -13,7 +13,6 @@ from typing import Any
 import pykka
 
 from ..errors import ActionRejected
-from ..vocabulary import State
 from .delivery import tell_if_alive
 from .messages import ControlTask, Enqueue, GetStats, InterruptAll, InterruptTask, SaveRecords, StartTask, TaskEnded
 from .services import Services
@@ -125,12 +124,7 @@ class SupervisorActor(pykka.ThreadingActor):
         if task is None:
             return
         state = TaskState(task, db.get_steps(task_id), (), plan=False)
-        state.end_all(State.INTERRUPTED)
-        state.interrupt_begun_steps(self._services.clock(), reason)
-        for index, step in enumerate(state.steps):
-            if step.state is State.SKIPPED:
-                state.step_lost(index, self._services.clock(), reason)
-                break
+        state.interrupt(self._services.clock(), reason)
         state.finish(self._services.clock(), self._services.config.key_expire)
         self._save(state)
 

@@ -86,12 +86,12 @@ class TaskActor(pykka.ThreadingActor):
         self._advance()
         return None
 
-    def on_failure(self, *args: Any) -> None:
+    def on_failure(self, exception_type: Any = None, exception_value: Any = None, traceback: Any = None) -> None:
         log.error("task %s failed inside the engine; marking it interrupted", self._state.task.id)
         self._services.pool.cancel(self)
         self._requested.clear()
-        self._stop_steps(self._state.end_all(State.INTERRUPTED))
-        self._state.interrupt_begun_steps(self._services.clock(), "step interrupted: the engine failed")
+        reason = f"task interrupted: the engine failed ({getattr(exception_type, '__name__', '?')}: {exception_value})"
+        self._stop_steps(self._state.interrupt(self._services.clock(), reason))
         self._advance()
 
     # -- the one loop after every message -------------------------------------------------

@@ -7,6 +7,7 @@ changed (`take_changes`) so that the owner saves exactly those.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 
 from ..errors import ActionRejected
@@ -84,7 +85,7 @@ class TaskState:
     def step_starting(self, index: int, now: float) -> StepRecord:
         """A process is about to start: recorded before it exists, so it never runs twice."""
         self.active.add(index)
-        record = self.steps[index].with_(state=State.RUNNING, begin=now, end=None)
+        record = self.steps[index].with_(state=State.RUNNING, begin=now, end=None, run_id=uuid.uuid4().hex)
         self._set_step(record)
         if self.task.begin is None:
             self._set_task(state=State.RUNNING, begin=now)
@@ -192,11 +193,19 @@ class TaskState:
         self._set_step(step.with_(state=State.INTERRUPTED, code=STEP_CODE_UNFINISHED, end=now, output=output))
         self.skip_blocked(self.dependents[index])
 
-    def interrupt_begun_steps(self, now: float, reason: str) -> None:
-        """Every step that began and has not ended loses its process (recovery, an engine failure)."""
-        for index, step in enumerate(self.steps):
-            if not step.state.finished and (step.begin is not None or index in self.active):
-                self.step_lost(index, now, reason)
+    def interrupt(self, now: float, reason: str) -> list[int]:
+        """The engine cannot go on with this task: it ends interrupted, and `reason` is written in
+        every step that lost its process, or else in its first step that did not run. Returns the
+        active steps to stop."""
+        targets = self.end_all(State.INTERRUPTED)
+        lost = [i for i, s in enumerate(self.steps) if not s.state.finished and (s.begin is not None or i in self.active)]
+        for index in lost:
+            self.step_lost(index, now, reason)
+        if not lost:
+            first = next((i for i, s in enumerate(self.steps) if s.state is State.SKIPPED and s.begin is None), None)
+            if first is not None:
+                self.step_lost(first, now, reason)
+        return targets
 
     def finish(self, now: float, key_expire: float) -> TaskRecord:
         """The task's ended record: the one place it is built."""

@@ -1,5 +1,7 @@
-"""Kill what carries a step's marker until nothing does: TERM, then KILL after a grace, again and
-again (bounded), since a TERM-ignoring step can keep starting setsid children while it is killed.
+"""Kill a step run's processes until none is left: its process group and everything carrying its
+run marker (found even after setsid). TERM, then KILL after a grace, again and again (bounded),
+since a TERM-ignoring step can keep starting setsid children while it is killed, and a process that
+cleared its environment is still in the group.
 
 Driven by the scheduler's timer thread, never by an actor: a kill never blocks the StepActor.
 One /proc scan per round serves every step being cleaned up at that time.
@@ -34,19 +36,19 @@ class Janitor:
     def __init__(self, call_later: Callable[[float, Callable[[], None]], object]) -> None:
         self._call_later = call_later
         self._lock = threading.Lock()
-        self._jobs: dict[tuple[str, str], _Job] = {}
+        self._jobs: dict[str, _Job] = {}  # by run id
         self._scheduled = False
 
-    def clean(self, task_id: str, step: str, group: int | None, grace: float) -> None:
-        """TERM the step's group now; from the next round, TERM every marked process, KILL those
-        left once `grace` has passed, until a scan finds none."""
+    def clean(self, run_id: str, group: int | None, grace: float) -> None:
+        """TERM the run's group now; from the next round, TERM every marked process, KILL what is
+        left (marked or in the group) once `grace` has passed, until nothing is left."""
         if group is not None:
             _killpg(group, signal.SIGTERM)
             _killpg(group, signal.SIGCONT)  # a stopped (paused) process acts on TERM
         with self._lock:
-            job = self._jobs.get((task_id, step))
+            job = self._jobs.get(run_id)
             if job is None or grace < job.grace:
-                self._jobs[(task_id, step)] = _Job(group, grace, time.monotonic())
+                self._jobs[run_id] = _Job(group, grace, time.monotonic())
             self._schedule()
 
     def busy(self) -> bool:
@@ -68,9 +70,10 @@ class Janitor:
         for key, job in jobs.items():
             pids = found.get(key, [])
             late = now - job.since >= job.grace
-            if not pids or now - job.since > job.grace + GIVE_UP_AFTER:
-                if pids:
-                    log.error("processes %s of step %s/%s survive SIGKILL", pids, *key)
+            grouped = job.group is not None and _group_exists(job.group)
+            if not (pids or grouped) or now - job.since > job.grace + GIVE_UP_AFTER:
+                if pids or grouped:
+                    log.error("processes %s (group %s) of run %s survive SIGKILL", pids, job.group, key)
                 finished.append(key)
                 continue
             for pid in pids:
@@ -80,7 +83,7 @@ class Janitor:
                     job.term_sent.add(pid)
                     _kill(pid, signal.SIGTERM)
                     _kill(pid, signal.SIGCONT)
-            if late and job.group is not None:
+            if late and grouped:
                 _killpg(job.group, signal.SIGKILL)
         with self._lock:
             for key in finished:
@@ -88,6 +91,14 @@ class Janitor:
                     del self._jobs[key]
             if self._jobs:
                 self._schedule()
+
+
+def _group_exists(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def _kill(pid: int, sig: int) -> None:

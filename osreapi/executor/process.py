@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..spec import StepSpec
 from . import interpreters
-from .treekill import STEP_MARKER, TASK_MARKER
+from .treekill import RUN_MARKER, STEP_MARKER, TASK_MARKER
 
 CONTROL_DIR = ".osreapi"  # inside the task workspace: scripts and logs
 
@@ -23,15 +23,16 @@ def log_path(workspace: Path, index: int) -> Path:
     return workspace / CONTROL_DIR / f"step-{index}.log"
 
 
-def step_environment(task_id: str, spec: StepSpec) -> dict[str, str]:
+def step_environment(task_id: str, spec: StepSpec, run_id: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(spec.env)
     env[TASK_MARKER] = task_id
     env[STEP_MARKER] = spec.name
+    env[RUN_MARKER] = run_id
     return env
 
 
-def start_step(workspace: Path, task_id: str, index: int, spec: StepSpec) -> tuple[subprocess.Popen, int]:
+def start_step(workspace: Path, task_id: str, index: int, spec: StepSpec, run_id: str) -> tuple[subprocess.Popen, int]:
     """Write the script, then run it in a new session with stdout+stderr merged into a pipe;
     return the process and the pipe's read end (the reaper copies it into the step's log)."""
     interpreter = interpreters.lookup(spec.command_type)
@@ -50,7 +51,7 @@ def start_step(workspace: Path, task_id: str, index: int, spec: StepSpec) -> tup
         proc = subprocess.Popen(
             [*interpreter.argv_prefix, str(script)],
             cwd=workspace,
-            env=step_environment(task_id, spec),
+            env=step_environment(task_id, spec, run_id),
             stdin=subprocess.DEVNULL,
             stdout=write_end,
             stderr=subprocess.STDOUT,

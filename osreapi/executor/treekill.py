@@ -11,10 +11,12 @@ import psutil
 
 TASK_MARKER = "OSREAPI_TASK_ID"
 STEP_MARKER = "OSREAPI_STEP_NAME"
+RUN_MARKER = "OSREAPI_RUN_ID"  # one step's one run: a reposted id or a kept daemon is not confused with it
 
 
-def marked_processes(task_id: str, step_name: str | None = None) -> list[psutil.Process]:
-    """Processes whose environment carries this task's (and step's) marker, found even after setsid."""
+def marked_processes(task_id: str, step_name: str | None = None, run_id: str | None = None) -> list[psutil.Process]:
+    """Processes whose environment carries this task's (and step's, and run's) marker, found even
+    after setsid."""
     found = []
     me = os.getpid()
     for proc in psutil.process_iter():
@@ -24,23 +26,25 @@ def marked_processes(task_id: str, step_name: str | None = None) -> list[psutil.
             env = proc.environ()
         except (psutil.Error, OSError):
             continue
-        if env.get(TASK_MARKER) == task_id and (step_name is None or env.get(STEP_MARKER) == step_name):
+        if env.get(TASK_MARKER) != task_id or (step_name is not None and env.get(STEP_MARKER) != step_name):
+            continue
+        if run_id is None or env.get(RUN_MARKER) == run_id:
             found.append(proc)
     return found
 
 
-def marked_trees(task_id: str) -> list[psutil.Process]:
-    """Every process carrying the task's marker, and their descendants."""
+def marked_trees(task_id: str, step_name: str | None = None, run_id: str | None = None) -> list[psutil.Process]:
+    """Every process carrying the marker, and their descendants."""
     procs: dict[int, psutil.Process] = {}
-    for proc in marked_processes(task_id):
+    for proc in marked_processes(task_id, step_name, run_id):
         procs.update(_snapshot(proc.pid, include_root=True))
     return list(procs.values())
 
 
-def kill_marked(task_id: str, grace: float) -> list[int]:
-    """Kill a task's processes found by marker (no group or child of ours needed): the ops tool
-    and restart recovery, when the server that started them is gone."""
-    procs = {proc.pid: proc for proc in marked_trees(task_id)}
+def kill_marked(task_id: str, grace: float, step_name: str | None = None, run_id: str | None = None) -> list[int]:
+    """Kill the processes found by marker (no group or child of ours needed): the ops tool (a whole
+    task) and restart recovery (one run), when the server that started them is gone."""
+    procs = {proc.pid: proc for proc in marked_trees(task_id, step_name, run_id)}
     procs.pop(os.getpid(), None)
     _terminate(procs, grace)
     return sorted(procs)
@@ -158,13 +162,13 @@ def _signal(proc: psutil.Process, sig: int) -> None:
         pass
 
 
-def scan_markers(wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
-    """One pass over /proc: the pids whose environment carries each wanted (task id, step name)
-    marker pair. Reads the environ files directly: one scan serves every pending clean-up."""
-    found: dict[tuple[str, str], list[int]] = {}
-    if not wanted:
+def scan_markers(runs: set[str]) -> dict[str, list[int]]:
+    """One pass over /proc: the pids whose environment carries each wanted run marker. Reads the
+    environ files directly: one scan serves every pending clean-up."""
+    found: dict[str, list[int]] = {}
+    if not runs:
         return found
-    tasks = {task.encode() for task, _ in wanted}
+    prefix = RUN_MARKER.encode() + b"="
     me = os.getpid()
     for pid in psutil.pids():
         if pid == me:
@@ -174,13 +178,11 @@ def scan_markers(wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list[int
                 raw = handle.read()
         except OSError:
             continue
-        if b"OSREAPI_TASK_ID=" not in raw:
+        at = raw.find(prefix)
+        if at < 0 or (at and raw[at - 1] != 0):
             continue
-        env = dict(item.partition(b"=")[::2] for item in raw.split(b"\0") if item)
-        task = env.get(TASK_MARKER.encode())
-        if task not in tasks:
-            continue
-        key = (task.decode(), env.get(STEP_MARKER.encode(), b"").decode())
-        if key in wanted:
-            found.setdefault(key, []).append(pid)
+        end = raw.find(b"\0", at)
+        run = raw[at + len(prefix): end if end >= 0 else None].decode("ascii", "replace")
+        if run in runs:
+            found.setdefault(run, []).append(pid)
     return found

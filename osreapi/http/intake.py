@@ -17,7 +17,6 @@ import logging
 import queue
 import re
 import selectors
-import socket
 import threading
 import time
 from contextlib import suppress

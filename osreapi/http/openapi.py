@@ -93,7 +93,6 @@ COMMON_ERRORS = {
     "408": _json(ERROR, "the request did not arrive whole within --read_timeout"),
     "431": _json(ERROR, "request header block over --max_header"),
     "503": _json(ERROR, "engine busy, or too many connections (Retry-After)"),
-    "503": _json(ERROR, "engine busy"),
     "507": _json(ERROR, "the disk is full: nothing could be stored (code 507); reads go on working"),
 }
 

@@ -89,6 +89,7 @@ class Database:
         self._steps = self._env.open_db(b"steps")
         self._specs = self._env.open_db(b"specs")
         self._expiry = self._env.open_db(b"expiry")
+        self._meta = self._env.open_db(b"meta")
         self._gate = _ResizeGate()
         self._counts_lock = threading.Lock()
         self._counts: Counter[State] = Counter(task.state for task in self.list_tasks())
@@ -125,6 +126,13 @@ class Database:
         if used > info["map_size"] * when_used_over:
             with self._gate.exclusive():
                 self._env.set_mapsize(info["map_size"] * 2)
+
+    def probe(self, size: int = 256 * 1024) -> None:
+        """Write `size` bytes and take them back, flushed: raises while the disk has no room for a
+        write of that size (freed pages alone do not prove there is room again)."""
+        self._write(lambda txn: txn.put(b"probe", bytes(size), db=self._meta))
+        self._write(lambda txn: txn.delete(b"probe", db=self._meta))
+        self.sync()
 
     def create_task(
         self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...], now: float
