@@ -39,5 +39,5 @@ def test_quick_benchmark_prints_every_figure(tmp_path):
         assert all(row["value"] > 0 for row in wrk.values())
     else:
         assert any(row["figure"].startswith("wrk: skipped") for row in rows)
-    assert "| figure | value | × floor | target |" in out.stdout
+    assert "| figure | value | × floor | share of limit | target |" in out.stdout
     assert not list(tmp_path.iterdir())  # the temporary data dir is removed
