@@ -95,6 +95,7 @@ class StoreActor(pykka.ThreadingActor):
         if replaced:  # an expired record with this id: its old workspace goes with it
             shutil.rmtree(self._config.workspace(task.id), ignore_errors=True)
         if existing is None and not self._flush():
+            self._guarded(lambda: self._db.delete_task(task))  # not acknowledged: not kept either
             raise DiskFull("the task could not be flushed to disk")
         if existing is None:
             if not self._unsaved:
