@@ -10,7 +10,6 @@ One /proc scan per round serves every step being cleaned up at that time.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -43,8 +42,8 @@ class Janitor:
         """TERM the run's group now; from the next round, TERM every marked process, KILL what is
         left (marked or in the group) once `grace` has passed, until nothing is left."""
         if group is not None:
-            _killpg(group, signal.SIGTERM)
-            _killpg(group, signal.SIGCONT)  # a stopped (paused) process acts on TERM
+            treekill.signal_group(group, signal.SIGTERM)
+            treekill.signal_group(group, signal.SIGCONT)  # a stopped (paused) process acts on TERM
         with self._lock:
             job = self._jobs.get(run_id)
             if job is None or grace < job.grace:
@@ -70,7 +69,7 @@ class Janitor:
         for key, job in jobs.items():
             pids = found.get(key, [])
             late = now - job.since >= job.grace
-            grouped = job.group is not None and _group_exists(job.group)
+            grouped = job.group is not None and treekill.signal_group(job.group, 0)
             if not (pids or grouped) or now - job.since > job.grace + GIVE_UP_AFTER:
                 if pids or grouped:
                     log.error("processes %s (group %s) of run %s survive SIGKILL", pids, job.group, key)
@@ -78,13 +77,13 @@ class Janitor:
                 continue
             for pid in pids:
                 if late:
-                    _kill(pid, signal.SIGKILL)
+                    treekill.signal_pid(pid, signal.SIGKILL)
                 elif pid not in job.term_sent:
                     job.term_sent.add(pid)
-                    _kill(pid, signal.SIGTERM)
-                    _kill(pid, signal.SIGCONT)
+                    treekill.signal_pid(pid, signal.SIGTERM)
+                    treekill.signal_pid(pid, signal.SIGCONT)
             if late and grouped:
-                _killpg(job.group, signal.SIGKILL)
+                treekill.signal_group(job.group, signal.SIGKILL)
         with self._lock:
             for key in finished:
                 if self._jobs.get(key) is jobs[key]:
@@ -93,23 +92,3 @@ class Janitor:
                 self._schedule()
 
 
-def _group_exists(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _killpg(group: int, sig: int) -> None:
-    try:
-        os.killpg(group, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

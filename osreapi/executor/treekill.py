@@ -70,7 +70,7 @@ def kill_tree(
 def signal_tree(root_pid: int, sig: int, extra: list[psutil.Process] | None = None) -> None:
     """Send sig to root_pid's process group, its descendants and `extra` (pause / resume)."""
     procs = _snapshot(root_pid, include_root=False, extra=extra)
-    _killpg(root_pid, sig)
+    signal_group(root_pid, sig)
     for proc in procs.values():
         _signal(proc, sig)
 
@@ -109,7 +109,7 @@ def _terminate(
 
     for sig in (signal.SIGTERM, signal.SIGCONT):  # CONT: a stopped (paused) process acts on TERM
         if group_alive():
-            _killpg(group, sig)
+            signal_group(group, sig)
         for proc in procs.values():
             _signal(proc, sig)
     deadline = time.monotonic() + grace
@@ -120,7 +120,7 @@ def _terminate(
         except subprocess.TimeoutExpired:
             pass
     if group is not None and (group_alive() or alive):
-        _killpg(group, signal.SIGKILL)
+        signal_group(group, signal.SIGKILL)
     for proc in alive:
         _signal(proc, signal.SIGKILL)
     wait_gone(alive, timeout=grace)
@@ -148,9 +148,18 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def _killpg(pgid: int, sig: int) -> None:
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send sig to a process group (0: only ask); False when no process of it is left."""
     try:
         os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
