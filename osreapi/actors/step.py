@@ -93,7 +93,11 @@ class StepActor(pykka.ThreadingActor):
         self._job, self._proc, self._stop_state = job, None, None
         self._active_total, self._deadline, self._last_run = 0.0, None, job.run
         early = self._early.pop(job.run, [])
-        self._early.clear()  # older runs' leftovers, if any
+        for stale in self._early.values():  # runs that never started here (their start was refused)
+            for message in stale:
+                if isinstance(message, SignalStep):
+                    arrive(message.reply)
+        self._early.clear()
         stop = next((m.state for m in early if isinstance(m, StopStep)), None)
         if stop is not None:  # killed before its process could start: it never starts
             if stop is State.KILLED:
