@@ -174,6 +174,13 @@ class StopStep:
 
 
 @dataclass(frozen=True)
+class RunDropped:
+    """The run will not start here (its start could not be recorded): answer what waits for it."""
+
+    run: int
+
+
+@dataclass(frozen=True)
 class ProcessExited:
     run: int
     returncode: int

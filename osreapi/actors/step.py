@@ -22,7 +22,16 @@ from ..executor.output import add_line, read_output, with_exit_status
 from ..executor.reaper import LogSink
 from ..vocabulary import STEP_CODE_KILLED, STEP_CODE_TIMEOUT, STEP_CODE_UNFINISHED, State
 from .delivery import tell_if_alive
-from .messages import DeadlineReached, ProcessExited, RunStep, SignalStep, StepEnded, StepStarted, StopStep
+from .messages import (
+    DeadlineReached,
+    ProcessExited,
+    RunDropped,
+    RunStep,
+    SignalStep,
+    StepEnded,
+    StepStarted,
+    StopStep,
+)
 from .reply import arrive
 from .services import Services
 from .timers import TimerHandle
@@ -69,6 +78,8 @@ class StepActor(pykka.ThreadingActor):
                     self._kill(state)
                 elif run > self._last_run:
                     self._early.setdefault(run, []).append(message)
+            case RunDropped(run=run):
+                self._answer_parked(self._early.pop(run, []))
             case ProcessExited() | DeadlineReached():
                 pass  # about a run that has ended
             case _:
@@ -93,10 +104,8 @@ class StepActor(pykka.ThreadingActor):
         self._job, self._proc, self._stop_state = job, None, None
         self._active_total, self._deadline, self._last_run = 0.0, None, job.run
         early = self._early.pop(job.run, [])
-        for stale in self._early.values():  # runs that never started here (their start was refused)
-            for message in stale:
-                if isinstance(message, SignalStep):
-                    arrive(message.reply)
+        for stale in self._early.values():  # runs that never started here
+            self._answer_parked(stale)
         self._early.clear()
         stop = next((m.state for m in early if isinstance(m, StopStep)), None)
         if stop is not None:  # killed before its process could start: it never starts
@@ -105,14 +114,18 @@ class StepActor(pykka.ThreadingActor):
             else:
                 code, text = STEP_CODE_UNFINISHED, "step interrupted before it started"
             self._end(stop, code, text, self._services.clock())
-            for message in early:
-                if isinstance(message, SignalStep):
-                    arrive(message.reply)
+            self._answer_parked(early)
             return
         self._start(job)
         for message in early:  # a pause (or resume) that came first
             if isinstance(message, SignalStep):
                 self._signal(message.pause)
+                arrive(message.reply)
+
+    @staticmethod
+    def _answer_parked(messages: list[SignalStep | StopStep]) -> None:
+        for message in messages:
+            if isinstance(message, SignalStep):
                 arrive(message.reply)
 
     def _start(self, job: RunStep) -> None:

@@ -21,6 +21,7 @@ from .delivery import tell_if_alive
 from .messages import (
     ControlTask,
     InterruptTask,
+    RunDropped,
     RunStep,
     SaveRecords,
     SignalStep,
@@ -69,7 +70,8 @@ class TaskActor(pykka.ThreadingActor):
             case WorkerGranted(index=index, worker=worker):
                 self._worker_granted(index, worker)
             case StartNotRecorded(index=index, worker=worker):
-                self._workers.pop(index, None)
+                _, run = self._workers.pop(index, (None, 0))
+                tell_if_alive(worker, RunDropped(run))  # before it serves anyone else
                 self._services.pool.release(worker)
                 self._state.step_lost(index, self._services.clock(), "step not started: its start could not be recorded")
             case StepStarted(index=index, pid=pid, created=created):
