@@ -125,7 +125,10 @@ class Executor(ControlCalls):
         extra_live_tasks: int = 16,
         limits: spec.Limits = spec.Limits(),
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """clock: wall time (records, TTLs); monotonic: what step time limits are measured on
+        (tests inject both, and poke() after moving `monotonic` forward). Kill graces are real time."""
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self.config = EngineConfig(
@@ -141,6 +144,7 @@ class Executor(ControlCalls):
             extra_live_tasks=extra_live_tasks,
         )
         self.clock = clock
+        self.monotonic = monotonic
         self.limits = limits
         self._waiters: dict[str, list[threading.Event]] = defaultdict(list)
         self._waiters_lock = threading.Lock()
@@ -159,7 +163,8 @@ class Executor(ControlCalls):
         config, clock = self.config, self.clock
         config.workspace_root.mkdir(parents=True, exist_ok=True)
         self._db = Database(config.data_dir / "db")
-        self._scheduler = Scheduler()
+        self._scheduler = Scheduler(self.monotonic)  # deadlines and sweeps, on the engine's clock
+        self._cleanup_timer = Scheduler()  # the janitor's rounds: real processes take real time
         self._disk_full = threading.Event()
         self._store = StoreActor.start(
             self._db, config, clock, self._committed, self._deleted, self._scheduler.call_later, self._disk_full
@@ -173,7 +178,7 @@ class Executor(ControlCalls):
             clock=clock,
             metrics=EngineMetrics(),
             reaper=Reaper(clock),
-            janitor=Janitor(self._scheduler.call_later),
+            janitor=Janitor(self._cleanup_timer.call_later),
         )
         self.metrics = self._services.metrics
         self.metrics.add_gauges(self.stats, self._db.state_counts)
@@ -378,6 +383,10 @@ class Executor(ControlCalls):
                     if not events:
                         del self._waiters[task_id]
 
+    def poke(self) -> None:
+        """An injected `monotonic` clock moved forward: look at the deadlines again now."""
+        self._scheduler.poke()
+
     def subscribe(self, listener: Listener, on_delete: Callable[[tuple[str, ...]], None] | None = None) -> None:
         """Call listener(task_id, task or None, steps) after every committed write of a task's
         records (task is None when only steps changed), and on_delete(task_ids) after tasks were
@@ -409,6 +418,7 @@ class Executor(ControlCalls):
         finally:
             self._finish_kills(timeout)
             self._scheduler.stop()
+            self._cleanup_timer.stop()
             self._services.reaper.close()
             self._db.close()
             if self._lock is not None:

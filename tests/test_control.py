@@ -54,15 +54,45 @@ def test_pause_and_resume_a_task_stretches_a_loop_of_short_sleeps(client: Client
     assert body["code"] == 0 and count.read_text().split()[-1] == "10"
 
 
+class FakeMonotonic:
+    """The engine's deadline clock, moved by the test: time limits without waiting for them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, executor, seconds: float) -> None:
+        self.now += seconds
+        executor.poke()
+
+
 @pytest.mark.timeout(30)
-def test_paused_time_does_not_count_against_the_step_timeout(client: Client):
-    loop = "i=0; while [ $i -lt 8 ]; do sleep 0.1; i=$((i+1)); done; echo done"
-    task_id = client.submit([sh(loop, timeout="1500ms")])
-    assert wait_until(lambda: step_state(client, task_id, 0) == "running")
+def test_a_time_limit_fires_on_the_engine_clock(make_executor):
+    clock = FakeMonotonic()
+    ex = make_executor(monotonic=clock)
+    task_id = ex.submit([sh("sleep 300", timeout="1h")])
+    pid = step_pid(ex, task_id)
+    clock.advance(ex, 3599)
+    assert not ex.get(task_id).finished  # a second short of its limit
+    clock.advance(ex, 2)
+    result = ex.wait(task_id, timeout=10)
+    assert result.steps[0].state.value == "timeout" and result.steps[0].code == 124
+    assert wait_until(lambda: gone(pid))
+
+
+@pytest.mark.timeout(30)
+def test_paused_time_does_not_count_against_the_step_timeout(make_server):
+    clock = FakeMonotonic()
+    client = make_server(monotonic=clock)
+    task_id = client.submit([sh("while [ ! -e go ]; do sleep 0.02; done; echo done", timeout="10s")])
+    step_pid(client.executor, task_id)
     assert put(client, f"/{task_id}/0", "pause").status == 200
-    time.sleep(1.6)  # the scenario itself: longer paused than the time limit
+    clock.advance(client.executor, 60)  # far past the limit, all of it paused
     assert step_state(client, task_id, 0) == "paused"
     assert put(client, f"/{task_id}/0", "resume").status == 200
+    (client.executor.config.workspace(task_id) / "go").touch()
     body = client.wait(task_id).json
     assert body["code"] == 0, body
     assert body["data"][0]["message"] == "done\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 from typing import Any
 
 import psutil
@@ -148,14 +147,14 @@ class StepActor(pykka.ThreadingActor):
         self._services.reaper.watch(
             self._proc, sink, lambda rc, at: tell_if_alive(ref, ProcessExited(run, rc, at)), spec.keep_background
         )
-        self._active_since = time.monotonic()
+        self._active_since = self._services.scheduler.now()
         self._arm_deadline()
         tell_if_alive(job.task, StepStarted(job.record.index, self._proc.pid, _create_time(self._proc.pid)))
 
     def _remaining(self) -> float:
         active = self._active_total
         if self._active_since is not None:
-            active += time.monotonic() - self._active_since
+            active += self._services.scheduler.now() - self._active_since
         return self._limit - active
 
     def _arm_deadline(self) -> None:
@@ -172,12 +171,12 @@ class StepActor(pykka.ThreadingActor):
         marked = treekill.marked_processes(self._job.task_id, self._job.spec.name, self._job.record.run_id)
         treekill.signal_tree(self._proc.pid, signal.SIGSTOP if pause else signal.SIGCONT, extra=marked)
         if pause:
-            self._active_total += time.monotonic() - self._active_since
+            self._active_total += self._services.scheduler.now() - self._active_since
             self._active_since = None
             if self._deadline is not None:
                 self._deadline.cancel()
         else:
-            self._active_since = time.monotonic()
+            self._active_since = self._services.scheduler.now()
             self._arm_deadline()
 
     def _kill(self, state: State) -> None:

@@ -51,6 +51,15 @@ class Scheduler:
                 heapq.heapify(self._heap)
                 self._cancelled = 0
 
+    def now(self) -> float:
+        """The scheduler's clock (monotonic seconds): deadlines are measured on it."""
+        return self._clock()
+
+    def poke(self) -> None:
+        """Look at the clock again now (an injected clock was moved forward)."""
+        with self._cond:
+            self._cond.notify()
+
     def pending(self) -> int:
         with self._cond:
             return len(self._heap)

@@ -32,8 +32,11 @@ class _Job:
 
 
 class Janitor:
-    def __init__(self, call_later: Callable[[float, Callable[[], None]], object]) -> None:
-        self._call_later = call_later
+    def __init__(
+        self, call_later: Callable[[float, Callable[[], None]], object], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._call_later = call_later  # a real-time timer: processes take real time to die
+        self._clock = clock
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}  # by run id
         self._scheduled = False
@@ -47,7 +50,7 @@ class Janitor:
         with self._lock:
             job = self._jobs.get(run_id)
             if job is None or grace < job.grace:
-                self._jobs[run_id] = _Job(group, grace, time.monotonic())
+                self._jobs[run_id] = _Job(group, grace, self._clock())
             self._schedule()
 
     def busy(self) -> bool:
@@ -64,7 +67,7 @@ class Janitor:
             self._scheduled = False
             jobs = dict(self._jobs)
         found = treekill.scan_markers(set(jobs))
-        now = time.monotonic()
+        now = self._clock()
         finished = []
         for key, job in jobs.items():
             pids = found.get(key, [])
