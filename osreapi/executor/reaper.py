@@ -29,7 +29,7 @@ class LogSink:
     def __init__(self, fd: int, path: Path, cap: int) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
-        self._file = open(path, "ab", buffering=0)
+        self._file = open(path, "wb", buffering=0)  # one run per step: a leftover from a reused id goes
         self._room = cap
         self._tail = bytearray()
         self._dropped = 0
