@@ -76,52 +76,70 @@ def json_body(body: str, status: int = 200, headers: dict[str, str] | None = Non
     return body
 
 
-def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], float] | None = None) -> Callable:
-    """Build the WSGI application (the Bottle app wrapped in the concurrency limit)."""
-    app = bottle.Bottle(catchall=True)
-    now = clock or executor.clock
+@dataclass(frozen=True)
+class Routes:
+    """What every route of one application shares."""
 
-    def lang() -> str:
-        return request_language(settings.lang)
+    executor: Executor
+    settings: HttpSettings
+    now: Callable[[], float]
+    hub: StreamHub
 
-    def api(handler: Callable[..., Answer]) -> Callable[..., Answer]:
+    def lang(self) -> str:
+        return request_language(self.settings.lang)
+
+    def api(self, handler: Callable[..., Answer]) -> Callable[..., Answer]:
         """Turn engine errors into envelopes; never let a traceback reach the client."""
 
+        @functools.wraps(handler)
         def wrapper(*args: Any, **kwargs: Any) -> Answer:
             try:
                 return handler(*args, **kwargs)
-            except (InvalidRequest, ActionRejected) as exc:
-                return json_response(CODE_BAD_REQUEST, exc.text(lang()))
-            except TaskConflict as exc:
-                return json_response(CODE_CONFLICT, message("task_conflict", lang(), id=exc.task_id))
-            except TaskActive as exc:
-                return json_response(CODE_CONFLICT, message("task_active", lang(), id=exc.task_id))
-            except NotFound:
-                return json_response(CODE_NOT_FOUND, message("not_found", lang()))
-            except (EngineBusy, EngineClosed):
-                return json_response(CODE_BUSY, message("busy", lang()))
-            except DiskFull:
-                return json_response(CODE_DISK_FULL, message("disk_full", lang()))
             except bottle.HTTPResponse:
                 raise
-            except Exception:
-                log.exception("internal error on %s %s", bottle.request.method, bottle.request.path)
-                return json_response(CODE_INTERNAL, message("internal", lang()))
+            except Exception as exc:  # noqa: BLE001 - every error becomes an envelope
+                return self.refusal(exc)
 
         return wrapper
 
-    hub = StreamHub(settings.lang)
-    finished = FinishedResults()
-    health = HealthCheck(executor.check_health)
+    def refusal(self, exc: Exception) -> Answer:
+        lang = self.lang()
+        match exc:
+            case InvalidRequest() | ActionRejected():
+                return json_response(CODE_BAD_REQUEST, exc.text(lang))
+            case TaskConflict():
+                return json_response(CODE_CONFLICT, message("task_conflict", lang, id=exc.task_id))
+            case TaskActive():
+                return json_response(CODE_CONFLICT, message("task_active", lang, id=exc.task_id))
+            case NotFound():
+                return json_response(CODE_NOT_FOUND, message("not_found", lang))
+            case EngineBusy() | EngineClosed():
+                return json_response(CODE_BUSY, message("busy", lang))
+            case DiskFull():
+                return json_response(CODE_DISK_FULL, message("disk_full", lang))
+        log.exception("internal error on %s %s", bottle.request.method, bottle.request.path)
+        return json_response(CODE_INTERNAL, message("internal", lang))
 
-    def step_state(task_id: str, index: int) -> StepRecord | None:
-        try:
-            return executor.step(task_id, index, output=False)[1]
-        except NotFound:
-            return None
+    def success(self, data: Any = None, headers: dict[str, str] | None = None) -> Answer:
+        return json_response(CODE_OK, message("success", self.lang()), data, headers)
 
-    step_states = SharedPoll(step_state)
-    openapi_body = json.dumps(openapi.document(), ensure_ascii=False)
+
+def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], float] | None = None) -> Callable:
+    """Build the WSGI application: the Bottle routes wrapped in auth, the request limit and the
+    stream hand-off."""
+    app = bottle.Bottle(catchall=True)
+    routes = Routes(executor, settings, clock or executor.clock, StreamHub(settings.lang))
+    _count_requests(app, executor)
+    _add_operations(app, routes)
+    dashboard.add_routes(app, executor, routes.api, routes.lang, routes.now, routes.hub)
+    _add_task_routes(app, routes)
+    _add_step_routes(app, routes)
+    _add_error_pages(app, routes)
+    return Guard(RequestLimit(Handoff(app, routes.hub), settings, routes.hub), settings.token, settings.lang)
+
+
+def _count_requests(app: bottle.Bottle, executor: Executor) -> None:
+    """Metrics and the audit log, after every request."""
 
     @functools.lru_cache(maxsize=1024)  # labels() costs more than the request's own rendering
     def request_counter(method: str, rule: str, status: int):
@@ -140,19 +158,24 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
             task_id, steps = environ.get("osreapi.submitted", (args.get("task_id"), None))
             audit(environ, route=rule, task_id=task_id, steps=steps, status=status)
 
+
+def _add_operations(app: bottle.Bottle, routes: Routes) -> None:
+    executor = routes.executor
+    health = HealthCheck(executor.check_health)
+    openapi_body = json.dumps(openapi.document(), ensure_ascii=False)
+
     @app.get("/healthz")
-    @api
+    @routes.api
     def healthz() -> Answer:
-        status = health()  # alive either way; "disk full" while writes are refused
-        return json_response(CODE_OK, message("success", lang()), {"status": status})
+        return routes.success({"status": health()})  # alive either way; "disk full" while writes are refused
 
     @app.get("/version")
-    @api
+    @routes.api
     def version() -> Answer:
-        return json_response(CODE_OK, message("success", lang()), {"version": __version__})
+        return routes.success({"version": __version__})
 
     @app.get("/metrics")
-    @api
+    @routes.api
     def metrics() -> Answer:
         from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -162,35 +185,36 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     def openapi_json() -> Answer:
         return bottle.HTTPResponse(body=openapi_body, headers={"Content-Type": JSON_TYPE})
 
-    dashboard.add_routes(app, executor, api, lang, now, hub)
+
+def _add_task_routes(app: bottle.Bottle, routes: Routes) -> None:
+    executor, settings, now = routes.executor, routes.settings, routes.now
+    finished = FinishedResults()
 
     @app.post("/")
-    @api
+    @routes.api
     def submit() -> Answer:
         query = bottle.request.query
         parallel = _flag(query, "async") or _flag(query, "ansync")
-        task_id = query.get("id")
         body = _read_body(settings.max_body)
         if body is None:
-            return json_response(CODE_TOO_LARGE, message("too_large", lang(), limit=settings.max_body))
-        submitted = executor.submit_task(body, parallel=parallel, task_id=task_id)
+            return json_response(CODE_TOO_LARGE, message("too_large", routes.lang(), limit=settings.max_body))
+        submitted = executor.submit_task(body, parallel=parallel, task_id=query.get("id"))
         bottle.request.environ["osreapi.submitted"] = (submitted.id, submitted.count)
-        data = {"id": submitted.id, "count": submitted.count}
-        return json_response(CODE_OK, message("success", lang()), data, {"X-Task-ID": submitted.id})
+        return routes.success({"id": submitted.id, "count": submitted.count}, {"X-Task-ID": submitted.id})
 
     @app.get("/")
-    @api
+    @routes.api
     def list_tasks() -> Answer:
         sort = bottle.request.query.get("sort") or "start"
         if sort not in render.SORT_KEYS:
             raise InvalidRequest("bad_sort", value=sort)
-        tasks = executor.list()
-        return bottle.HTTPResponse(body=render.list_body(tasks, sort, lang(), now()), headers={"Content-Type": JSON_TYPE})
+        body = render.list_body(executor.list(), sort, routes.lang(), now())
+        return bottle.HTTPResponse(body=body, headers={"Content-Type": JSON_TYPE})
 
     @app.get("/<task_id>")
-    @api
+    @routes.api
     def get_task(task_id: str) -> Answer:
-        language = lang()
+        language = routes.lang()
         deletions = executor.deletions  # noted before the read (see FinishedResults)
         plain = set(bottle.request.query) <= {"lang"}  # the cache holds the plain answer only
         cached = finished.get(task_id, language, deletions, now()) if plain else None
@@ -207,78 +231,92 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
         return json_response(code, msg, data)
 
     @app.delete("/<task_id>")
-    @api
+    @routes.api
     def delete_task(task_id: str) -> Answer:
         executor.delete(task_id)
-        return json_response(CODE_OK, message("success", lang()))
+        return routes.success()
 
     @app.put("/<task_id>")
-    @api
+    @routes.api
     def control_task(task_id: str) -> Answer:
         executor.control(task_id, bottle.request.query.get("action") or "", None)
-        return json_response(CODE_OK, message("success", lang()))
+        return routes.success()
+
+
+def _add_step_routes(app: bottle.Bottle, routes: Routes) -> None:
+    executor, now = routes.executor, routes.now
 
     @app.put("/<task_id>/<step>")
-    @api
+    @routes.api
     def control_step(task_id: str, step: str) -> Answer:
         executor.control(task_id, bottle.request.query.get("action") or "", step)
-        return json_response(CODE_OK, message("success", lang()))
+        return routes.success()
 
     @app.get("/<task_id>/<step>")
-    @api
+    @routes.api
     def get_step(task_id: str, step: str) -> Answer:
         task, record = executor.step(task_id, step)
-        return json_response(*render.step_result_json(record, task, lang(), now()))
+        return json_response(*render.step_result_json(record, task, routes.lang(), now()))
 
-    @app.get("/<task_id>/<step>/log")
-    @api
-    def step_log(task_id: str, step: str) -> Answer:
-        language = lang()
+    step_log = LogRoute(routes)
+    app.get("/<task_id>/<step>/log")(routes.api(step_log))
+
+
+class LogRoute:
+    """GET /<id>/<step>/log: the output so far, or followed (plain or SSE) on the stream hub."""
+
+    def __init__(self, routes: Routes) -> None:
+        self._routes = routes
+        self._step_states = SharedPoll(self._step_state)  # followers of one step share each poll
+
+    def _step_state(self, task_id: str, index: int) -> StepRecord | None:
+        try:
+            return self._routes.executor.step(task_id, index, output=False)[1]
+        except NotFound:
+            return None
+
+    def __call__(self, task_id: str, step: str) -> Answer:
+        executor, language = self._routes.executor, self._routes.lang()
         index = executor.step(task_id, step, output=False)[1].index
         environ = bottle.request.environ  # raw header text: bottle's headers raise on bytes that are not UTF-8
         sse = "text/event-stream" in environ.get("HTTP_ACCEPT", "")
         follow = _flag(bottle.request.query, "follow")
         offset = _offset(bottle.request.query.get("offset"), environ.get("HTTP_LAST_EVENT_ID") if sse else None)
-
-        def current() -> StepRecord | None:  # polled while following: state only, no log read
-            return step_states(task_id, index)
-
-        def end_record() -> dict | None:
-            try:
-                task_now, step_now = executor.step(task_id, index)
-            except NotFound:
-                return None
-            if not step_now.state.finished:
-                return None
-            return render.step_json(step_now, task_now, language, now())
-
-        source = LogSource(executor.log_path(task_id, index), offset, sse=sse, follow=follow, step=current,
-                           end_record=end_record, max_output=executor.config.max_output)
+        source = LogSource(executor.log_path(task_id, index), offset, sse=sse, follow=follow,
+                           step=lambda: self._step_states(task_id, index),
+                           end_record=lambda: self._end_record(task_id, index, language),
+                           max_output=executor.config.max_output)
         if offset > source.size():
             return json_response(CODE_RANGE, message("offset_past_end", language, offset=offset, size=source.size()))
         kind = "text/event-stream" if sse else "text/plain"
         headers = [("Content-Type", f"{kind}; charset=utf-8"), ("Cache-Control", "no-cache")]
         if follow:
-            return hub.serve(environ, "200 OK", headers, source)
-        return bottle.HTTPResponse(body=hub.drive(source), headers=dict(headers))
+            return self._routes.hub.serve(environ, "200 OK", headers, source)
+        return bottle.HTTPResponse(body=self._routes.hub.drive(source), headers=dict(headers))
 
-    @app.error(404)
-    def not_found(_: bottle.HTTPError) -> str:
-        bottle.response.content_type = JSON_TYPE
-        return render.envelope(CODE_NOT_FOUND, message("no_route", lang()))
+    def _end_record(self, task_id: str, index: int, language: str) -> dict | None:
+        """The step's record for the stream's last event, once it has ended."""
+        try:
+            task, step = self._routes.executor.step(task_id, index)
+        except NotFound:
+            return None
+        if not step.state.finished:
+            return None
+        return render.step_json(step, task, language, self._routes.now())
 
-    @app.error(405)
-    def method_not_allowed(_: bottle.HTTPError) -> str:
+
+def _add_error_pages(app: bottle.Bottle, routes: Routes) -> None:
+    def page(code: int, key: str) -> str:
         bottle.response.content_type = JSON_TYPE
-        return render.envelope(405, message("method", lang()))
+        return render.envelope(code, message(key, routes.lang()))
+
+    app.error(404)(lambda _: page(CODE_NOT_FOUND, "no_route"))
+    app.error(405)(lambda _: page(405, "method"))
 
     @app.error(500)
     def internal(err: bottle.HTTPError) -> str:
         log.error("unhandled error: %s", err.exception)
-        bottle.response.content_type = JSON_TYPE
-        return render.envelope(CODE_INTERNAL, message("internal", lang()))
-
-    return Guard(RequestLimit(Handoff(app, hub), settings, hub), settings.token, settings.lang)
+        return page(CODE_INTERNAL, "internal")
 
 
 def _flag(query: bottle.FormsDict, name: str) -> bool:
