@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._version import __version__
+from ..spec import TASK_ID_PATTERN
 
 
 def _envelope(data: dict[str, Any] | None = None, codes: list[int] | None = None) -> dict[str, Any]:
@@ -97,169 +98,139 @@ COMMON_ERRORS = {
 }
 
 
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+FLAG = {"type": "string", "enum": ["true", "false"]}
+ID_SCHEMA = {"type": "string", "pattern": TASK_ID_PATTERN.pattern}
+DONE = _json(_envelope(codes=[0]), "done")
+
+
+def _op(summary: str, operation_id: str, parameters: list, responses: dict, common: bool = True, **extra: Any) -> dict:
+    """One operation; `common`: it may also answer the errors every engine route can give."""
+    operation = {"summary": summary, "operationId": operation_id, "responses": {**responses, **(COMMON_ERRORS if common else {})}}
+    if parameters:
+        operation["parameters"] = parameters
+    return {**operation, **extra}
+
+
+def _text(description: str, *types: str) -> dict[str, Any]:
+    return {"description": description, "content": {t: {"schema": {"type": "string"}} for t in types}}
+
+
+def _task_paths() -> dict[str, Any]:
+    unknown = _json(ERROR, "unknown or expired (code 1003)")
+    return {
+        "/": {
+            "get": _op("List tasks", "listTasks", [
+                _query("sort", {"type": "string", "enum": ["start", "begin", "end", "completed", "ttl", "expired"]}), LANG,
+            ], {"200": _json({"$ref": "#/components/schemas/TaskList"}, "all tasks")}),
+            "post": _op("Submit a task", "submitTask", [_query("ansync", FLAG), _query("async", FLAG), _query("id", ID_SCHEMA), LANG], {
+                "200": _json({"$ref": "#/components/schemas/Submitted"}, "accepted"),
+                "409": _json(ERROR, "the id names a task with a different submission (code 409)"),
+                "413": _json(ERROR, "body too large"),
+            }, requestBody={"required": True, "content": {"application/json": {"schema": {
+                "type": "array", "minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/StepInput"}}}}}),
+        },
+        "/{id}": {
+            "get": _op("A task's result", "getTask", [TASK_ID, DETAIL, LANG], {
+                "200": _json({"$ref": "#/components/schemas/Result"}, "0 all succeeded, 1001 running, 1002 failed"),
+                "404": unknown,
+            }),
+            "delete": _op("Remove a finished task's record and workspace", "deleteTask", [TASK_ID, LANG], {
+                "200": _json(_envelope(codes=[0]), "removed"),
+                "404": unknown,
+                "409": _json(ERROR, "the task has not ended (code 409)"),
+            }),
+            "put": _op("Kill, pause or resume a task", "controlTask", [TASK_ID, ACTION, LANG],
+                       {"200": DONE, "404": _json(ERROR, "unknown task")}),
+        },
+    }
+
+
+def _step_paths() -> dict[str, Any]:
+    unknown = _json(ERROR, "unknown task or step")
+    return {
+        "/{id}/{step}": {
+            "get": _op("One step's record", "getStep", [TASK_ID, STEP_REF, LANG], {
+                "200": _json(_envelope({"$ref": "#/components/schemas/Step"}, [0, 1001, 1002]), "the step"),
+                "404": unknown,
+            }),
+            "put": _op("Kill, pause or resume one step", "controlStep", [TASK_ID, STEP_REF, ACTION, LANG],
+                       {"200": DONE, "404": unknown}),
+        },
+        "/{id}/{step}/log": {
+            "get": _op("A step's output: text so far, followed (chunked), or Server-Sent Events", "getStepLog", [
+                TASK_ID, STEP_REF,
+                _query("offset", {"type": "integer", "minimum": 0}),
+                _query("follow", FLAG),
+                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+            ], {
+                "200": _text("output", "text/plain", "text/event-stream"),
+                "404": unknown,
+                "416": _json(ERROR, "offset past the end of the output (code 416)"),
+            }),
+        },
+    }
+
+
+def _service_paths() -> dict[str, Any]:
+    version = {"type": "object", "required": ["version"], "properties": {"version": {"type": "string"}}}
+    return {
+        "/healthz": {"get": _op("Liveness of actors and store", "health", [], {
+            "200": _json(_envelope({"type": "object"}, [0]), 'alive; data.status is "ok" or "disk full"'),
+            "503": _json(ERROR, "unhealthy"),
+        }, common=False)},
+        "/version": {"get": _op("Version", "version", [], {"200": _json(_envelope(version, [0]), "version")}, common=False)},
+        "/metrics": {"get": _op("Prometheus metrics", "metrics", [], {"200": _text("Prometheus text format", "text/plain")},
+                                common=False)},
+        "/events": {"get": _op("Server-Sent Events of task and step changes (event: task | step | delete | reset; id: sequence)",
+                               "events", [
+            _query("task", ID_SCHEMA),
+            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}},
+            LANG,
+        ], {"200": _text("an endless event stream", "text/event-stream")})},
+        "/ui/": {"get": _op("The dashboard (HTML; /ui redirects, /ui/tasks/{id} deep links)", "dashboard", [],
+                            {"200": _text("the page", "text/html")}, common=False, security=[{}])},
+        "/openapi.json": {"get": _op("This document", "openapi", [], {
+            "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}},
+        }, common=False)},
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    submitted = {"type": "object", "required": ["id", "count"], "additionalProperties": False,
+                 "properties": {"id": {"type": "string"}, "count": {"type": "integer"}}}
+    detail = {"type": "object", "required": ["task", "steps"], "properties": {
+        "task": {"type": "object", "required": ["id", "mode"]},
+        "steps": {"type": "array", "items": {"type": "object", "required": ["step", "depends_on"]}}}}
+    listing = {"type": "object", "required": ["running", "tasks", "total"], "properties": {
+        "running": {"type": "integer"}, "total": {"type": "integer"},
+        "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}}}}
+    steps = {"type": "array", "items": {"$ref": "#/components/schemas/Step"}}
+    return {
+        "Error": _envelope(),
+        "Times": TIMES,
+        "Step": STEP,
+        "StepInput": STEP_INPUT,
+        "Task": TASK,
+        "Submitted": _envelope(submitted, [0]),
+        "Result": _envelope({"oneOf": [steps, detail]}, [0, 1001, 1002]),
+        "TaskList": _envelope(listing, [0]),
+    }
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "osreapi", "version": __version__,
                  "description": "Remote executor: runs lists of scripts sequentially, in parallel or as a DAG."},
-        "paths": {
-            "/": {
-                "get": {
-                    "summary": "List tasks",
-                    "operationId": "listTasks",
-                    "parameters": [
-                        {"name": "sort", "in": "query", "required": False, "schema": {
-                            "type": "string", "enum": ["start", "begin", "end", "completed", "ttl", "expired"]}},
-                        LANG,
-                    ],
-                    "responses": {
-                        "200": _json({"$ref": "#/components/schemas/TaskList"}, "all tasks"),
-                        **COMMON_ERRORS,
-                    },
-                },
-                "post": {
-                    "summary": "Submit a task",
-                    "operationId": "submitTask",
-                    "parameters": [
-                        {"name": "ansync", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]}},
-                        {"name": "async", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]}},
-                        {"name": "id", "in": "query", "required": False, "schema": {
-                            "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}},
-                        LANG,
-                    ],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                        "type": "array", "minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/StepInput"}}}}},
-                    "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Submitted"}, "accepted"),
-                        "409": _json(ERROR, "the id names a task with a different submission (code 409)"),
-                        "413": _json(ERROR, "body too large"),
-                        **COMMON_ERRORS,
-                    },
-                },
-            },
-            "/{id}": {
-                "get": {
-                    "summary": "A task's result",
-                    "operationId": "getTask",
-                    "parameters": [TASK_ID, DETAIL, LANG],
-                    "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Result"}, "0 all succeeded, 1001 running, 1002 failed"),
-                        "404": _json(ERROR, "unknown or expired (code 1003)"),
-                        **COMMON_ERRORS,
-                    },
-                },
-                "delete": {
-                    "summary": "Remove a finished task's record and workspace",
-                    "operationId": "deleteTask",
-                    "parameters": [TASK_ID, LANG],
-                    "responses": {
-                        "200": _json(_envelope(codes=[0]), "removed"),
-                        "404": _json(ERROR, "unknown or expired (code 1003)"),
-                        "409": _json(ERROR, "the task has not ended (code 409)"),
-                        **COMMON_ERRORS,
-                    },
-                },
-                "put": {
-                    "summary": "Kill, pause or resume a task",
-                    "operationId": "controlTask",
-                    "parameters": [TASK_ID, ACTION, LANG],
-                    "responses": {
-                        "200": _json(_envelope(codes=[0]), "done"),
-                        "404": _json(ERROR, "unknown task"),
-                        **COMMON_ERRORS,
-                    },
-                },
-            },
-            "/{id}/{step}": {
-                "get": {
-                    "summary": "One step's record",
-                    "operationId": "getStep",
-                    "parameters": [TASK_ID, STEP_REF, LANG],
-                    "responses": {
-                        "200": _json(_envelope({"$ref": "#/components/schemas/Step"}, [0, 1001, 1002]), "the step"),
-                        "404": _json(ERROR, "unknown task or step"),
-                        **COMMON_ERRORS,
-                    },
-                },
-                "put": {
-                    "summary": "Kill, pause or resume one step",
-                    "operationId": "controlStep",
-                    "parameters": [TASK_ID, STEP_REF, ACTION, LANG],
-                    "responses": {
-                        "200": _json(_envelope(codes=[0]), "done"),
-                        "404": _json(ERROR, "unknown task or step"),
-                        **COMMON_ERRORS,
-                    },
-                },
-            },
-            "/{id}/{step}/log": {
-                "get": {
-                    "summary": "A step's output: text so far, followed (chunked), or Server-Sent Events",
-                    "operationId": "getStepLog",
-                    "parameters": [
-                        TASK_ID, STEP_REF,
-                        {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
-                        {"name": "follow", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]}},
-                        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
-                    ],
-                    "responses": {
-                        "200": {"description": "output", "content": {
-                            "text/plain": {"schema": {"type": "string"}},
-                            "text/event-stream": {"schema": {"type": "string"}}}},
-                        "404": _json(ERROR, "unknown task or step"),
-                        "416": _json(ERROR, "offset past the end of the output (code 416)"),
-                        **COMMON_ERRORS,
-                    },
-                },
-            },
-            "/healthz": {"get": {"summary": "Liveness of actors and store", "operationId": "health", "responses": {
-                "200": _json(_envelope({"type": "object"}, [0]), 'alive; data.status is "ok" or "disk full"'),
-                "503": _json(ERROR, "unhealthy")}}},
-            "/version": {"get": {"summary": "Version", "operationId": "version", "responses": {
-                "200": _json(_envelope({"type": "object", "required": ["version"],
-                                        "properties": {"version": {"type": "string"}}}, [0]), "version")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics", "responses": {
-                "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/events": {"get": {
-                "summary": "Server-Sent Events of task and step changes (event: task | step | reset; id: sequence)",
-                "operationId": "events",
-                "parameters": [
-                    {"name": "task", "in": "query", "required": False, "schema": {
-                        "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}},
-                    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}},
-                    LANG,
-                ],
-                "responses": {
-                    "200": {"description": "an endless event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                    **COMMON_ERRORS,
-                }}},
-            "/ui/": {"get": {"summary": "The dashboard (HTML; /ui redirects, /ui/tasks/{id} deep links)", "operationId": "dashboard",
-                             "security": [{}], "responses": {
-                "200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi", "responses": {
-                "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-        },
+        "paths": {**_task_paths(), **_step_paths(), **_service_paths()},
         "security": [{}, {"bearer": []}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "needed on every route but /healthz when the server has a token"}},
-            "schemas": {
-                "Error": _envelope(),
-                "Times": TIMES,
-                "Step": STEP,
-                "StepInput": STEP_INPUT,
-                "Task": TASK,
-                "Submitted": _envelope({"type": "object", "required": ["id", "count"], "properties": {
-                    "id": {"type": "string"}, "count": {"type": "integer"}}, "additionalProperties": False}, [0]),
-                "Result": _envelope({"oneOf": [
-                    {"type": "array", "items": {"$ref": "#/components/schemas/Step"}},
-                    {"type": "object", "required": ["task", "steps"], "properties": {
-                        "task": {"type": "object", "required": ["id", "mode"]},
-                        "steps": {"type": "array", "items": {"type": "object", "required": ["step", "depends_on"]}}}},
-                ]}, [0, 1001, 1002]),
-                "TaskList": _envelope({"type": "object", "required": ["running", "tasks", "total"], "properties": {
-                    "running": {"type": "integer"}, "total": {"type": "integer"},
-                    "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}}}}, [0]),
-            }
+            "schemas": _schemas(),
         },
     }
