@@ -193,40 +193,101 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
-def run(args: argparse.Namespace) -> int:
-    from .embed import Executor, default_data_dir
-    from .http.app import HttpSettings, make_app
-    from .http.security import load_token
-    from .http.server import HttpServer, TlsSettings, parse_addr, raise_fd_limit
-    from .spec import Limits
+class _CannotStart(Exception):
+    """A start-up check failed: print the message, exit with the status."""
 
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def run(args: argparse.Namespace) -> int:
     _limit_malloc_arenas()
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("pykka").addFilter(one_line_refusals)
-    try:
-        host, port = parse_addr(args.addr)
-    except InvalidValue as exc:
-        print(f"osreapi: error: argument --addr: {exc}", file=sys.stderr)
-        return 2
-    try:
-        token = load_token(args.token, args.token_file)
-    except InvalidValue as exc:
-        print(f"osreapi: error: {exc}", file=sys.stderr)
-        return 2
-    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
-        print("osreapi: error: --tls_cert and --tls_key go together (and --tls_client_ca needs them)", file=sys.stderr)
-        return 2
-    tls = TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    _setup_logging(args.debug)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())  # the main thread runs the ordered shutdown
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     try:
-        executor = Executor(
-            data_dir,
+        executor, server = _serve(args)
+    except _CannotStart as exc:
+        print(f"osreapi: error: {exc}", file=sys.stderr)
+        return exc.status
+    # Start-up objects live forever: keep them out of the collector's way; collect young objects
+    # less often (each step allocates a burst of short-lived records and messages).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 50)
+    print(f"osreapi {__version__} listening on {server.url} (data dir: {executor.config.data_dir})", flush=True)
+    log = logging.getLogger(__name__)
+    while not stop.wait(1.0):  # a timeout keeps signal delivery prompt on every platform
+        pass
+    log.info("shutting down: closing HTTP, interrupting running tasks, flushing the store")
+    server.stop()
+    executor.close()
+    return 0
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pykka").addFilter(one_line_refusals)
+
+
+def _serve(args: argparse.Namespace):
+    """Check the flags, start the engine, then the HTTP server; raise _CannotStart."""
+    from .http.app import HttpSettings, make_app
+    from .http.server import HttpServer, raise_fd_limit
+
+    host, port, token, tls = _network(args)
+    executor = _engine(args)
+    settings = HttpSettings(lang=args.lang, max_body=int(args.max_body), max_requests=int(args.max_requests), token=token)
+    try:
+        raise_fd_limit()
+        server = HttpServer(make_app(executor, settings), host, port, tls=tls, max_header=int(args.max_header),
+                            read_timeout=args.read_timeout)
+        server.start()
+    except (OSError, ValueError) as exc:
+        executor.close()
+        raise _CannotStart(1, f"cannot serve on {args.addr}: {exc}") from None
+    log = logging.getLogger(__name__)
+    if token is not None:
+        log.info("bearer token required on every route but /healthz")
+    elif not server.loopback_only:
+        log.warning(
+            "listening beyond loopback without a token: protected mode serves loopback clients only; "
+            "set --token, --token_file or OSREAPI_TOKEN to serve others"
+        )
+    return executor, server
+
+
+def _network(args: argparse.Namespace):
+    """(host, port, token, TLS settings) from the flags."""
+    from .http.security import load_token
+    from .http.server import TlsSettings, parse_addr
+
+    try:
+        host, port = parse_addr(args.addr)
+    except InvalidValue as exc:
+        raise _CannotStart(2, f"argument --addr: {exc}") from None
+    try:
+        token = load_token(args.token, args.token_file)
+    except InvalidValue as exc:
+        raise _CannotStart(2, str(exc)) from None
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        raise _CannotStart(2, "--tls_cert and --tls_key go together (and --tls_client_ca needs them)")
+    tls = TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    return host, port, token, tls
+
+
+def _engine(args: argparse.Namespace):
+    from .embed import Executor, default_data_dir
+    from .spec import Limits
+
+    try:
+        return Executor(
+            Path(args.data_dir) if args.data_dir else default_data_dir(),
             pool_size=args.pool_size,
             exec_timeout=args.exec_timeout,
             key_expire=args.key_expire,
@@ -236,38 +297,4 @@ def run(args: argparse.Namespace) -> int:
             limits=Limits(int(args.max_steps), int(args.max_script), int(args.max_env_vars), int(args.max_env_bytes)),
         )
     except DataDirInUse as exc:
-        print(f"osreapi: error: {exc}", file=sys.stderr)
-        return 1
-    settings = HttpSettings(
-        lang=args.lang, max_body=int(args.max_body), max_requests=int(args.max_requests), token=token
-    )
-    try:
-        raise_fd_limit()
-        server = HttpServer(make_app(executor, settings), host, port, tls=tls, max_header=int(args.max_header),
-                            read_timeout=args.read_timeout)
-        server.start()
-    except (OSError, ValueError) as exc:
-        executor.close()
-        print(f"osreapi: error: cannot serve on {args.addr}: {exc}", file=sys.stderr)
-        return 1
-    # Start-up objects live forever: keep them out of the collector's way; collect young objects
-    # less often (each step allocates a burst of short-lived actors and records).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 50)
-    print(f"osreapi {__version__} listening on {server.url} (data dir: {executor.config.data_dir})", flush=True)
-    log = logging.getLogger(__name__)
-    if token is None:
-        if not server.loopback_only:
-            log.warning(
-                "listening beyond loopback without a token: protected mode serves loopback clients only; "
-                "set --token, --token_file or OSREAPI_TOKEN to serve others"
-            )
-    else:
-        log.info("bearer token required on every route but /healthz")
-    while not stop.wait(1.0):  # a timeout keeps signal delivery prompt on every platform
-        pass
-    log.info("shutting down: closing HTTP, interrupting running tasks, flushing the store")
-    server.stop()
-    executor.close()
-    return 0
+        raise _CannotStart(1, str(exc)) from None
