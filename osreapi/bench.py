@@ -12,6 +12,7 @@ Every loop is bounded in count and in time.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 import http.client
 import json
 import os
@@ -306,12 +307,39 @@ def fill(url: str, count: int, clients: int) -> list[str]:
     return ids
 
 
+@dataclass
+class Run:
+    """One benchmark run: where its figures go and what it measures."""
+
+    report: Report
+    url: str
+    http: Http
+    server: Server | None
+    quick: bool
+
+
 def run(args: argparse.Namespace) -> Report:
     report = Report()
-    quick = args.quick
-    scale = 0.1 if quick else 1.0
+    measure_limits(report, args.quick)
+    server = None if args.url else Server(args.pool_size, Path(args.data_parent))
+    url = args.url or server.url
+    bench = Run(report, url, Http(url), server, args.quick)
+    try:
+        if server:
+            time.sleep(0.5)  # let start-up settle before reading its memory
+            report.add("memory: RSS idle", server.rss_mb(), "MB", "≤ 30 MB")
+        measure_engine(bench)
+        measure_reads(bench)
+        measure_burst(bench)
+    finally:
+        bench.http.close()
+        if server:
+            server.stop()
+    return report
 
-    # floor
+
+def measure_limits(report: Report, quick: bool) -> None:
+    """The floor (one process started and reaped) and the fork-rate ceiling of this box."""
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "script.sh"
         script.write_text("true\n")
@@ -323,111 +351,110 @@ def run(args: argparse.Namespace) -> Report:
     report.fork_rate = fork_rate(1.0 if quick else 3.0)
     report.add("ceiling: sh -c true runs per second, 8 threads", report.fork_rate, "runs/s")
 
-    server = None if args.url else Server(args.pool_size, Path(args.data_parent))
-    url = args.url or server.url
-    http = Http(url)
-    try:
-        if server:
-            time.sleep(0.5)
-            report.add("memory: RSS idle", server.rss_mb(), "MB", "≤ 30 MB")
 
-        # latency
-        def one_task() -> None:
-            http.wait(http.submit([TRUE_STEP]), interval=0.002)
+def measure_engine(run: Run) -> None:
+    """Latency, cost per step, throughput (alone and beside pollers), a parallel task."""
+    report, http, url, quick = run.report, run.http, run.url, run.quick
+    # latency
+    def one_task() -> None:
+        http.wait(http.submit([TRUE_STEP]), interval=0.002)
 
-        one_task()  # warm up
-        med, p95 = median_ms(one_task, 10 if quick else 50)
-        report.add("latency: 1-step true, submit→done (median)", med, "ms", "≤ 3 ms", ratio=True)
-        report.add("latency: 1-step true, submit→done (p95)", p95, "ms", ratio=True)
+    one_task()  # warm up
+    med, p95 = median_ms(one_task, 10 if quick else 50)
+    report.add("latency: 1-step true, submit→done (median)", med, "ms", "≤ 3 ms", ratio=True)
+    report.add("latency: 1-step true, submit→done (p95)", p95, "ms", ratio=True)
 
-        # step overhead
-        steps = 11 if quick else 41
-        runs = 3 if quick else 7
-        one, _ = median_ms(lambda: http.wait(http.submit([TRUE_STEP]), 0.002), runs)
-        many, _ = median_ms(lambda: http.wait(http.submit([TRUE_STEP] * steps), 0.002), runs)
-        report.add("step overhead: cost per extra sequential step", (many - one) / (steps - 1), "ms", "≤ 2× floor", ratio=True)
+    # step overhead
+    steps = 11 if quick else 41
+    runs = 3 if quick else 7
+    one, _ = median_ms(lambda: http.wait(http.submit([TRUE_STEP]), 0.002), runs)
+    many, _ = median_ms(lambda: http.wait(http.submit([TRUE_STEP] * steps), 0.002), runs)
+    report.add("step overhead: cost per extra sequential step", (many - one) / (steps - 1), "ms", "≤ 2× floor", ratio=True)
 
-        # throughput, alone and with pollers (a dashboard or orchestrator polling must not halve it)
-        tasks = int(300 * scale)
-        ceiling = report.fork_rate / 3  # a 3-step task cannot beat a third of the fork rate
-        for pollers in (0, 2):
-            rate = throughput(url, tasks, pollers)
-            name = "throughput: 3-step tasks, 8 submitters" + (f", {pollers} polling clients" if pollers else "")
-            report.add(name, rate, "tasks/s", "≥ 50% of fork ceiling / 3", of_ceiling=f"{rate / ceiling:.0%}")
+    # throughput, alone and with pollers (a dashboard or orchestrator polling must not halve it)
+    tasks = int(300 * (0.1 if quick else 1.0))
+    ceiling = report.fork_rate / 3  # a 3-step task cannot beat a third of the fork rate
+    for pollers in (0, 2):
+        rate = throughput(url, tasks, pollers)
+        name = "throughput: 3-step tasks, 8 submitters" + (f", {pollers} polling clients" if pollers else "")
+        report.add(name, rate, "tasks/s", "≥ 50% of fork ceiling / 3", of_ceiling=f"{rate / ceiling:.0%}")
 
-        # parallel
-        start = time.perf_counter()
-        task_id = http.submit([{"command_type": "sh", "command_content": "sleep 0.5"}] * 20, "?async=true")
-        http.wait(task_id, interval=0.005)
-        report.add("parallel: 20 × sleep 0.5, async", time.perf_counter() - start, "s", "≤ 0.55 s")
+    # parallel
+    start = time.perf_counter()
+    task_id = http.submit([{"command_type": "sh", "command_content": "sleep 0.5"}] * 20, "?async=true")
+    http.wait(task_id, interval=0.005)
+    report.add("parallel: 20 × sleep 0.5, async", time.perf_counter() - start, "s", "≤ 0.55 s")
 
-        # list and get at 1,000 stored tasks
-        stored = len(json.loads(http.call("GET", "/")[1])["data"]["tasks"])
-        target_list = 100 if quick else 1000
-        if stored < target_list:
-            fill(url, target_list - stored, 8)
-        med, _ = median_ms(lambda: http.call("GET", "/"), 10 if quick else 30)
-        size = len(http.call("GET", "/")[1])
-        report.add(f"list: GET / with {target_list} tasks", med, "ms", "≤ 15 ms at 1,000", bytes=size)
-        if server:
-            report.add(f"memory: RSS after {target_list} tasks", server.rss_mb(), "MB", "≤ 60 MB at 1,000")
 
-        # get
-        finished = json.loads(http.call("GET", "/")[1])["data"]["tasks"][0]["id"]
-        duration = 1.0 if quick else 3.0
-        counts: list[int] = []
-        latencies: list[float] = []
-        lock = threading.Lock()
+def measure_reads(run: Run) -> None:
+    """Listing, GET /<id> from Python clients and with wrk, at 1,000 stored tasks."""
+    report, http, url, server, quick = run.report, run.http, run.url, run.server, run.quick
+    # list and get at 1,000 stored tasks
+    stored = len(json.loads(http.call("GET", "/")[1])["data"]["tasks"])
+    target_list = 100 if quick else 1000
+    if stored < target_list:
+        fill(url, target_list - stored, 8)
+    med, _ = median_ms(lambda: http.call("GET", "/"), 10 if quick else 30)
+    size = len(http.call("GET", "/")[1])
+    report.add(f"list: GET / with {target_list} tasks", med, "ms", "≤ 15 ms at 1,000", bytes=size)
+    if server:
+        report.add(f"memory: RSS after {target_list} tasks", server.rss_mb(), "MB", "≤ 60 MB at 1,000")
 
-        def getter() -> None:
-            client = Http(url)
-            n = 0
-            mine = []
-            end = time.perf_counter() + duration
-            while time.perf_counter() < end and n < 1_000_000:
-                t0 = time.perf_counter()
-                client.call("GET", f"/{finished}")
-                mine.append((time.perf_counter() - t0) * 1000)
-                n += 1
-            client.close()
-            with lock:
-                counts.append(n)
-                latencies.extend(mine)
+    # get
+    finished = json.loads(http.call("GET", "/")[1])["data"]["tasks"][0]["id"]
+    duration = 1.0 if quick else 3.0
+    counts: list[int] = []
+    latencies: list[float] = []
+    lock = threading.Lock()
 
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda _: getter(), range(8)))
-        report.add("get: GET /<id>, 8 keep-alive clients", sum(counts) / duration, "req/s", "≥ 3,000 req/s",
-                   median_ms=round(statistics.median(latencies), 3))
+    def getter() -> None:
+        client = Http(url)
+        n = 0
+        mine = []
+        end = time.perf_counter() + duration
+        while time.perf_counter() < end and n < 1_000_000:
+            t0 = time.perf_counter()
+            client.call("GET", f"/{finished}")
+            mine.append((time.perf_counter() - t0) * 1000)
+            n += 1
+        client.close()
+        with lock:
+            counts.append(n)
+            latencies.extend(mine)
 
-        wrk_figures(report, url, finished, 2 if quick else 5)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: getter(), range(8)))
+    report.add("get: GET /<id>, 8 keep-alive clients", sum(counts) / duration, "req/s", "≥ 3,000 req/s",
+               median_ms=round(statistics.median(latencies), 3))
 
-        # burst
-        burst = 1000 if quick else 10_000
-        if server:
-            server.reset_peaks()
-        start = time.perf_counter()
-        burst_ids = fill(url, burst, 8)
-        drained = time.perf_counter() - start
-        codes = {}
-        for task_id in burst_ids[:: max(1, len(burst_ids) // 200)]:
-            code = http.code(task_id)
-            codes[code] = codes.get(code, 0) + 1
-        listed = json.loads(http.call("GET", "/")[1])["data"]
-        lost = burst - len(set(burst_ids) & {t["id"] for t in listed["tasks"]})
-        report.add(f"burst: {burst} one-step tasks, 8 clients, drain", drained, "s", "all complete, none lost",
-                   lost=lost, sampled_codes=codes)
-        if server:
-            report.add("burst: peak threads", server.peak_threads, "threads", "constant + pool")
-            report.add("burst: peak RSS", server.peak_rss / 1e6, "MB", "≤ 150 MB")
-        med, _ = median_ms(lambda: http.call("GET", "/"), 3 if quick else 10)
-        report.add(f"list: GET / with {listed['total']} tasks", med, "ms", "linear", bytes=len(http.call("GET", "/")[1]))
-        if server:
-            report.add("memory: peak RSS", server.peak_rss / 1e6, "MB")
-    finally:
-        http.close()
-        if server:
-            server.stop()
-    return report
+    wrk_figures(report, url, finished, 2 if quick else 5)
+
+
+def measure_burst(run: Run) -> None:
+    """10,000 one-step tasks at once: none lost, threads and memory bounded."""
+    report, http, url, server, quick = run.report, run.http, run.url, run.server, run.quick
+    # burst
+    burst = 1000 if quick else 10_000
+    if server:
+        server.reset_peaks()
+    start = time.perf_counter()
+    burst_ids = fill(url, burst, 8)
+    drained = time.perf_counter() - start
+    codes = {}
+    for task_id in burst_ids[:: max(1, len(burst_ids) // 200)]:
+        code = http.code(task_id)
+        codes[code] = codes.get(code, 0) + 1
+    listed = json.loads(http.call("GET", "/")[1])["data"]
+    lost = burst - len(set(burst_ids) & {t["id"] for t in listed["tasks"]})
+    report.add(f"burst: {burst} one-step tasks, 8 clients, drain", drained, "s", "all complete, none lost",
+               lost=lost, sampled_codes=codes)
+    if server:
+        report.add("burst: peak threads", server.peak_threads, "threads", "constant + pool")
+        report.add("burst: peak RSS", server.peak_rss / 1e6, "MB", "≤ 150 MB")
+    med, _ = median_ms(lambda: http.call("GET", "/"), 3 if quick else 10)
+    report.add(f"list: GET / with {listed['total']} tasks", med, "ms", "linear", bytes=len(http.call("GET", "/")[1]))
+    if server:
+        report.add("memory: peak RSS", server.peak_rss / 1e6, "MB")
 
 
 def main(argv: list[str] | None = None) -> int:
