@@ -52,7 +52,7 @@ from .metrics import EngineMetrics
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
 from .storage.lock import lock_data_dir
-from .vocabulary import State, message
+from .vocabulary import State
 
 log = logging.getLogger(__name__)
 _ASCII_DIGITS = re.compile(r"[0-9]+")
@@ -260,6 +260,11 @@ class Executor(ControlCalls):
         log_file = process.log_path(self.config.workspace(task_id), step.index)
         return replace(step, output=read_output(log_file, self.config.max_output))
 
+    def task(self, task_id: str) -> TaskRecord | None:
+        """The task's own record (no steps read), or None when unknown or expired."""
+        task = self._db.get_task(task_id)
+        return None if task is None or self._expired(task) else task
+
     def specs(self, task_id: str) -> tuple[spec.StepSpec, ...]:
         """What the task's steps were submitted as (empty when unknown)."""
         return self._db.get_specs(task_id)
@@ -361,7 +366,7 @@ class Executor(ControlCalls):
         source = LogSource(path, offset, sse=False, follow=follow, step=current, end_record=lambda: None,
                            max_output=self.config.max_output)
         if offset > source.size():  # as the HTTP route answers 416
-            raise InvalidRequest(message("offset_past_end", "en", offset=offset, size=source.size()))
+            raise InvalidRequest("offset_past_end", offset=offset, size=source.size())
         return _decoded(source)
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:

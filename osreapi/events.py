@@ -8,7 +8,6 @@ wall clock in microseconds, so a number handed out before a restart reads as dro
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 
 from .records import StepRecord, TaskRecord
 
-log = logging.getLogger(__name__)
 DEFAULT_CAPACITY = 10_000
 BATCH = 500  # most events one `since` hands back, so a slow reader catches up in bounded pieces
 KNOWN_TASKS = 4096  # task records remembered for step-only writes, so few need a read
@@ -69,13 +67,7 @@ class EventBus:
         return self._last
 
     def publish(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
-        """The store's hook after each committed write: quick, and it never raises."""
-        try:
-            self._publish(task_id, task, steps)
-        except Exception:
-            log.exception("events: could not publish the change of task %s", task_id)
-
-    def _publish(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
+        """The store's hook after each committed write (the Executor logs what a listener raises)."""
         current = task or self._tasks.get(task_id) or self._load_task(task_id)
         if current is None:
             return
@@ -91,18 +83,14 @@ class EventBus:
 
     def forget(self, task_ids: tuple[str, ...]) -> None:
         """The store's hook after tasks were deleted or swept: one `delete` event each."""
-        try:
-            with self._lock:
-                for task_id in task_ids:
-                    known = self._tasks.pop(task_id, None)
-                    stub = known or TaskRecord(id=task_id, mode="", count=0, accepted=0.0)
-                    self._last += 1
-                    self._ring.append(Event(self._last, stub, None, deleted=True))
-                wakers = tuple(self._wakers)
-            for wake in wakers:
-                wake()
-        except Exception:
-            log.exception("events: could not publish the deletion of %s", task_ids)
+        with self._lock:
+            for task_id in task_ids:
+                stub = self._tasks.pop(task_id, None) or TaskRecord(id=task_id, mode="", count=0, accepted=0.0)
+                self._last += 1
+                self._ring.append(Event(self._last, stub, None, deleted=True))
+            wakers = tuple(self._wakers)
+        for wake in wakers:
+            wake()
 
     def _remember(self, task: TaskRecord) -> None:
         self._tasks[task.id] = task

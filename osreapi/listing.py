@@ -17,7 +17,7 @@ SORT_KEYS = {
 
 def check_sort(sort: str) -> str:
     if sort not in SORT_KEYS:
-        raise InvalidRequest(f"sort: unknown value {sort!r} (use start, end or ttl)")
+        raise InvalidRequest("bad_sort", value=sort)
     return sort
 
 

@@ -239,7 +239,7 @@ def tls_context(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.S
 
 def submit_params(mode: str | None, task_id: str | None) -> dict[str, str]:
     if mode not in MODES:
-        raise InvalidRequest(f"mode: unknown value {mode!r} (use sequential, parallel or dag)")
+        raise InvalidRequest("bad_mode", value=mode)
     params = {"async": "true"} if mode in ("parallel", "dag") else {}
     return {**params, "id": task_id} if task_id is not None else params
 

@@ -16,6 +16,7 @@ import bottle
 from .. import __version__
 from ..embed import Executor
 from ..errors import ActionRejected, DiskFull, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive, TaskConflict
+from ..listing import check_sort
 from ..records import StepRecord
 from ..vocabulary import (
     CODE_BAD_REQUEST,
@@ -205,9 +206,7 @@ def _add_task_routes(app: bottle.Bottle, routes: Routes) -> None:
     @app.get("/")
     @routes.api
     def list_tasks() -> Answer:
-        sort = bottle.request.query.get("sort") or "start"
-        if sort not in render.SORT_KEYS:
-            raise InvalidRequest("bad_sort", value=sort)
+        sort = check_sort(bottle.request.query.get("sort") or "start")
         body = render.list_body(executor.list(), sort, routes.lang(), now())
         return bottle.HTTPResponse(body=body, headers={"Content-Type": JSON_TYPE})
 
@@ -223,8 +222,9 @@ def _add_task_routes(app: bottle.Bottle, routes: Routes) -> None:
         result = executor.get(task_id)
         if result is None:
             return json_response(CODE_NOT_FOUND, message("not_found", language))
-        if plain:
-            finished.put(result.task, result.steps, language, deletions)
+        kept = finished.put(result.task, result.steps, language, deletions, now()) if plain else None
+        if kept is not None:
+            return json_body(kept)  # rendered once, for this answer and the next ones
         code, msg, data = render.result_json(result.task, result.steps, language, now())
         if _flag(bottle.request.query, "detail"):  # ours: every step, with its dependencies
             data = render.detail_json(result.task, result.steps, executor.specs(task_id), language, now())

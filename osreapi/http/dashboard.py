@@ -10,9 +10,8 @@ from pathlib import Path
 import bottle
 
 from ..embed import Executor
-from ..errors import InvalidRequest, NotFound
+from ..errors import InvalidRequest
 from ..events import EventBus
-from ..records import TaskRecord
 from ..spec import TASK_ID_PATTERN
 from ..vocabulary import LANGUAGES, State
 from .answers import JSON_TYPE
@@ -56,13 +55,7 @@ def add_routes(
     hub: StreamHub,
 ) -> None:
     """Add /events and /ui/ to `app`; call before the catch-all /<task_id> routes."""
-    def stored_task(task_id: str) -> TaskRecord | None:
-        try:
-            return executor.step(task_id, 0, output=False)[0]
-        except NotFound:
-            return None
-
-    bus = EventBus(stored_task, clock=executor.clock)
+    bus = EventBus(executor.task, clock=executor.clock)
     executor.subscribe(bus.publish, on_delete=bus.forget)
     bus.add_waker(hub.wake)  # news: the hub reads every feed now rather than at its next tick
 

@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..executor.durations import format_duration
-from ..listing import SORT_KEYS, sorted_tasks  # noqa: F401  (SORT_KEYS: the routes' check)
+from ..listing import sorted_tasks
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, State, message

@@ -46,9 +46,10 @@ class FinishedResults:
             self._entries.move_to_end((task_id, lang))
         return entry.body(now)
 
-    def put(self, task: TaskRecord, steps: tuple[StepRecord, ...], lang: str, deletions: int) -> None:
+    def put(self, task: TaskRecord, steps: tuple[StepRecord, ...], lang: str, deletions: int, now: float) -> str | None:
+        """Keep a finished task's answer; return it as of `now` (None: not a task to keep)."""
         if task.expires is None or not task.state.finished:
-            return
+            return None
         code, msg, data = render.result_json(task, steps, lang, task.expires - _PROBE_LEFT)
         probe = f'"ttl":"{format_duration(_PROBE_LEFT)}"'
         entry = _Entry(deletions, task.expires, tuple(render.envelope(code, msg, data).split(probe)))
@@ -57,3 +58,4 @@ class FinishedResults:
             self._entries.move_to_end((task.id, lang))
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
+        return entry.body(now)
