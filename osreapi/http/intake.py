@@ -33,7 +33,7 @@ RETRY_AFTER = 1  # seconds, in a 503 for an overloaded server
 _RECV = 64 * 1024
 _CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\S*)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.IGNORECASE | re.MULTILINE)
-_DIGITS = re.compile(rb"[0-9]{1,18}")
+LENGTH_DIGITS = re.compile(rb"[0-9]{1,18}")  # a Content-Length we accept: ASCII digits, bounded
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,15}")
 _EXPECT = re.compile(rb"^expect:[ \t]*100-continue", re.IGNORECASE | re.MULTILINE)
 
@@ -74,7 +74,7 @@ def request_ready(
     match = _CONTENT_LENGTH.search(head)
     if match is None:
         return True, 0
-    if not _DIGITS.fullmatch(match.group(1)):
+    if not LENGTH_DIGITS.fullmatch(match.group(1)):
         return True, 0  # refused by the request parser
     length = int(match.group(1))
     if length > max_body:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import ssl
 import threading
 from collections.abc import Callable
@@ -17,11 +16,10 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE, normalize_language
 from .answers import raw_refusal
-from .intake import RETRY_AFTER, RequestIntake, refuse
+from .intake import LENGTH_DIGITS, RETRY_AFTER, RequestIntake, refuse
 
 log = logging.getLogger(__name__)
 DEFAULT_THREADS = 32
-_DIGITS = re.compile(rb"[0-9]{1,18}")
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -66,7 +64,7 @@ class _Request(HTTPRequest):
         length = self.inheaders.get(b"Content-Length")
         if length is None:
             return True
-        if not _DIGITS.fullmatch(length.strip()):  # '-1' would read to EOF
+        if not LENGTH_DIGITS.fullmatch(length.strip()):  # '-1' would read to EOF
             self._refuse("400 Bad Request", "content_length", value=length.decode("latin-1"))
             return False
         if int(length) > self.server.osreapi_max_body:
