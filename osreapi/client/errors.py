@@ -4,7 +4,7 @@ written against `Executor` catches the same classes from `Client`."""
 
 from __future__ import annotations
 
-from ..errors import ActionRejected, EngineBusy, InvalidRequest, NotFound, OsreapiError, TaskActive, TaskConflict
+from ..errors import ActionRejected, DiskFull, EngineBusy, InvalidRequest, NotFound, OsreapiError, TaskActive, TaskConflict
 
 
 class ConnectionFailed(OsreapiError):
@@ -58,7 +58,7 @@ class TooLarge(ServerError):
     """413: the body is over the server's --max_body."""
 
 
-class StorageFull(ServerError):
+class StorageFull(ServerError, DiskFull):
     """507: the server's disk is full; nothing was accepted."""
 
 
