@@ -193,6 +193,14 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+def _leave_out_openssl() -> None:
+    """Without TLS the server needs no OpenSSL, yet bottle's imports (http.client, hmac) load it:
+    ~4 MB of an idle server's ~31. Held back, `import ssl` fails as on a Python built without TLS
+    (http.client expects that) and hmac/hashlib use Python's built-in hashes."""
+    for name in ("_ssl", "_hashlib"):
+        sys.modules.setdefault(name, None)
+
+
 class _CannotStart(Exception):
     """A start-up check failed: print the message, exit with the status."""
 
@@ -203,6 +211,8 @@ class _CannotStart(Exception):
 
 def run(args: argparse.Namespace) -> int:
     _limit_malloc_arenas()
+    if not args.tls_cert:
+        _leave_out_openssl()
     _setup_logging(args.debug)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

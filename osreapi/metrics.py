@@ -1,49 +1,65 @@
-"""Prometheus metrics of one engine, in its own registry (several engines may share a process)."""
+"""Prometheus metrics of one engine, kept per engine (several engines may share a process)."""
 
 from __future__ import annotations
 
+import bisect
+import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from dataclasses import dataclass, field
 
 from .vocabulary import State
 
+EXPOSITION_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600, 6 * 3600, 24 * 3600)
 
 
 class EngineMetrics:
+    """Counts kept as plain numbers, written in Prometheus's text format at each scrape. The format is
+    small and fixed, while importing prometheus_client costs ~6 MB (its push client brings urllib,
+    http.server and OpenSSL) on a server that needs ~27. Its parser checks our output in the tests."""
+
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.steps_started = Counter("osreapi_steps_started", "Step processes started.", registry=self.registry)
-        self.steps_finished = Counter(
-            "osreapi_steps_finished",
-            "Steps that ended, by outcome (succeeded, failed, timeout, killed, interrupted).",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.step_duration = Histogram(
-            "osreapi_step_duration_seconds", "Wall time of a step process.", buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.http_requests = Counter(
-            "osreapi_http_requests", "HTTP requests by route and status.", ["method", "route", "status"],
-            registry=self.registry,
-        )
+        self._lock = threading.Lock()
+        self.steps_started = 0
+        self.steps_finished: Tally[str] = Tally()  # by outcome
+        self.duration_counts = [0] * (len(DURATION_BUCKETS) + 1)  # per bucket, the last is +Inf
+        self.duration_sum = 0.0
+        self.http_requests: Tally[tuple[str, str, str]] = Tally()  # by (method, route, status)
+        self.read_gauges: Callable[[], dict[str, float]] = dict
+        self.task_states: Callable[[], Tally] = Tally
+
+    def step_started(self) -> None:
+        with self._lock:
+            self.steps_started += 1
 
     def step_ended(self, state: State, code: int, begin: float | None, end: float) -> None:
         """A step process ended (or could not start)."""
-        self.steps_finished.labels(outcome=outcome(state, code)).inc()
-        if begin is not None:
-            self.step_duration.observe(max(0.0, end - begin))
+        with self._lock:
+            self.steps_finished[outcome(state, code)] += 1
+            if begin is not None:
+                took = max(0.0, end - begin)
+                self.duration_counts[bisect.bisect_left(DURATION_BUCKETS, took)] += 1
+                self.duration_sum += took
+
+    def http_request(self, method: str, route: str, status: int) -> None:
+        with self._lock:
+            self.http_requests[(method, route, str(status))] += 1
 
     def add_gauges(self, read: Callable[[], dict[str, float]], task_states: Callable[[], Tally]) -> None:
-        self.registry.register(_Gauges(read, task_states))
+        self.read_gauges, self.task_states = read, task_states
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def snapshot(self) -> tuple[int, Tally[str], list[int], float, Tally[tuple[str, str, str]]]:
+        with self._lock:
+            return (self.steps_started, Tally(self.steps_finished), list(self.duration_counts),
+                    self.duration_sum, Tally(self.http_requests))
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition (format 0.0.4) and its content type."""
+        lines: list[str] = []
+        for family in _families(self):
+            lines.extend(family.lines())
+        return ("\n".join(lines) + "\n").encode("utf-8"), EXPOSITION_TYPE
 
 
 def outcome(state: State, code: int) -> str:
@@ -52,26 +68,62 @@ def outcome(state: State, code: int) -> str:
     return state.value
 
 
-class _Gauges(Collector):
-    """Read at scrape time: pool, queue, store size, threads, tasks by state."""
+@dataclass
+class _Family:
+    name: str
+    help: str
+    kind: str  # counter, gauge, histogram
+    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)  # suffix, labels, value
 
-    def __init__(self, read: Callable[[], dict[str, float]], task_states: Callable[[], Tally]) -> None:
-        self._read = read
-        self._task_states = task_states
+    def add(self, value: float, suffix: str = "", **labels: str) -> None:
+        self.samples.append((suffix, labels, value))
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        values = self._read()
-        for name, help_text in _GAUGES.items():
-            if name in values:
-                yield GaugeMetricFamily(f"osreapi_{name}", help_text, value=values[name])
-        tasks = GaugeMetricFamily("osreapi_tasks", "Stored tasks by state.", labels=["state"])
-        counts = self._task_states()
-        for state in State:
-            tasks.add_metric([state.value], counts.get(state, 0))
-        yield tasks
+    def lines(self) -> Iterator[str]:
+        yield f"# HELP {self.name} {_escape(self.help, quotes=False)}"
+        yield f"# TYPE {self.name} {self.kind}"
+        for suffix, labels, value in self.samples:
+            text = ",".join(f'{key}="{_escape(str(val))}"' for key, val in labels.items())
+            yield f"{self.name}{suffix}{{{text}}} {float(value)!r}" if text else f"{self.name}{suffix} {float(value)!r}"
 
-    def describe(self) -> list:
-        return []
+
+def _escape(text: str, quotes: bool = True) -> str:
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return text.replace('"', '\\"') if quotes else text
+
+
+def _families(metrics: EngineMetrics) -> Iterator[_Family]:
+    """Every family, read at scrape time: counters, the duration histogram, the gauges."""
+    started, finished, durations, duration_sum, requests = metrics.snapshot()
+    family = _Family("osreapi_steps_started", "Step processes started.", "counter")
+    family.add(started, "_total")
+    yield family
+    family = _Family("osreapi_steps_finished", "Steps that ended, by outcome (succeeded, failed, timeout, killed, interrupted).", "counter")
+    for name, count in sorted(finished.items()):
+        family.add(count, "_total", outcome=name)
+    yield family
+    family = _Family("osreapi_step_duration_seconds", "Wall time of a step process.", "histogram")
+    cumulative = 0
+    for bound, count in zip((*DURATION_BUCKETS, float("inf")), durations):
+        cumulative += count
+        family.add(cumulative, "_bucket", le="+Inf" if bound == float("inf") else repr(float(bound)))
+    family.add(cumulative, "_count")
+    family.add(duration_sum, "_sum")
+    yield family
+    family = _Family("osreapi_http_requests", "HTTP requests by route and status.", "counter")
+    for (method, route, status), count in sorted(requests.items()):
+        family.add(count, "_total", method=method, route=route, status=status)
+    yield family
+    values = metrics.read_gauges()
+    for name, help_text in _GAUGES.items():
+        if name in values:
+            family = _Family(f"osreapi_{name}", help_text, "gauge")
+            family.add(values[name])
+            yield family
+    family = _Family("osreapi_tasks", "Stored tasks by state.", "gauge")
+    counts = metrics.task_states()
+    for state in State:
+        family.add(counts.get(state, 0), state=state.value)
+    yield family
 
 
 _GAUGES = {

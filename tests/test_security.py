@@ -151,6 +151,29 @@ def test_tls_and_mutual_tls(start_server, tmp_path):
     assert mutual.terminate() == 0
 
 
+def mapped_libraries(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/maps") as maps:
+        return {os.path.basename(line.split()[5]) for line in maps if len(line.split()) > 5}
+
+
+@pytest.mark.timeout(60)
+def test_without_tls_the_server_never_loads_openssl(start_server, tmp_path):
+    """OpenSSL is ~4 MB of an idle server: left out without TLS. The token check (hmac, sha256),
+    a task and the metrics page work without it."""
+    token = tmp_path / "token"
+    token.write_text("s3cret-token-for-the-test")
+    token.chmod(0o600)
+    server = start_server("--token_file", str(token))
+    auth = {"Authorization": "Bearer s3cret-token-for-the-test"}
+    assert server.client.get("/", headers={"Authorization": "Bearer wrong"}).status == 401
+    resp = server.client.request("POST", "/", json.dumps([sh("echo hi")]), headers=auth)
+    task_id = resp.json["data"]["id"]
+    wait_until(lambda: server.client.get(f"/{task_id}", headers=auth).json["code"] == 0, 20)
+    assert server.client.get("/metrics", headers=auth).status == 200
+    openssl = ("libssl", "libcrypto", "_ssl", "_hashlib")
+    assert not [name for name in mapped_libraries(server.proc.pid) if name.startswith(openssl)]
+
+
 def test_tls_flags_must_come_together(tmp_path):
     out = subprocess.run([console_script(), "run", "--tls_cert", "x.pem", "--data_dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=30)

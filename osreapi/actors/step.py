@@ -142,7 +142,7 @@ class StepActor(pykka.ThreadingActor):
             text = with_exit_status(f"cannot start step: {exc}", EXIT_CANNOT_START)
             self._end(State.STOPPED, EXIT_CANNOT_START, text, self._services.clock())
             return
-        self._services.metrics.steps_started.inc()
+        self._services.metrics.step_started()
         run, ref = job.run, self.actor_ref
         self._services.reaper.watch(
             self._proc, sink, lambda rc, at: tell_if_alive(ref, ProcessExited(run, rc, at)), spec.keep_background

@@ -15,18 +15,27 @@ import bottle
 
 from .. import __version__
 from ..embed import Executor
-from ..errors import ActionRejected, DiskFull, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive, TaskConflict
+from ..errors import (
+    ActionRejected,
+    DiskFull,
+    EngineBusy,
+    EngineClosed,
+    InvalidRequest,
+    NotFound,
+    TaskActive,
+    TaskConflict,
+)
 from ..listing import check_sort
 from ..records import StepRecord
 from ..vocabulary import (
     CODE_BAD_REQUEST,
     CODE_BUSY,
-    CODE_DISK_FULL,
     CODE_CONFLICT,
-    CODE_RANGE,
+    CODE_DISK_FULL,
     CODE_INTERNAL,
     CODE_NOT_FOUND,
     CODE_OK,
+    CODE_RANGE,
     CODE_TOO_LARGE,
     CODE_TOO_MANY,
     DEFAULT_LANGUAGE,
@@ -142,10 +151,6 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
 def _count_requests(app: bottle.Bottle, executor: Executor) -> None:
     """Metrics and the audit log, after every request."""
 
-    @functools.lru_cache(maxsize=1024)  # labels() costs more than the request's own rendering
-    def request_counter(method: str, rule: str, status: int):
-        return executor.metrics.http_requests.labels(method, rule, str(status))
-
     @app.hook("after_request")
     def count_request() -> None:
         environ = bottle.request.environ
@@ -153,7 +158,7 @@ def _count_requests(app: bottle.Bottle, executor: Executor) -> None:
         rule = route.rule if route is not None else "unmatched"
         status = bottle.response.status_code
         method = environ["REQUEST_METHOD"]
-        request_counter(method, rule, status).inc()
+        executor.metrics.http_request(method, rule, status)
         if method in ("POST", "PUT", "DELETE", "PATCH"):
             args = environ.get("route.url_args") or {}
             task_id, steps = environ.get("osreapi.submitted", (args.get("task_id"), None))
@@ -178,9 +183,8 @@ def _add_operations(app: bottle.Bottle, routes: Routes) -> None:
     @app.get("/metrics")
     @routes.api
     def metrics() -> Answer:
-        from prometheus_client import CONTENT_TYPE_LATEST
-
-        return bottle.HTTPResponse(body=executor.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body, content_type = executor.metrics.render()
+        return bottle.HTTPResponse(body=body, headers={"Content-Type": content_type})
 
     @app.get("/openapi.json")
     def openapi_json() -> Answer:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cheroot import wsgi
 from cheroot.server import HTTPConnection, HTTPRequest
-from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE, normalize_language
@@ -45,7 +43,12 @@ class TlsSettings:
     client_ca: str | None = None  # require client certificates signed by this CA (mTLS)
 
 
-def tls_adapter(tls: TlsSettings) -> BuiltinSSLAdapter:
+def tls_adapter(tls: TlsSettings):
+    """cheroot's TLS adapter, imported only when TLS is on (OpenSSL costs ~4 MB of memory)."""
+    import ssl
+
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
     adapter = BuiltinSSLAdapter(tls.cert, tls.key)
     adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
     if tls.client_ca:
