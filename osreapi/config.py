@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +28,17 @@ class EngineConfig:
     def workspace_root(self) -> Path:
         return self.data_dir / "workspace"
 
+    @functools.cached_property
+    def _resolved_workspace_root(self) -> Path:
+        return self.workspace_root.resolve()
+
     def workspace(self, task_id: str) -> Path:
         if not TASK_ID_PATTERN.fullmatch(task_id):
             raise ValueError(f"task id {task_id!r} cannot name a workspace")
-        path = (self.workspace_root / task_id).resolve()
-        # Task ids are validated, but the path check is the last line: never outside the data dir.
-        if path.parent != self.workspace_root.resolve():
+        path = self._resolved_workspace_root / task_id
+        # A valid id has no separator: a symlink planted in the workspace root is the one way out
+        # of the data dir (checked with one lstat, not a full resolve per call).
+        if path.is_symlink() and path.resolve().parent != self._resolved_workspace_root:
             raise ValueError(f"task id {task_id!r} does not name a workspace inside the data dir")
         return path
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .vocabulary import STEP_CODE_UNFINISHED, State
@@ -31,9 +31,7 @@ class StepRecord:
         return self.state.finished and not self.succeeded
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
+        return {**vars(self), "state": self.state.value}  # every field is a scalar: no asdict deep copy
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StepRecord:
@@ -60,9 +58,7 @@ class TaskRecord:
         return self.state is State.STOPPED and self.failed_step is None
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
+        return {**vars(self), "state": self.state.value}  # every field is a scalar: no asdict deep copy
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TaskRecord:

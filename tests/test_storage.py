@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from osreapi.config import EngineConfig
 from osreapi.records import StepRecord, TaskRecord
 from osreapi.storage.database import Database
 from osreapi.vocabulary import State
@@ -127,3 +128,19 @@ def test_map_grows_while_other_threads_read(tmp_path):
             thread.join(10)
         db.close()
     assert errors == []
+
+
+def test_a_workspace_is_always_inside_the_data_dir(tmp_path):
+    config = EngineConfig(tmp_path / "data")
+    config.workspace_root.mkdir(parents=True)
+    assert config.workspace("task-1") == (tmp_path / "data" / "workspace" / "task-1").resolve()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (config.workspace_root / "planted").symlink_to(outside)
+    with pytest.raises(ValueError, match="inside the data dir"):
+        config.workspace("planted")
+    (config.workspace_root / "inner").symlink_to(config.workspace_root / "task-1")
+    assert config.workspace("inner").parent == config.workspace_root.resolve()
+    for bad in ("../x", "a/b", ""):
+        with pytest.raises(ValueError):
+            config.workspace(bad)

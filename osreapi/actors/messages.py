@@ -105,7 +105,11 @@ class InterruptAll:
 # -- TaskActor ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StartTask:
-    pass
+    """Run this task (a TaskActor runs one task at a time and is reused for the next)."""
+
+    task: TaskRecord
+    steps: tuple[StepRecord, ...]
+    specs: tuple[StepSpec, ...]
 
 
 @dataclass(frozen=True)

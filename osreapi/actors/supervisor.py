@@ -30,6 +30,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._held: dict[str, None] = {}  # queued tasks paused before they started
         self._controlled: dict[str, TaskState] = {}  # queued tasks changed here; the store may lag
         self._live: dict[str, pykka.ActorRef] = {}
+        self._idle: list[pykka.ActorRef] = []  # TaskActors between tasks (at most max_live_tasks)
         self._stopping: threading.Event | None = None
 
     def on_receive(self, message: Any) -> Any:
@@ -40,8 +41,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._queued[task_id] = None
             case TaskEnded(task_id=task_id):
                 ref = self._live.pop(task_id, None)
-                if ref is not None:  # after its last message from here: nothing sent to it is lost
-                    ref.stop(block=False)
+                if ref is not None:  # a request queued to it for this task is refused in order there
+                    self._idle.append(ref)
             case ControlTask(task_id=task_id):
                 self._control(message)
             case InterruptAll(done=done):
@@ -74,9 +75,23 @@ class SupervisorActor(pykka.ThreadingActor):
             self._held[task_id] = None
             self._controlled[task_id] = state
             return
-        ref = TaskActor.start(self._services, self.actor_ref, state.task, state.steps, state.specs)
+        ref = self._task_runner()
         self._live[task_id] = ref
-        ref.tell(StartTask())
+        ref.tell(StartTask(state.task, tuple(state.steps), state.specs))
+
+    def _task_runner(self) -> pykka.ActorRef:
+        while self._idle:
+            ref = self._idle.pop()
+            if ref.is_alive():  # one that failed has stopped
+                return ref
+        return TaskActor.start(self._services, self.actor_ref)
+
+    def on_stop(self) -> None:
+        for ref in (*self._idle, *self._live.values()):
+            try:
+                ref.stop(timeout=self._services.config.call_timeout)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                pass
 
     def _control(self, message: ControlTask) -> None:
         """Hand the request to the live TaskActor, or apply it to the stored, queued task."""

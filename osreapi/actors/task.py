@@ -1,4 +1,4 @@
-"""TaskActor: drives one task's TaskState, asks the pool for workers, saves what changes, then stops.
+"""TaskActor: drives one task's TaskState, asks the pool for workers, saves what changes; then the next task.
 
 The task's records have one owner (this actor, through its TaskState); workers report events
 (started, ended), never records, so a late report cannot overwrite a newer state.
@@ -42,31 +42,34 @@ _runs = itertools.count(1)  # unique run numbers across the engine
 
 
 class TaskActor(pykka.ThreadingActor):
-    def __init__(
-        self,
-        services: Services,
-        supervisor: pykka.ActorRef,
-        task: TaskRecord,
-        steps: list[StepRecord],
-        specs: tuple[StepSpec, ...],
-    ) -> None:
+    """Runs one task at a time; the supervisor hands it the next one after TaskEnded (a thread
+    started per task cost more than the task's own bookkeeping)."""
+
+    def __init__(self, services: Services, supervisor: pykka.ActorRef) -> None:
         super().__init__()
         self._services = services
         self._supervisor = supervisor
+        self._state: TaskState | None = None
+
+    def _load(self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...]) -> None:
         self._specs = specs
-        self._state = TaskState(task, steps, specs)
+        self._state = TaskState(task, list(steps), specs)
         self._requested: set[int] = set()  # asked the pool for a worker, not granted yet
         self._workers: dict[int, tuple[pykka.ActorRef, int]] = {}  # active step -> (worker, run)
-        self._ended = False  # TaskEnded sent: the supervisor stops this actor (so no message is lost)
+        self._ended = False  # TaskEnded sent: nothing more comes for this task
         self._leave_queued = False  # the server stops before the task began: it stays queued
         self._starting: list[tuple[pykka.ActorRef, RunStep]] = []  # sent with the next save
-        self._workspace = services.config.workspace(task.id)
+        self._workspace = self._services.config.workspace(task.id)
+        process.prepare_workspace(self._workspace)
+        self._state.skip_blocked()
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case StartTask():
-                process.prepare_workspace(self._workspace)
-                self._state.skip_blocked()
+            case StartTask(task=task, steps=steps, specs=specs):
+                self._load(task, steps, specs)
+            case ControlTask(task_id=task_id, reply=reply) if self._state is None or task_id != self._state.task.id:
+                reply.fail(ActionRejected("task_gone", action=message.action))  # queued for a task that ended here
+                return None
             case WorkerGranted(index=index, worker=worker):
                 self._worker_granted(index, worker)
             case StartNotRecorded(index=index, worker=worker):
@@ -82,6 +85,8 @@ class TaskActor(pykka.ThreadingActor):
             case ControlTask(action=action, index=index, reply=reply):
                 self._control(action, index, reply)
             case InterruptTask():
+                if self._state is None or self._ended:
+                    return None
                 self._interrupt()
             case _:
                 log.warning("task: unexpected message %r", message)
@@ -89,6 +94,9 @@ class TaskActor(pykka.ThreadingActor):
         return None
 
     def on_failure(self, exception_type: Any = None, exception_value: Any = None, traceback: Any = None) -> None:
+        if self._state is None or self._ended:
+            log.error("an idle task runner failed inside the engine")
+            return
         log.error("task %s failed inside the engine; marking it interrupted", self._state.task.id)
         self._services.pool.cancel(self)
         self._requested.clear()
@@ -100,7 +108,7 @@ class TaskActor(pykka.ThreadingActor):
 
     def _advance(self) -> None:
         """Request workers for what may run, save what changed, end the task when all is done."""
-        if self._ended:
+        if self._state is None or self._ended:
             return
         if self._leave_queued:
             if not self._requested:  # no worker is on its way to us any more

@@ -37,8 +37,10 @@ class Scheduler:
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         handle = TimerHandle(self)
         with self._cond:
-            heapq.heappush(self._heap, (self._clock() + delay, next(self._counter), handle, callback))
-            self._cond.notify()
+            entry = (self._clock() + delay, next(self._counter), handle, callback)
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:  # sooner than the thread's wake-up: wake it (else no switch)
+                self._cond.notify()
         return handle
 
     def _cancelled_one(self) -> None:
