@@ -179,6 +179,7 @@ _MESSAGES.update({
                    "{name}: expected a byte offset (a whole number from 0 to {limit}), got {value!r}"),
     "bad_event_id": ("Last-Event-ID: 应为事件序号 (数字 0-9), 收到 {value!r}",
                      "Last-Event-ID: expected an event number (digits 0-9), got {value!r}"),
+    "bad_wait": ("wait: 应为时长 (如 30s, 最长 60s), 收到 {value!r}", "wait: expected a duration such as 30s (at most 60s is waited), got {value!r}"),
     "bad_task_filter": ("task: {value!r} 不是任务 id (1-64 个字母、数字、'.'、'_' 或 '-')",
                         "task: {value!r} is not a task id (1-64 letters, digits, '.', '_' or '-')"),
     "offset_past_end": ("offset {offset} 超出了输出的末尾 ({size} 字节)", "offset {offset} is past the end of the output ({size} bytes)"),

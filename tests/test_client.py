@@ -167,3 +167,26 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.mark.timeout(60)
+def test_wait_asks_the_server_to_answer_at_the_end_instead_of_polling(make_executor, tmp_path: Path):
+    executor = make_executor()
+    server = HttpServer(make_app(executor, HttpSettings()), "127.0.0.1", 0)
+    server.start()
+    try:
+        client = Client(server.url, poll_interval=0.01)
+        gate = tmp_path / "gate"
+        task_id = client.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.05; done")])
+        waited: list = []
+        thread = threading.Thread(target=lambda: waited.append(client.wait(task_id, timeout=30)), daemon=True)
+        thread.start()
+        thread.join(1.5)  # polling every 10 ms would ask ~100 times meanwhile
+        gate.touch()
+        thread.join(20)
+        assert waited and waited[0].finished and waited[0].steps[0].code == 0
+        asked = sum(n for (method, route, _), n in executor.metrics.snapshot()[4].items()
+                    if method == "GET" and route == "/<task_id>")
+        assert 1 <= asked <= 3  # one wait (maybe a second after a reconnect) and the final detailed read
+    finally:
+        server.stop()

@@ -116,18 +116,26 @@ class Client(ControlCalls):
         return [wire.task_record(entry, now) for entry in body["data"]["tasks"]]
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
-        """Poll until the task has ended (backing off to 1 s between polls) or timeout passed."""
+        """Until the task has ended or timeout passed. The server answers when the task ends
+        (GET /<id>?wait=, a few seconds per request); one that answers at once (an older server)
+        is polled, backing off to 1 s."""
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = self.poll_interval
         while True:
-            result = self.get(task_id)
-            if result is None or result.finished:
-                return result
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return result
-            time.sleep(interval if left is None else min(interval, left))
-            interval = min(interval * 1.5, 1.0)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            wait = self.timeout * 0.8 if left is None else min(self.timeout * 0.8, left)
+            asked = time.monotonic()
+            try:
+                running = self.call("GET", task_path(task_id), {"wait": f"{wait:.3f}s"})["code"] == CODE_RUNNING
+            except ServerError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            if not running or left == 0:
+                return self.get(task_id)
+            if time.monotonic() - asked < wait / 2:  # answered at once: this server does not wait
+                time.sleep(interval if left is None else min(interval, left))
+                interval = min(interval * 1.5, 1.0)
 
     def logs(self, task_id: str, step: str | int, follow: bool = False, offset: int = 0) -> Iterator[str]:
         """Output chunks from byte `offset` (SSE). A dropped connection is resumed from the last byte

@@ -25,6 +25,7 @@ from ..errors import (
     TaskActive,
     TaskConflict,
 )
+from ..events import EventBus
 from ..listing import check_sort
 from ..records import StepRecord
 from ..vocabulary import (
@@ -48,6 +49,7 @@ from .logstream import LogSource, SharedPoll
 from .resultcache import FinishedResults
 from .security import Guard, audit
 from .streams import Handoff, StreamHub
+from .wait import wait_for_task, wait_time
 
 log = logging.getLogger(__name__)
 Answer = str | bottle.HTTPResponse  # what a route returns to Bottle
@@ -94,6 +96,7 @@ class Routes:
     settings: HttpSettings
     now: Callable[[], float]
     hub: StreamHub
+    bus: EventBus  # every committed change, for /events and GET /<id>?wait=
 
     def lang(self) -> str:
         return request_language(self.settings.lang)
@@ -138,14 +141,21 @@ def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], flo
     """Build the WSGI application: the Bottle routes wrapped in auth, the request limit and the
     stream hand-off."""
     app = bottle.Bottle(catchall=True)
-    routes = Routes(executor, settings, clock or executor.clock, StreamHub(settings.lang))
+    routes = Routes(executor, settings, clock or executor.clock, StreamHub(settings.lang), _event_bus(executor))
+    routes.bus.add_waker(routes.hub.wake)  # news: the hub reads its streams now, not at its next tick
     _count_requests(app, executor)
     _add_operations(app, routes)
-    dashboard.add_routes(app, executor, routes.api, routes.lang, routes.now, routes.hub)
+    dashboard.add_routes(app, routes.api, routes.lang, routes.now, routes.hub, routes.bus)
     _add_task_routes(app, routes)
     _add_step_routes(app, routes)
     _add_error_pages(app, routes)
     return Guard(RequestLimit(Handoff(app, routes.hub), settings, routes.hub), settings.token, settings.lang)
+
+
+def _event_bus(executor: Executor) -> EventBus:
+    bus = EventBus(executor.task, clock=executor.clock)
+    executor.subscribe(bus.publish, on_delete=bus.forget)
+    return bus
 
 
 def _count_requests(app: bottle.Bottle, executor: Executor) -> None:
@@ -219,7 +229,13 @@ def _add_task_routes(app: bottle.Bottle, routes: Routes) -> None:
     def get_task(task_id: str) -> Answer:
         language = routes.lang()
         deletions = executor.deletions  # noted before the read (see FinishedResults)
-        plain = set(bottle.request.query) <= {"lang"}  # the cache holds the plain answer only
+        query = bottle.request.query
+        if query.get("wait") is not None:
+            seconds = wait_time(query.get("wait"))
+            waiting = wait_for_task(routes, task_id, seconds, lambda: task_answer(task_id, language))
+            if waiting is not None:
+                return waiting
+        plain = set(query) <= {"lang", "wait"}  # the cache holds the plain answer only
         cached = finished.get(task_id, language, deletions, now()) if plain else None
         if cached is not None:
             return json_body(cached)
@@ -233,6 +249,13 @@ def _add_task_routes(app: bottle.Bottle, routes: Routes) -> None:
         if _flag(bottle.request.query, "detail"):  # ours: every step, with its dependencies
             data = render.detail_json(result.task, result.steps, executor.specs(task_id), language, now())
         return json_response(code, msg, data)
+
+    def task_answer(task_id: str, language: str) -> bytes:
+        """The plain GET /<id> body as it stands (for an answer given after a wait)."""
+        result = executor.get(task_id)
+        if result is None:
+            return render.envelope(CODE_NOT_FOUND, message("not_found", language)).encode("utf-8")
+        return render.envelope(*render.result_json(result.task, result.steps, language, now())).encode("utf-8")
 
     @app.delete("/<task_id>")
     @routes.api

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import bottle
 
-from ..embed import Executor
 from ..errors import InvalidRequest
 from ..events import EventBus
 from ..spec import TASK_ID_PATTERN
@@ -48,16 +47,13 @@ def task_filter(value: str | None) -> str | None:
 
 def add_routes(
     app: bottle.Bottle,
-    executor: Executor,
     api: Callable,
     lang: Callable[[], str],
     now: Callable[[], float],
     hub: StreamHub,
+    bus: EventBus,
 ) -> None:
     """Add /events and /ui/ to `app`; call before the catch-all /<task_id> routes."""
-    bus = EventBus(executor.task, clock=executor.clock)
-    executor.subscribe(bus.publish, on_delete=bus.forget)
-    bus.add_waker(hub.wake)  # news: the hub reads every feed now rather than at its next tick
 
     # The state words of both languages, from the one table, so the page can colour and filter by state.
     vocabulary_body = json.dumps({"states": {s.value: [s.word(language) for language in LANGUAGES] for s in State}}, ensure_ascii=False)

@@ -84,6 +84,9 @@ LANG = {"name": "lang", "in": "query", "required": False, "schema": {"type": "st
 DETAIL = {"name": "detail", "in": "query", "required": False,
           "description": "true: data is {task, steps}: the task as listed plus its mode, every step plus its depends_on",
           "schema": {"type": "string", "enum": ["true", "false"]}}
+WAIT = {"name": "wait", "in": "query", "required": False,
+        "description": "a duration such as 30s (at most 60s): answer once the task has ended or the time is up",
+        "schema": {"type": "string"}}
 ACTION = {"name": "action", "in": "query", "required": True,
           "schema": {"type": "string", "enum": ["kill", "pause", "resume"]}}
 COMMON_ERRORS = {
@@ -134,8 +137,9 @@ def _task_paths() -> dict[str, Any]:
                 "type": "array", "minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/StepInput"}}}}}),
         },
         "/{id}": {
-            "get": _op("A task's result", "getTask", [TASK_ID, DETAIL, LANG], {
+            "get": _op("A task's result", "getTask", [TASK_ID, DETAIL, WAIT, LANG], {
                 "200": _json({"$ref": "#/components/schemas/Result"}, "0 all succeeded, 1001 running, 1002 failed"),
+                "400": _json(ERROR, "a wait that is not a duration"),
                 "404": unknown,
             }),
             "delete": _op("Remove a finished task's record and workspace", "deleteTask", [TASK_ID, LANG], {

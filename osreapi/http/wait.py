@@ -1,0 +1,75 @@
+"""GET /<id>?wait=<duration>: answer once the task has ended (or the time is up), not before.
+
+A client waiting for a task asks once instead of polling. The wait is a stream on the hub (no
+worker thread held): the hub reads the source at every committed change and at each tick; the
+answer is the plain GET /<id> body of that moment. While waiting, a space every ~15 s (JSON
+allows leading whitespace) keeps proxies open and finds a client that went away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import bottle
+
+from ..errors import InvalidRequest, InvalidValue
+from ..events import EventBus, Reset
+from ..executor.durations import parse_duration
+from .answers import JSON_TYPE
+
+LONGEST_WAIT = 60.0  # seconds; a client wanting longer asks again
+
+
+def wait_time(value: str) -> float:
+    """The `wait` parameter in seconds (a duration like 30s), at most LONGEST_WAIT."""
+    try:
+        seconds = parse_duration(value)
+    except InvalidValue:
+        raise InvalidRequest("bad_wait", value=value[:40]) from None
+    if seconds < 0:
+        raise InvalidRequest("bad_wait", value=value[:40])
+    return min(seconds, LONGEST_WAIT)
+
+
+class TaskWait:
+    """A stream source: nothing until task_id's record says it ended, or the deadline passed."""
+
+    def __init__(self, bus: EventBus, task_id: str, after: int, deadline: float,
+                 clock: Callable[[], float], answer: Callable[[], bytes]) -> None:
+        self._bus = bus
+        self._task_id = task_id
+        self._after = after  # bus position noted before the task was read
+        self._deadline = deadline
+        self._clock = clock
+        self._answer = answer
+
+    def read(self) -> tuple[bytes, bool]:
+        if self._ended() or self._clock() >= self._deadline:
+            return self._answer(), True
+        return b"", False
+
+    def _ended(self) -> bool:
+        news = self._bus.since(self._after, self._task_id)
+        if isinstance(news, Reset):  # the bus dropped what we had not read: look at the record
+            return True
+        self._after = news.upto
+        return any(e.deleted or (e.step is None and e.task.state.finished) for e in news.events)
+
+    def heartbeat(self) -> bytes:
+        return b" "
+
+    def close(self) -> None:
+        pass
+
+
+def wait_for_task(routes, task_id: str, seconds: float, answer: Callable[[], bytes]) -> bottle.HTTPResponse | None:
+    """A stream on the hub answering once the task ends; None (answer now) if it has ended, is
+    unknown or seconds is 0."""
+    after = routes.bus.last  # before the read: an end committed after it is seen by the source
+    task = routes.executor.task(task_id)
+    if task is None or task.state.finished or seconds <= 0:
+        return None
+    clock = routes.executor.clock
+    source = TaskWait(routes.bus, task_id, after, clock() + seconds, clock, answer)
+    headers = [("Content-Type", JSON_TYPE), ("Cache-Control", "no-cache")]
+    return routes.hub.serve(bottle.request.environ, "200 OK", headers, source)

@@ -1,0 +1,80 @@
+"""GET /<id>?wait=<duration>: one request that answers when the task ends (a stream on the hub)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from .conftest import Client, sh, wait_until
+
+
+def without_ttl(answer: dict) -> dict:
+    """The answer without the time left to live (it counts down between two reads)."""
+    steps = [{**step, "times": {k: v for k, v in step["times"].items() if k != "ttl"}} for step in answer.get("data") or []]
+    return {**answer, "data": steps}
+
+
+def answer_in_thread(client: Client, path: str) -> tuple[threading.Thread, list]:
+    got: list = []
+    thread = threading.Thread(target=lambda: got.append(client.get(path)), daemon=True)
+    thread.start()
+    return thread, got
+
+
+@pytest.mark.timeout(60)
+def test_wait_answers_when_the_task_ends_not_before(client: Client, tmp_path):
+    gate = tmp_path / "gate"
+    task_id = client.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.05; done; echo done")])
+    thread, got = answer_in_thread(client, f"/{task_id}?wait=30s&lang=en")
+    wait_until(lambda: client.get(f"/{task_id}").json["code"] == 1001, 10)
+    thread.join(0.5)
+    assert thread.is_alive() and not got  # still waiting: the task runs
+    gate.touch()
+    thread.join(20)
+    assert got and got[0].status == 200
+    body = got[0].json
+    assert body["code"] == 0 and body["message"] == "success"
+    assert without_ttl(body) == without_ttl(client.get(f"/{task_id}?lang=en").json)  # the plain answer
+
+
+def test_wait_on_an_ended_or_unknown_task_answers_at_once(client: Client):
+    task_id = client.submit([sh("exit 3")])
+    client.wait(task_id)
+    assert without_ttl(client.get(f"/{task_id}?wait=60s").json) == without_ttl(client.get(f"/{task_id}").json)
+    missing = client.get("/no-such-task?wait=60s&lang=en")
+    assert missing.status == 404 and missing.json["code"] == 1003
+
+
+@pytest.mark.timeout(30)
+def test_wait_ends_with_the_running_answer_when_the_time_is_up(client: Client):
+    task_id = client.submit([sh("sleep 30")])
+    resp = client.get(f"/{task_id}?wait=200ms&lang=en")
+    assert resp.status == 200 and resp.json["code"] == 1001
+    client.request("PUT", f"/{task_id}?action=kill")
+
+
+@pytest.mark.parametrize("value", ["soon", "-1s", "10", "1x", ""])
+def test_a_bad_wait_is_a_400_naming_it(client: Client, value: str):
+    task_id = client.submit([sh("sleep 30")])
+    resp = client.get(f"/{task_id}?wait={value}&lang=en")
+    assert resp.status == 400 and resp.json["message"].startswith("wait: expected a duration")
+    zh = client.get(f"/{task_id}?wait={value}&lang=zh")
+    assert zh.status == 400 and zh.json["message"].startswith("wait: 应为时长")
+    client.request("PUT", f"/{task_id}?action=kill")
+
+
+@pytest.mark.timeout(60)
+def test_waiting_clients_hold_no_worker_thread(make_server):
+    """More waiters than cheroot has worker threads (32): all are answered when their tasks end,
+    and a control request gets through while they wait."""
+    client = make_server(pool_size=40)
+    ids = [client.submit([sh("sleep 30")]) for _ in range(40)]
+    waiters = [answer_in_thread(client, f"/{task_id}?wait=60s&lang=en") for task_id in ids]
+    wait_until(lambda: all(client.get(f"/{i}").json["code"] == 1001 for i in ids), 20)
+    for task_id in ids:
+        assert client.request("PUT", f"/{task_id}?action=kill").status == 200
+    for thread, got in waiters:
+        thread.join(20)
+        assert got and got[0].json["code"] == 1002 and "killed" in json.dumps(got[0].json)
