@@ -107,6 +107,14 @@ def test_output_keeps_arrival_order_and_bad_bytes(executor: Executor):
     assert result.steps[0].output == "out1\nerr1\nout2\n\ufffd\n"
 
 
+def test_steps_read_an_empty_stdin(executor: Executor):
+    """stdin is /dev/null for every step (one descriptor shared by all): reads end at once."""
+    tasks = [executor.submit([sh("cat; echo end; ls -l /proc/$$/fd/0")]) for _ in range(3)]
+    for task_id in tasks:
+        output = executor.wait(task_id, 10).steps[0].output
+        assert output.startswith("end\n") and output.rstrip().endswith("/dev/null")
+
+
 def test_step_script_is_a_file_in_the_workspace(executor: Executor):
     task_id = executor.submit([sh("echo $0")])
     result = executor.wait(task_id, 10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def start_step(workspace: Path, task_id: str, index: int, spec: StepSpec, run_id
             [*interpreter.argv_prefix, str(script)],
             cwd=workspace,
             env=step_environment(task_id, spec, run_id),
-            stdin=subprocess.DEVNULL,
+            stdin=_devnull(),
             stdout=write_end,
             stderr=subprocess.STDOUT,
             close_fds=True,
@@ -64,6 +65,12 @@ def start_step(workspace: Path, task_id: str, index: int, spec: StepSpec, run_id
     finally:
         os.close(write_end)
     return proc, read_end
+
+
+@functools.cache
+def _devnull() -> int:
+    """One /dev/null descriptor for every step's stdin (Popen's DEVNULL opens and closes one per call)."""
+    return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
 
 def exit_code(returncode: int) -> int:

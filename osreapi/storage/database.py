@@ -91,6 +91,7 @@ class Database:
         self._expiry = self._env.open_db(b"expiry")
         self._meta = self._env.open_db(b"meta")
         self._gate = _ResizeGate()
+        self._page_size = self._env.stat()["psize"]
         self._counts_lock = threading.Lock()
         self._counts: Counter[State] = Counter(task.state for task in self.list_tasks())
         # Tasks deleted so far, counted after each commit: a reader that notes it before reading a
@@ -122,8 +123,7 @@ class Database:
         matters: py-lmdb's abort of a write that hit MapFullError waits until no read is in
         progress, which busy readers can postpone for ever."""
         info = self._env.info()
-        used = (info["last_pgno"] + 1) * self._env.stat()["psize"]
-        if used > info["map_size"] * when_used_over:
+        if (info["last_pgno"] + 1) * self._page_size > info["map_size"] * when_used_over:
             with self._gate.exclusive():
                 self._env.set_mapsize(info["map_size"] * 2)
 
@@ -291,6 +291,4 @@ class Database:
             return [TaskRecord.from_json(json.loads(raw)) for _, raw in txn.cursor(db=self._tasks)]
 
     def size_bytes(self) -> int:
-        info = self._env.info()
-        stat = self._env.stat()
-        return (info["last_pgno"] + 1) * stat["psize"]
+        return (self._env.info()["last_pgno"] + 1) * self._page_size
