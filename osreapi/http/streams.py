@@ -77,6 +77,7 @@ class StreamHub:
         self._streams: dict[int, _Stream] = {}
         self._thread: threading.Thread | None = None
         self._selector: selectors.BaseSelector | None = None
+        self._wake_pending = False
         self._wake_r, self._wake_w = socket.socketpair()  # a pipe would not select() on Windows
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -96,8 +97,16 @@ class StreamHub:
         return bottle.HTTPResponse(self.drive(source), status=status, headers=dict(headers))
 
     def wake(self) -> None:
-        """A source has new data: tick now rather than at the next tick."""
-        with self._lock, suppress(OSError):  # full (a wake is pending anyway) or closed (stopped)
+        """A source has new data: tick now rather than at the next tick. Every committed write
+        calls this: one wake-up is pending at a time, and none while the hub serves no stream."""
+        with self._lock:
+            if not self._wake_pending and (self._streams or self._incoming):
+                self._send_wake()
+
+    def _send_wake(self) -> None:
+        """With the lock held."""
+        self._wake_pending = True
+        with suppress(OSError):  # full (a wake is pending anyway) or closed (stopped)
             self._wake_w.send(b"\0")
 
     @property
@@ -109,7 +118,8 @@ class StreamHub:
     def stop(self) -> None:
         """End every stream (the hub thread sends what it can and closes) and stop the thread."""
         self._stopping.set()
-        self.wake()
+        with self._lock:
+            self._send_wake()
         if self._thread is not None:
             self._thread.join(10)
         for stream in self._take_incoming():
@@ -159,6 +169,8 @@ class StreamHub:
                 for key, mask in self._selector.select(timeout=self._tick):
                     if key.data is None:
                         woken = True
+                        with self._lock:
+                            self._wake_pending = False  # a wake from now on is sent again
                         with suppress(OSError):
                             self._wake_r.recv(4096)
                     else:
