@@ -215,8 +215,10 @@ class StepActor(pykka.ThreadingActor):
         job = self._job
         self._job = self._proc = None
         self._services.metrics.step_ended(state, code, job.record.begin, end)
-        tell_if_alive(job.task, StepEnded(job.record.index, state, code, output, end))
+        # Free first, tell last: the task's next step finds this worker idle (no grant message),
+        # and the task runs while this thread only goes back to its mailbox.
         self._services.pool.release(self.actor_ref)
+        tell_if_alive(job.task, StepEnded(job.record.index, state, code, output, end))
 
 
 def _create_time(pid: int) -> float | None:

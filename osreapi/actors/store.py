@@ -153,11 +153,11 @@ class StoreActor(pykka.ThreadingActor):
         return True
 
     def _deliver(self, message: SaveRecords) -> None:
-        self._committed(message.task_id, message.task, message.steps)
+        for ref, then in message.then:  # first: a step waiting for its start to be on disk
+            tell_if_alive(ref, then)
         if message.reply is not None:
             message.reply.arrive()
-        for ref, then in message.then:
-            tell_if_alive(ref, then)
+        self._committed(message.task_id, message.task, message.steps)
 
     def _refuse(self, message: SaveRecords, exc: BaseException) -> None:
         if message.reply is not None:
