@@ -1,12 +1,17 @@
-"""After a crash or restart: end what was running as interrupted, kill its leftovers, requeue the rest."""
+"""After a crash or restart: end what was running as interrupted, kill its leftovers, requeue the
+rest, and remove the workspaces no record owns any more."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 
 import psutil
 
 from .config import EngineConfig
+from .errors import InvalidRequest
+from .spec import validate_task_id
 from .executor import treekill
 from .actors.taskstate import TaskState
 from .records import StepRecord, TaskRecord
@@ -20,7 +25,9 @@ def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[
     A step whose start was recorded may have run: it is interrupted, never run again."""
     interrupted = []
     waiting: list[TaskRecord] = []
-    for task in db.list_tasks():
+    tasks = db.list_tasks()
+    remove_orphan_workspaces(config, {task.id for task in tasks})
+    for task in tasks:
         if task.state.finished:
             continue
         stored_steps = db.get_steps(task.id)
@@ -36,6 +43,38 @@ def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[
         log.warning("task %s was running when the server stopped: marked interrupted", task.id)
     waiting.sort(key=lambda t: t.accepted)
     return interrupted, [t.id for t in waiting]
+
+
+def remove_orphan_workspaces(config: EngineConfig, known: set[str]) -> list[str]:
+    """Remove the workspaces of tasks that have no record: a crash between a deletion's (or a
+    sweep's) commit and its rmtree leaves them behind for good. Only real directories directly in
+    the workspace root whose names a task could have; nothing else there is ours. Run before
+    anything can create a task."""
+    try:
+        entries = list(os.scandir(config.workspace_root))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for entry in entries:
+        if entry.name in known or not _may_be_task_id(entry.name) or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            path = config.workspace(entry.name)  # refuses a path that resolves outside the root
+        except ValueError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(entry.name)
+    if removed:
+        log.warning("removed %d workspaces whose tasks have no record (left by a crash)", len(removed))
+    return removed
+
+
+def _may_be_task_id(name: str) -> bool:
+    try:
+        validate_task_id(name)
+    except InvalidRequest:
+        return False
+    return True
 
 
 def kill_leftovers(task_id: str, steps: list[StepRecord], grace: float) -> list[int]:

@@ -4,6 +4,11 @@ On Linux (pidfd, kernel 5.3+) one thread waits with epoll on every step's pidfd 
 it copies output into the step's log file (capped, see LogSink) and, when the process exits,
 reaps it, drains its pipe and reports. Elsewhere each process gets a small thread doing the same.
 Only the process's own Popen reaps it (never waitpid(-1)).
+
+A step's log is closed when its process exits. A daemon kept with keep_background may hold the
+pipe open for its whole life: its pipe is then handed to a detached `cat` that discards what it
+writes, so the server keeps nothing for it and the daemon never gets SIGPIPE, the server's
+restarts included.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 OnExit = Callable[[int, float], None]  # (returncode, when)
 TAIL = 64 * 1024  # bytes kept from the end of an output over the cap
+# Runs `cat` in the background of a shell that exits at once: the `cat` belongs to init, not to us.
+# Its stdin is given explicitly: a background job's implicit stdin is /dev/null.
+DISCARD = "exec 3<&0 </dev/null; cat <&3 >/dev/null 2>&1 3<&- &"
 
 
 class LogSink:
@@ -69,18 +77,32 @@ class LogSink:
             self._dropped += len(data)
             return False
 
-    def close(self) -> None:
+    def close(self, hand_off: bool = False) -> None:
+        """Copy what is left, write the drop marker, close the log and the pipe. hand_off: the
+        pipe may still have writers (kept daemons); what they write later is discarded elsewhere."""
         if self.closed:
             return
         self.closed = True
-        self.pump()
+        writers_left = self.pump()
         if self._dropped or self._disk_full:
             lost = self._dropped - len(self._tail)
             why = "the disk was full" if self._disk_full else "over the --max_log cap"
             marker = f"\n... {lost} bytes of output dropped ({why}); the last {len(self._tail)} bytes follow ...\n"
             self._write(marker.encode() + bytes(self._tail))
         self._file.close()
+        if hand_off and writers_left:
+            _discard_elsewhere(self.fd)
         os.close(self.fd)
+
+
+def _discard_elsewhere(fd: int) -> None:
+    """Give a pipe's read end to a detached `cat` that discards what comes until its writers close it."""
+    try:
+        os.set_blocking(fd, True)  # the flag is shared with cat, whose read would fail with EAGAIN
+        subprocess.run(["sh", "-c", DISCARD], stdin=fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       cwd="/", start_new_session=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("a kept daemon's output cannot be discarded (%s): its next write gets SIGPIPE", exc)
 
 
 class _Watch:
@@ -90,7 +112,7 @@ class _Watch:
         self.proc = proc
         self.sink = sink
         self.on_exit = on_exit
-        self.keep_output = keep_output  # background processes may go on writing after the exit
+        self.keep_output = keep_output  # kept background processes may go on writing after the exit
 
 
 class Reaper:
@@ -149,10 +171,7 @@ class Reaper:
     def _exited(self, watch: _Watch) -> None:
         """The process is reaped: drain and close its output (unless kept), then report."""
         returncode = watch.proc.wait()
-        if not watch.keep_output:
-            watch.sink.close()
-        else:
-            watch.sink.pump()
+        watch.sink.close(hand_off=watch.keep_output)
         try:
             watch.on_exit(returncode, self._clock())
         except Exception:
@@ -168,8 +187,7 @@ class Reaper:
                     case ("exit", watch):
                         self._selector.unregister(key.fd)
                         os.close(key.fd)
-                        if watch.sink.closed or not watch.keep_output:
-                            self._forget_output(watch)
+                        self._forget_output(watch)
                         self._exited(watch)
                     case ("output", watch):
                         if not watch.sink.pump():
