@@ -52,7 +52,7 @@ from .streams import Handoff, StreamHub
 from .wait import wait_for_task, wait_time
 
 log = logging.getLogger(__name__)
-Answer = str | bottle.HTTPResponse  # what a route returns to Bottle
+Answer = str | bytes | bottle.HTTPResponse  # what a route returns to Bottle
 _DIGITS = re.compile(r"[0-9]+")
 MAX_OFFSET = 1 << 62  # fits os.lseek
 _TRUE = {"true", "1", "yes", "on"}
@@ -73,19 +73,20 @@ def request_language(default: str) -> str:
     return language_of(bottle.request.environ, default)
 
 
-def json_response(code: int, msg: str, data: Any = None, headers: dict[str, str] | None = None) -> str:
+def json_response(code: int, msg: str, data: Any = None, headers: dict[str, str] | None = None) -> bytes:
     return json_body(render.envelope(code, msg, data), _STATUS_OF_CODE.get(code, 200), headers)
 
 
-def json_body(body: str, status: int = 200, headers: dict[str, str] | None = None) -> str:
-    """A JSON answer: status and headers set on Bottle's response, the body returned (on the read
-    path an HTTPResponse object costs more than rendering the body)."""
+def json_body(body: str | bytes, status: int = 200, headers: dict[str, str] | None = None) -> bytes:
+    """A JSON answer: status and headers set on Bottle's response, the body returned encoded (on
+    the read path an HTTPResponse object costs more than rendering the body, and a str body makes
+    Bottle parse the charset back out of the Content-Type)."""
     response = bottle.response
     response.status = status
     response.content_type = JSON_TYPE
     for name, value in (headers or {}).items():
         response.set_header(name, value)
-    return body
+    return body.encode("utf-8") if isinstance(body, str) else body
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ def _add_task_routes(app: bottle.Bottle, routes: Routes) -> None:
     def get_task(task_id: str) -> Answer:
         language = routes.lang()
         deletions = executor.deletions  # noted before the read (see FinishedResults)
-        query = bottle.request.query
+        query = bottle.request.query if bottle.request.environ.get("QUERY_STRING") else {}  # none: no parsing
         if query.get("wait") is not None:
             seconds = wait_time(query.get("wait"))
             waiting = wait_for_task(routes, task_id, seconds, lambda: task_answer(task_id, language))

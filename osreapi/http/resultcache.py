@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from contextlib import suppress
 from dataclasses import dataclass
 
 from ..executor.durations import format_duration
@@ -22,11 +23,11 @@ _PROBE_LEFT = 1234567.891  # a ttl no real answer renders with, cut out of the c
 class _Entry:
     deletions: int
     expires: float
-    parts: tuple[str, ...]  # the body split where the ttl goes
+    parts: tuple[bytes, ...]  # the encoded body split where the ttl goes
 
-    def body(self, now: float) -> str:
+    def body(self, now: float) -> bytes:
         ttl = format_duration(max(0.0, self.expires - now))
-        return f'"ttl":"{ttl}"'.join(self.parts)
+        return f'"ttl":"{ttl}"'.encode("ascii").join(self.parts)
 
 
 class FinishedResults:
@@ -35,24 +36,27 @@ class FinishedResults:
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, task_id: str, lang: str, deletions: int, now: float) -> str | None:
-        with self._lock:
-            entry = self._entries.get((task_id, lang))
-            if entry is None:
-                return None
-            if entry.deletions != deletions or now >= entry.expires:
-                del self._entries[(task_id, lang)]
-                return None
-            self._entries.move_to_end((task_id, lang))
+    def get(self, task_id: str, lang: str, deletions: int, now: float) -> bytes | None:
+        # No lock: each OrderedDict call is one step under the GIL, and a lock taken by every
+        # reader made concurrent readers of the hottest route queue on it.
+        key = (task_id, lang)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.deletions != deletions or now >= entry.expires:
+            self._entries.pop(key, None)
+            return None
+        with suppress(KeyError):  # evicted by a writer meanwhile
+            self._entries.move_to_end(key)
         return entry.body(now)
 
-    def put(self, task: TaskRecord, steps: tuple[StepRecord, ...], lang: str, deletions: int, now: float) -> str | None:
+    def put(self, task: TaskRecord, steps: tuple[StepRecord, ...], lang: str, deletions: int, now: float) -> bytes | None:
         """Keep a finished task's answer; return it as of `now` (None: not a task to keep)."""
         if task.expires is None or not task.state.finished:
             return None
         code, msg, data = render.result_json(task, steps, lang, task.expires - _PROBE_LEFT)
-        probe = f'"ttl":"{format_duration(_PROBE_LEFT)}"'
-        entry = _Entry(deletions, task.expires, tuple(render.envelope(code, msg, data).split(probe)))
+        probe = f'"ttl":"{format_duration(_PROBE_LEFT)}"'.encode("ascii")
+        entry = _Entry(deletions, task.expires, tuple(render.envelope(code, msg, data).encode("utf-8").split(probe)))
         with self._lock:
             self._entries[(task.id, lang)] = entry
             self._entries.move_to_end((task.id, lang))
