@@ -175,6 +175,7 @@ class Executor(ControlCalls):
             store=self._store,
             pool=WorkerPool(config.pool_size, lambda: StepActor.start(self._services)),
             scheduler=self._scheduler,
+            real_timer=self._cleanup_timer,
             clock=clock,
             metrics=EngineMetrics(),
             reaper=Reaper(clock),

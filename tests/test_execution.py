@@ -139,3 +139,14 @@ def test_no_polling_sleep_in_the_engine(executor: Executor, capsys):
     assert all(result.task.end >= result.steps[0].end for result in results)
     assert wait_until(lambda: not executor._services.janitor.busy())
     assert wait_until(lambda: executor._scheduler.armed() == 1)  # the sweep, nothing polling
+
+
+def test_a_steps_pid_is_recorded_while_it_runs_and_with_its_end(executor: Executor, tmp_path):
+    """The pid is saved with the task's next change, or a moment after the start: a short step's
+    end carries it, a long step's record gets it while it runs."""
+    short = executor.wait(executor.submit([sh("echo $$")]), 10).steps[0]
+    assert short.pid == int(short.output.strip())
+    long = executor.submit([sh(f"echo $$ > {tmp_path}/pid; sleep 30")])
+    assert wait_until(lambda: (tmp_path / "pid").exists() and executor.get(long).steps[0].pid is not None, 10)
+    assert executor.get(long).steps[0].pid == int((tmp_path / "pid").read_text())
+    executor.kill(long)

@@ -134,6 +134,11 @@ class StepStarted:
 
 
 @dataclass(frozen=True)
+class SaveStarted:
+    """Save the pids of steps started meanwhile (a short step's goes with its end instead)."""
+
+
+@dataclass(frozen=True)
 class StepEnded:
     index: int
     state: State

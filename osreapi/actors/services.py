@@ -22,7 +22,8 @@ class Services:
     db: Database  # reads only; writes go through the store actor
     store: pykka.ActorRef
     pool: WorkerPool
-    scheduler: Scheduler
+    scheduler: Scheduler  # on the engine's clock (injectable): step time limits, sweeps
+    real_timer: Scheduler  # real time: what waits on real processes (kill rounds, saving a pid)
     clock: Callable[[], float]  # wall clock, seconds since the epoch
     metrics: EngineMetrics
     reaper: Reaper

@@ -26,6 +26,7 @@ from .messages import (
     SaveRecords,
     SignalStep,
     StartNotRecorded,
+    SaveStarted,
     StartTask,
     StepEnded,
     StepStarted,
@@ -39,6 +40,7 @@ from .taskstate import TaskState
 
 log = logging.getLogger(__name__)
 _runs = itertools.count(1)  # unique run numbers across the engine
+PID_SAVE_DELAY = 0.2  # seconds a started step's pid may wait to be saved with a later change
 
 
 class TaskActor(pykka.ThreadingActor):
@@ -50,6 +52,7 @@ class TaskActor(pykka.ThreadingActor):
         self._services = services
         self._supervisor = supervisor
         self._state: TaskState | None = None
+        self._save_armed = False  # a SaveStarted is on its way
 
     def _load(self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...]) -> None:
         self._specs = specs
@@ -79,6 +82,10 @@ class TaskActor(pykka.ThreadingActor):
                 self._state.step_lost(index, self._services.clock(), "step not started: its start could not be recorded")
             case StepStarted(index=index, pid=pid, created=created):
                 self._state.step_started(index, pid, created)
+                self._save_started_later()
+                return None  # nothing else changed
+            case SaveStarted():
+                self._save_armed = False
             case StepEnded(index=index, state=state, code=code, output=output, end=end):
                 self._workers.pop(index, None)
                 self._state.step_ended(index, state, code, output, end)
@@ -139,6 +146,16 @@ class TaskActor(pykka.ThreadingActor):
             self._leave_queued = True  # grants already on their way are given back first
             return
         self._stop_steps(self._state.end_all(State.INTERRUPTED))
+
+    def _save_started_later(self) -> None:
+        """A step's pid is saved with the task's next change, or after PID_SAVE_DELAY: most steps
+        end sooner, and one save (a store round trip) per step is saved. The start itself was on
+        disk before the process existed; the pid only adds a way for recovery to find a tree that
+        dropped its run marker."""
+        if not self._save_armed:
+            self._save_armed = True
+            ref = self.actor_ref
+            self._services.real_timer.call_later(PID_SAVE_DELAY, lambda: tell_if_alive(ref, SaveStarted()))
 
     def _request(self, index: int) -> None:
         ref = self.actor_ref
