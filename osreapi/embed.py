@@ -220,7 +220,7 @@ class Executor(ControlCalls):
             if existing.mode != task.mode or self._db.get_specs(task_id) != specs:
                 raise TaskConflict(task_id)
             return Submitted(existing.id, existing.count, created=False)
-        self._supervisor.tell(Enqueue(task_id))
+        self._supervisor.tell(Enqueue(task_id, (task, records, specs)))
         return Submitted(task_id, len(specs), created=True)
 
     def get(self, task_id: str) -> TaskResult | None:

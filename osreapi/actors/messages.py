@@ -73,6 +73,7 @@ class Flush:
 @dataclass(frozen=True)
 class Enqueue:
     task_id: str
+    records: tuple[TaskRecord, tuple[StepRecord, ...], tuple[StepSpec, ...]] | None = None  # as stored
 
 
 @dataclass(frozen=True)

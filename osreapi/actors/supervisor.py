@@ -13,6 +13,8 @@ from typing import Any
 import pykka
 
 from ..errors import ActionRejected
+from ..records import StepRecord, TaskRecord
+from ..spec import StepSpec
 from .delivery import tell_if_alive
 from .messages import ControlTask, Enqueue, GetStats, InterruptAll, InterruptTask, SaveRecords, StartTask, TaskEnded
 from .services import Services
@@ -20,13 +22,17 @@ from .task import TaskActor
 from .taskstate import TaskState
 
 log = logging.getLogger(__name__)
+KEEP_RECORDS_OF = 1000  # queued tasks whose records are kept in memory (the rest are read back)
+Records = tuple[TaskRecord, tuple[StepRecord, ...], tuple[StepSpec, ...]]
 
 
 class SupervisorActor(pykka.ThreadingActor):
     def __init__(self, services: Services) -> None:
         super().__init__()
         self._services = services
-        self._queued: dict[str, None] = {}  # task ids in arrival order; a waiting task costs no thread
+        # Task ids in arrival order (a waiting task costs no thread), with the records it was stored
+        # with while few wait (no read back at its start); only the supervisor changes them meanwhile.
+        self._queued: dict[str, Records | None] = {}
         self._held: dict[str, None] = {}  # queued tasks paused before they started
         self._controlled: dict[str, TaskState] = {}  # queued tasks changed here; the store may lag
         self._live: dict[str, pykka.ActorRef] = {}
@@ -37,8 +43,8 @@ class SupervisorActor(pykka.ThreadingActor):
         match message:
             case GetStats():
                 return len(self._live), len(self._queued) + len(self._held)
-            case Enqueue(task_id=task_id):
-                self._queued[task_id] = None
+            case Enqueue(task_id=task_id, records=records):
+                self._queued[task_id] = records if len(self._queued) < KEEP_RECORDS_OF else None
             case TaskEnded(task_id=task_id):
                 ref = self._live.pop(task_id, None)
                 if ref is not None:  # a request queued to it for this task is refused in order there
@@ -67,8 +73,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._interrupt_stored(task_id, f"task not started: {exc.__class__.__name__}: {exc}")
 
     def _start(self, task_id: str) -> None:
-        del self._queued[task_id]
-        state = self._controlled.pop(task_id, None) or self._stored_state(task_id)
+        records = self._queued.pop(task_id)
+        state = self._controlled.pop(task_id, None) or (TaskState(*records) if records else self._stored_state(task_id))
         if state is None or state.task.state.finished:  # deleted or ended meanwhile
             return
         if state.paused:  # held before it started: it waits for a resume
@@ -105,7 +111,8 @@ class SupervisorActor(pykka.ThreadingActor):
             message.reply.fail(ActionRejected("task_not_here"))
             return
         try:
-            state = self._controlled.get(task_id) or self._stored_state(task_id)
+            records = self._queued.get(task_id)
+            state = self._controlled.get(task_id) or (TaskState(*records) if records else self._stored_state(task_id))
             if state is None:
                 raise ActionRejected("task_not_here")
             state.control(message.action, message.index, self._services.clock())
