@@ -78,3 +78,30 @@ def test_waiting_clients_hold_no_worker_thread(make_server):
     for thread, got in waiters:
         thread.join(20)
         assert got and got[0].json["code"] == 1002 and "killed" in json.dumps(got[0].json)
+
+
+@pytest.mark.timeout(120)
+def test_every_wait_is_answered_by_the_tasks_end_not_by_a_tick(make_executor, tmp_path):
+    """With the hub's periodic look an hour apart, only the wake-up sent at each committed change
+    can answer a wait: 30 waits in a row on running tasks, each answered when its task ends (a
+    lost wake-up would leave one waiting for the hour)."""
+    from osreapi.http.app import HttpSettings, make_app
+    from osreapi.http.server import HttpServer
+
+    app = make_app(make_executor(), HttpSettings(), stream_tick=3600.0)
+    server = HttpServer(app, "127.0.0.1", 0)
+    server.start()
+    try:
+        client = Client(server.url)
+        for attempt in range(30):
+            gate = tmp_path / f"gate{attempt}"
+            task_id = client.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.01; done; echo {attempt}")])
+            thread, got = answer_in_thread(client, f"/{task_id}?wait=60s&lang=en")
+            assert wait_until(lambda: app.hub.count == 1, 10)  # waiting on the hub
+            client.submit([sh("true")] * 20)  # a burst of commits (and wake-ups) meanwhile
+            gate.touch()
+            thread.join(30)
+            assert got and got[0].json["code"] == 0, attempt
+            assert wait_until(lambda: app.hub.count == 0, 10)
+    finally:
+        server.stop()

@@ -48,7 +48,7 @@ from .health import HealthCheck
 from .logstream import LogSource, SharedPoll
 from .resultcache import FinishedResults
 from .security import Guard, audit
-from .streams import Handoff, StreamHub
+from .streams import TICK, Handoff, StreamHub
 from .wait import wait_for_task, wait_time
 
 log = logging.getLogger(__name__)
@@ -138,11 +138,14 @@ class Routes:
         return json_response(CODE_OK, message("success", self.lang()), data, headers)
 
 
-def make_app(executor: Executor, settings: HttpSettings, clock: Callable[[], float] | None = None) -> Callable:
+def make_app(
+    executor: Executor, settings: HttpSettings, clock: Callable[[], float] | None = None, stream_tick: float = TICK
+) -> Callable:
     """Build the WSGI application: the Bottle routes wrapped in auth, the request limit and the
-    stream hand-off."""
+    stream hand-off. stream_tick: how often the stream hub looks at its streams without news."""
     app = bottle.Bottle(catchall=True)
-    routes = Routes(executor, settings, clock or executor.clock, StreamHub(settings.lang), _event_bus(executor))
+    hub = StreamHub(settings.lang, tick=stream_tick)
+    routes = Routes(executor, settings, clock or executor.clock, hub, _event_bus(executor))
     routes.bus.add_waker(routes.hub.wake)  # news: the hub reads its streams now, not at its next tick
     _count_requests(app, executor)
     _add_operations(app, routes)

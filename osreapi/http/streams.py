@@ -77,7 +77,6 @@ class StreamHub:
         self._streams: dict[int, _Stream] = {}
         self._thread: threading.Thread | None = None
         self._selector: selectors.BaseSelector | None = None
-        self._wake_pending = False
         self._wake_r, self._wake_w = socket.socketpair()  # a pipe would not select() on Windows
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -98,14 +97,13 @@ class StreamHub:
 
     def wake(self) -> None:
         """A source has new data: tick now rather than at the next tick. Every committed write
-        calls this: one wake-up is pending at a time, and none while the hub serves no stream."""
+        calls this: nothing is sent while the hub serves no stream."""
         with self._lock:
-            if not self._wake_pending and (self._streams or self._incoming):
+            if self._streams or self._incoming:
                 self._send_wake()
 
     def _send_wake(self) -> None:
         """With the lock held."""
-        self._wake_pending = True
         with suppress(OSError):  # full (a wake is pending anyway) or closed (stopped)
             self._wake_w.send(b"\0")
 
@@ -169,8 +167,6 @@ class StreamHub:
                 for key, mask in self._selector.select(timeout=self._tick):
                     if key.data is None:
                         woken = True
-                        with self._lock:
-                            self._wake_pending = False  # a wake from now on is sent again
                         with suppress(OSError):
                             self._wake_r.recv(4096)
                     else:
