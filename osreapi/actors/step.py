@@ -45,6 +45,7 @@ class StepActor(pykka.ThreadingActor):
         self._services = services
         self._job: RunStep | None = None
         self._proc = None
+        self._sink: LogSink | None = None
         self._deadline: TimerHandle | None = None
         self._stop_state: State | None = None  # why we killed it, if we did
         self._limit = 0.0
@@ -100,7 +101,7 @@ class StepActor(pykka.ThreadingActor):
         return self._job is not None and self._job.run == run
 
     def _run(self, job: RunStep) -> None:
-        self._job, self._proc, self._stop_state = job, None, None
+        self._job, self._proc, self._stop_state, self._sink = job, None, None, None
         self._active_total, self._deadline, self._last_run = 0.0, None, job.run
         early = self._early.pop(job.run, [])
         for stale in self._early.values():  # runs that never started here
@@ -133,7 +134,7 @@ class StepActor(pykka.ThreadingActor):
         output = None
         try:
             self._proc, output = process.start_step(job.workspace, job.task_id, job.record.index, spec, job.record.run_id)
-            sink = LogSink(output, process.log_path(job.workspace, job.record.index), self._services.config.max_log)
+            sink = self._sink = LogSink(output, process.log_path(job.workspace, job.record.index), self._services.config.max_log)
         except OSError as exc:
             if self._proc is not None:  # started, but its log cannot be opened: do not leave it running
                 self._proc.kill()
@@ -194,7 +195,7 @@ class StepActor(pykka.ThreadingActor):
             self._deadline.cancel()
         if self._stop_state is None and not job.spec.keep_background:
             self._clean_up(job, grace=self._services.config.kill_grace)  # its background processes
-        output = read_output(process.log_path(job.workspace, job.record.index), self._services.config.max_output)
+        output = self._output()
         match self._stop_state:
             case State.TIMEOUT:
                 state, code = State.TIMEOUT, STEP_CODE_TIMEOUT
@@ -210,6 +211,14 @@ class StepActor(pykka.ThreadingActor):
                 if code != 0:
                     output = with_exit_status(output, code)
         self._end(state, code, output, at)
+
+    def _output(self) -> str:
+        """The step's output for its record: kept by the sink when small, else read from its log."""
+        job, limit = self._job, self._services.config.max_output
+        small = self._sink.small_output() if self._sink is not None else None
+        if small is not None and len(small) <= limit:
+            return small.decode("utf-8", "replace")
+        return read_output(process.log_path(job.workspace, job.record.index), limit)
 
     def _end(self, state: State, code: int, output: str, end: float) -> None:
         job = self._job

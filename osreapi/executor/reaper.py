@@ -24,6 +24,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 OnExit = Callable[[int, float], None]  # (returncode, when)
 TAIL = 64 * 1024  # bytes kept from the end of an output over the cap
+KEEP_SMALL = 16 * 1024  # an output up to this size is also kept in memory for the step's record
 # Runs `cat` in the background of a shell that exits at once: the `cat` belongs to init, not to us.
 # Its stdin is given explicitly: a background job's implicit stdin is /dev/null.
 DISCARD = "exec 3<&0 </dev/null; cat <&3 >/dev/null 2>&1 3<&- &"
@@ -43,6 +44,7 @@ class LogSink:
         self._dropped = 0
         self._disk_full = False
         self.closed = False
+        self._kept: bytearray | None = bytearray()  # the whole output while it is small
 
     def pump(self) -> bool:
         """Copy what the pipe holds now; False once it is at its end."""
@@ -68,11 +70,21 @@ class LogSink:
             self._tail += rest
             del self._tail[:-TAIL]
 
+    def small_output(self) -> bytes | None:
+        """The whole output once the sink is closed, if it was at most KEEP_SMALL bytes (read back
+        from the log file otherwise): a short step's output needs no file read."""
+        return bytes(self._kept) if self.closed and self._kept is not None else None
+
     def _write(self, data: bytes) -> bool:
+        if self._kept is not None:
+            self._kept += data
+            if len(self._kept) > KEEP_SMALL:
+                self._kept = None
         try:
             self._file.write(data)
             return True
         except OSError:  # ENOSPC and friends: the bytes are lost, the step goes on
+            self._kept = None  # the file says what was lost
             self._disk_full = True
             self._dropped += len(data)
             return False
