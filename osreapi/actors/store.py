@@ -69,7 +69,7 @@ class StoreActor(pykka.ThreadingActor):
     def _handle(self, message: Any) -> Any:
         match message:
             case SaveRecords():
-                self._save(message)
+                self._save([message, *self._saves_waiting()])
             case CreateTask(task=task, steps=steps, specs=specs):
                 return self._create(task, steps, specs)
             case DeleteTask(task_id=task_id):
@@ -119,20 +119,37 @@ class StoreActor(pykka.ThreadingActor):
         self._on_delete((task_id,))
         return task
 
-    def _save(self, message: SaveRecords) -> None:
-        task, steps = self._merge_unsaved(message.task_id, message.task, message.steps)
+    def _saves_waiting(self) -> list[SaveRecords]:
+        """The SaveRecords tells queued right behind the one in hand, taken from the mailbox in
+        order (up to GROUP), so that one transaction writes them all; anything else (a message
+        that wants an answer, a stop) ends the run and is left for pykka's loop."""
+        inbox = self.actor_inbox  # a queue.Queue of pykka envelopes
+        taken: list[SaveRecords] = []
+        with inbox.mutex:
+            while inbox.queue and len(taken) < GROUP:
+                envelope = inbox.queue[0]
+                if envelope.reply_to is not None or not isinstance(envelope.message, SaveRecords):
+                    break
+                taken.append(inbox.queue.popleft().message)
+        return taken
+
+    def _save(self, messages: list[SaveRecords]) -> None:
+        merged = [(message, *self._merge_unsaved(message.task_id, message.task, message.steps)) for message in messages]
         try:
-            self._db.save(message.task_id, task, steps)
+            self._db.save_many([(message.task_id, task, steps) for message, task, steps in merged])
         except WRITE_ERRORS as exc:
-            self._unsaved[message.task_id] = (task, {s.index: s for s in steps})
+            for message, task, steps in merged:
+                self._keep_unsaved(message.task_id, task, steps)
             self._failed(exc)
-            self._refuse(message, exc)
+            for message, _, _ in merged:
+                self._refuse(message, exc)
             return
-        committed = replace(message, task=task, steps=steps)
-        if message.durable or task is not None or self._awaiting:  # in order behind the others
-            self._awaiting.append(committed)
-        else:
-            self._deliver(committed)
+        for message, task, steps in merged:
+            committed = replace(message, task=task, steps=steps)
+            if message.durable or task is not None or self._awaiting:  # in order behind the others
+                self._awaiting.append(committed)
+            else:
+                self._deliver(committed)
 
     def _flush(self) -> bool:
         """Flush what was committed; then tell everyone waiting for it. False if the flush failed
@@ -164,6 +181,11 @@ class StoreActor(pykka.ThreadingActor):
             message.reply.fail(DiskFull(f"the change could not be stored: {exc}"))
         for ref, otherwise in message.otherwise:
             tell_if_alive(ref, otherwise)
+
+    def _keep_unsaved(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
+        """Keep what a full disk refused, on top of what was kept for the task before."""
+        old_task, old_steps = self._unsaved.get(task_id, (None, {}))
+        self._unsaved[task_id] = (task or old_task, {**old_steps, **{s.index: s for s in steps}})
 
     def _merge_unsaved(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]):
         """Newer records on top of what a full disk refused for the same task."""

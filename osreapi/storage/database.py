@@ -165,28 +165,36 @@ class Database:
 
     def save(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...] = ()) -> None:
         """Write a task summary and/or step records in one transaction; index the expiry."""
+        self.save_many(((task_id, task, steps),))
 
-        def work(txn: lmdb.Transaction) -> State | None:
-            if task is None:
-                old_state = None
-            else:
-                key = _task_key(task.id)
-                raw = txn.get(key, db=self._tasks)
-                old = json.loads(raw) if raw else {}
-                old_state = State(old["state"]) if old else None
-                if old.get("expires") is not None and old["expires"] != task.expires:
-                    txn.delete(_expiry_key(old["expires"], task.id), db=self._expiry)
-                if task.expires is not None:
-                    txn.put(_expiry_key(task.expires, task.id), b"", db=self._expiry)
-                txn.put(key, _dumps(task.to_json()), db=self._tasks)
-            for step in steps:
-                txn.put(_step_key(task_id, step.index), _dumps(step.to_json()), db=self._steps)
-            return old_state
+    def save_many(self, changes) -> None:
+        """Several save()s, of (task_id, task or None, steps), in one transaction (in order)."""
 
-        old_state = self._write(work)
-        if task is not None and old_state is not task.state:
-            self._count(old_state, -1)
-            self._count(task.state, +1)
+        def work(txn: lmdb.Transaction) -> list[tuple[State | None, TaskRecord | None]]:
+            return [(self._save_in(txn, task_id, task, steps), task) for task_id, task, steps in changes]
+
+        for old_state, task in self._write(work):
+            if task is not None and old_state is not task.state:
+                self._count(old_state, -1)
+                self._count(task.state, +1)
+
+    def _save_in(self, txn: lmdb.Transaction, task_id: str, task: TaskRecord | None,
+                 steps: tuple[StepRecord, ...]) -> State | None:
+        """Write one task's changes; return the state the task had (None: task not written)."""
+        old_state = None
+        if task is not None:
+            key = _task_key(task.id)
+            raw = txn.get(key, db=self._tasks)
+            old = json.loads(raw) if raw else {}
+            old_state = State(old["state"]) if old else None
+            if old.get("expires") is not None and old["expires"] != task.expires:
+                txn.delete(_expiry_key(old["expires"], task.id), db=self._expiry)
+            if task.expires is not None:
+                txn.put(_expiry_key(task.expires, task.id), b"", db=self._expiry)
+            txn.put(key, _dumps(task.to_json()), db=self._tasks)
+        for step in steps:
+            txn.put(_step_key(task_id, step.index), _dumps(step.to_json()), db=self._steps)
+        return old_state
 
     def delete_expired(self, now: float, limit: int) -> list[str]:
         """Delete up to `limit` tasks whose records expired at or before `now`; return their ids."""
