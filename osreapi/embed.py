@@ -215,7 +215,7 @@ class Executor(ControlCalls):
         mode = spec.choose_mode(specs, parallel)
         task = TaskRecord(id=task_id, mode=mode.value, count=len(specs), accepted=self.clock())
         records = tuple(StepRecord(index=i, name=s.name) for i, s in enumerate(specs))
-        existing = self._ask(self._store, CreateTask(task, records, specs))
+        existing = self._answer(self._store, CreateTask(task, records, specs, Reply()))
         if existing is not None:
             if existing.mode != task.mode or self._db.get_specs(task_id) != specs:
                 raise TaskConflict(task_id)
@@ -287,13 +287,8 @@ class Executor(ControlCalls):
         if task.state.finished:
             raise ActionRejected("task_ended", state=task.state, action=action)
         self._check_open()
-        reply = Reply()
-        if not tell_if_alive(self._supervisor, ControlTask(task_id, action, index, reply)):
-            raise EngineClosed("the engine is shut down")
         try:
-            reply.get(timeout=self.config.call_timeout)
-        except pykka.Timeout:
-            raise EngineBusy(f"the engine did not answer within {self.config.call_timeout:g}s") from None
+            self._answer(self._supervisor, ControlTask(task_id, action, index, Reply()))
         except ActionRejected as exc:  # expected: one line, no traceback
             log.info("%s of %s refused: ActionRejected: %s", action, task_id, exc)
             raise
@@ -443,6 +438,15 @@ class Executor(ControlCalls):
         self.close()
 
     # -- internals ----------------------------------------------------------------------
+
+    def _answer(self, ref: pykka.ActorRef, message: Any) -> Any:
+        """Send a message that carries a Reply; wait (bounded) for what the reply gets."""
+        if not tell_if_alive(ref, message):
+            raise EngineClosed("the engine is shut down")
+        try:
+            return message.reply.get(timeout=self.config.call_timeout)
+        except pykka.Timeout:
+            raise EngineBusy(f"the engine did not answer within {self.config.call_timeout:g}s") from None
 
     def _ask(self, ref: pykka.ActorRef, message: Any) -> Any:
         try:

@@ -18,12 +18,14 @@ from .reply import Reply
 # -- StoreActor ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CreateTask:
-    """ask: returns the existing TaskRecord if the id is taken (and not expired), else None;
-    raises DiskFull when it cannot be written."""
+    """Store a new task. `reply` is answered after the flush (creates arriving together share it):
+    with the existing TaskRecord if the id is taken (and not expired), else None; it fails with
+    DiskFull when the task cannot be written or flushed."""
 
     task: TaskRecord
     steps: tuple[StepRecord, ...]
     specs: tuple[StepSpec, ...]
+    reply: Reply
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,14 @@ class Reply:
         with self._lock:
             self._left += parts
 
-    def arrive(self) -> None:
+    def arrive(self, value: object = None) -> None:
+        """One part is done; the last one's value is what get() returns."""
         with self._lock:
             self._left -= 1
             if self._left > 0 or self._done:
                 return
             self._done = True
-        self._future.set(None)
+        self._future.set(value)
 
     def fail(self, error: BaseException) -> None:
         with self._lock:
@@ -39,9 +40,9 @@ class Reply:
             self._done = True
         self._future.set_exception((type(error), error, None))
 
-    def get(self, timeout: float) -> None:
-        """Raise what failed, or pykka.Timeout."""
-        self._future.get(timeout=timeout)
+    def get(self, timeout: float) -> object:
+        """The last part's value; raise what failed, or pykka.Timeout."""
+        return self._future.get(timeout=timeout)
 
 
 def arrive(reply: Reply | None) -> None:

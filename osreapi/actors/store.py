@@ -15,7 +15,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lmdb
@@ -34,6 +34,14 @@ GROUP = 64  # most committed writes waiting for one flush
 RETRY_AFTER = 1.0  # seconds between attempts to write what a full disk refused
 WRITE_ERRORS = (lmdb.Error, OSError)
 OnCommit = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
+
+
+@dataclass(frozen=True)
+class _Created:
+    """A create committed and waiting for its flush."""
+
+    message: CreateTask
+    existing: TaskRecord | None  # the task that already had its id (nothing was written)
 
 
 class StoreActor(pykka.ThreadingActor):
@@ -56,7 +64,7 @@ class StoreActor(pykka.ThreadingActor):
         self._call_later = call_later
         self._unsaved: dict[str, tuple[TaskRecord | None, dict[int, StepRecord]]] = {}
         self._retry_scheduled = False
-        self._awaiting: list[SaveRecords] = []  # committed, acknowledged after the next flush
+        self._awaiting: list[SaveRecords | _Created] = []  # committed, acknowledged after the next flush
         self._disk_full = disk_full  # set while a write is refused; read by health checks
 
     def on_receive(self, message: Any) -> Any:
@@ -70,8 +78,8 @@ class StoreActor(pykka.ThreadingActor):
         match message:
             case SaveRecords():
                 self._save([message, *self._saves_waiting()])
-            case CreateTask(task=task, steps=steps, specs=specs):
-                return self._create(task, steps, specs)
+            case CreateTask():
+                self._create(message)
             case DeleteTask(task_id=task_id):
                 return self._delete(task_id)
             case Ping():
@@ -86,22 +94,34 @@ class StoreActor(pykka.ThreadingActor):
                 log.warning("store: unexpected message %r", message)
         return None
 
-    def _create(self, task: TaskRecord, steps, specs) -> TaskRecord | None:
+    def _create(self, message: CreateTask) -> None:
+        """Write the task now (readers see it); answer after the flush, which the creates and
+        saves queued together share."""
+        task = message.task
         try:
-            existing, replaced = self._db.create_task(task, steps, specs, self._clock())
+            existing, replaced = self._db.create_task(task, message.steps, message.specs, self._clock())
         except WRITE_ERRORS as exc:
             self._failed(exc)
-            raise DiskFull(f"the task could not be stored: {exc}") from None
+            message.reply.fail(DiskFull(f"the task could not be stored: {exc}"))
+            return
         if replaced:  # an expired record with this id: its old workspace goes with it
             shutil.rmtree(self._config.workspace(task.id), ignore_errors=True)
-        if existing is None and not self._flush():
-            self._guarded(lambda: self._db.delete_task(task))  # not acknowledged: not kept either
-            raise DiskFull("the task could not be flushed to disk")
-        if existing is None:
+        self._awaiting.append(_Created(message, existing))
+
+    def _created(self, created: _Created) -> None:
+        """Its flush is done: acknowledge the task (or the one that had its id)."""
+        message = created.message
+        if created.existing is None:
             if not self._unsaved:
                 self._disk_full.clear()
-            self._on_commit(task.id, task, steps)
-        return existing
+            self._on_commit(message.task.id, message.task, message.steps)
+        message.reply.arrive(created.existing)
+
+    def _not_created(self, created: _Created) -> None:
+        """Its flush failed: a task never acknowledged is not kept either."""
+        if created.existing is None:
+            self._guarded(lambda: self._db.delete_task(created.message.task))
+        created.message.reply.fail(DiskFull("the task could not be flushed to disk"))
 
     def _delete(self, task_id: str) -> TaskRecord | None:
         """Remove a finished task's records and workspace; answer the task as it was."""
@@ -160,13 +180,18 @@ class StoreActor(pykka.ThreadingActor):
         except WRITE_ERRORS as exc:
             self._failed(exc)
             for message in awaiting:
-                if message.durable or message.task is not None:
+                if isinstance(message, _Created):
+                    self._not_created(message)
+                elif message.durable or message.task is not None:
                     self._refuse(message, exc)
                 else:
                     self._deliver(message)
             return False
         for message in awaiting:
-            self._deliver(message)
+            if isinstance(message, _Created):
+                self._created(message)
+            else:
+                self._deliver(message)
         return True
 
     def _deliver(self, message: SaveRecords) -> None:
