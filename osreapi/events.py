@@ -60,6 +60,7 @@ class EventBus:
         self._ring: deque[Event] = deque(maxlen=capacity)
         self._last = int(clock() * 1_000_000)
         self._lock = threading.Lock()
+        self._news = threading.Condition(self._lock)  # notified at every event
         self._wakers: set[Callable[[], None]] = set()
 
     @property
@@ -77,6 +78,7 @@ class EventBus:
                 self._append(current, step)
             if task is not None:  # after its steps: a task's end comes after its last step's
                 self._append(task, None)
+            self._news.notify_all()
             wakers = tuple(self._wakers)
         for wake in wakers:
             wake()
@@ -88,6 +90,7 @@ class EventBus:
                 stub = self._tasks.pop(task_id, None) or TaskRecord(id=task_id, mode="", count=0, accepted=0.0)
                 self._last += 1
                 self._ring.append(Event(self._last, stub, None, deleted=True))
+            self._news.notify_all()
             wakers = tuple(self._wakers)
         for wake in wakers:
             wake()
@@ -115,6 +118,11 @@ class EventBus:
             events = tuple(itertools.islice(matching, BATCH))
             upto = events[-1].seq if len(events) == BATCH else self._last
             return Batch(events, upto)
+
+    def wait_newer(self, seq: int, timeout: float) -> bool:
+        """Block until an event after `seq` exists (True) or timeout seconds passed (False)."""
+        with self._news:
+            return self._news.wait_for(lambda: self._last > seq, timeout)
 
     def add_waker(self, wake: Callable[[], None]) -> None:
         """`wake()` is called (from the store's thread: it must be quick) after every publish."""

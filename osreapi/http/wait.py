@@ -1,13 +1,15 @@
 """GET /<id>?wait=<duration>: answer once the task has ended (or the time is up), not before.
 
-A client waiting for a task asks once instead of polling. The wait is a stream on the hub (no
-worker thread held): the hub reads the source at every committed change and at each tick; the
-answer is the plain GET /<id> body of that moment. While waiting, a space every ~15 s (JSON
+A client waiting for a task asks once instead of polling. The first 20 ms are waited on the
+worker thread (most short tasks end by then; the connection stays alive); past that the wait is a
+stream on the hub (no worker thread held): the hub reads the source at every committed change and
+at each tick; the answer is the plain GET /<id> body of that moment. While waiting, a space every ~15 s (JSON
 allows leading whitespace) keeps proxies open and finds a client that went away.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import bottle
@@ -18,6 +20,9 @@ from ..executor.durations import parse_duration
 from .answers import JSON_TYPE
 
 LONGEST_WAIT = 60.0  # seconds; a client wanting longer asks again
+# Many tasks waited for end within a few ms: the worker thread waits that long itself (the answer
+# keeps the connection alive and skips the hub); a longer wait goes to the hub, holding no thread.
+SHORT_WAIT = 0.02
 
 
 def wait_time(value: str) -> float:
@@ -42,6 +47,15 @@ class TaskWait:
         self._deadline = deadline
         self._clock = clock
         self._answer = answer
+
+    def ends_within(self, seconds: float) -> bool:
+        """Wait here (this thread) up to `seconds` real time for the task's end."""
+        deadline = time.monotonic() + seconds
+        while not self._ended():
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._bus.wait_newer(self._after, left):
+                return False
+        return True
 
     def read(self) -> tuple[bytes, bool]:
         if self._ended() or self._clock() >= self._deadline:
@@ -71,5 +85,7 @@ def wait_for_task(routes, task_id: str, seconds: float, answer: Callable[[], byt
         return None
     clock = routes.executor.clock
     source = TaskWait(routes.bus, task_id, after, clock() + seconds, clock, answer)
+    if source.ends_within(min(seconds, SHORT_WAIT)):
+        return None  # answered by this thread, the connection kept alive
     headers = [("Content-Type", JSON_TYPE), ("Cache-Control", "no-cache")]
     return routes.hub.serve(bottle.request.environ, "200 OK", headers, source)
