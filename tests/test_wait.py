@@ -105,3 +105,62 @@ def test_every_wait_is_answered_by_the_tasks_end_not_by_a_tick(make_executor, tm
             assert wait_until(lambda: app.hub.count == 0, 10)
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_wait_with_detail_answers_the_detail_whether_it_waited_or_not(client: Client, tmp_path):
+    gate = tmp_path / "gate"
+    task_id = client.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.02; done; echo done")])
+    thread, got = answer_in_thread(client, f"/{task_id}?wait=30s&detail=true")
+    assert wait_until(lambda: client.hub.count == 1, 10)  # it waits
+    gate.touch()
+    thread.join(20)
+    waited = got[0].json
+    at_once = client.get(f"/{task_id}?wait=30s&detail=true").json
+    assert isinstance(waited["data"], dict) and waited["data"]["steps"][0]["message"] == "done\n"
+    assert waited["data"]["task"]["id"] == at_once["data"]["task"]["id"] == task_id
+
+
+def test_a_wait_whose_events_were_dropped_looks_at_the_record():
+    """More news than the bus keeps between two reads: the wait asks the record, and a running
+    task is not answered as if it had ended."""
+    from osreapi.events import EventBus
+    from osreapi.http.wait import TaskWait
+    from osreapi.records import TaskRecord
+    from osreapi.vocabulary import State
+
+    bus = EventBus(lambda _id: None, capacity=4)
+    running = TaskRecord(id="t1", mode="sequential", count=1, accepted=0.0, state=State.RUNNING)
+    record = {"t1": running}
+    wait = TaskWait(bus, "t1", bus.last, deadline=float("inf"), load=record.get, answer=lambda: b"answer")
+    for _ in range(10):
+        bus.publish("t2", TaskRecord(id="t2", mode="sequential", count=1, accepted=0.0), ())
+    assert wait.read() == (b"", False)
+    record["t1"] = running.with_(state=State.STOPPED)
+    for _ in range(10):
+        bus.publish("t2", TaskRecord(id="t2", mode="sequential", count=1, accepted=0.0), ())
+    assert wait.read() == (b"answer", True)
+
+
+@pytest.mark.timeout(30)
+def test_head_with_wait_answers_at_once(client: Client):
+    """HEAD has no body to stream: it does not wait (it would hold a worker thread)."""
+    task_id = client.submit([sh("sleep 30")])
+    thread, got = answer_in_thread(client, f"/{task_id}?wait=60s")
+    assert wait_until(lambda: client.hub.count == 1, 10)  # a GET waits on the hub
+    heads = [client.request("HEAD", f"/{task_id}?wait=60s") for _ in range(3)]
+    assert [resp.status for resp in heads] == [200] * 3 and client.hub.count == 1
+    client.request("PUT", f"/{task_id}?action=kill")
+    thread.join(20)
+    assert got and got[0].json["code"] == 1002
+
+
+@pytest.mark.timeout(30)
+def test_a_wait_cut_by_the_server_stopping_gets_the_answer_as_it_stands(client: Client):
+    task_id = client.submit([sh("sleep 30")])
+    thread, got = answer_in_thread(client, f"/{task_id}?wait=60s&lang=en")
+    assert wait_until(lambda: client.hub.count == 1, 10)
+    client.hub.stop()
+    thread.join(10)
+    assert got and got[0].status == 200 and got[0].json["code"] == 1001
+    client.request("PUT", f"/{task_id}?action=kill")

@@ -234,9 +234,10 @@ def _add_task_routes(app: bottle.Bottle, routes: Routes) -> None:
         language = routes.lang()
         deletions = executor.deletions  # noted before the read (see FinishedResults)
         query = bottle.request.query if bottle.request.environ.get("QUERY_STRING") else {}  # none: no parsing
-        if query.get("wait") is not None:
+        if query.get("wait") is not None and bottle.request.method == "GET":  # HEAD: no stream, no wait
             seconds = wait_time(query.get("wait"))
-            waiting = wait_for_task(routes, task_id, seconds, lambda: task_answer(task_id, language))
+            detail = _flag(bottle.request.query, "detail")
+            waiting = wait_for_task(routes, task_id, seconds, lambda: task_answer(task_id, language, detail))
             if waiting is not None:
                 return waiting
         plain = set(query) <= {"lang", "wait"}  # the cache holds the plain answer only
@@ -254,12 +255,15 @@ def _add_task_routes(app: bottle.Bottle, routes: Routes) -> None:
             data = render.detail_json(result.task, result.steps, executor.specs(task_id), language, now())
         return json_response(code, msg, data)
 
-    def task_answer(task_id: str, language: str) -> bytes:
-        """The plain GET /<id> body as it stands (for an answer given after a wait)."""
+    def task_answer(task_id: str, language: str, detail: bool = False) -> bytes:
+        """The GET /<id> body as it stands (for an answer given after a wait)."""
         result = executor.get(task_id)
         if result is None:
             return render.envelope(CODE_NOT_FOUND, message("not_found", language)).encode("utf-8")
-        return render.envelope(*render.result_json(result.task, result.steps, language, now())).encode("utf-8")
+        code, msg, data = render.result_json(result.task, result.steps, language, now())
+        if detail:
+            data = render.detail_json(result.task, result.steps, executor.specs(task_id), language, now())
+        return render.envelope(code, msg, data).encode("utf-8")
 
     @app.delete("/<task_id>")
     @routes.api

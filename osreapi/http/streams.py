@@ -265,7 +265,12 @@ class StreamHub:
             self._selector.modify(stream.sock, wanted, stream)
 
     def _finish_on_stop(self, stream: _Stream) -> None:
-        """On shutdown: the end of the body if it fits the socket buffer now, then close."""
+        """On shutdown: the source's last word if it has one (a wait's answer as it stands), the end
+        of the body if it fits the socket buffer now, then close."""
+        final = getattr(stream.source, "final", None)
+        if final is not None and not stream.ending:
+            data = final()
+            stream.out += _frame(data) if stream.chunked else data
         if stream.chunked:
             stream.out += b"0\r\n\r\n"
         with suppress(OSError):
@@ -297,7 +302,12 @@ class StreamHub:
                 if data:
                     last_sent = now
                     yield data
-                if done or self._stopping.is_set():
+                if done:
+                    return
+                if self._stopping.is_set():
+                    final = getattr(source, "final", None)  # as on the hub (see _finish_on_stop)
+                    if final is not None:
+                        yield final()
                     return
                 if not data:
                     self._stopping.wait(self._tick)

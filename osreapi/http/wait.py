@@ -16,6 +16,7 @@ import bottle
 
 from ..errors import InvalidRequest, InvalidValue
 from ..events import EventBus, Reset
+from ..records import TaskRecord
 from ..executor.durations import parse_duration
 from .answers import JSON_TYPE
 
@@ -40,12 +41,12 @@ class TaskWait:
     """A stream source: nothing until task_id's record says it ended, or the deadline passed."""
 
     def __init__(self, bus: EventBus, task_id: str, after: int, deadline: float,
-                 clock: Callable[[], float], answer: Callable[[], bytes]) -> None:
+                 load: Callable[[str], TaskRecord | None], answer: Callable[[], bytes]) -> None:
         self._bus = bus
         self._task_id = task_id
         self._after = after  # bus position noted before the task was read
-        self._deadline = deadline
-        self._clock = clock
+        self._deadline = deadline  # time.monotonic()
+        self._load = load  # the task's record, when the bus cannot say
         self._answer = answer
 
     def ends_within(self, seconds: float) -> bool:
@@ -58,14 +59,20 @@ class TaskWait:
         return True
 
     def read(self) -> tuple[bytes, bool]:
-        if self._ended() or self._clock() >= self._deadline:
+        if self._ended() or time.monotonic() >= self._deadline:
             return self._answer(), True
         return b"", False
+
+    def final(self) -> bytes:
+        """The answer as it stands, when the server stops before the task ends."""
+        return self._answer()
 
     def _ended(self) -> bool:
         news = self._bus.since(self._after, self._task_id)
         if isinstance(news, Reset):  # the bus dropped what we had not read: look at the record
-            return True
+            self._after = news.last
+            task = self._load(self._task_id)
+            return task is None or task.state.finished
         self._after = news.upto
         return any(e.deleted or (e.step is None and e.task.state.finished) for e in news.events)
 
@@ -83,8 +90,7 @@ def wait_for_task(routes, task_id: str, seconds: float, answer: Callable[[], byt
     task = routes.executor.task(task_id)
     if task is None or task.state.finished or seconds <= 0:
         return None
-    clock = routes.executor.clock
-    source = TaskWait(routes.bus, task_id, after, clock() + seconds, clock, answer)
+    source = TaskWait(routes.bus, task_id, after, time.monotonic() + seconds, routes.executor.task, answer)
     if source.ends_within(min(seconds, SHORT_WAIT)):
         return None  # answered by this thread, the connection kept alive
     headers = [("Content-Type", JSON_TYPE), ("Cache-Control", "no-cache")]
