@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -150,3 +152,30 @@ def test_a_steps_pid_is_recorded_while_it_runs_and_with_its_end(executor: Execut
     assert wait_until(lambda: (tmp_path / "pid").exists() and executor.get(long).steps[0].pid is not None, 10)
     assert executor.get(long).steps[0].pid == int((tmp_path / "pid").read_text())
     executor.kill(long)
+
+
+SHORT_WRITES = """
+import os, resource, signal, sys
+from pathlib import Path
+from osreapi.executor.reaper import LogSink
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit a write is short, then fails (EFBIG)
+log = Path(sys.argv[1])
+read_end, write_end = os.pipe()
+sink = LogSink(read_end, log, cap=10 << 20)
+resource.setrlimit(resource.RLIMIT_FSIZE, (6000, resource.RLIM_INFINITY))
+os.write(write_end, b"x" * 10000)
+os.close(write_end)
+sink.pump()
+sink.close()
+kept = sink.small_output()
+print(len(kept) if kept is not None else "file", log.stat().st_size, log.read_bytes().count(b"dropped"))
+"""
+
+
+def test_a_log_written_short_is_read_back_as_it_is_on_disk(tmp_path):
+    """A disk (here a file size limit) that takes part of a write: the record's output is what the
+    log file holds, with the drop marker, never bytes the file does not have."""
+    out = subprocess.run([sys.executable, "-c", SHORT_WRITES, str(tmp_path / "step.log")],
+                         capture_output=True, text=True, timeout=30, check=True)
+    kept, size, markers = out.stdout.split()
+    assert kept == "file" and int(size) == 6000 and markers == "0"  # the marker did not fit either

@@ -80,13 +80,15 @@ class LogSink:
             self._kept += data
             if len(self._kept) > KEEP_SMALL:
                 self._kept = None
+        view = memoryview(data)
         try:
-            self._file.write(data)
+            while view:  # a raw write may be short (a disk nearly full): the rest raises or goes
+                view = view[self._file.write(view):]
             return True
         except OSError:  # ENOSPC and friends: the bytes are lost, the step goes on
             self._kept = None  # the file says what was lost
             self._disk_full = True
-            self._dropped += len(data)
+            self._dropped += len(view)
             return False
 
     def close(self, hand_off: bool = False) -> None:
@@ -111,8 +113,10 @@ def _discard_elsewhere(fd: int) -> None:
     """Give a pipe's read end to a detached `cat` that discards what comes until its writers close it."""
     try:
         os.set_blocking(fd, True)  # the flag is shared with cat, whose read would fail with EAGAIN
-        subprocess.run(["sh", "-c", DISCARD], stdin=fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       cwd="/", start_new_session=True, timeout=10, check=False)
+        # Not waited for (the reaper thread serves every step): the shell exits at once, and
+        # subprocess reaps it at a later Popen.
+        subprocess.Popen(["sh", "-c", DISCARD], stdin=fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         cwd="/", start_new_session=True)
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("a kept daemon's output cannot be discarded (%s): its next write gets SIGPIPE", exc)
 
