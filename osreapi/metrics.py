@@ -79,8 +79,9 @@ class _Family:
         self.samples.append((suffix, labels, value))
 
     def lines(self) -> Iterator[str]:
-        yield f"# HELP {self.name} {_escape(self.help, quotes=False)}"
-        yield f"# TYPE {self.name} {self.kind}"
+        name = f"{self.name}_total" if self.kind == "counter" else self.name  # 0.0.4 names the sample
+        yield f"# HELP {name} {_escape(self.help, quotes=False)}"
+        yield f"# TYPE {name} {self.kind}"
         for suffix, labels, value in self.samples:
             text = ",".join(f'{key}="{_escape(str(val))}"' for key, val in labels.items())
             yield f"{self.name}{suffix}{{{text}}} {float(value)!r}" if text else f"{self.name}{suffix} {float(value)!r}"

@@ -151,6 +151,10 @@ def test_metrics_count_what_ran(make_server):
     client.wait(client.submit([sh("sleep 5", timeout="100ms")]))
     resp = client.get("/metrics")
     assert resp.status == 200 and resp.header("Content-Type").startswith("text/plain")
+    families = {family.name: family.type for family in text_string_to_metric_families(resp.body.decode())}
+    assert "unknown" not in families.values(), families  # every sample under its family's HELP/TYPE
+    assert families["osreapi_steps_started"] == families["osreapi_http_requests"] == "counter"
+    assert families["osreapi_step_duration_seconds"] == "histogram" and families["osreapi_tasks"] == "gauge"
     values = metric_values(resp.body.decode())
     assert values[("osreapi_steps_started_total", ())] == 4
     assert values[("osreapi_steps_finished_total", (("outcome", "succeeded"),))] == 2
