@@ -23,6 +23,7 @@ from .taskstate import TaskState
 
 log = logging.getLogger(__name__)
 KEEP_RECORDS_OF = 1000  # queued tasks whose records are kept in memory (the rest are read back)
+KEEP_SCRIPT_BYTES = 16 * 1024  # ... when their scripts are this small: 16 MB at most
 Records = tuple[TaskRecord, tuple[StepRecord, ...], tuple[StepSpec, ...]]
 
 
@@ -44,7 +45,7 @@ class SupervisorActor(pykka.ThreadingActor):
             case GetStats():
                 return len(self._live), len(self._queued) + len(self._held)
             case Enqueue(task_id=task_id, records=records):
-                self._queued[task_id] = records if len(self._queued) < KEEP_RECORDS_OF else None
+                self._queued[task_id] = records if self._keep(records) else None
             case TaskEnded(task_id=task_id):
                 ref = self._live.pop(task_id, None)
                 if ref is not None:  # a request queued to it for this task is refused in order there
@@ -72,6 +73,12 @@ class SupervisorActor(pykka.ThreadingActor):
                 log.exception("task %s cannot be started", task_id)
                 self._interrupt_stored(task_id, f"task not started: {exc.__class__.__name__}: {exc}")
 
+    def _keep(self, records: Records | None) -> bool:
+        """Keep a queued task's records in memory while few wait and its scripts are small."""
+        if records is None or len(self._queued) >= KEEP_RECORDS_OF:
+            return False
+        return sum(len(spec.content) for spec in records[2]) <= KEEP_SCRIPT_BYTES
+
     def _start(self, task_id: str) -> None:
         records = self._queued.pop(task_id)
         state = self._controlled.pop(task_id, None) or (TaskState(*records) if records else self._stored_state(task_id))
@@ -82,8 +89,8 @@ class SupervisorActor(pykka.ThreadingActor):
             self._controlled[task_id] = state
             return
         ref = self._task_runner()
-        self._live[task_id] = ref
         ref.tell(StartTask(state.task, tuple(state.steps), state.specs))
+        self._live[task_id] = ref  # after the tell: a runner that died meanwhile takes no slot
 
     def _task_runner(self) -> pykka.ActorRef:
         while self._idle:

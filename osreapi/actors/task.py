@@ -56,17 +56,19 @@ class TaskActor(pykka.ThreadingActor):
 
     def _load(self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...]) -> None:
         self._specs = specs
-        self._state = TaskState(task, list(steps), specs)
         self._requested: set[int] = set()  # asked the pool for a worker, not granted yet
         self._workers: dict[int, tuple[pykka.ActorRef, int]] = {}  # active step -> (worker, run)
         self._ended = False  # TaskEnded sent: nothing more comes for this task
         self._leave_queued = False  # the server stops before the task began: it stays queued
         self._starting: list[tuple[pykka.ActorRef, RunStep]] = []  # sent with the next save
+        self._state = TaskState(task, list(steps), specs)  # after the resets: a failure here ends this task
         self._workspace = self._services.config.workspace(task.id)
         process.prepare_workspace(self._workspace)
         self._state.skip_blocked()
 
     def on_receive(self, message: Any) -> Any:
+        if self._state is None and not isinstance(message, (StartTask, ControlTask)):
+            return None  # about a task that has ended here (a pid-save timer, an interrupt racing the end)
         match message:
             case StartTask(task=task, steps=steps, specs=specs):
                 self._load(task, steps, specs)
@@ -92,7 +94,7 @@ class TaskActor(pykka.ThreadingActor):
             case ControlTask(action=action, index=index, reply=reply):
                 self._control(action, index, reply)
             case InterruptTask():
-                if self._state is None or self._ended:
+                if self._ended:
                     return None
                 self._interrupt()
             case _:
@@ -138,6 +140,7 @@ class TaskActor(pykka.ThreadingActor):
     def _end(self) -> None:
         self._ended = True
         tell_if_alive(self._supervisor, TaskEnded(self._state.task.id))
+        self._state, self._specs = None, ()  # an idle runner keeps nothing of the task (outputs included)
 
     def _interrupt(self) -> None:
         """The server is stopping: a task that never started stays queued for the next start."""

@@ -52,7 +52,6 @@ def load_token(token: str | None, token_file: str | None, environ: dict[str, str
 
 
 @functools.lru_cache(maxsize=1024)  # asked on every request; clients are few
-@functools.lru_cache(maxsize=1024)  # parsed once per client address, not per request
 def is_loopback(address: str | None) -> bool:
     if not address:
         return False
