@@ -41,13 +41,15 @@ def test_pool_waits_in_fifo_order(make_executor):
     assert begins == sorted(begins)
 
 
-def test_waiting_task_is_pending_until_its_step_starts(make_executor):
+def test_waiting_task_is_pending_until_its_step_starts(make_executor, tmp_path):
     ex: Executor = make_executor(pool_size=1)
-    first = ex.submit([sh("sleep 0.5")])
+    gate = tmp_path / "gate"
+    first = ex.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.02; done")])
     second = ex.submit([sh("true")])
     assert wait_until(lambda: ex.get(first).task.state is State.RUNNING)
     waiting = ex.get(second)
     assert waiting.task.state is State.PENDING and waiting.task.begin is None
+    gate.touch()
     assert ex.wait(second, 10).task.state is State.STOPPED
 
 
