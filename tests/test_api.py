@@ -140,8 +140,9 @@ def test_unknown_id_answers_404_1003(client: Client):
     assert resp.json == {"code": 1003, "message": "id不存在, 沒有数据"}
 
 
-def test_running_task_answers_1001_with_progress(client: Client):
-    task_id = client.submit([sh("echo started; sleep 0.6"), sh("true")])
+def test_running_task_answers_1001_with_progress(client: Client, tmp_path):
+    gate = tmp_path / "gate"
+    task_id = client.submit([sh(f"echo started; while [ ! -e {gate} ]; do sleep 0.02; done"), sh("true")])
     assert wait_until(lambda: "started" in client.get(f"/{task_id}").body.decode(), timeout=10)
     resp = client.get(f"/{task_id}")
     body = resp.json
@@ -149,15 +150,16 @@ def test_running_task_answers_1001_with_progress(client: Client):
     assert [s["state"] for s in body["data"]] == ["执行中", "等待中"]
     assert body["data"][0]["message"] == "started\n"
     assert "end" not in body["data"][0]["times"] and "ttl" not in body["data"][0]["times"]
+    gate.touch()
     assert client.wait(task_id).json["code"] == 0
 
 
-def test_list_fields_sorting_and_running_count(client: Client):
+def test_list_fields_sorting_and_running_count(client: Client, tmp_path):
     ok = client.submit([sh("true")])
     client.wait(ok)
     bad = client.submit([sh("exit 1")])
     client.wait(bad)
-    slow = client.submit([sh("sleep 0.5")])
+    slow = client.submit([sh(f"while [ ! -e {tmp_path / 'gate'} ]; do sleep 0.02; done")])
     assert wait_until(lambda: client.get("/").json["data"]["running"] == 1)
     body = client.get("/").json
     assert body["code"] == 0 and body["data"]["total"] == 3
@@ -173,6 +175,8 @@ def test_list_fields_sorting_and_running_count(client: Client):
     assert by_ttl == [ok, bad, slow]
     resp = client.get("/?sort=size")
     assert resp.status == 400 and "sort" in resp.json["message"]
+    (tmp_path / "gate").touch()
+    assert client.wait(slow).json["code"] == 0
 
 
 @pytest.mark.parametrize(

@@ -165,7 +165,8 @@ def test_a_step_not_started_can_be_held_and_released(client: Client, tmp_path):
 
 def test_control_of_tasks_waiting_for_their_turn(make_server, tmp_path):
     client = make_server(pool_size=1, extra_live_tasks=0)
-    first = client.submit([sh("sleep 0.5")])
+    gate = tmp_path / "gate"
+    first = client.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.02; done")])
     held = client.submit([sh(f"touch {tmp_path / 'held'}")])
     killed = client.submit([sh(f"touch {tmp_path / 'killed'}"), sh("true")])
     assert client.get(f"/{held}").json["data"][0]["state"] == "等待中"
@@ -176,6 +177,7 @@ def test_control_of_tasks_waiting_for_their_turn(make_server, tmp_path):
     assert body["code"] == 1002 and [s["state"] for s in body["data"]] == ["已跳过", "已跳过"]
     listed = {t["id"]: t for t in client.get("/").json["data"]["tasks"]}
     assert listed[killed]["state"] == "已终止" and listed[killed]["code"] == 1002
+    gate.touch()
     assert client.wait(first).json["code"] == 0
     assert wait_until(lambda: client.executor.stats()["tasks_live"] == 0)  # the slot is free, yet
     assert client.executor.stats()["pool_busy"] == 0 and not (tmp_path / "held").exists()
