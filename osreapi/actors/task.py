@@ -61,7 +61,11 @@ class TaskActor(pykka.ThreadingActor):
         self._ended = False  # TaskEnded sent: nothing more comes for this task
         self._leave_queued = False  # the server stops before the task began: it stays queued
         self._starting: list[tuple[pykka.ActorRef, RunStep]] = []  # sent with the next save
-        self._state = TaskState(task, list(steps), specs)  # after the resets: a failure here ends this task
+        try:
+            self._state = TaskState(task, list(steps), specs)
+        except Exception:
+            self._state = TaskState(task, list(steps), (), plan=False)  # so on_failure ends this task
+            raise
         self._workspace = self._services.config.workspace(task.id)
         process.prepare_workspace(self._workspace)
         self._state.skip_blocked()
