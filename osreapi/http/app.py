@@ -207,7 +207,6 @@ def _add_operations(app: bottle.Bottle, routes: Routes) -> None:
 
 def _add_task_routes(app: bottle.Bottle, routes: Routes) -> None:
     executor, settings, now = routes.executor, routes.settings, routes.now
-    finished = FinishedResults()
 
     @app.post("/")
     @routes.api
@@ -228,42 +227,7 @@ def _add_task_routes(app: bottle.Bottle, routes: Routes) -> None:
         body = render.list_body(executor.list(), sort, routes.lang(), now())
         return bottle.HTTPResponse(body=body, headers={"Content-Type": JSON_TYPE})
 
-    @app.get("/<task_id>")
-    @routes.api
-    def get_task(task_id: str) -> Answer:
-        language = routes.lang()
-        deletions = executor.deletions  # noted before the read (see FinishedResults)
-        query = bottle.request.query if bottle.request.environ.get("QUERY_STRING") else {}  # none: no parsing
-        if query.get("wait") is not None and bottle.request.method == "GET":  # HEAD: no stream, no wait
-            seconds = wait_time(query.get("wait"))
-            detail = _flag(bottle.request.query, "detail")
-            waiting = wait_for_task(routes, task_id, seconds, lambda: task_answer(task_id, language, detail))
-            if waiting is not None:
-                return waiting
-        plain = set(query) <= {"lang", "wait"}  # the cache holds the plain answer only
-        cached = finished.get(task_id, language, deletions, now()) if plain else None
-        if cached is not None:
-            return json_body(cached)
-        result = executor.get(task_id)
-        if result is None:
-            return json_response(CODE_NOT_FOUND, message("not_found", language))
-        kept = finished.put(result.task, result.steps, language, deletions, now()) if plain else None
-        if kept is not None:
-            return json_body(kept)  # rendered once, for this answer and the next ones
-        code, msg, data = render.result_json(result.task, result.steps, language, now())
-        if _flag(bottle.request.query, "detail"):  # ours: every step, with its dependencies
-            data = render.detail_json(result.task, result.steps, executor.specs(task_id), language, now())
-        return json_response(code, msg, data)
-
-    def task_answer(task_id: str, language: str, detail: bool = False) -> bytes:
-        """The GET /<id> body as it stands (for an answer given after a wait)."""
-        result = executor.get(task_id)
-        if result is None:
-            return render.envelope(CODE_NOT_FOUND, message("not_found", language)).encode("utf-8")
-        code, msg, data = render.result_json(result.task, result.steps, language, now())
-        if detail:
-            data = render.detail_json(result.task, result.steps, executor.specs(task_id), language, now())
-        return render.envelope(code, msg, data).encode("utf-8")
+    app.get("/<task_id>")(routes.api(TaskRoute(routes)))
 
     @app.delete("/<task_id>")
     @routes.api
@@ -295,6 +259,46 @@ def _add_step_routes(app: bottle.Bottle, routes: Routes) -> None:
 
     step_log = LogRoute(routes)
     app.get("/<task_id>/<step>/log")(routes.api(step_log))
+
+
+class TaskRoute:
+    """GET /<id>: a finished task's plain answer from the cache, `?detail=true` with every step,
+    `?wait=` answered when the task ends."""
+
+    def __init__(self, routes: Routes) -> None:
+        self._routes = routes
+        self._finished = FinishedResults()
+
+    def __call__(self, task_id: str) -> Answer:
+        routes, language = self._routes, self._routes.lang()
+        deletions = routes.executor.deletions  # noted before the read (see FinishedResults)
+        query = bottle.request.query if bottle.request.environ.get("QUERY_STRING") else {}  # none: no parsing
+        detail = _flag(query, "detail")  # ours: every step, with its dependencies
+        if query.get("wait") is not None and bottle.request.method == "GET":  # HEAD: no stream, no wait
+            seconds = wait_time(query.get("wait"))
+            waiting = wait_for_task(routes, task_id, seconds, lambda: self._answer(task_id, language, detail)[0])
+            if waiting is not None:
+                return waiting
+        plain = set(query) <= {"lang", "wait"}  # the cache holds the plain answer only
+        cached = self._finished.get(task_id, language, deletions, routes.now()) if plain else None
+        if cached is not None:
+            return json_body(cached)
+        return json_body(*self._answer(task_id, language, detail, deletions if plain else None))
+
+    def _answer(self, task_id: str, language: str, detail: bool, deletions: int | None = None) -> tuple[bytes, int]:
+        """(body, HTTP status) of the task as it stands. Given `deletions` (noted before the read),
+        a finished task's plain answer is also kept for the next ones."""
+        executor, now = self._routes.executor, self._routes.now()
+        result = executor.get(task_id)
+        if result is None:
+            return render.envelope(CODE_NOT_FOUND, message("not_found", language)).encode("utf-8"), 404
+        kept = self._finished.put(result.task, result.steps, language, deletions, now) if deletions is not None else None
+        if kept is not None:
+            return kept, 200
+        code, msg, data = render.result_json(result.task, result.steps, language, now)
+        if detail:
+            data = render.detail_json(result.task, result.steps, executor.specs(task_id), language, now)
+        return render.envelope(code, msg, data).encode("utf-8"), _STATUS_OF_CODE.get(code, 200)
 
 
 class LogRoute:
