@@ -217,12 +217,11 @@ class StoreActor(pykka.ThreadingActor):
 
     def _merge_unsaved(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]):
         """Newer records on top of what a full disk refused for the same task."""
-        old = self._unsaved.pop(task_id, None)
-        if old is None:
+        if task_id not in self._unsaved:
             return task, steps
-        old_task, old_steps = old
-        merged = {**old_steps, **{s.index: s for s in steps}}
-        return task or old_task, tuple(merged[i] for i in sorted(merged))
+        self._keep_unsaved(task_id, task, steps)
+        merged_task, merged = self._unsaved.pop(task_id)
+        return merged_task, tuple(merged[i] for i in sorted(merged))
 
     def _retry(self) -> None:
         self._retry_scheduled = False
