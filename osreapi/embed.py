@@ -446,19 +446,18 @@ class Executor(ControlCalls):
         try:
             return message.reply.get(timeout=self.config.call_timeout)
         except pykka.Timeout:
-            raise EngineBusy(f"the engine did not answer within {self.config.call_timeout:g}s") from None
+            raise self._not_answered() from None
 
     def _ask(self, ref: pykka.ActorRef, message: Any) -> Any:
         try:
-            return self._ask_raw(ref, message)
+            return ref.ask(message, timeout=self.config.call_timeout)
         except pykka.ActorDeadError:
             raise EngineClosed("the engine is shut down") from None
-
-    def _ask_raw(self, ref: pykka.ActorRef, message: Any) -> Any:
-        try:
-            return ref.ask(message, timeout=self.config.call_timeout)
         except pykka.Timeout:
-            raise EngineBusy(f"the engine did not answer within {self.config.call_timeout:g}s") from None
+            raise self._not_answered() from None
+
+    def _not_answered(self) -> EngineBusy:
+        return EngineBusy(f"the engine did not answer within {self.config.call_timeout:g}s")
 
     def _check_open(self) -> None:
         if self._closed:
