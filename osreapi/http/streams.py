@@ -47,7 +47,9 @@ class StreamSource(Protocol):
         """Sent after ~15 s of silence (b": keep-alive\\n\\n" for SSE, b"" for none)."""
 
     def close(self) -> None:
-        """Called once, when the stream ends or the client left."""
+        """Called once, when the stream ends or the client left.
+
+        A source may also have `final() -> bytes`: its last bytes when the server stops first."""
 
 
 @dataclass
@@ -267,10 +269,9 @@ class StreamHub:
     def _finish_on_stop(self, stream: _Stream) -> None:
         """On shutdown: the source's last word if it has one (a wait's answer as it stands), the end
         of the body if it fits the socket buffer now, then close."""
-        final = getattr(stream.source, "final", None)
-        if final is not None and not stream.ending:
-            data = final()
-            stream.out += _frame(data) if stream.chunked else data
+        if not stream.ending:
+            data = _last_word(stream.source)
+            stream.out += _frame(data) if stream.chunked and data else data
         if stream.chunked:
             stream.out += b"0\r\n\r\n"
         with suppress(OSError):
@@ -305,9 +306,9 @@ class StreamHub:
                 if done:
                     return
                 if self._stopping.is_set():
-                    final = getattr(source, "final", None)  # as on the hub (see _finish_on_stop)
-                    if final is not None:
-                        yield final()
+                    data = _last_word(source)
+                    if data:
+                        yield data
                     return
                 if not data:
                     self._stopping.wait(self._tick)
@@ -333,6 +334,13 @@ class Handoff:
             close()
         self.hub.adopt(environ[_ENVIRON_REQUEST], *stream)
         return []
+
+
+def _last_word(source: StreamSource) -> bytes:
+    """What a source says when the server stops before it has finished: its optional `final()`
+    (a wait's answer as it stands), else nothing."""
+    final = getattr(source, "final", None)
+    return final() if final is not None else b""
 
 
 def _frame(data: bytes) -> bytes:

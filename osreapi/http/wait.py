@@ -3,8 +3,8 @@
 A client waiting for a task asks once instead of polling. The first 20 ms are waited on the
 worker thread (most short tasks end by then; the connection stays alive); past that the wait is a
 stream on the hub (no worker thread held): the hub reads the source at every committed change and
-at each tick; the answer is the plain GET /<id> body of that moment. While waiting, a space every ~15 s (JSON
-allows leading whitespace) keeps proxies open and finds a client that went away.
+at each tick; the answer is the GET /<id> body of that moment. While waiting, a space every ~15 s
+(JSON allows leading whitespace) keeps proxies open and finds a client that went away.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import bottle
 
 from ..errors import InvalidRequest, InvalidValue
 from ..events import EventBus, Reset
-from ..records import TaskRecord
 from ..executor.durations import parse_duration
+from ..records import TaskRecord
 from .answers import JSON_TYPE
 
 LONGEST_WAIT = 60.0  # seconds; a client wanting longer asks again
