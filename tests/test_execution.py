@@ -181,3 +181,14 @@ def test_a_log_written_short_is_read_back_as_it_is_on_disk(tmp_path):
                          capture_output=True, text=True, timeout=30, check=True)
     kept, size, markers = out.stdout.split()
     assert kept == "file" and int(size) == 6000 and markers == "0"  # the marker did not fit either
+
+
+def test_a_reused_task_runner_still_saves_the_pid_of_a_long_step(executor: Executor, tmp_path):
+    """A short task leaves its pid-save timer behind; the runner that takes the next task must
+    still save that task's pid while its step runs."""
+    executor.wait(executor.submit([sh("true")]), 10)
+    assert wait_until(lambda: executor._cleanup_timer.armed() == 0, 10)  # the timer came and went
+    long = executor.submit([sh(f"echo $$ > {tmp_path}/pid; sleep 30")])
+    assert wait_until(lambda: executor.get(long).steps[0].pid is not None, 10)
+    assert executor.get(long).steps[0].pid == int((tmp_path / "pid").read_text())
+    executor.kill(long)

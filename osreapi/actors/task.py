@@ -71,6 +71,8 @@ class TaskActor(pykka.ThreadingActor):
         self._state.skip_blocked()
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, SaveStarted):
+            self._save_armed = False  # even if its task has ended here: the next one arms its own
         if self._state is None and not isinstance(message, (StartTask, ControlTask)):
             return None  # about a task that has ended here (a pid-save timer, an interrupt racing the end)
         match message:
@@ -91,7 +93,7 @@ class TaskActor(pykka.ThreadingActor):
                 self._save_started_later()
                 return None  # nothing else changed
             case SaveStarted():
-                self._save_armed = False
+                pass  # saved below, with whatever else changed
             case StepEnded(index=index, state=state, code=code, output=output, end=end):
                 self._workers.pop(index, None)
                 self._state.step_ended(index, state, code, output, end)
