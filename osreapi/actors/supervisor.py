@@ -81,7 +81,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _start(self, task_id: str) -> None:
         records = self._queued.pop(task_id)
-        state = self._controlled.pop(task_id, None) or (TaskState(*records) if records else self._stored_state(task_id))
+        state = self._controlled.pop(task_id, None) or self._queued_state(task_id, records)
         if state is None or state.task.state.finished:  # deleted or ended meanwhile
             return
         if state.paused:  # held before it started: it waits for a resume
@@ -118,8 +118,7 @@ class SupervisorActor(pykka.ThreadingActor):
             message.reply.fail(ActionRejected("task_not_here"))
             return
         try:
-            records = self._queued.get(task_id)
-            state = self._controlled.get(task_id) or (TaskState(*records) if records else self._stored_state(task_id))
+            state = self._controlled.get(task_id) or self._queued_state(task_id, self._queued.get(task_id))
             if state is None:
                 raise ActionRejected("task_not_here")
             state.control(message.action, message.index, self._services.clock())
@@ -140,6 +139,10 @@ class SupervisorActor(pykka.ThreadingActor):
             del self._held[task_id]
             self._queued = {task_id: None, **self._queued}  # it was accepted before most of the queue
         self._save(state, message.reply)
+
+    def _queued_state(self, task_id: str, records: Records | None) -> TaskState | None:
+        """A queued task's state: from the records kept with it, else read from the store."""
+        return TaskState(*records) if records else self._stored_state(task_id)
 
     def _stored_state(self, task_id: str) -> TaskState | None:
         db = self._services.db
