@@ -143,6 +143,57 @@ def test_log_follow_over_tls_is_served_by_the_worker_fallback(start_server, tmp_
         conn.close()
 
 
+def _https(port: int, context: ssl.SSLContext, timeout: float) -> http.client.HTTPSConnection:
+    return http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=timeout)
+
+
+@pytest.mark.timeout(120)
+def test_tls_streams_leave_worker_threads_for_short_requests(start_server, tmp_path):
+    """Under TLS a stream holds a worker thread: 40 followers of a quiet step must not take all
+    32, or the kill that ends the step waits behind them. A quarter of the threads stay free:
+    followers beyond the cap get 503 with Retry-After, waits beyond it answer as the task stands."""
+    pki = make_pki(tmp_path)
+    server = start_server("--tls_cert", str(pki["server"].cert), "--tls_key", str(pki["server"].key))
+    context = ssl.create_default_context(cafile=str(pki["ca"].cert))
+    port = int(server.url.rsplit(":", 1)[1])
+    setup = _https(port, context, 30)
+    setup.request("POST", "/", body='[{"command_type":"sh","command_content":"sleep 60"}]')
+    task_id = setup.getresponse().read().decode().split('"id":"')[1].split('"')[0]
+    setup.close()
+    answers: list[tuple[int, str | None, bytes]] = []
+    lock = threading.Lock()
+
+    def ask(path: str) -> None:
+        conn = _https(port, context, 60)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+            with lock:
+                answers.append((resp.status, resp.getheader("Retry-After"), body))
+        finally:
+            conn.close()
+
+    followers = [threading.Thread(target=ask, args=(f"/{task_id}/0/log?follow=true",)) for _ in range(40)]
+    for thread in followers:
+        thread.start()
+    assert wait_until(lambda: len(answers) == 40 - 24, timeout=30)  # 32 threads, 8 kept free
+    assert all(status == 503 and retry == "1" for status, retry, _ in answers)
+    waiters = [threading.Thread(target=ask, args=(f"/{task_id}?wait=60s",)) for _ in range(4)]
+    for thread in waiters:
+        thread.start()
+    for thread in waiters:
+        thread.join(20)
+    assert [a[0] for a in answers[16:]] == [200] * 4 and all(b'"code":1001' in a[2] for a in answers[16:])
+    kill = _https(port, context, 10)  # answered now, not after the step
+    kill.request("PUT", f"/{task_id}?action=kill")
+    assert kill.getresponse().status == 200
+    kill.close()
+    for thread in followers:
+        thread.join(30)
+    assert len(answers) == 44 and sum(1 for status, _, _ in answers if status == 200) == 4 + 24
+
+
 @pytest.mark.timeout(120)
 def test_a_follower_that_does_not_read_costs_the_server_no_more_than_its_buffer(start_server):
     server = start_server("--max_output", "4KiB")  # GET /<id> while waiting stays small

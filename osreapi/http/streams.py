@@ -7,7 +7,10 @@ worker is free at once. The hub thread ticks (~50 ms, or at once on `wake()`), a
 for new bytes, writes them without blocking (a slow reader only grows its own buffer, up to a
 bound), sends the source's heartbeat after ~15 s of silence, and notices a client that went away
 by its socket turning readable at EOF. Under TLS, or any other WSGI server, the same source is
-driven by a generator on the worker thread (cheroot sends it chunked).
+driven by a generator on the worker thread (cheroot sends it chunked). Those streams hold a
+worker each, so the server caps them (`limit_worker_streams`) below its thread count: beyond the
+cap a wait is answered as it stands and a follow gets 503 with Retry-After, and short requests
+(a kill, a health check) always find a worker.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class StreamHub:
         self._tick = tick
         self._heartbeat = heartbeat
         self._max_streams = max_streams
+        self._worker_slots: threading.BoundedSemaphore | None = None  # None: no cap (see above)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._incoming: list[_Stream] = []
@@ -85,17 +89,37 @@ class StreamHub:
 
     # -- what routes call -----------------------------------------------------------------
 
+    def limit_worker_streams(self, count: int) -> None:
+        """At most `count` streams driven on worker threads at once (the server's threads minus
+        those kept for short requests)."""
+        self._worker_slots = threading.BoundedSemaphore(max(1, count))
+
     def serve(self, environ: dict, status: str, headers: list[tuple[str, str]], source: StreamSource) -> bottle.HTTPResponse:
         """Answer the request with a stream of the source's bytes."""
         if self._stopping.is_set() or self.count >= self._max_streams:
-            source.close()
-            text = envelope(503, _overloaded(environ, self._lang))
-            return bottle.HTTPResponse(text, status=503, headers={"Content-Type": JSON_TYPE, "Retry-After": "1"})
+            return self._refuse(environ, source)
         request = environ.get(_ENVIRON_REQUEST)
         if request is not None and environ.get("wsgi.url_scheme") == "http" and environ.get("REQUEST_METHOD") == "GET":
             environ[_ENVIRON_STREAM] = (status, headers, source)
             return bottle.HTTPResponse(b"", status=status)  # Handoff writes the real head
-        return bottle.HTTPResponse(self.drive(source), status=status, headers=dict(headers))
+        slots = self._worker_slots
+        if slots is not None and not slots.acquire(blocking=False):
+            return self._refuse(environ, source)
+        body = self.drive(source)
+        return bottle.HTTPResponse(body if slots is None else ReleaseOnClose(body, slots.release),
+                                   status=status, headers=dict(headers))
+
+    def _refuse(self, environ: dict, source: StreamSource) -> bottle.HTTPResponse:
+        """No room for one more stream: a source with a last word (a wait) answers with it now;
+        any other stream gets 503 and Retry-After."""
+        try:
+            data = _last_word(source)
+        finally:
+            source.close()
+        if data:
+            return bottle.HTTPResponse(data, status=200, headers={"Content-Type": JSON_TYPE, "Cache-Control": "no-cache"})
+        text = envelope(503, _overloaded(environ, self._lang))
+        return bottle.HTTPResponse(text, status=503, headers={"Content-Type": JSON_TYPE, "Retry-After": "1"})
 
     def wake(self) -> None:
         """A source has new data: tick now rather than at the next tick. Every committed write
@@ -334,6 +358,36 @@ class Handoff:
             close()
         self.hub.adopt(environ[_ENVIRON_REQUEST], *stream)
         return []
+
+
+class ReleaseOnClose:
+    """A streamed body that gives back what it holds (a slot) once: when it is exhausted (before
+    the server writes the last chunk, so a client that then sends its next request never races the
+    release) or closed (a client that went away, or a body never iterated)."""
+
+    def __init__(self, body: Iterable[bytes], release: Callable[[], None]) -> None:
+        self._body = body
+        self._release = release
+        self._released = False
+
+    def __iter__(self):
+        try:
+            yield from self._body
+        finally:
+            self._release_once()
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close:
+                close()
+        finally:
+            self._release_once()
+
+    def _release_once(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release()
 
 
 def _last_word(source: StreamSource) -> bytes:
