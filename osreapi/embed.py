@@ -46,6 +46,7 @@ from .executor import process
 from .executor.durations import parse_duration
 from .executor.output import read_output
 from .executor.janitor import Janitor
+from .executor.logsource import LogSource
 from .executor.reaper import Reaper
 from .listing import sorted_tasks
 from .metrics import EngineMetrics
@@ -348,8 +349,6 @@ class Executor(ControlCalls):
     def logs(self, task_id: str, step: str | int, follow: bool = False, offset: int = 0) -> Iterator[str]:
         """A step's output from byte `offset` as text chunks; with follow, until the step ends.
         Raises NotFound at once for an unknown task or step."""
-        from .http.logstream import LogSource  # the source GET /<id>/<step>/log streams from
-
         index = self.step(task_id, step, output=False)[1].index
 
         def current() -> StepRecord | None:

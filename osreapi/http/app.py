@@ -26,6 +26,7 @@ from ..errors import (
     TaskConflict,
 )
 from ..events import EventBus
+from ..executor.logsource import LogSource
 from ..listing import check_sort
 from ..records import StepRecord
 from ..vocabulary import (
@@ -45,7 +46,7 @@ from ..vocabulary import (
 from . import dashboard, openapi, render
 from .answers import JSON_TYPE, language_of, refuse
 from .health import HealthCheck
-from .logstream import LogSource, SharedPoll
+from .logstream import SharedPoll
 from .resultcache import FinishedResults
 from .security import Guard, audit
 from .streams import TICK, Handoff, ReleaseOnClose, StreamHub

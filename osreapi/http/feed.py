@@ -12,15 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ..events import Batch, Event, EventBus, Reset
+from ..sse import KEEP_ALIVE, sse_message
 from . import render
 
 OPENING = b": osreapi events\nretry: 2000\n\n"
-HEARTBEAT = b": keep-alive\n\n"
 
 
 def sse(kind: str, seq: int, data: Any) -> bytes:
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"id: {seq}\nevent: {kind}\ndata: {body}\n\n".encode()
+    return sse_message(json.dumps(data, ensure_ascii=False, separators=(",", ":")), event=kind, id=seq)
 
 
 def event_json(event: Event, lang: str, now: float) -> dict[str, Any]:
@@ -66,7 +65,7 @@ class FeedSource:
         return [sse(e.kind, e.seq, event_json(e, self._lang, now)) for e in batch.events]
 
     def heartbeat(self) -> bytes:
-        return HEARTBEAT
+        return KEEP_ALIVE
 
     def close(self) -> None:
         """Nothing to release: the bus keeps no state per subscriber."""

@@ -1,41 +1,13 @@
-"""A step's output as it is written: plain text (optionally followed) or Server-Sent Events.
-
-The log file is the source; offsets are byte offsets into it, so a client that resumes at an
-offset (?offset=N or Last-Event-ID) gets no gap and no duplicate.
-"""
+"""Followers of one step share each read of its state (GET /<id>/<step>/log?follow=true)."""
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from ..executor.logsource import STATE_POLL
 from ..records import StepRecord
-
-CHUNK = 64 * 1024
-STATE_POLL = 0.25  # how often a follower asks whether its step has ended (when no output came)
-
-
-def complete_utf8(data: bytes) -> int:
-    """Length of the longest prefix of data that does not end inside a UTF-8 character."""
-    end = len(data)
-    for back in range(1, min(4, end) + 1):
-        byte = data[end - back]
-        if byte & 0xC0 == 0x80:  # continuation byte: keep looking for the lead byte
-            continue
-        if byte & 0x80 == 0:
-            return end
-        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4
-        return end if back >= need else end - back
-    return end
-
-
-def sse_event(text: str, offset: int) -> bytes:
-    lines = text.split("\n")
-    return ("".join(f"data: {line}\n" for line in lines) + f"id: {offset}\n\n").encode("utf-8")
 
 
 class SharedPoll:
@@ -60,101 +32,3 @@ class SharedPoll:
                 self._recent = {k: v for k, v in self._recent.items() if now - v[0] < self._max_age}
             self._recent[(task_id, index)] = (now, record)
         return record
-
-
-class LogSource:
-    """A step's log as a StreamSource (streams.py): plain text or SSE events from a byte offset,
-    optionally following the step until it ends. Never blocks: the file stays open and is read
-    only when it has grown; the step's state is asked for at most every STATE_POLL seconds."""
-
-    def __init__(
-        self,
-        path: Path,
-        offset: int,
-        *,
-        sse: bool,
-        follow: bool,
-        step: Callable[[], StepRecord | None],
-        end_record: Callable[[], dict | None],
-        max_output: int,
-    ) -> None:
-        self._path = path
-        self._offset = offset
-        self._sse = sse
-        self._follow = follow
-        self._step = step  # the step's current record, None once it is gone
-        self._end_record = end_record  # the step's record as JSON once it has ended, else None
-        self._max_output = max_output
-        self._file = None
-        self._next_poll = 0.0
-        self._step_over = False  # the step has ended: read what is left, then finish
-        self._preamble = b": osreapi log stream\n\n" if sse else b""
-
-    def read(self) -> tuple[bytes, bool]:
-        if self._preamble:
-            preamble, self._preamble = self._preamble, b""
-            return preamble, False
-        data = self._read_new()
-        if data:
-            return self._format(data), False
-        if not self._follow or self._step_over:
-            return self._tail(), True
-        now = time.monotonic()
-        if now >= self._next_poll:
-            self._next_poll = now + STATE_POLL
-            record = self._step()
-            self._step_over = record is None or record.state.finished
-        return b"", False
-
-    def heartbeat(self) -> bytes:
-        return b": keep-alive\n\n" if self._sse else b""
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def size(self) -> int:
-        try:
-            return self._path.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def _read_new(self) -> bytes:
-        if self._file is None:
-            try:
-                self._file = open(self._path, "rb")
-            except FileNotFoundError:
-                return b""
-        if os.fstat(self._file.fileno()).st_size <= self._offset:
-            return b""
-        self._file.seek(self._offset)
-        data = self._file.read(CHUNK)
-        if self._sse and data:
-            data = data[: complete_utf8(data)] or data  # a lone bad byte still moves on
-        self._offset += len(data)
-        return data
-
-    def _format(self, data: bytes) -> bytes:
-        return sse_event(data.decode("utf-8", "replace"), self._offset) if self._sse else data
-
-    def _tail(self) -> bytes:
-        """What ends the stream: the cap notice (when the stored result was cut) and, for SSE, the
-        step's record."""
-        notice = self._cap_notice() if self._follow or self._sse else None
-        if not self._sse:
-            return f"\n{notice}\n".encode() if notice else b""
-        tail = f"event: notice\ndata: {notice}\n\n".encode() if notice else b""
-        record = self._end_record()
-        if record is not None:
-            tail += f"event: end\ndata: {json.dumps(record, ensure_ascii=False)}\n\n".encode()
-        return tail
-
-    def _cap_notice(self) -> str | None:
-        size = self.size()
-        if size <= self._max_output:
-            return None
-        return (
-            f"... output is {size} bytes, over the {self._max_output}-byte cap: "
-            f"the stored result keeps the head and the tail ..."
-        )

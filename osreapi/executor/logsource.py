@@ -1,0 +1,132 @@
+"""A step's output as it is written: plain text (optionally followed) or Server-Sent Events.
+
+The log file is the source; offsets are byte offsets into it, so a client that resumes at an
+offset (?offset=N or Last-Event-ID) gets no gap and no duplicate. GET /<id>/<step>/log streams
+it through the stream hub; Executor.logs reads it in process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..records import StepRecord
+from ..sse import KEEP_ALIVE, sse_message
+
+CHUNK = 64 * 1024
+STATE_POLL = 0.25  # how often a follower asks whether its step has ended (when no output came)
+
+
+def complete_utf8(data: bytes) -> int:
+    """Length of the longest prefix of data that does not end inside a UTF-8 character."""
+    end = len(data)
+    for back in range(1, min(4, end) + 1):
+        byte = data[end - back]
+        if byte & 0xC0 == 0x80:  # continuation byte: keep looking for the lead byte
+            continue
+        if byte & 0x80 == 0:
+            return end
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4
+        return end if back >= need else end - back
+    return end
+
+
+class LogSource:
+    """A step's log as a stream source (the hub's StreamSource, http/streams.py): plain text or SSE events from a byte offset,
+    optionally following the step until it ends. Never blocks: the file stays open and is read
+    only when it has grown; the step's state is asked for at most every STATE_POLL seconds."""
+
+    def __init__(
+        self,
+        path: Path,
+        offset: int,
+        *,
+        sse: bool,
+        follow: bool,
+        step: Callable[[], StepRecord | None],
+        end_record: Callable[[], dict | None],
+        max_output: int,
+    ) -> None:
+        self._path = path
+        self._offset = offset
+        self._sse = sse
+        self._follow = follow
+        self._step = step  # the step's current record, None once it is gone
+        self._end_record = end_record  # the step's record as JSON once it has ended, else None
+        self._max_output = max_output
+        self._file = None
+        self._next_poll = 0.0
+        self._step_over = False  # the step has ended: read what is left, then finish
+        self._preamble = b": osreapi log stream\n\n" if sse else b""
+
+    def read(self) -> tuple[bytes, bool]:
+        if self._preamble:
+            preamble, self._preamble = self._preamble, b""
+            return preamble, False
+        data = self._read_new()
+        if data:
+            return self._format(data), False
+        if not self._follow or self._step_over:
+            return self._tail(), True
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._next_poll = now + STATE_POLL
+            record = self._step()
+            self._step_over = record is None or record.state.finished
+        return b"", False
+
+    def heartbeat(self) -> bytes:
+        return KEEP_ALIVE if self._sse else b""
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def size(self) -> int:
+        try:
+            return self._path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _read_new(self) -> bytes:
+        if self._file is None:
+            try:
+                self._file = open(self._path, "rb")
+            except FileNotFoundError:
+                return b""
+        if os.fstat(self._file.fileno()).st_size <= self._offset:
+            return b""
+        self._file.seek(self._offset)
+        data = self._file.read(CHUNK)
+        if self._sse and data:
+            data = data[: complete_utf8(data)] or data  # a lone bad byte still moves on
+        self._offset += len(data)
+        return data
+
+    def _format(self, data: bytes) -> bytes:
+        return sse_message(data.decode("utf-8", "replace"), id=self._offset) if self._sse else data
+
+    def _tail(self) -> bytes:
+        """What ends the stream: the cap notice (when the stored result was cut) and, for SSE, the
+        step's record."""
+        notice = self._cap_notice() if self._follow or self._sse else None
+        if not self._sse:
+            return f"\n{notice}\n".encode() if notice else b""
+        tail = sse_message(notice, event="notice") if notice else b""
+        record = self._end_record()
+        if record is not None:
+            tail += sse_message(json.dumps(record, ensure_ascii=False), event="end")
+        return tail
+
+    def _cap_notice(self) -> str | None:
+        size = self.size()
+        if size <= self._max_output:
+            return None
+        return (
+            f"... output is {size} bytes, over the {self._max_output}-byte cap: "
+            f"the stored result keeps the head and the tail ..."
+        )
