@@ -356,23 +356,28 @@ def fleet_rows(out: Out, fleet: Fleet, results: list[HostResult[TaskResult | Non
     "get" or "wait" (exit 0 only when every host's task succeeded)."""
     statuses = []
     rows = []
+
+    def own_id(host: str) -> str:
+        return task_id if isinstance(task_id, str) else task_id.get(host, "")
+
     for item in results:
         result = item.value
-        own_id = task_id if isinstance(task_id, str) else task_id.get(item.host, "")
         status = EXIT_FAILED if item.error else EXIT_OK if why == "submit" else status_of(result, why == "wait")
         statuses.append(status)
         if out.as_json:
-            out.json(_host_json(fleet, item, own_id, out.lang))
             continue
         if item.error is not None:
-            rows.append((out.text(item.host), out.text(own_id), "", "", out.text(_reason(item.error))))
+            rows.append((out.text(item.host), out.text(own_id(item.host)), "", "", out.text(_reason(item.error))))
         elif result is None:
-            rows.append((out.text(item.host), out.text(own_id), "", "", out.say("cli_host_no_task")))
+            rows.append((out.text(item.host), out.text(own_id(item.host)), "", "", out.say("cli_host_no_task")))
         else:
             failed = ", ".join(f"{s.index} {s.name}" for s in result.steps if s.failed)
             rows.append((out.text(item.host), out.text(result.task.id), out.state(result.task.state, result.task.succeeded),
                          seconds(result.task.begin, result.task.end), out.text(failed)))
-    if not out.as_json:
+    if out.as_json:
+        for line in _hosts_json(fleet, results, own_id, out.lang):
+            out.json(line)
+    else:
         out.table(out.heading("cli_hosts_heading"), rows)
     if all(s == EXIT_OK for s in statuses):
         return EXIT_OK
@@ -389,15 +394,20 @@ def fleet_answers(out: Out, answers: list[HostResult[dict[str, Any]]]) -> int:
     return EXIT_OK if all(a.ok for a in answers) else EXIT_FAILED
 
 
-def _host_json(fleet: Fleet, item: HostResult[Any], task_id: str, lang: str) -> dict[str, Any]:
-    """{"host": h, <the server's GET /<id> envelope>} or {"host": h, "error": "..."}."""
-    if item.error is not None:
-        return {"host": item.host, "id": task_id, "error": _reason(item.error)}
-    try:
-        envelope = fleet.clients[item.host].envelope("GET", task_path(task_id), lang=lang)[1]
-    except ConnectionFailed as exc:
-        return {"host": item.host, "id": task_id, "error": str(exc)}
-    return {"host": item.host, "id": task_id, **envelope}
+def _hosts_json(fleet: Fleet, results: list[HostResult[Any]], own_id: Callable[[str], str],
+                lang: str) -> list[dict[str, Any]]:
+    """Per host {"host": h, "id": ..., <the server's GET /<id> envelope>} or {..., "error": "..."};
+    the envelopes are fetched on every host at once, as the call before them was."""
+    failed = {item.host: item.error for item in results if item.error is not None}
+
+    def envelope(host: str, client: Client) -> dict[str, Any]:
+        if host in failed:
+            raise failed[host]
+        return client.envelope("GET", task_path(own_id(host)), lang=lang)[1]
+
+    return [{"host": r.host, "id": own_id(r.host), **r.value} if r.ok
+            else {"host": r.host, "id": own_id(r.host), "error": _reason(r.error)}
+            for r in fleet.map(envelope)]
 
 
 def _reason(error: OsreapiError | None) -> str:
