@@ -275,15 +275,17 @@ class TaskRoute:
         deletions = routes.executor.deletions  # noted before the read (see FinishedResults)
         query = bottle.request.query if bottle.request.environ.get("QUERY_STRING") else {}  # none: no parsing
         detail = _flag(query, "detail")  # ours: every step, with its dependencies
-        if query.get("wait") is not None and bottle.request.method == "GET":  # HEAD: no stream, no wait
-            seconds = wait_time(query.get("wait"))
+        wait = query.get("wait")
+        if wait is not None:
+            seconds = wait_time(wait)  # checked even when the task has ended
+        plain = set(query) <= {"lang", "wait"}  # the cache holds the plain answer only
+        cached = self._finished.get(task_id, language, deletions, routes.now()) if plain else None
+        if cached is not None:  # a finished task: nothing to wait for
+            return json_body(cached)
+        if wait is not None and bottle.request.method == "GET":  # HEAD: no stream, no wait
             waiting = wait_for_task(routes, task_id, seconds, lambda: self._answer(task_id, language, detail)[0])
             if waiting is not None:
                 return waiting
-        plain = set(query) <= {"lang", "wait"}  # the cache holds the plain answer only
-        cached = self._finished.get(task_id, language, deletions, routes.now()) if plain else None
-        if cached is not None:
-            return json_body(cached)
         return json_body(*self._answer(task_id, language, detail, deletions if plain else None))
 
     def _answer(self, task_id: str, language: str, detail: bool, deletions: int | None = None) -> tuple[bytes, int]:
