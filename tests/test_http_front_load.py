@@ -4,8 +4,10 @@ Every loop is bounded in count and time; latency figures are printed, never asse
 
 from __future__ import annotations
 
+import http.client
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import pytest
 from osreapi.http.app import HttpSettings, make_app
 from osreapi.http.server import HttpServer
 
+from .certs import make_pki
 from .conftest import Client, start_step, wait_until
 
 
@@ -134,6 +137,49 @@ def test_drip_and_silent_connections_do_not_starve_a_normal_client(start_server)
                 assert answer.startswith(b"HTTP/1.1 408 ") and b'"code":408' in answer, answer[:200]
     finally:
         for sock in silent:
+            sock.close()
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes (bounded by the socket's timeout)."""
+    answer = b""
+    while chunk := sock.recv(4096):
+        answer += chunk
+    return answer
+
+
+@pytest.mark.timeout(120)
+def test_tls_silent_and_drip_connections_do_not_starve_a_normal_client(start_server, tmp_path):
+    """Over TLS too: a connection that never starts its handshake, or drips its request after it,
+    holds neither the accepting thread nor a worker; both are dropped past --read_timeout."""
+    pki = make_pki(tmp_path)
+    server = start_server("--read_timeout", "3s", "--tls_cert", str(pki["server"].cert), "--tls_key", str(pki["server"].key))
+    context = ssl.create_default_context(cafile=str(pki["ca"].cert))
+    host, port = server.client.host, server.client.port
+
+    def tls(payload: bytes) -> ssl.SSLSocket:
+        sock = context.wrap_socket(socket.create_connection((host, port), timeout=15), server_hostname=host)
+        sock.sendall(payload)
+        return sock
+
+    # Two requests in one write: the second is read with the first (keep-alive, before the crowd
+    # below: past 10 open connections cheroot closes after each answer).
+    pipelined = tls(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answers = read_all(pipelined)
+    assert answers.count(b"HTTP/1.1 200 OK") == 2 and b'"version"' in answers
+    silent = [socket.create_connection((host, port), timeout=15) for _ in range(20)]  # no ClientHello
+    drips = [tls(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n") for _ in range(40)]
+    try:
+        for _ in range(20):  # each answered within its own 5 s bound (before: ~10 s behind each silent one)
+            conn = http.client.HTTPSConnection(host, port, context=context, timeout=5)
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().status == 200
+            conn.close()
+        dripped = read_all(drips[0])  # past --read_timeout: 408 over TLS, then closed
+        assert dripped.startswith(b"HTTP/1.1 408 ") and b'"code":408' in dripped
+        assert silent[0].recv(4096) == b""  # a handshake not done in time: closed
+    finally:
+        for sock in silent + drips:
             sock.close()
 
 

@@ -8,7 +8,11 @@ buffered, within a total deadline: --read_timeout for the head, plus the body at
 A client past its deadline gets 408 and is closed; beyond `max_connections` held at once, a new
 connection gets 503 with Retry-After at once. Workers only ever see whole requests.
 
-TLS connections go to a worker as cheroot does (the TLS layer decides what a read returns).
+TLS connections get the same treatment: the selector thread also drives their handshake without
+blocking (cheroot shakes hands in this thread with a blocking socket, so one silent client stopped
+every new connection for the socket timeout), within --read_timeout, and reads their requests
+whole as above; decrypted bytes the TLS layer already holds are read at once (select cannot see
+them).
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ import time
 from contextlib import suppress
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from cheroot.connections import ConnectionManager
+from cheroot.connections import ConnectionManager, prevent_socket_inheritance
 
 from .answers import raw_refusal
+
+if TYPE_CHECKING:
+    import ssl  # at run time only with TLS: a plain server never loads OpenSSL (~4 MB)
 
 log = logging.getLogger(__name__)
 MIN_BODY_RATE = 32 * 1024  # bytes per second a body must at least arrive at (beyond --read_timeout)
@@ -56,6 +64,18 @@ class _Pending:
     body: int = 0  # body bytes the head announced (for the deadline)
     continued: bool = False  # "100 Continue" sent for this request
     walk: ChunkWalk = field(default_factory=ChunkWalk)
+
+
+@dataclass
+class _Handshake:
+    """A TLS connection whose handshake the selector thread is still driving."""
+
+    sock: ssl.SSLSocket
+    addr: tuple
+    started: float
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def request_ready(
@@ -119,6 +139,7 @@ class RequestIntake(ConnectionManager):
         self._max_body = max_body
         self._max_connections = max_connections
         self._tls = server.ssl_adapter is not None
+        self._want_read, self._want_write = _tls_waits() if self._tls else ((), ())
         self._whole: deque = deque()  # whole requests waiting for a worker's queue to have room
         self._whole_lock = threading.Lock()
 
@@ -126,13 +147,18 @@ class RequestIntake(ConnectionManager):
 
     def put(self, conn) -> None:
         conn.last_used = time.time()
-        if self._tls:
-            super().put(conn)
-            return
         pending = _pending(conn)
         rfile = conn.rfile
         leftover = rfile._read_buf[rfile._read_pos :]  # a pipelined next request, already read
         rfile._read_buf, rfile._read_pos = b"", 0
+        if self._tls:
+            try:
+                conn.socket.setblocking(False)
+                leftover += _decrypted(conn.socket)  # read here: no other thread has the socket yet
+            except OSError:
+                with suppress(OSError):
+                    conn.close()
+                return
         if leftover:
             pending.data += leftover
             pending.started = conn.last_used
@@ -155,6 +181,8 @@ class RequestIntake(ConnectionManager):
             for sock_fd, conn in active:
                 if conn is self.server:
                     self._accept()
+                elif isinstance(conn, _Handshake):
+                    self._shake(sock_fd, conn)
                 else:
                     self._readable(sock_fd, conn)
             now = time.time()
@@ -163,11 +191,11 @@ class RequestIntake(ConnectionManager):
                 last_check = now
 
     def _accept(self) -> None:
+        if self._tls:
+            self._accept_tls()
+            return
         conn = self._from_server_socket(self.server.socket)
         if conn is None:
-            return
-        if self._tls:
-            self.server.process_conn(conn)
             return
         if self._num_connections + len(self._whole) >= self._max_connections:
             refuse(conn, "503 Service Unavailable", "overloaded", self.server, retry_after=RETRY_AFTER)
@@ -175,13 +203,56 @@ class RequestIntake(ConnectionManager):
         conn.last_used = time.time()
         self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
 
-    def _readable(self, sock_fd: int, conn) -> None:
-        if self._tls:
-            self._selector.unregister(sock_fd)
-            self.server.process_conn(conn)
+    # -- TLS: the handshake, driven by the selector ---------------------------------------
+
+    def _accept_tls(self) -> None:
+        try:
+            raw, addr = self.server.socket.accept()
+        except OSError:  # nothing to accept after all, or the socket is closing
             return
+        if self._num_connections + len(self._whole) >= self._max_connections:
+            raw.close()  # no TLS session yet to answer 503 in
+            return
+        prevent_socket_inheritance(raw)
+        try:
+            sock = self.server.ssl_adapter.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            sock.setblocking(False)
+        except OSError:
+            raw.close()
+            return
+        self._selector.register(sock.fileno(), selectors.EVENT_READ, data=_Handshake(sock, addr, time.time()))
+
+    def _shake(self, sock_fd: int, shake: _Handshake) -> None:
+        """One more step of a handshake; once done, the connection waits for its request."""
+        try:
+            shake.sock.do_handshake()
+        except self._want_read:
+            return
+        except self._want_write:
+            self._selector.unregister(sock_fd)
+            self._selector.register(sock_fd, selectors.EVENT_WRITE, data=shake)
+            return
+        except OSError as exc:  # a failed handshake (a plain HTTP client, no client certificate, a reset)
+            log.debug("TLS handshake with %s failed: %s", shake.addr, exc)
+            self._selector.unregister(sock_fd)
+            shake.close()
+            return
+        self._selector.unregister(sock_fd)
+        server = self.server
+        conn = server.ConnectionClass(server, shake.sock, server.ssl_adapter.makefile)
+        conn.remote_addr, conn.remote_port = shake.addr[:2]
+        conn.ssl_env = server.ssl_adapter.get_environ(shake.sock)
+        self.put(conn)
+
+    # -- reading requests --------------------------------------------------------------------
+
+    def _readable(self, sock_fd: int, conn) -> None:
         try:
             chunk = conn.socket.recv(_RECV)
+            if self._tls:
+                chunk += _decrypted(conn.socket)
+        except self._want_read:  # part of a TLS record: the rest is still on its way
+            return
         except OSError:  # reset, or a read that would block after all: drop it
             chunk = b""
         if not chunk:  # the client closed (or reset) the connection
@@ -207,6 +278,8 @@ class RequestIntake(ConnectionManager):
             return False
         if sock_fd is not None:
             self._selector.unregister(sock_fd)
+        if self._tls:
+            conn.socket.settimeout(self.server.timeout)  # the worker's reads and writes wait, as cheroot's do
         rfile = conn.rfile
         rfile._read_buf, rfile._read_pos = bytes(pending.data) + rfile._read_buf[rfile._read_pos :], 0
         conn.osreapi_pending = _Pending()  # the next request starts afresh
@@ -239,6 +312,11 @@ class RequestIntake(ConnectionManager):
         for sock_fd, conn in list(self._selector.connections):
             if conn is self.server:
                 continue
+            if isinstance(conn, _Handshake):
+                if now > conn.started + self._read_timeout:
+                    self._selector.unregister(sock_fd)
+                    conn.close()
+                continue
             pending = _pending(conn)
             if pending.started is None:
                 if conn.last_used < idle_limit:
@@ -250,6 +328,21 @@ class RequestIntake(ConnectionManager):
             if now > deadline:
                 self._selector.unregister(sock_fd)
                 refuse(conn, "408 Request Timeout", "read_timeout", self.server, seconds=f"{self._read_timeout:g}")
+
+
+def _tls_waits() -> tuple[type[OSError], type[OSError]]:
+    """The TLS layer's "not yet" errors: a record half read, a write that must come first."""
+    import ssl
+
+    return ssl.SSLWantReadError, ssl.SSLWantWriteError
+
+
+def _decrypted(sock: ssl.SSLSocket) -> bytes:
+    """Bytes the TLS layer has already decrypted (select() sees only what the kernel holds)."""
+    data = b""
+    while (waiting := sock.pending()) > 0:
+        data += sock.recv(waiting)
+    return data
 
 
 def _pending(conn) -> _Pending:
