@@ -201,6 +201,25 @@ def test_connections_beyond_what_the_server_holds_get_503_at_once(make_executor)
         server.stop()
 
 
+def test_many_idle_keep_alive_clients_all_keep_their_connections(client: Client):
+    """cheroot alone keeps 10 idle keep-alive connections and answers every later client with
+    Connection: close (each request then pays a new connection, and a TLS handshake)."""
+    conns = [http.client.HTTPConnection(client.host, client.port, timeout=10) for _ in range(30)]
+    try:
+        for conn in conns:
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200 and response.getheader("Connection") != "close"
+        for conn in conns:  # the same connections again
+            sock = conn.sock
+            conn.request("GET", "/version")
+            assert conn.getresponse().status == 200 and conn.sock is sock
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def test_a_body_announced_with_expect_continue_is_invited_then_taken(client: Client):
     body = b'[{"command_type":"sh","command_content":"echo hi"}]'
     sock = connect(client, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))

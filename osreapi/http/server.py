@@ -126,6 +126,9 @@ class _Server(wsgi.Server):
         self.osreapi_lang = lang
         self.osreapi_max_body = max_body
         self._max_connections = max_connections
+        # cheroot keeps only 10 idle keep-alive connections and closes the rest after each answer;
+        # here an idle one costs a selector entry: keep them up to what the server holds at all.
+        self.keep_alive_conn_limit = max_connections
 
     def prepare(self) -> None:
         super().prepare()
