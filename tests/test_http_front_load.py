@@ -178,6 +178,10 @@ def test_tls_silent_and_drip_connections_do_not_starve_a_normal_client(start_ser
         dripped = read_all(drips[0])  # past --read_timeout: 408 over TLS, then closed
         assert dripped.startswith(b"HTTP/1.1 408 ") and b'"code":408' in dripped
         assert silent[0].recv(4096) == b""  # a handshake not done in time: closed
+        plain = connect(server.client, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # http:// by mistake
+        with plain:
+            said = read_all(plain)
+        assert said.startswith(b"HTTP/1.1 400 ") and "只接受 HTTPS".encode() in said
     finally:
         for sock in silent + drips:
             sock.close()

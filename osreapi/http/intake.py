@@ -18,9 +18,11 @@ them).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import selectors
+import socket
 import threading
 import time
 from contextlib import suppress
@@ -235,6 +237,8 @@ class RequestIntake(ConnectionManager):
         except OSError as exc:  # a failed handshake (a plain HTTP client, no client certificate, a reset)
             log.debug("TLS handshake with %s failed: %s", shake.addr, exc)
             self._selector.unregister(sock_fd)
+            if getattr(exc, "reason", None) == "HTTP_REQUEST":
+                self._answer_plain_http(shake)
             shake.close()
             return
         self._selector.unregister(sock_fd)
@@ -243,6 +247,17 @@ class RequestIntake(ConnectionManager):
         conn.remote_addr, conn.remote_port = shake.addr[:2]
         conn.ssl_env = server.ssl_adapter.get_environ(shake.sock)
         self.put(conn)
+
+    def _answer_plain_http(self, shake: _Handshake) -> None:
+        """A plain HTTP request on the TLS port: say so in plain text, under the TLS layer. The rest
+        of the request is read first: closing on unread bytes would reset the connection and lose
+        the answer."""
+        fd = shake.sock.fileno()
+        with suppress(OSError):
+            os.read(fd, _RECV)
+        with suppress(OSError):
+            os.write(fd, raw_refusal("400 Bad Request", "tls_only", self.server.osreapi_lang))
+            shake.sock.shutdown(socket.SHUT_WR)  # the answer is sent before the close
 
     # -- reading requests --------------------------------------------------------------------
 
