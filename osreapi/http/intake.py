@@ -75,6 +75,7 @@ class _Handshake:
     sock: ssl.SSLSocket
     addr: tuple
     started: float
+    events: int = selectors.EVENT_READ  # what the selector waits for on its behalf
 
     def close(self) -> None:
         self.sock.close()
@@ -229,10 +230,10 @@ class RequestIntake(ConnectionManager):
         try:
             shake.sock.do_handshake()
         except self._want_read:
+            self._wait_for(sock_fd, shake, selectors.EVENT_READ)
             return
         except self._want_write:
-            self._selector.unregister(sock_fd)
-            self._selector.register(sock_fd, selectors.EVENT_WRITE, data=shake)
+            self._wait_for(sock_fd, shake, selectors.EVENT_WRITE)
             return
         except OSError as exc:  # a failed handshake (a plain HTTP client, no client certificate, a reset)
             log.debug("TLS handshake with %s failed: %s", shake.addr, exc)
@@ -247,6 +248,14 @@ class RequestIntake(ConnectionManager):
         conn.remote_addr, conn.remote_port = shake.addr[:2]
         conn.ssl_env = server.ssl_adapter.get_environ(shake.sock)
         self.put(conn)
+
+    def _wait_for(self, sock_fd: int, shake: _Handshake, events: int) -> None:
+        """Wait for what the handshake needs next (still waiting for writable after a write went
+        through would wake this thread at once, again and again)."""
+        if shake.events != events:
+            shake.events = events
+            self._selector.unregister(sock_fd)
+            self._selector.register(sock_fd, events, data=shake)
 
     def _answer_plain_http(self, shake: _Handshake) -> None:
         """A plain HTTP request on the TLS port: say so in plain text, under the TLS layer. The rest
