@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from osreapi.http.app import HttpSettings, make_app
-from osreapi.http.server import HttpServer
+from osreapi.http.server import HttpServer, TlsSettings
 
 from .certs import make_pki
 from .conftest import Client, start_step, wait_until
@@ -202,6 +202,35 @@ def test_connections_beyond_what_the_server_holds_get_503_at_once(make_executor)
     finally:
         for sock in held:
             sock.close()
+        server.stop()
+
+
+def test_tls_handshakes_under_way_are_counted_until_each_is_over(make_executor, tmp_path):
+    """Handshakes under way are bounded (each holds ~45 KB): the count must come back to zero
+    whichever way a handshake ends (done, failed, timed out, reset), or TLS clients are refused."""
+    pki = make_pki(tmp_path)
+    app = make_app(make_executor(), HttpSettings(lang="en"))
+    server = HttpServer(app, "127.0.0.1", 0, tls=TlsSettings(str(pki["server"].cert), str(pki["server"].key)), read_timeout=1.0)
+    host, port = server.start()
+    intake = server._server._connections
+    context = ssl.create_default_context(cafile=str(pki["ca"].cert))
+    try:
+        silent = socket.create_connection((host, port), timeout=10)
+        assert wait_until(lambda: intake._handshakes == 1, timeout=5)
+        socket.create_connection((host, port)).close()  # gone before its hello
+        plain = socket.create_connection((host, port), timeout=10)
+        plain.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # fails its handshake
+        assert read_all(plain).startswith(b"HTTP/1.1 400 ")
+        for _ in range(3):
+            conn = http.client.HTTPSConnection(host, port, context=context, timeout=10)
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().status == 200
+            conn.close()
+        assert wait_until(lambda: intake._handshakes == 0, timeout=10)  # the silent one timed out
+        assert silent.recv(100) == b""
+        silent.close()
+        plain.close()
+    finally:
         server.stop()
 
 

@@ -27,6 +27,7 @@ import threading
 import time
 from contextlib import suppress
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MIN_BODY_RATE = 32 * 1024  # bytes per second a body must at least arrive at (beyond --read_timeout)
 RETRY_AFTER = 1  # seconds, in a 503 for an overloaded server
+MAX_HANDSHAKES = 1024  # TLS handshakes under way at once (~45 KB each); more connections are closed
 _RECV = 64 * 1024
 _CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\S*)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.IGNORECASE | re.MULTILINE)
@@ -75,9 +77,17 @@ class _Handshake:
     sock: ssl.SSLSocket
     addr: tuple
     started: float
+    on_end: Callable[[], None]  # called once, when the handshake is over (done, failed or closed)
     events: int = selectors.EVENT_READ  # what the selector waits for on its behalf
+    over: bool = False
 
-    def close(self) -> None:
+    def end(self) -> None:
+        if not self.over:
+            self.over = True
+            self.on_end()
+
+    def close(self) -> None:  # also called by cheroot's clean-ups of its selector
+        self.end()
         self.sock.close()
 
 
@@ -143,6 +153,7 @@ class RequestIntake(ConnectionManager):
         self._max_connections = max_connections
         self._tls = server.ssl_adapter is not None
         self._want_read, self._want_write = _tls_waits() if self._tls else ((), ())
+        self._handshakes = 0  # under way (intake thread only)
         self._whole: deque = deque()  # whole requests waiting for a worker's queue to have room
         self._whole_lock = threading.Lock()
 
@@ -213,7 +224,8 @@ class RequestIntake(ConnectionManager):
             raw, addr = self.server.socket.accept()
         except OSError:  # nothing to accept after all, or the socket is closing
             return
-        if self._num_connections + len(self._whole) >= self._max_connections:
+        full = self._num_connections + len(self._whole) >= self._max_connections
+        if full or self._handshakes >= MAX_HANDSHAKES:
             raw.close()  # no TLS session yet to answer 503 in
             return
         prevent_socket_inheritance(raw)
@@ -223,7 +235,8 @@ class RequestIntake(ConnectionManager):
         except OSError:
             raw.close()
             return
-        self._selector.register(sock.fileno(), selectors.EVENT_READ, data=_Handshake(sock, addr, time.time()))
+        self._handshakes += 1
+        self._selector.register(sock.fileno(), selectors.EVENT_READ, data=_Handshake(sock, addr, time.time(), self._handshake_over))
 
     def _shake(self, sock_fd: int, shake: _Handshake) -> None:
         """One more step of a handshake; once done, the connection waits for its request."""
@@ -236,18 +249,22 @@ class RequestIntake(ConnectionManager):
             self._wait_for(sock_fd, shake, selectors.EVENT_WRITE)
             return
         except OSError as exc:  # a failed handshake (a plain HTTP client, no client certificate, a reset)
-            log.debug("TLS handshake with %s failed: %s", shake.addr, exc)
+            log.info("TLS handshake with %s failed: %s", shake.addr[0], exc)
             self._selector.unregister(sock_fd)
             if getattr(exc, "reason", None) == "HTTP_REQUEST":
                 self._answer_plain_http(shake)
             shake.close()
             return
         self._selector.unregister(sock_fd)
+        shake.end()
         server = self.server
         conn = server.ConnectionClass(server, shake.sock, server.ssl_adapter.makefile)
         conn.remote_addr, conn.remote_port = shake.addr[:2]
         conn.ssl_env = server.ssl_adapter.get_environ(shake.sock)
         self.put(conn)
+
+    def _handshake_over(self) -> None:
+        self._handshakes -= 1
 
     def _wait_for(self, sock_fd: int, shake: _Handshake, events: int) -> None:
         """Wait for what the handshake needs next (still waiting for writable after a write went

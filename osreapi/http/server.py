@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,7 +145,14 @@ class _Server(wsgi.Server):
             refuse(conn, "503 Service Unavailable", "overloaded", self, retry_after=RETRY_AFTER)
 
     def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        if traceback and _client_went_away(sys.exc_info()[1]):  # not the server's fault: one line
+            level, traceback = logging.DEBUG, False
         log.log(level, "%s", msg, exc_info=traceback)
+
+
+def _client_went_away(exc: BaseException | None) -> bool:
+    """A reset, a broken pipe, or a TLS client that closed without saying goodbye."""
+    return isinstance(exc, ConnectionError) or type(exc).__name__ in ("SSLEOFError", "SSLZeroReturnError")
 
 
 def default_max_connections() -> int:
