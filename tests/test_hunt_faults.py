@@ -3,7 +3,12 @@ real cheroot server and real processes, and fails without its fix."""
 
 from __future__ import annotations
 
+import json
+import socket
+
 import pytest
+
+from osreapi.http.app import HttpSettings
 
 from .conftest import Client, sh, start_step
 
@@ -31,3 +36,38 @@ def test_an_undecodable_path_never_reaches_the_list_or_a_submit(client: Client):
     assert resp.status == 400 and "UTF-8" in resp.json["message"]
     assert client.get("/").json["data"]["total"] == 0  # nothing was submitted
     assert client.get("/ui/%FF").status == 400
+
+
+def _answer_to(client: Client, head: bytes) -> bytes:
+    """Send a request head alone; return the server's first answer bytes (bounded by the timeout)."""
+    with socket.create_connection((client.host, client.port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+        return answer
+
+
+def test_a_body_over_max_body_announced_with_expect_continue_is_refused_not_invited(make_server):
+    """cheroot answered `100 Continue` to any Expect, so a client (curl does this above 1 MiB)
+    uploaded megabytes the server then threw away behind its 413."""
+    client = make_server(settings=HttpSettings(max_body=1000))
+    for length in (1001, 5_000_000):
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % length
+        answer = _answer_to(client, head)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert client.get("/").json["data"]["total"] == 0
+
+
+def test_a_body_within_max_body_is_invited_once(make_server):
+    client = make_server(settings=HttpSettings(max_body=1000))
+    body = json.dumps([sh("echo hi")]).encode()
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    with socket.create_connection((client.host, client.port), timeout=10) as sock:
+        sock.sendall(head)
+        assert sock.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(4096):  # the server closes after its answer (Connection: close)
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cheroot import wsgi
-from cheroot.server import HTTPConnection, HTTPRequest
+from cheroot.server import HeaderReader, HTTPConnection, HTTPRequest
 
 from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE, normalize_language
@@ -58,9 +58,22 @@ def tls_adapter(tls: TlsSettings):
     return adapter
 
 
+_HEADERS = HeaderReader()
+
+
 class _Request(HTTPRequest):
     """cheroot's request: its own answers (bad head, timeouts, overload) in the JSON envelope, and a
     Content-Length that is not plain digits refused before any body is read."""
+
+    def header_reader(self, rfile, headers: dict) -> dict:
+        """cheroot's header reader (called as `self.header_reader(rfile, inheaders)`), less an
+        `Expect: 100-continue` on a body over --max_body: cheroot invites any body, and the client
+        would upload it all before reading the 413 its Content-Length already earned."""
+        headers = _HEADERS(rfile, headers)
+        length = headers.get(b"Content-Length", b"").strip()
+        if LENGTH_DIGITS.fullmatch(length) and int(length) > self.server.osreapi_max_body:
+            headers.pop(b"Expect", None)
+        return headers
 
     def read_request_headers(self) -> bool:
         if not super().read_request_headers():
