@@ -38,6 +38,25 @@ def test_an_undecodable_path_never_reaches_the_list_or_a_submit(client: Client):
     assert client.get("/ui/%FF").status == 400
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "echoed"),
+    [
+        ("PUT", "/{id}?action=%E6%9A%82%E5%81%9C", "'暂停'"),  # 暂停 = pause, as a Chinese user may type it
+        ("GET", "/?sort=%E5%BC%80%E5%A7%8B", "'开始'"),
+        ("GET", "/{id}?wait=%E4%BA%94s", "'五s'"),
+        ("GET", "/{id}/0/log?follow=%E6%98%AF", "'是'"),
+        ("GET", "/events?task=%E4%BB%BB%E5%8A%A1", "'任务'"),
+        ("GET", "/{id}?detail=%FF", "'\ufffd'"),  # a bad byte: replaced, and still refused by name
+    ],
+)
+def test_a_query_value_is_echoed_as_the_client_wrote_it(client: Client, method: str, path: str, echoed: str):
+    """The query reached the routes as Latin-1 text: `?action=暂停` was refused as 'æ\\x9a\\x82å...'."""
+    task_id = client.submit([sh("echo done")])
+    resp = client.request(method, path.format(id=task_id), headers={"Accept-Language": "en"})
+    assert resp.status == 400, resp.body
+    assert echoed in resp.json["message"], resp.json
+
+
 def _answer_to(client: Client, head: bytes) -> bytes:
     """Send a request head alone; return the server's first answer bytes (bounded by the timeout)."""
     with socket.create_connection((client.host, client.port), timeout=10) as sock:

@@ -42,7 +42,7 @@ from ..vocabulary import (
     DEFAULT_LANGUAGE,
     message,
 )
-from . import dashboard, openapi, render
+from . import dashboard, openapi, render, urltext
 from .answers import JSON_TYPE, language_of, refuse
 from .health import HealthCheck
 from .logstream import LogSource, SharedPoll
@@ -148,7 +148,7 @@ def make_app(
     routes = Routes(executor, settings, clock or executor.clock, hub, _event_bus(executor))
     routes.bus.add_waker(routes.hub.wake)  # news: the hub reads its streams now, not at its next tick
     _count_requests(app, executor)
-    _refuse_undecodable_paths(app, routes)
+    urltext.add_hook(app, routes.lang)
     _add_operations(app, routes)
     dashboard.add_routes(app, routes.api, routes.lang, routes.now, routes.hub, routes.bus)
     _add_task_routes(app, routes)
@@ -178,22 +178,6 @@ def _count_requests(app: bottle.Bottle, executor: Executor) -> None:
             args = environ.get("route.url_args") or {}
             task_id, steps = environ.get("osreapi.submitted", (args.get("task_id"), None))
             audit(environ, route=rule, task_id=task_id, steps=steps, status=status)
-
-
-def _refuse_undecodable_paths(app: bottle.Bottle, routes: Routes) -> None:
-    """Bottle drops the bytes of a path that are not UTF-8 (`/vic%FFtim` would reach task `victim`):
-    refuse such a path before any route reads it."""
-
-    @app.hook("before_request")
-    def check_path() -> None:
-        raw = bottle.request.environ["bottle.raw_path"]  # the path as cheroot decoded it, one char per byte
-        if raw.isascii():
-            return
-        try:
-            raw.encode("latin-1").decode("utf-8")
-        except UnicodeError as exc:
-            body = json_response(CODE_BAD_REQUEST, message("path_not_utf8", routes.lang(), at=exc.start))
-            raise bottle.HTTPResponse(body, status=400, headers={"Content-Type": JSON_TYPE}) from None
 
 
 def _add_operations(app: bottle.Bottle, routes: Routes) -> None:
