@@ -138,6 +138,8 @@ _MESSAGES.update({
     "body_not_array": ("请求体应为步骤的 JSON 数组, 收到的是{got}", "body: expected a JSON array of steps, got {got}"),
     "body_no_steps": ("请求体: 步骤数组为空", "body: the array of steps is empty"),
     "too_many_steps": ("请求体: 步骤过多 ({count}), 上限 {limit}", "body: too many steps ({count}), the limit is {limit}"),
+    "ambiguous_length": ("请求体长度不明确: Content-Length 重复, 或与 Transfer-Encoding 同时出现",
+                         "ambiguous body length: Content-Length repeated, or sent with Transfer-Encoding"),
     "content_length": ("Content-Length: 应为非负整数字节数, 收到 {value!r}",
                        "Content-Length: expected a whole number of bytes, got {value!r}"),
     "body_truncated": ("请求体不完整: 收到 {got} / {size} 字节", "body: truncated, {got} of {size} bytes arrived"),

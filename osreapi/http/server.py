@@ -58,25 +58,45 @@ def tls_adapter(tls: TlsSettings):
     return adapter
 
 
-_HEADERS = HeaderReader()
+class _LengthCounting(HeaderReader):
+    """cheroot's header reader, counting the Content-Length lines (cheroot keeps the last one)."""
+
+    def __init__(self) -> None:
+        self.lengths = 0
+
+    def _allow_header(self, key_name: bytes) -> bool:
+        if key_name == b"Content-Length":  # cheroot title-cases the name before asking
+            self.lengths += 1
+        return True
 
 
 class _Request(HTTPRequest):
     """cheroot's request: its own answers (bad head, timeouts, overload) in the JSON envelope, and a
-    Content-Length that is not plain digits refused before any body is read."""
+    Content-Length that is not plain digits, or not the only word on the body's length, refused
+    before any body is read."""
+
+    ambiguous_length = False  # set by header_reader for each request
 
     def header_reader(self, rfile, headers: dict) -> dict:
-        """cheroot's header reader (called as `self.header_reader(rfile, inheaders)`), less an
-        `Expect: 100-continue` on a body over --max_body: cheroot invites any body, and the client
-        would upload it all before reading the 413 its Content-Length already earned."""
-        headers = _HEADERS(rfile, headers)
+        """cheroot's header reader (called as `self.header_reader(rfile, inheaders)`), noting a
+        body length that is ambiguous, less an `Expect: 100-continue` on a body that will be
+        refused unread: cheroot invites any body, and the client would upload it all first."""
+        reader = _LengthCounting()
+        headers = reader(rfile, headers)
+        # Two lengths, or a length and chunks: a proxy may read another body than we do, and the
+        # rest would run as a request of its own (request smuggling).
+        self.ambiguous_length = reader.lengths > 1 or (reader.lengths == 1 and b"Transfer-Encoding" in headers)
         length = headers.get(b"Content-Length", b"").strip()
-        if LENGTH_DIGITS.fullmatch(length) and int(length) > self.server.osreapi_max_body:
+        too_large = LENGTH_DIGITS.fullmatch(length) is not None and int(length) > self.server.osreapi_max_body
+        if self.ambiguous_length or too_large:
             headers.pop(b"Expect", None)
         return headers
 
     def read_request_headers(self) -> bool:
         if not super().read_request_headers():
+            return False
+        if self.ambiguous_length:
+            self._refuse("400 Bad Request", "ambiguous_length")
             return False
         length = self.inheaders.get(b"Content-Length")
         if length is None:
