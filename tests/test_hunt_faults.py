@@ -144,3 +144,12 @@ def test_bodies_owed_do_not_hold_the_workers(make_server):
     finally:
         for sock in owing:
             sock.close()
+
+
+@pytest.mark.parametrize("request_line", [b"GET /version HTTP/2.0", b"PRI * HTTP/2.0", b"GET /version HTTP/9.9"])
+def test_an_unsupported_http_version_is_named_not_called_an_internal_error(client: Client, request_line: bytes):
+    """cheroot's 505 was answered "internal error" (its headers are not read yet: the server's language)."""
+    answer = _all_answers(client, request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 505 "), answer
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body == {"code": 505, "message": "不支持的 HTTP 版本: 请使用 HTTP/1.1 (或 1.0)"}

@@ -120,6 +120,8 @@ class _Request(HTTPRequest):
             self._refuse(status, "read_timeout", seconds=f"{server.osreapi_read_timeout:g}")
         elif code == 501:
             self._refuse(status, "not_implemented")
+        elif code == 505:  # the client's HTTP version, not our failure
+            self._refuse(status, "http_version")
         elif code == 503:
             self._refuse(status, "overloaded", retry_after=RETRY_AFTER)
         elif code >= 500:
