@@ -43,7 +43,7 @@ from ..vocabulary import (
     DEFAULT_LANGUAGE,
     message,
 )
-from . import dashboard, openapi, render
+from . import dashboard, openapi, render, urltext
 from .answers import JSON_TYPE, language_of, refuse
 from .health import HealthCheck
 from .logstream import SharedPoll
@@ -149,6 +149,7 @@ def make_app(
     routes = Routes(executor, settings, clock or executor.clock, hub, _event_bus(executor))
     routes.bus.add_waker(routes.hub.wake)  # news: the hub reads its streams now, not at its next tick
     _count_requests(app, executor)
+    urltext.add_hook(app, routes.lang)
     _add_operations(app, routes)
     dashboard.add_routes(app, routes.api, routes.lang, routes.now, routes.hub, routes.bus)
     _add_task_routes(app, routes)

@@ -43,7 +43,7 @@ MIN_BODY_RATE = 32 * 1024  # bytes per second a body must at least arrive at (be
 RETRY_AFTER = 1  # seconds, in a 503 for an overloaded server
 MAX_HANDSHAKES = 1024  # TLS handshakes under way at once (~45 KB each); more connections are closed
 _RECV = 64 * 1024
-_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\S*)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\S*)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.IGNORECASE | re.MULTILINE)
 LENGTH_DIGITS = re.compile(rb"[0-9]{1,18}")  # a Content-Length we accept: ASCII digits, bounded
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,15}")
@@ -104,12 +104,10 @@ def request_ready(
     body_start = head_end + 4
     if _CHUNKED.search(head):  # its size is unknown: it may take as long as the largest body
         return _chunked_ready(data, body_start, max_body, walk or ChunkWalk()), max_body
-    match = _CONTENT_LENGTH.search(head)
-    if match is None:
-        return True, 0
-    if not LENGTH_DIGITS.fullmatch(match.group(1)):
-        return True, 0  # refused by the request parser
-    length = int(match.group(1))
+    lengths = _CONTENT_LENGTH.findall(head)
+    if len(lengths) != 1 or not LENGTH_DIGITS.fullmatch(lengths[0]):
+        return True, 0  # none, or refused by the request parser (malformed, repeated)
+    length = int(lengths[0])
     if length > max_body:
         return True, 0  # refused as too large, unread
     return len(data) - body_start >= length, length

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cheroot import wsgi
-from cheroot.server import HTTPConnection, HTTPRequest
+from cheroot.server import HeaderReader, HTTPConnection, HTTPRequest
 
 from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE, normalize_language
@@ -59,12 +59,45 @@ def tls_adapter(tls: TlsSettings):
     return adapter
 
 
+class _LengthCounting(HeaderReader):
+    """cheroot's header reader, counting the Content-Length lines (cheroot keeps the last one)."""
+
+    def __init__(self) -> None:
+        self.lengths = 0
+
+    def _allow_header(self, key_name: bytes) -> bool:
+        if key_name == b"Content-Length":  # cheroot title-cases the name before asking
+            self.lengths += 1
+        return True
+
+
 class _Request(HTTPRequest):
     """cheroot's request: its own answers (bad head, timeouts, overload) in the JSON envelope, and a
-    Content-Length that is not plain digits refused before any body is read."""
+    Content-Length that is not plain digits, or not the only word on the body's length, refused
+    before any body is read."""
+
+    ambiguous_length = False  # set by header_reader for each request
+
+    def header_reader(self, rfile, headers: dict) -> dict:
+        """cheroot's header reader (called as `self.header_reader(rfile, inheaders)`), noting a
+        body length that is ambiguous, less an `Expect: 100-continue` on a body that will be
+        refused unread: cheroot invites any body, and the client would upload it all first."""
+        reader = _LengthCounting()
+        headers = reader(rfile, headers)
+        # Two lengths, or a length and chunks: a proxy may read another body than we do, and the
+        # rest would run as a request of its own (request smuggling).
+        self.ambiguous_length = reader.lengths > 1 or (reader.lengths == 1 and b"Transfer-Encoding" in headers)
+        length = headers.get(b"Content-Length", b"").strip()
+        too_large = LENGTH_DIGITS.fullmatch(length) is not None and int(length) > self.server.osreapi_max_body
+        if self.ambiguous_length or too_large:
+            headers.pop(b"Expect", None)
+        return headers
 
     def read_request_headers(self) -> bool:
         if not super().read_request_headers():
+            return False
+        if self.ambiguous_length:
+            self._refuse("400 Bad Request", "ambiguous_length")
             return False
         length = self.inheaders.get(b"Content-Length")
         if length is None:
@@ -88,6 +121,8 @@ class _Request(HTTPRequest):
             self._refuse(status, "read_timeout", seconds=f"{server.osreapi_read_timeout:g}")
         elif code == 501:
             self._refuse(status, "not_implemented")
+        elif code == 505:  # the client's HTTP version, not our failure
+            self._refuse(status, "http_version")
         elif code == 503:
             self._refuse(status, "overloaded", retry_after=RETRY_AFTER)
         elif code >= 500:

@@ -1,0 +1,155 @@
+"""Faults found by attacking the real server (the fault hunt): each test reproduces one against a
+real cheroot server and real processes, and fails without its fix."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from osreapi.http.app import HttpSettings
+from osreapi.http.intake import request_ready
+
+from .conftest import Client, sh, start_step
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "GET"])
+def test_a_path_that_is_not_utf8_is_refused_not_read_as_another_task(client: Client, method: str):
+    """Bottle drops the bytes of a path that are not UTF-8: `/vic%FFtim` reached task `victim`, and
+    `PUT /vic%FFtim?action=kill` killed it."""
+    running = method == "PUT"
+    victim = start_step(client, "sleep 30") if running else client.submit([sh("echo done")])
+    if not running:
+        client.wait(victim)
+    query = "?action=kill" if running else ""
+    resp = client.request(method, f"/{victim[:3]}%FF{victim[3:]}{query}", headers={"Accept-Language": "en"})
+    assert resp.status == 400, resp.body
+    assert resp.json == {"code": 400, "message": "path: not valid UTF-8 at byte 4"}
+    assert client.get(f"/{victim}").json["code"] == (1001 if running else 0)  # untouched
+    if running:
+        assert client.request("PUT", f"/{victim}?action=kill").status == 200
+
+
+def test_an_undecodable_path_never_reaches_the_list_or_a_submit(client: Client):
+    assert client.get("/%FF").status == 400
+    resp = client.post("/%FF?lang=zh", [sh("echo never")])
+    assert resp.status == 400 and "UTF-8" in resp.json["message"]
+    assert client.get("/").json["data"]["total"] == 0  # nothing was submitted
+    assert client.get("/ui/%FF").status == 400
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "echoed"),
+    [
+        ("PUT", "/{id}?action=%E6%9A%82%E5%81%9C", "'暂停'"),  # 暂停 = pause, as a Chinese user may type it
+        ("GET", "/?sort=%E5%BC%80%E5%A7%8B", "'开始'"),
+        ("GET", "/{id}?wait=%E4%BA%94s", "'五s'"),
+        ("GET", "/{id}/0/log?follow=%E6%98%AF", "'是'"),
+        ("GET", "/events?task=%E4%BB%BB%E5%8A%A1", "'任务'"),
+        ("GET", "/{id}?detail=%FF", "'\ufffd'"),  # a bad byte: replaced, and still refused by name
+    ],
+)
+def test_a_query_value_is_echoed_as_the_client_wrote_it(client: Client, method: str, path: str, echoed: str):
+    """The query reached the routes as Latin-1 text: `?action=暂停` was refused as 'æ\\x9a\\x82å...'."""
+    task_id = client.submit([sh("echo done")])
+    resp = client.request(method, path.format(id=task_id), headers={"Accept-Language": "en"})
+    assert resp.status == 400, resp.body
+    assert echoed in resp.json["message"], resp.json
+
+
+def _answer_to(client: Client, head: bytes) -> bytes:
+    """Send a request head alone; return the server's first answer bytes (bounded by the timeout)."""
+    with socket.create_connection((client.host, client.port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+        return answer
+
+
+def test_a_body_over_max_body_announced_with_expect_continue_is_refused_not_invited(make_server):
+    """cheroot answered `100 Continue` to any Expect, so a client (curl does this above 1 MiB)
+    uploaded megabytes the server then threw away behind its 413."""
+    client = make_server(settings=HttpSettings(max_body=1000))
+    for length in (1001, 5_000_000):
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % length
+        answer = _answer_to(client, head)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert client.get("/").json["data"]["total"] == 0
+
+
+SMUGGLED = b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def _all_answers(client: Client, data: bytes) -> bytes:
+    """Send bytes as they are on one connection; everything the server answers before it closes."""
+    with socket.create_connection((client.host, client.port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):  # bounded by the socket timeout
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Content-Length: %d\r\nContent-Length: 2\r\n" % (2 + len(SMUGGLED)),  # a proxy reads the first
+        b"Content-Length: 2\r\nContent-Length: %d\r\n" % (2 + len(SMUGGLED)),
+        b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n" % (5 + len(SMUGGLED)),
+    ],
+)
+def test_an_ambiguous_body_length_is_refused_and_nothing_hides_in_it(client: Client, head: bytes):
+    """Two Content-Lengths, or one with chunked: cheroot took the last length (or the chunks), and
+    the rest of the body ran as a request of its own (request smuggling past a proxy that reads the
+    first length)."""
+    body = b"0\r\n\r\n" if b"chunked" in head else b"[]"
+    trailing = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = _all_answers(client, b"POST / HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\n" + head + b"\r\n" + body + SMUGGLED + trailing)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.count(b"HTTP/1.1 ") == 1, answer  # closed after it: nothing smuggled ran
+    assert b"Connection: close" in answer and b"Content-Length repeated, or sent with Transfer-Encoding" in answer
+    assert client.get("/").json["data"]["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "ready", "body"),
+    [
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: application/json\r\n\r\nab", False, 5),  # curl's order
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: application/json\r\n\r\nabcde", True, 5),
+        (b"POST / HTTP/1.1\r\nContent-Length: 9\r\nContent-Length: 2\r\n\r\nab", True, 0),  # the worker refuses it
+    ],
+)
+def test_the_intake_reads_a_content_length_on_any_line(data: bytes, ready: bool, body: int):
+    """Only a Content-Length on the head's last line was seen (the pattern wanted the line to end
+    without its CR): any other request went to a worker before its body had arrived."""
+    assert request_ready(data, max_header=4096, max_body=1000) == (ready, body)
+
+
+def test_bodies_owed_do_not_hold_the_workers(make_server):
+    """40 POSTs with the Content-Length before another header (curl's order) and their bodies owed
+    took the 32 workers: every other request waited for --read_timeout."""
+    client = make_server(read_timeout=120.0)
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nContent-Type: application/json\r\n\r\n["
+    owing = [socket.create_connection((client.host, client.port), timeout=10) for _ in range(40)]
+    try:
+        for sock in owing:
+            sock.sendall(head)
+        assert client.get("/healthz").status == 200  # the client gives up after 30 s, long before 120 s
+        for sock in owing:  # still waiting for their bodies, unanswered
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+    finally:
+        for sock in owing:
+            sock.close()
+
+
+@pytest.mark.parametrize("request_line", [b"GET /version HTTP/2.0", b"PRI * HTTP/2.0", b"GET /version HTTP/9.9"])
+def test_an_unsupported_http_version_is_named_not_called_an_internal_error(client: Client, request_line: bytes):
+    """cheroot's 505 was answered "internal error" (its headers are not read yet: the server's language)."""
+    answer = _all_answers(client, request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 505 "), answer
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body == {"code": 505, "message": "不支持的 HTTP 版本: 请使用 HTTP/1.1 (或 1.0)"}
