@@ -253,6 +253,18 @@ def test_many_idle_keep_alive_clients_all_keep_their_connections(client: Client)
             conn.close()
 
 
+def test_a_chunked_body_left_unread_is_not_taken_for_the_next_request(client: Client):
+    """GET /healthz reads no body; its chunks must not be parsed as a second request on the
+    connection (a pipelined request after them answered 400, and a body could smuggle one)."""
+    inner = b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n"
+    sock = connect(client, b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"%x\r\n%b\r\n0\r\n\r\n" % (len(inner), inner)
+                           + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    with sock:
+        answers = read_all(sock)
+    assert answers.count(b"HTTP/1.1 200 OK") == 2 and b'"version"' not in answers and b" 400 " not in answers
+
+
 def test_a_body_announced_with_expect_continue_is_invited_then_taken(client: Client):
     body = b'[{"command_type":"sh","command_content":"echo hi"}]'
     sock = connect(client, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))

@@ -109,6 +109,18 @@ class _Request(HTTPRequest):
             self.close_connection = True  # never drain a body this large to keep the connection
         return True
 
+    def send_headers(self) -> None:
+        """A chunked body the application left unread is read before the answer, as cheroot does
+        for a Content-Length body: left in the buffer it would be parsed as the next request (the
+        intake has it whole already, so this never waits on the client)."""
+        if self.chunked_read and not self.close_connection:
+            try:
+                while self.rfile.read(65536):
+                    pass
+            except Exception:  # noqa: BLE001 - a malformed or oversized body: no next request on it
+                self.close_connection = True
+        super().send_headers()
+
     def simple_response(self, status, msg: str = "") -> None:
         status = str(status)
         code = int(status[:3])
