@@ -275,6 +275,7 @@ def test_a_body_announced_with_expect_continue_is_invited_then_taken(client: Cli
         while b'"code":0' not in answer and (chunk := sock.recv(4096)):  # bounded by the socket timeout
             answer += chunk
         assert b"HTTP/1.1 200 OK" in answer and b'"code":0' in answer
+        assert b"100 Continue" not in answer  # invited once, not again after the body
 
 
 @pytest.mark.timeout(120)

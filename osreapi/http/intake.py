@@ -321,6 +321,7 @@ class RequestIntake(ConnectionManager):
             conn.socket.settimeout(self.server.timeout)  # the worker's reads and writes wait, as cheroot's do
         rfile = conn.rfile
         rfile._read_buf, rfile._read_pos = bytes(pending.data) + rfile._read_buf[rfile._read_pos :], 0
+        conn.osreapi_continued = pending.continued  # the worker's parser must not invite it again
         conn.osreapi_pending = _Pending()  # the next request starts afresh
         self._whole.append(conn)
         self._dispatch_waiting()

@@ -81,7 +81,8 @@ class _Request(HTTPRequest):
     def header_reader(self, rfile, headers: dict) -> dict:
         """cheroot's header reader (called as `self.header_reader(rfile, inheaders)`), noting a
         body length that is ambiguous, less an `Expect: 100-continue` on a body that will be
-        refused unread: cheroot invites any body, and the client would upload it all first."""
+        refused unread (cheroot invites any body, and the client would upload it all first) or
+        that the intake has invited already (a second 100 Continue would follow the body)."""
         reader = _LengthCounting()
         headers = reader(rfile, headers)
         # Two lengths, or a length and chunks: a proxy may read another body than we do, and the
@@ -89,7 +90,8 @@ class _Request(HTTPRequest):
         self.ambiguous_length = reader.lengths > 1 or (reader.lengths == 1 and b"Transfer-Encoding" in headers)
         length = headers.get(b"Content-Length", b"").strip()
         too_large = LENGTH_DIGITS.fullmatch(length) is not None and int(length) > self.server.osreapi_max_body
-        if self.ambiguous_length or too_large:
+        invited = getattr(self.conn, "osreapi_continued", False)  # by the intake, which then took the body
+        if self.ambiguous_length or too_large or invited:
             headers.pop(b"Expect", None)
         return headers
 
