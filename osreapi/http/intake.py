@@ -247,7 +247,8 @@ class RequestIntake(ConnectionManager):
             self._wait_for(sock_fd, shake, selectors.EVENT_WRITE)
             return
         except OSError as exc:  # a failed handshake (a plain HTTP client, no client certificate, a reset)
-            log.info("TLS handshake with %s failed: %s", shake.addr[0], exc)
+            gone = isinstance(exc, ConnectionError) or type(exc).__name__ == "SSLEOFError"  # e.g. a TCP health check
+            log.log(logging.DEBUG if gone else logging.INFO, "TLS handshake with %s failed: %s", shake.addr[0], exc)
             self._selector.unregister(sock_fd)
             if getattr(exc, "reason", None) == "HTTP_REQUEST":
                 self._answer_plain_http(shake)

@@ -52,6 +52,9 @@ def tls_adapter(tls: TlsSettings):
     from cheroot.ssl.builtin import BuiltinSSLAdapter
 
     adapter = BuiltinSSLAdapter(tls.cert, tls.key)
+    # cheroot's SNI callback only copies the name into the environ (unused here); with a callback
+    # set, Python prints a traceback for every hello whose server name is not valid text.
+    adapter.context.sni_callback = None
     adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
     if tls.client_ca:
         adapter.context.load_verify_locations(cafile=tls.client_ca)
