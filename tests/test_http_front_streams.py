@@ -4,6 +4,7 @@ over TLS (served by the worker-thread fallback)."""
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import ssl
 import threading
@@ -128,7 +129,7 @@ def test_hub_drops_a_reader_that_takes_nothing_for_the_stall_limit(hub_server):
 
 
 @pytest.mark.timeout(60)
-def test_log_follow_over_tls_is_served_by_the_worker_fallback(start_server, tmp_path):
+def test_log_follow_over_tls(start_server, tmp_path):
     pki = make_pki(tmp_path)
     server = start_server("--tls_cert", str(pki["server"].cert), "--tls_key", str(pki["server"].key))
     context = ssl.create_default_context(cafile=str(pki["ca"].cert))
@@ -148,50 +149,81 @@ def _https(port: int, context: ssl.SSLContext, timeout: float) -> http.client.HT
 
 
 @pytest.mark.timeout(120)
-def test_tls_streams_leave_worker_threads_for_short_requests(start_server, tmp_path):
-    """Under TLS a stream holds a worker thread: 40 followers of a quiet step must not take all
-    32, or the kill that ends the step waits behind them. A quarter of the threads stay free:
-    followers beyond the cap get 503 with Retry-After, waits beyond it answer as the task stands."""
+def test_tls_streams_are_served_by_the_hub_and_leave_every_worker_free(start_server, tmp_path):
+    """Over TLS too a follow or a wait holds no worker thread: 40 followers and 4 waiters of a quiet
+    step (more than the 32 threads) are all served, the kill that ends the step is answered at once,
+    then every follower ends and every waiter gets the end."""
     pki = make_pki(tmp_path)
     server = start_server("--tls_cert", str(pki["server"].cert), "--tls_key", str(pki["server"].key))
     context = ssl.create_default_context(cafile=str(pki["ca"].cert))
     port = int(server.url.rsplit(":", 1)[1])
     setup = _https(port, context, 30)
-    setup.request("POST", "/", body='[{"command_type":"sh","command_content":"sleep 60"}]')
+    setup.request("POST", "/", body='[{"command_type":"sh","command_content":"echo started; sleep 60"}]')
     task_id = setup.getresponse().read().decode().split('"id":"')[1].split('"')[0]
     setup.close()
-    answers: list[tuple[int, str | None, bytes]] = []
+    answers: list[tuple[str, int, bytes]] = []
+    heads = threading.Semaphore(0)
     lock = threading.Lock()
 
-    def ask(path: str) -> None:
+    def ask(kind: str, path: str) -> None:
         conn = _https(port, context, 60)
         try:
             conn.request("GET", path)
             resp = conn.getresponse()
+            heads.release()
             body = resp.read()
             with lock:
-                answers.append((resp.status, resp.getheader("Retry-After"), body))
+                answers.append((kind, resp.status, body))
         finally:
             conn.close()
 
-    followers = [threading.Thread(target=ask, args=(f"/{task_id}/0/log?follow=true",)) for _ in range(40)]
-    for thread in followers:
+    threads = [threading.Thread(target=ask, args=("follow", f"/{task_id}/0/log?follow=true")) for _ in range(40)]
+    threads += [threading.Thread(target=ask, args=("wait", f"/{task_id}?wait=60s")) for _ in range(4)]
+    for thread in threads:
         thread.start()
-    assert wait_until(lambda: len(answers) == 40 - 24, timeout=30)  # 32 threads, 8 kept free
-    assert all(status == 503 and retry == "1" for status, retry, _ in answers)
-    waiters = [threading.Thread(target=ask, args=(f"/{task_id}?wait=60s",)) for _ in range(4)]
-    for thread in waiters:
-        thread.start()
-    for thread in waiters:
-        thread.join(20)
-    assert [a[0] for a in answers[16:]] == [200] * 4 and all(b'"code":1001' in a[2] for a in answers[16:])
+    for _ in range(40):  # every follower has its head (the step printed): all are being served
+        assert heads.acquire(timeout=30)
     kill = _https(port, context, 10)  # answered now, not after the step
     kill.request("PUT", f"/{task_id}?action=kill")
     assert kill.getresponse().status == 200
     kill.close()
-    for thread in followers:
+    for thread in threads:
         thread.join(30)
-    assert len(answers) == 44 and sum(1 for status, _, _ in answers if status == 200) == 4 + 24
+    follows = [a for a in answers if a[0] == "follow"]
+    waits = [a for a in answers if a[0] == "wait"]
+    assert len(follows) == 40 and all(status == 200 and body.startswith(b"started\n") for _, status, body in follows)
+    assert len(waits) == 4 and all(status == 200 and b'"code":1002' in body for _, status, body in waits)
+
+
+@pytest.mark.timeout(120)
+def test_a_tls_follower_that_reads_late_gets_every_byte_in_order(start_server, tmp_path):
+    """The hub writes TLS records without blocking: a reader that takes nothing while 20 MB are
+    written (far past the socket buffers: the hub's writes would block, again and again) then
+    reads, gets the whole log, byte for byte."""
+    pki = make_pki(tmp_path)
+    server = start_server("--tls_cert", str(pki["server"].cert), "--tls_key", str(pki["server"].key), "--max_log", "32MiB")
+    context = ssl.create_default_context(cafile=str(pki["ca"].cert))
+    port = int(server.url.rsplit(":", 1)[1])
+    lines = 200_000
+    script = f"awk 'BEGIN {{ for (i = 0; i < {lines}; i++) printf \"line %d %090d\\n\", i, 0 }}'"
+    setup = _https(port, context, 60)
+    setup.request("POST", "/", body=json.dumps([{"command_type": "sh", "command_content": "while [ ! -e go ]; do sleep 0.05; done; " + script}]))
+    task_id = json.loads(setup.getresponse().read())["data"]["id"]
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=60), server_hostname="127.0.0.1")
+    with sock:
+        sock.sendall(f"GET /{task_id}/0/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        (server.data_dir / "workspace" / task_id / "go").touch()
+        setup.request("GET", f"/{task_id}?wait=60s")  # the whole output is written while we read nothing
+        assert json.loads(setup.getresponse().read())["code"] == 0
+        received = bytearray()
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    setup.close()
+    body = bytes(received).partition(b"\r\n\r\n")[2]
+    assert body.endswith(b"0\r\n\r\n")
+    payload = b"".join(body.split(b"\r\n")[1::2])  # chunk data between the size lines
+    expected = b"".join(b"line %d %090d\n" % (i, 0) for i in range(lines))
+    assert payload[: len(expected)] == expected and b"byte cap" in payload[len(expected):]  # then the cap notice
 
 
 @pytest.mark.timeout(120)

@@ -49,7 +49,7 @@ from .health import HealthCheck
 from .logstream import SharedPoll
 from .resultcache import FinishedResults
 from .security import Guard, audit
-from .streams import TICK, Handoff, ReleaseOnClose, StreamHub
+from .streams import TICK, Handoff, StreamHub
 from .wait import wait_for_task, wait_time
 
 log = logging.getLogger(__name__)
@@ -441,4 +441,34 @@ class RequestLimit:
             # Whole body already built: the request is no longer in flight.
             self._slots.release()
             return result
-        return ReleaseOnClose(result, self._slots.release)
+        return _ReleaseOnClose(result, self._slots.release)
+
+
+class _ReleaseOnClose:
+    """A streamed body holds its slot until it is exhausted (before the server writes the last
+    chunk, so a client that then sends its next request never races the release) or closed
+    (a client that went away)."""
+
+    def __init__(self, body: Iterable[bytes], release: Callable[[], None]) -> None:
+        self._body = body
+        self._release = release
+        self._released = False
+
+    def __iter__(self):
+        try:
+            yield from self._body
+        finally:
+            self._release_once()
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close:
+                close()
+        finally:
+            self._release_once()
+
+    def _release_once(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release()

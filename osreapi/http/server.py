@@ -19,7 +19,6 @@ from .intake import LENGTH_DIGITS, RETRY_AFTER, RequestIntake, refuse
 
 log = logging.getLogger(__name__)
 DEFAULT_THREADS = 32
-RESERVED_THREADS_MIN = 2  # worker threads no stream may take (a quarter of them, at least this)
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -268,9 +267,6 @@ class HttpServer:
         self._server.max_request_header_size = max_header
         if tls is not None:
             self._server.ssl_adapter = tls_adapter(tls)
-        hub = getattr(app, "hub", None)
-        if hub is not None:  # streams a worker drives (TLS, HEAD) leave room for short requests
-            hub.limit_worker_streams(threads - max(RESERVED_THREADS_MIN, threads // 4))
         self._thread: threading.Thread | None = None
 
     def start(self) -> tuple[str, int]:

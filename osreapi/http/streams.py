@@ -1,16 +1,13 @@
 """The stream hub: long responses (log follows, SSE feeds) served by one thread, not a worker each.
 
-A route answers a stream with `hub.serve(environ, status, headers, source)`. On plain HTTP under
-our cheroot server the worker writes nothing: once the application has returned, `Handoff` gives
-a duplicate of the connection's socket to the hub and tells cheroot the response is done, so the
-worker is free at once. The hub thread ticks (~50 ms, or at once on `wake()`), asks each source
+A route answers a stream with `hub.serve(environ, status, headers, source)`. Under our cheroot
+server (plain HTTP or TLS) the worker writes nothing: once the application has returned, `Handoff`
+gives the connection's socket to the hub and tells cheroot the response is done, so the worker is
+free at once. The hub thread ticks (~50 ms, or at once on `wake()`), asks each source
 for new bytes, writes them without blocking (a slow reader only grows its own buffer, up to a
 bound), sends the source's heartbeat after ~15 s of silence, and notices a client that went away
-by its socket turning readable at EOF. Under TLS, or any other WSGI server, the same source is
-driven by a generator on the worker thread (cheroot sends it chunked). Those streams hold a
-worker each, so the server caps them (`limit_worker_streams`) below its thread count: beyond the
-cap a wait is answered as it stands and a follow gets 503 with Retry-After, and short requests
-(a kill, a health check) always find a worker.
+by its socket turning readable at EOF. A HEAD request (no body), or any other WSGI server, gets
+the same source driven by a generator on the worker thread.
 """
 
 from __future__ import annotations
@@ -76,7 +73,6 @@ class StreamHub:
         self._tick = tick
         self._heartbeat = heartbeat
         self._max_streams = max_streams
-        self._worker_slots: threading.BoundedSemaphore | None = None  # None: no cap (see above)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._incoming: list[_Stream] = []
@@ -89,29 +85,19 @@ class StreamHub:
 
     # -- what routes call -----------------------------------------------------------------
 
-    def limit_worker_streams(self, count: int) -> None:
-        """At most `count` streams driven on worker threads at once (the server's threads minus
-        those kept for short requests)."""
-        self._worker_slots = threading.BoundedSemaphore(max(1, count))
-
     def serve(self, environ: dict, status: str, headers: list[tuple[str, str]], source: StreamSource) -> bottle.HTTPResponse:
         """Answer the request with a stream of the source's bytes."""
         if self._stopping.is_set() or self.count >= self._max_streams:
             return self._refuse(environ, source)
         request = environ.get(_ENVIRON_REQUEST)
-        if request is not None and environ.get("wsgi.url_scheme") == "http" and environ.get("REQUEST_METHOD") == "GET":
+        if request is not None and environ.get("REQUEST_METHOD") == "GET":
             environ[_ENVIRON_STREAM] = (status, headers, source)
             return bottle.HTTPResponse(b"", status=status)  # Handoff writes the real head
-        slots = self._worker_slots
-        if slots is not None and not slots.acquire(blocking=False):
-            return self._refuse(environ, source)
-        body = self.drive(source)
-        return bottle.HTTPResponse(body if slots is None else ReleaseOnClose(body, slots.release),
-                                   status=status, headers=dict(headers))
+        return bottle.HTTPResponse(self.drive(source), status=status, headers=dict(headers))
 
     def _refuse(self, environ: dict, source: StreamSource) -> bottle.HTTPResponse:
-        """No room for one more stream: a source with a last word (a wait) answers with it now;
-        any other stream gets 503 and Retry-After."""
+        """No room for one more stream (or the server stops): a source with a last word (a wait)
+        answers with it now; any other stream gets 503 and Retry-After."""
         try:
             data = _last_word(source)
         finally:
@@ -162,10 +148,9 @@ class StreamHub:
         if chunked:
             lines.append("Transfer-Encoding: chunked")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        # The descriptor changes owner: cheroot's socket object is left closed (detached), and
-        # cheroot is told the response is done, with nothing more to write and nothing to shut down.
-        sock = socket.socket(fileno=request.conn.socket.detach())
-        sock.setblocking(False)
+        # The socket changes owner, and cheroot is told the response is done, with nothing more to
+        # write and nothing to shut down or close (linger).
+        sock = _take_socket(request.conn)
         request.sent_headers = True
         request.chunked_write = False
         request.close_connection = True
@@ -220,10 +205,8 @@ class StreamHub:
         if mask & selectors.EVENT_READ:
             try:
                 data = stream.sock.recv(4096)
-            except BlockingIOError:
-                data = None
-            except OSError:
-                data = b""
+            except OSError as exc:
+                data = None if _would_block(exc) else b""
             if data == b"":  # EOF or reset: the client has gone
                 self._end(stream)
                 return
@@ -273,9 +256,9 @@ class StreamHub:
         while stream.out:
             try:
                 sent = stream.sock.send(stream.out)
-            except BlockingIOError:
-                break
-            except OSError:
+            except OSError as exc:
+                if _would_block(exc):  # over TLS the same bytes (and maybe more) are offered again
+                    break
                 self._end(stream)
                 return
             del stream.out[:sent]
@@ -316,7 +299,7 @@ class StreamHub:
     # -- the worker-thread fallback -------------------------------------------------------
 
     def drive(self, source: StreamSource) -> Iterator[bytes]:
-        """The same stream on the worker thread (TLS, HEAD, other WSGI servers)."""
+        """The same stream on the worker thread (HEAD, other WSGI servers)."""
         try:
             last_sent = time.monotonic()
             while True:
@@ -360,34 +343,20 @@ class Handoff:
         return []
 
 
-class ReleaseOnClose:
-    """A streamed body that gives back what it holds (a slot) once: when it is exhausted (before
-    the server writes the last chunk, so a client that then sends its next request never races the
-    release) or closed (a client that went away, or a body never iterated)."""
+def _take_socket(conn) -> socket.socket:
+    """The connection's socket, non-blocking, for the hub. A plain one is detached (cheroot's object
+    is left closed); a TLS one is taken whole (its session lives in the object: cheroot lingers and
+    never closes it)."""
+    raw = conn.socket
+    sock = raw if hasattr(raw, "pending") else socket.socket(fileno=raw.detach())
+    sock.setblocking(False)
+    return sock
 
-    def __init__(self, body: Iterable[bytes], release: Callable[[], None]) -> None:
-        self._body = body
-        self._release = release
-        self._released = False
 
-    def __iter__(self):
-        try:
-            yield from self._body
-        finally:
-            self._release_once()
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close:
-                close()
-        finally:
-            self._release_once()
-
-    def _release_once(self) -> None:
-        if not self._released:
-            self._released = True
-            self._release()
+def _would_block(exc: OSError) -> bool:
+    """The socket cannot take or give bytes now (TLS says so with its own errors; the ssl module
+    is not imported here: a plain server never loads OpenSSL)."""
+    return isinstance(exc, BlockingIOError) or type(exc).__name__ in ("SSLWantReadError", "SSLWantWriteError")
 
 
 def _last_word(source: StreamSource) -> bytes:
