@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import signal
 import socket
 import tracemalloc
 
@@ -16,7 +17,7 @@ from osreapi.http.intake import request_ready
 from osreapi.records import StepRecord, TaskRecord
 from osreapi.vocabulary import State
 
-from .conftest import Client, sh, start_step
+from .conftest import Client, gone, read_pid, sh, start_step, wait_until
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "GET"])
@@ -194,3 +195,19 @@ def test_a_server_running_big_output_steps_does_not_keep_their_outputs(client: C
     finally:
         tracemalloc.stop()
     assert held < 64 * 2**20, f"{held / 2**20:.0f} MiB more held after 120 MiB of output"
+
+
+@pytest.mark.timeout(90)
+def test_a_hangup_shuts_down_in_order_like_sigterm(start_server, tmp_path):
+    """A server started from a shell (`osreapi run &`) gets SIGHUP when the session ends: it died at
+    once, leaving its steps' process trees running and their tasks 'running' until a restart."""
+    data = tmp_path / "data"
+    server = start_server("--pool_size=1", data_dir=data)
+    task_id = server.client.submit([sh("echo $$ > step.pid; sleep 300")])
+    pid = read_pid(data / "workspace" / task_id / "step.pid")
+    server.proc.send_signal(signal.SIGHUP)
+    assert server.proc.wait(30) == 0
+    assert wait_until(lambda: gone(pid), timeout=5)
+    restarted = start_server(data_dir=data)
+    assert restarted.client.get(f"/{task_id}").json["data"][0]["state"] == "已中断"
+    assert restarted.terminate() == 0
