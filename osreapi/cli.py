@@ -215,8 +215,10 @@ def run(args: argparse.Namespace) -> int:
         _leave_out_openssl()
     _setup_logging(args.debug)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())  # the main thread runs the ordered shutdown
+    # SIGHUP too: a server started from a shell gets it when the session ends, and would die at once
+    for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
+        if sig is not None:  # Windows has no SIGHUP
+            signal.signal(sig, lambda *_: stop.set())  # the main thread runs the ordered shutdown
     try:
         executor, server = _serve(args)
     except _CannotStart as exc:

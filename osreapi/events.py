@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from .records import StepRecord, TaskRecord
 
 DEFAULT_CAPACITY = 10_000
+# A finished step's event carries its output (up to --max_output each): beyond this many characters
+# of output held, the oldest events go too, and a reader still behind them gets a Reset.
+OUTPUT_BUDGET = 32 * 1024 * 1024
 BATCH = 500  # most events one `since` hands back, so a slow reader catches up in bounded pieces
 KNOWN_TASKS = 4096  # task records remembered for step-only writes, so few need a read
 
@@ -54,10 +57,14 @@ class EventBus:
         load_task: Callable[[str], TaskRecord | None],
         capacity: int = DEFAULT_CAPACITY,
         clock: Callable[[], float] = time.time,
+        output_budget: int = OUTPUT_BUDGET,
     ) -> None:
         self._load_task = load_task  # for step-only writes of a task not seen lately
         self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
-        self._ring: deque[Event] = deque(maxlen=capacity)
+        self._ring: deque[Event] = deque()
+        self._capacity = capacity
+        self._output_budget = output_budget
+        self._output_held = 0  # characters of step output in the ring
         self._last = int(clock() * 1_000_000)
         self._lock = threading.Lock()
         self._news = threading.Condition(self._lock)  # notified at every event
@@ -89,7 +96,7 @@ class EventBus:
             for task_id in task_ids:
                 stub = self._tasks.pop(task_id, None) or TaskRecord(id=task_id, mode="", count=0, accepted=0.0)
                 self._last += 1
-                self._ring.append(Event(self._last, stub, None, deleted=True))
+                self._keep(Event(self._last, stub, None, deleted=True))
             self._news.notify_all()
             wakers = tuple(self._wakers)
         for wake in wakers:
@@ -103,7 +110,15 @@ class EventBus:
 
     def _append(self, task: TaskRecord, step: StepRecord | None) -> None:
         self._last += 1
-        self._ring.append(Event(self._last, task, step))
+        self._keep(Event(self._last, task, step))
+
+    def _keep(self, event: Event) -> None:
+        """Add to the ring, dropping the oldest beyond its capacity or its output budget (the
+        newest event stays, however large)."""
+        self._ring.append(event)
+        self._output_held += _output_size(event)
+        while len(self._ring) > 1 and (len(self._ring) > self._capacity or self._output_held > self._output_budget):
+            self._output_held -= _output_size(self._ring.popleft())
 
     def since(self, seq: int, task_id: str | None = None) -> Batch | Reset:
         """Events after `seq` (at most BATCH), only task `task_id`'s when given."""
@@ -128,3 +143,7 @@ class EventBus:
         """`wake()` is called (from the store's thread: it must be quick) after every publish."""
         with self._lock:
             self._wakers.add(wake)
+
+
+def _output_size(event: Event) -> int:
+    return len(event.step.output) if event.step is not None else 0

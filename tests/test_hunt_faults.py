@@ -3,15 +3,21 @@ real cheroot server and real processes, and fails without its fix."""
 
 from __future__ import annotations
 
+import gc
 import json
+import signal
 import socket
+import tracemalloc
 
 import pytest
 
+from osreapi.events import Batch, EventBus, Reset
 from osreapi.http.app import HttpSettings
 from osreapi.http.intake import request_ready
+from osreapi.records import StepRecord, TaskRecord
+from osreapi.vocabulary import State
 
-from .conftest import Client, sh, start_step
+from .conftest import Client, gone, read_pid, sh, start_step, wait_until
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "GET"])
@@ -153,3 +159,55 @@ def test_an_unsupported_http_version_is_named_not_called_an_internal_error(clien
     assert answer.startswith(b"HTTP/1.1 505 "), answer
     body = json.loads(answer.partition(b"\r\n\r\n")[2])
     assert body == {"code": 505, "message": "不支持的 HTTP 版本: 请使用 HTTP/1.1 (或 1.0)"}
+
+
+def test_the_event_ring_holds_a_bounded_amount_of_step_output() -> None:
+    """Every finished step's event kept its whole output (up to --max_output, 1 MiB) for the last
+    10,000 events: up to ~10 GB, 100 MB after a hundred 1 MB builds."""
+    task = TaskRecord(id="t", mode="parallel", count=1, accepted=0.0)
+    bus = EventBus(lambda _id: task, output_budget=8_000_000)
+    start = bus.last
+    for index in range(30):
+        bus.publish("t", None, (StepRecord(index, f"s{index}", State.STOPPED, code=0, output="x" * 1_000_000),))
+    kept = bus.since(bus.last - 8)
+    assert isinstance(kept, Batch) and [e.step.index for e in kept.events] == list(range(22, 30))
+    assert isinstance(bus.since(bus.last - 9), Reset)  # the ninth newest went with the budget
+    assert isinstance(bus.since(start), Reset)
+    huge = StepRecord(30, "s30", State.STOPPED, code=0, output="y" * 20_000_000)  # alone over the budget
+    bus.publish("t", None, (huge,))
+    newest = bus.since(bus.last - 1)
+    assert isinstance(newest, Batch) and newest.events[0].step is huge
+
+
+@pytest.mark.timeout(300)
+def test_a_server_running_big_output_steps_does_not_keep_their_outputs(client: Client):
+    """The same through a real server (in this process): 120 steps of 1 MiB of output each."""
+    script = "head -c 1100000 /dev/zero | tr '\\0' x"
+    client.wait(client.submit([sh(script)]), timeout=60)  # warm up: first-use allocations
+    tracemalloc.start()  # what Python objects hold (the allocator's own keeping aside)
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(120):
+            assert client.wait(client.submit([sh(script)]), timeout=60).json["code"] == 0
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 64 * 2**20, f"{held / 2**20:.0f} MiB more held after 120 MiB of output"
+
+
+@pytest.mark.timeout(90)
+def test_a_hangup_shuts_down_in_order_like_sigterm(start_server, tmp_path):
+    """A server started from a shell (`osreapi run &`) gets SIGHUP when the session ends: it died at
+    once, leaving its steps' process trees running and their tasks 'running' until a restart."""
+    data = tmp_path / "data"
+    server = start_server("--pool_size=1", data_dir=data)
+    task_id = server.client.submit([sh("echo $$ > step.pid; sleep 300")])
+    pid = read_pid(data / "workspace" / task_id / "step.pid")
+    server.proc.send_signal(signal.SIGHUP)
+    assert server.proc.wait(30) == 0
+    assert wait_until(lambda: gone(pid), timeout=5)
+    restarted = start_server(data_dir=data)
+    assert restarted.client.get(f"/{task_id}").json["data"][0]["state"] == "已中断"
+    assert restarted.terminate() == 0

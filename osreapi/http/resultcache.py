@@ -17,6 +17,9 @@ from ..records import StepRecord, TaskRecord
 from . import render
 
 _PROBE_LEFT = 1234567.891  # a ttl no real answer renders with, cut out of the cached body
+# A task's answer carries its steps' outputs (up to --max_output each): only answers this small are
+# kept, so that 1,024 of them hold at most 64 MiB (big ones cost their reading and rendering anyway).
+MAX_ENTRY = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,15 @@ class FinishedResults:
         return entry.body(now)
 
     def put(self, task: TaskRecord, steps: tuple[StepRecord, ...], lang: str, deletions: int, now: float) -> bytes | None:
-        """Keep a finished task's answer; return it as of `now` (None: not a task to keep)."""
+        """Keep a finished task's answer (unless it is over MAX_ENTRY); return it as of `now`
+        (None: not a task to keep)."""
         if task.expires is None or not task.state.finished:
             return None
         code, msg, data = render.result_json(task, steps, lang, task.expires - _PROBE_LEFT)
         probe = f'"ttl":"{format_duration(_PROBE_LEFT)}"'.encode("ascii")
         entry = _Entry(deletions, task.expires, tuple(render.envelope(code, msg, data).encode("utf-8").split(probe)))
+        if sum(map(len, entry.parts)) > MAX_ENTRY:
+            return entry.body(now)  # answered, not kept
         with self._lock:
             self._entries[(task.id, lang)] = entry
             self._entries.move_to_end((task.id, lang))
