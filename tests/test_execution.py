@@ -33,9 +33,15 @@ def test_pool_bounds_processes_across_tasks(make_executor):
     assert max_overlap(intervals) == 2  # bounded by the pool, and the pool is used
 
 
-def test_pool_waits_in_fifo_order(make_executor):
+def test_pool_waits_in_fifo_order(make_executor, tmp_path):
+    """Steps that wait for a worker get one in the order their tasks were accepted. (Two tasks
+    submitted together while a worker is free race for it: the first holds it here.)"""
     ex: Executor = make_executor(pool_size=1)
-    ids = [ex.submit([sh("sleep 0.05")]) for _ in range(5)]
+    gate = tmp_path / "gate"
+    ids = [ex.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.02; done")])]
+    assert wait_until(lambda: ex.get(ids[0]).task.state is State.RUNNING)
+    ids += [ex.submit([sh("sleep 0.05")]) for _ in range(4)]
+    gate.touch()
     results = [ex.wait(task_id, 20) for task_id in ids]
     begins = [r.steps[0].begin for r in results]
     assert begins == sorted(begins)
@@ -45,8 +51,8 @@ def test_waiting_task_is_pending_until_its_step_starts(make_executor, tmp_path):
     ex: Executor = make_executor(pool_size=1)
     gate = tmp_path / "gate"
     first = ex.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.02; done")])
+    assert wait_until(lambda: ex.get(first).task.state is State.RUNNING)  # it holds the one worker
     second = ex.submit([sh("true")])
-    assert wait_until(lambda: ex.get(first).task.state is State.RUNNING)
     waiting = ex.get(second)
     assert waiting.task.state is State.PENDING and waiting.task.begin is None
     gate.touch()
