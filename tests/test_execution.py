@@ -198,3 +198,13 @@ def test_a_reused_task_runner_still_saves_the_pid_of_a_long_step(executor: Execu
     assert wait_until(lambda: executor.get(long).steps[0].pid is not None, 10)
     assert executor.get(long).steps[0].pid == int((tmp_path / "pid").read_text())
     executor.kill(long)
+
+
+def test_tasks_submitted_together_start_in_the_order_they_were_accepted(make_executor):
+    """With one worker free, two tasks submitted back to back raced for it: whichever runner
+    asked first got it (the second task ran first in about 1 pair in 20 on a busy machine)."""
+    ex: Executor = make_executor(pool_size=1)
+    for _ in range(200):
+        first, second = ex.submit([sh("true")]), ex.submit([sh("true")])
+        begins = [ex.wait(task_id, 20).steps[0].begin for task_id in (first, second)]
+        assert begins[0] < begins[1]

@@ -84,6 +84,14 @@ class TaskEnded:
 
 
 @dataclass(frozen=True)
+class TaskAdmitted:
+    """A runner has asked the pool for its task's first steps: the next task may start now (so
+    tasks ask for workers, and get free ones, in the order they were accepted)."""
+
+    task_id: str
+
+
+@dataclass(frozen=True)
 class ControlTask:
     """kill / pause / resume a task (index None) or one step; `reply` is answered when done."""
 

@@ -16,7 +16,17 @@ from ..errors import ActionRejected
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
 from .delivery import tell_if_alive
-from .messages import ControlTask, Enqueue, GetStats, InterruptAll, InterruptTask, SaveRecords, StartTask, TaskEnded
+from .messages import (
+    ControlTask,
+    Enqueue,
+    GetStats,
+    InterruptAll,
+    InterruptTask,
+    SaveRecords,
+    StartTask,
+    TaskAdmitted,
+    TaskEnded,
+)
 from .services import Services
 from .task import TaskActor
 from .taskstate import TaskState
@@ -38,6 +48,9 @@ class SupervisorActor(pykka.ThreadingActor):
         self._controlled: dict[str, TaskState] = {}  # queued tasks changed here; the store may lag
         self._live: dict[str, pykka.ActorRef] = {}
         self._idle: list[pykka.ActorRef] = []  # TaskActors between tasks (at most max_live_tasks)
+        # The task started last, until its runner has asked for its first workers: the next one
+        # waits for that, so that a quicker runner never takes a free worker before an older task.
+        self._admitting: tuple[str, pykka.ActorRef] | None = None
         self._stopping: threading.Event | None = None
 
     def on_receive(self, message: Any) -> Any:
@@ -46,7 +59,10 @@ class SupervisorActor(pykka.ThreadingActor):
                 return len(self._live), len(self._queued) + len(self._held)
             case Enqueue(task_id=task_id, records=records):
                 self._queued[task_id] = records if self._keep(records) else None
+            case TaskAdmitted(task_id=task_id):
+                self._admitted(task_id)
             case TaskEnded(task_id=task_id):
+                self._admitted(task_id)  # a runner that failed at the start ends its task instead
                 ref = self._live.pop(task_id, None)
                 if ref is not None:  # a request queued to it for this task is refused in order there
                     self._idle.append(ref)
@@ -63,9 +79,19 @@ class SupervisorActor(pykka.ThreadingActor):
             self._stopping.set()
         return None
 
+    def _admitted(self, task_id: str) -> None:
+        if self._admitting is not None and self._admitting[0] == task_id:
+            self._admitting = None
+
+    def _admitting_now(self) -> bool:
+        """A task started last has not asked for its workers yet (a runner that died never will)."""
+        if self._admitting is not None and not self._admitting[1].is_alive():
+            self._admitting = None
+        return self._admitting is not None
+
     def _start_more(self) -> None:
         limit = self._services.config.max_live_tasks
-        while self._queued and len(self._live) < limit and self._stopping is None:
+        while self._queued and len(self._live) < limit and self._stopping is None and not self._admitting_now():
             task_id = next(iter(self._queued))
             try:
                 self._start(task_id)
@@ -91,6 +117,7 @@ class SupervisorActor(pykka.ThreadingActor):
         ref = self._task_runner()
         ref.tell(StartTask(state.task, tuple(state.steps), state.specs))
         self._live[task_id] = ref  # after the tell: a runner that died meanwhile takes no slot
+        self._admitting = (task_id, ref)
 
     def _task_runner(self) -> pykka.ActorRef:
         while self._idle:

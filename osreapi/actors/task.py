@@ -31,6 +31,7 @@ from .messages import (
     StepEnded,
     StepStarted,
     StopStep,
+    TaskAdmitted,
     TaskEnded,
     WorkerGranted,
 )
@@ -106,6 +107,8 @@ class TaskActor(pykka.ThreadingActor):
             case _:
                 log.warning("task: unexpected message %r", message)
         self._advance()
+        if isinstance(message, StartTask):  # its first steps have asked the pool (or started)
+            tell_if_alive(self._supervisor, TaskAdmitted(message.task.id))
         return None
 
     def on_failure(self, exception_type: Any = None, exception_value: Any = None, traceback: Any = None) -> None:
