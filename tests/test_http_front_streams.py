@@ -195,6 +195,25 @@ def test_tls_streams_are_served_by_the_hub_and_leave_every_worker_free(start_ser
     assert len(waits) == 4 and all(status == 200 and b'"code":1002' in body for _, status, body in waits)
 
 
+@pytest.mark.timeout(60)
+def test_head_of_a_followed_log_is_the_head_alone_and_holds_no_thread(start_server):
+    """HEAD gets a follow's head and no body: 40 of them on a quiet step (more than the 32 worker
+    threads) are all answered at once, and the kill after them too."""
+    server = start_server()
+    client = server.client
+    task_id = client.submit([{"command_type": "sh", "command_content": "sleep 300"}])
+    heads = []
+    for _ in range(40):
+        conn = http.client.HTTPConnection(client.host, client.port, timeout=10)
+        conn.request("HEAD", f"/{task_id}/0/log?follow=true")
+        response = conn.getresponse()
+        heads.append((response.status, response.getheader("Content-Type"), response.read()))
+        conn.close()
+    assert all(status == 200 and kind.startswith("text/plain") and body == b"" for status, kind, body in heads)
+    assert client.request("PUT", f"/{task_id}?action=kill").status == 200
+    assert client.wait(task_id).json["code"] != 1001
+
+
 @pytest.mark.timeout(120)
 def test_a_tls_follower_that_reads_late_gets_every_byte_in_order(start_server, tmp_path):
     """The hub writes TLS records without blocking: a reader that takes nothing while 20 MB are

@@ -103,6 +103,10 @@ class _Request(HTTPRequest):
         if self.ambiguous_length:
             self._refuse("400 Bad Request", "ambiguous_length")
             return False
+        if self.chunked_read:
+            # cheroot leaves what a route did not read of a chunked body, and its trailer, in the
+            # buffer, where it would be parsed as the next request: the connection ends with the answer.
+            self.close_connection = True
         length = self.inheaders.get(b"Content-Length")
         if length is None:
             return True
@@ -112,18 +116,6 @@ class _Request(HTTPRequest):
         if int(length) > self.server.osreapi_max_body:
             self.close_connection = True  # never drain a body this large to keep the connection
         return True
-
-    def send_headers(self) -> None:
-        """A chunked body the application left unread is read before the answer, as cheroot does
-        for a Content-Length body: left in the buffer it would be parsed as the next request (the
-        intake has it whole already, so this never waits on the client)."""
-        if self.chunked_read and not self.close_connection:
-            try:
-                while self.rfile.read(65536):
-                    pass
-            except Exception:  # noqa: BLE001 - a malformed or oversized body: no next request on it
-                self.close_connection = True
-        super().send_headers()
 
     def simple_response(self, status, msg: str = "") -> None:
         status = str(status)

@@ -6,8 +6,8 @@ gives the connection's socket to the hub and tells cheroot the response is done,
 free at once. The hub thread ticks (~50 ms, or at once on `wake()`), asks each source
 for new bytes, writes them without blocking (a slow reader only grows its own buffer, up to a
 bound), sends the source's heartbeat after ~15 s of silence, and notices a client that went away
-by its socket turning readable at EOF. A HEAD request (no body), or any other WSGI server, gets
-the same source driven by a generator on the worker thread.
+by its socket turning readable at EOF. A HEAD request gets the head alone; under any other WSGI
+server the same source is driven by a generator on the worker thread.
 """
 
 from __future__ import annotations
@@ -89,8 +89,11 @@ class StreamHub:
         """Answer the request with a stream of the source's bytes."""
         if self._stopping.is_set() or self.count >= self._max_streams:
             return self._refuse(environ, source)
+        if environ.get("REQUEST_METHOD") == "HEAD":  # the head only: nothing to follow, no thread held
+            source.close()
+            return bottle.HTTPResponse(b"", status=status, headers=dict(headers))
         request = environ.get(_ENVIRON_REQUEST)
-        if request is not None and environ.get("REQUEST_METHOD") == "GET":
+        if request is not None:
             environ[_ENVIRON_STREAM] = (status, headers, source)
             return bottle.HTTPResponse(b"", status=status)  # Handoff writes the real head
         return bottle.HTTPResponse(self.drive(source), status=status, headers=dict(headers))
@@ -299,7 +302,7 @@ class StreamHub:
     # -- the worker-thread fallback -------------------------------------------------------
 
     def drive(self, source: StreamSource) -> Iterator[bytes]:
-        """The same stream on the worker thread (HEAD, other WSGI servers)."""
+        """The same stream on the worker thread (other WSGI servers)."""
         try:
             last_sent = time.monotonic()
             while True:
