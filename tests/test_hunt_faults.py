@@ -125,6 +125,8 @@ def test_an_ambiguous_body_length_is_refused_and_nothing_hides_in_it(client: Cli
         (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: application/json\r\n\r\nab", False, 5),  # curl's order
         (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: application/json\r\n\r\nabcde", True, 5),
         (b"POST / HTTP/1.1\r\nContent-Length: 9\r\nContent-Length: 2\r\n\r\nab", True, 0),  # the worker refuses it
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\x0b\r\n\r\nab", False, 5),  # stripped by cheroot: a length
+        (b"POST / HTTP/1.1\r\nContent-Length:\x0c5 \r\n\r\nabcde", True, 5),
     ],
 )
 def test_the_intake_reads_a_content_length_on_any_line(data: bytes, ready: bool, body: int):
