@@ -233,3 +233,21 @@ def test_a_head_cheroot_and_the_intake_would_read_apart_is_refused_at_once(clien
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert said in answer
+
+
+@pytest.mark.parametrize(
+    ("accept", "lang"),
+    [
+        ("fr-FR,fr;q=0.9,en;q=0.8", "en"),  # a French browser that reads English: not the server's default
+        ("en;q=0, zh", "zh"),  # q=0: not acceptable
+        ("zh;q=0.1, en;q=0.9", "en"),
+        ("en-US,en;q=0.9", "en"),
+        ("zh-CN,zh;q=0.9,en;q=0.8", "zh"),
+        ("de, fr;q=0.5", "zh"),  # none of ours: the server's language
+        ("en;q=abc, zh;q=0.5", "zh"),  # a quality that is not a number counts as 0
+    ],
+)
+def test_accept_language_is_read_by_quality_not_only_its_first_entry(client: Client, accept: str, lang: str):
+    """Only the first entry was read: `fr-FR,fr;q=0.9,en;q=0.8` got Chinese, `en;q=0, zh` English."""
+    message = client.get("/no-such-task", headers={"Accept-Language": accept}).json["message"]
+    assert message == {"zh": "id不存在, 沒有数据", "en": "id does not exist, no data"}[lang]
