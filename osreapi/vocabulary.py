@@ -132,6 +132,7 @@ _MESSAGES.update({
     ),
     "reserved_id": ("id: {id!r} 是保留的路由名", "id: {id!r} is reserved for a route"),
     "body_not_utf8": ("请求体: 第 {at} 字节不是合法的 UTF-8", "body: not valid UTF-8 at byte {at}"),
+    "query_repeated": ("查询参数 {name} 出现了多次且取值不同", "query: {name} is given more than once, with different values"),
     "path_not_utf8": ("路径: 第 {at} 字节不是合法的 UTF-8", "path: not valid UTF-8 at byte {at}"),
     "body_empty": ("请求体为空, 应为步骤的 JSON 数组", "body: empty, expected a JSON array of steps"),
     "body_bad_json": ("请求体: 第 {line} 行第 {column} 列不是合法的 JSON: {reason}",

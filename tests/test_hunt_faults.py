@@ -251,3 +251,13 @@ def test_accept_language_is_read_by_quality_not_only_its_first_entry(client: Cli
     """Only the first entry was read: `fr-FR,fr;q=0.9,en;q=0.8` got Chinese, `en;q=0, zh` English."""
     message = client.get("/no-such-task", headers={"Accept-Language": accept}).json["message"]
     assert message == {"zh": "id不存在, 沒有数据", "en": "id does not exist, no data"}[lang]
+
+
+def test_a_query_parameter_given_twice_with_different_values_is_refused(client: Client):
+    """`?action=kill&action=pause` paused (the last value won): which one the client meant is unknown."""
+    task_id = start_step(client, "sleep 30")
+    resp = client.request("PUT", f"/{task_id}?action=kill&action=pause", headers={"Accept-Language": "en"})
+    assert resp.status == 400
+    assert resp.json["message"] == "query: action is given more than once, with different values"
+    assert client.get(f"/{task_id}?lang=en").json["data"][0]["state"] == "running"  # nothing changed
+    assert client.request("PUT", f"/{task_id}?action=kill&action=kill").status == 200  # the same twice: no doubt
