@@ -95,7 +95,10 @@ class _Request(HTTPRequest):
         body length that is ambiguous, less an `Expect: 100-continue` on a body that will be
         refused unread: cheroot invites any body, and the client would upload it all first."""
         reader = _LengthCounting()
-        headers = reader(rfile, headers)
+        try:
+            headers = reader(rfile, headers)
+        except NameError:  # cheroot's reader on a fold before any header: a 500, not the client's 400
+            raise ValueError("a folded header line (obs-fold)") from None
         # Two lengths, or a length and chunks: a proxy may read another body than we do, and the
         # rest would run as a request of its own (request smuggling).
         self.ambiguous_length = reader.lengths > 1 or (reader.lengths == 1 and b"Transfer-Encoding" in headers)
