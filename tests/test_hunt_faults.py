@@ -262,3 +262,19 @@ def test_a_query_parameter_given_twice_with_different_values_is_refused(client: 
     assert resp.json["message"] == "query: action is given more than once, with different values"
     assert client.get(f"/{task_id}?lang=en").json["data"][0]["state"] == "running"  # nothing changed
     assert client.request("PUT", f"/{task_id}?action=kill&action=kill").status == 200  # the same twice: no doubt
+
+
+def test_a_cached_answer_in_its_last_millisecond_is_answered_not_a_500(make_server):
+    """The cached answer's ttl was put back encoded as ASCII: in the last millisecond before expiry
+    Go's format says `500µs`, and GET /<id> of a finished task answered 500 (seen as 27 of 8,000
+    GETs re-posting one id under --key_expire=300ms)."""
+    now = [1_000_000.0]
+    client = make_server(clock=lambda: now[0], key_expire="10s")
+    task_id = client.submit([sh("echo done")])
+    assert client.wait(task_id).json["code"] == 0
+    expires = client.executor.task(task_id).expires
+    assert client.get(f"/{task_id}").status == 200  # now cached
+    now[0] = expires - 0.0005
+    resp = client.get(f"/{task_id}")
+    assert resp.status == 200, resp.body
+    assert resp.json["data"][0]["times"]["ttl"] == "500µs"
