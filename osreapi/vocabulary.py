@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -132,6 +133,7 @@ _MESSAGES.update({
     ),
     "reserved_id": ("id: {id!r} 是保留的路由名", "id: {id!r} is reserved for a route"),
     "body_not_utf8": ("请求体: 第 {at} 字节不是合法的 UTF-8", "body: not valid UTF-8 at byte {at}"),
+    "query_repeated": ("查询参数 {name} 出现了多次且取值不同", "query: {name} is given more than once, with different values"),
     "path_not_utf8": ("路径: 第 {at} 字节不是合法的 UTF-8", "path: not valid UTF-8 at byte {at}"),
     "body_empty": ("请求体为空, 应为步骤的 JSON 数组", "body: empty, expected a JSON array of steps"),
     "body_bad_json": ("请求体: 第 {line} 行第 {column} 列不是合法的 JSON: {reason}",
@@ -237,13 +239,33 @@ def _render_value(value: Any, lang: str) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=256)  # asked on every request; clients send few distinct headers
 def normalize_language(value: str | None) -> str | None:
-    """'en', 'en-US', 'zh-CN,zh;q=0.9' -> 'en' / 'zh'; None when not recognised."""
+    """The one of ours that a `?lang=` value or an Accept-Language header prefers, by quality (ties:
+    the first): 'en', 'en-US', 'fr-FR,fr;q=0.9,en;q=0.8' -> 'en'; None when none of ours is acceptable."""
     if not value:
         return None
-    first = value.split(",")[0].split(";")[0].strip().lower()
-    primary = first.split("-")[0].split("_")[0]
-    return primary if primary in LANGUAGES else None
+    best, best_quality = None, 0.0
+    for entry in value.split(","):
+        tag, _, params = entry.partition(";")
+        primary = tag.strip().lower().split("-")[0].split("_")[0]
+        quality = _quality(params)
+        if primary in LANGUAGES and quality > best_quality:
+            best, best_quality = primary, quality
+    return best
+
+
+def _quality(params: str) -> float:
+    """An entry's q= (1 when absent; 0 when not a number), within 0..1."""
+    for param in params.split(";"):
+        name, _, number = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                quality = float(number)
+            except ValueError:
+                return 0.0
+            return min(max(quality, 0.0), 1.0) if quality == quality else 0.0  # NaN counts as 0
+    return 1.0
 
 
 def _lang_index(lang: str) -> int:

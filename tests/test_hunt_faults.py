@@ -125,6 +125,8 @@ def test_an_ambiguous_body_length_is_refused_and_nothing_hides_in_it(client: Cli
         (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: application/json\r\n\r\nab", False, 5),  # curl's order
         (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: application/json\r\n\r\nabcde", True, 5),
         (b"POST / HTTP/1.1\r\nContent-Length: 9\r\nContent-Length: 2\r\n\r\nab", True, 0),  # the worker refuses it
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\x0b\r\n\r\nab", False, 5),  # stripped by cheroot: a length
+        (b"POST / HTTP/1.1\r\nContent-Length:\x0c5 \r\n\r\nabcde", True, 5),
     ],
 )
 def test_the_intake_reads_a_content_length_on_any_line(data: bytes, ready: bool, body: int):
@@ -211,3 +213,68 @@ def test_a_hangup_shuts_down_in_order_like_sigterm(start_server, tmp_path):
     restarted = start_server(data_dir=data)
     assert restarted.client.get(f"/{task_id}").json["data"][0]["state"] == "已中断"
     assert restarted.terminate() == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        (b"Content-Length : 100", b"whitespace before the colon"),
+        (b"Content-Length\t: 100", b"whitespace before the colon"),
+        (b"Transfer-Encoding : chunked", b"whitespace before the colon"),
+        (b"Content-Length: 0\r\n 100", b"folded header line"),
+        (b" Content-Length: 100", b"folded header line"),  # a fold with nothing to fold onto: it was a 500
+    ],
+)
+def test_a_head_cheroot_and_the_intake_would_read_apart_is_refused_at_once(client: Client, header: bytes, said: bytes):
+    """cheroot read `Content-Length : 100`, or a length folded onto a second line, as a length that
+    the intake did not see: the request went to a worker before its body, and 40 of them held every
+    worker until --read_timeout. (The detail is cheroot's, in English in either language.)"""
+    with socket.create_connection((client.host, client.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\n" + header + b"\r\nHost: x\r\n\r\n[")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert said in answer
+
+
+@pytest.mark.parametrize(
+    ("accept", "lang"),
+    [
+        ("fr-FR,fr;q=0.9,en;q=0.8", "en"),  # a French browser that reads English: not the server's default
+        ("en;q=0, zh", "zh"),  # q=0: not acceptable
+        ("zh;q=0.1, en;q=0.9", "en"),
+        ("en-US,en;q=0.9", "en"),
+        ("zh-CN,zh;q=0.9,en;q=0.8", "zh"),
+        ("de, fr;q=0.5", "zh"),  # none of ours: the server's language
+        ("en;q=abc, zh;q=0.5", "zh"),  # a quality that is not a number counts as 0
+    ],
+)
+def test_accept_language_is_read_by_quality_not_only_its_first_entry(client: Client, accept: str, lang: str):
+    """Only the first entry was read: `fr-FR,fr;q=0.9,en;q=0.8` got Chinese, `en;q=0, zh` English."""
+    message = client.get("/no-such-task", headers={"Accept-Language": accept}).json["message"]
+    assert message == {"zh": "id不存在, 沒有数据", "en": "id does not exist, no data"}[lang]
+
+
+def test_a_query_parameter_given_twice_with_different_values_is_refused(client: Client):
+    """`?action=kill&action=pause` paused (the last value won): which one the client meant is unknown."""
+    task_id = start_step(client, "sleep 30")
+    resp = client.request("PUT", f"/{task_id}?action=kill&action=pause", headers={"Accept-Language": "en"})
+    assert resp.status == 400
+    assert resp.json["message"] == "query: action is given more than once, with different values"
+    assert client.get(f"/{task_id}?lang=en").json["data"][0]["state"] == "running"  # nothing changed
+    assert client.request("PUT", f"/{task_id}?action=kill&action=kill").status == 200  # the same twice: no doubt
+
+
+def test_a_cached_answer_in_its_last_millisecond_is_answered_not_a_500(make_server):
+    """The cached answer's ttl was put back encoded as ASCII: in the last millisecond before expiry
+    Go's format says `500µs`, and GET /<id> of a finished task answered 500 (seen as 27 of 8,000
+    GETs re-posting one id under --key_expire=300ms)."""
+    now = [1_000_000.0]
+    client = make_server(clock=lambda: now[0], key_expire="10s")
+    task_id = client.submit([sh("echo done")])
+    assert client.wait(task_id).json["code"] == 0
+    expires = client.executor.task(task_id).expires
+    assert client.get(f"/{task_id}").status == 200  # now cached
+    now[0] = expires - 0.0005
+    resp = client.get(f"/{task_id}")
+    assert resp.status == 200, resp.body
+    assert resp.json["data"][0]["times"]["ttl"] == "500µs"

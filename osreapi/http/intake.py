@@ -43,7 +43,7 @@ MIN_BODY_RATE = 32 * 1024  # bytes per second a body must at least arrive at (be
 RETRY_AFTER = 1  # seconds, in a 503 for an overloaded server
 MAX_HANDSHAKES = 1024  # TLS handshakes under way at once (~45 KB each); more connections are closed
 _RECV = 64 * 1024
-_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\S*)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+_CONTENT_LENGTH = re.compile(rb"^content-length:(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 _CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.IGNORECASE | re.MULTILINE)
 LENGTH_DIGITS = re.compile(rb"[0-9]{1,18}")  # a Content-Length we accept: ASCII digits, bounded
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,15}")
@@ -104,7 +104,7 @@ def request_ready(
     body_start = head_end + 4
     if _CHUNKED.search(head):  # its size is unknown: it may take as long as the largest body
         return _chunked_ready(data, body_start, max_body, walk or ChunkWalk()), max_body
-    lengths = _CONTENT_LENGTH.findall(head)
+    lengths = [value.strip() for value in _CONTENT_LENGTH.findall(head)]  # as cheroot's header reader strips
     if len(lengths) != 1 or not LENGTH_DIGITS.fullmatch(lengths[0]):
         return True, 0  # none, or refused by the request parser (malformed, repeated)
     length = int(lengths[0])

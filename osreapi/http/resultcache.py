@@ -30,7 +30,7 @@ class _Entry:
 
     def body(self, now: float) -> bytes:
         ttl = format_duration(max(0.0, self.expires - now))
-        return f'"ttl":"{ttl}"'.encode("ascii").join(self.parts)
+        return f'"ttl":"{ttl}"'.encode("utf-8").join(self.parts)  # under 1 ms Go says µs: not ASCII
 
 
 class FinishedResults:

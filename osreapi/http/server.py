@@ -62,12 +62,25 @@ def tls_adapter(tls: TlsSettings):
 
 
 class _LengthCounting(HeaderReader):
-    """cheroot's header reader, counting the Content-Length lines (cheroot keeps the last one)."""
+    """cheroot's header reader, counting the Content-Length lines (cheroot keeps the last one), and
+    refusing what would make cheroot read another head than the request intake did (RFC 9112 5.1,
+    5.2): whitespace before a colon (`Content-Length : 9`) and folded lines (`Content-Length: 0`
+    then ` 9`), both of which cheroot took for a length the intake did not see."""
 
     def __init__(self) -> None:
         self.lengths = 0
+        self._named = False  # the line in hand started with a name (not a continuation)
+
+    def _transform_key(self, key_name: bytes) -> bytes:
+        if key_name != key_name.rstrip():
+            raise ValueError("whitespace before the colon of a header name")  # answered 400
+        self._named = True
+        return super()._transform_key(key_name)
 
     def _allow_header(self, key_name: bytes) -> bool:
+        if not self._named:
+            raise ValueError("a folded header line (obs-fold)")
+        self._named = False
         if key_name == b"Content-Length":  # cheroot title-cases the name before asking
             self.lengths += 1
         return True
@@ -86,7 +99,10 @@ class _Request(HTTPRequest):
         refused unread (cheroot invites any body, and the client would upload it all first) or
         that the intake has invited already (a second 100 Continue would follow the body)."""
         reader = _LengthCounting()
-        headers = reader(rfile, headers)
+        try:
+            headers = reader(rfile, headers)
+        except NameError:  # cheroot's reader on a fold before any header: a 500, not the client's 400
+            raise ValueError("a folded header line (obs-fold)") from None
         # Two lengths, or a length and chunks: a proxy may read another body than we do, and the
         # rest would run as a request of its own (request smuggling).
         self.ambiguous_length = reader.lengths > 1 or (reader.lengths == 1 and b"Transfer-Encoding" in headers)
