@@ -295,7 +295,9 @@ def test_a_body_announced_with_expect_continue_is_invited_then_taken(client: Cli
 def test_vanished_followers_are_noticed_and_do_not_block_anyone(start_server):
     server = start_server()
     client = server.client
-    task_id = start_step(client, "sleep 40")
+    # Its output in the log: the process runs and its own descriptors (pipe, log, pidfd) are open
+    # before the count (a step is "running" from the moment its start is on disk, before that).
+    task_id = start_step(client, "echo started; sleep 40", b"started\n")
     baseline = fds(server.proc.pid)
     followers = Followers(client, f"/{task_id}/0/log?follow=true", 40)
     try:
