@@ -214,6 +214,31 @@ def test_head_of_a_followed_log_is_the_head_alone_and_holds_no_thread(start_serv
     assert client.wait(task_id).json["code"] != 1001
 
 
+@pytest.mark.timeout(60)
+def test_a_follower_whose_log_cannot_be_opened_follows_to_the_step_end(start_server):
+    """A log that cannot be opened for now (no descriptor free; here the step turns it into a
+    directory) must not end the stream as if the step were done: it ends with the step, and its
+    record (before: at once, without one, and a traceback in the server's log)."""
+    server = start_server()
+    client = server.client
+    script = "rm .osreapi/step-0.log && mkdir .osreapi/step-0.log && echo > moved; while [ ! -e go ]; do sleep 0.05; done"
+    task_id = client.submit([{"command_type": "sh", "command_content": script}])
+    workspace = server.data_dir / "workspace" / task_id
+    assert wait_until(lambda: (workspace / "moved").exists())
+    sock = socket.create_connection((client.host, client.port), timeout=20)
+    with sock:
+        sock.sendall(f"GET /{task_id}/0/log?follow=true HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        (workspace / "go").touch()
+        received = head
+        while chunk := sock.recv(65536):
+            received += chunk
+    end = received.rpartition(b"event: end\ndata: ")[2].partition(b"\n")[0]
+    assert json.loads(end)["code"] == 0  # the step's record, once it has ended
+
+
 @pytest.mark.timeout(120)
 def test_a_tls_follower_that_reads_late_gets_every_byte_in_order(start_server, tmp_path):
     """The hub writes TLS records without blocking: a reader that takes nothing while 20 MB are

@@ -98,6 +98,10 @@ class LogSource:
                 self._file = open(self._path, "rb")
             except FileNotFoundError:
                 return b""
+            except OSError:
+                if self._follow:  # e.g. no descriptor free now: try again at the next read, to the step's end
+                    return b""
+                raise
         if os.fstat(self._file.fileno()).st_size <= self._offset:
             return b""
         self._file.seek(self._offset)
