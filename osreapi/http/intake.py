@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from cheroot.connections import ConnectionManager, prevent_socket_inheritance
 
 from .answers import raw_refusal
+from .sockerrors import client_went_away, wants_write, would_block
 
 if TYPE_CHECKING:
     import ssl  # at run time only with TLS: a plain server never loads OpenSSL (~4 MB)
@@ -150,7 +151,6 @@ class RequestIntake(ConnectionManager):
         self._max_body = max_body
         self._max_connections = max_connections
         self._tls = server.ssl_adapter is not None
-        self._want_read, self._want_write = _tls_waits() if self._tls else ((), ())
         self._handshakes = 0  # under way (intake thread only)
         self._whole: deque = deque()  # whole requests waiting for a worker's queue to have room
         self._whole_lock = threading.Lock()
@@ -209,11 +209,15 @@ class RequestIntake(ConnectionManager):
         conn = self._from_server_socket(self.server.socket)
         if conn is None:
             return
-        if self._num_connections + len(self._whole) >= self._max_connections:
+        if self._full():
             refuse(conn, "503 Service Unavailable", "overloaded", self.server, retry_after=RETRY_AFTER)
             return
         conn.last_used = time.time()
         self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
+
+    def _full(self) -> bool:
+        """As many connections as the server holds (being read, or whole and waiting for a worker)."""
+        return self._num_connections + len(self._whole) >= self._max_connections
 
     # -- TLS: the handshake, driven by the selector ---------------------------------------
 
@@ -222,8 +226,7 @@ class RequestIntake(ConnectionManager):
             raw, addr = self.server.socket.accept()
         except OSError:  # nothing to accept after all, or the socket is closing
             return
-        full = self._num_connections + len(self._whole) >= self._max_connections
-        if full or self._handshakes >= MAX_HANDSHAKES:
+        if self._full() or self._handshakes >= MAX_HANDSHAKES:
             raw.close()  # no TLS session yet to answer 503 in
             return
         prevent_socket_inheritance(raw)
@@ -240,15 +243,13 @@ class RequestIntake(ConnectionManager):
         """One more step of a handshake; once done, the connection waits for its request."""
         try:
             shake.sock.do_handshake()
-        except self._want_read:
-            self._wait_for(sock_fd, shake, selectors.EVENT_READ)
-            return
-        except self._want_write:
-            self._wait_for(sock_fd, shake, selectors.EVENT_WRITE)
-            return
-        except OSError as exc:  # a failed handshake (a plain HTTP client, no client certificate, a reset)
-            gone = isinstance(exc, ConnectionError) or type(exc).__name__ == "SSLEOFError"  # e.g. a TCP health check
-            log.log(logging.DEBUG if gone else logging.INFO, "TLS handshake with %s failed: %s", shake.addr[0], exc)
+        except OSError as exc:
+            if would_block(exc):
+                self._wait_for(sock_fd, shake, selectors.EVENT_WRITE if wants_write(exc) else selectors.EVENT_READ)
+                return
+            # A failed handshake: a plain HTTP client, no client certificate, a TCP health check.
+            level = logging.DEBUG if client_went_away(exc) else logging.INFO
+            log.log(level, "TLS handshake with %s failed: %s", shake.addr[0], exc)
             self._selector.unregister(sock_fd)
             if getattr(exc, "reason", None) == "HTTP_REQUEST":
                 self._answer_plain_http(shake)
@@ -291,10 +292,10 @@ class RequestIntake(ConnectionManager):
             chunk = conn.socket.recv(_RECV)
             if self._tls:
                 chunk += _decrypted(conn.socket)
-        except self._want_read:  # part of a TLS record: the rest is still on its way
-            return
-        except OSError:  # reset, or a read that would block after all: drop it
-            chunk = b""
+        except OSError as exc:
+            if would_block(exc):  # part of a TLS record: the rest is still on its way
+                return
+            chunk = b""  # a reset: drop it
         if not chunk:  # the client closed (or reset) the connection
             self._selector.unregister(sock_fd)
             with suppress(OSError):
@@ -369,13 +370,6 @@ class RequestIntake(ConnectionManager):
             if now > deadline:
                 self._selector.unregister(sock_fd)
                 refuse(conn, "408 Request Timeout", "read_timeout", self.server, seconds=f"{self._read_timeout:g}")
-
-
-def _tls_waits() -> tuple[type[OSError], type[OSError]]:
-    """The TLS layer's "not yet" errors: a record half read, a write that must come first."""
-    import ssl
-
-    return ssl.SSLWantReadError, ssl.SSLWantWriteError
 
 
 def _decrypted(sock: ssl.SSLSocket) -> bytes:

@@ -16,6 +16,7 @@ from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE, normalize_language
 from .answers import raw_refusal
 from .intake import LENGTH_DIGITS, RETRY_AFTER, RequestIntake, refuse
+from .sockerrors import client_went_away
 
 log = logging.getLogger(__name__)
 DEFAULT_THREADS = 32
@@ -204,14 +205,9 @@ class _Server(wsgi.Server):
             refuse(conn, "503 Service Unavailable", "overloaded", self, retry_after=RETRY_AFTER)
 
     def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
-        if traceback and _client_went_away(sys.exc_info()[1]):  # not the server's fault: one line
+        if traceback and client_went_away(sys.exc_info()[1]):  # not the server's fault: one line
             level, traceback = logging.DEBUG, False
         log.log(level, "%s", msg, exc_info=traceback)
-
-
-def _client_went_away(exc: BaseException | None) -> bool:
-    """A reset, a broken pipe, or a TLS client that closed without saying goodbye."""
-    return isinstance(exc, ConnectionError) or type(exc).__name__ in ("SSLEOFError", "SSLZeroReturnError")
 
 
 def default_max_connections() -> int:

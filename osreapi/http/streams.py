@@ -28,6 +28,7 @@ import bottle
 from ..vocabulary import message
 from .answers import JSON_TYPE, language_of
 from .render import envelope
+from .sockerrors import would_block
 
 log = logging.getLogger(__name__)
 TICK = 0.05
@@ -209,7 +210,7 @@ class StreamHub:
             try:
                 data = stream.sock.recv(4096)
             except OSError as exc:
-                data = None if _would_block(exc) else b""
+                data = None if would_block(exc) else b""
             if data == b"":  # EOF or reset: the client has gone
                 self._end(stream)
                 return
@@ -260,7 +261,7 @@ class StreamHub:
             try:
                 sent = stream.sock.send(stream.out)
             except OSError as exc:
-                if _would_block(exc):  # over TLS the same bytes (and maybe more) are offered again
+                if would_block(exc):  # over TLS the same bytes (and maybe more) are offered again
                     break
                 self._end(stream)
                 return
@@ -354,12 +355,6 @@ def _take_socket(conn) -> socket.socket:
     sock = raw if hasattr(raw, "pending") else socket.socket(fileno=raw.detach())
     sock.setblocking(False)
     return sock
-
-
-def _would_block(exc: OSError) -> bool:
-    """The socket cannot take or give bytes now (TLS says so with its own errors; the ssl module
-    is not imported here: a plain server never loads OpenSSL)."""
-    return isinstance(exc, BlockingIOError) or type(exc).__name__ in ("SSLWantReadError", "SSLWantWriteError")
 
 
 def _last_word(source: StreamSource) -> bytes:
