@@ -50,7 +50,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._idle: list[pykka.ActorRef] = []  # TaskActors between tasks (at most max_live_tasks)
         # The task started last, until its runner has asked for its first workers: the next one
         # waits for that, so that a quicker runner never takes a free worker before an older task.
-        self._admitting: tuple[str, pykka.ActorRef] | None = None
+        self._admitting: str | None = None
         self._stopping: threading.Event | None = None
 
     def on_receive(self, message: Any) -> Any:
@@ -80,12 +80,13 @@ class SupervisorActor(pykka.ThreadingActor):
         return None
 
     def _admitted(self, task_id: str) -> None:
-        if self._admitting is not None and self._admitting[0] == task_id:
+        if self._admitting == task_id:
             self._admitting = None
 
     def _admitting_now(self) -> bool:
         """A task started last has not asked for its workers yet (a runner that died never will)."""
-        if self._admitting is not None and not self._admitting[1].is_alive():
+        runner = self._live.get(self._admitting) if self._admitting is not None else None
+        if runner is None or not runner.is_alive():
             self._admitting = None
         return self._admitting is not None
 
@@ -117,7 +118,7 @@ class SupervisorActor(pykka.ThreadingActor):
         ref = self._task_runner()
         ref.tell(StartTask(state.task, tuple(state.steps), state.specs))
         self._live[task_id] = ref  # after the tell: a runner that died meanwhile takes no slot
-        self._admitting = (task_id, ref)
+        self._admitting = task_id
 
     def _task_runner(self) -> pykka.ActorRef:
         while self._idle:
