@@ -107,10 +107,8 @@ class _Request(HTTPRequest):
         # Two lengths, or a length and chunks: a proxy may read another body than we do, and the
         # rest would run as a request of its own (request smuggling).
         self.ambiguous_length = reader.lengths > 1 or (reader.lengths == 1 and b"Transfer-Encoding" in headers)
-        length = headers.get(b"Content-Length", b"").strip()
-        too_large = LENGTH_DIGITS.fullmatch(length) is not None and int(length) > self.server.osreapi_max_body
         invited = getattr(self.conn, "osreapi_continued", False)  # by the intake, which then took the body
-        if self.ambiguous_length or too_large or invited:
+        if self.ambiguous_length or self._too_large(headers.get(b"Content-Length")) or invited:
             headers.pop(b"Expect", None)
         return headers
 
@@ -130,9 +128,14 @@ class _Request(HTTPRequest):
         if not LENGTH_DIGITS.fullmatch(length.strip()):  # '-1' would read to EOF
             self._refuse("400 Bad Request", "content_length", value=length.decode("latin-1"))
             return False
-        if int(length) > self.server.osreapi_max_body:
+        if self._too_large(length):
             self.close_connection = True  # never drain a body this large to keep the connection
         return True
+
+    def _too_large(self, length: bytes | None) -> bool:
+        """A Content-Length (plain digits) over --max_body: the body is refused unread."""
+        length = (length or b"").strip()
+        return LENGTH_DIGITS.fullmatch(length) is not None and int(length) > self.server.osreapi_max_body
 
     def simple_response(self, status, msg: str = "") -> None:
         status = str(status)
