@@ -124,16 +124,19 @@ def make_server(make_executor: Callable[..., Executor]) -> Iterator[Callable[...
         settings: HttpSettings | None = None,
         client_timeout: float = 10.0,
         read_timeout: float = 10.0,
+        server_options: dict[str, Any] | None = None,  # more of HttpServer's (threads, tls, out_budget)
         **kwargs: Any,
     ) -> Client:
         ex = executor or make_executor(**kwargs)
         app = make_app(ex, settings or HttpSettings())
-        server = HttpServer(app, "127.0.0.1", 0, client_timeout=client_timeout, read_timeout=read_timeout)
+        server = HttpServer(app, "127.0.0.1", 0, client_timeout=client_timeout, read_timeout=read_timeout,
+                            **(server_options or {}))
         server.start()
         servers.append(server)
         client = Client(server.url)
         client.executor = ex  # type: ignore[attr-defined]
         client.hub = app.hub  # type: ignore[attr-defined]  # the stream hub: how many streams it serves
+        client.server = server  # type: ignore[attr-defined]
         return client
 
     yield make

@@ -49,7 +49,7 @@ from .health import HealthCheck
 from .logstream import SharedPoll
 from .resultcache import FinishedResults
 from .security import Guard, audit
-from .streams import TICK, Handoff, StreamHub
+from .streams import ENVIRON_SLOT, TICK, Handoff, RequestSlot, StreamHub
 from .wait import wait_for_task, wait_time
 
 log = logging.getLogger(__name__)
@@ -333,9 +333,9 @@ class LogRoute:
             return json_response(CODE_RANGE, message("offset_past_end", language, offset=offset, size=source.size()))
         kind = "text/event-stream" if sse else "text/plain"
         headers = [("Content-Type", f"{kind}; charset=utf-8"), ("Cache-Control", "no-cache")]
-        if follow:
-            return self._routes.hub.serve(environ, "200 OK", headers, source)
-        return bottle.HTTPResponse(body=self._routes.hub.drive(source), headers=dict(headers))
+        # Followed or not, the hub sends it: a log as it stands may be large, and a client that
+        # does not read it must not hold a worker.
+        return self._routes.hub.serve(environ, "200 OK", headers, source, answer=not follow)
 
     def _end_record(self, task_id: str, index: int, language: str) -> dict | None:
         """The step's record for the stream's last event, once it has ended."""
@@ -432,16 +432,19 @@ class RequestLimit:
         if not self._slots.acquire(blocking=False):
             text = message("too_many_requests", language_of(environ, self.settings.lang))
             return refuse(start_response, "429 Too Many Requests", CODE_TOO_MANY, text)
+        slot = environ[ENVIRON_SLOT] = RequestSlot(self._slots.release)
         try:
             result = self.app(environ, start_response)
         except BaseException:
-            self._slots.release()
+            slot.release()
             raise
+        if slot.kept_by_hub:  # an answer the hub sends: released once sent
+            return result
         if isinstance(result, (list, tuple)):
             # Whole body already built: the request is no longer in flight.
-            self._slots.release()
+            slot.release()
             return result
-        return _ReleaseOnClose(result, self._slots.release)
+        return _ReleaseOnClose(result, slot.release)
 
 
 class _ReleaseOnClose:

@@ -92,6 +92,20 @@ class _Handshake:
         self.sock.close()
 
 
+@dataclass
+class _Draining:
+    """A connection whose last answer the client has not taken whole yet: the selector sends the
+    rest as the socket takes it, then closes it or reads its next request."""
+
+    conn: object
+    close_after: bool
+
+    def close(self) -> None:  # also called by cheroot's clean-ups of its selector
+        self.conn.wfile.discard()
+        with suppress(OSError):
+            self.conn.close()
+
+
 def request_ready(
     data: bytes | bytearray, max_header: int, max_body: int, walk: ChunkWalk | None = None
 ) -> tuple[bool, int]:
@@ -158,6 +172,9 @@ class RequestIntake(ConnectionManager):
     # -- connections coming back from a worker (keep-alive) -------------------------------
 
     def put(self, conn) -> None:
+        if conn.wfile.queued:  # its next request is read once the client has taken this answer
+            self._drain_later(conn, close_after=False)
+            return
         conn.last_used = time.time()
         pending = _pending(conn)
         rfile = conn.rfile
@@ -178,6 +195,32 @@ class RequestIntake(ConnectionManager):
                 return
         self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
 
+    def drain_then_close(self, conn) -> None:
+        self._drain_later(conn, close_after=True)
+
+    def _drain_later(self, conn, close_after: bool) -> None:
+        draining = _Draining(conn, close_after)
+        try:
+            self._selector.register(conn.socket.fileno(), selectors.EVENT_WRITE, data=draining)
+        except (OSError, ValueError, KeyError, RuntimeError):  # stopping: the selector is closed
+            draining.close()
+
+    def _drain(self, sock_fd: int, draining: _Draining) -> None:
+        try:
+            done = draining.conn.wfile.drain()
+        except OSError:  # the client has gone
+            done = None
+        if done is False:
+            return
+        self._selector.unregister(sock_fd)
+        if done is None:
+            draining.close()
+        elif draining.close_after:
+            with suppress(OSError):
+                draining.conn.close()
+        else:
+            self.put(draining.conn)
+
     # -- the selector loop -----------------------------------------------------------------
 
     def _run(self, expiration_interval: float) -> None:
@@ -195,6 +238,8 @@ class RequestIntake(ConnectionManager):
                     self._accept()
                 elif isinstance(conn, _Handshake):
                     self._shake(sock_fd, conn)
+                elif isinstance(conn, _Draining):
+                    self._drain(sock_fd, conn)
                 else:
                     self._readable(sock_fd, conn)
             now = time.time()
@@ -356,6 +401,11 @@ class RequestIntake(ConnectionManager):
                 continue
             if isinstance(conn, _Handshake):
                 if now > conn.started + self._read_timeout:
+                    self._selector.unregister(sock_fd)
+                    conn.close()
+                continue
+            if isinstance(conn, _Draining):  # a client that takes nothing of its answer, as cheroot's write timeout
+                if time.monotonic() - conn.conn.wfile.last_progress > self.server.timeout:
                     self._selector.unregister(sock_fd)
                     conn.close()
                 continue

@@ -10,12 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cheroot import wsgi
+from cheroot.makefile import MakeFile
 from cheroot.server import HeaderReader, HTTPConnection, HTTPRequest
 
 from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE, normalize_language
 from .answers import raw_refusal
 from .intake import LENGTH_DIGITS, RETRY_AFTER, RequestIntake, refuse
+from .outbox import BUDGET, OutBudget, Outbox
 from .sockerrors import client_went_away
 
 log = logging.getLogger(__name__)
@@ -168,7 +170,21 @@ class _Request(HTTPRequest):
 
 
 class _Connection(HTTPConnection):
+    """cheroot's connection, its answers written by an Outbox: a worker never waits on a client."""
+
     RequestHandlerClass = _Request
+
+    def __init__(self, server, sock, makefile=MakeFile) -> None:
+        super().__init__(server, sock, makefile)
+        self.wfile = Outbox(sock, server.osreapi_outbox)
+
+    def close(self) -> None:
+        """With part of an answer still waiting for the client, the intake sends it, then closes."""
+        if self.wfile.queued and not self.linger:
+            self.server.osreapi_intake.drain_then_close(self)
+            return
+        self.wfile.discard()
+        super().close()
 
 
 class _Gateway(wsgi.Gateway_10):
@@ -183,9 +199,11 @@ class _Gateway(wsgi.Gateway_10):
 class _Server(wsgi.Server):
     ConnectionClass = _Connection
 
-    def __init__(self, *args, read_timeout: float, max_body: int, max_connections: int, lang: str, **kwargs) -> None:
+    def __init__(self, *args, read_timeout: float, max_body: int, max_connections: int, lang: str,
+                 out_budget: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = _Gateway
+        self.osreapi_outbox = OutBudget(out_budget)
         self.osreapi_read_timeout = read_timeout
         self.osreapi_lang = lang
         self.osreapi_max_body = max_body
@@ -198,6 +216,7 @@ class _Server(wsgi.Server):
         super().prepare()
         plain = self._connections
         self._connections = RequestIntake(self, self.osreapi_read_timeout, self.osreapi_max_body, self._max_connections)
+        self.osreapi_intake = self._connections
         plain._selector.close()  # its only entry was the listening socket, registered again above
 
     def process_conn(self, conn) -> None:
@@ -250,6 +269,7 @@ class HttpServer:
         client_timeout: float = 10.0,  # a keep-alive connection idle this long is closed
         read_timeout: float = 10.0,  # a request's head must arrive whole within this (body: at a minimum rate)
         max_connections: int | None = None,
+        out_budget: int = BUDGET,  # bytes of answers kept for clients that read slowly, all together
     ) -> None:
         self._scheme = "https" if tls else "http"
         self._app = app
@@ -270,6 +290,7 @@ class HttpServer:
             max_body=max_body,
             max_connections=max_connections or default_max_connections(),
             lang=lang,
+            out_budget=out_budget,
         )
         self._server.max_request_header_size = max_header
         if tls is not None:
@@ -290,6 +311,11 @@ class HttpServer:
         host, port = self._server.bind_addr[:2]
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return f"{self._scheme}://{netloc}"
+
+    @property
+    def answers_waiting(self) -> int:
+        """Bytes of answers kept for clients that have not read them yet."""
+        return self._server.osreapi_outbox.used
 
     @property
     def loopback_only(self) -> bool:

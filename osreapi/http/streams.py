@@ -38,6 +38,7 @@ HIGH_WATER = 128 * 1024  # bytes queued for a slow reader before its source is n
 STALL_LIMIT = 60.0  # a reader that takes nothing of what is queued for this long is dropped
 _ENVIRON_REQUEST = "osreapi.request"  # cheroot's HTTPRequest, put there by our Gateway
 _ENVIRON_STREAM = "osreapi.stream"  # a stream the application asks to hand off
+ENVIRON_SLOT = "osreapi.slot"  # the request's --max-requests slot (a RequestSlot), when limited
 
 
 class StreamSource(Protocol):
@@ -53,6 +54,39 @@ class StreamSource(Protocol):
         A source may also have `final() -> bytes`: its last bytes when the server stops first."""
 
 
+class RequestSlot:
+    """A --max-requests slot, released once: when the request returns, or, for an answer the hub
+    took over, once the hub has sent it (or the client left)."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release = release
+        self.kept_by_hub = False
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release()
+
+
+class _SlotHeld:
+    """A source whose close also frees the request's slot."""
+
+    def __init__(self, source: StreamSource, slot: RequestSlot) -> None:
+        self._source = source
+        self._slot = slot
+        self.read = source.read
+        self.heartbeat = source.heartbeat
+        if hasattr(source, "final"):
+            self.final = source.final
+
+    def close(self) -> None:
+        try:
+            self._source.close()
+        finally:
+            self._slot.release()
+
+
 @dataclass
 class _Stream:
     sock: object
@@ -60,6 +94,7 @@ class _Stream:
     chunked: bool
     out: bytearray
     last_sent: float
+    stall_limit: float  # the reader may take nothing of what is queued for this long
     last_taken: float = 0.0  # when the reader last took bytes (or had nothing waiting)
     ending: bool = False
     more: bool = False  # the last pull stopped at the high-water mark, not at the source's end
@@ -86,8 +121,12 @@ class StreamHub:
 
     # -- what routes call -----------------------------------------------------------------
 
-    def serve(self, environ: dict, status: str, headers: list[tuple[str, str]], source: StreamSource) -> bottle.HTTPResponse:
-        """Answer the request with a stream of the source's bytes."""
+    def serve(self, environ: dict, status: str, headers: list[tuple[str, str]], source: StreamSource,
+              *, answer: bool = False) -> bottle.HTTPResponse:
+        """Answer the request with a stream of the source's bytes. An `answer` is a finite body
+        (a log as it stands) rather than a stream that follows: it is a request in flight until
+        sent (it keeps its --max-requests slot), and a reader that takes nothing of it for the
+        server's client timeout is dropped, as a blocked write would be."""
         if self._stopping.is_set() or self.count >= self._max_streams:
             return self._refuse(environ, source)
         if environ.get("REQUEST_METHOD") == "HEAD":  # the head only: nothing to follow, no thread held
@@ -95,7 +134,12 @@ class StreamHub:
             return bottle.HTTPResponse(b"", status=status, headers=dict(headers))
         request = environ.get(_ENVIRON_REQUEST)
         if request is not None:
-            environ[_ENVIRON_STREAM] = (status, headers, source)
+            slot = environ.get(ENVIRON_SLOT)
+            if answer and slot is not None:
+                slot.kept_by_hub = True
+                source = _SlotHeld(source, slot)
+            stall_limit = request.server.timeout if answer else self._stall_limit
+            environ[_ENVIRON_STREAM] = (status, headers, source, stall_limit)
             return bottle.HTTPResponse(b"", status=status)  # Handoff writes the real head
         return bottle.HTTPResponse(self.drive(source), status=status, headers=dict(headers))
 
@@ -144,7 +188,7 @@ class StreamHub:
 
     # -- hand-off (worker thread) ---------------------------------------------------------
 
-    def adopt(self, request, status: str, headers: list[tuple[str, str]], source: StreamSource) -> None:
+    def adopt(self, request, status: str, headers: list[tuple[str, str]], source: StreamSource, stall_limit: float) -> None:
         """Take over the connection of a cheroot request whose application returned a stream."""
         chunked = request.response_protocol == "HTTP/1.1"
         lines = [f"{request.server.protocol} {status}", *(f"{k}: {v}" for k, v in headers),
@@ -159,7 +203,7 @@ class StreamHub:
         request.chunked_write = False
         request.close_connection = True
         request.conn.linger = True
-        stream = _Stream(sock, source, chunked, bytearray(head), time.monotonic(), time.monotonic())
+        stream = _Stream(sock, source, chunked, bytearray(head), time.monotonic(), stall_limit, time.monotonic())
         with self._lock:
             if self._stopping.is_set():  # the server is stopping: the stream ends before it starts
                 self._end(stream)
@@ -221,7 +265,7 @@ class StreamHub:
 
     def _pull(self, stream: _Stream, now: float) -> None:
         """Take what the source has, up to the high-water mark, and send it."""
-        if stream.out and now - stream.last_taken > self._stall_limit:
+        if stream.out and now - stream.last_taken > stream.stall_limit:
             self._end(stream)  # its buffer is all it may cost, and not for ever
             return
         pulled = False

@@ -1,0 +1,140 @@
+"""Answers written without blocking a worker (cheroot's `conn.wfile`, replaced).
+
+cheroot writes an answer with a blocking send: a client that asks for a big answer and reads
+nothing holds the worker until the socket times out, and a few dozen such clients hold every
+worker. Here a write sends what the socket takes now and keeps the rest in memory; the request
+intake's selector thread sends it as the client reads (and only then reads the connection's next
+request). The bytes kept for all slow readers together are bounded: past the budget an answer is
+dropped and its connection closed, never waited for.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections import deque
+
+from .sockerrors import would_block
+
+log = logging.getLogger(__name__)
+BUDGET = 128 * 1024 * 1024  # bytes kept for slow readers, all connections together
+_TLS_SLICE = 64 * 1024  # a TLS write is offered again with the same bytes: a fixed slice of the head
+
+
+class OutBudget:
+    """The bytes kept by every Outbox of one server."""
+
+    def __init__(self, limit: int = BUDGET) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self._used + size > self.limit:
+                return False
+            self._used += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self._used -= size
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+
+class Outbox:
+    """A connection's writer: never blocks; what the socket does not take waits in `_queue`."""
+
+    def __init__(self, sock, budget: OutBudget) -> None:
+        self._sock = sock
+        self._budget = budget
+        self._tls = hasattr(sock, "pending")  # ssl.SSLSocket, told without importing ssl
+        # write(2) needs the fd non-blocking, as it is under a socket timeout (cheroot sets one)
+        plain = os.name == "posix" and not self._tls and sock.gettimeout() is not None
+        self._plain_fd = sock.fileno() if plain else None
+        self._queue: deque[memoryview] = deque()
+        self.queued = 0  # bytes waiting
+        self.bytes_written = 0  # cheroot's statistics read it
+        self.last_progress = time.monotonic()  # when the client last took bytes
+
+    def write(self, data: bytes) -> int:
+        """Send what the socket takes now, keep the rest; an OSError when the client has gone, or
+        when the budget has no room for the rest (the answer is dropped: cheroot then closes)."""
+        size = len(data)
+        self.bytes_written += size
+        view = memoryview(bytes(data) if isinstance(data, bytearray) else data).cast("B")
+        if not self._queue:
+            view = view[self._send(view):]
+            if not view:
+                return size
+        if not self._budget.take(len(view)):
+            log.warning("an answer of %d bytes was dropped: %d bytes already wait for slow readers",
+                        size, self._budget.used)
+            raise BrokenPipeError(errno.EPIPE, "no room left to keep this answer for a slow reader")
+        self._queue.append(view)
+        self.queued += len(view)
+        return size
+
+    def drain(self) -> bool:
+        """Send what waits, as far as the socket takes it (intake thread). True once all is sent;
+        an OSError when the client has gone."""
+        while self._queue:
+            head = self._queue[0]
+            sent = self._send(head)
+            if not sent:
+                return False
+            self._queue[0] = head[sent:]
+            if not self._queue[0]:
+                self._queue.popleft()
+            self.queued -= sent
+            self._budget.give(sent)
+        return True
+
+    def discard(self) -> None:
+        """Forget what waits (the connection closes without it)."""
+        self._budget.give(self.queued)
+        self._queue.clear()
+        self.queued = 0
+
+    def flush(self) -> None:
+        """Nothing is buffered here but what the socket refused: see `drain`."""
+
+    def close(self) -> None:
+        self.discard()
+
+    def _send(self, view: memoryview) -> int:
+        """Bytes sent without waiting (0 when the socket takes none now)."""
+        total = 0
+        while total < len(view):
+            try:
+                sent = self._send_once(view[total:])
+            except OSError as exc:
+                if would_block(exc):
+                    break
+                raise
+            if not sent:
+                break
+            total += sent
+        if total:
+            self.last_progress = time.monotonic()
+        return total
+
+    def _send_once(self, view: memoryview) -> int:
+        if self._plain_fd is not None:
+            # The socket has a timeout, so its fd is non-blocking, but socket.send would first wait
+            # for room (poll) up to that timeout: write(2) takes what fits and returns.
+            return os.write(self._plain_fd, view)
+        if self._tls:
+            view = view[:_TLS_SLICE]
+        timeout = self._sock.gettimeout()
+        self._sock.settimeout(0)
+        try:
+            return self._sock.send(view)
+        finally:
+            self._sock.settimeout(timeout)
