@@ -183,7 +183,7 @@ def test_tls_clients_that_do_not_read_big_answers_hold_no_worker(make_server, tm
     step = {"command_type": "sh", "command_content": f"head -c {STEP_OUTPUT} /dev/zero | tr '\\0' x"}
     task_id = client.executor.submit([step] * 6)
     assert wait_until(lambda: client.executor.get(task_id).task.state.finished, timeout=30)
-    wrap = lambda sock: context.wrap_socket(sock, server_hostname="127.0.0.1")  # noqa: E731
+    wrap = lambda sock: context.wrap_socket(sock, server_hostname="127.0.0.1")
     with non_readers(client, f"/{task_id}", 2 * THREADS, wrap=wrap) as socks:
         assert wait_until(lambda: client.server.answers_waiting > 0)
         conn = http.client.HTTPSConnection(client.host, client.port, context=context, timeout=5)

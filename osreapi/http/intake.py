@@ -25,9 +25,9 @@ import selectors
 import socket
 import threading
 import time
-from contextlib import suppress
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 

@@ -17,7 +17,7 @@ from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE, normalize_language
 from .answers import raw_refusal
 from .intake import LENGTH_DIGITS, RETRY_AFTER, RequestIntake, refuse
-from .outbox import BUDGET, OutBudget, Outbox
+from .outbox import BUDGET, Outbox, OutBudget
 from .sockerrors import client_went_away
 
 log = logging.getLogger(__name__)
