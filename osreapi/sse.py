@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 KEEP_ALIVE = b": keep-alive\n\n"  # a comment: keeps proxies open, finds a client that went away
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what ends a line for an SSE reader (the format has no escape)
+
+
 def sse_message(data: str, *, event: str | None = None, id: int | None = None) -> bytes:
-    """One message: its event name, each line of `data` as a `data:` line, its id."""
+    """One message: its event name, each line of `data` as a `data:` line, its id. A carriage
+    return ends a line too (a progress bar's `\r` arrives as a line break): sent raw, a reader
+    would end the `data:` line there and drop what follows it as a nameless field."""
     head = f"event: {event}\n" if event else ""
     tail = f"id: {id}\n" if id is not None else ""
-    return (head + "".join(f"data: {line}\n" for line in data.split("\n")) + tail + "\n").encode("utf-8")
+    lines = _LINE_BREAK.split(data)
+    return (head + "".join(f"data: {line}\n" for line in lines) + tail + "\n").encode("utf-8")

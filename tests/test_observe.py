@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import subprocess
 
 import jsonschema
@@ -243,3 +244,28 @@ def test_subscribers_hear_every_committed_change_in_order(executor):
     assert {tid for tid, _, _ in heard} == {task_id}
     ended = [states for _, _, states in heard if "stopped" in states]
     assert len(ended) >= 2  # each step's end was published
+
+
+def parse_sse_as_a_browser(raw: bytes) -> str:
+    """The `data` of every message, as the SSE standard reads it: a line ends at CRLF, LF or CR; a
+    line without a colon is a field with no value (ignored); messages' data concatenated."""
+    text, data, out = raw.decode("utf-8"), [], []
+    for line in re.split(r"\r\n|\r|\n", text):
+        if line == "":
+            if data:
+                out.append("\n".join(data))
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    return "".join(out)
+
+
+@pytest.mark.timeout(30)
+def test_sse_log_keeps_what_follows_a_carriage_return(client: Client):
+    """A progress bar's `\\r` arrives as a line break: sent raw, a reader ends the `data:` line
+    there and drops the rest of it."""
+    task_id = client.submit([sh("printf '10%%\\r20%%\\r\\ndone\\n'")])
+    client.wait(task_id)
+    resp = open_stream(client, f"/{task_id}/0/log", headers={"Accept": "text/event-stream"})
+    events = parse_sse_as_a_browser(resp.read()).split("\n")
+    assert events[:3] == ["10%", "20%", "done"]

@@ -108,6 +108,8 @@ class LogSource:
         data = self._file.read(CHUNK)
         if self._sse and data:
             data = data[: complete_utf8(data)] or data  # a lone bad byte still moves on
+            if data.endswith(b"\r"):  # a CRLF cut between two reads would be two line breaks
+                data = data[:-1] or data
         self._offset += len(data)
         return data
 
