@@ -291,6 +291,18 @@ def test_a_body_announced_with_expect_continue_is_invited_then_taken(client: Cli
         assert b"100 Continue" not in answer  # invited once, not again after the body
 
 
+def test_an_http_1_0_request_is_never_invited_to_continue(client: Client):
+    """HTTP/1.0 has no 100 Continue (RFC 9110 10.1.1): the answer is the only thing sent."""
+    body = b'[{"command_type":"sh","command_content":"echo hi"}]'
+    sock = connect(client, b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+    with sock:
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(4096):  # an HTTP/1.0 answer ends with the connection
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b'"code":0' in answer and b"100 Continue" not in answer
+
+
 @pytest.mark.timeout(120)
 def test_vanished_followers_are_noticed_and_do_not_block_anyone(start_server):
     server = start_server()

@@ -129,8 +129,9 @@ def request_ready(
 
 
 def _expects_continue(data: bytes | bytearray) -> bool:
+    """An HTTP/1.1 request that waits for `100 Continue` (HTTP/1.0 has none: RFC 9110 10.1.1)."""
     head = bytes(data[: data.find(b"\r\n\r\n")])
-    return _EXPECT.search(head) is not None
+    return head.split(b"\r\n", 1)[0].endswith(b"HTTP/1.1") and _EXPECT.search(head) is not None
 
 
 def _chunked_ready(data: bytes | bytearray, body_start: int, max_body: int, walk: ChunkWalk) -> bool:

@@ -99,8 +99,9 @@ class _Request(HTTPRequest):
     def header_reader(self, rfile, headers: dict) -> dict:
         """cheroot's header reader (called as `self.header_reader(rfile, inheaders)`), noting a
         body length that is ambiguous, less an `Expect: 100-continue` on a body that will be
-        refused unread (cheroot invites any body, and the client would upload it all first) or
-        that the intake has invited already (a second 100 Continue would follow the body)."""
+        refused unread (cheroot invites any body, and the client would upload it all first), that
+        the intake has invited already (a second 100 Continue would follow the body), or from an
+        HTTP/1.0 client."""
         reader = _LengthCounting()
         try:
             headers = reader(rfile, headers)
@@ -110,7 +111,8 @@ class _Request(HTTPRequest):
         # rest would run as a request of its own (request smuggling).
         self.ambiguous_length = reader.lengths > 1 or (reader.lengths == 1 and b"Transfer-Encoding" in headers)
         invited = getattr(self.conn, "osreapi_continued", False)  # by the intake, which then took the body
-        if self.ambiguous_length or self._too_large(headers.get(b"Content-Length")) or invited:
+        http10 = self.response_protocol == "HTTP/1.0"  # an HTTP/1.0 client knows no 100 Continue
+        if self.ambiguous_length or self._too_large(headers.get(b"Content-Length")) or invited or http10:
             headers.pop(b"Expect", None)
         return headers
 
