@@ -125,6 +125,7 @@ class StartTask:
 
 @dataclass(frozen=True)
 class WorkerGranted:
+    task_id: str  # a runner serves one task after another: a late grant is for an ended task
     index: int
     worker: pykka.ActorRef
 

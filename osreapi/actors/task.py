@@ -72,6 +72,21 @@ class TaskActor(pykka.ThreadingActor):
         self._state.skip_blocked()
 
     def on_receive(self, message: Any) -> Any:
+        """A failure while handling a message interrupts the task, and this runner goes on: the
+        messages already on their way (a worker granted, a step's end) are still handled."""
+        try:
+            return self._receive(message)
+        except Exception as exc:
+            if self._state is None or self._ended:
+                raise  # no task to end: pykka logs it and stops this runner (on_failure)
+            log.exception("task %s failed inside the engine; marking it interrupted", self._state.task.id)
+            self._fail(exc)
+            return None
+
+    def _receive(self, message: Any) -> Any:
+        if isinstance(message, WorkerGranted) and (self._state is None or message.task_id != self._state.task.id):
+            self._services.pool.release(message.worker)  # for a task that has ended here
+            return None
         if isinstance(message, SaveStarted):
             self._save_armed = False  # even if its task has ended here: the next one arms its own
         if self._state is None and not isinstance(message, (StartTask, ControlTask)):
@@ -82,13 +97,10 @@ class TaskActor(pykka.ThreadingActor):
             case ControlTask(task_id=task_id, reply=reply) if self._state is None or task_id != self._state.task.id:
                 reply.fail(ActionRejected("task_gone", action=message.action))  # queued for a task that ended here
                 return None
-            case WorkerGranted(index=index, worker=worker):
+            case WorkerGranted(index=index, worker=worker):  # for this task (checked above)
                 self._worker_granted(index, worker)
             case StartNotRecorded(index=index, worker=worker):
-                _, run = self._workers.pop(index, (None, 0))
-                tell_if_alive(worker, RunDropped(run))  # before it serves anyone else
-                self._services.pool.release(worker)
-                self._state.step_lost(index, self._services.clock(), "step not started: its start could not be recorded")
+                self._start_dropped(index, worker, "step not started: its start could not be recorded")
             case StepStarted(index=index, pid=pid, created=created):
                 self._state.step_started(index, pid, created)
                 self._save_started_later()
@@ -112,15 +124,32 @@ class TaskActor(pykka.ThreadingActor):
         return None
 
     def on_failure(self, exception_type: Any = None, exception_value: Any = None, traceback: Any = None) -> None:
+        """This runner stops (a failure while ending a task after a failure): its task, if any, is
+        interrupted as far as it still can be."""
         if self._state is None or self._ended:
             log.error("an idle task runner failed inside the engine")
             return
-        log.error("task %s failed inside the engine; marking it interrupted", self._state.task.id)
-        self._services.pool.cancel(self)
-        self._requested.clear()
-        reason = f"task interrupted: the engine failed ({getattr(exception_type, '__name__', '?')}: {exception_value})"
+        log.error("task %s failed inside the engine twice; marking it interrupted", self._state.task.id)
+        self._fail(exception_value)
+
+    def _fail(self, exc: BaseException | None) -> None:
+        """Interrupt the task, saying why; workers granted but not yet here are waited for (and
+        given back) before the task ends."""
+        self._requested.difference_update(self._services.pool.cancel(self))
+        reason = f"task interrupted: the engine failed ({type(exc).__name__}: {exc})"
+        starting, self._starting = self._starting, []
+        for worker, job in starting:  # not sent yet: these never start
+            self._start_dropped(job.record.index, worker, reason)
         self._stop_steps(self._state.interrupt(self._services.clock(), reason))
         self._advance()
+
+    def _start_dropped(self, index: int, worker: pykka.ActorRef, reason: str) -> None:
+        """A step that was to start on `worker` does not: the worker answers what was asked of
+        that run and goes back to the pool; the step ends interrupted with `reason`."""
+        _, run = self._workers.pop(index, (None, 0))
+        tell_if_alive(worker, RunDropped(run))  # before it serves anyone else
+        self._services.pool.release(worker)
+        self._state.step_lost(index, self._services.clock(), reason)
 
     # -- the one loop after every message -------------------------------------------------
 
@@ -170,9 +199,9 @@ class TaskActor(pykka.ThreadingActor):
             self._services.real_timer.call_later(PID_SAVE_DELAY, lambda: tell_if_alive(ref, SaveStarted()))
 
     def _request(self, index: int) -> None:
-        ref = self.actor_ref
+        ref, task_id = self.actor_ref, self._state.task.id
         worker = self._services.pool.request(
-            self, index, lambda w: ref.tell(WorkerGranted(index, w)), order=(self._state.task.accepted, index)
+            self, index, lambda w: ref.tell(WorkerGranted(task_id, index, w)), order=(self._state.task.accepted, index)
         )
         if worker is None:
             self._requested.add(index)
@@ -187,7 +216,11 @@ class TaskActor(pykka.ThreadingActor):
         self._start_step(index, worker)
 
     def _start_step(self, index: int, worker: pykka.ActorRef) -> None:
-        record = self._state.step_starting(index, self._services.clock())
+        try:
+            record = self._state.step_starting(index, self._services.clock())
+        except Exception:
+            self._services.pool.release(worker)  # in hand and not yet the step's: given back
+            raise
         run = next(_runs)
         self._workers[index] = (worker, run)
         job = RunStep(run, self.actor_ref, self._state.task.id, self._workspace, record, self._specs[index])
