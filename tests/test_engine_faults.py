@@ -3,6 +3,7 @@ the first engine (issue 8) and asserts what the OS and the store say afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -334,6 +335,39 @@ def test_a_step_about_to_start_when_its_runner_fails_never_runs(make_executor, m
     assert not (ex.config.workspace("faulty") / "ran").exists()
     assert wait_until(lambda: ex.stats()["pool_busy"] == 0, timeout=10)
     assert ex.wait(ex.submit([sh("echo next")] * 3, mode="parallel"), timeout=20).steps[2].output == "next\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["supervisor", "task runner"])
+def test_a_failure_handling_a_control_request_answers_it_and_the_engine_goes_on(make_server, monkeypatch, where):
+    """A fault injected while a queued task is paused: by the supervisor (the task waits there:
+    it would read the task's record, where an LMDB error would do the same) or by its task runner.
+    That request answers 500 at once and the engine goes on. Before, the supervisor stopped (no
+    queued task started again, every later submit failed), and the runner left the request
+    unanswered until it timed out (503)."""
+    from osreapi.actors.taskstate import TaskState
+
+    control = TaskState.control
+
+    def fail_for_one_task(self, action, index, now):
+        if self.task.id == "faulty":
+            raise RuntimeError("injected fault")
+        return control(self, action, index, now)
+
+    monkeypatch.setattr(TaskState, "control", fail_for_one_task)
+    client = make_server(pool_size=1, extra_live_tasks=0 if where == "supervisor" else 16)
+    blocker = client.submit([sh("while [ ! -e go ]; do sleep 0.02; done")])  # holds the only worker
+    assert wait_until(lambda: state_of(client, blocker) == "running")
+    client.submit([sh("echo queued")], "?id=faulty")
+    answer = put(client, "/faulty", "pause")
+    assert answer.status == 500 and answer.json["code"] == 500  # the engine's fault, said as such
+    (client.executor.config.workspace(blocker) / "go").touch()
+    ended = client.wait("faulty").json
+    if where == "supervisor":
+        assert ended["code"] == 0  # the queued task still starts and runs
+    else:
+        assert ended["code"] == 1002 and "injected fault" in json.dumps(ended, ensure_ascii=False)
+    assert client.wait(client.submit([sh("echo later")])).json["code"] == 0
 
 
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------

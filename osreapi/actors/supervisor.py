@@ -54,6 +54,22 @@ class SupervisorActor(pykka.ThreadingActor):
         self._stopping: threading.Event | None = None
 
     def on_receive(self, message: Any) -> Any:
+        """A failure while handling one message is that message's answer (its reply fails with
+        it), never the supervisor's end: queued tasks still start and later requests are served."""
+        try:
+            answer = self._handle(message)
+        except Exception as exc:
+            log.exception("supervisor: handling %s failed; going on", type(message).__name__)
+            reply = getattr(message, "reply", None)
+            if reply is not None:
+                reply.fail(exc)
+            answer = None
+        self._start_more()
+        if self._stopping is not None and not self._live:
+            self._stopping.set()
+        return answer
+
+    def _handle(self, message: Any) -> Any:
         match message:
             case GetStats():
                 return len(self._live), len(self._queued) + len(self._held)
@@ -74,9 +90,6 @@ class SupervisorActor(pykka.ThreadingActor):
                     tell_if_alive(ref, InterruptTask())
             case _:
                 log.warning("supervisor: unexpected message %r", message)
-        self._start_more()
-        if self._stopping is not None and not self._live:
-            self._stopping.set()
         return None
 
     def _admitted(self, task_id: str) -> None:
@@ -98,7 +111,10 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._start(task_id)
             except Exception as exc:  # e.g. a thread that cannot start, a record that cannot be read
                 log.exception("task %s cannot be started", task_id)
-                self._interrupt_stored(task_id, f"task not started: {exc.__class__.__name__}: {exc}")
+                try:
+                    self._interrupt_stored(task_id, f"task not started: {exc.__class__.__name__}: {exc}")
+                except Exception:  # its record cannot be read either: it is left as stored, not retried
+                    log.exception("task %s cannot be marked interrupted", task_id)
 
     def _keep(self, records: Records | None) -> bool:
         """Keep a queued task's records in memory while few wait and its scripts are small."""

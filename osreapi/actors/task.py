@@ -80,6 +80,9 @@ class TaskActor(pykka.ThreadingActor):
             if self._state is None or self._ended:
                 raise  # no task to end: pykka logs it and stops this runner (on_failure)
             log.exception("task %s failed inside the engine; marking it interrupted", self._state.task.id)
+            reply = getattr(message, "reply", None)
+            if reply is not None:  # a control request is answered with the failure, not left to time out
+                reply.fail(exc)
             self._fail(exc)
             return None
 
