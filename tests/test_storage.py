@@ -144,3 +144,17 @@ def test_a_workspace_is_always_inside_the_data_dir(tmp_path):
     for bad in ("../x", "a/b", ""):
         with pytest.raises(ValueError):
             config.workspace(bad)
+
+
+def test_a_listing_reparses_only_what_changed_and_drops_what_is_gone(tmp_path):
+    db = Database(tmp_path / "db")
+    for name in ("a", "b", "c"):
+        db.create_task(TaskRecord(id=name, mode="sequential", count=1, accepted=1.0), (StepRecord(0, "s"),), (), now=1.0)
+    first = {t.id: t for t in db.list_tasks()}
+    db.save("b", first["b"].with_(state=State.RUNNING, begin=2.0))
+    db.delete_task(first["c"])
+    second = {t.id: t for t in db.list_tasks()}
+    assert set(second) == {"a", "b"}
+    assert second["a"] is first["a"]  # the same stored bytes: not parsed again
+    assert second["b"].state is State.RUNNING and second["b"].begin == 2.0
+    db.close()
