@@ -193,3 +193,31 @@ def test_tls_clients_that_do_not_read_big_answers_hold_no_worker(make_server, tm
         for sock in socks:
             _, body, _ = read_answer(sock)
             assert json.loads(body)["code"] == 0 and len(json.loads(body)["data"]) == 6
+
+
+def test_a_small_log_as_it_stands_keeps_the_connection_alive(client: Client):
+    """Up to 1 MiB a log without follow is answered whole by the worker (Content-Length, the
+    connection kept); only longer ones are streamed by the hub and end with the connection."""
+    task_id = client.submit([sh("echo small")])
+    client.wait(task_id)
+    conn = http.client.HTTPConnection(client.host, client.port, timeout=10)
+    try:
+        for _ in range(2):  # the same connection serves the second request
+            conn.request("GET", f"/{task_id}/0/log")
+            resp = conn.getresponse()
+            assert resp.read() == b"small\n" and resp.getheader("Content-Length") == "6"
+            assert resp.getheader("Connection") != "close"
+    finally:
+        conn.close()
+
+
+def test_a_log_as_it_stands_is_what_the_file_held_when_asked(tmp_path):
+    """A step still printing cannot make an answer without follow grow while it is sent."""
+    from osreapi.executor.logsource import LogSource
+
+    log = tmp_path / "step.log"
+    log.write_bytes(b"x" * 100_000)
+    source = LogSource(log, 0, sse=False, follow=False, step=lambda: None, end_record=lambda: None, max_output=1 << 20)
+    with open(log, "ab") as more:
+        more.write(b"y" * 100_000)
+    assert source.whole() == b"x" * 100_000

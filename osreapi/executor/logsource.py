@@ -58,6 +58,9 @@ class LogSource:
         self._end_record = end_record  # the step's record as JSON once it has ended, else None
         self._max_output = max_output
         self._file = None
+        # Without follow, the output so far is what the log held when asked: a step printing fast
+        # cannot make the answer longer than that.
+        self._until = None if follow else self.size()
         self._next_poll = 0.0
         self._step_over = False  # the step has ended: read what is left, then finish
         self._preamble = b": osreapi log stream\n\n" if sse else b""
@@ -86,6 +89,16 @@ class LogSource:
             self._file.close()
             self._file = None
 
+    def whole(self) -> bytes:
+        """Every byte of a source that does not follow, read now (for a small answer)."""
+        parts = []
+        done = False
+        while not done:
+            data, done = self.read()
+            parts.append(data)
+        self.close()
+        return b"".join(parts)
+
     def size(self) -> int:
         try:
             return self._path.stat().st_size
@@ -102,10 +115,11 @@ class LogSource:
                 if self._follow:  # e.g. no descriptor free now: try again at the next read, to the step's end
                     return b""
                 raise
-        if os.fstat(self._file.fileno()).st_size <= self._offset:
+        end = os.fstat(self._file.fileno()).st_size if self._until is None else self._until
+        if end <= self._offset:
             return b""
         self._file.seek(self._offset)
-        data = self._file.read(CHUNK)
+        data = self._file.read(min(CHUNK, end - self._offset))
         if self._sse and data:
             data = data[: complete_utf8(data)] or data  # a lone bad byte still moves on
             if data.endswith(b"\r"):  # a CRLF cut between two reads would be two line breaks

@@ -54,6 +54,7 @@ from .wait import wait_for_task, wait_time
 
 log = logging.getLogger(__name__)
 Answer = str | bytes | bottle.HTTPResponse  # what a route returns to Bottle
+WHOLE_LOG_ANSWER = 1 << 20  # a log as it stands up to this size is answered whole, over it streamed
 _DIGITS = re.compile(r"[0-9]+")
 MAX_OFFSET = 1 << 62  # fits os.lseek
 _TRUE = {"true", "1", "yes", "on"}
@@ -333,8 +334,10 @@ class LogRoute:
             return json_response(CODE_RANGE, message("offset_past_end", language, offset=offset, size=source.size()))
         kind = "text/event-stream" if sse else "text/plain"
         headers = [("Content-Type", f"{kind}; charset=utf-8"), ("Cache-Control", "no-cache")]
-        # Followed or not, the hub sends it: a log as it stands may be large, and a client that
-        # does not read it must not hold a worker.
+        if not follow and source.size() - offset <= WHOLE_LOG_ANSWER:  # built here: the connection stays alive
+            return bottle.HTTPResponse(body=source.whole(), headers=dict(headers))
+        # A long log is sent by the hub, read as the client takes it (a client that does not read
+        # it holds no worker and no memory); a followed one too.
         return self._routes.hub.serve(environ, "200 OK", headers, source, answer=not follow)
 
     def _end_record(self, task_id: str, index: int, language: str) -> dict | None:
