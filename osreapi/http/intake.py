@@ -173,7 +173,7 @@ class RequestIntake(ConnectionManager):
     # -- connections coming back from a worker (keep-alive) -------------------------------
 
     def put(self, conn) -> None:
-        if conn.wfile.queued:  # its next request is read once the client has taken this answer
+        if getattr(conn.wfile, "queued", 0):  # its next request is read once the client has taken this answer
             self._drain_later(conn, close_after=False)
             return
         conn.last_used = time.time()

@@ -182,11 +182,17 @@ class _Connection(HTTPConnection):
 
     def close(self) -> None:
         """With part of an answer still waiting for the client, the intake sends it, then closes."""
-        if self.wfile.queued and not self.linger:
+        if _waiting(self) and not self.linger:
             self.server.osreapi_intake.drain_then_close(self)
             return
-        self.wfile.discard()
+        if isinstance(self.wfile, Outbox):  # cheroot swaps in its own writer for a plain request on TLS
+            self.wfile.discard()
         super().close()
+
+
+def _waiting(conn) -> int:
+    """Bytes of the connection's last answer its client has not taken yet."""
+    return getattr(conn.wfile, "queued", 0)
 
 
 class _Gateway(wsgi.Gateway_10):
