@@ -284,22 +284,27 @@ def test_a_task_that_cannot_start_ends_interrupted_and_the_engine_goes_on(make_e
     assert ex.wait(task_id, timeout=20).steps[0].output == "alive\n"
 
 
+def fail_when_a_step_starts(monkeypatch, task_id: str, index: int) -> None:
+    """Inject a fault where a task runner records a step as starting (a worker in its hand)."""
+    from osreapi.actors.taskstate import TaskState
+
+    starting = TaskState.step_starting
+
+    def failing(self, step_index, now):
+        if self.task.id == task_id and step_index == index:
+            raise RuntimeError("injected fault")
+        return starting(self, step_index, now)
+
+    monkeypatch.setattr(TaskState, "step_starting", failing)
+
+
 @pytest.mark.timeout(60)
 def test_a_task_runner_that_fails_holding_a_granted_worker_gives_it_back(make_executor, monkeypatch):
     """A fault injected where a task runner takes a worker the pool granted it (the only way to
     reach this window): the task ends interrupted with the reason, the worker goes back to the
     pool, and with a pool of one the next task still runs. Before, the runner died with the
     worker in hand and the pool had no worker left, for good."""
-    from osreapi.actors.taskstate import TaskState
-
-    starting = TaskState.step_starting
-
-    def fail_on_the_second_step(self, index, now):
-        if self.task.id == "faulty" and index == 1:
-            raise RuntimeError("injected fault")
-        return starting(self, index, now)
-
-    monkeypatch.setattr(TaskState, "step_starting", fail_on_the_second_step)
+    fail_when_a_step_starts(monkeypatch, "faulty", 1)
     ex = make_executor(pool_size=1)
     blocker = ex.submit([sh("while [ ! -e go ]; do sleep 0.02; done")])  # holds the only worker
     assert wait_until(lambda: ex.get(blocker).steps[0].state.value == "running")
@@ -317,16 +322,7 @@ def test_a_step_about_to_start_when_its_runner_fails_never_runs(make_executor, m
     """Two parallel steps: the first is granted a worker and about to start (its start not yet
     saved) when taking the second fails. The first must not run (the task is recorded as
     interrupted), both workers go back to the pool, the engine goes on."""
-    from osreapi.actors.taskstate import TaskState
-
-    starting = TaskState.step_starting
-
-    def fail_on_the_second_step(self, index, now):
-        if self.task.id == "faulty" and index == 1:
-            raise RuntimeError("injected fault")
-        return starting(self, index, now)
-
-    monkeypatch.setattr(TaskState, "step_starting", fail_on_the_second_step)
+    fail_when_a_step_starts(monkeypatch, "faulty", 1)
     ex = make_executor(pool_size=2)
     ex.submit([sh("touch ran", name="a"), sh("true", name="b")], mode="parallel", task_id="faulty")
     result = ex.wait("faulty", timeout=20)
