@@ -405,7 +405,7 @@ class RequestIntake(ConnectionManager):
                     conn.close()
                 continue
             if isinstance(conn, _Draining):  # a client that takes nothing of its answer, as cheroot's write timeout
-                if time.monotonic() - conn.conn.wfile.last_progress > self.server.timeout:
+                if conn.conn.wfile.stalled(self.server.timeout):
                     self._selector.unregister(sock_fd)
                     conn.close()
                 continue

@@ -18,6 +18,7 @@ import time
 from collections import deque
 
 from .sockerrors import would_block
+from .uptake import Uptake
 
 log = logging.getLogger(__name__)
 BUDGET = 128 * 1024 * 1024  # bytes kept for slow readers, all connections together
@@ -61,7 +62,7 @@ class Outbox:
         self._queue: deque[memoryview] = deque()
         self.queued = 0  # bytes waiting
         self.bytes_written = 0  # cheroot's statistics read it
-        self.last_progress = time.monotonic()  # when the client last took bytes
+        self._uptake = Uptake(time.monotonic())  # when the client last took bytes
 
     def write(self, data: bytes) -> int:
         """Send what the socket takes now, keep the rest; an OSError when the client has gone, or
@@ -102,6 +103,10 @@ class Outbox:
         self._queue.clear()
         self.queued = 0
 
+    def stalled(self, limit: float) -> bool:
+        """The client has taken nothing of this answer for longer than `limit` seconds."""
+        return self._uptake.stalled(self._sock, time.monotonic(), limit)
+
     def flush(self) -> None:
         """Nothing is buffered here but what the socket refused: see `drain`."""
 
@@ -121,8 +126,11 @@ class Outbox:
             if not sent:
                 break
             total += sent
+        now = time.monotonic()
         if total:
-            self.last_progress = time.monotonic()
+            self._uptake.took(now)
+        if total < len(view):
+            self._uptake.blocked(self._sock, now)
         return total
 
     def _send_once(self, view: memoryview) -> int:
