@@ -3,17 +3,22 @@ intake or the stream hub) on the real server, 127.0.0.1: each test fails without
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import time
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
 
-from .conftest import Client, sh
-from .test_http_front_answers import THREADS, _unchunk, big_task
+from osreapi.http.outbox import Outbox, OutBudget
+
+from .conftest import Client, sh, wait_until
+from .test_http_front_answers import THREADS, _unchunk, big_task, healthy, non_reader
 
 PACE = 0.05  # seconds between two reads of a steady slow reader
+SLACK = 4 * 2**20  # bytes a server may hold beyond what its budget counts (its own allocations)
 READ = 32 * 1024  # bytes it asks for at each read: ~640 KB/s at most
 
 
@@ -80,3 +85,64 @@ def test_a_client_that_reads_a_log_slowly_but_steadily_gets_all_of_it(make_serve
     finally:
         sock.close()
     assert _unchunk(data.partition(b"\r\n\r\n")[2]) == b"x" * 6_000_000
+
+
+@pytest.mark.timeout(90)
+def test_what_slow_readers_cost_in_memory_is_what_the_budget_counts(make_server):
+    """The rest of an answer the socket took part of was kept as a view of the whole answer, and an
+    answer sent in part stayed whole until its last byte, while the budget counted only the bytes
+    still to send: six non-readers of a 5.4 MB answer held ~32 MB when the budget said ~9 MB (an
+    answer a few bytes over what the kernel takes cost all of it, and almost nothing of the budget)."""
+    client = make_server(client_timeout=30.0, server_options={"threads": THREADS})
+    task_id = big_task(client)
+    assert healthy(client)  # first-use allocations done
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        unaccounted = lambda: tracemalloc.get_traced_memory()[0] - before - client.server.answers_waiting
+        socks = []
+        try:
+            for _ in range(6):
+                waiting = client.server.answers_waiting
+                socks.append(non_reader(client, f"/{task_id}"))
+                assert wait_until(lambda: client.server.answers_waiting > waiting)
+            assert unaccounted() < SLACK, f"{unaccounted() / 2**20:.0f} MiB held beyond the budget's count"
+            for sock in socks:  # each takes 1 MB: the server sends part of what it keeps
+                taken = 0
+                while taken < 1_000_000:
+                    taken += len(sock.recv(1_000_000 - taken))
+            assert not wait_until(lambda: unaccounted() >= SLACK, timeout=2), "held beyond the budget's count"
+        finally:
+            for sock in socks:
+                sock.close()
+    finally:
+        tracemalloc.stop()
+
+
+def test_an_empty_write_behind_a_kept_answer_does_not_stop_its_sending():
+    """cheroot writes an empty chunk when an answer outgrows its Content-Length (it cuts the chunk
+    to what is left): kept behind a waiting answer, the empty entry made every later drain send
+    nothing and answer 'not done', so the selector woke at once, again and again, until the client
+    timeout dropped the connection with its answer cut short."""
+    server_end, client_end = socket.socketpair()
+    with server_end, client_end:
+        server_end.settimeout(5)  # as cheroot's sockets: a timeout, so the fd is non-blocking
+        client_end.settimeout(5)
+        budget = OutBudget()
+        outbox = Outbox(server_end, budget)
+        answer = b"x" * (8 * 2**20)  # more than a socket pair's buffers hold
+        outbox.write(answer)
+        assert outbox.queued
+        outbox.write(b"")
+        received, done = 0, False
+        for _ in range(10_000):  # bounded: each round reads up to 1 MiB, or times out
+            received += len(client_end.recv(2**20))
+            done = outbox.drain()
+            if done:
+                break
+        assert done and budget.used == 0
+        client_end.setblocking(False)
+        while received < len(answer):
+            received += len(client_end.recv(2**20))
+        assert received == len(answer)
