@@ -132,7 +132,7 @@ class StreamHub:
             return self._refuse(environ, source)
         if environ.get("REQUEST_METHOD") == "HEAD":  # the head only: nothing to follow, no thread held
             source.close()
-            return bottle.HTTPResponse(b"", status=status, headers=dict(headers))
+            return bottle.HTTPResponse(_unmeasured(), status=status, headers=dict(headers))
         request = environ.get(_ENVIRON_REQUEST)
         if request is not None:
             slot = environ.get(ENVIRON_SLOT)
@@ -410,6 +410,13 @@ def _last_word(source: StreamSource) -> bytes:
     (a wait's answer as it stands), else nothing."""
     final = getattr(source, "final", None)
     return final() if final is not None else b""
+
+
+def _unmeasured() -> Iterator[bytes]:
+    """The body of a HEAD answer, never sent. An empty body would get `Content-Length: 0` from
+    Bottle, saying the GET's body is empty (RFC 9110 8.6: a HEAD's length must be the GET's or
+    absent); of a body that is not a string Bottle states no length."""
+    yield b" "
 
 
 def _frame(data: bytes) -> bytes:
