@@ -150,12 +150,13 @@ def test_an_empty_write_behind_a_kept_answer_does_not_stop_its_sending():
 
 @pytest.mark.parametrize("query", ["", "?follow=true"])
 def test_head_of_a_log_does_not_say_its_body_is_empty(client: Client, query: str):
-    """HEAD of a log answered `Content-Length: 0` (Bottle's length of the empty body the hub gives
-    a HEAD), though the GET sends the log: a HEAD may state the GET's length or none (RFC 9110 8.6)."""
-    task_id = client.submit([sh("echo hello")])
+    """HEAD of a log the hub sends (followed, or long) answered `Content-Length: 0` (Bottle's length
+    of the empty body the hub gives a HEAD), though the GET sends the log: a HEAD may state the
+    GET's length or none (RFC 9110 8.6)."""
+    task_id = client.submit([sh("head -c 2000000 /dev/zero | tr '\\0' x")])  # over a whole answer's 1 MiB
     client.wait(task_id)
     head = client.request("HEAD", f"/{task_id}/0/log{query}")
     assert head.status == 200 and head.body == b""
     assert head.header("Content-Length") is None, head.headers
     assert head.header("Content-Type").startswith("text/plain")
-    assert client.get(f"/{task_id}/0/log").body == b"hello\n"
+    assert client.get(f"/{task_id}/0/log").body == b"x" * 2_000_000
