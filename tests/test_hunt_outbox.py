@@ -160,3 +160,33 @@ def test_head_of_a_log_does_not_say_its_body_is_empty(client: Client, query: str
     assert head.header("Content-Length") is None, head.headers
     assert head.header("Content-Type").startswith("text/plain")
     assert client.get(f"/{task_id}/0/log").body == b"x" * 2_000_000
+
+
+@pytest.mark.timeout(60)
+def test_an_answer_handed_over_as_the_server_stops_is_not_left_kept(make_server):
+    """A worker that finishes an answer while the server stops closes its connection, and the
+    intake takes it to send the rest. Taken after the intake's close() had closed the connections
+    it holds, but before its selector closed, it was registered there and forgotten: never sent,
+    never closed, its answer kept in the budget for good (3 of 20 stops of a server answering
+    big answers to non-readers).
+    The worker's hand-over is made here at that very moment: the connection is taken from the
+    selector as if a worker held it, and given back just before the selector closes."""
+    client = make_server(client_timeout=30.0, server_options={"threads": THREADS})
+    task_id = big_task(client)
+    sock = non_reader(client, f"/{task_id}")
+    try:
+        assert wait_until(lambda: client.server.answers_waiting > 0)
+        intake = client.server._server.osreapi_intake
+        [(fd, draining)] = [(fd, held) for fd, held in intake._selector.connections if held is not intake.server]
+        intake._selector.unregister(fd)  # in a worker's hands, its answer kept
+        close_selector = intake._selector.close
+
+        def worker_finishes_then_close() -> None:
+            draining.conn.close()  # what cheroot's worker does with its connection once the server stops
+            close_selector()
+
+        intake._selector.close = worker_finishes_then_close
+        client.server.stop()
+        assert client.server.answers_waiting == 0
+    finally:
+        sock.close()
