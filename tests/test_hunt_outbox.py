@@ -51,7 +51,8 @@ def announced_length(data: bytes) -> int | None:
     return int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]) if sep else None
 
 
-def body_length(data: bytes) -> int | None:
+def body_length(data: bytes) -> int:
+    """Bytes of body received (-1: the head is not in yet)."""
     head, sep, body = data.partition(b"\r\n\r\n")
     return len(body) if sep else -1
 
