@@ -169,6 +169,8 @@ class RequestIntake(ConnectionManager):
         self._handshakes = 0  # under way (intake thread only)
         self._whole: deque = deque()  # whole requests waiting for a worker's queue to have room
         self._whole_lock = threading.Lock()
+        self._closed = False  # set by close(): a connection handed over later is closed at once
+        self._closing = threading.Lock()
 
     # -- connections coming back from a worker (keep-alive) -------------------------------
 
@@ -200,11 +202,16 @@ class RequestIntake(ConnectionManager):
         self._drain_later(conn, close_after=True)
 
     def _drain_later(self, conn, close_after: bool) -> None:
+        """(A worker's thread.) Registered before close() looks at the selector, or closed here: one
+        registered after close() had looked, before the selector closed, was never closed, and its
+        answer never left the budget."""
         draining = _Draining(conn, close_after)
-        try:
-            self._selector.register(conn.socket.fileno(), selectors.EVENT_WRITE, data=draining)
-        except (OSError, ValueError, KeyError, RuntimeError):  # stopping: the selector is closed
-            draining.close()
+        with self._closing:
+            if not self._closed:
+                with suppress(OSError, ValueError, KeyError, RuntimeError):  # the selector is closed (stopping)
+                    self._selector.register(conn.socket.fileno(), selectors.EVENT_WRITE, data=draining)
+                    return
+        draining.close()
 
     def _drain(self, sock_fd: int, draining: _Draining) -> None:
         try:
@@ -376,6 +383,8 @@ class RequestIntake(ConnectionManager):
         return True
 
     def close(self) -> None:
+        with self._closing:
+            self._closed = True
         with self._whole_lock:
             waiting, self._whole = list(self._whole), deque()
         for conn in waiting:
@@ -406,7 +415,7 @@ class RequestIntake(ConnectionManager):
                     conn.close()
                 continue
             if isinstance(conn, _Draining):  # a client that takes nothing of its answer, as cheroot's write timeout
-                if time.monotonic() - conn.conn.wfile.last_progress > self.server.timeout:
+                if conn.conn.wfile.stalled(self.server.timeout):
                     self._selector.unregister(sock_fd)
                     conn.close()
                 continue

@@ -18,6 +18,7 @@ import time
 from collections import deque
 
 from .sockerrors import would_block
+from .uptake import Uptake
 
 log = logging.getLogger(__name__)
 BUDGET = 128 * 1024 * 1024  # bytes kept for slow readers, all connections together
@@ -59,26 +60,33 @@ class Outbox:
         plain = os.name == "posix" and not self._tls and sock.gettimeout() is not None
         self._plain_fd = sock.fileno() if plain else None
         self._queue: deque[memoryview] = deque()
+        self._head_sent = 0  # bytes of the queue's first entry already sent
         self.queued = 0  # bytes waiting
+        self._kept = 0  # bytes the queue's entries hold, all of them until sent whole: the budget's share
         self.bytes_written = 0  # cheroot's statistics read it
-        self.last_progress = time.monotonic()  # when the client last took bytes
+        self._uptake = Uptake(time.monotonic())  # when the client last took bytes
 
     def write(self, data: bytes) -> int:
         """Send what the socket takes now, keep the rest; an OSError when the client has gone, or
         when the budget has no room for the rest (the answer is dropped: cheroot then closes)."""
-        size = len(data)
-        self.bytes_written += size
         view = memoryview(bytes(data) if isinstance(data, bytearray) else data).cast("B")
+        size = len(view)
+        self.bytes_written += size
+        if not size:  # an empty entry would stop `drain` for good
+            return 0
         if not self._queue:
-            view = view[self._send(view):]
-            if not view:
+            sent = self._send(view)
+            if sent == size:
                 return size
+            if sent:  # a view of the rest would keep all of `data`: keep a copy of the rest alone
+                view = memoryview(view[sent:].tobytes())
         if not self._budget.take(len(view)):
             log.warning("an answer of %d bytes was dropped: %d bytes already wait for slow readers",
                         size, self._budget.used)
             raise BrokenPipeError(errno.EPIPE, "no room left to keep this answer for a slow reader")
         self._queue.append(view)
         self.queued += len(view)
+        self._kept += len(view)
         return size
 
     def drain(self) -> bool:
@@ -86,21 +94,27 @@ class Outbox:
         an OSError when the client has gone."""
         while self._queue:
             head = self._queue[0]
-            sent = self._send(head)
+            sent = self._send(head[self._head_sent :])
             if not sent:
                 return False
-            self._queue[0] = head[sent:]
-            if not self._queue[0]:
-                self._queue.popleft()
+            self._head_sent += sent
             self.queued -= sent
-            self._budget.give(sent)
+            if self._head_sent == len(head):  # its memory is freed only now
+                self._queue.popleft()
+                self._head_sent = 0
+                self._kept -= len(head)
+                self._budget.give(len(head))
         return True
 
     def discard(self) -> None:
         """Forget what waits (the connection closes without it)."""
-        self._budget.give(self.queued)
+        self._budget.give(self._kept)
         self._queue.clear()
-        self.queued = 0
+        self._head_sent = self.queued = self._kept = 0
+
+    def stalled(self, limit: float) -> bool:
+        """The client has taken nothing of this answer for longer than `limit` seconds."""
+        return self._uptake.stalled(self._sock, time.monotonic(), limit)
 
     def flush(self) -> None:
         """Nothing is buffered here but what the socket refused: see `drain`."""
@@ -121,8 +135,11 @@ class Outbox:
             if not sent:
                 break
             total += sent
+        now = time.monotonic()
         if total:
-            self.last_progress = time.monotonic()
+            self._uptake.took(now)
+        if total < len(view):
+            self._uptake.blocked(self._sock, now)
         return total
 
     def _send_once(self, view: memoryview) -> int:

@@ -322,7 +322,7 @@ class HttpServer:
 
     @property
     def answers_waiting(self) -> int:
-        """Bytes of answers kept for clients that have not read them yet."""
+        """Bytes of answers kept in memory for clients that have not read them whole yet."""
         return self._server.osreapi_outbox.used
 
     @property

@@ -29,6 +29,7 @@ from ..vocabulary import message
 from .answers import JSON_TYPE, language_of
 from .render import envelope
 from .sockerrors import would_block
+from .uptake import Uptake
 
 log = logging.getLogger(__name__)
 TICK = 0.05
@@ -95,7 +96,7 @@ class _Stream:
     out: bytearray
     last_sent: float
     stall_limit: float  # the reader may take nothing of what is queued for this long
-    last_taken: float = 0.0  # when the reader last took bytes (or had nothing waiting)
+    uptake: Uptake  # when the reader last took bytes (or had nothing waiting)
     ending: bool = False
     more: bool = False  # the last pull stopped at the high-water mark, not at the source's end
     events: int = field(default=selectors.EVENT_READ)
@@ -131,7 +132,7 @@ class StreamHub:
             return self._refuse(environ, source)
         if environ.get("REQUEST_METHOD") == "HEAD":  # the head only: nothing to follow, no thread held
             source.close()
-            return bottle.HTTPResponse(b"", status=status, headers=dict(headers))
+            return bottle.HTTPResponse(_unmeasured(), status=status, headers=dict(headers))
         request = environ.get(_ENVIRON_REQUEST)
         if request is not None:
             slot = environ.get(ENVIRON_SLOT)
@@ -203,7 +204,8 @@ class StreamHub:
         request.chunked_write = False
         request.close_connection = True
         request.conn.linger = True
-        stream = _Stream(sock, source, chunked, bytearray(head), time.monotonic(), stall_limit, time.monotonic())
+        now = time.monotonic()
+        stream = _Stream(sock, source, chunked, bytearray(head), now, stall_limit, Uptake(now))
         with self._lock:
             if self._stopping.is_set():  # the server is stopping: the stream ends before it starts
                 self._end(stream)
@@ -265,7 +267,7 @@ class StreamHub:
 
     def _pull(self, stream: _Stream, now: float) -> None:
         """Take what the source has, up to the high-water mark, and send it."""
-        if stream.out and now - stream.last_taken > stream.stall_limit:
+        if stream.out and stream.uptake.stalled(stream.sock, now, stream.stall_limit):
             self._end(stream)  # its buffer is all it may cost, and not for ever
             return
         pulled = False
@@ -310,9 +312,11 @@ class StreamHub:
                 self._end(stream)
                 return
             del stream.out[:sent]
-            stream.last_taken = time.monotonic()
+            stream.uptake.took(time.monotonic())
         if not stream.out:
-            stream.last_taken = time.monotonic()
+            stream.uptake.took(time.monotonic())
+        else:
+            stream.uptake.blocked(stream.sock, time.monotonic())
         if not stream.out and stream.ending:
             self._end(stream)
             return
@@ -406,6 +410,13 @@ def _last_word(source: StreamSource) -> bytes:
     (a wait's answer as it stands), else nothing."""
     final = getattr(source, "final", None)
     return final() if final is not None else b""
+
+
+def _unmeasured() -> Iterator[bytes]:
+    """The body of a HEAD answer, never sent. An empty body would get `Content-Length: 0` from
+    Bottle, saying the GET's body is empty (RFC 9110 8.6: a HEAD's length must be the GET's or
+    absent); of a body that is not a string Bottle states no length."""
+    yield b" "
 
 
 def _frame(data: bytes) -> bytes:
