@@ -137,16 +137,18 @@ def _unchunk(body: bytes) -> bytes:
 
 
 @pytest.mark.timeout(90)
-def test_answers_kept_for_slow_readers_are_bounded_and_the_rest_dropped(make_server):
+def test_answers_kept_for_slow_readers_are_bounded_and_the_rest_dropped(make_server, caplog):
     """With room for two answers, ten non-readers: two get their answer whole when they read; the
-    others' connections close short of it (the answer dropped, not waited for); nothing is kept
-    once they are gone, and the server answers throughout."""
+    others' connections close short of it (the answer dropped, not waited for), said in one
+    WARNING line; nothing is kept once they are gone, and the server answers throughout."""
     client = make_server(client_timeout=30.0, server_options={"threads": THREADS, "out_budget": 2 * BIG})
     task_id = big_task(client)
     with non_readers(client, f"/{task_id}", 10) as socks:
         assert healthy(client)
         whole = sum(whole_or_cut(sock) for sock in socks)
         assert 1 <= whole < 10
+        warnings = [r for r in caplog.records if r.name == "osreapi.http.outbox" and r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "dropped" in warnings[0].getMessage()
         assert client.server.answers_waiting <= 2 * BIG
     assert wait_until(lambda: client.server.answers_waiting == 0)
     assert healthy(client)

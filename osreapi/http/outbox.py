@@ -22,6 +22,7 @@ from .uptake import Uptake
 
 log = logging.getLogger(__name__)
 BUDGET = 128 * 1024 * 1024  # bytes kept for slow readers, all connections together
+WARN_EVERY = 10.0  # seconds between two warnings about dropped answers
 _TLS_SLICE = 64 * 1024  # a TLS write is offered again with the same bytes: a fixed slice of the head
 
 
@@ -32,6 +33,8 @@ class OutBudget:
         self.limit = limit
         self._used = 0
         self._lock = threading.Lock()
+        self._dropped = 0  # answers dropped since the last warning
+        self._next_warning = 0.0
 
     def take(self, size: int) -> bool:
         with self._lock:
@@ -39,6 +42,19 @@ class OutBudget:
                 return False
             self._used += size
             return True
+
+    def dropped(self, size: int) -> None:
+        """An answer found no room: one WARNING line at most every WARN_EVERY seconds, with how
+        many were dropped since the last one (a flood of them must not flood the log)."""
+        with self._lock:
+            self._dropped += 1
+            now = time.monotonic()
+            if now < self._next_warning:
+                return
+            self._next_warning = now + WARN_EVERY
+            count, self._dropped = self._dropped, 0
+        log.warning("%d answer(s) dropped (the last of %d bytes): %d bytes already wait for slow readers",
+                    count, size, self._used)
 
     def give(self, size: int) -> None:
         with self._lock:
@@ -81,8 +97,7 @@ class Outbox:
             if sent:  # a view of the rest would keep all of `data`: keep a copy of the rest alone
                 view = memoryview(view[sent:].tobytes())
         if not self._budget.take(len(view)):
-            log.warning("an answer of %d bytes was dropped: %d bytes already wait for slow readers",
-                        size, self._budget.used)
+            self._budget.dropped(size)
             raise BrokenPipeError(errno.EPIPE, "no room left to keep this answer for a slow reader")
         self._queue.append(view)
         self.queued += len(view)
