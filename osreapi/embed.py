@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import logging
 import os
@@ -9,6 +10,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -18,7 +20,6 @@ from typing import Any
 import pykka
 
 from . import recovery, spec
-from .actors.taskstate import ACTIONS
 from .actors.delivery import tell_if_alive
 from .actors.messages import (
     ControlTask,
@@ -34,19 +35,28 @@ from .actors.messages import (
 )
 from .actors.pool import WorkerPool
 from .actors.reply import Reply
-from .actors.step import StepActor
 from .actors.services import Services
+from .actors.step import StepActor
 from .actors.store import StoreActor
 from .actors.supervisor import SupervisorActor
+from .actors.taskstate import ACTIONS
 from .actors.timers import Scheduler
 from .config import EngineConfig
 from .controls import ControlCalls
-from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive, TaskConflict
+from .errors import (
+    ActionRejected,
+    EngineBusy,
+    EngineClosed,
+    InvalidRequest,
+    NotFound,
+    TaskActive,
+    TaskConflict,
+)
 from .executor import process
 from .executor.durations import parse_duration
-from .executor.output import read_output
 from .executor.janitor import Janitor
 from .executor.logsource import LogSource
+from .executor.output import read_output
 from .executor.reaper import Reaper
 from .listing import sorted_tasks
 from .metrics import EngineMetrics
@@ -159,6 +169,8 @@ class Executor(ControlCalls):
             if self._lock is not None:
                 self._lock.close()
             raise
+        self._close_at_exit = _closer(weakref.ref(self))  # a program that never calls close()
+        atexit.register(self._close_at_exit)
 
     def _start_engine(self) -> None:
         config, clock = self.config, self.clock
@@ -404,6 +416,7 @@ class Executor(ControlCalls):
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self._close_at_exit)
         done = threading.Event()
         try:
             self._supervisor.tell(InterruptAll(done))
@@ -493,6 +506,17 @@ class Executor(ControlCalls):
                 self._schedule_sweep()
 
         self._scheduler.call_later(self.config.sweep_interval, tick)
+
+
+def _closer(executor: Callable[[], Executor | None]) -> Callable[[], None]:
+    """close() of the executor if it still exists (the atexit hook holds no strong reference)."""
+
+    def close() -> None:
+        live = executor()
+        if live is not None:
+            live.close()
+
+    return close
 
 
 __all__ = ["Executor", "TaskResult", "Submitted", "InvalidRequest", "default_data_dir"]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
 
 from osreapi import EngineClosed, Executor, InvalidRequest
 from osreapi.vocabulary import State
+
+from .conftest import gone
 
 
 def test_context_manager_submit_wait_get(tmp_path):
@@ -83,3 +88,27 @@ def test_kill_pause_resume_in_process(executor: Executor):
     assert wait_until(lambda: gone(pid))
     with pytest.raises(InvalidRequest):
         executor.submit([{"command_type": "sh", "command_content": "true"}], mode="sideways")
+
+
+@pytest.mark.timeout(60)
+def test_a_program_that_never_closes_the_executor_still_exits_and_kills_its_steps(tmp_path):
+    """A script that embeds the engine and ends with an exception, without close(): it exits
+    (the engine's threads used to keep it alive for ever), its running step's tree is killed, and
+    the task is recorded as interrupted."""
+    data = tmp_path / "data"
+    pid_file = tmp_path / "step.pid"
+    script = textwrap.dedent(f"""
+        import pathlib, time
+        from osreapi import Executor
+        ex = Executor({str(data)!r})
+        ex.submit([{{"command_type": "sh", "command_content": "echo $$ > {pid_file}; sleep 60"}}], task_id="left")
+        deadline = time.monotonic() + 20
+        while not pathlib.Path({str(pid_file)!r}).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        raise SystemExit("ends without close()")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=40)
+    assert done.returncode == 1 and "ends without close()" in done.stderr
+    assert pid_file.exists() and gone(int(pid_file.read_text()))
+    with Executor(data) as ex:
+        assert ex.get("left").task.state is State.INTERRUPTED

@@ -14,12 +14,17 @@ import signal
 from typing import Any
 
 import psutil
-import pykka
 
 from ..executor import process, treekill
 from ..executor.output import add_line, read_output, with_exit_status
 from ..executor.reaper import LogSink
-from ..vocabulary import STEP_CODE_KILLED, STEP_CODE_TIMEOUT, STEP_CODE_UNFINISHED, State
+from ..vocabulary import (
+    STEP_CODE_KILLED,
+    STEP_CODE_TIMEOUT,
+    STEP_CODE_UNFINISHED,
+    State,
+)
+from .base import EngineActor
 from .delivery import tell_if_alive
 from .messages import (
     DeadlineReached,
@@ -39,7 +44,7 @@ log = logging.getLogger(__name__)
 EXIT_CANNOT_START = 127
 
 
-class StepActor(pykka.ThreadingActor):
+class StepActor(EngineActor):
     def __init__(self, services: Services) -> None:
         super().__init__()
         self._services = services

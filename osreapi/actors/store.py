@@ -20,14 +20,22 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import lmdb
-import pykka
 
 from ..config import EngineConfig
 from ..errors import DiskFull
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
+from .base import EngineActor
 from .delivery import tell_if_alive
-from .messages import CreateTask, DeleteTask, Flush, Ping, RetryUnsaved, SaveRecords, SweepExpired
+from .messages import (
+    CreateTask,
+    DeleteTask,
+    Flush,
+    Ping,
+    RetryUnsaved,
+    SaveRecords,
+    SweepExpired,
+)
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 100
@@ -45,7 +53,7 @@ class _Created:
     existing: TaskRecord | None  # the task that already had its id (nothing was written)
 
 
-class StoreActor(pykka.ThreadingActor):
+class StoreActor(EngineActor):
     def __init__(
         self,
         db: Database,

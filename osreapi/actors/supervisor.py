@@ -15,6 +15,7 @@ import pykka
 from ..errors import ActionRejected
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
+from .base import EngineActor
 from .delivery import tell_if_alive
 from .messages import (
     ControlTask,
@@ -37,7 +38,7 @@ KEEP_SCRIPT_BYTES = 16 * 1024  # ... when their scripts are this small: 16 MB at
 Records = tuple[TaskRecord, tuple[StepRecord, ...], tuple[StepSpec, ...]]
 
 
-class SupervisorActor(pykka.ThreadingActor):
+class SupervisorActor(EngineActor):
     def __init__(self, services: Services) -> None:
         super().__init__()
         self._services = services

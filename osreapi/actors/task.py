@@ -17,6 +17,7 @@ from ..executor import process
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
 from ..vocabulary import State
+from .base import EngineActor
 from .delivery import tell_if_alive
 from .messages import (
     ControlTask,
@@ -24,9 +25,9 @@ from .messages import (
     RunDropped,
     RunStep,
     SaveRecords,
+    SaveStarted,
     SignalStep,
     StartNotRecorded,
-    SaveStarted,
     StartTask,
     StepEnded,
     StepStarted,
@@ -44,7 +45,7 @@ _runs = itertools.count(1)  # unique run numbers across the engine
 PID_SAVE_DELAY = 0.2  # seconds a started step's pid may wait to be saved with a later change
 
 
-class TaskActor(pykka.ThreadingActor):
+class TaskActor(EngineActor):
     """Runs one task at a time; the supervisor hands it the next one after TaskEnded (a thread
     started per task cost more than the task's own bookkeeping)."""
 
