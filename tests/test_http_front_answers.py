@@ -8,6 +8,7 @@ import http.client
 import json
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -223,3 +224,23 @@ def test_a_log_as_it_stands_is_what_the_file_held_when_asked(tmp_path):
     with open(log, "ab") as more:
         more.write(b"y" * 100_000)
     assert source.whole() == b"x" * 100_000
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_trickles_its_answer_in_is_dropped(make_server, monkeypatch):
+    """A client that takes a few KB now and then never 'takes nothing', yet would hold the memory
+    kept for it as long as it likes: an answer must be taken at a minimum rate (lowered here to
+    1 MiB/s so that the test is short; 32 KiB/s by default), past the client timeout."""
+    monkeypatch.setattr("osreapi.http.outbox.MIN_RATE", 1 << 20, raising=False)
+    client = make_server(client_timeout=1.0, server_options={"threads": THREADS})
+    task_id = big_task(client)
+    sock = non_reader(client, f"/{task_id}")
+    try:
+        assert wait_until(lambda: client.server.answers_waiting > 0)
+        received, deadline = 0, time.monotonic() + 20
+        while client.server.answers_waiting and time.monotonic() < deadline:  # ~20 KB/s, bounded
+            received += len(sock.recv(4096))
+            time.sleep(0.2)
+        assert client.server.answers_waiting == 0 and 0 < received < BIG  # dropped while it read
+    finally:
+        sock.close()

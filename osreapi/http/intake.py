@@ -414,8 +414,8 @@ class RequestIntake(ConnectionManager):
                     self._selector.unregister(sock_fd)
                     conn.close()
                 continue
-            if isinstance(conn, _Draining):  # a client that takes nothing of its answer, as cheroot's write timeout
-                if conn.conn.wfile.stalled(self.server.timeout):
+            if isinstance(conn, _Draining):  # a client that takes nothing of its answer (or a trickle)
+                if conn.conn.wfile.overdue(self.server.timeout):
                     self._selector.unregister(sock_fd)
                     conn.close()
                 continue

@@ -23,6 +23,7 @@ from .uptake import Uptake
 log = logging.getLogger(__name__)
 BUDGET = 128 * 1024 * 1024  # bytes kept for slow readers, all connections together
 WARN_EVERY = 10.0  # seconds between two warnings about dropped answers
+MIN_RATE = 32 * 1024  # bytes per second a client must at least take a kept answer at (past the client timeout)
 _TLS_SLICE = 64 * 1024  # a TLS write is offered again with the same bytes: a fixed slice of the head
 
 
@@ -81,6 +82,7 @@ class Outbox:
         self._kept = 0  # bytes the queue's entries hold, all of them until sent whole: the budget's share
         self.bytes_written = 0  # cheroot's statistics read it
         self._uptake = Uptake(time.monotonic())  # when the client last took bytes
+        self._due = 0.0  # when what is kept should have been taken at MIN_RATE (monotonic)
 
     def write(self, data: bytes) -> int:
         """Send what the socket takes now, keep the rest; an OSError when the client has gone, or
@@ -99,6 +101,9 @@ class Outbox:
         if not self._budget.take(len(view)):
             self._budget.dropped(size)
             raise BrokenPipeError(errno.EPIPE, "no room left to keep this answer for a slow reader")
+        if not self._queue:
+            self._due = time.monotonic()
+        self._due += len(view) / MIN_RATE
         self._queue.append(view)
         self.queued += len(view)
         self._kept += len(view)
@@ -127,9 +132,11 @@ class Outbox:
         self._queue.clear()
         self._head_sent = self.queued = self._kept = 0
 
-    def stalled(self, limit: float) -> bool:
-        """The client has taken nothing of this answer for longer than `limit` seconds."""
-        return self._uptake.stalled(self._sock, time.monotonic(), limit)
+    def overdue(self, timeout: float) -> bool:
+        """The client has taken nothing of what is kept for longer than `timeout` seconds, or takes
+        it slower than MIN_RATE (a trickle of bytes would otherwise hold the budget for ever)."""
+        now = time.monotonic()
+        return now > self._due + timeout or self._uptake.stalled(self._sock, now, timeout)
 
     def flush(self) -> None:
         """Nothing is buffered here but what the socket refused: see `drain`."""
