@@ -509,11 +509,14 @@ class Executor(ControlCalls):
 
 
 def _closer(executor: Callable[[], Executor | None]) -> Callable[[], None]:
-    """close() of the executor if it still exists (the atexit hook holds no strong reference)."""
+    """close() of the executor if it still exists (the atexit hook holds no strong reference), in
+    this process only: a forked child inherits the hook but none of the engine's threads, and
+    would wait for them in vain (a minute) and close the parent's LMDB environment."""
+    owner = os.getpid()
 
     def close() -> None:
         live = executor()
-        if live is not None:
+        if live is not None and os.getpid() == owner:
             live.close()
 
     return close

@@ -112,3 +112,34 @@ def test_a_program_that_never_closes_the_executor_still_exits_and_kills_its_step
     assert pid_file.exists() and gone(int(pid_file.read_text()))
     with Executor(data) as ex:
         assert ex.get("left").task.state is State.INTERRUPTED
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_that_exits_leaves_the_parents_engine_alone(tmp_path):
+    """A program forks while its engine runs a step; the child ends normally (atexit hooks run).
+    The child exits at once and the parent's engine goes on. Before, the child's inherited hook
+    closed an engine whose threads the child does not have: it waited for them a minute."""
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from osreapi import Executor
+        ex = Executor({str(tmp_path / "data")!r})
+        ex.submit([{{"command_type": "sh", "command_content": "sleep 60"}}], task_id="running")
+        deadline = time.monotonic() + 20
+        while ex.get("running").steps[0].state.value != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        child = os.fork()
+        if child == 0:
+            sys.exit(0)
+        deadline, reaped = time.monotonic() + 20, 0
+        while not reaped and time.monotonic() < deadline:
+            reaped = os.waitpid(child, os.WNOHANG)[0]
+            time.sleep(0.02)
+        if not reaped:
+            os.kill(child, 9)
+        print("child exited" if reaped else "child still closing")
+        print(ex.get("running").steps[0].state.value)
+        print(ex.wait(ex.submit([{{"command_type": "sh", "command_content": "echo parent"}}]), timeout=10).steps[0].output.strip())
+        ex.close()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
+    assert done.stdout.splitlines() == ["child exited", "running", "parent"], done.stderr
