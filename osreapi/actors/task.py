@@ -138,15 +138,15 @@ class TaskActor(EngineActor):
 
     def _fail(self, exc: BaseException | None, stopping: bool = True) -> None:
         """Interrupt the task, saying why; workers granted but not yet here are waited for (and
-        given back), and steps whose processes run are stopped and waited for, before the task
-        ends: a task never ends before its processes, and no step's end reaches the runner's next
-        task."""
+        given back), and steps whose processes run (a live worker will report their ends) are
+        stopped and waited for, before the task ends: a task never ends before its processes, and
+        no step's end reaches the runner's next task."""
         self._requested.difference_update(self._services.pool.cancel(self))
         reason = f"task interrupted: the engine failed ({type(exc).__name__}: {exc})"
         starting, self._starting = self._starting, []
         for worker, job in starting:  # not sent yet: these never start
             self._start_dropped(job.record.index, worker, reason)
-        running = self._state.active.intersection(self._workers) if stopping else ()  # their ends will come
+        running = [i for i, (worker, _) in self._workers.items() if stopping and worker.is_alive()]
         self._stop_steps(self._state.interrupt(self._services.clock(), reason, running), reason)
         self._advance()
 
