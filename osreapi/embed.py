@@ -162,7 +162,7 @@ class Executor(ControlCalls):
         self._listeners: list[Listener] = []
         self._delete_listeners: list[Callable[[tuple[str, ...]], None]] = []
         self._closed = False
-        self._closing = threading.Lock()  # held by the close() in progress
+        self._closing = threading.RLock()  # held by the close() in progress (its own thread may call again)
         self._lock = lock_data_dir(self.config.data_dir)  # before anything in it is touched
         try:
             self._start_engine()
