@@ -3,6 +3,7 @@ the first engine (issue 8) and asserts what the OS and the store say afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -394,6 +395,37 @@ def test_a_runner_failure_while_a_step_runs_waits_for_its_end_and_the_next_task_
     after = ex.wait(following, timeout=20)
     assert after.task.state.value == "stopped"
     assert (after.steps[0].state.value, after.steps[0].code, after.steps[0].output) == ("stopped", 0, "ran\n")
+
+
+@pytest.mark.timeout(60)
+def test_a_runner_failure_while_the_server_stops_its_steps_still_kills_them(make_executor, monkeypatch, tmp_path):
+    """A fault injected right after a task runner marks its steps as stopping on the server's stop,
+    before it sends the stops (no real input reaches this window). The runner's failure handling
+    sends them: the step's tree is killed and the task reads back interrupted. Before, the step was
+    recorded lost and its process ran on after close()."""
+    from osreapi.actors.taskstate import TaskState
+
+    end_all = TaskState.end_all
+
+    def failing(self, state):
+        targets = end_all(self, state)
+        if self.task.id == "faulty" and state.value == "interrupted" and targets:
+            raise RuntimeError("injected fault")
+        return targets
+
+    monkeypatch.setattr(TaskState, "end_all", failing)
+    ex = make_executor(tmp_path / "data")
+    ex.submit([sh("echo $$ > pid; sleep 300")], task_id="faulty")
+    pid = read_pid(ex.config.workspace("faulty") / "pid")
+    try:
+        ex.close(timeout=10)
+        assert wait_until(lambda: gone(pid), timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # the old code leaves it running
+    monkeypatch.undo()
+    result = make_executor(tmp_path / "data").get("faulty")
+    assert result.task.state.value == "interrupted" and "injected fault" in result.steps[0].output
 
 
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------

@@ -147,7 +147,8 @@ class TaskActor(EngineActor):
         for worker, job in starting:  # not sent yet: these never start
             self._start_dropped(job.record.index, worker, reason)
         running = [i for i, (worker, _) in self._workers.items() if stopping and worker.is_alive()]
-        self._stop_steps(self._state.interrupt(self._services.clock(), reason, running), reason)
+        self._state.interrupt(self._services.clock(), reason, running)
+        self._stop_steps(running, reason)  # every one: a stop the failure cut short is sent again
         self._advance()
 
     def _start_dropped(self, index: int, worker: pykka.ActorRef, reason: str) -> None:
