@@ -162,6 +162,7 @@ class Executor(ControlCalls):
         self._listeners: list[Listener] = []
         self._delete_listeners: list[Callable[[tuple[str, ...]], None]] = []
         self._closed = False
+        self._closing = threading.RLock()  # held by the close() in progress (its own thread may call again)
         self._lock = lock_data_dir(self.config.data_dir)  # before anything in it is touched
         try:
             self._start_engine()
@@ -412,11 +413,21 @@ class Executor(ControlCalls):
         return self._ask(self._store, SweepExpired())
 
     def close(self, timeout: float = 30.0) -> None:
-        """Interrupt running tasks (their trees are killed), keep queued ones for the next start, flush."""
-        if self._closed:
+        """Interrupt running tasks (their trees are killed), keep queued ones for the next start, flush.
+        A close() while another is in progress returns when that one has finished (bounded by
+        `timeout`): the program's exit (atexit) must not overtake a close on another thread."""
+        if not self._closing.acquire(timeout=timeout):
+            log.error("shutdown: another close() still runs after %.0fs", timeout)
             return
-        self._closed = True
-        atexit.unregister(self._close_at_exit)
+        try:
+            if not self._closed:
+                self._closed = True
+                self._shut_down(timeout)
+                atexit.unregister(self._close_at_exit)  # last: an exit meanwhile waits for this close
+        finally:
+            self._closing.release()
+
+    def _shut_down(self, timeout: float) -> None:
         done = threading.Event()
         try:
             self._supervisor.tell(InterruptAll(done))
@@ -509,11 +520,14 @@ class Executor(ControlCalls):
 
 
 def _closer(executor: Callable[[], Executor | None]) -> Callable[[], None]:
-    """close() of the executor if it still exists (the atexit hook holds no strong reference)."""
+    """close() of the executor if it still exists (the atexit hook holds no strong reference), in
+    this process only: a forked child inherits the hook but none of the engine's threads, and
+    would wait for them in vain (a minute) and close the parent's LMDB environment."""
+    owner = os.getpid()
 
     def close() -> None:
         live = executor()
-        if live is not None:
+        if live is not None and os.getpid() == owner:
             live.close()
 
     return close

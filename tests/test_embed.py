@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,7 +15,7 @@ import pytest
 from osreapi import EngineClosed, Executor, InvalidRequest
 from osreapi.vocabulary import State
 
-from .conftest import gone
+from .conftest import gone, read_pid, wait_until
 
 
 def test_context_manager_submit_wait_get(tmp_path):
@@ -73,7 +76,7 @@ def test_many_queued_tasks_cost_no_thread_each(make_executor):
 def test_kill_pause_resume_in_process(executor: Executor):
     import psutil
 
-    from .conftest import gone, step_pid, wait_until
+    from .conftest import step_pid
 
     task_id = executor.submit([{"command_type": "sh", "command_content": "sleep 300"}, {"command_type": "sh", "command_content": "true"}])
     assert wait_until(lambda: executor.get(task_id).steps[0].state is State.RUNNING)
@@ -112,3 +115,69 @@ def test_a_program_that_never_closes_the_executor_still_exits_and_kills_its_step
     assert pid_file.exists() and gone(int(pid_file.read_text()))
     with Executor(data) as ex:
         assert ex.get("left").task.state is State.INTERRUPTED
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_that_exits_leaves_the_parents_engine_alone(tmp_path):
+    """A program forks while its engine runs a step; the child ends normally (atexit hooks run).
+    The child exits at once and the parent's engine goes on. Before, the child's inherited hook
+    closed an engine whose threads the child does not have: it waited for them a minute."""
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from osreapi import Executor
+        ex = Executor({str(tmp_path / "data")!r})
+        ex.submit([{{"command_type": "sh", "command_content": "sleep 60"}}], task_id="running")
+        deadline = time.monotonic() + 20
+        while ex.get("running").steps[0].state.value != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        child = os.fork()
+        if child == 0:
+            sys.exit(0)
+        deadline, reaped = time.monotonic() + 20, 0
+        while not reaped and time.monotonic() < deadline:
+            reaped = os.waitpid(child, os.WNOHANG)[0]
+            time.sleep(0.02)
+        if not reaped:
+            os.kill(child, 9)
+        print("child exited" if reaped else "child still closing")
+        print(ex.get("running").steps[0].state.value)
+        after = ex.submit([{{"command_type": "sh", "command_content": "echo parent"}}])
+        print(ex.wait(after, timeout=10).steps[0].output.strip())
+        ex.close()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
+    assert done.stdout.splitlines() == ["child exited", "running", "parent"], done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_program_that_ends_while_another_thread_closes_the_engine_waits_for_that_close(tmp_path):
+    """A daemon thread (a shutdown hook) closes the engine while a TERM-ignoring step runs, and the
+    program's main thread ends meanwhile. The exit waits for that close: the step is killed after
+    its grace. Before, the atexit close saw the engine closing and returned, the program exited
+    mid-close, and the step ran on after the program had gone."""
+    data, pid_file = tmp_path / "data", tmp_path / "step.pid"
+    script = textwrap.dedent(f"""
+        import threading, time
+        from osreapi import EngineClosed, Executor
+        ex = Executor({str(data)!r}, kill_grace=1.0)
+        ex.submit([{{"command_type": "sh",
+                     "command_content": "echo $$ > {pid_file}; trap '' TERM; while :; do sleep 0.05; done"}}])
+        deadline = time.monotonic() + 20
+        while not ex.list()[0].begin and time.monotonic() < deadline:
+            time.sleep(0.02)
+        threading.Thread(target=ex.close, daemon=True).start()
+        while time.monotonic() < deadline:
+            try:
+                ex.check_health()
+            except EngineClosed:
+                break
+            time.sleep(0.01)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
+    pid = read_pid(pid_file)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert wait_until(lambda: gone(pid), timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # the old code leaves it running

@@ -3,6 +3,7 @@ the first engine (issue 8) and asserts what the OS and the store say afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -333,6 +334,20 @@ def test_a_step_about_to_start_when_its_runner_fails_never_runs(make_executor, m
     assert ex.wait(ex.submit([sh("echo next")] * 3, mode="parallel"), timeout=20).steps[2].output == "next\n"
 
 
+def fail_on_control(monkeypatch, task_id: str) -> None:
+    """Inject a fault where a queued or running task applies a control request."""
+    from osreapi.actors.taskstate import TaskState
+
+    control = TaskState.control
+
+    def failing(self, action, index, now):
+        if self.task.id == task_id:
+            raise RuntimeError("injected fault")
+        return control(self, action, index, now)
+
+    monkeypatch.setattr(TaskState, "control", failing)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("where", ["supervisor", "task runner"])
 def test_a_failure_handling_a_control_request_answers_it_and_the_engine_goes_on(make_server, monkeypatch, where):
@@ -341,16 +356,7 @@ def test_a_failure_handling_a_control_request_answers_it_and_the_engine_goes_on(
     That request answers 500 at once and the engine goes on. Before, the supervisor stopped (no
     queued task started again, every later submit failed), and the runner left the request
     unanswered until it timed out (503)."""
-    from osreapi.actors.taskstate import TaskState
-
-    control = TaskState.control
-
-    def fail_for_one_task(self, action, index, now):
-        if self.task.id == "faulty":
-            raise RuntimeError("injected fault")
-        return control(self, action, index, now)
-
-    monkeypatch.setattr(TaskState, "control", fail_for_one_task)
+    fail_on_control(monkeypatch, "faulty")
     client = make_server(pool_size=1, extra_live_tasks=0 if where == "supervisor" else 16)
     blocker = client.submit([sh("while [ ! -e go ]; do sleep 0.02; done")])  # holds the only worker
     assert wait_until(lambda: state_of(client, blocker) == "running")
@@ -364,6 +370,62 @@ def test_a_failure_handling_a_control_request_answers_it_and_the_engine_goes_on(
     else:
         assert ended["code"] == 1002 and "injected fault" in json.dumps(ended, ensure_ascii=False)
     assert client.wait(client.submit([sh("echo later")])).json["code"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_runner_failure_while_a_step_runs_waits_for_its_end_and_the_next_task_is_untouched(
+    make_executor, monkeypatch
+):
+    """A fault injected while a task runner applies a pause to a running, TERM-ignoring step (no
+    real input reaches this window). The task ends interrupted with the reason once its process is
+    gone, and the task queued behind it, run next by the same runner, runs its step. Before, the
+    task was recorded ended at once, its process still in the kill grace, and that step's late end
+    was applied to the next task's step 0, recorded 'killed on request' without ever running."""
+    fail_on_control(monkeypatch, "faulty")
+    ex = make_executor(pool_size=1, extra_live_tasks=0, kill_grace=2.0)  # one runner, one worker
+    ex.submit([sh("echo $$ > pid; trap '' TERM; while :; do sleep 0.05; done")], task_id="faulty")
+    pid = read_pid(ex.config.workspace("faulty") / "pid")
+    following = ex.submit([sh("echo ran")])  # queued: it gets the same runner
+    with pytest.raises(RuntimeError, match="injected fault"):
+        ex.control("faulty", "pause")
+    result = ex.wait("faulty", timeout=20)
+    assert result.task.state.value == "interrupted"
+    assert result.steps[0].state.value == "interrupted" and "injected fault" in result.steps[0].output
+    assert gone(pid)  # ended only once its process had
+    after = ex.wait(following, timeout=20)
+    assert after.task.state.value == "stopped"
+    assert (after.steps[0].state.value, after.steps[0].code, after.steps[0].output) == ("stopped", 0, "ran\n")
+
+
+@pytest.mark.timeout(60)
+def test_a_runner_failure_while_the_server_stops_its_steps_still_kills_them(make_executor, monkeypatch, tmp_path):
+    """A fault injected right after a task runner marks its steps as stopping on the server's stop,
+    before it sends the stops (no real input reaches this window). The runner's failure handling
+    sends them: the step's tree is killed and the task reads back interrupted. Before, the step was
+    recorded lost and its process ran on after close()."""
+    from osreapi.actors.taskstate import TaskState
+
+    end_all = TaskState.end_all
+
+    def failing(self, state):
+        targets = end_all(self, state)
+        if self.task.id == "faulty" and state.value == "interrupted" and targets:
+            raise RuntimeError("injected fault")
+        return targets
+
+    monkeypatch.setattr(TaskState, "end_all", failing)
+    ex = make_executor(tmp_path / "data")
+    ex.submit([sh("echo $$ > pid; sleep 300")], task_id="faulty")
+    pid = read_pid(ex.config.workspace("faulty") / "pid")
+    try:
+        ex.close(timeout=10)
+        assert wait_until(lambda: gone(pid), timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # the old code leaves it running
+    monkeypatch.undo()
+    result = make_executor(tmp_path / "data").get("faulty")
+    assert result.task.state.value == "interrupted" and "injected fault" in result.steps[0].output
 
 
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------

@@ -188,10 +188,12 @@ class SignalStep:
 
 @dataclass(frozen=True)
 class StopStep:
-    """Kill the run's tree; `state` is what it ends as (KILLED or INTERRUPTED)."""
+    """Kill the run's tree; `state` is what it ends as (KILLED or INTERRUPTED); `reason`: why an
+    interrupted step stopped, when not because the server stops."""
 
     run: int
     state: State
+    reason: str | None = None
 
 
 @dataclass(frozen=True)

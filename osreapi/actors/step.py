@@ -53,6 +53,7 @@ class StepActor(EngineActor):
         self._sink: LogSink | None = None
         self._deadline: TimerHandle | None = None
         self._stop_state: State | None = None  # why we killed it, if we did
+        self._stop_reason: str | None = None  # an interrupted step's line, when not the server's stop
         self._limit = 0.0
         self._active_since: float | None = None  # monotonic; None while paused
         self._active_total = 0.0  # seconds run before the last pause: paused time does not count
@@ -78,9 +79,9 @@ class StepActor(EngineActor):
                     self._early.setdefault(run, []).append(message)
                 else:
                     arrive(reply)  # the run has ended: nothing to signal
-            case StopStep(run=run, state=state):
+            case StopStep(run=run, state=state, reason=reason):
                 if self._is_current(run):
-                    self._kill(state)
+                    self._kill(state, reason)
                 elif run > self._last_run:
                     self._early.setdefault(run, []).append(message)
             case RunDropped(run=run):
@@ -106,19 +107,19 @@ class StepActor(EngineActor):
         return self._job is not None and self._job.run == run
 
     def _run(self, job: RunStep) -> None:
-        self._job, self._proc, self._stop_state, self._sink = job, None, None, None
+        self._job, self._proc, self._stop_state, self._stop_reason, self._sink = job, None, None, None, None
         self._active_total, self._deadline, self._last_run = 0.0, None, job.run
         early = self._early.pop(job.run, [])
         for stale in self._early.values():  # runs that never started here
             self._answer_parked(stale)
         self._early.clear()
-        stop = next((m.state for m in early if isinstance(m, StopStep)), None)
+        stop = next((m for m in early if isinstance(m, StopStep)), None)
         if stop is not None:  # killed before its process could start: it never starts
-            if stop is State.KILLED:
+            if stop.state is State.KILLED:
                 code, text = STEP_CODE_KILLED, with_exit_status("step killed before it started", STEP_CODE_KILLED)
             else:
-                code, text = STEP_CODE_UNFINISHED, "step interrupted before it started"
-            self._end(stop, code, text, self._services.clock())
+                code, text = STEP_CODE_UNFINISHED, stop.reason or "step interrupted before it started"
+            self._end(stop.state, code, text, self._services.clock())
             self._answer_parked(early)
             return
         self._start(job)
@@ -185,10 +186,10 @@ class StepActor(EngineActor):
             self._active_since = self._services.scheduler.now()
             self._arm_deadline()
 
-    def _kill(self, state: State) -> None:
+    def _kill(self, state: State, reason: str | None = None) -> None:
         if self._proc is None or self._proc.returncode is not None or self._stop_state is not None:
             return
-        self._stop_state = state
+        self._stop_state, self._stop_reason = state, reason
         self._clean_up(self._job, grace=self._services.config.kill_grace)
 
     def _clean_up(self, job: RunStep, grace: float) -> None:
@@ -210,7 +211,7 @@ class StepActor(EngineActor):
                 output = with_exit_status(add_line(output, "step killed on request"), code)
             case State.INTERRUPTED:
                 state, code = State.INTERRUPTED, STEP_CODE_UNFINISHED
-                output = add_line(output, "step interrupted: the server stopped")
+                output = add_line(output, self._stop_reason or "step interrupted: the server stopped")
             case _:
                 state, code = State.STOPPED, process.exit_code(returncode)
                 if code != 0:

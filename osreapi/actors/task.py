@@ -134,17 +134,21 @@ class TaskActor(EngineActor):
             log.error("an idle task runner failed inside the engine")
             return
         log.error("task %s failed inside the engine twice; marking it interrupted", self._state.task.id)
-        self._fail(exception_value)
+        self._fail(exception_value, stopping=False)  # no step's end will reach this runner now
 
-    def _fail(self, exc: BaseException | None) -> None:
+    def _fail(self, exc: BaseException | None, stopping: bool = True) -> None:
         """Interrupt the task, saying why; workers granted but not yet here are waited for (and
-        given back) before the task ends."""
+        given back), and steps whose processes run (a live worker will report their ends) are
+        stopped and waited for, before the task ends: a task never ends before its processes, and
+        no step's end reaches the runner's next task."""
         self._requested.difference_update(self._services.pool.cancel(self))
         reason = f"task interrupted: the engine failed ({type(exc).__name__}: {exc})"
         starting, self._starting = self._starting, []
         for worker, job in starting:  # not sent yet: these never start
             self._start_dropped(job.record.index, worker, reason)
-        self._stop_steps(self._state.interrupt(self._services.clock(), reason))
+        running = [i for i, (worker, _) in self._workers.items() if stopping and worker.is_alive()]
+        self._state.interrupt(self._services.clock(), reason, running)
+        self._stop_steps(running, reason)  # every one: a stop the failure cut short is sent again
         self._advance()
 
     def _start_dropped(self, index: int, worker: pykka.ActorRef, reason: str) -> None:
@@ -267,8 +271,8 @@ class TaskActor(EngineActor):
                 if not tell_if_alive(worker, SignalStep(run, pause, reply)):
                     reply.arrive()
 
-    def _stop_steps(self, indices: list[int]) -> None:
+    def _stop_steps(self, indices: list[int], reason: str | None = None) -> None:
         for index in indices:
             worker, run = self._workers.get(index, (None, 0))
             if worker is not None:
-                tell_if_alive(worker, StopStep(run, self._state.stopping.get(index, State.KILLED)))
+                tell_if_alive(worker, StopStep(run, self._state.stopping.get(index, State.KILLED), reason))

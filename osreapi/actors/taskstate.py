@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from ..errors import ActionRejected
 from ..executor import dag
@@ -203,15 +203,17 @@ class TaskState:
         self._set_step(step.with_(state=State.INTERRUPTED, code=STEP_CODE_UNFINISHED, end=now, output=output))
         self.skip_blocked(self.dependents[index])
 
-    def interrupt(self, now: float, reason: str) -> list[int]:
+    def interrupt(self, now: float, reason: str, running: Collection[int] = ()) -> list[int]:
         """The engine cannot go on with this task: it ends interrupted, and `reason` is written in
-        every step that lost its process, or else in its first step that did not run. Returns the
-        active steps to stop."""
+        every step that lost its process, or else in its first step that did not run. `running`:
+        active steps whose processes are still there; they are not lost but stopped, and end when
+        their ends are reported (the task is not done before). Returns the active steps to stop."""
         targets = self.end_all(State.INTERRUPTED)
-        lost = [i for i, s in enumerate(self.steps) if not s.state.finished and (s.begin is not None or i in self.active)]
+        lost = [i for i, s in enumerate(self.steps)
+                if not s.state.finished and i not in running and (s.begin is not None or i in self.active)]
         for index in lost:
             self.step_lost(index, now, reason)
-        if not lost:
+        if not lost and not running:
             first = next((i for i, s in enumerate(self.steps) if s.state is State.SKIPPED and s.begin is None), None)
             if first is not None:
                 self.step_lost(first, now, reason)
