@@ -189,8 +189,9 @@ class TaskActor(EngineActor):
         self._state, self._specs = None, ()  # an idle runner keeps nothing of the task (outputs included)
 
     def _interrupt(self) -> None:
-        """The server is stopping: a task that never started stays queued for the next start."""
-        if self._state.task.begin is None and not self._state.active:
+        """The server is stopping: a task that never started stays queued for the next start,
+        unless it is already ending (killed, or failed inside the engine): that one ends now."""
+        if self._state.task.begin is None and not self._state.active and self._state.ending is None:
             self._requested.difference_update(self._services.pool.cancel(self))
             self._leave_queued = True  # grants already on their way are given back first
             return
