@@ -43,15 +43,7 @@ from .actors.taskstate import ACTIONS
 from .actors.timers import Scheduler
 from .config import EngineConfig
 from .controls import ControlCalls
-from .errors import (
-    ActionRejected,
-    EngineBusy,
-    EngineClosed,
-    InvalidRequest,
-    NotFound,
-    TaskActive,
-    TaskConflict,
-)
+from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive, TaskConflict
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.janitor import Janitor
