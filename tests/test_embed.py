@@ -81,10 +81,10 @@ def test_kill_pause_resume_in_process(executor: Executor):
     task_id = executor.submit([{"command_type": "sh", "command_content": "sleep 300"}, {"command_type": "sh", "command_content": "true"}])
     assert wait_until(lambda: executor.get(task_id).steps[0].state is State.RUNNING)
     pid = step_pid(executor, task_id)
-    executor.pause(task_id)
-    assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    executor.pause(task_id)  # SIGSTOP takes effect when the process next runs: polled, bounded
+    assert wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED)
     executor.resume(task_id)
-    assert psutil.Process(pid).status() != psutil.STATUS_STOPPED
+    assert wait_until(lambda: psutil.Process(pid).status() != psutil.STATUS_STOPPED)
     executor.kill(task_id)
     result = executor.wait(task_id, 10)
     assert result.task.state is State.KILLED and [s.state for s in result.steps] == [State.KILLED, State.SKIPPED]
