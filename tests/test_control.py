@@ -47,8 +47,9 @@ def test_pause_and_resume_a_task_stretches_a_loop_of_short_sleeps(client: Client
     assert client.get("/?lang=en").json["data"]["tasks"][0]["state"] == "paused"
     tree = [psutil.Process(step_pid(client.executor, task_id))]
     tree += tree[0].children(recursive=True)
-    # Answered once suspended: every process of the tree is stopped (a short-lived child may be gone).
-    assert all(p.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE) for p in tree if p.is_running())
+    # Answered once signalled: every process of the tree stops when it next runs (a short-lived
+    # child may be gone).
+    assert wait_until(lambda: all(_stopped_or_gone(p) for p in tree))
     assert put(client, f"/{task_id}", "resume").status == 200
     body = client.wait(task_id).json
     assert body["code"] == 0 and count.read_text().split()[-1] == "10"
@@ -200,3 +201,10 @@ def test_one_step_route_by_index_and_name(client: Client):
     assert set(failed["data"]) == {"step", "name", "state", "code", "message", "times"}
     assert client.get(f"/{task_id}/2").status == 404
     assert client.get("/nope/0").status == 404
+
+
+def _stopped_or_gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True

@@ -122,14 +122,14 @@ def test_pause_and_resume_from_the_page_and_an_action_that_does_not_apply(browse
     until(browser, lambda d: step_state(d, 0) == "执行中")
     browser.find_element(By.CSS_SELECTOR, "#task-view .actions [data-action='pause']").click()
     until(browser, lambda d: step_state(d, 0) == "已暂停")
-    assert process.status() == psutil.STATUS_STOPPED
+    assert wait_until(lambda: process.status() == psutil.STATUS_STOPPED)  # when it next runs
     browser.find_element(By.CSS_SELECTOR, "#task-view .actions [data-action='pause']").click()
     until(browser, lambda d: "400" in text_of(d, "#action-answer"))  # the server's answer is shown
     browser.find_element(By.CSS_SELECTOR, "#task-view .actions [data-action='delete']").click()
     until(browser, lambda d: "409" in text_of(d, "#action-answer"))  # not while it runs
     browser.find_element(By.CSS_SELECTOR, "#task-view .actions [data-action='resume']").click()
     until(browser, lambda d: step_state(d, 0) == "执行中")
-    assert process.status() != psutil.STATUS_STOPPED
+    assert wait_until(lambda: process.status() != psutil.STATUS_STOPPED)
     browser.find_element(By.CSS_SELECTOR, "#task-view .actions [data-action='kill']").click()
     until(browser, lambda d: text_of(d, "#task-state") == "已终止")
     assert console_errors(browser, allowed=("status of 400", "status of 409")) == []

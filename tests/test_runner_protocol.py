@@ -152,7 +152,7 @@ def test_kill_pause_resume_and_delete(runner: TaskRunner, tmp_path: Path):
     with pytest.raises(ActionRejected):
         runner.pause(task_id)
     runner.resume(task_id)
-    assert psutil.Process(pid).status() != psutil.STATUS_STOPPED
+    assert wait_until(lambda: psutil.Process(pid).status() != psutil.STATUS_STOPPED)
     with pytest.raises(TaskActive):
         runner.delete(task_id)
     runner.kill(task_id)
