@@ -14,11 +14,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from osreapi import Executor
 from osreapi.actors.messages import Enqueue
 from osreapi.executor import treekill
 from osreapi.records import StepRecord, TaskRecord
 from osreapi.spec import StepSpec
 from osreapi.storage.database import Database
+from osreapi.vocabulary import State
 
 from .conftest import Client, console_script, gone, read_pid, sh, wait_until
 
@@ -426,6 +428,20 @@ def test_a_runner_failure_while_the_server_stops_its_steps_still_kills_them(make
     monkeypatch.undo()
     result = make_executor(tmp_path / "data").get("faulty")
     assert result.task.state.value == "interrupted" and "injected fault" in result.steps[0].output
+
+
+@pytest.mark.timeout(60)
+def test_a_task_killed_before_the_server_stops_is_recorded_killed(make_executor, tmp_path):
+    """A kill under way (its step ignores TERM and waits out the grace) when the server stops: the
+    task ends killed, as asked, not interrupted by the stop."""
+    data = tmp_path / "data"
+    ex = make_executor(data, kill_grace=1.0)
+    task_id = ex.submit([sh("trap '' TERM; echo go > started; while :; do sleep 0.05; done")])
+    assert wait_until(lambda: (ex.config.workspace(task_id) / "started").exists())
+    ex.kill(task_id)
+    ex.close()
+    with Executor(data) as again:
+        assert again.get(task_id).task.state is State.KILLED
 
 
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------

@@ -195,7 +195,7 @@ class TaskActor(EngineActor):
             self._requested.difference_update(self._services.pool.cancel(self))
             self._leave_queued = True  # grants already on their way are given back first
             return
-        self._stop_steps(self._state.end_all(State.INTERRUPTED))
+        self._stop_steps(self._state.end_all(self._state.ending or State.INTERRUPTED))  # a kill stays a kill
 
     def _save_started_later(self) -> None:
         """A step's pid is saved with the task's next change, or after PID_SAVE_DELAY: most steps
