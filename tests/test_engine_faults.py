@@ -444,6 +444,34 @@ def test_a_task_killed_before_the_server_stops_is_recorded_killed(make_executor,
         assert again.get(task_id).task.state is State.KILLED
 
 
+@pytest.mark.timeout(60)
+def test_a_runner_that_fails_while_failing_still_kills_its_steps(make_executor, monkeypatch, tmp_path):
+    """Faults injected twice: a pause fails, then the interrupt that handles it fails once. The
+    runner stops (pykka), but its running step's tree is killed: it used to run on, holding its
+    pool slot, with nobody left to stop it."""
+    from osreapi.actors.taskstate import TaskState
+
+    fail_on_control(monkeypatch, "faulty")
+    interrupt, failed = TaskState.interrupt, []
+
+    def failing_once(self, *args, **kwargs):
+        if self.task.id == "faulty" and not failed:
+            failed.append(True)
+            raise RuntimeError("injected fault while failing")
+        return interrupt(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskState, "interrupt", failing_once)
+    pid_file = tmp_path / "pid"
+    ex = make_executor()
+    ex.submit([sh(f"echo $$ > {pid_file}; exec sleep 60")], task_id="faulty")
+    pid = read_pid(pid_file)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        ex.pause("faulty")
+    assert wait_until(lambda: gone(pid))
+    assert wait_until(lambda: ex.stats()["pool_busy"] == 0)
+    assert ex.wait("faulty", timeout=10).task.state is State.INTERRUPTED  # and the task ended
+
+
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------
 
 

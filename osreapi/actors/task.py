@@ -146,9 +146,11 @@ class TaskActor(EngineActor):
         starting, self._starting = self._starting, []
         for worker, job in starting:  # not sent yet: these never start
             self._start_dropped(job.record.index, worker, reason)
-        running = [i for i, (worker, _) in self._workers.items() if stopping and worker.is_alive()]
-        self._state.interrupt(self._services.clock(), reason, running)
-        self._stop_steps(running, reason)  # every one: a stop the failure cut short is sent again
+        running = [i for i, (worker, _) in self._workers.items() if worker.is_alive()]
+        self._state.interrupt(self._services.clock(), reason, running if stopping else ())
+        # Every one is stopped (a stop the failure cut short is sent again); a runner that stops
+        # (not `stopping`) will not hear their ends, but their trees are killed all the same.
+        self._stop_steps(running, reason)
         self._advance()
 
     def _start_dropped(self, index: int, worker: pykka.ActorRef, reason: str) -> None:
