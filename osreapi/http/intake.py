@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from cheroot.connections import ConnectionManager, prevent_socket_inheritance
 
 from .answers import raw_refusal
+from .outbox import waiting
 from .sockerrors import client_went_away, wants_write, would_block
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ class RequestIntake(ConnectionManager):
     # -- connections coming back from a worker (keep-alive) -------------------------------
 
     def put(self, conn) -> None:
-        if getattr(conn.wfile, "queued", 0):  # its next request is read once the client has taken this answer
+        if waiting(conn):  # its next request is read once the client has taken this answer
             self._drain_later(conn, close_after=False)
             return
         conn.last_used = time.time()

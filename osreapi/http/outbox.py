@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 
-from .sockerrors import would_block
+from .sockerrors import is_tls, would_block
 from .uptake import Uptake
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,12 @@ class Outbox:
     def __init__(self, sock, budget: OutBudget) -> None:
         self._sock = sock
         self._budget = budget
-        self._tls = hasattr(sock, "pending")  # ssl.SSLSocket, told without importing ssl
+        self._tls = is_tls(sock)
         # write(2) needs the fd non-blocking, as it is under a socket timeout (cheroot sets one)
         plain = os.name == "posix" and not self._tls and sock.gettimeout() is not None
         self._plain_fd = sock.fileno() if plain else None
         self._queue: deque[memoryview] = deque()
         self._head_sent = 0  # bytes of the queue's first entry already sent
-        self.queued = 0  # bytes waiting
         self._kept = 0  # bytes the queue's entries hold, all of them until sent whole: the budget's share
         self.bytes_written = 0  # cheroot's statistics read it
         self._uptake = Uptake(time.monotonic())  # when the client last took bytes
@@ -105,7 +104,6 @@ class Outbox:
             self._due = time.monotonic()
         self._due += len(view) / MIN_RATE
         self._queue.append(view)
-        self.queued += len(view)
         self._kept += len(view)
         return size
 
@@ -118,7 +116,6 @@ class Outbox:
             if not sent:
                 return False
             self._head_sent += sent
-            self.queued -= sent
             if self._head_sent == len(head):  # its memory is freed only now
                 self._queue.popleft()
                 self._head_sent = 0
@@ -130,7 +127,12 @@ class Outbox:
         """Forget what waits (the connection closes without it)."""
         self._budget.give(self._kept)
         self._queue.clear()
-        self._head_sent = self.queued = self._kept = 0
+        self._head_sent = self._kept = 0
+
+    @property
+    def queued(self) -> int:
+        """Bytes of the answer the client has not taken yet."""
+        return self._kept - self._head_sent
 
     def overdue(self, timeout: float) -> bool:
         """The client has taken nothing of what is kept for longer than `timeout` seconds, or takes
@@ -177,3 +179,9 @@ class Outbox:
             return self._sock.send(view)
         finally:
             self._sock.settimeout(timeout)
+
+
+def waiting(conn) -> int:
+    """Bytes of a connection's last answer its client has not taken yet (0 when its writer is not
+    an Outbox: cheroot swaps in its own for a plain request on the TLS port)."""
+    return conn.wfile.queued if isinstance(conn.wfile, Outbox) else 0

@@ -17,7 +17,7 @@ from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE, normalize_language
 from .answers import raw_refusal
 from .intake import LENGTH_DIGITS, RETRY_AFTER, RequestIntake, refuse
-from .outbox import BUDGET, Outbox, OutBudget
+from .outbox import BUDGET, Outbox, OutBudget, waiting
 from .sockerrors import client_went_away
 
 log = logging.getLogger(__name__)
@@ -182,17 +182,12 @@ class _Connection(HTTPConnection):
 
     def close(self) -> None:
         """With part of an answer still waiting for the client, the intake sends it, then closes."""
-        if _waiting(self) and not self.linger:
+        if waiting(self) and not self.linger:
             self.server.osreapi_intake.drain_then_close(self)
             return
         if isinstance(self.wfile, Outbox):  # cheroot swaps in its own writer for a plain request on TLS
             self.wfile.discard()
         super().close()
-
-
-def _waiting(conn) -> int:
-    """Bytes of the connection's last answer its client has not taken yet."""
-    return getattr(conn.wfile, "queued", 0)
 
 
 class _Gateway(wsgi.Gateway_10):

@@ -7,6 +7,11 @@ _TLS_WAITS = ("SSLWantReadError", "SSLWantWriteError")
 _TLS_GONE = ("SSLEOFError", "SSLZeroReturnError")
 
 
+def is_tls(sock: object) -> bool:
+    """An ssl.SSLSocket (told by what it has: `pending`, bytes it has already decrypted)."""
+    return hasattr(sock, "pending")
+
+
 def would_block(exc: BaseException | None) -> bool:
     """The socket cannot give or take bytes now (TLS: a record half read, or a write that must
     come first); try again when the selector says so."""

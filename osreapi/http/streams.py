@@ -28,7 +28,7 @@ import bottle
 from ..vocabulary import message
 from .answers import JSON_TYPE, language_of
 from .render import envelope
-from .sockerrors import would_block
+from .sockerrors import is_tls, would_block
 from .uptake import Uptake
 
 log = logging.getLogger(__name__)
@@ -400,7 +400,7 @@ def _take_socket(conn) -> socket.socket:
     is left closed); a TLS one is taken whole (its session lives in the object: cheroot lingers and
     never closes it)."""
     raw = conn.socket
-    sock = raw if hasattr(raw, "pending") else socket.socket(fileno=raw.detach())
+    sock = raw if is_tls(raw) else socket.socket(fileno=raw.detach())
     sock.setblocking(False)
     return sock
 
