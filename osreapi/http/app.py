@@ -330,11 +330,12 @@ class LogRoute:
                            step=lambda: self._step_states(task_id, index),
                            end_record=lambda: self._end_record(task_id, index, language),
                            max_output=executor.config.max_output)
-        if offset > source.size():
-            return json_response(CODE_RANGE, message("offset_past_end", language, offset=offset, size=source.size()))
+        size = source.size()
+        if offset > size:
+            return json_response(CODE_RANGE, message("offset_past_end", language, offset=offset, size=size))
         kind = "text/event-stream" if sse else "text/plain"
         headers = [("Content-Type", f"{kind}; charset=utf-8"), ("Cache-Control", "no-cache")]
-        if not follow and source.size() - offset <= WHOLE_LOG_ANSWER:  # built here: the connection stays alive
+        if not follow and size - offset <= WHOLE_LOG_ANSWER:  # built here: the connection stays alive
             return bottle.HTTPResponse(body=source.whole(), headers=dict(headers))
         # A long log is sent by the hub, read as the client takes it (a client that does not read
         # it holds no worker and no memory); a followed one too.
@@ -447,24 +448,23 @@ class RequestLimit:
             # Whole body already built: the request is no longer in flight.
             slot.release()
             return result
-        return _ReleaseOnClose(result, slot.release)
+        return _ReleaseOnClose(result, slot)
 
 
 class _ReleaseOnClose:
     """A streamed body holds its slot until it is exhausted (before the server writes the last
     chunk, so a client that then sends its next request never races the release) or closed
-    (a client that went away)."""
+    (a client that went away); the slot is released once, however often it is asked."""
 
-    def __init__(self, body: Iterable[bytes], release: Callable[[], None]) -> None:
+    def __init__(self, body: Iterable[bytes], slot: RequestSlot) -> None:
         self._body = body
-        self._release = release
-        self._released = False
+        self._slot = slot
 
     def __iter__(self):
         try:
             yield from self._body
         finally:
-            self._release_once()
+            self._slot.release()
 
     def close(self) -> None:
         try:
@@ -472,9 +472,4 @@ class _ReleaseOnClose:
             if close:
                 close()
         finally:
-            self._release_once()
-
-    def _release_once(self) -> None:
-        if not self._released:
-            self._released = True
-            self._release()
+            self._slot.release()
