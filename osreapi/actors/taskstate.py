@@ -203,12 +203,12 @@ class TaskState:
         self._set_step(step.with_(state=State.INTERRUPTED, code=STEP_CODE_UNFINISHED, end=now, output=output))
         self.skip_blocked(self.dependents[index])
 
-    def interrupt(self, now: float, reason: str, running: Collection[int] = ()) -> list[int]:
+    def interrupt(self, now: float, reason: str, running: Collection[int] = ()) -> None:
         """The engine cannot go on with this task: it ends interrupted, and `reason` is written in
         every step that lost its process, or else in its first step that did not run. `running`:
         active steps whose processes are still there; they are not lost but stopped, and end when
-        their ends are reported (the task is not done before). Returns the active steps to stop."""
-        targets = self.end_all(State.INTERRUPTED)
+        their ends are reported (the task is not done before); the caller stops them."""
+        self.end_all(State.INTERRUPTED)
         lost = [i for i, s in enumerate(self.steps)
                 if not s.state.finished and i not in running and (s.begin is not None or i in self.active)]
         for index in lost:
@@ -217,7 +217,6 @@ class TaskState:
             first = next((i for i, s in enumerate(self.steps) if s.state is State.SKIPPED and s.begin is None), None)
             if first is not None:
                 self.step_lost(first, now, reason)
-        return targets
 
     def finish(self, now: float, key_expire: float) -> TaskRecord:
         """The task's ended record: the one place it is built."""
