@@ -16,5 +16,5 @@ def sse_message(data: str, *, event: str | None = None, id: int | None = None) -
     would end the `data:` line there and drop what follows it as a nameless field."""
     head = f"event: {event}\n" if event else ""
     tail = f"id: {id}\n" if id is not None else ""
-    lines = _LINE_BREAK.split(data)
+    lines = _LINE_BREAK.split(data) if "\n" in data or "\r" in data else (data,)  # JSON: one line
     return (head + "".join(f"data: {line}\n" for line in lines) + tail + "\n").encode("utf-8")
