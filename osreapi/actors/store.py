@@ -54,6 +54,10 @@ class _Created:
 
 
 class StoreActor(EngineActor):
+    @staticmethod
+    def _create_actor_inbox() -> queue.Queue:
+        return queue.Queue()  # one that can be looked into: the saves queued together share a write
+
     def __init__(
         self,
         db: Database,
@@ -152,7 +156,7 @@ class StoreActor(EngineActor):
         """The SaveRecords tells queued right behind the one in hand, taken from the mailbox in
         order (up to GROUP), so that one transaction writes them all; anything else (a message
         that wants an answer, a stop) ends the run and is left for pykka's loop."""
-        inbox = self.actor_inbox  # pykka's ThreadingActor: a queue.Queue of envelopes
+        inbox = self.actor_inbox  # a queue.Queue of envelopes (see _create_actor_inbox)
         taken: list[SaveRecords] = []
         if not isinstance(inbox, queue.Queue):  # another pykka: no batching, nothing lost
             return taken
