@@ -61,6 +61,32 @@ def test_a_step_never_runs_twice_when_the_server_is_killed_right_after_accepting
             assert wait_until(lambda: gone(int(line.split()[1])), timeout=10)
 
 
+@pytest.mark.timeout(60)
+def test_a_tree_that_dropped_its_marker_is_killed_after_a_crash_by_its_saved_pid(start_server, tmp_path):
+    """A running step's pid and its process's create time are saved once it has run a moment (a
+    short step's go with its end); after a crash, recovery kills the tree by them when no marker
+    is left to find it by."""
+    data = tmp_path / "data"
+    server = start_server("--pool_size=2", data_dir=data)
+    task_id = server.client.submit([sh("echo $$ > pid; exec env -i sleep 300")])  # same pid, no marker
+    pid = read_pid(data / "workspace" / task_id / "pid")
+
+    def saved() -> StepRecord:
+        db = Database(data / "db")  # a second reader of the live store
+        try:
+            return db.get_steps(task_id)[0]
+        finally:
+            db.close()
+
+    assert wait_until(lambda: saved().pid_created is not None, timeout=10)
+    assert saved().pid == pid and abs(saved().pid_created - psutil.Process(pid).create_time()) < 0.01
+    assert not marked_left(task_id)  # only the saved pid can find it
+    server.kill()
+    restarted = start_server("--pool_size=2", data_dir=data)
+    assert wait_until(lambda: gone(pid), timeout=20)
+    assert state_of(restarted.client, task_id) == "interrupted"
+
+
 # -- 3, 4, 5: control races and sequences --------------------------------------------------
 
 

@@ -141,8 +141,7 @@ class StartNotRecorded:
 @dataclass(frozen=True)
 class StepStarted:
     index: int
-    pid: int
-    created: float | None
+    pid: int  # its create time is read when the pid is saved (most steps end before)
 
 
 @dataclass(frozen=True)

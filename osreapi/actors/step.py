@@ -13,8 +13,6 @@ import os
 import signal
 from typing import Any
 
-import psutil
-
 from ..executor import process, treekill
 from ..executor.output import add_line, read_output, with_exit_status
 from ..executor.reaper import LogSink
@@ -156,7 +154,7 @@ class StepActor(EngineActor):
         )
         self._active_since = self._services.scheduler.now()
         self._arm_deadline()
-        tell_if_alive(job.task, StepStarted(job.record.index, self._proc.pid, _create_time(self._proc.pid)))
+        tell_if_alive(job.task, StepStarted(job.record.index, self._proc.pid))
 
     def _remaining(self) -> float:
         active = self._active_total
@@ -234,22 +232,3 @@ class StepActor(EngineActor):
         # and the task runs while this thread only goes back to its mailbox.
         self._services.pool.release(self.actor_ref)
         tell_if_alive(job.task, StepEnded(job.record.index, state, code, output, end))
-
-
-def _create_time(pid: int) -> float | None:
-    """psutil's create_time() of pid, read straight from /proc/<pid>/stat on Linux (psutil's
-    Process object costs ~5% of the engine's time per step); recovery compares the two."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rpartition(b")")[2].split()
-        return _BOOT_TIME + int(fields[19]) / _CLOCK_TICKS
-    except (OSError, IndexError, ValueError):
-        try:
-            return psutil.Process(pid).create_time()
-        except psutil.Error:
-            return None
-
-
-_BOOT_TIME = psutil.boot_time()
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-

@@ -105,12 +105,12 @@ class TaskActor(EngineActor):
                 self._worker_granted(index, worker)
             case StartNotRecorded(index=index, worker=worker):
                 self._start_dropped(index, worker, "step not started: its start could not be recorded")
-            case StepStarted(index=index, pid=pid, created=created):
-                self._state.step_started(index, pid, created)
+            case StepStarted(index=index, pid=pid):
+                self._state.step_started(index, pid)
                 self._save_started_later()
                 return None  # nothing else changed
             case SaveStarted():
-                pass  # saved below, with whatever else changed
+                self._note_create_times()  # saved below, with whatever else changed
             case StepEnded(index=index, state=state, code=code, output=output, end=end):
                 self._workers.pop(index, None)
                 self._state.step_ended(index, state, code, output, end)
@@ -208,6 +208,14 @@ class TaskActor(EngineActor):
             self._save_armed = True
             ref = self.actor_ref
             self._services.real_timer.call_later(PID_SAVE_DELAY, lambda: tell_if_alive(ref, SaveStarted()))
+
+    def _note_create_times(self) -> None:
+        """The create time of each running step's process, read now that its pid is to be saved
+        (recovery tells a reused pid by it); steps that ended sooner never needed it."""
+        for index in self._state.active:
+            step = self._state.steps[index]
+            if step.pid is not None and step.pid_created is None:
+                self._state.step_started(index, step.pid, process.create_time(step.pid))
 
     def _request(self, index: int) -> None:
         ref, task_id = self.actor_ref, self._state.task.id

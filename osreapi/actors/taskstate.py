@@ -101,7 +101,7 @@ class TaskState:
             self._set_task(state=State.RUNNING, begin=now)
         return record
 
-    def step_started(self, index: int, pid: int, created: float | None) -> None:
+    def step_started(self, index: int, pid: int, created: float | None = None) -> None:
         step = self.steps[index]
         if index in self.active and not step.state.finished:
             self._set_step(step.with_(pid=pid, pid_created=created))
