@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import selectors
 import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from .process import CREATE_FLAGS
 
 log = logging.getLogger(__name__)
 OnExit = Callable[[int, float], None]  # (returncode, when)
@@ -38,7 +41,7 @@ class LogSink:
     def __init__(self, fd: int, path: Path, cap: int) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
-        self._file = open(path, "wb", buffering=0)  # one run per step: a leftover from a reused id goes
+        self._log_fd = os.open(path, CREATE_FLAGS, 0o666)  # one run per step: a leftover from a reused id goes
         self._room = cap
         self._tail = bytearray()
         self._dropped = 0
@@ -83,7 +86,7 @@ class LogSink:
         view = memoryview(data)
         try:
             while view:  # a raw write may be short (a disk nearly full): the rest raises or goes
-                view = view[self._file.write(view):]
+                view = view[os.write(self._log_fd, view):]
             return True
         except OSError:  # ENOSPC and friends: the bytes are lost, the step goes on
             self._kept = None  # the file says what was lost
@@ -103,7 +106,7 @@ class LogSink:
             why = "the disk was full" if self._disk_full else "over the --max_log cap"
             marker = f"\n... {lost} bytes of output dropped ({why}); the last {len(self._tail)} bytes follow ...\n"
             self._write(marker.encode() + bytes(self._tail))
-        self._file.close()
+        os.close(self._log_fd)
         if hand_off and writers_left:
             _discard_elsewhere(self.fd)
         os.close(self.fd)
@@ -132,18 +135,22 @@ class _Watch:
 
 
 class Reaper:
+    """One thread waits (epoll) on every step's pidfd and output pipe. A watch is registered by
+    the thread that started the process, straight into the epoll set: no wake-up of this thread
+    per start, which under load cost a GIL hand-off or two each."""
+
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._pending: list[_Watch] = []
+        self._watched: dict[int, tuple[str, _Watch]] = {}  # fd -> ("exit" | "output", watch)
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._use_pidfd = hasattr(os, "pidfd_open") and _pidfd_works()
+        self._use_pidfd = hasattr(os, "pidfd_open") and hasattr(select, "epoll") and _pidfd_works()
         if self._use_pidfd:
-            self._selector = selectors.DefaultSelector()
+            self._epoll = select.epoll()
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_w, False)
-            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+            self._epoll.register(self._wake_r, select.EPOLLIN)
             self._thread = threading.Thread(target=self._loop, name="osreapi-reaper", daemon=True)
             self._thread.start()
 
@@ -151,15 +158,18 @@ class Reaper:
         """Copy proc's output through sink; call on_exit(returncode, time) once it has exited,
         been reaped and its output drained."""
         watch = _Watch(proc, sink, on_exit, keep_output)
-        if not self._use_pidfd:
+        try:
+            pidfd = os.pidfd_open(proc.pid) if self._use_pidfd else None
+        except OSError:  # cannot watch it this way
+            pidfd = None
+        if pidfd is None:  # a thread of its own
             threading.Thread(target=self._wait_one, args=(watch,), name=f"osreapi-wait-{proc.pid}", daemon=True).start()
             return
-        with self._lock:
-            self._pending.append(watch)
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:  # the pipe is full of wake-ups already
-            pass
+        with self._lock:  # known before the epoll set can report them
+            self._watched[sink.fd] = ("output", watch)
+            self._watched[pidfd] = ("exit", watch)
+        self._epoll.register(sink.fd, select.EPOLLIN)
+        self._epoll.register(pidfd, select.EPOLLIN)
 
     def close(self) -> None:
         if self._thread is None:
@@ -195,42 +205,38 @@ class Reaper:
 
     def _loop(self) -> None:
         while not self._closed:
-            for key, _ in self._selector.select():
-                match key.data:
-                    case None:
-                        os.read(self._wake_r, 4096)
-                        self._register_pending()
-                    case ("exit", watch):
-                        self._selector.unregister(key.fd)
-                        os.close(key.fd)
+            for fd, _ in self._epoll.poll():
+                if fd == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                    continue
+                with self._lock:
+                    kind, watch = self._watched.get(fd, (None, None))
+                if kind == "exit":
+                    # poll(): an event for an fd number closed and reused in this same batch is
+                    # for a process still running; it is not waited for here
+                    if watch.proc.poll() is not None:
+                        self._forget(fd)
+                        os.close(fd)
                         self._forget_output(watch)
                         self._exited(watch)
-                    case ("output", watch):
-                        if not watch.sink.pump():
-                            self._forget_output(watch)
-                            watch.sink.close()
-        self._selector.close()
+                elif kind == "output" and not watch.sink.pump():
+                    self._forget_output(watch)
+                    watch.sink.close()
+        self._epoll.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
+    def _forget(self, fd: int) -> None:
+        with self._lock:
+            self._watched.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except OSError:
+            pass
+
     def _forget_output(self, watch: _Watch) -> None:
         if not watch.sink.closed:
-            try:
-                self._selector.unregister(watch.sink.fd)
-            except (KeyError, ValueError):
-                pass
-
-    def _register_pending(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        for watch in pending:
-            try:
-                fd = os.pidfd_open(watch.proc.pid)
-            except OSError:  # cannot watch it this way: a thread of its own
-                threading.Thread(target=self._wait_one, args=(watch,), daemon=True).start()
-                continue
-            self._selector.register(watch.sink.fd, selectors.EVENT_READ, ("output", watch))
-            self._selector.register(fd, selectors.EVENT_READ, ("exit", watch))
+            self._forget(watch.sink.fd)
 
 
 def _pidfd_works() -> bool:
