@@ -44,8 +44,7 @@ class Janitor:
     def clean(self, run_id: str, group: int | None, grace: float) -> None:
         """TERM the run's group now; from the next round, TERM every marked process, KILL what is
         left (marked or in the group) once `grace` has passed, until nothing is left."""
-        if group is not None:
-            treekill.signal_group(group, signal.SIGTERM)
+        if group is not None and treekill.signal_group(group, signal.SIGTERM):  # most often gone already
             treekill.signal_group(group, signal.SIGCONT)  # a stopped (paused) process acts on TERM
         with self._lock:
             job = self._jobs.get(run_id)
