@@ -11,7 +11,7 @@ import itertools
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .records import StepRecord, TaskRecord
@@ -67,7 +67,7 @@ class EventBus:
         self._output_held = 0  # characters of step output in the ring
         self._last = int(clock() * 1_000_000)
         self._lock = threading.Lock()
-        self._news = threading.Condition(self._lock)  # notified at every event
+        self._watchers: dict[str, set[threading.Event]] = {}  # task id -> set at its next event
         self._wakers: set[Callable[[], None]] = set()
 
     @property
@@ -85,7 +85,7 @@ class EventBus:
                 self._append(current, step)
             if task is not None:  # after its steps: a task's end comes after its last step's
                 self._append(task, None)
-            self._news.notify_all()
+            self._notify(task_id)
             wakers = tuple(self._wakers)
         for wake in wakers:
             wake()
@@ -97,7 +97,7 @@ class EventBus:
                 stub = self._tasks.pop(task_id, None) or TaskRecord(id=task_id, mode="", count=0, accepted=0.0)
                 self._last += 1
                 self._keep(Event(self._last, stub, None, deleted=True))
-            self._news.notify_all()
+                self._notify(task_id)
             wakers = tuple(self._wakers)
         for wake in wakers:
             wake()
@@ -123,21 +123,50 @@ class EventBus:
     def since(self, seq: int, task_id: str | None = None) -> Batch | Reset:
         """Events after `seq` (at most BATCH), only task `task_id`'s when given."""
         with self._lock:
-            if seq > self._last:
+            newer = self._after(seq)
+            if newer is None:
                 return Reset(self._last)
-            first = self._ring[0].seq if self._ring else self._last + 1
-            if seq < first - 1:
-                return Reset(self._last)
-            newer = itertools.islice(self._ring, seq + 1 - first, None)
             matching = (e for e in newer if task_id is None or e.task.id == task_id)
             events = tuple(itertools.islice(matching, BATCH))
             upto = events[-1].seq if len(events) == BATCH else self._last
             return Batch(events, upto)
 
-    def wait_newer(self, seq: int, timeout: float) -> bool:
-        """Block until an event after `seq` exists (True) or timeout seconds passed (False)."""
-        with self._news:
-            return self._news.wait_for(lambda: self._last > seq, timeout)
+    def _after(self, seq: int) -> Iterator[Event] | None:
+        """The ring's events after `seq`, oldest first; None if that position is gone. Called
+        with the lock held. Most readers are near the end: those events are found from there."""
+        first = self._ring[0].seq if self._ring else self._last + 1
+        if seq > self._last or seq < first - 1:
+            return None
+        skip = seq + 1 - first  # sequence numbers in the ring are consecutive
+        newer = len(self._ring) - skip
+        if newer <= skip:
+            return reversed(list(itertools.islice(reversed(self._ring), newer)))
+        return itertools.islice(self._ring, skip, None)
+
+    def wait_for_task(self, task_id: str, seq: int, timeout: float) -> bool:
+        """Block until an event about task_id after `seq` exists (True; a Reset counts) or timeout
+        seconds passed (False). Only that task's events wake the waiter: under load a thread
+        woken at every event of every task spent its time taking the GIL to look and sleep again."""
+        news = threading.Event()
+        with self._lock:
+            news_for_task = self._after(seq)
+            if news_for_task is None or any(e.task.id == task_id for e in news_for_task):
+                return True
+            self._watchers.setdefault(task_id, set()).add(news)
+        try:
+            return news.wait(timeout)
+        finally:
+            with self._lock:
+                watching = self._watchers.get(task_id)
+                if watching is not None:
+                    watching.discard(news)
+                    if not watching:
+                        del self._watchers[task_id]
+
+    def _notify(self, task_id: str) -> None:
+        """Called with the lock held."""
+        for news in self._watchers.get(task_id, ()):
+            news.set()
 
     def add_waker(self, wake: Callable[[], None]) -> None:
         """`wake()` is called (from the store's thread: it must be quick) after every publish."""

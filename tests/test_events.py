@@ -214,3 +214,47 @@ def test_a_deleted_or_swept_task_is_announced(make_server) -> None:
     assert client.executor.sweep() == 1
     assert feed.until(lambda e: e["event"] == "delete")["data"] == {"id": swept}
     feed.close()
+
+
+def _bus_of_two_tasks() -> EventBus:
+    tasks = {name: TaskRecord(id=name, mode="sequential", count=1, accepted=0.0) for name in ("a", "b")}
+    return EventBus(tasks.get, capacity=100, clock=lambda: 1.0)
+
+
+def test_since_reads_the_ring_alike_from_either_end() -> None:
+    bus = _bus_of_two_tasks()
+    first = bus.last
+    for n in range(150):  # past the capacity: the ring holds the newest 100
+        bus.publish("ab"[n % 3 == 0], None, (StepRecord(n, "s", State.RUNNING),))
+    for seq in range(bus.last - 100, bus.last + 1):
+        got = bus.since(seq)
+        assert [e.seq for e in got.events] == list(range(seq + 1, bus.last + 1)), seq
+        only_a = bus.since(seq, task_id="a")
+        assert all(e.task.id == "a" for e in only_a.events) and only_a.upto == bus.last
+        assert [e.step.index for e in only_a.events] == [e.step.index for e in got.events if e.task.id == "a"]
+    assert isinstance(bus.since(first), Reset) and isinstance(bus.since(bus.last - 101), Reset)
+
+
+def test_a_waiter_for_one_task_sleeps_through_the_others_events() -> None:
+    """GET /<id>?wait= waits on its task's events only: a thread woken at every event of every
+    task (as before) spent the server's time waking to look."""
+    bus = _bus_of_two_tasks()
+    seq = bus.last
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(bus.wait_for_task("a", seq, 1.0)))
+    waiter.start()
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline and waiter.is_alive():  # other tasks' events, for half its wait
+        bus.publish("b", None, (StepRecord(0, "s", State.RUNNING),))
+    waiter.join(10)
+    assert results == [False]  # timed out: none of b's events woke it with an answer
+
+    later = bus.last
+    waiter = threading.Thread(target=lambda: results.append(bus.wait_for_task("a", later, 30.0)))
+    waiter.start()
+    bus.publish("a", None, (StepRecord(0, "s", State.RUNNING),))  # before or during its wait: the same
+    waiter.join(10)
+    assert results == [False, True] and not bus._watchers  # woken by its task's event, and forgotten
+    assert bus.wait_for_task("b", seq, 30.0)  # news already there: at once
+    bus.forget(("a",))
+    assert bus.wait_for_task("a", bus.last - 1, 30.0)  # a deletion is news too

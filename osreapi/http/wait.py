@@ -54,7 +54,7 @@ class TaskWait:
         deadline = time.monotonic() + seconds
         while not self._ended():
             left = deadline - time.monotonic()
-            if left <= 0 or not self._bus.wait_newer(self._after, left):
+            if left <= 0 or not self._bus.wait_for_task(self._task_id, self._after, left):
                 return False
         return True
 
