@@ -140,22 +140,23 @@ class StartNotRecorded:
 
 @dataclass(frozen=True)
 class StepStarted:
+    """A step's process has run PID_SAVE_DELAY: its pid is to be saved (most steps end sooner,
+    and their pid comes with StepEnded)."""
+
+    run: int  # a runner serves one task after another: a late report is for a run that ended
     index: int
-    pid: int  # its create time is read when the pid is saved (most steps end before)
-
-
-@dataclass(frozen=True)
-class SaveStarted:
-    """Save the pids of steps started meanwhile (a short step's goes with its end instead)."""
+    pid: int
 
 
 @dataclass(frozen=True)
 class StepEnded:
+    run: int
     index: int
     state: State
     code: int
     output: str
     end: float
+    pid: int | None = None  # None: its process never started
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from .timers import TimerHandle
 
 log = logging.getLogger(__name__)
 EXIT_CANNOT_START = 127
+PID_SAVE_DELAY = 0.2  # seconds a step runs before its pid is reported to be saved
 
 
 class StepActor(EngineActor):
@@ -50,6 +51,7 @@ class StepActor(EngineActor):
         self._proc = None
         self._sink: LogSink | None = None
         self._deadline: TimerHandle | None = None
+        self._announce: TimerHandle | None = None  # the pid's report to the task, once it has run a moment
         self._stop_state: State | None = None  # why we killed it, if we did
         self._stop_reason: str | None = None  # an interrupted step's line, when not the server's stop
         self._limit = 0.0
@@ -97,8 +99,8 @@ class StepActor(EngineActor):
             if self._proc is not None and self._proc.poll() is None:
                 self._clean_up(job, grace=0.0)
             now = self._services.clock()
-            tell_if_alive(job.task, StepEnded(job.record.index, State.INTERRUPTED, STEP_CODE_UNFINISHED,
-                                              "step interrupted: the engine failed", now))
+            tell_if_alive(job.task, StepEnded(job.run, job.record.index, State.INTERRUPTED, STEP_CODE_UNFINISHED,
+                                              "step interrupted: the engine failed", now, self._pid()))
         self._services.pool.retire(self.actor_ref)
 
     def _is_current(self, run: int) -> bool:
@@ -154,7 +156,9 @@ class StepActor(EngineActor):
         )
         self._active_since = self._services.scheduler.now()
         self._arm_deadline()
-        tell_if_alive(job.task, StepStarted(job.record.index, self._proc.pid))
+        started = StepStarted(run, job.record.index, self._proc.pid)
+        # Real time: the pid is saved for recovery, whatever clock step time limits are on.
+        self._announce = self._services.real_timer.call_later(PID_SAVE_DELAY, lambda: tell_if_alive(job.task, started))
 
     def _remaining(self) -> float:
         active = self._active_total
@@ -224,11 +228,17 @@ class StepActor(EngineActor):
             return small.decode("utf-8", "replace")
         return read_output(process.log_path(job.workspace, job.record.index), limit)
 
+    def _pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def _end(self, state: State, code: int, output: str, end: float) -> None:
-        job = self._job
+        job, pid = self._job, self._pid()
         self._job = self._proc = None
+        if self._announce is not None:
+            self._announce.cancel()
+            self._announce = None
         self._services.metrics.step_ended(state, code, job.record.begin, end)
         # Free first, tell last: the task's next step finds this worker idle (no grant message),
         # and the task runs while this thread only goes back to its mailbox.
         self._services.pool.release(self.actor_ref)
-        tell_if_alive(job.task, StepEnded(job.record.index, state, code, output, end))
+        tell_if_alive(job.task, StepEnded(job.run, job.record.index, state, code, output, end, pid))

@@ -25,7 +25,6 @@ from .messages import (
     RunDropped,
     RunStep,
     SaveRecords,
-    SaveStarted,
     SignalStep,
     StartNotRecorded,
     StartTask,
@@ -42,7 +41,6 @@ from .taskstate import TaskState
 
 log = logging.getLogger(__name__)
 _runs = itertools.count(1)  # unique run numbers across the engine
-PID_SAVE_DELAY = 0.2  # seconds a started step's pid may wait to be saved with a later change
 
 
 class TaskActor(EngineActor):
@@ -54,7 +52,6 @@ class TaskActor(EngineActor):
         self._services = services
         self._supervisor = supervisor
         self._state: TaskState | None = None
-        self._save_armed = False  # a SaveStarted is on its way
 
     def _load(self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...]) -> None:
         self._specs = specs
@@ -91,8 +88,6 @@ class TaskActor(EngineActor):
         if isinstance(message, WorkerGranted) and (self._state is None or message.task_id != self._state.task.id):
             self._services.pool.release(message.worker)  # for a task that has ended here
             return None
-        if isinstance(message, SaveStarted):
-            self._save_armed = False  # even if its task has ended here: the next one arms its own
         if self._state is None and not isinstance(message, (StartTask, ControlTask)):
             return None  # about a task that has ended here (a pid-save timer, an interrupt racing the end)
         match message:
@@ -105,15 +100,13 @@ class TaskActor(EngineActor):
                 self._worker_granted(index, worker)
             case StartNotRecorded(index=index, worker=worker):
                 self._start_dropped(index, worker, "step not started: its start could not be recorded")
+            case StepStarted(run=run, index=index) | StepEnded(run=run, index=index) if not self._is_current(index, run):
+                return None  # about a run that ended here (a late pid report, say)
             case StepStarted(index=index, pid=pid):
-                self._state.step_started(index, pid)
-                self._save_started_later()
-                return None  # nothing else changed
-            case SaveStarted():
-                self._note_create_times()  # saved below, with whatever else changed
-            case StepEnded(index=index, state=state, code=code, output=output, end=end):
+                self._state.step_started(index, pid, process.create_time(pid))
+            case StepEnded(index=index, state=state, code=code, output=output, end=end, pid=pid):
                 self._workers.pop(index, None)
-                self._state.step_ended(index, state, code, output, end)
+                self._state.step_ended(index, state, code, output, end, pid)
             case ControlTask(action=action, index=index, reply=reply):
                 self._control(action, index, reply)
             case InterruptTask():
@@ -199,23 +192,8 @@ class TaskActor(EngineActor):
             return
         self._stop_steps(self._state.end_all(self._state.ending or State.INTERRUPTED))  # a kill stays a kill
 
-    def _save_started_later(self) -> None:
-        """A step's pid is saved with the task's next change, or after PID_SAVE_DELAY: most steps
-        end sooner, and one save (a store round trip) per step is saved. The start itself was on
-        disk before the process existed; the pid only adds a way for recovery to find a tree that
-        dropped its run marker."""
-        if not self._save_armed:
-            self._save_armed = True
-            ref = self.actor_ref
-            self._services.real_timer.call_later(PID_SAVE_DELAY, lambda: tell_if_alive(ref, SaveStarted()))
-
-    def _note_create_times(self) -> None:
-        """The create time of each running step's process, read now that its pid is to be saved
-        (recovery tells a reused pid by it); steps that ended sooner never needed it."""
-        for index in self._state.active:
-            step = self._state.steps[index]
-            if step.pid is not None and step.pid_created is None:
-                self._state.step_started(index, step.pid, process.create_time(step.pid))
+    def _is_current(self, index: int, run: int) -> bool:
+        return self._workers.get(index, (None, 0))[1] == run
 
     def _request(self, index: int) -> None:
         ref, task_id = self.actor_ref, self._state.task.id

@@ -106,11 +106,12 @@ class TaskState:
         if index in self.active and not step.state.finished:
             self._set_step(step.with_(pid=pid, pid_created=created))
 
-    def step_ended(self, index: int, state: State, code: int, output: str, end: float) -> None:
+    def step_ended(self, index: int, state: State, code: int, output: str, end: float, pid: int | None = None) -> None:
         self.active.discard(index)
         self.stopping.pop(index, None)
         step = self.steps[index]
-        self._set_step(step.with_(state=state, code=code, output=output, end=end, begin=step.begin or end))
+        pid = step.pid if pid is None else pid
+        self._set_step(step.with_(state=state, code=code, output=output, end=end, begin=step.begin or end, pid=pid))
         self.skip_blocked(self.dependents[index])
 
     def skip_blocked(self, indices: Iterable[int] | None = None) -> None:
