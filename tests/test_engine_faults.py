@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import psutil
+import pykka
 import pytest
 
 from osreapi import Executor
-from osreapi.actors.messages import Enqueue
+from osreapi.actors.messages import Enqueue, StepEnded, StepStarted
+from osreapi.actors.task import TaskActor
 from osreapi.executor import treekill
 from osreapi.records import StepRecord, TaskRecord
 from osreapi.spec import StepSpec
@@ -166,6 +168,25 @@ def test_control_right_after_submit_reaches_a_step_still_starting(executor):
         result = executor.wait(paused, timeout=10)
         assert result.finished and result.steps[0].output == "done\n", result
     assert executor.stats()["pool_busy"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_report_about_another_run_of_a_step_changes_nothing(make_executor):
+    """A task runner serves one task after another: a late report (a pid timer, a stray end) is
+    for a run that is not its step's current one, and is dropped; it once ended a running step."""
+    executor = make_executor(pool_size=1, extra_live_tasks=0)
+    task_id = executor.submit([sh("echo $$ > pid; sleep 30")])
+    pid = read_pid(executor.config.workspace(task_id) / "pid")
+    stray = (StepStarted(run=10**9, index=0, pid=1), StepEnded(10**9, 0, State.STOPPED, 0, "stray", time.time(), 1))
+    for runner in pykka.ActorRegistry.get_by_class(TaskActor):
+        for report in stray:
+            runner.tell(report)
+        runner.ask(StepStarted(run=10**9 + 1, index=0, pid=1), timeout=10)  # after the others: all handled
+    step = executor.get(task_id).steps[0]
+    assert step.state is State.RUNNING and step.pid != 1 and not gone(pid)
+    executor.kill(task_id)
+    result = executor.wait(task_id, timeout=20)
+    assert result.steps[0].state is State.KILLED and wait_until(lambda: gone(pid), timeout=10)
 
 
 # -- 8. nothing escapes ---------------------------------------------------------------------
