@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .bench_reference import lean_loop_rate
+
 TRUE_STEP = {"command_type": "sh", "command_content": "true"}
 DEADLINE = 600.0  # no phase may run longer than this
 
@@ -320,6 +322,7 @@ class Run:
     http: Http
     server: Server | None
     quick: bool
+    data_parent: Path  # where temporary data dirs go (the file system of the default data dir)
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -327,7 +330,7 @@ def run(args: argparse.Namespace) -> Report:
     measure_limits(report, args.quick)
     server = None if args.url else Server(args.pool_size, Path(args.data_parent))
     url = args.url or server.url
-    bench = Run(report, url, Http(url), server, args.quick)
+    bench = Run(report, url, Http(url), server, args.quick, Path(args.data_parent))
     try:
         if server:
             time.sleep(0.5)  # let start-up settle before reading its memory
@@ -377,10 +380,15 @@ def measure_engine(run: Run) -> None:
     # throughput, alone and with pollers (a dashboard or orchestrator polling must not halve it)
     tasks = int(300 * (0.1 if quick else 1.0))
     ceiling = report.fork_rate / 3  # a 3-step task cannot beat a third of the fork rate
+    lean = lean_loop_rate(run.data_parent, tasks * 2)
+    if lean is not None:
+        report.add("reference: one Python thread running 3-step tasks, durable starts, no server", lean, "tasks/s",
+                   of_ceiling=f"{lean / ceiling:.0%}")
     for pollers in (0, 2):
         rate = throughput(url, tasks, pollers)
         name = "throughput: 3-step tasks, 8 submitters" + (f", {pollers} polling clients" if pollers else "")
-        report.add(name, rate, "tasks/s", "≥ 50% of fork ceiling / 3", of_ceiling=f"{rate / ceiling:.0%}")
+        shares = f"{rate / ceiling:.0%}" + (f" (of the lean thread: {rate / lean:.0%})" if lean else "")
+        report.add(name, rate, "tasks/s", "≥ 50% of fork ceiling / 3", of_ceiling=shares)
 
     # parallel
     start = time.perf_counter()

@@ -17,6 +17,7 @@ FIGURES = [
     "throughput: 3-step tasks, 8 submitters, 2 polling clients", "parallel: 20 × sleep 0.5, async", "list: GET / with 100 tasks",
     "get: GET /<id>, 8 keep-alive clients", "burst: 1000 one-step tasks, 8 clients, drain", "burst: peak threads",
     "burst: peak RSS", "memory: peak RSS",
+    "reference: one Python thread running 3-step tasks, durable starts, no server",
 ]
 
 
@@ -32,6 +33,8 @@ def test_quick_benchmark_prints_every_figure(tmp_path):
         assert figure in names, figure
     burst = next(row for row in rows if row["figure"].startswith("burst:") and "drain" in row["figure"])
     assert burst["lost"] == 0 and burst["sampled_codes"] == {"0": sum(burst["sampled_codes"].values())}
+    lean = next(row for row in rows if row["figure"].startswith("reference:"))
+    assert lean["value"] > 0 and lean["of_ceiling"].endswith("%")
     if shutil.which("wrk"):
         wrk = {row["figure"]: row for row in rows if row["figure"].startswith("wrk:")}
         assert set(wrk) == {"wrk: bare Bottle-on-cheroot handler (ceiling)", "wrk: GET /<id> of a finished task",
