@@ -26,7 +26,7 @@ class EngineMetrics:
         self.duration_counts = [0] * (len(DURATION_BUCKETS) + 1)  # per bucket, the last is +Inf
         self.duration_sum = 0.0
         self.http_requests: Tally[tuple[str, str, str]] = Tally()  # by (method, route, status)
-        self.read_gauges: Callable[[], dict[str, float]] = dict
+        self._gauge_sources: list[Callable[[], dict[str, float]]] = []  # the engine's, the HTTP server's
         self.task_states: Callable[[], Tally] = Tally
 
     def step_started(self) -> None:
@@ -47,7 +47,18 @@ class EngineMetrics:
             self.http_requests[(method, route, str(status))] += 1
 
     def add_gauges(self, read: Callable[[], dict[str, float]], task_states: Callable[[], Tally]) -> None:
-        self.read_gauges, self.task_states = read, task_states
+        self._gauge_sources.append(read)
+        self.task_states = task_states
+
+    def add_gauge_source(self, read: Callable[[], dict[str, float]]) -> None:
+        """More values read at each scrape (names from _GAUGES and _COUNTED)."""
+        self._gauge_sources.append(read)
+
+    def read_gauges(self) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for read in self._gauge_sources:
+            values.update(read())
+        return values
 
     def snapshot(self) -> tuple[int, Tally[str], list[int], float, Tally[tuple[str, str, str]]]:
         with self._lock:
@@ -120,6 +131,11 @@ def _families(metrics: EngineMetrics) -> Iterator[_Family]:
             family = _Family(f"osreapi_{name}", help_text, "gauge")
             family.add(values[name])
             yield family
+    for name, help_text in _COUNTED.items():
+        if name in values:
+            family = _Family(f"osreapi_{name}", help_text, "counter")
+            family.add(values[name], "_total")
+            yield family
     family = _Family("osreapi_tasks", "Stored tasks by state.", "gauge")
     counts = metrics.task_states()
     for state in State:
@@ -135,4 +151,10 @@ _GAUGES = {
     "tasks_queued": "Tasks waiting for their turn (no thread).",
     "store_bytes": "Bytes used in the LMDB map.",
     "threads": "Threads in the server process (actors, waiters, HTTP).",
+    "http_answer_bytes_kept": "Bytes of answers kept for clients that read them slowly (all connections).",
+    "http_answer_bytes_limit": "Most bytes of answers kept at once; past it an answer is dropped.",
+    "http_streams": "Streams served without a worker thread: followed logs, event feeds, long waits.",
+}
+_COUNTED = {  # counters kept by their owners, read at each scrape
+    "http_answers_dropped": "Answers dropped (their connection closed) because the kept bytes were at their limit.",
 }

@@ -168,6 +168,8 @@ def test_500_subscribers_cost_no_thread_each(client: Client) -> None:
             assert all(sock.recv(12) == b"HTTP/1.1 200" for sock in burst)
         assert wait_until(lambda: client.hub.count == 501, timeout=30, interval=0.05), client.hub.count
         assert threading.active_count() <= threads  # the fixed worker pool and the hub serve them all
+        metrics = client.get("/metrics").body.decode().splitlines()
+        assert "osreapi_http_streams 501.0" in metrics  # what an operator sees
         task_id = client.submit([sh("true")], "?id=for-everyone")
         for sock in socks[::50]:  # a sample of them all get the news
             assert wait_until(lambda sock=sock: task_id.encode() in _received(sock, seen), timeout=10)

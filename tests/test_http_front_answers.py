@@ -146,13 +146,23 @@ def test_answers_kept_for_slow_readers_are_bounded_and_the_rest_dropped(make_ser
     task_id = big_task(client)
     with non_readers(client, f"/{task_id}", 10) as socks:
         assert healthy(client)
+        kept = scraped(client, "osreapi_http_answer_bytes_kept")
+        assert 0 < kept <= 2 * BIG == scraped(client, "osreapi_http_answer_bytes_limit")
         whole = sum(whole_or_cut(sock) for sock in socks)
         assert 1 <= whole < 10
         warnings = [r for r in caplog.records if r.name == "osreapi.http.outbox" and r.levelname == "WARNING"]
         assert len(warnings) == 1 and "dropped" in warnings[0].getMessage()
         assert client.server.answers_waiting <= 2 * BIG
+        assert scraped(client, "osreapi_http_answers_dropped_total") == 10 - whole  # operators see it too
     assert wait_until(lambda: client.server.answers_waiting == 0)
+    assert scraped(client, "osreapi_http_answer_bytes_kept") == 0
     assert healthy(client)
+
+
+def scraped(client: Client, name: str) -> float:
+    """One sample of GET /metrics."""
+    lines = client.get("/metrics").body.decode().splitlines()
+    return float(next(line.split()[1] for line in lines if line.startswith(name + " ")))
 
 
 def whole_or_cut(sock: socket.socket) -> bool:

@@ -156,7 +156,9 @@ def make_app(
     _add_task_routes(app, routes)
     _add_step_routes(app, routes)
     _add_error_pages(app, routes)
-    return Guard(RequestLimit(Handoff(app, routes.hub), settings, routes.hub), settings.token, settings.lang)
+    guarded = Guard(RequestLimit(Handoff(app, routes.hub), settings, routes.hub), settings.token, settings.lang)
+    guarded.metrics = executor.metrics  # the server adds its own gauges to them
+    return guarded
 
 
 def _event_bus(executor: Executor) -> EventBus:

@@ -35,6 +35,7 @@ class OutBudget:
         self._used = 0
         self._lock = threading.Lock()
         self._dropped = 0  # answers dropped since the last warning
+        self.dropped_total = 0  # for /metrics
         self._next_warning = 0.0
 
     def take(self, size: int) -> bool:
@@ -49,6 +50,7 @@ class OutBudget:
         many were dropped since the last one (a flood of them must not flood the log)."""
         with self._lock:
             self._dropped += 1
+            self.dropped_total += 1
             now = time.monotonic()
             if now < self._next_warning:
                 return

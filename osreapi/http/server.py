@@ -296,6 +296,9 @@ class HttpServer:
             out_budget=out_budget,
         )
         self._server.max_request_header_size = max_header
+        metrics = getattr(app, "metrics", None)  # the engine's, when the app is ours: scraped with /metrics
+        if metrics is not None:
+            metrics.add_gauge_source(self._gauges)
         if tls is not None:
             self._server.ssl_adapter = tls_adapter(tls)
         self._thread: threading.Thread | None = None
@@ -319,6 +322,14 @@ class HttpServer:
     def answers_waiting(self) -> int:
         """Bytes of answers kept in memory for clients that have not read them whole yet."""
         return self._server.osreapi_outbox.used
+
+    def _gauges(self) -> dict[str, float]:
+        budget, hub = self._server.osreapi_outbox, getattr(self._app, "hub", None)
+        values = {"http_answer_bytes_kept": budget.used, "http_answer_bytes_limit": budget.limit,
+                  "http_answers_dropped": budget.dropped_total}
+        if hub is not None:
+            values["http_streams"] = hub.count
+        return values
 
     @property
     def loopback_only(self) -> bool:
