@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -517,6 +518,37 @@ def test_a_runner_that_fails_while_failing_still_kills_its_steps(make_executor, 
     assert wait_until(lambda: gone(pid))
     assert wait_until(lambda: ex.stats()["pool_busy"] == 0)
     assert ex.wait("faulty", timeout=10).task.state is State.INTERRUPTED  # and the task ended
+
+
+@pytest.mark.timeout(60)
+def test_a_runner_that_fails_three_times_frees_its_slot_and_its_task_still_ends(make_executor, monkeypatch, tmp_path):
+    """Faults injected three times in a row in one task runner: a pause fails, then every interrupt
+    it tries (while failing, then in pykka's on_failure). The runner stops without ending its
+    task. The supervisor still frees its slot, kills its step's tree and ends the task from the
+    store; before, the dead runner stayed live: its slot taken and the server's stop waiting out
+    its timeout."""
+    from osreapi.actors.taskstate import TaskState
+
+    fail_on_control(monkeypatch, "faulty")
+    interrupt = TaskState.interrupt
+
+    def failing_in_the_runner(self, *args, **kwargs):
+        if self.task.id == "faulty" and threading.current_thread().name.startswith("TaskActor"):
+            raise RuntimeError("injected fault while failing")
+        return interrupt(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskState, "interrupt", failing_in_the_runner)
+    pid_file = tmp_path / "pid"
+    ex = make_executor(pool_size=1, extra_live_tasks=0)
+    ex.submit([sh(f"echo $$ > {pid_file}; exec sleep 60")], task_id="faulty")
+    pid = read_pid(pid_file)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        ex.pause("faulty")
+    assert wait_until(lambda: gone(pid), timeout=20)
+    result = ex.wait("faulty", timeout=20)
+    assert result.task.state is State.INTERRUPTED and "its runner failed" in result.steps[0].output
+    assert wait_until(lambda: ex.stats()["pool_busy"] == 0 and ex.stats()["tasks_live"] == 0, timeout=10)
+    assert ex.wait(ex.submit([sh("echo next")]), timeout=20).steps[0].output == "next\n"  # the slot is free
 
 
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------

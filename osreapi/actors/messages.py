@@ -220,3 +220,11 @@ class Escalate:
     """The TERM grace of a kill is over: KILL what is left."""
 
     run: int
+
+
+@dataclass(frozen=True)
+class RunnerStopped:
+    """A task runner stopped (it failed while handling its own failure): its task, if it had not
+    ended it, is ended from the store and what its steps still run is killed."""
+
+    task_id: str | None  # None: it was idle

@@ -23,6 +23,7 @@ from .messages import (
     GetStats,
     InterruptAll,
     InterruptTask,
+    RunnerStopped,
     SaveRecords,
     StartTask,
     TaskAdmitted,
@@ -83,6 +84,8 @@ class SupervisorActor(EngineActor):
                 ref = self._live.pop(task_id, None)
                 if ref is not None:  # a request queued to it for this task is refused in order there
                     self._idle.append(ref)
+            case RunnerStopped(task_id=task_id):
+                self._runner_stopped(task_id)
             case ControlTask(task_id=task_id):
                 self._control(message)
             case InterruptAll(done=done):
@@ -92,6 +95,18 @@ class SupervisorActor(EngineActor):
             case _:
                 log.warning("supervisor: unexpected message %r", message)
         return None
+
+    def _runner_stopped(self, task_id: str | None) -> None:
+        """A runner stopped without ending its task (it told TaskEnded first otherwise): its slot
+        is free, its steps' processes are killed (found by their run markers), and the task ends
+        interrupted from what the store holds."""
+        if task_id is None or self._live.pop(task_id, None) is None:
+            return
+        self._admitted(task_id)
+        for step in self._services.db.get_steps(task_id):
+            if step.run_id is not None and not step.state.finished:
+                self._services.janitor.clean(step.run_id, None, self._services.config.kill_grace)
+        self._interrupt_stored(task_id, "task interrupted: its runner failed inside the engine")
 
     def _admitted(self, task_id: str) -> None:
         if self._admitting == task_id:

@@ -23,6 +23,7 @@ from .messages import (
     ControlTask,
     InterruptTask,
     RunDropped,
+    RunnerStopped,
     RunStep,
     SaveRecords,
     SignalStep,
@@ -123,11 +124,15 @@ class TaskActor(EngineActor):
     def on_failure(self, exception_type: Any = None, exception_value: Any = None, traceback: Any = None) -> None:
         """This runner stops (a failure while ending a task after a failure): its task, if any, is
         interrupted as far as it still can be."""
-        if self._state is None or self._ended:
-            log.error("an idle task runner failed inside the engine")
-            return
-        log.error("task %s failed inside the engine twice; marking it interrupted", self._state.task.id)
-        self._fail(exception_value, stopping=False)  # no step's end will reach this runner now
+        task_id = None if self._state is None or self._ended else self._state.task.id
+        try:
+            if task_id is None:
+                log.error("an idle task runner failed inside the engine")
+                return
+            log.error("task %s failed inside the engine twice; marking it interrupted", task_id)
+            self._fail(exception_value, stopping=False)  # no step's end will reach this runner now
+        finally:  # even if that failed too: the supervisor frees the slot and ends what is left
+            tell_if_alive(self._supervisor, RunnerStopped(task_id))
 
     def _fail(self, exc: BaseException | None, stopping: bool = True) -> None:
         """Interrupt the task, saying why; workers granted but not yet here are waited for (and
