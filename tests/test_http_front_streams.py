@@ -214,6 +214,26 @@ def test_head_of_a_followed_log_is_the_head_alone_and_holds_no_thread(start_serv
     assert client.wait(task_id).json["code"] != 1001
 
 
+def test_a_head_of_a_stream_keeps_its_connection_for_the_request_behind_it(client):
+    """A HEAD of a followed log or of the event feed is answered with what a GET would say
+    (chunked) and no body, and its connection serves the request pipelined behind it: cheroot
+    closed it, as if a body of unknown length followed, and that request was lost."""
+    task_id = client.submit([{"command_type": "sh", "command_content": "sleep 300"}])
+    for path in (f"/{task_id}/0/log?follow=true", "/events", f"/{task_id}/0/log"):
+        with socket.create_connection((client.host, client.port), timeout=10) as sock:
+            sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sock.settimeout(10)
+            received = b""
+            while received.count(b"HTTP/1.1 200") < 2 or not received.endswith(b"}"):
+                chunk = sock.recv(65536)
+                assert chunk, (path, received)  # closed before the second answer
+                received += chunk
+        head, _, rest = received.partition(b"\r\n\r\n")
+        assert b"connection: close" not in head.lower(), path
+        assert rest.startswith(b"HTTP/1.1 200") and b'"code":0' in rest, (path, rest)  # no body came between
+    assert client.request("PUT", f"/{task_id}?action=kill").status == 200
+
+
 @pytest.mark.timeout(60)
 def test_a_follower_whose_log_cannot_be_opened_follows_to_the_step_end(start_server):
     """A log that cannot be opened for now (no descriptor free; here the step turns it into a
@@ -256,7 +276,9 @@ def test_a_tls_follower_that_reads_late_gets_every_byte_in_order(start_server, t
     sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=60), server_hostname="127.0.0.1")
     with sock:
         sock.sendall(f"GET /{task_id}/0/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        (server.data_dir / "workspace" / task_id / "go").touch()
+        workspace = server.data_dir / "workspace" / task_id
+        assert wait_until(workspace.is_dir)  # made as the task starts, after POST answered
+        (workspace / "go").touch()
         setup.request("GET", f"/{task_id}?wait=60s")  # the whole output is written while we read nothing
         assert json.loads(setup.getresponse().read())["code"] == 0
         received = bytearray()

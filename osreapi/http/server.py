@@ -116,6 +116,20 @@ class _Request(HTTPRequest):
             headers.pop(b"Expect", None)
         return headers
 
+    def send_headers(self) -> None:
+        """A HEAD answer without a length (a stream's: its GET is chunked) keeps its connection.
+        cheroot closes it, as if a body followed that only the close could end; but a HEAD answer
+        has no body whatever its head says, and a request pipelined behind it would be lost."""
+        if self.method != b"HEAD":
+            super().send_headers()
+            return
+        self.method = b"GET"  # cheroot's head for a body of unknown length: chunked, kept alive
+        try:
+            super().send_headers()
+        finally:
+            self.method = b"HEAD"
+            self.chunked_write = False  # no body: no last chunk either
+
     def read_request_headers(self) -> bool:
         if not super().read_request_headers():
             return False
