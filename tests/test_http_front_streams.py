@@ -93,8 +93,10 @@ def test_hub_streams_chunks_heartbeats_and_the_end(hub_server):
         feeds[0].push(b"bye", finished=True)
         tail = read_until(sock, b"0\r\n\r\n")
         assert tail.endswith(b"3\r\nbye\r\n0\r\n\r\n")
-        assert sock.recv(4096) == b""  # then the connection closes
-    assert feeds[0].closed.wait(5) and wait_until(lambda: hub.count == 0)
+        assert feeds[0].closed.wait(5) and wait_until(lambda: hub.count == 0)
+        sock.sendall(b"GET /feed HTTP/1.1\r\nHost: x\r\n\r\n")  # the connection serves the next request
+        assert read_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 200 OK")
+        assert wait_until(lambda: hub.count == 1)
 
 
 def test_hub_notices_a_client_that_left_and_ends_all_streams_on_stop(hub_server):

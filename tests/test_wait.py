@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import threading
 
 import pytest
@@ -164,3 +166,59 @@ def test_a_wait_cut_by_the_server_stopping_gets_the_answer_as_it_stands(client: 
     thread.join(10)
     assert got and got[0].status == 200 and got[0].json["code"] == 1001
     client.request("PUT", f"/{task_id}?action=kill")
+
+
+def _answers(sock: socket.socket, count: int) -> list[bytes]:
+    """Read `count` whole answers (each with a Content-Length or chunked) from one connection."""
+    buffer, answers = b"", []
+    while len(answers) < count:
+        head_end = buffer.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head, rest = buffer[:head_end], buffer[head_end + 4:]
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            if length and len(rest) >= int(length.group(1)):
+                answers.append(head + b"\r\n\r\n" + rest[: int(length.group(1))])
+                buffer = rest[int(length.group(1)):]
+                continue
+            if not length and b"\r\n0\r\n\r\n" in b"\r\n" + rest:
+                end = (b"\r\n" + rest).index(b"\r\n0\r\n\r\n") + 5
+                answers.append(head + b"\r\n\r\n" + rest[:end])
+                buffer = rest[end:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, ("closed before answer", len(answers) + 1, buffer[:300])
+        buffer += chunk
+    return answers
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("path", ["/{id}?wait=30s", "/{id}/0/log?follow=true"])
+def test_a_stream_that_ends_keeps_its_connection_and_the_request_sent_meanwhile(client: Client, tmp_path, path):
+    """A wait past 20 ms or a follow is served by the hub; once it has ended, its plain HTTP/1.1
+    connection serves the request the client pipelined meanwhile, and the next one: an
+    orchestrator waiting on task after task keeps one connection. They used to close."""
+    gate = tmp_path / "gate"
+    task_id = client.submit([sh(f"echo first; while [ ! -e {gate} ]; do sleep 0.02; done; echo done")])
+    with socket.create_connection((client.host, client.port), timeout=20) as sock:
+        sock.sendall(f"GET {path.format(id=task_id)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert wait_until(lambda: client.hub.count == 1, timeout=10)  # handed to the hub
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # pipelined behind the stream
+        gate.touch()
+        streamed, health = _answers(sock, 2)
+        assert b"transfer-encoding: chunked" in streamed.lower() and b"connection: close" not in streamed.lower()
+        assert b"done" in streamed and b'"code":0' in health
+        sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")  # and the next request, later
+        (version,) = _answers(sock, 1)
+        assert version.startswith(b"HTTP/1.1 200") and b"version" in version
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("request_line", ["GET {path} HTTP/1.0\r\n", "GET {path} HTTP/1.1\r\nConnection: close\r\n"])
+def test_a_stream_whose_client_cannot_keep_its_connection_closes_it(client: Client, request_line: str):
+    task_id = client.submit([sh("sleep 0.5")])
+    with socket.create_connection((client.host, client.port), timeout=20) as sock:
+        sock.sendall((request_line.format(path=f"/{task_id}?wait=30s") + "Host: x\r\n\r\n").encode())
+        received = b""
+        while chunk := sock.recv(65536):  # to the close
+            received += chunk
+    assert b'"code":0' in received

@@ -6,8 +6,11 @@ gives the connection's socket to the hub and tells cheroot the response is done,
 free at once. The hub thread ticks (~50 ms, or at once on `wake()`), asks each source
 for new bytes, writes them without blocking (a slow reader only grows its own buffer, up to a
 bound), sends the source's heartbeat after ~15 s of silence, and notices a client that went away
-by its socket turning readable at EOF. A HEAD request gets the head alone; under any other WSGI
-server the same source is driven by a generator on the worker thread.
+by its socket turning readable at EOF. A stream that ends (a wait's answer, a long log as it
+stands, a follow at its step's end) gives a plain HTTP/1.1 connection back to the server, with
+any request the client pipelined meanwhile: the client's next request needs no new connection.
+A HEAD request gets the head alone; under any other WSGI server the same source is driven by a
+generator on the worker thread.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import bottle
+from cheroot.makefile import MakeFile
 
 from ..vocabulary import message
 from .answers import JSON_TYPE, language_of
@@ -37,6 +41,7 @@ HEARTBEAT = 15.0
 MAX_STREAMS = 10_000
 HIGH_WATER = 128 * 1024  # bytes queued for a slow reader before its source is no longer read
 STALL_LIMIT = 60.0  # a reader that takes nothing of what is queued for this long is dropped
+MAX_RECEIVED = 64 * 1024  # bytes a client may send during its stream and still keep its connection
 _ENVIRON_REQUEST = "osreapi.request"  # cheroot's HTTPRequest, put there by our Gateway
 _ENVIRON_STREAM = "osreapi.stream"  # a stream the application asks to hand off
 ENVIRON_SLOT = "osreapi.slot"  # the request's --max-requests slot (a RequestSlot), when limited
@@ -89,6 +94,24 @@ class _SlotHeld:
 
 
 @dataclass
+class _GiveBack:
+    """How a plain keep-alive connection goes back to the server once its stream has ended: as a
+    new cheroot connection on the same socket, with what the client sent meanwhile (its next
+    request, pipelined) as already read."""
+
+    server: object  # cheroot's server: its connection class and request intake
+    remote: tuple  # (address, port)
+
+    def give(self, sock: socket.socket, received: bytes) -> None:
+        sock.settimeout(self.server.timeout)  # as cheroot's accepted sockets
+        conn = self.server.ConnectionClass(self.server, sock, MakeFile)
+        conn.remote_addr, conn.remote_port = self.remote
+        conn.ssl_env = {}
+        conn.rfile._read_buf, conn.rfile._read_pos = received, 0
+        self.server.osreapi_intake.put(conn)
+
+
+@dataclass
 class _Stream:
     sock: object
     source: StreamSource
@@ -97,6 +120,8 @@ class _Stream:
     last_sent: float
     stall_limit: float  # the reader may take nothing of what is queued for this long
     uptake: Uptake  # when the reader last took bytes (or had nothing waiting)
+    give_back: _GiveBack | None = None  # None: the connection closes with the stream
+    received: bytearray = field(default_factory=bytearray)  # what the client sent meanwhile
     ending: bool = False
     more: bool = False  # the last pull stopped at the high-water mark, not at the source's end
     events: int = field(default=selectors.EVENT_READ)
@@ -192,8 +217,11 @@ class StreamHub:
     def adopt(self, request, status: str, headers: list[tuple[str, str]], source: StreamSource, stall_limit: float) -> None:
         """Take over the connection of a cheroot request whose application returned a stream."""
         chunked = request.response_protocol == "HTTP/1.1"
+        give_back = _give_back(request) if chunked else None  # HTTP/1.0: the close ends the body
         lines = [f"{request.server.protocol} {status}", *(f"{k}: {v}" for k, v in headers),
-                 f"Date: {email.utils.formatdate(usegmt=True)}", "Connection: close"]
+                 f"Date: {email.utils.formatdate(usegmt=True)}"]
+        if give_back is None:
+            lines.append("Connection: close")
         if chunked:
             lines.append("Transfer-Encoding: chunked")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -205,7 +233,7 @@ class StreamHub:
         request.close_connection = True
         request.conn.linger = True
         now = time.monotonic()
-        stream = _Stream(sock, source, chunked, bytearray(head), now, stall_limit, Uptake(now))
+        stream = _Stream(sock, source, chunked, bytearray(head), now, stall_limit, Uptake(now), give_back)
         with self._lock:
             if self._stopping.is_set():  # the server is stopping: the stream ends before it starts
                 self._end(stream)
@@ -260,6 +288,10 @@ class StreamHub:
             if data == b"":  # EOF or reset: the client has gone
                 self._end(stream)
                 return
+            if data and stream.give_back is not None:  # its next request: kept for after this answer
+                stream.received += data
+                if len(stream.received) > MAX_RECEIVED:
+                    stream.give_back = None  # more than a request's head: the connection closes at the end
         if mask & selectors.EVENT_WRITE:
             self._flush(stream)
             if id(stream) in self._streams and len(stream.out) < HIGH_WATER // 2:
@@ -318,7 +350,7 @@ class StreamHub:
         else:
             stream.uptake.blocked(stream.sock, time.monotonic())
         if not stream.out and stream.ending:
-            self._end(stream)
+            self._finish(stream)
             return
         wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if stream.out or stream.more else 0)
         if wanted != stream.events:
@@ -337,12 +369,35 @@ class StreamHub:
             stream.sock.send(stream.out)
         self._end(stream)
 
+    def _finish(self, stream: _Stream) -> None:
+        """The stream has said everything: its connection serves the client's next request (plain
+        HTTP/1.1 keep-alive), else it closes."""
+        give_back = stream.give_back
+        if give_back is None:
+            self._end(stream)
+            return
+        self._forget(stream)
+        self._close_source(stream)
+        try:
+            give_back.give(stream.sock, bytes(stream.received))
+        except Exception:  # the server is stopping, say: the connection just closes
+            log.debug("a stream's connection could not be kept alive", exc_info=True)
+            with suppress(OSError):
+                stream.sock.close()
+
     def _end(self, stream: _Stream) -> None:
+        self._forget(stream)
+        with suppress(OSError):
+            stream.sock.close()
+        self._close_source(stream)
+
+    def _forget(self, stream: _Stream) -> None:
         if self._streams.pop(id(stream), None) is not None and self._selector is not None:
             with suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(stream.sock)
-        with suppress(OSError):
-            stream.sock.close()
+
+    @staticmethod
+    def _close_source(stream: _Stream) -> None:
         try:
             stream.source.close()
         except Exception:
@@ -393,6 +448,15 @@ class Handoff:
             close()
         self.hub.adopt(environ[_ENVIRON_REQUEST], *stream)
         return []
+
+
+def _give_back(request) -> _GiveBack | None:
+    """How the connection goes back to the server after the stream, if it may: plain sockets whose
+    client did not ask to close (a TLS session stays with its socket object: those close)."""
+    conn = request.conn
+    if request.close_connection or is_tls(conn.socket) or not hasattr(request.server, "osreapi_intake"):
+        return None
+    return _GiveBack(request.server, (getattr(conn, "remote_addr", None), getattr(conn, "remote_port", None)))
 
 
 def _take_socket(conn) -> socket.socket:
