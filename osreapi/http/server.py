@@ -191,8 +191,10 @@ class _Connection(HTTPConnection):
     RequestHandlerClass = _Request
 
     def __init__(self, server, sock, makefile=MakeFile) -> None:
-        super().__init__(server, sock, makefile)
-        self.wfile = Outbox(sock, server.osreapi_outbox)
+        def files(sock, mode: str, bufsize: int):  # the writer is ours: cheroot's is never built
+            return Outbox(sock, server.osreapi_outbox) if "w" in mode else makefile(sock, mode, bufsize)
+
+        super().__init__(server, sock, files)
 
     def close(self) -> None:
         """With part of an answer still waiting for the client, the intake sends it, then closes."""
