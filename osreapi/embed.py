@@ -226,7 +226,9 @@ class Executor(ControlCalls):
             if existing.mode != task.mode or self._db.get_specs(task_id) != specs:
                 raise TaskConflict(task_id)
             return Submitted(existing.id, existing.count, created=False)
-        self._supervisor.tell(Enqueue(task_id, (task, records, specs)))
+        # A close() since the record was written leaves the task queued on disk: it runs after
+        # the next start, as any task the shutdown found queued.
+        tell_if_alive(self._supervisor, Enqueue(task_id, (task, records, specs)))
         return Submitted(task_id, len(specs), created=True)
 
     def get(self, task_id: str) -> TaskResult | None:

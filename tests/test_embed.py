@@ -181,3 +181,27 @@ def test_a_program_that_ends_while_another_thread_closes_the_engine_waits_for_th
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)  # the old code leaves it running
+
+
+@pytest.mark.timeout(60)
+def test_a_task_accepted_while_the_engine_closes_runs_after_the_next_start(make_executor):
+    """The engine closes between the task's record being written and its hand-off to the
+    supervisor (a subscriber, run on the store's thread before the submit is answered, holds it
+    there until the supervisor has stopped). The task is on disk and queued: submit returns its
+    id, and it runs after the next start, as a queued task does (not pykka's ActorDeadError)."""
+    ex = make_executor()
+    closing: list[threading.Thread] = []
+
+    def close_now(task_id, task, steps) -> None:
+        if task_id == "racing" and not closing:
+            closing.append(threading.Thread(target=ex.close))
+            closing[0].start()
+            wait_until(lambda: not ex._supervisor.is_alive())
+
+    ex.subscribe(close_now)
+    assert ex.submit([{"command_type": "sh", "command_content": "echo ran"}], task_id="racing") == "racing"
+    closing[0].join(30)
+    assert not ex._supervisor.is_alive() and not closing[0].is_alive()
+    again = make_executor()  # the same data directory
+    assert again.wait("racing", timeout=10).steps[0].output == "ran\n"
+
