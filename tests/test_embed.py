@@ -205,3 +205,29 @@ def test_a_task_accepted_while_the_engine_closes_runs_after_the_next_start(make_
     again = make_executor()  # the same data directory
     assert again.wait("racing", timeout=10).steps[0].output == "ran\n"
 
+
+@pytest.mark.timeout(60)
+def test_a_wait_for_a_task_left_queued_by_close_ends_with_engine_closed(make_executor):
+    """close() leaves a task that never started queued (it runs after the next start), so its end
+    is never published: a wait() without timeout for it returned only when the program ended, and
+    a call on the closed engine raised lmdb's "closed object" error."""
+    ex = make_executor(pool_size=1)
+    first = ex.submit([{"command_type": "sh", "command_content": "sleep 30"}])
+    queued = ex.submit([{"command_type": "sh", "command_content": "true"}])
+    assert wait_until(lambda: ex.get(first).steps[0].state is State.RUNNING)
+    outcome: list[object] = []
+
+    def wait_for_queued() -> None:
+        try:
+            outcome.append(ex.wait(queued))
+        except Exception as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_for_queued, daemon=True)
+    waiter.start()
+    assert wait_until(lambda: queued in ex._waiters)  # it waits now
+    ex.close()
+    waiter.join(10)
+    assert not waiter.is_alive() and isinstance(outcome[0], EngineClosed), outcome
+    with pytest.raises(EngineClosed):
+        ex.get(queued)
