@@ -226,7 +226,9 @@ class Executor(ControlCalls):
             if existing.mode != task.mode or self._db.get_specs(task_id) != specs:
                 raise TaskConflict(task_id)
             return Submitted(existing.id, existing.count, created=False)
-        self._supervisor.tell(Enqueue(task_id, (task, records, specs)))
+        # A close() since the record was written leaves the task queued on disk: it runs after
+        # the next start, as any task the shutdown found queued.
+        tell_if_alive(self._supervisor, Enqueue(task_id, (task, records, specs)))
         return Submitted(task_id, len(specs), created=True)
 
     def get(self, task_id: str) -> TaskResult | None:
@@ -370,7 +372,8 @@ class Executor(ControlCalls):
         return _decoded(source)
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
-        """Block until the task has ended (or timeout); return its result, None if unknown."""
+        """Block until the task has ended (or timeout); return its result, None if unknown.
+        EngineClosed if the engine closes meanwhile (a task it leaves queued ends only after the next start)."""
         event = threading.Event()
         with self._waiters_lock:
             self._waiters[task_id].append(event)
@@ -439,6 +442,15 @@ class Executor(ControlCalls):
             self._db.close()
             if self._lock is not None:
                 self._lock.close()
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """A task the shutdown left queued never ends here: its waiters stop waiting now (and
+        their read of the closed engine raises EngineClosed)."""
+        with self._waiters_lock:
+            events = [event for waiting in self._waiters.values() for event in waiting]
+        for event in events:
+            event.set()
 
     def _finish_kills(self, timeout: float) -> None:
         """Let the janitor finish killing leftover processes (bounded) before its timer stops."""

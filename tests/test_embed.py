@@ -181,3 +181,53 @@ def test_a_program_that_ends_while_another_thread_closes_the_engine_waits_for_th
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)  # the old code leaves it running
+
+
+@pytest.mark.timeout(60)
+def test_a_task_accepted_while_the_engine_closes_runs_after_the_next_start(make_executor):
+    """The engine closes between the task's record being written and its hand-off to the
+    supervisor (a subscriber, run on the store's thread before the submit is answered, holds it
+    there until the supervisor has stopped). The task is on disk and queued: submit returns its
+    id, and it runs after the next start, as a queued task does (not pykka's ActorDeadError)."""
+    ex = make_executor()
+    closing: list[threading.Thread] = []
+
+    def close_now(task_id, task, steps) -> None:
+        if task_id == "racing" and not closing:
+            closing.append(threading.Thread(target=ex.close))
+            closing[0].start()
+            wait_until(lambda: not ex._supervisor.is_alive())
+
+    ex.subscribe(close_now)
+    assert ex.submit([{"command_type": "sh", "command_content": "echo ran"}], task_id="racing") == "racing"
+    closing[0].join(30)
+    assert not ex._supervisor.is_alive() and not closing[0].is_alive()
+    again = make_executor()  # the same data directory
+    assert again.wait("racing", timeout=10).steps[0].output == "ran\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_wait_for_a_task_left_queued_by_close_ends_with_engine_closed(make_executor):
+    """close() leaves a task that never started queued (it runs after the next start), so its end
+    is never published: a wait() without timeout for it returned only when the program ended, and
+    a call on the closed engine raised lmdb's "closed object" error."""
+    ex = make_executor(pool_size=1)
+    first = ex.submit([{"command_type": "sh", "command_content": "sleep 30"}])
+    queued = ex.submit([{"command_type": "sh", "command_content": "true"}])
+    assert wait_until(lambda: ex.get(first).steps[0].state is State.RUNNING)
+    outcome: list[object] = []
+
+    def wait_for_queued() -> None:
+        try:
+            outcome.append(ex.wait(queued))
+        except Exception as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_for_queued, daemon=True)
+    waiter.start()
+    assert wait_until(lambda: queued in ex._waiters)  # it waits now
+    ex.close()
+    waiter.join(10)
+    assert not waiter.is_alive() and isinstance(outcome[0], EngineClosed), outcome
+    with pytest.raises(EngineClosed):
+        ex.get(queued)

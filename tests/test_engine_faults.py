@@ -6,10 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -20,6 +23,7 @@ from osreapi import Executor
 from osreapi.actors.messages import Enqueue, StepEnded, StepStarted
 from osreapi.actors.task import TaskActor
 from osreapi.executor import treekill
+from osreapi.executor.reaper import LogSink, Reaper
 from osreapi.records import StepRecord, TaskRecord
 from osreapi.spec import StepSpec
 from osreapi.storage.database import Database
@@ -582,3 +586,98 @@ def test_a_second_server_on_the_same_data_dir_exits_and_changes_nothing(start_se
     assert not gone(pid) and state_of(first.client, task_id) == "running"
     first.proc.send_signal(signal.SIGTERM)
     assert first.proc.wait(20) == 0
+
+
+# -- the reaper: one epoll batch, while it closes fds that other threads reuse ----------------
+
+
+def _started(argv: list[str], stdin: int = subprocess.DEVNULL) -> tuple[subprocess.Popen, int]:
+    """A process with its output into a pipe, as a step's; returns it and the pipe's read end."""
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=write_end, stderr=subprocess.STDOUT)
+    finally:
+        os.close(write_end)
+    return proc, read_end
+
+
+def _has_exited(proc: subprocess.Popen) -> bool:
+    """Exited and not reaped yet (reaping is the reaper's)."""
+    return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+@pytest.mark.timeout(60)
+def test_a_watch_made_while_the_reaper_works_through_a_batch_reports_its_process_end(tmp_path):
+    """The reaper closes an ended step's fds while it works through one epoll batch; a step that
+    starts meanwhile on another thread may get those numbers. A later event of the batch for a
+    closed fd is stale: it must not act on the new step's watch, which watch() has put in the
+    reaper's table but not yet in its epoll set (the reaper closed the new step's pipe and watch()
+    failed with EBADF: the step ended "interrupted: the engine failed", about 1 start in 10,000
+    with 16 threads starting `true`). Here A's end, first in a batch whose next event is A's
+    output, starts B on A's pipe number; B's watch() is held right before it registers until
+    the batch is done."""
+    reaper = Reaper(time.time)
+    if not reaper._use_pidfd:
+        pytest.skip("the reaper waits with a thread per process here (no pidfd): no epoll batches")
+    held, release, paused, resume, batch_done = (threading.Event() for _ in range(5))
+    ends: dict[str, int] = {}
+    failures: list[BaseException] = []
+    sinks: dict[str, LogSink] = {}
+
+    def watch(name: str, proc: subprocess.Popen, out: int, then: Callable[[], object] = lambda: None) -> None:
+        sinks[name] = LogSink(out, tmp_path / f"{name}.log", 1 << 20)
+        reaper.watch(proc, sinks[name], lambda returncode, at: (ends.setdefault(name, returncode), then()))
+
+    def hold_at_register(frame, event, arg) -> None:
+        if event == "c_call" and getattr(arg, "__name__", "") == "register" and not paused.is_set():
+            paused.set()
+            resume.wait(10)
+
+    def start_b() -> None:  # a StepActor's start, on A's pipe number (closed just now)
+        proc, out = _started(["true"])
+        assert wait_until(lambda: _has_exited(proc))  # its pipe is at its end: a stale event closes it
+        if out != sinks["a"].fd:
+            os.dup2(out, sinks["a"].fd)
+            os.close(out)
+        sys.setprofile(hold_at_register)
+        try:
+            watch("b", proc, sinks["a"].fd)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            sys.setprofile(None)
+
+    def a_ended() -> None:  # on the reaper's thread, first in its batch
+        starting = threading.Thread(target=start_b, daemon=True)
+        starting.start()
+        paused.wait(10)
+
+    z_in, z_control = os.pipe()
+    a_in, a_control = os.pipe()
+    try:
+        # Z's end holds the reaper's thread while A's end, A's output and Y's end queue up in order.
+        z, z_out = _started(["sh", "-c", "exec >/dev/null 2>&1; read x; exit 0"], stdin=z_in)
+        watch("z", z, z_out, then=lambda: (held.set(), release.wait(10)))
+        assert wait_until(lambda: sinks["z"].closed)
+        os.close(z_control)
+        assert held.wait(10)
+        # A exits at once; its background child keeps A's pipe and writes to it when told
+        a, a_out = _started(["sh", "-c", "exec 3<&0; (read x <&3; echo late) & exit 0"], stdin=a_in)
+        watch("a", a, a_out, then=a_ended)
+        assert wait_until(lambda: _has_exited(a))
+        os.write(a_control, b"go\n")
+        assert wait_until(lambda: select.select([a_out], [], [], 0)[0] != [])
+        y, y_out = _started(["true"])
+        watch("y", y, y_out, then=batch_done.set)
+        assert wait_until(lambda: _has_exited(y))
+        release.set()
+        assert batch_done.wait(10) and paused.is_set()
+        resume.set()
+        assert wait_until(lambda: "b" in ends or failures, timeout=10)
+        assert not failures and ends == {"z": 0, "a": 0, "y": 0, "b": 0}
+    finally:
+        for event in (release, paused, resume):
+            event.set()
+        reaper.close()
+        for fd in (z_in, a_in, a_control):
+            os.close(fd)

@@ -205,21 +205,27 @@ class Reaper:
 
     def _loop(self) -> None:
         while not self._closed:
+            # The fds this batch closed: another thread may already hold their numbers for a new
+            # watch, in the table but not yet in the epoll set; the batch's later events for them
+            # are about the closed ones (stale), and acting on the new watch would close its fds
+            # under watch(). A skipped event of a live fd comes back at the next poll.
+            closed: set[int] = set()
             for fd, _ in self._epoll.poll():
                 if fd == self._wake_r:
                     os.read(self._wake_r, 4096)
                     continue
+                if fd in closed:
+                    continue
                 with self._lock:
                     kind, watch = self._watched.get(fd, (None, None))
-                if kind == "exit":
-                    # poll(): an event for an fd number closed and reused in this same batch is
-                    # for a process still running; it is not waited for here
-                    if watch.proc.poll() is not None:
-                        self._forget(fd)
-                        os.close(fd)
-                        self._forget_output(watch)
-                        self._exited(watch)
+                if kind == "exit" and watch.proc.poll() is not None:  # never a wait() here for a running one
+                    closed.update((fd, watch.sink.fd))
+                    self._forget(fd)
+                    os.close(fd)
+                    self._forget_output(watch)
+                    self._exited(watch)
                 elif kind == "output" and not watch.sink.pump():
+                    closed.add(fd)
                     self._forget_output(watch)
                     watch.sink.close()
         self._epoll.close()

@@ -16,6 +16,7 @@ from typing import Any
 
 import lmdb
 
+from ..errors import EngineClosed
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
 from ..vocabulary import State
@@ -91,6 +92,7 @@ class Database:
         self._expiry = self._env.open_db(b"expiry")
         self._meta = self._env.open_db(b"meta")
         self._gate = _ResizeGate()
+        self._closed = False
         self._page_size = self._env.stat()["psize"]
         self._listed: dict[bytes, tuple[bytes, TaskRecord]] = {}  # key -> (stored bytes, parsed), of the last listing
         self._counts_lock = threading.Lock()
@@ -104,8 +106,12 @@ class Database:
         self._env.sync(True)
 
     def close(self) -> None:
-        self._env.sync(True)
-        self._env.close()
+        """Flush and close, once no read is under way; a read from now on raises EngineClosed
+        (a thread of a program that embeds the engine may still read while it closes)."""
+        with self._gate.exclusive():
+            self._closed = True
+            self._env.sync(True)
+            self._env.close()
 
     # -- writes (one thread) -------------------------------------------------------------
 
@@ -259,8 +265,11 @@ class Database:
 
     @contextmanager
     def _reading(self) -> Iterator[lmdb.Transaction]:
-        with self._gate.reading(), self._env.begin(buffers=False) as txn:
-            yield txn
+        with self._gate.reading():
+            if self._closed:
+                raise EngineClosed("the engine is shut down")
+            with self._env.begin(buffers=False) as txn:
+                yield txn
 
     def get_task(self, task_id: str) -> TaskRecord | None:
         with self._reading() as txn:
