@@ -222,3 +222,24 @@ def test_a_stream_whose_client_cannot_keep_its_connection_closes_it(client: Clie
         while chunk := sock.recv(65536):  # to the close
             received += chunk
     assert b'"code":0' in received
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("body", [b"", b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n"])
+def test_a_request_pipelined_with_the_stream_s_own_is_answered_after_it(client: Client, tmp_path, body: bytes):
+    """A request sent in the same packet as the stream's (read by the intake before the hub had the
+    socket) is answered once the stream has ended; the streamed request's body, unread by its
+    route, is skipped, never taken for a request. The pipelined one was lost: the client waited
+    until the idle connection was closed."""
+    gate = tmp_path / "gate"
+    task_id = client.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.02; done; echo done")])
+    with socket.create_connection((client.host, client.port), timeout=20) as sock:
+        head = f"GET /{task_id}?wait=30s HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        sock.sendall(head + body + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_until(lambda: client.hub.count == 1, timeout=10)  # the wait is on the hub
+        gate.touch()
+        streamed, health = _answers(sock, 2)
+        assert b"done" in streamed and health.startswith(b"HTTP/1.1 200") and b'"code":0' in health
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the next answer is this one's
+        (again,) = _answers(sock, 1)
+        assert b'"code":0' in again and b"version" not in again
