@@ -211,8 +211,8 @@ class StreamHub:
             self._send_wake()
         if self._thread is not None:
             self._thread.join(10)
-        for stream in self._take_incoming():
-            self._end(stream)
+        for stream in self._take_incoming():  # handed over as the thread stopped: never served
+            self._finish_on_stop(stream)
         with self._lock:
             self._wake_r.close()
             self._wake_w.close()
