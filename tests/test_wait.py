@@ -243,3 +243,41 @@ def test_a_request_pipelined_with_the_stream_s_own_is_answered_after_it(client: 
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the next answer is this one's
         (again,) = _answers(sock, 1)
         assert b'"code":0' in again and b"version" not in again
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    finally:
+        sock.settimeout(20)
+
+
+@pytest.mark.timeout(60)
+def test_streams_that_end_together_keep_no_more_connections_than_the_server_holds(make_server, tmp_path):
+    """Six waits end at once on a server that holds four connections: four are kept for their
+    clients' next requests, two close. All six were kept, past the limit: new clients got 503 until
+    the idle ones timed out."""
+    client = make_server(server_options={"max_connections": 4})
+    gate = tmp_path / "gate"
+    task_id = client.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.02; done")])
+    socks = [socket.create_connection((client.host, client.port), timeout=20) for _ in range(6)]
+    try:
+        for sock in socks:
+            sock.sendall(f"GET /{task_id}?wait=30s HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert wait_until(lambda: client.hub.count == 6, timeout=10)
+        gate.touch()
+        for sock in socks:
+            (answer,) = _answers(sock, 1)
+            assert b'"code":0' in answer
+        assert wait_until(lambda: sum(map(_closed_by_server, socks)) == 2, timeout=5)
+        kept = [sock for sock in socks if not _closed_by_server(sock)]
+        for sock in kept:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            (health,) = _answers(sock, 1)
+            assert b'"code":0' in health
+    finally:
+        for sock in socks:
+            sock.close()

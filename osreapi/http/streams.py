@@ -108,6 +108,12 @@ class _GiveBack:
         self.received += data
         return len(self.received) <= MAX_RECEIVED
 
+    def room(self) -> bool:
+        """The server may hold one more idle connection: cheroot's rule for the connections its
+        workers keep (under the keep-alive limit, the server not stopping). Past it, streams that
+        end together would fill the intake, and new clients get 503 until the idle ones time out."""
+        return self.server.can_add_keepalive_connection
+
     def give(self, sock: socket.socket) -> None:
         sock.settimeout(self.server.timeout)  # as cheroot's accepted sockets
         conn = self.server.ConnectionClass(self.server, sock, MakeFile)
@@ -374,9 +380,9 @@ class StreamHub:
 
     def _finish(self, stream: _Stream) -> None:
         """The stream has said everything: its connection serves the client's next request (plain
-        HTTP/1.1 keep-alive), else it closes."""
+        HTTP/1.1 keep-alive) if the server has room for it, else it closes."""
         give_back = stream.give_back
-        if give_back is None:
+        if give_back is None or not give_back.room():
             self._end(stream)
             return
         self._forget(stream)
