@@ -362,3 +362,27 @@ def test_a_stream_handed_over_as_the_hub_stops_gets_its_last_word(hub_server):
             received = read_until(second, b"0\r\n\r\n")
     assert received.startswith(b"HTTP/1.1 200 OK") and b"9\r\nlast word\r\n0\r\n\r\n" in received
     assert feeds[1].closed.is_set()
+
+
+def test_a_stream_answered_as_the_hub_stops_gets_its_last_word():
+    """The hub stops between a route's answer and the hand-off of its connection: the stream still
+    gets its source's last word (a wait's answer as it stands), not a close with nothing sent."""
+    hub = StreamHub("en", tick=0.05)
+    source = Feed()
+    source.final = lambda: b"last word"
+    app = bottle.Bottle()
+
+    @app.get("/feed")
+    def feed() -> bottle.HTTPResponse:
+        response = hub.serve(bottle.request.environ, "200 OK", [("Content-Type", "text/plain")], source)
+        hub.stop()  # the server stops before Handoff gives the connection to the hub
+        return response
+
+    server = HttpServer(Handoff(app, hub), "127.0.0.1", 0)
+    try:
+        with open_feed(server.start()) as sock:
+            received = read_until(sock, b"0\r\n\r\n")
+    finally:
+        server.stop()
+    assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"9\r\nlast word\r\n0\r\n\r\n")
+    assert source.closed.is_set()

@@ -246,13 +246,15 @@ class StreamHub:
         now = time.monotonic()
         stream = _Stream(sock, source, chunked, bytearray(head), now, stall_limit, Uptake(now), give_back)
         with self._lock:
-            if self._stopping.is_set():  # the server is stopping: the stream ends before it starts
-                self._end(stream)
-                return
-            self._incoming.append(stream)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="osreapi-streams", daemon=True)
-                self._thread.start()
+            stopping = self._stopping.is_set()
+            if not stopping:
+                self._incoming.append(stream)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="osreapi-streams", daemon=True)
+                    self._thread.start()
+        if stopping:  # the server stops: the stream ends before it starts, with its last word
+            self._finish_on_stop(stream)
+            return
         self.wake()
 
     # -- the hub thread -------------------------------------------------------------------
