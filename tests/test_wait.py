@@ -263,11 +263,12 @@ def test_streams_that_end_together_keep_no_more_connections_than_the_server_hold
     client = make_server(server_options={"max_connections": 4})
     gate = tmp_path / "gate"
     task_id = client.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.02; done")])
-    socks = [socket.create_connection((client.host, client.port), timeout=20) for _ in range(6)]
+    socks: list[socket.socket] = []
     try:
-        for sock in socks:
-            sock.sendall(f"GET /{task_id}?wait=30s HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        assert wait_until(lambda: client.hub.count == 6, timeout=10)
+        for count in range(1, 7):  # one at a time: the server holds four connections while it reads them
+            socks.append(socket.create_connection((client.host, client.port), timeout=20))
+            socks[-1].sendall(f"GET /{task_id}?wait=30s HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert wait_until(lambda: client.hub.count == count, timeout=10)
         gate.touch()
         for sock in socks:
             (answer,) = _answers(sock, 1)
