@@ -256,3 +256,22 @@ def test_a_client_that_trickles_its_answer_in_is_dropped(make_server, monkeypatc
         assert client.server.answers_waiting == 0 and 0 < received < BIG  # dropped while it read
     finally:
         sock.close()
+
+
+def test_a_head_refused_before_the_routes_has_no_body_and_the_next_answer_is_whole(make_server):
+    """A HEAD refused by the token guard (401, its envelope and length) gets the head alone: the
+    body, read by no HEAD client, was taken for the start of the answer to the request pipelined
+    behind it on the same connection."""
+    from osreapi.http.app import HttpSettings
+
+    client = make_server(settings=HttpSettings(token="s3cret"))
+    with socket.create_connection((client.host, client.port), timeout=10) as sock:
+        sock.sendall(b"HEAD /version HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b'"status":"ok"' not in data:  # the pipelined answer's body
+            chunk = sock.recv(65536)  # bounded by the socket timeout
+            assert chunk, data
+            data += chunk
+    refused, _, rest = data.partition(b"\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 401") and b"Content-Length: " in refused
+    assert rest.startswith(b"HTTP/1.1 200 OK"), rest[:120]

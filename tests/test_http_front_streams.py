@@ -332,3 +332,57 @@ def test_followers_of_one_step_share_one_state_read():
     for _ in range(3):
         fresh("u", 0)
     assert reads.count(("u", 0)) == 3
+
+
+def test_a_stream_handed_over_as_the_hub_stops_gets_its_last_word(hub_server):
+    """A stream still waiting for the hub thread when it stops (a wait adopted as the server
+    stopped) gets its source's last word, as the streams the thread served do; it used to be
+    closed with nothing sent, not even its head."""
+    hub, feeds, address, _ = hub_server
+    gate, entered = threading.Event(), threading.Event()
+    with open_feed(address) as first:
+        assert wait_until(lambda: hub.count == 1)
+
+        def held_read() -> tuple[bytes, bool]:  # keeps the hub thread busy while the next stream comes
+            entered.set()
+            gate.wait(10)
+            return b"", False
+
+        feeds[0].read = held_read
+        hub.wake()
+        assert entered.wait(10)
+        with open_feed(address) as second:
+            assert wait_until(lambda: len(feeds) == 2 and hub.count == 2)  # handed over, not yet taken
+            feeds[1].final = lambda: b"last word"
+            stopper = threading.Thread(target=hub.stop)
+            stopper.start()
+            assert wait_until(lambda: hub._stopping.is_set())
+            gate.set()
+            stopper.join(10)
+            received = read_until(second, b"0\r\n\r\n")
+    assert received.startswith(b"HTTP/1.1 200 OK") and b"9\r\nlast word\r\n0\r\n\r\n" in received
+    assert feeds[1].closed.is_set()
+
+
+def test_a_stream_answered_as_the_hub_stops_gets_its_last_word():
+    """The hub stops between a route's answer and the hand-off of its connection: the stream still
+    gets its source's last word (a wait's answer as it stands), not a close with nothing sent."""
+    hub = StreamHub("en", tick=0.05)
+    source = Feed()
+    source.final = lambda: b"last word"
+    app = bottle.Bottle()
+
+    @app.get("/feed")
+    def feed() -> bottle.HTTPResponse:
+        response = hub.serve(bottle.request.environ, "200 OK", [("Content-Type", "text/plain")], source)
+        hub.stop()  # the server stops before Handoff gives the connection to the hub
+        return response
+
+    server = HttpServer(Handoff(app, hub), "127.0.0.1", 0)
+    try:
+        with open_feed(server.start()) as sock:
+            received = read_until(sock, b"0\r\n\r\n")
+    finally:
+        server.stop()
+    assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"9\r\nlast word\r\n0\r\n\r\n")
+    assert source.closed.is_set()

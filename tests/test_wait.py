@@ -222,3 +222,63 @@ def test_a_stream_whose_client_cannot_keep_its_connection_closes_it(client: Clie
         while chunk := sock.recv(65536):  # to the close
             received += chunk
     assert b'"code":0' in received
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("body", [b"", b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n"])
+def test_a_request_pipelined_with_the_stream_s_own_is_answered_after_it(client: Client, tmp_path, body: bytes):
+    """A request sent in the same packet as the stream's (read by the intake before the hub had the
+    socket) is answered once the stream has ended; the streamed request's body, unread by its
+    route, is skipped, never taken for a request. The pipelined one was lost: the client waited
+    until the idle connection was closed."""
+    gate = tmp_path / "gate"
+    task_id = client.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.02; done; echo done")])
+    with socket.create_connection((client.host, client.port), timeout=20) as sock:
+        head = f"GET /{task_id}?wait=30s HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        sock.sendall(head + body + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_until(lambda: client.hub.count == 1, timeout=10)  # the wait is on the hub
+        gate.touch()
+        streamed, health = _answers(sock, 2)
+        assert b"done" in streamed and health.startswith(b"HTTP/1.1 200") and b'"code":0' in health
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the next answer is this one's
+        (again,) = _answers(sock, 1)
+        assert b'"code":0' in again and b"version" not in again
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    finally:
+        sock.settimeout(20)
+
+
+@pytest.mark.timeout(60)
+def test_streams_that_end_together_keep_no_more_connections_than_the_server_holds(make_server, tmp_path):
+    """Six waits end at once on a server that holds four connections: four are kept for their
+    clients' next requests, two close. All six were kept, past the limit: new clients got 503 until
+    the idle ones timed out."""
+    client = make_server(server_options={"max_connections": 4})
+    gate = tmp_path / "gate"
+    task_id = client.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.02; done")])
+    socks: list[socket.socket] = []
+    try:
+        for count in range(1, 7):  # one at a time: the server holds four connections while it reads them
+            socks.append(socket.create_connection((client.host, client.port), timeout=20))
+            socks[-1].sendall(f"GET /{task_id}?wait=30s HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert wait_until(lambda: client.hub.count == count, timeout=10)
+        gate.touch()
+        for sock in socks:
+            (answer,) = _answers(sock, 1)
+            assert b'"code":0' in answer
+        assert wait_until(lambda: sum(map(_closed_by_server, socks)) == 2, timeout=5)
+        kept = [sock for sock in socks if not _closed_by_server(sock)]
+        for sock in kept:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            (health,) = _answers(sock, 1)
+            assert b'"code":0' in health
+    finally:
+        for sock in socks:
+            sock.close()

@@ -130,6 +130,14 @@ class _Request(HTTPRequest):
             self.method = b"HEAD"
             self.chunked_write = False  # no body: no last chunk either
 
+    def write(self, chunk: bytes) -> None:
+        """The answer's body, never after a HEAD's head (RFC 9110 9.3.2). Bottle drops a HEAD's body,
+        but cheroot writes whatever the application returns, and the layers around Bottle (the token
+        guard's 401, the request limit's 429) return theirs: the client, which reads no body after a
+        HEAD, took it for the start of its next answer on the connection kept alive."""
+        if self.method != b"HEAD":
+            super().write(chunk)
+
     def read_request_headers(self) -> bool:
         if not super().read_request_headers():
             return False

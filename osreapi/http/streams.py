@@ -101,13 +101,25 @@ class _GiveBack:
 
     server: object  # cheroot's server: its connection class and request intake
     remote: tuple  # (address, port)
+    received: bytearray  # what the client sent after the streamed request's head and body
 
-    def give(self, sock: socket.socket, received: bytes) -> None:
+    def keep(self, data: bytes) -> bool:
+        """Keep what the client sent meanwhile; False once it is more than a request's head."""
+        self.received += data
+        return len(self.received) <= MAX_RECEIVED
+
+    def room(self) -> bool:
+        """The server may hold one more idle connection: cheroot's rule for the connections its
+        workers keep (under the keep-alive limit, the server not stopping). Past it, streams that
+        end together would fill the intake, and new clients get 503 until the idle ones time out."""
+        return self.server.can_add_keepalive_connection
+
+    def give(self, sock: socket.socket) -> None:
         sock.settimeout(self.server.timeout)  # as cheroot's accepted sockets
         conn = self.server.ConnectionClass(self.server, sock, MakeFile)
         conn.remote_addr, conn.remote_port = self.remote
         conn.ssl_env = {}
-        conn.rfile._read_buf, conn.rfile._read_pos = received, 0
+        conn.rfile._read_buf, conn.rfile._read_pos = bytes(self.received), 0
         self.server.osreapi_intake.put(conn)
 
 
@@ -121,7 +133,6 @@ class _Stream:
     stall_limit: float  # the reader may take nothing of what is queued for this long
     uptake: Uptake  # when the reader last took bytes (or had nothing waiting)
     give_back: _GiveBack | None = None  # None: the connection closes with the stream
-    received: bytearray = field(default_factory=bytearray)  # what the client sent meanwhile
     ending: bool = False
     more: bool = False  # the last pull stopped at the high-water mark, not at the source's end
     events: int = field(default=selectors.EVENT_READ)
@@ -206,8 +217,8 @@ class StreamHub:
             self._send_wake()
         if self._thread is not None:
             self._thread.join(10)
-        for stream in self._take_incoming():
-            self._end(stream)
+        for stream in self._take_incoming():  # handed over as the thread stopped: never served
+            self._finish_on_stop(stream)
         with self._lock:
             self._wake_r.close()
             self._wake_w.close()
@@ -235,13 +246,15 @@ class StreamHub:
         now = time.monotonic()
         stream = _Stream(sock, source, chunked, bytearray(head), now, stall_limit, Uptake(now), give_back)
         with self._lock:
-            if self._stopping.is_set():  # the server is stopping: the stream ends before it starts
-                self._end(stream)
-                return
-            self._incoming.append(stream)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="osreapi-streams", daemon=True)
-                self._thread.start()
+            stopping = self._stopping.is_set()
+            if not stopping:
+                self._incoming.append(stream)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="osreapi-streams", daemon=True)
+                    self._thread.start()
+        if stopping:  # the server stops: the stream ends before it starts, with its last word
+            self._finish_on_stop(stream)
+            return
         self.wake()
 
     # -- the hub thread -------------------------------------------------------------------
@@ -288,10 +301,8 @@ class StreamHub:
             if data == b"":  # EOF or reset: the client has gone
                 self._end(stream)
                 return
-            if data and stream.give_back is not None:  # its next request: kept for after this answer
-                stream.received += data
-                if len(stream.received) > MAX_RECEIVED:
-                    stream.give_back = None  # more than a request's head: the connection closes at the end
+            if data and stream.give_back is not None and not stream.give_back.keep(data):  # its next request
+                stream.give_back = None  # more than a request's head: the connection closes at the end
         if mask & selectors.EVENT_WRITE:
             self._flush(stream)
             if id(stream) in self._streams and len(stream.out) < HIGH_WATER // 2:
@@ -371,15 +382,15 @@ class StreamHub:
 
     def _finish(self, stream: _Stream) -> None:
         """The stream has said everything: its connection serves the client's next request (plain
-        HTTP/1.1 keep-alive), else it closes."""
+        HTTP/1.1 keep-alive) if the server has room for it, else it closes."""
         give_back = stream.give_back
-        if give_back is None:
+        if give_back is None or not give_back.room():
             self._end(stream)
             return
         self._forget(stream)
         self._close_source(stream)
         try:
-            give_back.give(stream.sock, bytes(stream.received))
+            give_back.give(stream.sock)
         except Exception:  # the server is stopping, say: the connection just closes
             log.debug("a stream's connection could not be kept alive", exc_info=True)
             with suppress(OSError):
@@ -452,11 +463,18 @@ class Handoff:
 
 def _give_back(request) -> _GiveBack | None:
     """How the connection goes back to the server after the stream, if it may: plain sockets whose
-    client did not ask to close (a TLS session stays with its socket object: those close)."""
+    client did not ask to close (a TLS session stays with its socket object: those close). What the
+    intake read past this request (its unread body skipped) is the client's next request, pipelined
+    in the same packets: it goes back too, or it would be lost with the connection's old reader."""
     conn = request.conn
     if request.close_connection or is_tls(conn.socket) or not hasattr(request.server, "osreapi_intake"):
         return None
-    return _GiveBack(request.server, (getattr(conn, "remote_addr", None), getattr(conn, "remote_port", None)))
+    give_back = _GiveBack(request.server, (getattr(conn, "remote_addr", None), getattr(conn, "remote_port", None)), bytearray())
+    rfile, body_left = conn.rfile, getattr(request.rfile, "remaining", 0)
+    buffered = rfile._read_buf[rfile._read_pos :]
+    if len(buffered) < body_left or not give_back.keep(buffered[body_left:]):
+        return None  # a body not all read (never, from the intake), or more than a request's head
+    return give_back
 
 
 def _take_socket(conn) -> socket.socket:
