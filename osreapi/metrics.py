@@ -54,6 +54,11 @@ class EngineMetrics:
         """More values read at each scrape (names from _GAUGES and _COUNTED)."""
         self._gauge_sources.append(read)
 
+    def remove_gauge_source(self, read: Callable[[], dict[str, float]]) -> None:
+        """Its owner has stopped (an HTTP server): its values no longer show."""
+        if read in self._gauge_sources:
+            self._gauge_sources.remove(read)
+
     def read_gauges(self) -> dict[str, float]:
         values: dict[str, float] = {}
         for read in self._gauge_sources:

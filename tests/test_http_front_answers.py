@@ -275,3 +275,14 @@ def test_a_head_refused_before_the_routes_has_no_body_and_the_next_answer_is_who
     refused, _, rest = data.partition(b"\r\n\r\n")
     assert refused.startswith(b"HTTP/1.1 401") and b"Content-Length: " in refused
     assert rest.startswith(b"HTTP/1.1 200 OK"), rest[:120]
+
+
+def test_a_stopped_server_leaves_no_figures_in_the_engine_s_metrics(make_server, make_executor):
+    """Two servers on one engine (an embedding program may serve it twice): once the second stops,
+    /metrics on the first gives the first's own figures, not the stopped one's."""
+    executor = make_executor()
+    first = make_server(executor, server_options={"out_budget": 1 << 20})
+    second = make_server(executor, server_options={"out_budget": 2 << 20})
+    assert scraped(second, "osreapi_http_answer_bytes_limit") == 2 << 20
+    second.server.stop()
+    assert scraped(first, "osreapi_http_answer_bytes_limit") == 1 << 20

@@ -320,9 +320,9 @@ class HttpServer:
             out_budget=out_budget,
         )
         self._server.max_request_header_size = max_header
-        metrics = getattr(app, "metrics", None)  # the engine's, when the app is ours: scraped with /metrics
-        if metrics is not None:
-            metrics.add_gauge_source(self._gauges)
+        self._metrics = getattr(app, "metrics", None)  # the engine's, when the app is ours: scraped with /metrics
+        if self._metrics is not None:
+            self._metrics.add_gauge_source(self._gauges)
         if tls is not None:
             self._server.ssl_adapter = tls_adapter(tls)
         self._thread: threading.Thread | None = None
@@ -367,3 +367,5 @@ class HttpServer:
         self._server.stop()
         if self._thread is not None:
             self._thread.join(10)
+        if self._metrics is not None:  # the engine may be served again by another server
+            self._metrics.remove_gauge_source(self._gauges)
