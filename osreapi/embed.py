@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,6 +54,7 @@ from .metrics import EngineMetrics
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
 from .storage.lock import lock_data_dir
+from .watchers import TaskWatchers
 from .vocabulary import State
 
 log = logging.getLogger(__name__)
@@ -149,8 +149,7 @@ class Executor(ControlCalls):
         self.clock = clock
         self.monotonic = monotonic
         self.limits = limits
-        self._waiters: dict[str, list[threading.Event]] = defaultdict(list)
-        self._waiters_lock = threading.Lock()
+        self._waiters = TaskWatchers()  # woken when their task ends (or the engine closes)
         self._listeners: list[Listener] = []
         self._delete_listeners: list[Callable[[tuple[str, ...]], None]] = []
         self._closed = False
@@ -374,22 +373,12 @@ class Executor(ControlCalls):
     def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
         """Block until the task has ended (or timeout); return its result, None if unknown.
         EngineClosed if the engine closes meanwhile (a task it leaves queued ends only after the next start)."""
-        event = threading.Event()
-        with self._waiters_lock:
-            self._waiters[task_id].append(event)
-        try:
+        with self._waiters.watching(task_id) as ended:
             result = self.get(task_id)
             if result is None or result.finished:
                 return result
-            event.wait(timeout)
+            ended.wait(timeout)
             return self.get(task_id)
-        finally:
-            with self._waiters_lock:
-                events = self._waiters.get(task_id)
-                if events is not None:
-                    events.remove(event)
-                    if not events:
-                        del self._waiters[task_id]
 
     def poke(self) -> None:
         """An injected `monotonic` clock moved forward: look at the deadlines again now."""
@@ -442,15 +431,9 @@ class Executor(ControlCalls):
             self._db.close()
             if self._lock is not None:
                 self._lock.close()
-            self._wake_waiters()
-
-    def _wake_waiters(self) -> None:
-        """A task the shutdown left queued never ends here: its waiters stop waiting now (and
-        their read of the closed engine raises EngineClosed)."""
-        with self._waiters_lock:
-            events = [event for waiting in self._waiters.values() for event in waiting]
-        for event in events:
-            event.set()
+            # A task the shutdown left queued never ends here: its waiters stop waiting now (and
+            # their read of the closed engine raises EngineClosed).
+            self._waiters.notify_all()
 
     def _finish_kills(self, timeout: float) -> None:
         """Let the janitor finish killing leftover processes (bounded) before its timer stops."""
@@ -503,10 +486,7 @@ class Executor(ControlCalls):
     def _committed(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
         """Called by the store after each committed write: wake waiters, tell subscribers."""
         if task is not None and task.end is not None:
-            with self._waiters_lock:
-                events = list(self._waiters.get(task_id, ()))
-            for event in events:
-                event.set()
+            self._waiters.notify(task_id)
         for listener in self._listeners:
             try:
                 listener(task_id, task, steps)

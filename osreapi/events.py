@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .records import StepRecord, TaskRecord
+from .watchers import TaskWatchers
 
 DEFAULT_CAPACITY = 10_000
 # A finished step's event carries its output (up to --max_output each): beyond this many characters
@@ -67,7 +68,7 @@ class EventBus:
         self._output_held = 0  # characters of step output in the ring
         self._last = int(clock() * 1_000_000)
         self._lock = threading.Lock()
-        self._watchers: dict[str, set[threading.Event]] = {}  # task id -> set at its next event
+        self._watchers = TaskWatchers()  # woken at their task's next event
         self._wakers: set[Callable[[], None]] = set()
 
     @property
@@ -85,8 +86,8 @@ class EventBus:
                 self._append(current, step)
             if task is not None:  # after its steps: a task's end comes after its last step's
                 self._append(task, None)
-            self._notify(task_id)
             wakers = tuple(self._wakers)
+        self._watchers.notify(task_id)
         for wake in wakers:
             wake()
 
@@ -97,8 +98,9 @@ class EventBus:
                 stub = self._tasks.pop(task_id, None) or TaskRecord(id=task_id, mode="", count=0, accepted=0.0)
                 self._last += 1
                 self._keep(Event(self._last, stub, None, deleted=True))
-                self._notify(task_id)
             wakers = tuple(self._wakers)
+        for task_id in task_ids:
+            self._watchers.notify(task_id)
         for wake in wakers:
             wake()
 
@@ -147,26 +149,12 @@ class EventBus:
         """Block until an event about task_id after `seq` exists (True; a Reset counts) or timeout
         seconds passed (False). Only that task's events wake the waiter: under load a thread
         woken at every event of every task spent its time taking the GIL to look and sleep again."""
-        news = threading.Event()
-        with self._lock:
-            news_for_task = self._after(seq)
-            if news_for_task is None or any(e.task.id == task_id for e in news_for_task):
-                return True
-            self._watchers.setdefault(task_id, set()).add(news)
-        try:
-            return news.wait(timeout)
-        finally:
+        with self._watchers.watching(task_id) as news:
             with self._lock:
-                watching = self._watchers.get(task_id)
-                if watching is not None:
-                    watching.discard(news)
-                    if not watching:
-                        del self._watchers[task_id]
-
-    def _notify(self, task_id: str) -> None:
-        """Called with the lock held."""
-        for news in self._watchers.get(task_id, ()):
-            news.set()
+                newer = self._after(seq)
+                if newer is None or any(e.task.id == task_id for e in newer):
+                    return True
+            return news.wait(timeout)
 
     def add_waker(self, wake: Callable[[], None]) -> None:
         """`wake()` is called (from the store's thread: it must be quick) after every publish."""

@@ -47,7 +47,7 @@ class EngineMetrics:
             self.http_requests[(method, route, str(status))] += 1
 
     def add_gauges(self, read: Callable[[], dict[str, float]], task_states: Callable[[], Tally]) -> None:
-        self._gauge_sources.append(read)
+        self.add_gauge_source(read)
         self.task_states = task_states
 
     def add_gauge_source(self, read: Callable[[], dict[str, float]]) -> None:
