@@ -340,7 +340,7 @@ def test_a_stream_handed_over_as_the_hub_stops_gets_its_last_word(hub_server):
     closed with nothing sent, not even its head."""
     hub, feeds, address, _ = hub_server
     gate, entered = threading.Event(), threading.Event()
-    with open_feed(address) as first:
+    with open_feed(address):
         assert wait_until(lambda: hub.count == 1)
 
         def held_read() -> tuple[bytes, bool]:  # keeps the hub thread busy while the next stream comes

@@ -27,15 +27,7 @@ from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
 from .base import EngineActor
 from .delivery import tell_if_alive
-from .messages import (
-    CreateTask,
-    DeleteTask,
-    Flush,
-    Ping,
-    RetryUnsaved,
-    SaveRecords,
-    SweepExpired,
-)
+from .messages import CreateTask, DeleteTask, Flush, Ping, RetryUnsaved, SaveRecords, SweepExpired
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 100
