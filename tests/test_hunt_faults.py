@@ -155,12 +155,24 @@ def test_bodies_owed_do_not_hold_the_workers(make_server):
 
 
 @pytest.mark.parametrize("request_line", [b"GET /version HTTP/2.0", b"PRI * HTTP/2.0", b"GET /version HTTP/9.9"])
-def test_an_unsupported_http_version_is_named_not_called_an_internal_error(client: Client, request_line: bytes):
-    """cheroot's 505 was answered "internal error" (its headers are not read yet: the server's language)."""
+def test_an_unsupported_http_version_is_a_client_error_that_names_it(client: Client, request_line: bytes):
+    """cheroot's 505 was answered "internal error", then 505: a 5xx for what a client sent (its
+    headers are not read yet: the server's language)."""
     answer = _all_answers(client, request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 505 "), answer
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
     body = json.loads(answer.partition(b"\r\n\r\n")[2])
-    assert body == {"code": 505, "message": "不支持的 HTTP 版本: 请使用 HTTP/1.1 (或 1.0)"}
+    assert body == {"code": 400, "message": "不支持的 HTTP 版本: 请使用 HTTP/1.1 (或 1.0)"}
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"gzip, chunked", b"identity"])
+def test_an_unsupported_transfer_encoding_is_a_client_error_that_names_it(client: Client, coding: bytes):
+    """cheroot answers 501 for a transfer coding it does not decode: a 5xx for what a client sent."""
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\nTransfer-Encoding: " + coding
+    answer = _all_answers(client, head + b"\r\nConnection: close\r\n\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body == {"code": 400, "message": "unsupported Transfer-Encoding: only chunked is accepted"}
+    assert client.get("/").json["data"]["tasks"] == []  # nothing was taken
 
 
 def test_the_event_ring_holds_a_bounded_amount_of_step_output() -> None:

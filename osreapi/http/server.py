@@ -173,10 +173,10 @@ class _Request(HTTPRequest):
             self._refuse(status, "uri_too_long", limit=server.max_request_header_size)
         elif code == 408:
             self._refuse(status, "read_timeout", seconds=f"{server.osreapi_read_timeout:g}")
-        elif code == 501:
-            self._refuse(status, "not_implemented")
+        elif code == 501:  # a transfer coding the client chose: its error, never a 5xx
+            self._refuse("400 Bad Request", "not_implemented")
         elif code == 505:  # the client's HTTP version, not our failure
-            self._refuse(status, "http_version")
+            self._refuse("400 Bad Request", "http_version")
         elif code == 503:
             self._refuse(status, "overloaded", retry_after=RETRY_AFTER)
         elif code >= 500:
