@@ -386,3 +386,39 @@ def test_a_stream_answered_as_the_hub_stops_gets_its_last_word():
         server.stop()
     assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"9\r\nlast word\r\n0\r\n\r\n")
     assert source.closed.is_set()
+
+
+def _wakes(thread: threading.Thread) -> int:
+    """How often a thread of this process has gone to sleep and woken (Linux)."""
+    with open(f"/proc/self/task/{thread.native_id}/status") as status:
+        return int(status.read().split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+@pytest.mark.skipif(not hasattr(threading.Thread, "native_id") or not psutil.LINUX, reason="reads /proc")
+def test_a_hub_without_streams_sleeps_until_one_comes():
+    """The hub thread ticked (every 50 ms) for ever once it had served one stream: an idle server
+    woke twenty times a second."""
+    hub = StreamHub("en", tick=0.005)
+    app = bottle.Bottle()
+    feeds: list[Feed] = []
+
+    @app.get("/feed")
+    def feed() -> bottle.HTTPResponse:
+        feeds.append(Feed())
+        return hub.serve(bottle.request.environ, "200 OK", [("Content-Type", "text/plain")], feeds[-1])
+
+    server = HttpServer(Handoff(app, hub), "127.0.0.1", 0)
+    address = server.start()
+    try:
+        for round_ in range(2):  # the second: a hub that slept serves the next stream at once
+            with open_feed(address) as sock:
+                read_until(sock, b"\r\n\r\n")
+                feeds[-1].push(b"bye", finished=True)
+                hub.wake()
+                read_until(sock, b"0\r\n\r\n")
+            assert feeds[-1].closed.wait(5) and wait_until(lambda: hub.count == 0)
+            before = _wakes(hub._thread)
+            threading.Event().wait(0.3)  # the window watched: 60 ticks of the old hub
+            assert _wakes(hub._thread) - before < 10, f"round {round_}"
+    finally:
+        server.stop()

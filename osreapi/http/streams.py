@@ -266,7 +266,8 @@ class StreamHub:
         try:
             while not self._stopping.is_set():
                 woken = False
-                for key, mask in self._selector.select(timeout=self._tick):
+                # No stream, no tick: an idle server's hub sleeps until a stream (or stop) wakes it.
+                for key, mask in self._selector.select(timeout=self._tick if self._streams else None):
                     if key.data is None:
                         woken = True
                         with suppress(OSError):
