@@ -44,6 +44,14 @@ def marked_left(task_id: str) -> list[psutil.Process]:
     return treekill.marked_processes(task_id)
 
 
+def saved_step(data: Path, task_id: str, index: int = 0) -> StepRecord:
+    db = Database(data / "db")  # a second reader of the live store (or of a dead server's)
+    try:
+        return db.get_steps(task_id)[index]
+    finally:
+        db.close()
+
+
 # -- 1. at most once -----------------------------------------------------------------------
 
 
@@ -79,11 +87,7 @@ def test_a_tree_that_dropped_its_marker_is_killed_after_a_crash_by_its_saved_pid
     pid = read_pid(data / "workspace" / task_id / "pid")
 
     def saved() -> StepRecord:
-        db = Database(data / "db")  # a second reader of the live store
-        try:
-            return db.get_steps(task_id)[0]
-        finally:
-            db.close()
+        return saved_step(data, task_id)
 
     assert wait_until(lambda: saved().pid_created is not None, timeout=10)
     assert saved().pid == pid and abs(saved().pid_created - psutil.Process(pid).create_time()) < 0.01
@@ -92,6 +96,35 @@ def test_a_tree_that_dropped_its_marker_is_killed_after_a_crash_by_its_saved_pid
     restarted = start_server("--pool_size=2", data_dir=data)
     assert wait_until(lambda: gone(pid), timeout=20)
     assert state_of(restarted.client, task_id) == "interrupted"
+
+
+@pytest.mark.timeout(120)
+def test_a_crash_before_the_pid_is_saved_leaves_no_setsid_child_of_a_term_ignoring_step(start_server, tmp_path):
+    """SIGKILL within PID_SAVE_DELAY of a step's start: only its run marker finds its processes.
+    The step ignores TERM and starts a setsid child every few ms; recovery's one snapshot of the
+    marked processes TERMed them, waited the grace and KILLed the snapshot, and the children
+    started during the grace ran on. Recovery scans until nothing carries the marker."""
+    ledger = tmp_path / "ledger"
+    script = f"echo run >> {ledger}; echo $$ > pid; trap '' TERM; while :; do setsid sleep 1606 & sleep 0.02; done"
+    for attempt in range(3):  # the crash must land before the pid is saved (0.2 s): almost always at once
+        data = tmp_path / f"data{attempt}"
+        server = start_server("--pool_size=2", data_dir=data)
+        task_id = server.client.submit([sh(script)])
+        read_pid(data / "workspace" / task_id / "pid")
+        server.kill()
+        if saved_step(data, task_id).pid is None:
+            break
+        treekill.kill_marked(task_id, grace=0.0)
+    else:
+        pytest.skip("the crash never landed before the pid was saved")
+    try:
+        restarted = start_server("--pool_size=2", data_dir=data)
+        assert state_of(restarted.client, task_id) == "interrupted"  # recovery ran before it listened
+        assert not marked_left(task_id)
+        assert ledger.read_text().splitlines().count("run") == attempt + 1  # never run again
+        assert restarted.terminate() == 0
+    finally:
+        treekill.kill_marked(task_id, grace=0.0)  # what the old recovery leaves
 
 
 # -- 3, 4, 5: control races and sequences --------------------------------------------------

@@ -12,6 +12,8 @@ import psutil
 TASK_MARKER = "OSREAPI_TASK_ID"
 STEP_MARKER = "OSREAPI_STEP_NAME"
 RUN_MARKER = "OSREAPI_RUN_ID"  # one step's one run: a reposted id or a kept daemon is not confused with it
+ROUND = 0.1  # seconds between marker scans while a run's processes are killed
+GIVE_UP_AFTER = 30.0  # seconds past the grace: a process that survives KILL this long is stuck
 
 
 def marked_processes(task_id: str, step_name: str | None = None, run_id: str | None = None) -> list[psutil.Process]:
@@ -43,11 +45,25 @@ def marked_trees(task_id: str, step_name: str | None = None, run_id: str | None 
 
 def kill_marked(task_id: str, grace: float, step_name: str | None = None, run_id: str | None = None) -> list[int]:
     """Kill the processes found by marker (no group or child of ours needed): the ops tool (a whole
-    task) and restart recovery (one run), when the server that started them is gone."""
-    procs = {proc.pid: proc for proc in marked_trees(task_id, step_name, run_id)}
-    procs.pop(os.getpid(), None)
-    _terminate(procs, grace)
-    return sorted(procs)
+    task) and restart recovery (one run), when the server that started them is gone. Scanned
+    again and again until none is left (bounded): a TERM-ignoring process starts new setsid
+    children while it is killed. TERM at first sight, KILL whatever is found once `grace` has passed."""
+    since = time.monotonic()
+    signalled: set[int] = set()
+    while True:
+        found = {proc.pid: proc for proc in marked_trees(task_id, step_name, run_id) if _alive(proc)}
+        found.pop(os.getpid(), None)
+        elapsed = time.monotonic() - since
+        if not found or elapsed > grace + GIVE_UP_AFTER:
+            return sorted(signalled)
+        for pid, proc in found.items():
+            if elapsed >= grace:
+                _signal(proc, signal.SIGKILL)
+            elif pid not in signalled:
+                _signal(proc, signal.SIGTERM)
+                _signal(proc, signal.SIGCONT)  # a stopped (paused) process acts on TERM
+            signalled.add(pid)
+        wait_gone(list(found.values()), timeout=ROUND)
 
 
 def kill_tree(
