@@ -588,6 +588,60 @@ def test_a_runner_that_fails_three_times_frees_its_slot_and_its_task_still_ends(
     assert ex.wait(ex.submit([sh("echo next")]), timeout=20).steps[0].output == "next\n"  # the slot is free
 
 
+@pytest.mark.timeout(60)
+def test_a_control_request_queued_to_a_runner_that_stops_is_answered_not_left_to_time_out(make_executor, monkeypatch):
+    """A pause fails in its task runner, and so does every interrupt it tries: the runner stops
+    (pykka). A kill queued behind that pause in the runner's mailbox was dropped with the mailbox:
+    pykka answers the asks it drops, not a tell carrying our Reply, so the kill's caller waited out
+    its whole call_timeout and was told the engine was busy. It is answered at once now."""
+    from osreapi.actors.taskstate import TaskState
+    from osreapi.errors import EngineBusy
+
+    control, interrupt = TaskState.control, TaskState.interrupt
+    entered, release = threading.Event(), threading.Event()
+
+    def failing_control(self, action, index, now):
+        if self.task.id == "faulty" and action == "pause":
+            entered.set()
+            assert release.wait(20)  # holds the runner until the kill waits in its mailbox
+            raise RuntimeError("injected fault")
+        return control(self, action, index, now)
+
+    def failing_interrupt(self, *args, **kwargs):
+        if self.task.id == "faulty" and threading.current_thread().name.startswith("TaskActor"):
+            raise RuntimeError("injected fault while failing")
+        return interrupt(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskState, "control", failing_control)
+    monkeypatch.setattr(TaskState, "interrupt", failing_interrupt)
+    ex = make_executor(pool_size=1, extra_live_tasks=0, call_timeout="20s")
+    ex.submit([sh("exec sleep 60")], task_id="faulty")
+    assert wait_until(lambda: ex.get("faulty").steps[0].state is State.RUNNING)
+    (runner,) = pykka.ActorRegistry.get_by_class(TaskActor)
+    paused: list[BaseException] = []
+    pausing = threading.Thread(target=lambda: paused.append(pytest.raises(RuntimeError, ex.pause, "faulty").value))
+    pausing.start()
+    assert entered.wait(10)
+    killed: list[BaseException] = []
+
+    def kill() -> None:
+        try:
+            ex.kill("faulty")
+        except Exception as exc:  # noqa: BLE001 - which one is the point
+            killed.append(exc)
+
+    killing = threading.Thread(target=kill)
+    killing.start()
+    assert wait_until(lambda: not runner.actor_inbox.empty())  # the kill waits behind the pause
+    release.set()
+    pausing.join(20)
+    killing.join(30)
+    assert not killing.is_alive() and len(killed) == 1
+    assert not isinstance(killed[0], EngineBusy), killed[0]  # answered, not timed out
+    assert isinstance(killed[0], pykka.ActorDeadError), killed[0]
+    assert ex.wait("faulty", timeout=20).task.state is State.INTERRUPTED  # the supervisor ended it
+
+
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------
 
 

@@ -97,6 +97,7 @@ class StepActor(EngineActor):
             tell_if_alive(job.task, StepEnded(job.run, job.record.index, State.INTERRUPTED, STEP_CODE_UNFINISHED,
                                               "step interrupted: the engine failed", now, self._pid()))
         self._services.pool.retire(self.actor_ref)
+        super().on_failure(*args)
 
     def _is_current(self, run: int) -> bool:
         return self._job is not None and self._job.run == run

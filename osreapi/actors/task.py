@@ -133,6 +133,7 @@ class TaskActor(EngineActor):
             self._fail(exception_value, stopping=False)  # no step's end will reach this runner now
         finally:  # even if that failed too: the supervisor frees the slot and ends what is left
             tell_if_alive(self._supervisor, RunnerStopped(task_id))
+            super().on_failure(exception_type, exception_value, traceback)
 
     def _fail(self, exc: BaseException | None, stopping: bool = True) -> None:
         """Interrupt the task, saying why; workers granted but not yet here are waited for (and
