@@ -642,6 +642,50 @@ def test_a_control_request_queued_to_a_runner_that_stops_is_answered_not_left_to
     assert ex.wait("faulty", timeout=20).task.state is State.INTERRUPTED  # the supervisor ended it
 
 
+@pytest.mark.timeout(60)
+def test_a_step_whose_start_commits_after_its_runner_stopped_does_not_run_on(make_executor, monkeypatch):
+    """A task runner stops (a pause fails, then every interrupt it tries) while its step's start
+    is still on its way through the store. The supervisor read the store before that start was
+    committed, found nothing started, and ended the task; then the store committed the start and
+    the worker ran the step for a runner that no longer existed: its process ran on to its end,
+    holding its pool slot, in a task recorded interrupted. A worker now starts no step for a
+    runner that has stopped (and stops one whose runner is gone by the time its pid is due)."""
+    from osreapi.actors.messages import GetStats
+    from osreapi.actors.store import StoreActor
+    from osreapi.actors.taskstate import TaskState
+
+    fail_on_control(monkeypatch, "faulty")
+    interrupt, save = TaskState.interrupt, StoreActor._save
+    holding, release = threading.Event(), threading.Event()
+
+    def failing_interrupt(self, *args, **kwargs):
+        if self.task.id == "faulty" and threading.current_thread().name.startswith("TaskActor"):
+            raise RuntimeError("injected fault while failing")
+        return interrupt(self, *args, **kwargs)
+
+    def slow_start(self, messages):
+        if any(m.task_id == "faulty" and m.then for m in messages) and not holding.is_set():
+            holding.set()
+            assert release.wait(20)  # the start waits in the store until the runner has stopped
+        return save(self, messages)
+
+    monkeypatch.setattr(TaskState, "interrupt", failing_interrupt)
+    monkeypatch.setattr(StoreActor, "_save", slow_start)
+    ex = make_executor(pool_size=1, extra_live_tasks=0)
+    ex.submit([sh("exec sleep 60")], task_id="faulty")
+    assert holding.wait(10)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        ex.pause("faulty")
+    assert wait_until(lambda: ex._supervisor.ask(GetStats(), timeout=10)[0] == 0)  # the runner's slot is free
+    release.set()
+    assert ex.wait("faulty", timeout=20).task.state is State.INTERRUPTED
+    try:
+        assert wait_until(lambda: ex.stats()["pool_busy"] == 0, timeout=20)  # the worker is free again
+        assert not marked_left("faulty")
+    finally:
+        treekill.kill_marked("faulty", grace=0.0)  # what the old worker leaves running
+
+
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------
 
 
