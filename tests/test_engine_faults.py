@@ -686,6 +686,53 @@ def test_a_step_whose_start_commits_after_its_runner_stopped_does_not_run_on(mak
         treekill.kill_marked("faulty", grace=0.0)  # what the old worker leaves running
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_granted_to_a_runner_that_stops_goes_back_to_the_pool(make_executor, tmp_path, monkeypatch):
+    """The only worker is granted to a task's runner while that runner is failing (a pause fails,
+    then every interrupt it tries): the grant waits in the runner's mailbox, which pykka drops
+    when the runner stops. The worker was never given back: the pool stayed full for good and no
+    step ran again. A grant left in a stopped runner's mailbox now returns its worker."""
+    from osreapi.actors.taskstate import TaskState
+
+    control, interrupt = TaskState.control, TaskState.interrupt
+    entered, release = threading.Event(), threading.Event()
+
+    def failing_control(self, action, index, now):
+        if self.task.id == "faulty":
+            entered.set()
+            assert release.wait(20)  # holds the runner until the grant waits in its mailbox
+            raise RuntimeError("injected fault")
+        return control(self, action, index, now)
+
+    def failing_interrupt(self, *args, **kwargs):
+        if self.task.id == "faulty" and threading.current_thread().name.startswith("TaskActor"):
+            raise RuntimeError("injected fault while failing")
+        return interrupt(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskState, "control", failing_control)
+    monkeypatch.setattr(TaskState, "interrupt", failing_interrupt)
+    ex = make_executor(pool_size=1)
+    go = tmp_path / "go"
+    blocker = ex.submit([sh(f"while [ ! -e {go} ]; do sleep 0.02; done")])  # holds the only worker
+    assert wait_until(lambda: ex.get(blocker).steps[0].state is State.RUNNING)
+    ex.submit([sh("echo never")], task_id="faulty")
+    assert wait_until(lambda: ex.stats()["pool_waiting"] == 1)
+    runner = next(ref for ref in pykka.ActorRegistry.get_by_class(TaskActor)
+                  if getattr(ref._actor_weakref()._state, "task", None) and ref._actor_weakref()._state.task.id == "faulty")
+    pausing = threading.Thread(target=lambda: pytest.raises(RuntimeError, ex.pause, "faulty"))
+    pausing.start()
+    assert entered.wait(10)
+    go.touch()
+    assert wait_until(lambda: not runner.actor_inbox.empty())  # the grant waits behind the pause
+    release.set()
+    pausing.join(20)
+    assert ex.wait("faulty", timeout=20).task.state is State.INTERRUPTED
+    assert ex.wait(blocker, timeout=20).task.state is State.STOPPED
+    after = ex.wait(ex.submit([sh("echo next")]), timeout=20)  # the worker is back in the pool
+    assert after is not None and after.steps[0].output == "next\n", after
+    assert wait_until(lambda: ex.stats()["pool_busy"] == 0)
+
+
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------
 
 

@@ -36,14 +36,19 @@ class EngineActor(pykka.ThreadingActor):
 
     def _refuse_mailbox(self) -> None:
         """This actor has stopped (a tell now raises ActorDeadError): what its mailbox still holds
-        is never handled. pykka answers the asks among it after this hook, but drops a tell carrying
-        our Reply (a control request), whose caller would wait out its whole timeout: each is
-        answered now with the ActorDeadError pykka gives an ask."""
+        is never handled. pykka answers the asks among it after this hook, but drops the tells:
+        each is given to _unhandled first (the envelopes go back for pykka's own answers)."""
         left = []
         while not self.actor_inbox.empty():
             left.append(self.actor_inbox.get())
         for envelope in left:
-            reply = getattr(envelope.message, "reply", None)
-            if isinstance(reply, Reply):
-                reply.fail(pykka.ActorDeadError(f"{self.actor_ref} stopped before handling the message"))
-            self.actor_inbox.put(envelope)  # for pykka's own answers
+            self._unhandled(envelope.message)
+            self.actor_inbox.put(envelope)
+
+    def _unhandled(self, message: Any) -> None:
+        """A message this stopped actor never handles. A control request's Reply is answered with
+        the ActorDeadError pykka gives an ask, not left to its caller's timeout; subclasses give
+        back what else a message holds."""
+        reply = getattr(message, "reply", None)
+        if isinstance(reply, Reply):
+            reply.fail(pykka.ActorDeadError(f"{self.actor_ref} stopped before handling the message"))

@@ -135,6 +135,12 @@ class TaskActor(EngineActor):
             tell_if_alive(self._supervisor, RunnerStopped(task_id))
             super().on_failure(exception_type, exception_value, traceback)
 
+    def _unhandled(self, message: Any) -> None:
+        """A worker granted to this stopped runner goes back to the pool (it would stay taken)."""
+        super()._unhandled(message)
+        if isinstance(message, (WorkerGranted, StartNotRecorded)):
+            self._services.pool.release(message.worker)
+
     def _fail(self, exc: BaseException | None, stopping: bool = True) -> None:
         """Interrupt the task, saying why; workers granted but not yet here are waited for (and
         given back), and steps whose processes run (a live worker will report their ends) are
