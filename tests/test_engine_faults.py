@@ -435,6 +435,40 @@ def fail_on_control(monkeypatch, task_id: str) -> None:
     monkeypatch.setattr(TaskState, "control", failing)
 
 
+def fail_interrupts_in_the_runner(monkeypatch, task_id: str) -> None:
+    """Inject a fault every time the task's runner interrupts it (while failing, and again in
+    pykka's on_failure): the runner stops."""
+    from osreapi.actors.taskstate import TaskState
+
+    interrupt = TaskState.interrupt
+
+    def failing(self, *args, **kwargs):
+        if self.task.id == task_id and threading.current_thread().name.startswith("TaskActor"):
+            raise RuntimeError("injected fault while failing")
+        return interrupt(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskState, "interrupt", failing)
+
+
+def hold_then_fail_control(monkeypatch, task_id: str, action: str | None = None) -> tuple[threading.Event, threading.Event]:
+    """Inject a fault where the task's runner applies a control request (`action` only, when
+    given), held there until the test sets `release`; `entered` is set once it is held."""
+    from osreapi.actors.taskstate import TaskState
+
+    control = TaskState.control
+    entered, release = threading.Event(), threading.Event()
+
+    def failing(self, what, index, now):
+        if self.task.id == task_id and action in (None, what):
+            entered.set()
+            assert release.wait(20)
+            raise RuntimeError("injected fault")
+        return control(self, what, index, now)
+
+    monkeypatch.setattr(TaskState, "control", failing)
+    return entered, release
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("where", ["supervisor", "task runner"])
 def test_a_failure_handling_a_control_request_answers_it_and_the_engine_goes_on(make_server, monkeypatch, where):
@@ -564,17 +598,8 @@ def test_a_runner_that_fails_three_times_frees_its_slot_and_its_task_still_ends(
     task. The supervisor still frees its slot, kills its step's tree and ends the task from the
     store; before, the dead runner stayed live: its slot taken and the server's stop waiting out
     its timeout."""
-    from osreapi.actors.taskstate import TaskState
-
     fail_on_control(monkeypatch, "faulty")
-    interrupt = TaskState.interrupt
-
-    def failing_in_the_runner(self, *args, **kwargs):
-        if self.task.id == "faulty" and threading.current_thread().name.startswith("TaskActor"):
-            raise RuntimeError("injected fault while failing")
-        return interrupt(self, *args, **kwargs)
-
-    monkeypatch.setattr(TaskState, "interrupt", failing_in_the_runner)
+    fail_interrupts_in_the_runner(monkeypatch, "faulty")
     pid_file = tmp_path / "pid"
     ex = make_executor(pool_size=1, extra_live_tasks=0)
     ex.submit([sh(f"echo $$ > {pid_file}; exec sleep 60")], task_id="faulty")
@@ -594,26 +619,10 @@ def test_a_control_request_queued_to_a_runner_that_stops_is_answered_not_left_to
     (pykka). A kill queued behind that pause in the runner's mailbox was dropped with the mailbox:
     pykka answers the asks it drops, not a tell carrying our Reply, so the kill's caller waited out
     its whole call_timeout and was told the engine was busy. It is answered at once now."""
-    from osreapi.actors.taskstate import TaskState
     from osreapi.errors import EngineBusy
 
-    control, interrupt = TaskState.control, TaskState.interrupt
-    entered, release = threading.Event(), threading.Event()
-
-    def failing_control(self, action, index, now):
-        if self.task.id == "faulty" and action == "pause":
-            entered.set()
-            assert release.wait(20)  # holds the runner until the kill waits in its mailbox
-            raise RuntimeError("injected fault")
-        return control(self, action, index, now)
-
-    def failing_interrupt(self, *args, **kwargs):
-        if self.task.id == "faulty" and threading.current_thread().name.startswith("TaskActor"):
-            raise RuntimeError("injected fault while failing")
-        return interrupt(self, *args, **kwargs)
-
-    monkeypatch.setattr(TaskState, "control", failing_control)
-    monkeypatch.setattr(TaskState, "interrupt", failing_interrupt)
+    entered, release = hold_then_fail_control(monkeypatch, "faulty", "pause")  # until the kill waits behind it
+    fail_interrupts_in_the_runner(monkeypatch, "faulty")
     ex = make_executor(pool_size=1, extra_live_tasks=0, call_timeout="20s")
     ex.submit([sh("exec sleep 60")], task_id="faulty")
     assert wait_until(lambda: ex.get("faulty").steps[0].state is State.RUNNING)
@@ -652,16 +661,11 @@ def test_a_step_whose_start_commits_after_its_runner_stopped_does_not_run_on(mak
     runner that has stopped (and stops one whose runner is gone by the time its pid is due)."""
     from osreapi.actors.messages import GetStats
     from osreapi.actors.store import StoreActor
-    from osreapi.actors.taskstate import TaskState
 
     fail_on_control(monkeypatch, "faulty")
-    interrupt, save = TaskState.interrupt, StoreActor._save
+    fail_interrupts_in_the_runner(monkeypatch, "faulty")
+    save = StoreActor._save
     holding, release = threading.Event(), threading.Event()
-
-    def failing_interrupt(self, *args, **kwargs):
-        if self.task.id == "faulty" and threading.current_thread().name.startswith("TaskActor"):
-            raise RuntimeError("injected fault while failing")
-        return interrupt(self, *args, **kwargs)
 
     def slow_start(self, messages):
         if any(m.task_id == "faulty" and m.then for m in messages) and not holding.is_set():
@@ -669,7 +673,6 @@ def test_a_step_whose_start_commits_after_its_runner_stopped_does_not_run_on(mak
             assert release.wait(20)  # the start waits in the store until the runner has stopped
         return save(self, messages)
 
-    monkeypatch.setattr(TaskState, "interrupt", failing_interrupt)
     monkeypatch.setattr(StoreActor, "_save", slow_start)
     ex = make_executor(pool_size=1, extra_live_tasks=0)
     ex.submit([sh("exec sleep 60")], task_id="faulty")
@@ -692,25 +695,8 @@ def test_a_worker_granted_to_a_runner_that_stops_goes_back_to_the_pool(make_exec
     then every interrupt it tries): the grant waits in the runner's mailbox, which pykka drops
     when the runner stops. The worker was never given back: the pool stayed full for good and no
     step ran again. A grant left in a stopped runner's mailbox now returns its worker."""
-    from osreapi.actors.taskstate import TaskState
-
-    control, interrupt = TaskState.control, TaskState.interrupt
-    entered, release = threading.Event(), threading.Event()
-
-    def failing_control(self, action, index, now):
-        if self.task.id == "faulty":
-            entered.set()
-            assert release.wait(20)  # holds the runner until the grant waits in its mailbox
-            raise RuntimeError("injected fault")
-        return control(self, action, index, now)
-
-    def failing_interrupt(self, *args, **kwargs):
-        if self.task.id == "faulty" and threading.current_thread().name.startswith("TaskActor"):
-            raise RuntimeError("injected fault while failing")
-        return interrupt(self, *args, **kwargs)
-
-    monkeypatch.setattr(TaskState, "control", failing_control)
-    monkeypatch.setattr(TaskState, "interrupt", failing_interrupt)
+    entered, release = hold_then_fail_control(monkeypatch, "faulty")  # until the grant waits behind it
+    fail_interrupts_in_the_runner(monkeypatch, "faulty")
     ex = make_executor(pool_size=1)
     go = tmp_path / "go"
     blocker = ex.submit([sh(f"while [ ! -e {go} ]; do sleep 0.02; done")])  # holds the only worker
