@@ -652,34 +652,43 @@ def test_a_control_request_queued_to_a_runner_that_stops_is_answered_not_left_to
 
 
 @pytest.mark.timeout(60)
-def test_a_step_whose_start_commits_after_its_runner_stopped_does_not_run_on(make_executor, monkeypatch):
+def test_a_step_whose_start_reaches_its_worker_after_its_runner_stopped_does_not_run(make_executor, monkeypatch):
     """A task runner stops (a pause fails, then every interrupt it tries) while its step's start
-    is still on its way through the store. The supervisor read the store before that start was
-    committed, found nothing started, and ended the task; then the store committed the start and
-    the worker ran the step for a runner that no longer existed: its process ran on to its end,
-    holding its pool slot, in a task recorded interrupted. A worker now starts no step for a
-    runner that has stopped (and stops one whose runner is gone by the time its pid is due)."""
-    from osreapi.actors.messages import GetStats
+    is on its way through the store. The supervisor has the janitor kill the step's run by its
+    marker, but a process not started yet has no marker to find: the janitor's scan comes back
+    empty and it is done, and the worker then ran the step for a runner that no longer existed,
+    its process running on to its end, holding its pool slot, in a task recorded interrupted.
+    (The worker's start is held here until the janitor is done, which a busy host does too.) A
+    worker now starts no step for a runner that has stopped, and a step whose runner is gone by
+    the time its pid is due stops itself."""
     from osreapi.actors.store import StoreActor
+    from osreapi.executor import process
 
     fail_on_control(monkeypatch, "faulty")
     fail_interrupts_in_the_runner(monkeypatch, "faulty")
-    save = StoreActor._save
+    save, start_step = StoreActor._save, process.start_step
     holding, release = threading.Event(), threading.Event()
 
-    def slow_start(self, messages):
+    def slow_save(self, messages):
         if any(m.task_id == "faulty" and m.then for m in messages) and not holding.is_set():
             holding.set()
             assert release.wait(20)  # the start waits in the store until the runner has stopped
         return save(self, messages)
 
-    monkeypatch.setattr(StoreActor, "_save", slow_start)
+    def late_start(*args, **kwargs):
+        janitor = ex._services.janitor
+        assert wait_until(janitor.busy) and wait_until(lambda: not janitor.busy())  # it found nothing
+        return start_step(*args, **kwargs)
+
+    monkeypatch.setattr(StoreActor, "_save", slow_save)
+    monkeypatch.setattr(process, "start_step", late_start)
     ex = make_executor(pool_size=1, extra_live_tasks=0)
     ex.submit([sh("exec sleep 60")], task_id="faulty")
     assert holding.wait(10)
+    (runner,) = pykka.ActorRegistry.get_by_class(TaskActor)
     with pytest.raises(RuntimeError, match="injected fault"):
         ex.pause("faulty")
-    assert wait_until(lambda: ex._supervisor.ask(GetStats(), timeout=10)[0] == 0)  # the runner's slot is free
+    assert wait_until(lambda: not runner.is_alive())
     release.set()
     assert ex.wait("faulty", timeout=20).task.state is State.INTERRUPTED
     try:
@@ -717,6 +726,45 @@ def test_a_worker_granted_to_a_runner_that_stops_goes_back_to_the_pool(make_exec
     after = ex.wait(ex.submit([sh("echo next")]), timeout=20)  # the worker is back in the pool
     assert after is not None and after.steps[0].output == "next\n", after
     assert wait_until(lambda: ex.stats()["pool_busy"] == 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_runner_that_stops_is_ended_from_its_last_saves_not_from_before_them(make_executor, monkeypatch):
+    """A step's end is on its way through the store when its task runner stops (a pause fails,
+    then every interrupt it tries). The supervisor read the store before that save was committed,
+    and its interrupted records, saved after it, overwrote the step that had succeeded. The runner's
+    stop now reaches the supervisor through the store, behind the runner's own saves."""
+    from osreapi.actors.store import StoreActor
+
+    fail_on_control(monkeypatch, "faulty")
+    fail_interrupts_in_the_runner(monkeypatch, "faulty")
+    save = StoreActor._save
+    holding, release = threading.Event(), threading.Event()
+
+    def slow_end(self, messages):
+        ended = any(m.task_id == "faulty" and any(s.index == 0 and s.state is State.STOPPED for s in m.steps)
+                    for m in messages)
+        if ended and not holding.is_set():
+            holding.set()
+            assert release.wait(20)  # step 0's end waits in the store until the runner has stopped
+        return save(self, messages)
+
+    monkeypatch.setattr(StoreActor, "_save", slow_end)
+    ex = make_executor(extra_live_tasks=0)  # one runner
+    ex.submit([sh("echo done", name="quick"), sh("exec sleep 60", name="long")], task_id="faulty", mode="parallel")
+    assert holding.wait(10)
+    (runner,) = pykka.ActorRegistry.get_by_class(TaskActor)
+    pausing = threading.Thread(target=lambda: pytest.raises(RuntimeError, ex.pause, "faulty"))
+    pausing.start()
+    assert wait_until(lambda: not runner.is_alive())
+    release.set()
+    pausing.join(20)
+    result = ex.wait("faulty", timeout=20)
+    assert result.task.state is State.INTERRUPTED
+    quick, long = result.steps
+    assert (quick.state, quick.code, quick.output) == (State.STOPPED, 0, "done\n")  # as it ended
+    assert long.state is State.INTERRUPTED and "its runner failed" in long.output
+    assert wait_until(lambda: not marked_left("faulty"))
 
 
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------
