@@ -127,6 +127,34 @@ def test_a_crash_before_the_pid_is_saved_leaves_no_setsid_child_of_a_term_ignori
         treekill.kill_marked(task_id, grace=0.0)  # what the old recovery leaves
 
 
+@pytest.mark.timeout(120)
+def test_recovery_kills_every_leftover_run_at_once_not_one_grace_after_another(start_server, tmp_path):
+    """Two steps were running at the crash, both ignoring TERM. Recovery TERMed the first, waited
+    out the whole grace, KILLed it, and only then TERMed the second: a grace per leftover step
+    (2 s each by default) before the restarted server listened. Now every leftover gets its TERM
+    first and one grace serves them all: the second hears its TERM while the first still lives."""
+    data = tmp_path / "data"
+    server = start_server("--pool_size=2", data_dir=data)
+    steps = [
+        sh("echo $$ > a.pid; trap '' TERM; while :; do sleep 0.05; done", name="a"),
+        # Its output is not the dead server's pipe: a write there (sh's "Terminated") is a SIGPIPE.
+        # a's liveness from its state: a KILLed orphan may wait a moment as a zombie.
+        sh("exec >/dev/null 2>&1; trap 'if grep -q \"^State:.[RS]\" /proc/$(cat a.pid)/status; then "
+           "echo while-a-lives; else echo after-a; fi >> termed' TERM; echo $$ > b.pid; while :; do sleep 0.05; done", name="b"),
+    ]
+    task_id = server.client.submit(steps, "?async=true")
+    workspace = data / "workspace" / task_id
+    pids = [read_pid(workspace / "a.pid"), read_pid(workspace / "b.pid")]
+    server.kill()
+    try:
+        restarted = start_server("--pool_size=2", data_dir=data)  # recovery runs before it listens
+        assert all(gone(pid) for pid in pids) and not marked_left(task_id)
+        assert (workspace / "termed").read_text().split() == ["while-a-lives"]
+        assert restarted.terminate() == 0
+    finally:
+        treekill.kill_marked(task_id, grace=0.0)
+
+
 # -- 3, 4, 5: control races and sequences --------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Collection
 
 import psutil
 
@@ -39,31 +40,50 @@ def marked_trees(task_id: str, step_name: str | None = None, run_id: str | None 
     """Every process carrying the marker, and their descendants."""
     procs: dict[int, psutil.Process] = {}
     for proc in marked_processes(task_id, step_name, run_id):
-        procs.update(_snapshot(proc.pid, include_root=True))
+        procs.update(process_tree(proc.pid))
     return list(procs.values())
+
+
+def process_tree(pid: int) -> dict[int, psutil.Process]:
+    """pid and its descendants (none if it is gone); never this process."""
+    return _snapshot(pid, include_root=True)
 
 
 def kill_marked(task_id: str, grace: float, step_name: str | None = None, run_id: str | None = None) -> list[int]:
     """Kill the processes found by marker (no group or child of ours needed): the ops tool (a whole
-    task) and restart recovery (one run), when the server that started them is gone. Scanned
-    again and again until none is left (bounded): a TERM-ignoring process starts new setsid
-    children while it is killed. TERM at first sight, KILL whatever is found once `grace` has passed."""
+    task), when the server that started them is gone."""
+    return kill_until_gone(lambda: {proc.pid: proc for proc in marked_trees(task_id, step_name, run_id)}, grace)
+
+
+def kill_until_gone(find: Callable[[], dict[int, psutil.Process]], grace: float, groups: Collection[int] = ()) -> list[int]:
+    """Kill what `find` returns and the process `groups`, scanning again and again until nothing
+    is left (bounded): a TERM-ignoring process starts new setsid children while it is killed.
+    TERM at first sight, KILL whatever is found once `grace` has passed; one grace for all."""
     since = time.monotonic()
-    signalled: set[int] = set()
+    signalled: set[int] = set()  # pids TERMed (or KILLed)
+    for group in groups:
+        if signal_group(group, signal.SIGTERM):
+            signal_group(group, signal.SIGCONT)  # a stopped (paused) process acts on TERM
     while True:
-        found = {proc.pid: proc for proc in marked_trees(task_id, step_name, run_id) if _alive(proc)}
-        found.pop(os.getpid(), None)
+        found = {pid: proc for pid, proc in find().items() if pid != os.getpid() and _alive(proc)}
+        live_groups = [group for group in groups if signal_group(group, 0)]
         elapsed = time.monotonic() - since
-        if not found or elapsed > grace + GIVE_UP_AFTER:
+        if not (found or live_groups) or elapsed > grace + GIVE_UP_AFTER:
             return sorted(signalled)
+        late = elapsed >= grace
+        for group in live_groups if late else ():
+            signal_group(group, signal.SIGKILL)
         for pid, proc in found.items():
-            if elapsed >= grace:
+            if late:
                 _signal(proc, signal.SIGKILL)
             elif pid not in signalled:
                 _signal(proc, signal.SIGTERM)
-                _signal(proc, signal.SIGCONT)  # a stopped (paused) process acts on TERM
+                _signal(proc, signal.SIGCONT)
             signalled.add(pid)
-        wait_gone(list(found.values()), timeout=ROUND)
+        if found:
+            wait_gone(list(found.values()), timeout=ROUND)
+        else:  # only group members no scan lists: look again in a moment
+            time.sleep(ROUND)
 
 
 def kill_tree(
