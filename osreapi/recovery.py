@@ -25,6 +25,7 @@ def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[
     A step whose start was recorded may have run: it is interrupted, never run again."""
     interrupted = []
     waiting: list[TaskRecord] = []
+    running: list[tuple[TaskRecord, list[StepRecord]]] = []
     tasks = db.list_tasks()
     remove_orphan_workspaces(config, {task.id for task in tasks})
     for task in tasks:
@@ -33,8 +34,10 @@ def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[
         stored_steps = db.get_steps(task.id)
         if task.begin is None and not any(step.begin for step in stored_steps):
             waiting.append(task)
-            continue
-        kill_leftovers(task.id, stored_steps, config.kill_grace)
+        else:
+            running.append((task, stored_steps))
+    kill_leftovers([(task.id, steps) for task, steps in running], config.kill_grace)
+    for task, stored_steps in running:
         state = TaskState(task, stored_steps, db.get_specs(task.id))
         state.interrupt(now, "step interrupted: the server stopped")
         state.finish(now, config.key_expire)
@@ -77,27 +80,37 @@ def _may_be_task_id(name: str) -> bool:
     return True
 
 
-def kill_leftovers(task_id: str, steps: list[StepRecord], grace: float) -> list[int]:
-    """Kill the trees of a task's unfinished steps: stored pids (checked against their create time)
-    and the processes carrying their run marker. Daemons kept by steps that ended are left alone."""
-    killed: list[int] = []
-    for step in steps:
-        if step.state.finished or step.begin is None:
-            continue
-        killed += _kill_stored_tree(step, grace)
-        if step.run_id is not None:
-            killed += treekill.kill_marked(task_id, grace, step.name, step.run_id)
-        else:  # recorded by an older version: the step's marker
-            killed += treekill.kill_marked(task_id, grace, step.name)
-    return sorted(set(killed))
+def kill_leftovers(tasks: list[tuple[str, list[StepRecord]]], grace: float) -> list[int]:
+    """Kill the trees of the tasks' unfinished steps, all together (one grace for all: a grace each
+    held the start that long per TERM-ignoring leftover): stored pids (checked against their create
+    time) with their process groups, and the processes carrying their run marker. Daemons kept by
+    steps that ended are left alone."""
+    steps = [(task_id, step) for task_id, task_steps in tasks for step in task_steps
+             if not step.state.finished and step.begin is not None]
+    roots = [proc for _, step in steps if (proc := _stored_process(step)) is not None]
+    runs = {step.run_id for _, step in steps if step.run_id is not None}
+    older = [(task_id, step.name) for task_id, step in steps if step.run_id is None]  # recorded before run markers
+
+    def find() -> dict[int, psutil.Process]:
+        found: dict[int, psutil.Process] = {}
+        live_roots = [root.pid for root in roots if root.is_running()]  # is_running: not a reused pid
+        marked = [pid for pids in treekill.scan_markers(runs).values() for pid in pids]
+        for pid in (*live_roots, *marked):
+            found.update(treekill.process_tree(pid))
+        for task_id, name in older:
+            found.update((proc.pid, proc) for proc in treekill.marked_trees(task_id, name))
+        return found
+
+    return treekill.kill_until_gone(find, grace, groups=[root.pid for root in roots]) if steps else []
 
 
-def _kill_stored_tree(step: StepRecord, grace: float) -> list[int]:
-    if step.pid is None:
-        return []
+def _stored_process(step: StepRecord) -> psutil.Process | None:
+    """The step's saved process if it still runs (its create time tells a reused pid)."""
+    if step.pid is None or step.pid_created is None:
+        return None
     try:
         proc = psutil.Process(step.pid)
-        same = step.pid_created is not None and abs(proc.create_time() - step.pid_created) < 0.01
+        same = abs(proc.create_time() - step.pid_created) < 0.01
     except psutil.Error:
-        return []
-    return treekill.kill_tree(step.pid, grace=grace) if same else []
+        return None
+    return proc if same else None

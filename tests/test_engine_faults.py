@@ -44,6 +44,14 @@ def marked_left(task_id: str) -> list[psutil.Process]:
     return treekill.marked_processes(task_id)
 
 
+def saved_step(data: Path, task_id: str, index: int = 0) -> StepRecord:
+    db = Database(data / "db")  # a second reader of the live store (or of a dead server's)
+    try:
+        return db.get_steps(task_id)[index]
+    finally:
+        db.close()
+
+
 # -- 1. at most once -----------------------------------------------------------------------
 
 
@@ -79,11 +87,7 @@ def test_a_tree_that_dropped_its_marker_is_killed_after_a_crash_by_its_saved_pid
     pid = read_pid(data / "workspace" / task_id / "pid")
 
     def saved() -> StepRecord:
-        db = Database(data / "db")  # a second reader of the live store
-        try:
-            return db.get_steps(task_id)[0]
-        finally:
-            db.close()
+        return saved_step(data, task_id)
 
     assert wait_until(lambda: saved().pid_created is not None, timeout=10)
     assert saved().pid == pid and abs(saved().pid_created - psutil.Process(pid).create_time()) < 0.01
@@ -92,6 +96,63 @@ def test_a_tree_that_dropped_its_marker_is_killed_after_a_crash_by_its_saved_pid
     restarted = start_server("--pool_size=2", data_dir=data)
     assert wait_until(lambda: gone(pid), timeout=20)
     assert state_of(restarted.client, task_id) == "interrupted"
+
+
+@pytest.mark.timeout(120)
+def test_a_crash_before_the_pid_is_saved_leaves_no_setsid_child_of_a_term_ignoring_step(start_server, tmp_path):
+    """SIGKILL within PID_SAVE_DELAY of a step's start: only its run marker finds its processes.
+    The step ignores TERM and starts a setsid child every few ms; recovery's one snapshot of the
+    marked processes TERMed them, waited the grace and KILLed the snapshot, and the children
+    started during the grace ran on. Recovery scans until nothing carries the marker."""
+    ledger = tmp_path / "ledger"
+    script = f"echo run >> {ledger}; echo $$ > pid; trap '' TERM; while :; do setsid sleep 1606 & sleep 0.02; done"
+    for attempt in range(3):  # the crash must land before the pid is saved (0.2 s): almost always at once
+        data = tmp_path / f"data{attempt}"
+        server = start_server("--pool_size=2", data_dir=data)
+        task_id = server.client.submit([sh(script)])
+        read_pid(data / "workspace" / task_id / "pid")
+        server.kill()
+        if saved_step(data, task_id).pid is None:
+            break
+        treekill.kill_marked(task_id, grace=0.0)
+    else:
+        pytest.skip("the crash never landed before the pid was saved")
+    try:
+        restarted = start_server("--pool_size=2", data_dir=data)
+        assert state_of(restarted.client, task_id) == "interrupted"  # recovery ran before it listened
+        assert not marked_left(task_id)
+        assert ledger.read_text().splitlines().count("run") == attempt + 1  # never run again
+        assert restarted.terminate() == 0
+    finally:
+        treekill.kill_marked(task_id, grace=0.0)  # what the old recovery leaves
+
+
+@pytest.mark.timeout(120)
+def test_recovery_kills_every_leftover_run_at_once_not_one_grace_after_another(start_server, tmp_path):
+    """Two steps were running at the crash, both ignoring TERM. Recovery TERMed the first, waited
+    out the whole grace, KILLed it, and only then TERMed the second: a grace per leftover step
+    (2 s each by default) before the restarted server listened. Now every leftover gets its TERM
+    first and one grace serves them all: the second hears its TERM while the first still lives."""
+    data = tmp_path / "data"
+    server = start_server("--pool_size=2", data_dir=data)
+    steps = [
+        sh("echo $$ > a.pid; trap '' TERM; while :; do sleep 0.05; done", name="a"),
+        # Its output is not the dead server's pipe: a write there (sh's "Terminated") is a SIGPIPE.
+        # a's liveness from its state: a KILLed orphan may wait a moment as a zombie.
+        sh("exec >/dev/null 2>&1; trap 'if grep -q \"^State:.[RS]\" /proc/$(cat a.pid)/status; then "
+           "echo while-a-lives; else echo after-a; fi >> termed' TERM; echo $$ > b.pid; while :; do sleep 0.05; done", name="b"),
+    ]
+    task_id = server.client.submit(steps, "?async=true")
+    workspace = data / "workspace" / task_id
+    pids = [read_pid(workspace / "a.pid"), read_pid(workspace / "b.pid")]
+    server.kill()
+    try:
+        restarted = start_server("--pool_size=2", data_dir=data)  # recovery runs before it listens
+        assert all(gone(pid) for pid in pids) and not marked_left(task_id)
+        assert (workspace / "termed").read_text().split() == ["while-a-lives"]
+        assert restarted.terminate() == 0
+    finally:
+        treekill.kill_marked(task_id, grace=0.0)
 
 
 # -- 3, 4, 5: control races and sequences --------------------------------------------------
@@ -402,6 +463,40 @@ def fail_on_control(monkeypatch, task_id: str) -> None:
     monkeypatch.setattr(TaskState, "control", failing)
 
 
+def fail_interrupts_in_the_runner(monkeypatch, task_id: str) -> None:
+    """Inject a fault every time the task's runner interrupts it (while failing, and again in
+    pykka's on_failure): the runner stops."""
+    from osreapi.actors.taskstate import TaskState
+
+    interrupt = TaskState.interrupt
+
+    def failing(self, *args, **kwargs):
+        if self.task.id == task_id and threading.current_thread().name.startswith("TaskActor"):
+            raise RuntimeError("injected fault while failing")
+        return interrupt(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskState, "interrupt", failing)
+
+
+def hold_then_fail_control(monkeypatch, task_id: str, action: str | None = None) -> tuple[threading.Event, threading.Event]:
+    """Inject a fault where the task's runner applies a control request (`action` only, when
+    given), held there until the test sets `release`; `entered` is set once it is held."""
+    from osreapi.actors.taskstate import TaskState
+
+    control = TaskState.control
+    entered, release = threading.Event(), threading.Event()
+
+    def failing(self, what, index, now):
+        if self.task.id == task_id and action in (None, what):
+            entered.set()
+            assert release.wait(20)
+            raise RuntimeError("injected fault")
+        return control(self, what, index, now)
+
+    monkeypatch.setattr(TaskState, "control", failing)
+    return entered, release
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("where", ["supervisor", "task runner"])
 def test_a_failure_handling_a_control_request_answers_it_and_the_engine_goes_on(make_server, monkeypatch, where):
@@ -531,17 +626,8 @@ def test_a_runner_that_fails_three_times_frees_its_slot_and_its_task_still_ends(
     task. The supervisor still frees its slot, kills its step's tree and ends the task from the
     store; before, the dead runner stayed live: its slot taken and the server's stop waiting out
     its timeout."""
-    from osreapi.actors.taskstate import TaskState
-
     fail_on_control(monkeypatch, "faulty")
-    interrupt = TaskState.interrupt
-
-    def failing_in_the_runner(self, *args, **kwargs):
-        if self.task.id == "faulty" and threading.current_thread().name.startswith("TaskActor"):
-            raise RuntimeError("injected fault while failing")
-        return interrupt(self, *args, **kwargs)
-
-    monkeypatch.setattr(TaskState, "interrupt", failing_in_the_runner)
+    fail_interrupts_in_the_runner(monkeypatch, "faulty")
     pid_file = tmp_path / "pid"
     ex = make_executor(pool_size=1, extra_live_tasks=0)
     ex.submit([sh(f"echo $$ > {pid_file}; exec sleep 60")], task_id="faulty")
@@ -553,6 +639,160 @@ def test_a_runner_that_fails_three_times_frees_its_slot_and_its_task_still_ends(
     assert result.task.state is State.INTERRUPTED and "its runner failed" in result.steps[0].output
     assert wait_until(lambda: ex.stats()["pool_busy"] == 0 and ex.stats()["tasks_live"] == 0, timeout=10)
     assert ex.wait(ex.submit([sh("echo next")]), timeout=20).steps[0].output == "next\n"  # the slot is free
+
+
+@pytest.mark.timeout(60)
+def test_a_control_request_queued_to_a_runner_that_stops_is_answered_not_left_to_time_out(make_executor, monkeypatch):
+    """A pause fails in its task runner, and so does every interrupt it tries: the runner stops
+    (pykka). A kill queued behind that pause in the runner's mailbox was dropped with the mailbox:
+    pykka answers the asks it drops, not a tell carrying our Reply, so the kill's caller waited out
+    its whole call_timeout and was told the engine was busy. It is answered at once now."""
+    from osreapi.errors import EngineBusy
+
+    entered, release = hold_then_fail_control(monkeypatch, "faulty", "pause")  # until the kill waits behind it
+    fail_interrupts_in_the_runner(monkeypatch, "faulty")
+    ex = make_executor(pool_size=1, extra_live_tasks=0, call_timeout="20s")
+    ex.submit([sh("exec sleep 60")], task_id="faulty")
+    assert wait_until(lambda: ex.get("faulty").steps[0].state is State.RUNNING)
+    (runner,) = pykka.ActorRegistry.get_by_class(TaskActor)
+    paused: list[BaseException] = []
+    pausing = threading.Thread(target=lambda: paused.append(pytest.raises(RuntimeError, ex.pause, "faulty").value))
+    pausing.start()
+    assert entered.wait(10)
+    killed: list[BaseException] = []
+
+    def kill() -> None:
+        try:
+            ex.kill("faulty")
+        except Exception as exc:  # noqa: BLE001 - which one is the point
+            killed.append(exc)
+
+    killing = threading.Thread(target=kill)
+    killing.start()
+    assert wait_until(lambda: not runner.actor_inbox.empty())  # the kill waits behind the pause
+    release.set()
+    pausing.join(20)
+    killing.join(30)
+    assert not killing.is_alive() and len(killed) == 1
+    assert not isinstance(killed[0], EngineBusy), killed[0]  # answered, not timed out
+    assert isinstance(killed[0], pykka.ActorDeadError), killed[0]
+    assert ex.wait("faulty", timeout=20).task.state is State.INTERRUPTED  # the supervisor ended it
+
+
+@pytest.mark.timeout(60)
+def test_a_step_whose_start_reaches_its_worker_after_its_runner_stopped_does_not_run(make_executor, monkeypatch):
+    """A task runner stops (a pause fails, then every interrupt it tries) while its step's start
+    is on its way through the store. The supervisor has the janitor kill the step's run by its
+    marker, but a process not started yet has no marker to find: the janitor's scan comes back
+    empty and it is done, and the worker then ran the step for a runner that no longer existed,
+    its process running on to its end, holding its pool slot, in a task recorded interrupted.
+    (The worker's start is held here until the janitor is done, which a busy host does too.) A
+    worker now starts no step for a runner that has stopped, and a step whose runner is gone by
+    the time its pid is due stops itself."""
+    from osreapi.actors.store import StoreActor
+    from osreapi.executor import process
+
+    fail_on_control(monkeypatch, "faulty")
+    fail_interrupts_in_the_runner(monkeypatch, "faulty")
+    save, start_step = StoreActor._save, process.start_step
+    holding, release = threading.Event(), threading.Event()
+
+    def slow_save(self, messages):
+        if any(m.task_id == "faulty" and m.then for m in messages) and not holding.is_set():
+            holding.set()
+            assert release.wait(20)  # the start waits in the store until the runner has stopped
+        return save(self, messages)
+
+    def late_start(*args, **kwargs):
+        janitor = ex._services.janitor
+        assert wait_until(janitor.busy) and wait_until(lambda: not janitor.busy())  # it found nothing
+        return start_step(*args, **kwargs)
+
+    monkeypatch.setattr(StoreActor, "_save", slow_save)
+    monkeypatch.setattr(process, "start_step", late_start)
+    ex = make_executor(pool_size=1, extra_live_tasks=0)
+    ex.submit([sh("exec sleep 60")], task_id="faulty")
+    assert holding.wait(10)
+    (runner,) = pykka.ActorRegistry.get_by_class(TaskActor)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        ex.pause("faulty")
+    assert wait_until(lambda: not runner.is_alive())
+    release.set()
+    assert ex.wait("faulty", timeout=20).task.state is State.INTERRUPTED
+    try:
+        assert wait_until(lambda: ex.stats()["pool_busy"] == 0, timeout=20)  # the worker is free again
+        assert not marked_left("faulty")
+    finally:
+        treekill.kill_marked("faulty", grace=0.0)  # what the old worker leaves running
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_granted_to_a_runner_that_stops_goes_back_to_the_pool(make_executor, tmp_path, monkeypatch):
+    """The only worker is granted to a task's runner while that runner is failing (a pause fails,
+    then every interrupt it tries): the grant waits in the runner's mailbox, which pykka drops
+    when the runner stops. The worker was never given back: the pool stayed full for good and no
+    step ran again. A grant left in a stopped runner's mailbox now returns its worker."""
+    entered, release = hold_then_fail_control(monkeypatch, "faulty")  # until the grant waits behind it
+    fail_interrupts_in_the_runner(monkeypatch, "faulty")
+    ex = make_executor(pool_size=1)
+    go = tmp_path / "go"
+    blocker = ex.submit([sh(f"while [ ! -e {go} ]; do sleep 0.02; done")])  # holds the only worker
+    assert wait_until(lambda: ex.get(blocker).steps[0].state is State.RUNNING)
+    ex.submit([sh("echo never")], task_id="faulty")
+    assert wait_until(lambda: ex.stats()["pool_waiting"] == 1)
+    runner = next(ref for ref in pykka.ActorRegistry.get_by_class(TaskActor)
+                  if getattr(ref._actor_weakref()._state, "task", None) and ref._actor_weakref()._state.task.id == "faulty")
+    pausing = threading.Thread(target=lambda: pytest.raises(RuntimeError, ex.pause, "faulty"))
+    pausing.start()
+    assert entered.wait(10)
+    go.touch()
+    assert wait_until(lambda: not runner.actor_inbox.empty())  # the grant waits behind the pause
+    release.set()
+    pausing.join(20)
+    assert ex.wait("faulty", timeout=20).task.state is State.INTERRUPTED
+    assert ex.wait(blocker, timeout=20).task.state is State.STOPPED
+    after = ex.wait(ex.submit([sh("echo next")]), timeout=20)  # the worker is back in the pool
+    assert after is not None and after.steps[0].output == "next\n", after
+    assert wait_until(lambda: ex.stats()["pool_busy"] == 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_runner_that_stops_is_ended_from_its_last_saves_not_from_before_them(make_executor, monkeypatch):
+    """A step's end is on its way through the store when its task runner stops (a pause fails,
+    then every interrupt it tries). The supervisor read the store before that save was committed,
+    and its interrupted records, saved after it, overwrote the step that had succeeded. The runner's
+    stop now reaches the supervisor through the store, behind the runner's own saves."""
+    from osreapi.actors.store import StoreActor
+
+    fail_on_control(monkeypatch, "faulty")
+    fail_interrupts_in_the_runner(monkeypatch, "faulty")
+    save = StoreActor._save
+    holding, release = threading.Event(), threading.Event()
+
+    def slow_end(self, messages):
+        ended = any(m.task_id == "faulty" and any(s.index == 0 and s.state is State.STOPPED for s in m.steps)
+                    for m in messages)
+        if ended and not holding.is_set():
+            holding.set()
+            assert release.wait(20)  # step 0's end waits in the store until the runner has stopped
+        return save(self, messages)
+
+    monkeypatch.setattr(StoreActor, "_save", slow_end)
+    ex = make_executor(extra_live_tasks=0)  # one runner
+    ex.submit([sh("echo done", name="quick"), sh("exec sleep 60", name="long")], task_id="faulty", mode="parallel")
+    assert holding.wait(10)
+    (runner,) = pykka.ActorRegistry.get_by_class(TaskActor)
+    pausing = threading.Thread(target=lambda: pytest.raises(RuntimeError, ex.pause, "faulty"))
+    pausing.start()
+    assert wait_until(lambda: not runner.is_alive())
+    release.set()
+    pausing.join(20)
+    result = ex.wait("faulty", timeout=20)
+    assert result.task.state is State.INTERRUPTED
+    quick, long = result.steps
+    assert (quick.state, quick.code, quick.output) == (State.STOPPED, 0, "done\n")  # as it ended
+    assert long.state is State.INTERRUPTED and "its runner failed" in long.output
+    assert wait_until(lambda: not marked_left("faulty"))
 
 
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------

@@ -36,6 +36,7 @@ from .timers import TimerHandle
 log = logging.getLogger(__name__)
 EXIT_CANNOT_START = 127
 PID_SAVE_DELAY = 0.2  # seconds a step runs before its pid is reported to be saved
+RUNNER_GONE = "step interrupted: its task runner failed inside the engine"
 
 
 class StepActor(EngineActor):
@@ -97,6 +98,7 @@ class StepActor(EngineActor):
             tell_if_alive(job.task, StepEnded(job.run, job.record.index, State.INTERRUPTED, STEP_CODE_UNFINISHED,
                                               "step interrupted: the engine failed", now, self._pid()))
         self._services.pool.retire(self.actor_ref)
+        super().on_failure(*args)
 
     def _is_current(self, run: int) -> bool:
         return self._job is not None and self._job.run == run
@@ -109,6 +111,8 @@ class StepActor(EngineActor):
             self._answer_parked(stale)
         self._early.clear()
         stop = next((m for m in early if isinstance(m, StopStep)), None)
+        if stop is None and not job.task.is_alive():  # nobody would hear of it: its task is ended from the store
+            stop = StopStep(job.run, State.INTERRUPTED, RUNNER_GONE)
         if stop is not None:  # killed before its process could start: it never starts
             if stop.state is State.KILLED:
                 code, text = STEP_CODE_KILLED, with_exit_status("step killed before it started", STEP_CODE_KILLED)
@@ -151,9 +155,12 @@ class StepActor(EngineActor):
         )
         self._active_since = self._services.scheduler.now()
         self._arm_deadline()
-        started = StepStarted(run, job.record.index, self._proc.pid)
-        # Real time: the pid is saved for recovery, whatever clock step time limits are on.
-        self._announce = self._services.real_timer.call_later(PID_SAVE_DELAY, lambda: tell_if_alive(job.task, started))
+        started, gone = StepStarted(run, job.record.index, self._proc.pid), StopStep(run, State.INTERRUPTED, RUNNER_GONE)
+        # Real time: the pid is saved for recovery, whatever clock step time limits are on. A
+        # runner that stopped meanwhile will never stop this step: it stops itself.
+        self._announce = self._services.real_timer.call_later(
+            PID_SAVE_DELAY, lambda: tell_if_alive(job.task, started) or tell_if_alive(ref, gone)
+        )
 
     def _remaining(self) -> float:
         active = self._active_total

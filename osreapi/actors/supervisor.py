@@ -165,6 +165,7 @@ class SupervisorActor(EngineActor):
                 ref.stop(timeout=self._services.config.call_timeout)
             except (pykka.ActorDeadError, pykka.Timeout):
                 pass
+        super().on_stop()
 
     def _control(self, message: ControlTask) -> None:
         """Hand the request to the live TaskActor, or apply it to the stored, queued task."""

@@ -132,7 +132,22 @@ class TaskActor(EngineActor):
             log.error("task %s failed inside the engine twice; marking it interrupted", task_id)
             self._fail(exception_value, stopping=False)  # no step's end will reach this runner now
         finally:  # even if that failed too: the supervisor frees the slot and ends what is left
-            tell_if_alive(self._supervisor, RunnerStopped(task_id))
+            self._tell_stopped(task_id)
+            super().on_failure(exception_type, exception_value, traceback)
+
+    def _tell_stopped(self, task_id: str | None) -> None:
+        """RunnerStopped reaches the supervisor through the store, behind this runner's own saves:
+        it ends the task from what the store holds, which must include them (a step's end, a start)."""
+        stopped = ((self._supervisor, RunnerStopped(task_id)),)
+        through_store = SaveRecords(task_id, durable=True, then=stopped, otherwise=stopped) if task_id else None
+        if through_store is None or not tell_if_alive(self._services.store, through_store):
+            tell_if_alive(self._supervisor, stopped[0][1])
+
+    def _unhandled(self, message: Any) -> None:
+        """A worker granted to this stopped runner goes back to the pool (it would stay taken)."""
+        super()._unhandled(message)
+        if isinstance(message, (WorkerGranted, StartNotRecorded)):
+            self._services.pool.release(message.worker)
 
     def _fail(self, exc: BaseException | None, stopping: bool = True) -> None:
         """Interrupt the task, saying why; workers granted but not yet here are waited for (and

@@ -17,10 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import treekill
+from .treekill import GIVE_UP_AFTER, ROUND
 
 log = logging.getLogger(__name__)
-ROUND = 0.1  # seconds between scans
-GIVE_UP_AFTER = 30.0  # seconds past the grace: a process that survives KILL this long is stuck
 
 
 @dataclass

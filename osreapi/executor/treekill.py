@@ -6,12 +6,15 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Collection
 
 import psutil
 
 TASK_MARKER = "OSREAPI_TASK_ID"
 STEP_MARKER = "OSREAPI_STEP_NAME"
 RUN_MARKER = "OSREAPI_RUN_ID"  # one step's one run: a reposted id or a kept daemon is not confused with it
+ROUND = 0.1  # seconds between marker scans while a run's processes are killed
+GIVE_UP_AFTER = 30.0  # seconds past the grace: a process that survives KILL this long is stuck
 
 
 def marked_processes(task_id: str, step_name: str | None = None, run_id: str | None = None) -> list[psutil.Process]:
@@ -37,17 +40,50 @@ def marked_trees(task_id: str, step_name: str | None = None, run_id: str | None 
     """Every process carrying the marker, and their descendants."""
     procs: dict[int, psutil.Process] = {}
     for proc in marked_processes(task_id, step_name, run_id):
-        procs.update(_snapshot(proc.pid, include_root=True))
+        procs.update(process_tree(proc.pid))
     return list(procs.values())
+
+
+def process_tree(pid: int) -> dict[int, psutil.Process]:
+    """pid and its descendants (none if it is gone); never this process."""
+    return _snapshot(pid, include_root=True)
 
 
 def kill_marked(task_id: str, grace: float, step_name: str | None = None, run_id: str | None = None) -> list[int]:
     """Kill the processes found by marker (no group or child of ours needed): the ops tool (a whole
-    task) and restart recovery (one run), when the server that started them is gone."""
-    procs = {proc.pid: proc for proc in marked_trees(task_id, step_name, run_id)}
-    procs.pop(os.getpid(), None)
-    _terminate(procs, grace)
-    return sorted(procs)
+    task), when the server that started them is gone."""
+    return kill_until_gone(lambda: {proc.pid: proc for proc in marked_trees(task_id, step_name, run_id)}, grace)
+
+
+def kill_until_gone(find: Callable[[], dict[int, psutil.Process]], grace: float, groups: Collection[int] = ()) -> list[int]:
+    """Kill what `find` returns and the process `groups`, scanning again and again until nothing
+    is left (bounded): a TERM-ignoring process starts new setsid children while it is killed.
+    TERM at first sight, KILL whatever is found once `grace` has passed; one grace for all."""
+    since = time.monotonic()
+    signalled: set[int] = set()  # pids TERMed (or KILLed)
+    for group in groups:
+        if signal_group(group, signal.SIGTERM):
+            signal_group(group, signal.SIGCONT)  # a stopped (paused) process acts on TERM
+    while True:
+        found = {pid: proc for pid, proc in find().items() if pid != os.getpid() and _alive(proc)}
+        live_groups = [group for group in groups if signal_group(group, 0)]
+        elapsed = time.monotonic() - since
+        if not (found or live_groups) or elapsed > grace + GIVE_UP_AFTER:
+            return sorted(signalled)
+        late = elapsed >= grace
+        for group in live_groups if late else ():
+            signal_group(group, signal.SIGKILL)
+        for pid, proc in found.items():
+            if late:
+                _signal(proc, signal.SIGKILL)
+            elif pid not in signalled:
+                _signal(proc, signal.SIGTERM)
+                _signal(proc, signal.SIGCONT)
+            signalled.add(pid)
+        if found:
+            wait_gone(list(found.values()), timeout=ROUND)
+        else:  # only group members no scan lists: look again in a moment
+            time.sleep(ROUND)
 
 
 def kill_tree(
