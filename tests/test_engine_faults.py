@@ -77,6 +77,26 @@ def test_a_step_never_runs_twice_when_the_server_is_killed_right_after_accepting
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("paused", ["step", "task"])
+def test_a_step_paused_while_it_ran_reads_interrupted_after_a_crash_not_skipped(start_server, tmp_path, paused):
+    """Recovery took a step paused while it ran for one held before it started: the step that ran
+    read "skipped", and a later step that never ran read "interrupted" in its place."""
+    data = tmp_path / "data"
+    server = start_server("--pool_size=2", data_dir=data)
+    ledger = tmp_path / "ledger"
+    task_id = server.client.submit([sh(f"echo $$ >> {ledger}; sleep 30", name="a"), sh("true", name="b")])
+    pid = read_pid(ledger)
+    assert put(server.client, f"/{task_id}" + ("/a" if paused == "step" else ""), "pause").status == 200
+    assert wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+    server.kill()
+    restarted = start_server("--pool_size=2", data_dir=data)
+    assert wait_until(lambda: gone(pid), timeout=20)
+    assert state_of(restarted.client, task_id, "a") == "interrupted"
+    assert state_of(restarted.client, task_id, "b") == "skipped"
+    assert restarted.client.get(f"/{task_id}").json["message"].startswith("0, ")  # step a is the one that failed
+
+
+@pytest.mark.timeout(60)
 def test_a_tree_that_dropped_its_marker_is_killed_after_a_crash_by_its_saved_pid(start_server, tmp_path):
     """A running step's pid and its process's create time are saved once it has run a moment (a
     short step's go with its end); after a crash, recovery kills the tree by them when no marker

@@ -72,6 +72,9 @@ class TaskMachine(RuleBasedStateMachine):
         final = stored.finish(self._tick(), 10.0)
         assert final.state.finished and all(step.state.finished for step in stored.steps)
         assert not any(step.state is State.PENDING for step in stored.steps)  # nothing would run again
+        for before, after in zip(self.state.steps, stored.steps):  # a step that began is never "skipped"
+            if before.begin is not None and not before.state.finished:
+                assert after.state is State.INTERRUPTED, (before, after)
 
     @invariant()
     def records_agree(self) -> None:

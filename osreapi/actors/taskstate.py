@@ -74,6 +74,12 @@ class TaskState:
             and all(self.steps[d].succeeded for d in self.deps[index])
         ]
 
+    def _not_started(self, index: int) -> bool:
+        """No process was ever started for it (pending, or held by a pause). Its begin tells: a
+        step paused while it ran is PAUSED too, and recovery knows of no active step."""
+        step = self.steps[index]
+        return step.state in _NOT_STARTED and step.begin is None and index not in self.active
+
     def take_changes(self) -> tuple[TaskRecord | None, tuple[StepRecord, ...]]:
         """What changed since the last call: (the task if it changed, the changed steps)."""
         task = self.task if self._task_changed else None
@@ -120,9 +126,7 @@ class TaskState:
         while pending:
             index = pending.pop()
             step = self.steps[index]
-            if step.state in _NOT_STARTED and index not in self.active and any(
-                self.steps[d].failed for d in self.deps[index]
-            ):
+            if self._not_started(index) and any(self.steps[d].failed for d in self.deps[index]):
                 self._set_step(step.with_(state=State.SKIPPED, code=STEP_CODE_UNFINISHED))
                 pending.extend(self.dependents[index])
 
@@ -188,7 +192,7 @@ class TaskState:
         to stop (they end as `state`)."""
         self.ending = state
         for index, step in enumerate(self.steps):
-            if step.state in _NOT_STARTED and index not in self.active:
+            if self._not_started(index):
                 self._set_step(step.with_(state=State.SKIPPED, code=STEP_CODE_UNFINISHED))
         targets = [i for i in self.active if i not in self.stopping]
         for index in targets:
