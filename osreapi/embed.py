@@ -42,7 +42,7 @@ from .actors.taskstate import ACTIONS
 from .actors.timers import Scheduler
 from .config import EngineConfig
 from .controls import ControlCalls
-from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive, TaskConflict
+from .errors import ActionRejected, EngineBusy, EngineClosed, EngineFailed, InvalidRequest, NotFound, TaskActive, TaskConflict
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.janitor import Janitor
@@ -284,7 +284,8 @@ class Executor(ControlCalls):
     def control(self, task_id: str, action: str, step: str | int | None = None) -> None:
         """kill / pause / resume a task, or one step (by index or name); returns once the processes
         are signalled and the change is on disk. Raises NotFound for an unknown task or step,
-        ActionRejected when the action does not apply, DiskFull when it cannot be recorded."""
+        ActionRejected when the action does not apply, DiskFull when it cannot be recorded,
+        EngineFailed when the task's runner failed first (the task then ends interrupted)."""
         if not action:
             raise ActionRejected("no_action", actions=", ".join(ACTIONS))
         if action not in ACTIONS:
@@ -457,6 +458,8 @@ class Executor(ControlCalls):
             return message.reply.get(timeout=self.config.call_timeout)
         except pykka.Timeout:
             raise self._not_answered() from None
+        except pykka.ActorDeadError as exc:  # it stopped with the request in its mailbox
+            raise EngineFailed(f"not applied: {exc}") from None
 
     def _ask(self, ref: pykka.ActorRef, message: Any) -> Any:
         try:

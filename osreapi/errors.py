@@ -36,6 +36,11 @@ class EngineBusy(OsreapiError):
     """The engine did not answer within the configured timeout."""
 
 
+class EngineFailed(OsreapiError):
+    """The part of the engine that held the request failed before handling it (a task runner
+    stopped): nothing was applied, and the task concerned ends interrupted, saying why."""
+
+
 class EngineClosed(OsreapiError):
     """The engine has been shut down."""
 

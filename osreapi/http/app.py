@@ -20,6 +20,7 @@ from ..errors import (
     DiskFull,
     EngineBusy,
     EngineClosed,
+    EngineFailed,
     InvalidRequest,
     NotFound,
     TaskActive,
@@ -133,6 +134,9 @@ class Routes:
                 return json_response(CODE_BUSY, message("busy", lang))
             case DiskFull():
                 return json_response(CODE_DISK_FULL, message("disk_full", lang))
+            case EngineFailed():  # the failure itself was logged, with its traceback, where it happened
+                log.error("%s %s: %s", bottle.request.method, bottle.request.path, exc)
+                return json_response(CODE_INTERNAL, message("engine_failed", lang))
         log.exception("internal error on %s %s", bottle.request.method, bottle.request.path)
         return json_response(CODE_INTERNAL, message("internal", lang))
 
