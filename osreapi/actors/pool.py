@@ -25,19 +25,27 @@ class WorkerPool:
         self._waiting: list[tuple[tuple, int, object, object, Grant]] = []  # a heap
         self._counter = itertools.count()
         self._lock = threading.Lock()
+        self._closed = False  # the engine shuts down: no step starts any more
 
     def request(self, owner: object, key: object, grant: Grant, order: tuple = ()) -> pykka.ActorRef | None:
         """A free worker at once when nobody waits (no message round trip), else None and
         grant(worker) later, when one frees (lowest `order` first). The worker returns itself
         with release() when its process is gone."""
         with self._lock:
-            if not self._waiting:
+            if not self._waiting and not self._closed:
                 worker = self._idle.pop() if self._idle else self._new_worker()
                 if worker is not None:
                     return worker
             heapq.heappush(self._waiting, (order, next(self._counter), owner, key, grant))
         self._dispatch()
         return None
+
+    def close(self) -> None:
+        """The engine shuts down: from now on no worker is handed out (requests wait, and are
+        cancelled by their runners' interrupts). A runner that handles its task's start only now
+        leaves the task queued instead of starting a step the shutdown would interrupt."""
+        with self._lock:
+            self._closed = True
 
     def release(self, worker: pykka.ActorRef) -> None:
         with self._lock:
@@ -90,7 +98,7 @@ class WorkerPool:
         """Match waiting requests with idle workers (starting workers up to size)."""
         while True:
             with self._lock:
-                if not self._waiting:
+                if not self._waiting or self._closed:
                     return
                 worker = self._idle.pop() if self._idle else self._new_worker()
                 if worker is None:

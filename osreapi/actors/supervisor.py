@@ -90,6 +90,7 @@ class SupervisorActor(EngineActor):
                 self._control(message)
             case InterruptAll(done=done):
                 self._stopping = done
+                self._services.pool.close()  # before the interrupts: no step starts from now on
                 for ref in self._live.values():
                     tell_if_alive(ref, InterruptTask())
             case _:
