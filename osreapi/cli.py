@@ -294,12 +294,15 @@ def _network(args: argparse.Namespace):
 
 
 def _engine(args: argparse.Namespace):
+    import lmdb
+
     from .embed import Executor, default_data_dir
     from .spec import Limits
 
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     try:
         return Executor(
-            Path(args.data_dir) if args.data_dir else default_data_dir(),
+            data_dir,
             pool_size=args.pool_size,
             exec_timeout=args.exec_timeout,
             key_expire=args.key_expire,
@@ -310,3 +313,9 @@ def _engine(args: argparse.Namespace):
         )
     except DataDirInUse as exc:
         raise _CannotStart(1, str(exc)) from None
+    except OSError as exc:  # not a directory, no permission, a file where db/ or workspace/ goes
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(data_dir) else ""
+        reason = "not a directory" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror or exc
+        raise _CannotStart(1, f"--data_dir: cannot use {data_dir}{where}: {reason}") from None
+    except lmdb.Error as exc:  # a damaged or foreign database under db/
+        raise _CannotStart(1, f"--data_dir: cannot open the database in {data_dir / 'db'}: {exc}") from None

@@ -54,6 +54,24 @@ def test_bad_flag_values_exit_nonzero_naming_the_flag(args, flag, tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_an_unusable_data_dir_is_one_line_naming_it_not_a_traceback(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with_file_for_workspace = tmp_path / "workspace-is-a-file"
+    with_file_for_workspace.mkdir()
+    (with_file_for_workspace / "workspace").write_text("")
+    damaged = tmp_path / "damaged"
+    (damaged / "db").mkdir(parents=True)
+    (damaged / "db" / "data.mdb").write_text("not a database")
+    for data_dir, says in ((a_file, "not a directory"), (a_file / "sub", "not a directory"),
+                           (with_file_for_workspace, "not a directory"), (damaged, "database")):
+        out = run_cli("run", "--addr", "127.0.0.1:0", "--data_dir", str(data_dir))
+        assert out.returncode == 1, out.stderr
+        assert "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+        assert "--data_dir" in out.stderr and str(data_dir) in out.stderr and says in out.stderr
+
+
 def test_unknown_command_and_missing_command():
     assert run_cli("serve").returncode != 0
     assert run_cli().returncode != 0
