@@ -75,6 +75,19 @@ def test_usage_and_connection_errors_exit_2(client: Client, tmp_path: Path):
     assert osreapi(client.url, "get", "no-such-task").returncode == 1
 
 
+def test_a_steps_file_that_is_not_utf8_empty_or_not_a_list_is_a_usage_error(tmp_path: Path):
+    """Read before any connection: no server needed, and none must be reached."""
+    binary, empty, mapping = tmp_path / "steps.bin", tmp_path / "empty.yaml", tmp_path / "map.json"
+    binary.write_bytes(b"\xff\xfe[]")
+    empty.write_text("")
+    mapping.write_text('{"command_type": "sh"}')
+    for path, says in ((binary, "cannot read: not UTF-8 text (byte 0xff at offset 0)"), (empty, "is empty: no steps"),
+                       (mapping, "expected a list of steps, got object")):
+        out = osreapi("http://127.0.0.1:9", "submit", str(path), "--lang", "en")
+        assert out.returncode == 2, out.stderr
+        assert out.stderr == f"osreapi: error: {path}: {says}\n"
+
+
 def test_yaml_json_and_stdin_files_with_json_output(client: Client, tmp_path: Path):
     yaml_file = tmp_path / "steps.yaml"
     yaml_file.write_text("- name: build\n  command_type: sh\n  command_content: echo built\n"

@@ -184,6 +184,9 @@ def make_fleet(args: argparse.Namespace, hosts: list[str]) -> Fleet:
     return Fleet(hosts, fanout=args.fanout, scheme=scheme, **connection(args))
 
 
+_YAML_KINDS = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
 def load_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The FILE's list (JSON or YAML; '-' is stdin), then one sh step per -e."""
     steps: list[Any] = []
@@ -194,10 +197,16 @@ def load_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
             loaded = yaml.safe_load(text)
         except OSError as exc:
             raise UsageError(message("cli_cannot_read", args.lang, where=where, reason=exc.strerror)) from None
+        except UnicodeDecodeError as exc:
+            reason = message("cli_not_utf8", args.lang, byte=f"0x{exc.object[exc.start]:02x}", offset=exc.start)
+            raise UsageError(message("cli_cannot_read", args.lang, where=where, reason=reason)) from None
         except yaml.YAMLError as exc:
             raise UsageError(message("cli_bad_file", args.lang, where=where, error=exc)) from None
+        if loaded is None:
+            raise UsageError(message("cli_empty_file", args.lang, where=where))
         if not isinstance(loaded, list):
-            raise UsageError(message("cli_not_a_list", args.lang, where=where, kind=type(loaded).__name__))
+            kind = _YAML_KINDS.get(type(loaded), type(loaded).__name__)
+            raise UsageError(message("cli_not_a_list", args.lang, where=where, kind=kind))
         steps.extend(loaded)
     steps.extend({"command_type": "sh", "command_content": script} for script in args.scripts)
     if not steps:
