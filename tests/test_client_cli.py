@@ -156,6 +156,25 @@ def test_token_from_a_file_or_the_environment(make_server, tmp_path: Path):
     assert osreapi(server.url, "ls", env={"OSREAPI_TOKEN": "cli-secret"}).returncode == 0
     refused = osreapi(server.url, "ls")
     assert refused.returncode == 2 and "401" in refused.stderr
+    assert "缺少或错误的令牌" in refused.stderr  # the server's message, in the default language
+    assert "missing or wrong token" in osreapi(server.url, "ls", "--lang", "en").stderr
+
+
+def test_the_servers_messages_come_in_the_commands_language(client: Client, tmp_path: Path):
+    """--lang (default zh) is the language of what the server says too, on every command."""
+    task_id = client.submit([sh("echo hi")])
+    client.wait(task_id, timeout=20)
+    for args in (["logs", "no-such-task", "0"], ["logs", task_id, "7"], ["pause", "no-such-task"],
+                 ["rm", "no-such-task"]):
+        assert osreapi(client.url, *args).stderr == "osreapi: error: id不存在, 沒有数据\n", args
+        assert osreapi(client.url, *args, "--lang", "en").stderr == "osreapi: error: id does not exist, no data\n"
+    past_end = osreapi(client.url, "logs", task_id, "0", "--offset", "99")
+    assert past_end.returncode == 2 and "超出了输出的末尾" in past_end.stderr
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_bytes(b"\xffweb1\n")
+    not_text = osreapi(client.url, "get", task_id, "--hosts_file", str(hosts_file))
+    assert not_text.returncode == 2
+    assert not_text.stderr == f"osreapi: error: --hosts_file: cannot read {hosts_file}: not UTF-8 text (byte 0xff at offset 0)\n"
 
 
 def read_pty(fd: int, until: bytes, deadline: float) -> bytes:

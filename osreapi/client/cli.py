@@ -167,7 +167,7 @@ def connection(args: argparse.Namespace) -> dict[str, Any]:
     verify: bool | str = False if args.insecure else (args.tls_ca or True)
     cert = (args.tls_cert, args.tls_key) if args.tls_cert else None
     token = load_token(args.token, args.token_file)
-    return {"token": token, "timeout": args.request_timeout, "verify": verify, "cert": cert}
+    return {"token": token, "timeout": args.request_timeout, "verify": verify, "cert": cert, "lang": args.lang}
 
 
 def fleet_hosts(args: argparse.Namespace) -> list[str] | None:
