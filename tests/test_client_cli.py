@@ -72,6 +72,8 @@ def test_usage_and_connection_errors_exit_2(client: Client, tmp_path: Path):
     down = osreapi("http://127.0.0.1:9", "ls")
     assert down.returncode == 2 and "127.0.0.1:9" in down.stderr
     assert osreapi(client.url, "submit", "--no-such-flag").returncode == 2
+    no_time = osreapi(client.url, "ls", "--request_timeout", "0")
+    assert no_time.returncode == 2 and "--request_timeout" in no_time.stderr and "more than 0" in no_time.stderr
     assert osreapi(client.url, "get", "no-such-task").returncode == 1
 
 

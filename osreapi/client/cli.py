@@ -89,6 +89,13 @@ def _duration(text: str) -> float:
     return value
 
 
+def _request_timeout(text: str) -> float:
+    value = _duration(text)
+    if value == 0:  # httpx would fail every connect at once, saying "Operation now in progress"
+        raise argparse.ArgumentTypeError(f"a request needs some time: expected more than 0, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     if not text.isascii() or not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
@@ -107,7 +114,7 @@ def build_parser(command: str, prog: str) -> argparse.ArgumentParser:
     _flag(parser, "tls_cert", default=None, help="client certificate (mutual TLS), with --tls_key")
     _flag(parser, "tls_key", default=None, help="key of the client certificate")
     _flag(parser, "insecure", action="store_true", help="do not check the server's certificate")
-    _flag(parser, "request_timeout", default=10.0, type=_duration, help="limit of one request (default 10s)")
+    _flag(parser, "request_timeout", default=10.0, type=_request_timeout, help="limit of one request (default 10s)")
     _flag(parser, "json", action="store_true", help="print the server's JSON envelope unchanged")
     _flag(parser, "lang", default="zh", choices=LANGUAGES, help="language of state words and messages")
     if command in FLEET_COMMANDS:
