@@ -42,7 +42,7 @@ from .actors.taskstate import ACTIONS
 from .actors.timers import Scheduler
 from .config import EngineConfig
 from .controls import ControlCalls
-from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, TaskActive, TaskConflict
+from .errors import ActionRejected, EngineBusy, EngineClosed, InvalidRequest, NotFound, StepNotFound, TaskActive, TaskConflict
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.janitor import Janitor
@@ -323,7 +323,7 @@ class Executor(ControlCalls):
             for record in steps:
                 if record.name == step:
                     return record.index
-        raise NotFound(f"step {step!r} does not exist in this task")
+        raise StepNotFound(step)
 
     def check_health(self) -> str:
         """"ok", or "disk full" while the store cannot write; raise EngineBusy / EngineClosed

@@ -96,6 +96,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "running": ("执行中", "running"),
     "failed": ("{index}, 执行失败", "{index}, execution failed"),
     "not_found": ("id不存在, 沒有数据", "id does not exist, no data"),
+    "step_not_found": ("该任务没有步骤 '{step}' (以序号或名称指定)", "the task has no step '{step}' (by index or name)"),
     "all_succeeded": ("所有步骤执行成功", "all steps succeeded"),
     "too_many_requests": ("请求过多, 请稍后重试", "too many requests, try again later"),
     "busy": ("引擎繁忙, 请稍后重试", "engine busy, try again later"),

@@ -166,10 +166,11 @@ def test_the_servers_messages_come_in_the_commands_language(client: Client, tmp_
     """--lang (default zh) is the language of what the server says too, on every command."""
     task_id = client.submit([sh("echo hi")])
     client.wait(task_id, timeout=20)
-    for args in (["logs", "no-such-task", "0"], ["logs", task_id, "7"], ["pause", "no-such-task"],
-                 ["rm", "no-such-task"]):
+    for args in (["logs", "no-such-task", "0"], ["pause", "no-such-task"], ["rm", "no-such-task"]):
         assert osreapi(client.url, *args).stderr == "osreapi: error: id不存在, 沒有数据\n", args
         assert osreapi(client.url, *args, "--lang", "en").stderr == "osreapi: error: id does not exist, no data\n"
+    no_step = osreapi(client.url, "logs", task_id, "7")
+    assert no_step.returncode == 1 and no_step.stderr == "osreapi: error: 该任务没有步骤 '7' (以序号或名称指定)\n"
     past_end = osreapi(client.url, "logs", task_id, "0", "--offset", "99")
     assert past_end.returncode == 2 and "超出了输出的末尾" in past_end.stderr
     hosts_file = tmp_path / "hosts"
