@@ -290,7 +290,33 @@ def _network(args: argparse.Namespace):
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         raise _CannotStart(2, "--tls_cert and --tls_key go together (and --tls_client_ca needs them)")
     tls = TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    if tls is not None:
+        _check_tls_files(tls)
     return host, port, token, tls
+
+
+def _check_tls_files(tls) -> None:
+    """Load the certificate, key and CA once here, so that a wrong one is an error naming its flag
+    and file (the server's own load says only "No such file or directory" or "PEM lib")."""
+    import ssl
+
+    for flag, path in (("--tls_cert", tls.cert), ("--tls_key", tls.key), ("--tls_client_ca", tls.client_ca)):
+        try:
+            if path is not None:
+                open(path, "rb").close()
+        except OSError as exc:
+            raise _CannotStart(2, f"{flag}: cannot read {path}: {exc.strerror}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:  # an empty password: a key that needs one fails here instead of prompting on the terminal
+        context.load_cert_chain(tls.cert, tls.key, password=b"")
+    except ssl.SSLError as exc:
+        raise _CannotStart(2, f"--tls_cert / --tls_key: {tls.cert} and {tls.key} are not a PEM certificate "
+                              f"and its unencrypted key ({exc.reason or exc})") from None
+    try:
+        if tls.client_ca:
+            context.load_verify_locations(cafile=tls.client_ca)
+    except ssl.SSLError as exc:
+        raise _CannotStart(2, f"--tls_client_ca: {tls.client_ca} holds no PEM certificate ({exc.reason or exc})") from None
 
 
 def _engine(args: argparse.Namespace):
