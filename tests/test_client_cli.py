@@ -17,6 +17,7 @@ from osreapi.cli import CLIENT_COMMANDS
 from osreapi.client import cli as client_cli
 from osreapi.http.app import HttpSettings
 
+from .certs import make_pki
 from .conftest import Client, console_script, sh, wait_until
 
 
@@ -88,6 +89,22 @@ def test_a_steps_file_that_is_not_utf8_empty_or_not_a_list_is_a_usage_error(tmp_
         out = osreapi("http://127.0.0.1:9", "submit", str(path), "--lang", "en")
         assert out.returncode == 2, out.stderr
         assert out.stderr == f"osreapi: error: {path}: {says}\n"
+
+
+def test_a_tls_file_that_is_missing_or_not_pem_is_a_usage_error_naming_it(tmp_path: Path):
+    """They were tracebacks (FileNotFoundError, ssl.SSLError), exit 1. Read before any connection."""
+    pki = make_pki(tmp_path)
+    cert, key, missing = str(pki["client"].cert), str(pki["client"].key), str(tmp_path / "missing.pem")
+    cases = [
+        (["--tls_ca", missing], f"CA bundle {missing}: cannot read: No such file or directory"),
+        (["--tls_ca", key], f"CA bundle {key}: holds no PEM certificate"),
+        (["--tls_cert", missing, "--tls_key", key], f"client certificate {missing} and key {key}: cannot read"),
+        (["--tls_cert", key, "--tls_key", cert], f"client certificate {key} and key {cert}: not a PEM certificate"),
+    ]
+    for flags, says in cases:
+        out = osreapi("https://127.0.0.1:9", "ls", *flags)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith(f"osreapi: error: {says}") and len(out.stderr.splitlines()) == 1
 
 
 def test_yaml_json_and_stdin_files_with_json_output(client: Client, tmp_path: Path):

@@ -15,7 +15,7 @@ from httpx_sse import connect_sse
 
 from ..controls import ControlCalls
 from ..embed import TaskResult
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, InvalidValue
 from ..records import TaskRecord
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING
 from . import wire
@@ -240,14 +240,29 @@ class Client(ControlCalls):
 
 @lru_cache(maxsize=16)  # one context per setting, shared: loading the system's CAs is not free
 def tls_context(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.SSLContext:
-    """verify: True (the system's CAs), False (no check) or a CA bundle; cert: ours for mTLS."""
-    context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+    """verify: True (the system's CAs), False (no check) or a CA bundle; cert: ours for mTLS.
+    Raises InvalidValue naming the file that cannot be read or is not PEM."""
+    try:
+        context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+    except (OSError, ssl.SSLError) as exc:  # SSLError is an OSError: both named for a reader
+        raise InvalidValue(f"CA bundle {verify}: {_file_problem(exc, 'holds no PEM certificate')}") from None
     if verify is False:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if cert is not None:
-        context.load_cert_chain(*((cert,) if isinstance(cert, str) else cert))
+        files = (cert,) if isinstance(cert, str) else cert
+        try:
+            context.load_cert_chain(*files)
+        except OSError as exc:
+            problem = _file_problem(exc, "not a PEM certificate and its unencrypted key")
+            raise InvalidValue(f"client certificate {' and key '.join(files)}: {problem}") from None
     return context
+
+
+def _file_problem(exc: OSError, not_pem: str) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"{not_pem} ({exc.reason or exc})"
+    return f"cannot read: {exc.strerror}"
 
 
 def submit_params(mode: str | None, task_id: str | None) -> dict[str, str]:
