@@ -107,6 +107,19 @@ def test_a_tls_file_that_is_missing_or_not_pem_is_a_usage_error_naming_it(tmp_pa
         assert out.stderr.startswith(f"osreapi: error: {says}") and len(out.stderr.splitlines()) == 1
 
 
+def test_a_reader_that_stops_early_gets_no_traceback(client: Client):
+    """`osreapi ls --json | head -c 10` printed a BrokenPipeError traceback."""
+    client.wait(client.submit([sh("echo hi")]))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe fails, as after `head` has exited
+    try:
+        out = subprocess.run([console_script(), "ls", "--json", "--url", client.url], stdout=write_end,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert out.returncode == 128 + 13 and out.stderr == ""
+
+
 def test_yaml_json_and_stdin_files_with_json_output(client: Client, tmp_path: Path):
     yaml_file = tmp_path / "steps.yaml"
     yaml_file.write_text("- name: build\n  command_type: sh\n  command_content: echo built\n"

@@ -29,6 +29,7 @@ from .fleet import DEFAULT_FANOUT, Fleet, HostResult, parse_hosts, read_hosts_fi
 from .follow import Followers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 124
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 POLL_INTERVAL = 0.25
 FLEET_COMMANDS = ("submit", "get", "wait", "kill")
 COMMANDS = {
@@ -74,6 +75,9 @@ def main(command: str, argv: Sequence[str], prog: str = "osreapi") -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader stopped early (`| head`): what a shell tool killed by SIGPIPE says
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return EXIT_BROKEN_PIPE
 
 
 # -- parsing ------------------------------------------------------------------------------
