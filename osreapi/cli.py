@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -229,14 +231,26 @@ def run(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 50)
-    print(f"osreapi {__version__} listening on {server.url} (data dir: {executor.config.data_dir})", flush=True)
-    log = logging.getLogger(__name__)
-    while not stop.wait(1.0):  # a timeout keeps signal delivery prompt on every platform
-        pass
-    log.info("shutting down: closing HTTP, interrupting running tasks, flushing the store")
-    server.stop()
-    executor.close()
+    try:  # whatever happens from here, the server stops in order: never one left serving, deaf to signals
+        _announce(f"osreapi {__version__} listening on {server.url} (data dir: {executor.config.data_dir})")
+        while not stop.wait(1.0):  # a timeout keeps signal delivery prompt on every platform
+            pass
+        logging.getLogger(__name__).info("shutting down: closing HTTP, interrupting running tasks, flushing the store")
+    finally:
+        server.stop()
+        executor.close()
     return 0
+
+
+def _announce(line: str) -> None:
+    """The listening line on stdout, or on the log when nobody reads stdout any more (`| head -1`
+    has exited): a server that cannot print still serves, and stops on a signal."""
+    try:
+        print(line, flush=True)
+    except OSError:  # BrokenPipeError; EIO once the terminal has gone
+        with contextlib.suppress(OSError):  # no second error when the interpreter flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        logging.getLogger(__name__).warning("stdout is closed: %s", line)
 
 
 def _setup_logging(debug: bool) -> None:

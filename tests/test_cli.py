@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import console_script, gone, read_pid, sh, wait_until
+from .conftest import Client, console_script, gone, read_pid, sh, wait_until
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -70,6 +73,29 @@ def test_an_unusable_data_dir_is_one_line_naming_it_not_a_traceback(tmp_path):
         assert "Traceback" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
         assert "--data_dir" in out.stderr and str(data_dir) in out.stderr and says in out.stderr
+
+
+def test_a_server_whose_stdout_is_closed_serves_and_stops_on_sigterm(tmp_path):
+    """`osreapi run | head -1` once head had exited: the listening line raised BrokenPipeError, the
+    main thread died, and the server went on serving, deaf to SIGTERM, until killed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads stdout
+    log = tmp_path / "server.log"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen([console_script(), "run", "--addr", "127.0.0.1:0", "--data_dir", str(tmp_path / "data")],
+                                stdout=write_end, stderr=stderr, stdin=subprocess.DEVNULL)
+    os.close(write_end)
+    try:
+        assert wait_until(lambda: "listening on" in log.read_text(), timeout=30)
+        url = re.search(r"listening on (http://\S+)", log.read_text()).group(1)
+        assert Client(url).get("/healthz").status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "stdout is closed" in log.read_text() and "Traceback" not in log.read_text()
 
 
 def test_unknown_command_and_missing_command():
