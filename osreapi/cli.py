@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = client_cli.commands_help(prog)
         print(text.format(prog=prog, data_dir=default_data_dir(), client_commands=commands), end="")
         if args.command is None and not args.help:
-            print(f"{prog}: error: expected a command (run)", file=sys.stderr)
+            print(f"{prog}: error: expected a command ({', '.join(['run', *CLIENT_COMMANDS])})", file=sys.stderr)
             return 2
         return 0
     if args.command != "run":

@@ -100,7 +100,9 @@ def test_a_server_whose_stdout_is_closed_serves_and_stops_on_sigterm(tmp_path):
 
 def test_unknown_command_and_missing_command():
     assert run_cli("serve").returncode != 0
-    assert run_cli().returncode != 0
+    missing = run_cli()
+    assert missing.returncode == 2
+    assert missing.stderr == "osreapi: error: expected a command (run, submit, get, ls, logs, wait, kill, pause, resume, rm)\n"
 
 
 def test_python_dash_m_works():

@@ -37,7 +37,7 @@ COMMANDS = {
                "Submit a task from a JSON or YAML list of steps, or -e scripts"),
     "get": ("ID", "Show a task and its steps"),
     "ls": ("[--sort start|end|ttl]", "List the tasks kept"),
-    "logs": ("ID STEP [-f]", "Print a step's output (-f: follow it live)"),
+    "logs": ("ID STEP [-f] [--offset N]", "Print a step's output (-f: follow it live)"),
     "wait": ("ID [--timeout D]", "Wait for a task to end, with a live progress display"),
     "kill": ("ID [STEP]", "Kill a task's (or one step's) process trees"),
     "pause": ("ID [STEP]", "Suspend a task or a step"),
