@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -196,6 +197,17 @@ def test_smoke_script_against_the_console_server(start_server):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "smoke: all passed" in out.stdout
     assert server.terminate() == 0
+
+
+def test_smoke_script_says_when_no_server_answers():
+    """It printed "FAIL: failure message of FAIL: submit  answered" and five more lines of FAIL."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    smoke = Path(__file__).resolve().parent.parent / "tools" / "smoke.sh"
+    out = subprocess.run(["sh", str(smoke), url], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith(f"smoke: cannot reach {url}")
 
 
 @pytest.mark.timeout(60)
