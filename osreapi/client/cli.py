@@ -367,7 +367,8 @@ def fleet_submit(args: argparse.Namespace, out: Out, hosts: list[str], steps: li
                 raise refused[host]
             return client.wait(ids[host], timeout=args.timeout) if args.wait else client.get(ids[host])
 
-        return fleet_rows(out, fleet, fleet.map(finish), ids, "wait" if args.wait else "submit")
+        # With --id every host's task has that id, those that could not be reached included
+        return fleet_rows(out, fleet, fleet.map(finish), args.id or ids, "wait" if args.wait else "submit")
 
 
 def fleet_rows(out: Out, fleet: Fleet, results: list[HostResult[TaskResult | None]],
