@@ -70,6 +70,8 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "cli_cannot_read": ("{where}: 无法读取: {reason}", "{where}: cannot read: {reason}"),
     "cli_bad_file": ("{where}: 不是有效的 JSON 或 YAML: {error}", "{where}: not valid JSON or YAML: {error}"),
     "cli_not_utf8": ("不是 UTF-8 文本 (第 {offset} 字节为 {byte})", "not UTF-8 text (byte {byte} at offset {offset})"),
+    "cli_interrupted": ("osreapi: 已停止观察; 任务 {id} 仍在服务器上运行 (osreapi kill {id} 可终止它)",
+                        "osreapi: stopped watching; task {id} goes on on the server (osreapi kill {id} stops it)"),
     "cli_empty_file": ("{where}: 为空, 没有步骤", "{where}: is empty: no steps"),
     "cli_not_a_list": ("{where}: 应为步骤列表, 实为 {kind}", "{where}: expected a list of steps, got {kind}"),
     "cli_tls_pair": ("--tls_cert 与 --tls_key 需一起给出", "--tls_cert and --tls_key go together"),

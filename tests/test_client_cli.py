@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -118,6 +119,26 @@ def test_a_reader_that_stops_early_gets_no_traceback(client: Client):
     finally:
         os.close(write_end)
     assert out.returncode == 128 + 13 and out.stderr == ""
+
+
+def test_ctrl_c_while_watching_says_the_task_goes_on_and_how_to_stop_it(client: Client, tmp_path: Path):
+    errors = tmp_path / "stderr"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OSREAPI_")}
+    with open(errors, "w") as stderr:
+        proc = subprocess.Popen([console_script(), "submit", "-e", "sleep 60", "--id", "watched", "--follow", "--lang", "en",
+                                 "--url", client.url], stdout=subprocess.DEVNULL, stderr=stderr, env=environ)
+    try:
+        assert wait_until(lambda: "running" in errors.read_text(), timeout=30)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert errors.read_text().endswith(
+        "osreapi: stopped watching; task watched goes on on the server (osreapi kill watched stops it)\n")
+    assert client.get("/watched?lang=en").json["data"][0]["state"] == "running"  # the task indeed goes on
+    assert osreapi(client.url, "kill", "watched").returncode == 0
 
 
 def test_yaml_json_and_stdin_files_with_json_output(client: Client, tmp_path: Path):

@@ -235,7 +235,16 @@ def status_of(result: TaskResult | None, timed_out: bool = False) -> int:
 
 
 def watch(client: Client, task_id: str, out: Out, timeout: float | None, follow: bool) -> tuple[TaskResult | None, bool]:
-    """Poll until the task ends, showing progress (and its output with follow); (result, timed out)."""
+    """Poll until the task ends, showing progress (and its output with follow); (result, timed out).
+    Ctrl-C stops the watching, not the task: say so, and how to stop the task."""
+    try:
+        return _watch(client, task_id, out, timeout, follow)
+    except KeyboardInterrupt:
+        print(out.say("cli_interrupted", id=task_id), file=sys.stderr, flush=True)
+        raise
+
+
+def _watch(client: Client, task_id: str, out: Out, timeout: float | None, follow: bool) -> tuple[TaskResult | None, bool]:
     deadline = None if timeout is None else time.monotonic() + timeout
     with Progress(out, task_id) as progress:
         followers = Followers(client, task_id, progress.print) if follow else None
