@@ -85,8 +85,11 @@ def test_a_steps_file_that_is_not_utf8_empty_or_not_a_list_is_a_usage_error(tmp_
     binary.write_bytes(b"\xff\xfe[]")
     empty.write_text("")
     mapping.write_text('{"command_type": "sh"}')
+    cut = tmp_path / "cut.json"
+    cut.write_text('[{"command_type": "sh",\n  "command_content": ')
     for path, says in ((binary, "cannot read: not UTF-8 text (byte 0xff at offset 0)"), (empty, "is empty: no steps"),
-                       (mapping, "expected a list of steps, got object")):
+                       (mapping, "expected a list of steps, got object"),
+                       (cut, "not valid JSON or YAML: expected the node content, but found '<stream end>' (line 2, column 22)")):
         out = osreapi("http://127.0.0.1:9", "submit", str(path), "--lang", "en")
         assert out.returncode == 2, out.stderr
         assert out.stderr == f"osreapi: error: {path}: {says}\n"

@@ -195,6 +195,14 @@ def make_fleet(args: argparse.Namespace, hosts: list[str]) -> Fleet:
     return Fleet(hosts, fanout=args.fanout, scheme=scheme, **connection(args))
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found and where, on one line (its own text quotes the input as "<unicode string>")."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return str(exc)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
 _YAML_KINDS = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
@@ -212,7 +220,7 @@ def load_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
             reason = message("cli_not_utf8", args.lang, byte=f"0x{exc.object[exc.start]:02x}", offset=exc.start)
             raise UsageError(message("cli_cannot_read", args.lang, where=where, reason=reason)) from None
         except yaml.YAMLError as exc:
-            raise UsageError(message("cli_bad_file", args.lang, where=where, error=exc)) from None
+            raise UsageError(message("cli_bad_file", args.lang, where=where, error=_yaml_problem(exc))) from None
         if loaded is None:
             raise UsageError(message("cli_empty_file", args.lang, where=where))
         if not isinstance(loaded, list):
