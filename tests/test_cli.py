@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import Client, console_script, gone, read_pid, sh, wait_until
+from .conftest import Client, console_script, gone, read_pid, sh, signal_when, wait_until
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -86,16 +86,12 @@ def test_a_server_whose_stdout_is_closed_serves_and_stops_on_sigterm(tmp_path):
         proc = subprocess.Popen([console_script(), "run", "--addr", "127.0.0.1:0", "--data_dir", str(tmp_path / "data")],
                                 stdout=write_end, stderr=stderr, stdin=subprocess.DEVNULL)
     os.close(write_end)
-    try:
-        assert wait_until(lambda: "listening on" in log.read_text(), timeout=30)
-        url = re.search(r"listening on (http://\S+)", log.read_text()).group(1)
-        assert Client(url).get("/healthz").status == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+
+    def serving() -> bool:
+        listening = re.search(r"listening on (http://\S+)", log.read_text())
+        return listening is not None and Client(listening.group(1)).get("/healthz").status == 200
+
+    assert signal_when(proc, serving, signal.SIGTERM) == 0
     assert "stdout is closed" in log.read_text() and "Traceback" not in log.read_text()
 
 

@@ -19,7 +19,7 @@ from osreapi.client import cli as client_cli
 from osreapi.http.app import HttpSettings
 
 from .certs import make_pki
-from .conftest import Client, console_script, sh, wait_until
+from .conftest import Client, console_script, sh, signal_when, wait_until
 
 
 def osreapi(url: str, *args: str, stdin: str | None = None, env: dict | None = None,
@@ -130,14 +130,7 @@ def test_ctrl_c_while_watching_says_the_task_goes_on_and_how_to_stop_it(client: 
     with open(errors, "w") as stderr:
         proc = subprocess.Popen([console_script(), "submit", "-e", "sleep 60", "--id", "watched", "--follow", "--lang", "en",
                                  "--url", client.url], stdout=subprocess.DEVNULL, stderr=stderr, env=environ)
-    try:
-        assert wait_until(lambda: "running" in errors.read_text(), timeout=30)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    assert signal_when(proc, lambda: "running" in errors.read_text(), signal.SIGINT) == 130
     assert errors.read_text().endswith(
         "osreapi: stopped watching; task watched goes on on the server (osreapi kill watched stops it)\n")
     assert client.get("/watched?lang=en").json["data"][0]["state"] == "running"  # the task indeed goes on
