@@ -137,6 +137,21 @@ def test_ctrl_c_while_watching_says_the_task_goes_on_and_how_to_stop_it(client: 
     assert osreapi(client.url, "kill", "watched").returncode == 0
 
 
+def test_with_json_a_refusal_is_the_servers_envelope_on_stdout(client: Client, tmp_path: Path):
+    """A refused kill or rm printed nothing on stdout: a script reading the envelope had none."""
+    task_id = client.submit([sh("true")])
+    client.wait(task_id)
+    ended = osreapi(client.url, "kill", task_id, "--json", "--lang", "en")
+    assert ended.returncode == 1
+    assert json.loads(ended.stdout) == {"code": 400, "message": "the task has ended (stopped); kill does not apply"}
+    missing = osreapi(client.url, "rm", "no-such-task", "--json")
+    assert missing.returncode == 1 and json.loads(missing.stdout) == {"code": 1003, "message": "id不存在, 沒有数据"}
+    typo = tmp_path / "typo.json"
+    typo.write_text('[{"command_type": "sh", "comand_content": "true"}]')
+    malformed = osreapi(client.url, "submit", str(typo), "--json", "--lang", "en")
+    assert malformed.returncode == 2 and json.loads(malformed.stdout)["code"] == 400
+
+
 def test_yaml_json_and_stdin_files_with_json_output(client: Client, tmp_path: Path):
     yaml_file = tmp_path / "steps.yaml"
     yaml_file.write_text("- name: build\n  command_type: sh\n  command_content: echo built\n"

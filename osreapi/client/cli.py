@@ -68,16 +68,24 @@ def main(command: str, argv: Sequence[str], prog: str = "osreapi") -> int:
     try:
         return HANDLERS[command](args, out)
     except (UsageError, InvalidValue, RemoteInvalidRequest, Unauthorized, ConnectionFailed) as exc:
-        out.error(str(exc))
+        tell_error(out, exc, str(exc))
         return EXIT_USAGE
     except ServerError as exc:
-        out.error(exc.message)
+        tell_error(out, exc, exc.message)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the reader stopped early (`| head`): what a shell tool killed by SIGPIPE says
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return EXIT_BROKEN_PIPE
+
+
+def tell_error(out: Out, exc: OsreapiError, text: str) -> None:
+    """The text on stderr; with --json a server's refusal is also its envelope on stdout, as its
+    other answers are (a script reading stdout saw nothing of a refused kill or rm)."""
+    if out.as_json and isinstance(exc, ServerError):
+        out.json({"code": exc.code, "message": exc.message})
+    out.error(text)
 
 
 # -- parsing ------------------------------------------------------------------------------
