@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -169,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = client_cli.commands_help(prog)
         print(text.format(prog=prog, data_dir=default_data_dir(), client_commands=commands), end="")
         if args.command is None and not args.help:
-            print(f"{prog}: error: expected a command (run)", file=sys.stderr)
+            print(f"{prog}: error: expected a command ({', '.join(['run', *CLIENT_COMMANDS])})", file=sys.stderr)
             return 2
         return 0
     if args.command != "run":
@@ -229,14 +231,26 @@ def run(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 50)
-    print(f"osreapi {__version__} listening on {server.url} (data dir: {executor.config.data_dir})", flush=True)
-    log = logging.getLogger(__name__)
-    while not stop.wait(1.0):  # a timeout keeps signal delivery prompt on every platform
-        pass
-    log.info("shutting down: closing HTTP, interrupting running tasks, flushing the store")
-    server.stop()
-    executor.close()
+    try:  # whatever happens from here, the server stops in order: never one left serving, deaf to signals
+        _announce(f"osreapi {__version__} listening on {server.url} (data dir: {executor.config.data_dir})")
+        while not stop.wait(1.0):  # a timeout keeps signal delivery prompt on every platform
+            pass
+        logging.getLogger(__name__).info("shutting down: closing HTTP, interrupting running tasks, flushing the store")
+    finally:
+        server.stop()
+        executor.close()
     return 0
+
+
+def _announce(line: str) -> None:
+    """The listening line on stdout, or on the log when nobody reads stdout any more (`| head -1`
+    has exited): a server that cannot print still serves, and stops on a signal."""
+    try:
+        print(line, flush=True)
+    except OSError:  # BrokenPipeError; EIO once the terminal has gone
+        with contextlib.suppress(OSError):  # no second error when the interpreter flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        logging.getLogger(__name__).warning("stdout is closed: %s", line)
 
 
 def _setup_logging(debug: bool) -> None:
@@ -290,16 +304,45 @@ def _network(args: argparse.Namespace):
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         raise _CannotStart(2, "--tls_cert and --tls_key go together (and --tls_client_ca needs them)")
     tls = TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    if tls is not None:
+        _check_tls_files(tls)
     return host, port, token, tls
 
 
+def _check_tls_files(tls) -> None:
+    """Load the certificate, key and CA once here, so that a wrong one is an error naming its flag
+    and file (the server's own load says only "No such file or directory" or "PEM lib")."""
+    import ssl
+
+    for flag, path in (("--tls_cert", tls.cert), ("--tls_key", tls.key), ("--tls_client_ca", tls.client_ca)):
+        try:
+            if path is not None:
+                open(path, "rb").close()
+        except OSError as exc:
+            raise _CannotStart(2, f"{flag}: cannot read {path}: {exc.strerror}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:  # an empty password: a key that needs one fails here instead of prompting on the terminal
+        context.load_cert_chain(tls.cert, tls.key, password=b"")
+    except ssl.SSLError as exc:
+        raise _CannotStart(2, f"--tls_cert / --tls_key: {tls.cert} and {tls.key} are not a PEM certificate "
+                              f"and its unencrypted key ({exc.reason or exc})") from None
+    try:
+        if tls.client_ca:
+            context.load_verify_locations(cafile=tls.client_ca)
+    except ssl.SSLError as exc:
+        raise _CannotStart(2, f"--tls_client_ca: {tls.client_ca} holds no PEM certificate ({exc.reason or exc})") from None
+
+
 def _engine(args: argparse.Namespace):
+    import lmdb
+
     from .embed import Executor, default_data_dir
     from .spec import Limits
 
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     try:
         return Executor(
-            Path(args.data_dir) if args.data_dir else default_data_dir(),
+            data_dir,
             pool_size=args.pool_size,
             exec_timeout=args.exec_timeout,
             key_expire=args.key_expire,
@@ -310,3 +353,9 @@ def _engine(args: argparse.Namespace):
         )
     except DataDirInUse as exc:
         raise _CannotStart(1, str(exc)) from None
+    except OSError as exc:  # not a directory, no permission, a file where db/ or workspace/ goes
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(data_dir) else ""
+        reason = "not a directory" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror or exc
+        raise _CannotStart(1, f"--data_dir: cannot use {data_dir}{where}: {reason}") from None
+    except lmdb.Error as exc:  # a damaged or foreign database under db/
+        raise _CannotStart(1, f"--data_dir: cannot open the database in {data_dir / 'db'}: {exc}") from None

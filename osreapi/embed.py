@@ -42,7 +42,17 @@ from .actors.taskstate import ACTIONS
 from .actors.timers import Scheduler
 from .config import EngineConfig
 from .controls import ControlCalls
-from .errors import ActionRejected, EngineBusy, EngineClosed, EngineFailed, InvalidRequest, NotFound, TaskActive, TaskConflict
+from .errors import (
+    ActionRejected,
+    EngineBusy,
+    EngineClosed,
+    EngineFailed,
+    InvalidRequest,
+    NotFound,
+    StepNotFound,
+    TaskActive,
+    TaskConflict,
+)
 from .executor import process
 from .executor.durations import parse_duration
 from .executor.janitor import Janitor
@@ -324,7 +334,7 @@ class Executor(ControlCalls):
             for record in steps:
                 if record.name == step:
                     return record.index
-        raise NotFound(f"step {step!r} does not exist in this task")
+        raise StepNotFound(step)
 
     def check_health(self) -> str:
         """"ok", or "disk full" while the store cannot write; raise EngineBusy / EngineClosed

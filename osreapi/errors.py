@@ -49,6 +49,14 @@ class NotFound(OsreapiError):
     """No such task or step (or it expired)."""
 
 
+class StepNotFound(NotFound):
+    """The task exists but has no such step (by index or name)."""
+
+    def __init__(self, step: str | int) -> None:
+        self.step = step
+        super().__init__(f"step {step!r} does not exist in this task")
+
+
 class ActionRejected(Refusal):
     """A control action does not apply to the task or step in its current state."""
 

@@ -244,6 +244,18 @@ def gone(pid: int) -> bool:
         return True
 
 
+def signal_when(proc: subprocess.Popen, ready: Callable[[], bool], sig: int, timeout: float = 30) -> int:
+    """Once ready() holds, send sig to proc and return its exit status; never leave it running."""
+    try:
+        assert wait_until(ready, timeout=timeout)
+        proc.send_signal(sig)
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():

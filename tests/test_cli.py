@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import console_script, gone, read_pid, sh, wait_until
+from .conftest import Client, console_script, gone, read_pid, sh, signal_when, wait_until
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -54,9 +58,48 @@ def test_bad_flag_values_exit_nonzero_naming_the_flag(args, flag, tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_an_unusable_data_dir_is_one_line_naming_it_not_a_traceback(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with_file_for_workspace = tmp_path / "workspace-is-a-file"
+    with_file_for_workspace.mkdir()
+    (with_file_for_workspace / "workspace").write_text("")
+    damaged = tmp_path / "damaged"
+    (damaged / "db").mkdir(parents=True)
+    (damaged / "db" / "data.mdb").write_text("not a database")
+    for data_dir, says in ((a_file, "not a directory"), (a_file / "sub", "not a directory"),
+                           (with_file_for_workspace, "not a directory"), (damaged, "database")):
+        out = run_cli("run", "--addr", "127.0.0.1:0", "--data_dir", str(data_dir))
+        assert out.returncode == 1, out.stderr
+        assert "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+        assert "--data_dir" in out.stderr and str(data_dir) in out.stderr and says in out.stderr
+
+
+def test_a_server_whose_stdout_is_closed_serves_and_stops_on_sigterm(tmp_path):
+    """`osreapi run | head -1` once head had exited: the listening line raised BrokenPipeError, the
+    main thread died, and the server went on serving, deaf to SIGTERM, until killed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads stdout
+    log = tmp_path / "server.log"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen([console_script(), "run", "--addr", "127.0.0.1:0", "--data_dir", str(tmp_path / "data")],
+                                stdout=write_end, stderr=stderr, stdin=subprocess.DEVNULL)
+    os.close(write_end)
+
+    def serving() -> bool:
+        listening = re.search(r"listening on (http://\S+)", log.read_text())
+        return listening is not None and Client(listening.group(1)).get("/healthz").status == 200
+
+    assert signal_when(proc, serving, signal.SIGTERM) == 0
+    assert "stdout is closed" in log.read_text() and "Traceback" not in log.read_text()
+
+
 def test_unknown_command_and_missing_command():
     assert run_cli("serve").returncode != 0
-    assert run_cli().returncode != 0
+    missing = run_cli()
+    assert missing.returncode == 2
+    assert missing.stderr == "osreapi: error: expected a command (run, submit, get, ls, logs, wait, kill, pause, resume, rm)\n"
 
 
 def test_python_dash_m_works():
@@ -150,6 +193,17 @@ def test_smoke_script_against_the_console_server(start_server):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "smoke: all passed" in out.stdout
     assert server.terminate() == 0
+
+
+def test_smoke_script_says_when_no_server_answers():
+    """It printed "FAIL: failure message of FAIL: submit  answered" and five more lines of FAIL."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    smoke = Path(__file__).resolve().parent.parent / "tools" / "smoke.sh"
+    out = subprocess.run(["sh", str(smoke), url], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith(f"smoke: cannot reach {url}")
 
 
 @pytest.mark.timeout(60)

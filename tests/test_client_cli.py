@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +18,8 @@ from osreapi.cli import CLIENT_COMMANDS
 from osreapi.client import cli as client_cli
 from osreapi.http.app import HttpSettings
 
-from .conftest import Client, console_script, sh, wait_until
+from .certs import make_pki
+from .conftest import Client, console_script, sh, signal_when, wait_until
 
 
 def osreapi(url: str, *args: str, stdin: str | None = None, env: dict | None = None,
@@ -72,7 +74,82 @@ def test_usage_and_connection_errors_exit_2(client: Client, tmp_path: Path):
     down = osreapi("http://127.0.0.1:9", "ls")
     assert down.returncode == 2 and "127.0.0.1:9" in down.stderr
     assert osreapi(client.url, "submit", "--no-such-flag").returncode == 2
+    no_time = osreapi(client.url, "ls", "--request_timeout", "0")
+    assert no_time.returncode == 2 and "--request_timeout" in no_time.stderr and "more than 0" in no_time.stderr
     assert osreapi(client.url, "get", "no-such-task").returncode == 1
+
+
+def test_a_steps_file_that_is_not_utf8_empty_or_not_a_list_is_a_usage_error(tmp_path: Path):
+    """Read before any connection: no server needed, and none must be reached."""
+    binary, empty, mapping = tmp_path / "steps.bin", tmp_path / "empty.yaml", tmp_path / "map.json"
+    binary.write_bytes(b"\xff\xfe[]")
+    empty.write_text("")
+    mapping.write_text('{"command_type": "sh"}')
+    cut = tmp_path / "cut.json"
+    cut.write_text('[{"command_type": "sh",\n  "command_content": ')
+    for path, says in ((binary, "cannot read: not UTF-8 text (byte 0xff at offset 0)"), (empty, "is empty: no steps"),
+                       (mapping, "expected a list of steps, got object"),
+                       (cut, "not valid JSON or YAML: expected the node content, but found '<stream end>' (line 2, column 22)")):
+        out = osreapi("http://127.0.0.1:9", "submit", str(path), "--lang", "en")
+        assert out.returncode == 2, out.stderr
+        assert out.stderr == f"osreapi: error: {path}: {says}\n"
+
+
+def test_a_tls_file_that_is_missing_or_not_pem_is_a_usage_error_naming_it(tmp_path: Path):
+    """They were tracebacks (FileNotFoundError, ssl.SSLError), exit 1. Read before any connection."""
+    pki = make_pki(tmp_path)
+    cert, key, missing = str(pki["client"].cert), str(pki["client"].key), str(tmp_path / "missing.pem")
+    cases = [
+        (["--tls_ca", missing], f"CA bundle {missing}: cannot read: No such file or directory"),
+        (["--tls_ca", key], f"CA bundle {key}: holds no PEM certificate"),
+        (["--tls_cert", missing, "--tls_key", key], f"client certificate {missing} and key {key}: cannot read"),
+        (["--tls_cert", key, "--tls_key", cert], f"client certificate {key} and key {cert}: not a PEM certificate"),
+    ]
+    for flags, says in cases:
+        out = osreapi("https://127.0.0.1:9", "ls", *flags)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith(f"osreapi: error: {says}") and len(out.stderr.splitlines()) == 1
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(client: Client):
+    """`osreapi ls --json | head -c 10` printed a BrokenPipeError traceback."""
+    client.wait(client.submit([sh("echo hi")]))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe fails, as after `head` has exited
+    try:
+        out = subprocess.run([console_script(), "ls", "--json", "--url", client.url], stdout=write_end,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert out.returncode == 128 + 13 and out.stderr == ""
+
+
+def test_ctrl_c_while_watching_says_the_task_goes_on_and_how_to_stop_it(client: Client, tmp_path: Path):
+    errors = tmp_path / "stderr"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OSREAPI_")}
+    with open(errors, "w") as stderr:
+        proc = subprocess.Popen([console_script(), "submit", "-e", "sleep 60", "--id", "watched", "--follow", "--lang", "en",
+                                 "--url", client.url], stdout=subprocess.DEVNULL, stderr=stderr, env=environ)
+    assert signal_when(proc, lambda: "running" in errors.read_text(), signal.SIGINT) == 130
+    assert errors.read_text().endswith(
+        "osreapi: stopped watching; task watched goes on on the server (osreapi kill watched stops it)\n")
+    assert client.get("/watched?lang=en").json["data"][0]["state"] == "running"  # the task indeed goes on
+    assert osreapi(client.url, "kill", "watched").returncode == 0
+
+
+def test_with_json_a_refusal_is_the_servers_envelope_on_stdout(client: Client, tmp_path: Path):
+    """A refused kill or rm printed nothing on stdout: a script reading the envelope had none."""
+    task_id = client.submit([sh("true")])
+    client.wait(task_id)
+    ended = osreapi(client.url, "kill", task_id, "--json", "--lang", "en")
+    assert ended.returncode == 1
+    assert json.loads(ended.stdout) == {"code": 400, "message": "the task has ended (stopped); kill does not apply"}
+    missing = osreapi(client.url, "rm", "no-such-task", "--json")
+    assert missing.returncode == 1 and json.loads(missing.stdout) == {"code": 1003, "message": "id不存在, 沒有数据"}
+    typo = tmp_path / "typo.json"
+    typo.write_text('[{"command_type": "sh", "comand_content": "true"}]')
+    malformed = osreapi(client.url, "submit", str(typo), "--json", "--lang", "en")
+    assert malformed.returncode == 2 and json.loads(malformed.stdout)["code"] == 400
 
 
 def test_yaml_json_and_stdin_files_with_json_output(client: Client, tmp_path: Path):
@@ -143,6 +220,26 @@ def test_token_from_a_file_or_the_environment(make_server, tmp_path: Path):
     assert osreapi(server.url, "ls", env={"OSREAPI_TOKEN": "cli-secret"}).returncode == 0
     refused = osreapi(server.url, "ls")
     assert refused.returncode == 2 and "401" in refused.stderr
+    assert "缺少或错误的令牌" in refused.stderr  # the server's message, in the default language
+    assert "missing or wrong token" in osreapi(server.url, "ls", "--lang", "en").stderr
+
+
+def test_the_servers_messages_come_in_the_commands_language(client: Client, tmp_path: Path):
+    """--lang (default zh) is the language of what the server says too, on every command."""
+    task_id = client.submit([sh("echo hi")])
+    client.wait(task_id, timeout=20)
+    for args in (["logs", "no-such-task", "0"], ["pause", "no-such-task"], ["rm", "no-such-task"]):
+        assert osreapi(client.url, *args).stderr == "osreapi: error: id不存在, 沒有数据\n", args
+        assert osreapi(client.url, *args, "--lang", "en").stderr == "osreapi: error: id does not exist, no data\n"
+    no_step = osreapi(client.url, "logs", task_id, "7")
+    assert no_step.returncode == 1 and no_step.stderr == "osreapi: error: 该任务没有步骤 '7' (以序号或名称指定)\n"
+    past_end = osreapi(client.url, "logs", task_id, "0", "--offset", "99")
+    assert past_end.returncode == 2 and "超出了输出的末尾" in past_end.stderr
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_bytes(b"\xffweb1\n")
+    not_text = osreapi(client.url, "get", task_id, "--hosts_file", str(hosts_file))
+    assert not_text.returncode == 2
+    assert not_text.stderr == f"osreapi: error: --hosts_file: cannot read {hosts_file}: not UTF-8 text (byte 0xff at offset 0)\n"
 
 
 def read_pty(fd: int, until: bytes, deadline: float) -> bytes:

@@ -203,6 +203,19 @@ def test_one_step_route_by_index_and_name(client: Client):
     assert client.get("/nope/0").status == 404
 
 
+def test_an_unknown_step_of_a_known_task_says_the_step_is_missing_not_the_id(client: Client):
+    """The seed's 'id不存在' for a step sent its reader after an id that exists."""
+    task_id = client.submit([sh("echo a")])
+    client.wait(task_id)
+    for method, path, step in (("GET", f"/{task_id}/7", "7"), ("GET", f"/{task_id}/nope/log", "nope"),
+                               ("PUT", f"/{task_id}/nope?action=kill", "nope")):
+        zh = client.request(method, path)
+        assert zh.status == 404 and zh.json == {"code": 1003, "message": f"该任务没有步骤 '{step}' (以序号或名称指定)"}
+        en = client.request(method, path, headers={"Accept-Language": "en"})
+        assert en.json["message"] == f"the task has no step '{step}' (by index or name)"
+    assert client.get("/nope/0").json == {"code": 1003, "message": "id不存在, 沒有数据"}  # an unknown task: the seed's
+
+
 def _stopped_or_gone(process: psutil.Process) -> bool:
     try:
         return process.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)

@@ -96,6 +96,7 @@ def test_cli_fleet_rows_json_and_exit_statuses(hosts: Hosts, tmp_path: Path):
     assert set(rows) == set(hosts.all)
     assert all("fleet-1" in rows[h] and "stopped" in rows[h] for h in hosts.healthy)
     assert "ConnectError" in rows[hosts.stopped] and "Timeout" in rows[hosts.slow]
+    assert rows[hosts.stopped].split()[1] == "fleet-1"  # the id asked for, on a host that did not answer too
 
     hosts_file = tmp_path / "hosts"
     hosts_file.write_text("# the healthy ones\n" + "\n".join(hosts.healthy) + "\n")

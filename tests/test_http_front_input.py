@@ -135,6 +135,21 @@ def test_oversized_header_block_is_431_in_the_envelope(client: Client):
     assert client.get("/healthz").status == 200
 
 
+def test_answers_below_the_application_take_lang_from_the_query_too(client: Client):
+    """Only Accept-Language was read there: `?lang=en` got Chinese, unlike every other answer."""
+    cases = [
+        (b"GET /healthz?lang=en HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"y" * 70_000 + b"\r\n\r\n", 431,
+         "request header block too large"),
+        (b"POST /?lang=en HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400, "unsupported Transfer-Encoding"),
+        (b"POST /?x=1&lang=en HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, "malformed HTTP request"),
+        (b"POST /?lang=zh HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\nTransfer-Encoding: gzip\r\n\r\n", 400,
+         "不支持的传输编码"),  # the query first, as everywhere
+    ]
+    for head, status, says in cases:
+        got, answer = envelope_of(raw_request(client, head))
+        assert got == status and answer["message"].startswith(says), answer
+
+
 def test_a_body_over_max_body_on_any_route_is_never_drained(client: Client):
     with socket.create_connection((client.host, client.port), timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 1000)

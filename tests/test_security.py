@@ -180,6 +180,24 @@ def test_tls_flags_must_come_together(tmp_path):
     assert out.returncode != 0 and "--tls_key" in out.stderr
 
 
+def test_a_tls_file_that_is_missing_or_wrong_is_named_with_its_flag(tmp_path):
+    """The server said only "cannot serve on 127.0.0.1:0: [Errno 2] No such file or directory" or
+    "[SSL] PEM lib": which flag, which file?"""
+    pki = make_pki(tmp_path)
+    cert, key, missing = str(pki["server"].cert), str(pki["server"].key), str(tmp_path / "missing.pem")
+    cases = [
+        (["--tls_cert", missing, "--tls_key", key], f"--tls_cert: cannot read {missing}"),
+        (["--tls_cert", cert, "--tls_key", missing], f"--tls_key: cannot read {missing}"),
+        (["--tls_cert", key, "--tls_key", cert], f"--tls_cert / --tls_key: {key} and {cert} are not"),
+        (["--tls_cert", cert, "--tls_key", key, "--tls_client_ca", key], f"--tls_client_ca: {key} holds no PEM certificate"),
+    ]
+    for flags, says in cases:
+        out = subprocess.run([console_script(), "run", "--addr", "127.0.0.1:0", *flags, "--data_dir", str(tmp_path / "data")],
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith(f"osreapi: error: {says}") and len(out.stderr.splitlines()) == 1
+
+
 # -- CORS, limits, paths ---------------------------------------------------------------------
 
 

@@ -8,12 +8,18 @@ failures=0
 
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
-# submit BODY [QUERY] -> prints the task id
+if ! curl -s -o /dev/null "$URL/healthz"; then
+    echo "smoke: cannot reach $URL: start a server first, or give its URL (tools/smoke.sh URL)" >&2
+    exit 2
+fi
+
+# submit BODY [QUERY] -> prints the task id. It runs in $(...): its failure is told on stderr and
+# counted by the caller (a count made in the subshell would be lost).
 submit() {
     answer=$(curl -s -XPOST "$URL/$2" -d "$1")
     case "$answer" in
         *'"code":0'*) ;;
-        *) fail "submit $2 answered $answer"; return 1 ;;
+        *) echo "FAIL: submit $2 answered $answer" >&2; return 1 ;;
     esac
     echo "$answer" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p'
 }
@@ -35,29 +41,29 @@ wait_code() {
 }
 
 # 顺序执行 (sequential)
-id=$(submit '[
+if id=$(submit '[
     {"command_type":"sh","command_content":"echo host=$envhost","env_vars":["envhost=www.q1.com","env2=value2"]},
     {"command_type":"bash","command_content":"sleep 1","env_vars":["env1=value1","env2=value2"]},
     {"command_type":"sh","command_content":"echo host=$envhost","env_vars":["envhost=baidu.com"]}
-]' '') && wait_code "$id" 0
+]' ''); then wait_code "$id" 0; else failures=$((failures + 1)); fi
 
 # 并行执行 (parallel, the seed's ansync spelling)
-id=$(submit '[
+if id=$(submit '[
     {"command_type":"sh","command_content":"echo host=$envhost","env_vars":["envhost=www.q1.com","env2=value2"]},
     {"command_type":"bash","command_content":"sleep 1","env_vars":["env1=value1","env2=value2"]},
     {"command_type":"sh","command_content":"echo host=$envhost","env_vars":["envhost=baidu.com"]}
-]' '?ansync=true') && wait_code "$id" 0
+]' '?ansync=true'); then wait_code "$id" 0; else failures=$((failures + 1)); fi
 
 # 自定义编排执行 (DAG)
-id=$(submit '[
+if id=$(submit '[
     {"name":"step0","command_type":"sh","command_content":"echo ping","env_vars":["env1=a","env2=b","env3=c"]},
     {"name":"step1","command_type":"sh","command_content":"echo curl","env_vars":["env1=a"],"depends_on":["step0"]},
     {"name":"step2","command_type":"sh","command_content":"env","env_vars":["env1=a"],"depends_on":["step0"]}
-]' '?ansync=true') && wait_code "$id" 0
+]' '?ansync=true'); then wait_code "$id" 0; else failures=$((failures + 1)); fi
 
 # 执行失败 (failure: code 1002, message names step 1)
-id=$(submit '[{"command_type":"sh","command_content":"echo one"},{"command_type":"sh","command_content":"exit 100"}]' '') \
-    && wait_code "$id" 1002
+if id=$(submit '[{"command_type":"sh","command_content":"echo one"},{"command_type":"sh","command_content":"exit 100"}]' '')
+then wait_code "$id" 1002; else failures=$((failures + 1)); fi
 case "$(curl -s "$URL/$id")" in
     *'"message":"1, 执行失败"'*'exit status 100'*) echo "ok: failure message" ;;
     *) fail "failure message of $id" ;;

@@ -29,6 +29,7 @@ from .fleet import DEFAULT_FANOUT, Fleet, HostResult, parse_hosts, read_hosts_fi
 from .follow import Followers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 124
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 POLL_INTERVAL = 0.25
 FLEET_COMMANDS = ("submit", "get", "wait", "kill")
 COMMANDS = {
@@ -36,7 +37,7 @@ COMMANDS = {
                "Submit a task from a JSON or YAML list of steps, or -e scripts"),
     "get": ("ID", "Show a task and its steps"),
     "ls": ("[--sort start|end|ttl]", "List the tasks kept"),
-    "logs": ("ID STEP [-f]", "Print a step's output (-f: follow it live)"),
+    "logs": ("ID STEP [-f] [--offset N]", "Print a step's output (-f: follow it live)"),
     "wait": ("ID [--timeout D]", "Wait for a task to end, with a live progress display"),
     "kill": ("ID [STEP]", "Kill a task's (or one step's) process trees"),
     "pause": ("ID [STEP]", "Suspend a task or a step"),
@@ -67,13 +68,24 @@ def main(command: str, argv: Sequence[str], prog: str = "osreapi") -> int:
     try:
         return HANDLERS[command](args, out)
     except (UsageError, InvalidValue, RemoteInvalidRequest, Unauthorized, ConnectionFailed) as exc:
-        out.error(str(exc))
+        tell_error(out, exc, str(exc))
         return EXIT_USAGE
     except ServerError as exc:
-        out.error(exc.message)
+        tell_error(out, exc, exc.message)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader stopped early (`| head`): what a shell tool killed by SIGPIPE says
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return EXIT_BROKEN_PIPE
+
+
+def tell_error(out: Out, exc: OsreapiError, text: str) -> None:
+    """The text on stderr; with --json a server's refusal is also its envelope on stdout, as its
+    other answers are (a script reading stdout saw nothing of a refused kill or rm)."""
+    if out.as_json and isinstance(exc, ServerError):
+        out.json({"code": exc.code, "message": exc.message})
+    out.error(text)
 
 
 # -- parsing ------------------------------------------------------------------------------
@@ -86,6 +98,13 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"a duration must not be negative, got {text!r}")
+    return value
+
+
+def _request_timeout(text: str) -> float:
+    value = _duration(text)
+    if value == 0:  # httpx would fail every connect at once, saying "Operation now in progress"
+        raise argparse.ArgumentTypeError(f"a request needs some time: expected more than 0, got {text!r}")
     return value
 
 
@@ -107,7 +126,7 @@ def build_parser(command: str, prog: str) -> argparse.ArgumentParser:
     _flag(parser, "tls_cert", default=None, help="client certificate (mutual TLS), with --tls_key")
     _flag(parser, "tls_key", default=None, help="key of the client certificate")
     _flag(parser, "insecure", action="store_true", help="do not check the server's certificate")
-    _flag(parser, "request_timeout", default=10.0, type=_duration, help="limit of one request (default 10s)")
+    _flag(parser, "request_timeout", default=10.0, type=_request_timeout, help="limit of one request (default 10s)")
     _flag(parser, "json", action="store_true", help="print the server's JSON envelope unchanged")
     _flag(parser, "lang", default="zh", choices=LANGUAGES, help="language of state words and messages")
     if command in FLEET_COMMANDS:
@@ -167,7 +186,7 @@ def connection(args: argparse.Namespace) -> dict[str, Any]:
     verify: bool | str = False if args.insecure else (args.tls_ca or True)
     cert = (args.tls_cert, args.tls_key) if args.tls_cert else None
     token = load_token(args.token, args.token_file)
-    return {"token": token, "timeout": args.request_timeout, "verify": verify, "cert": cert}
+    return {"token": token, "timeout": args.request_timeout, "verify": verify, "cert": cert, "lang": args.lang}
 
 
 def fleet_hosts(args: argparse.Namespace) -> list[str] | None:
@@ -184,6 +203,17 @@ def make_fleet(args: argparse.Namespace, hosts: list[str]) -> Fleet:
     return Fleet(hosts, fanout=args.fanout, scheme=scheme, **connection(args))
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found and where, on one line (its own text quotes the input as "<unicode string>")."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return str(exc)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
+_YAML_KINDS = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
 def load_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The FILE's list (JSON or YAML; '-' is stdin), then one sh step per -e."""
     steps: list[Any] = []
@@ -194,10 +224,16 @@ def load_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
             loaded = yaml.safe_load(text)
         except OSError as exc:
             raise UsageError(message("cli_cannot_read", args.lang, where=where, reason=exc.strerror)) from None
+        except UnicodeDecodeError as exc:
+            reason = message("cli_not_utf8", args.lang, byte=f"0x{exc.object[exc.start]:02x}", offset=exc.start)
+            raise UsageError(message("cli_cannot_read", args.lang, where=where, reason=reason)) from None
         except yaml.YAMLError as exc:
-            raise UsageError(message("cli_bad_file", args.lang, where=where, error=exc)) from None
+            raise UsageError(message("cli_bad_file", args.lang, where=where, error=_yaml_problem(exc))) from None
+        if loaded is None:
+            raise UsageError(message("cli_empty_file", args.lang, where=where))
         if not isinstance(loaded, list):
-            raise UsageError(message("cli_not_a_list", args.lang, where=where, kind=type(loaded).__name__))
+            kind = _YAML_KINDS.get(type(loaded), type(loaded).__name__)
+            raise UsageError(message("cli_not_a_list", args.lang, where=where, kind=kind))
         steps.extend(loaded)
     steps.extend({"command_type": "sh", "command_content": script} for script in args.scripts)
     if not steps:
@@ -215,7 +251,16 @@ def status_of(result: TaskResult | None, timed_out: bool = False) -> int:
 
 
 def watch(client: Client, task_id: str, out: Out, timeout: float | None, follow: bool) -> tuple[TaskResult | None, bool]:
-    """Poll until the task ends, showing progress (and its output with follow); (result, timed out)."""
+    """Poll until the task ends, showing progress (and its output with follow); (result, timed out).
+    Ctrl-C stops the watching, not the task: say so, and how to stop the task."""
+    try:
+        return _watch(client, task_id, out, timeout, follow)
+    except KeyboardInterrupt:
+        print(out.say("cli_interrupted", id=task_id), file=sys.stderr, flush=True)
+        raise
+
+
+def _watch(client: Client, task_id: str, out: Out, timeout: float | None, follow: bool) -> tuple[TaskResult | None, bool]:
     deadline = None if timeout is None else time.monotonic() + timeout
     with Progress(out, task_id) as progress:
         followers = Followers(client, task_id, progress.print) if follow else None
@@ -347,7 +392,8 @@ def fleet_submit(args: argparse.Namespace, out: Out, hosts: list[str], steps: li
                 raise refused[host]
             return client.wait(ids[host], timeout=args.timeout) if args.wait else client.get(ids[host])
 
-        return fleet_rows(out, fleet, fleet.map(finish), ids, "wait" if args.wait else "submit")
+        # With --id every host's task has that id, those that could not be reached included
+        return fleet_rows(out, fleet, fleet.map(finish), args.id or ids, "wait" if args.wait else "submit")
 
 
 def fleet_rows(out: Out, fleet: Fleet, results: list[HostResult[TaskResult | None]],

@@ -15,7 +15,7 @@ from httpx_sse import connect_sse
 
 from ..controls import ControlCalls
 from ..embed import TaskResult
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, InvalidValue
 from ..records import TaskRecord
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING
 from . import wire
@@ -32,7 +32,8 @@ Envelope = dict[str, Any]
 
 class Client(ControlCalls):
     """One server. `timeout` bounds each request (connect, read, write) in seconds; `verify` is
-    True, False or a CA bundle path; `cert` a client certificate path or (cert, key) for mTLS."""
+    True, False or a CA bundle path; `cert` a client certificate path or (cert, key) for mTLS;
+    `lang` the language of the server's messages in the errors raised ("en" or "zh")."""
 
     def __init__(
         self,
@@ -43,8 +44,10 @@ class Client(ControlCalls):
         cert: str | tuple[str, str] | None = None,
         poll_interval: float = 0.05,
         reconnects: int = 5,
+        lang: str = "en",
     ) -> None:
         self.url = url.rstrip("/")
+        self.lang = lang
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.reconnects = reconnects
@@ -56,11 +59,13 @@ class Client(ControlCalls):
     # -- the envelope ---------------------------------------------------------------------
 
     def envelope(
-        self, method: str, path: str, params: dict[str, str] | None = None, content: bytes | None = None, lang: str = "en"
+        self, method: str, path: str, params: dict[str, str] | None = None, content: bytes | None = None,
+        lang: str | None = None,
     ) -> tuple[int, Envelope]:
         """(HTTP status, the envelope as sent). Raises ConnectionFailed when there is no envelope."""
         try:
-            response = self._http.request(method, path, params={**(params or {}), "lang": lang}, content=content)
+            response = self._http.request(method, path, params={**(params or {}), "lang": lang or self.lang},
+                                          content=content)
         except httpx.HTTPError as exc:
             raise ConnectionFailed(f"{self.url}: {_reason(exc)}") from None
         try:
@@ -78,7 +83,7 @@ class Client(ControlCalls):
         params: dict[str, str] | None = None,
         content: bytes | None = None,
         overrides: dict[int, type[ServerError]] | None = None,
-        lang: str = "en",
+        lang: str | None = None,
     ) -> Envelope:
         """The envelope of an answered request (codes 0, 1001, 1002); raises the typed error otherwise."""
         status, body = self.envelope(method, path, params, content, lang)
@@ -95,7 +100,7 @@ class Client(ControlCalls):
 
     def submit_envelope(
         self, steps: list[dict[str, Any]] | str | bytes, mode: str | None = None, task_id: str | None = None,
-        lang: str = "en",
+        lang: str | None = None,
     ) -> Envelope:
         """POST / as the server answered it: {"code": 0, "message": ..., "data": {"id", "count"}}."""
         return self.call("POST", "/", submit_params(mode, task_id), submit_body(steps), ON_SUBMIT, lang)
@@ -143,7 +148,7 @@ class Client(ControlCalls):
         InvalidRequest (offset past the end) at once."""
         path = step_path(task_id, step) + "/log"
         try:
-            with self._http.stream("GET", path, params={"offset": str(offset), "lang": "en"}) as response:
+            with self._http.stream("GET", path, params={"offset": str(offset), "lang": self.lang}) as response:
                 if response.status_code != 200:  # unknown task or step, offset past the end: now
                     response.read()
                     self._raise_answer(response)
@@ -151,14 +156,14 @@ class Client(ControlCalls):
             raise ConnectionFailed(f"{self.url}: {_reason(exc)}") from None
         return self._log_chunks(task_id, step, follow, offset)
 
-    def control(self, task_id: str, action: str, step: str | int | None = None, lang: str = "en") -> Envelope:
+    def control(self, task_id: str, action: str, step: str | int | None = None, lang: str | None = None) -> Envelope:
         path = task_path(task_id) if step is None else step_path(task_id, step)
         return self.call("PUT", path, {"action": action}, overrides=ON_CONTROL, lang=lang)
 
     def delete(self, task_id: str) -> None:
         self.delete_envelope(task_id)
 
-    def delete_envelope(self, task_id: str, lang: str = "en") -> Envelope:
+    def delete_envelope(self, task_id: str, lang: str | None = None) -> Envelope:
         return self.call("DELETE", task_path(task_id), overrides=ON_DELETE, lang=lang)
 
     def close(self) -> None:
@@ -193,7 +198,7 @@ class Client(ControlCalls):
 
     def _log_stream(self, path: str, follow: bool, offset: int) -> Iterator[tuple[str, int | None]]:
         """(text, byte offset after it) per output event of one connection; ("", None) for the end."""
-        params = {"offset": str(offset), "lang": "en", **({"follow": "true"} if follow else {})}
+        params = {"offset": str(offset), "lang": self.lang, **({"follow": "true"} if follow else {})}
         timeout = httpx.Timeout(self.timeout, read=max(self.timeout, STREAM_READ_TIMEOUT))
         with connect_sse(self._http, "GET", path, params=params, timeout=timeout) as source:
             if source.response.status_code != 200:
@@ -235,14 +240,29 @@ class Client(ControlCalls):
 
 @lru_cache(maxsize=16)  # one context per setting, shared: loading the system's CAs is not free
 def tls_context(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.SSLContext:
-    """verify: True (the system's CAs), False (no check) or a CA bundle; cert: ours for mTLS."""
-    context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+    """verify: True (the system's CAs), False (no check) or a CA bundle; cert: ours for mTLS.
+    Raises InvalidValue naming the file that cannot be read or is not PEM."""
+    try:
+        context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+    except (OSError, ssl.SSLError) as exc:  # SSLError is an OSError: both named for a reader
+        raise InvalidValue(f"CA bundle {verify}: {_file_problem(exc, 'holds no PEM certificate')}") from None
     if verify is False:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if cert is not None:
-        context.load_cert_chain(*((cert,) if isinstance(cert, str) else cert))
+        files = (cert,) if isinstance(cert, str) else cert
+        try:
+            context.load_cert_chain(*files)
+        except OSError as exc:
+            problem = _file_problem(exc, "not a PEM certificate and its unencrypted key")
+            raise InvalidValue(f"client certificate {' and key '.join(files)}: {problem}") from None
     return context
+
+
+def _file_problem(exc: OSError, not_pem: str) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"{not_pem} ({exc.reason or exc})"
+    return f"cannot read: {exc.strerror}"
 
 
 def submit_params(mode: str | None, task_id: str | None) -> dict[str, str]:

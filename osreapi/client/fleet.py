@@ -60,6 +60,9 @@ def read_hosts_file(path: str | Path) -> list[str]:
         return parse_hosts(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise InvalidValue(f"--hosts_file: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise InvalidValue(f"--hosts_file: cannot read {path}: not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})") from None
 
 
 class Fleet:
@@ -75,6 +78,7 @@ class Fleet:
         verify: bool | str = True,
         cert: str | tuple[str, str] | None = None,
         scheme: str = "http",
+        lang: str = "en",
     ) -> None:
         if not hosts:
             raise InvalidValue("a fleet needs at least one host")
@@ -82,7 +86,8 @@ class Fleet:
             raise InvalidValue(f"fanout must be at least 1, got {fanout}")
         self.fanout = fanout
         self.clients = {
-            host: Client(host_url(host, scheme), token=token, timeout=timeout, verify=verify, cert=cert)
+            host: Client(host_url(host, scheme), token=token, timeout=timeout, verify=verify, cert=cert,
+                         lang=lang)
             for host in dict.fromkeys(hosts)
         }
 

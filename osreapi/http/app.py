@@ -23,6 +23,7 @@ from ..errors import (
     EngineFailed,
     InvalidRequest,
     NotFound,
+    StepNotFound,
     TaskActive,
     TaskConflict,
 )
@@ -128,6 +129,8 @@ class Routes:
                 return json_response(CODE_CONFLICT, message("task_conflict", lang, id=exc.task_id))
             case TaskActive():
                 return json_response(CODE_CONFLICT, message("task_active", lang, id=exc.task_id))
+            case StepNotFound():  # the task exists: "id不存在" would send its reader the wrong way
+                return json_response(CODE_NOT_FOUND, message("step_not_found", lang, step=exc.step))
             case NotFound():
                 return json_response(CODE_NOT_FOUND, message("not_found", lang))
             case EngineBusy() | EngineClosed():

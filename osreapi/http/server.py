@@ -14,8 +14,8 @@ from cheroot.makefile import MakeFile
 from cheroot.server import HeaderReader, HTTPConnection, HTTPRequest
 
 from ..errors import InvalidValue
-from ..vocabulary import DEFAULT_LANGUAGE, normalize_language
-from .answers import raw_refusal
+from ..vocabulary import DEFAULT_LANGUAGE
+from .answers import language_of, raw_refusal
 from .intake import LENGTH_DIGITS, RETRY_AFTER, RequestIntake, refuse
 from .outbox import BUDGET, Outbox, OutBudget, waiting
 from .sockerrors import client_went_away
@@ -186,7 +186,10 @@ class _Request(HTTPRequest):
 
     def _refuse(self, status: str, key: str, /, retry_after: int | None = None, **values: object) -> None:
         self.close_connection = True
-        lang = normalize_language(self.inheaders.get(b"Accept-Language", b"").decode("latin-1")) or self.server.osreapi_lang
+        # ?lang= too when the request line was read (it is not for a 414), as every other answer
+        asked = {"QUERY_STRING": (getattr(self, "qs", b"") or b"").decode("latin-1"),
+                 "HTTP_ACCEPT_LANGUAGE": self.inheaders.get(b"Accept-Language", b"").decode("latin-1")}
+        lang = language_of(asked, self.server.osreapi_lang)
         try:
             self.conn.wfile.write(raw_refusal(status, key, lang, retry_after=retry_after, **values))
         except OSError:
