@@ -221,6 +221,14 @@ def test_killtree_console_script_finds_marked_trees_without_the_server(tmp_path)
     assert out.returncode == 0 and f"killed {escaped}" in out.stdout
     proc.wait(10)
     assert wait_until(lambda: gone(escaped), timeout=5)
+    again = subprocess.run([console_script("osreapi-killtree"), "orphan-task"], capture_output=True, text=True, timeout=20)
+    assert again.returncode == 1 and "no process carries OSREAPI_TASK_ID=orphan-task" in again.stderr  # as pkill
+
+
+@pytest.mark.parametrize("grace", ["-1", "nan", "inf", "soon"])
+def test_killtree_refuses_a_grace_that_is_not_seconds(grace):
+    out = subprocess.run([console_script("osreapi-killtree"), "some-task", "--grace", grace], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 2 and "--grace" in out.stderr and "not a number of seconds" in out.stderr, out.stderr
 
 
 def test_detail_view_lists_every_step_with_its_dependencies(client: Client):
