@@ -388,6 +388,44 @@ def test_a_full_disk_answers_507_keeps_reads_and_recovers_by_itself(make_server,
     assert body["code"] in (0, 1002)  # ended, and recorded once the disk had room
 
 
+@pytest.mark.timeout(60)
+def test_deleting_tasks_frees_a_disk_their_logs_filled(make_server, small_disk):
+    """The steps' own logs filled the disk: every DELETE answered 507 (its record's deletion needs a
+    write) and removed nothing, so the API could not free the disk it had filled. A delete removes
+    the task's files first: the space comes back, and the record goes with a second try at worst."""
+    client = make_server(data_dir=small_disk / "data")
+    tasks = [client.submit([sh("head -c 3000000 /dev/zero | tr '\\0' y")]) for _ in range(4)]
+    for task_id in tasks:
+        assert client.wait(task_id).json["code"] == 0
+    subprocess.run(["dd", "if=/dev/zero", f"of={small_disk / 'filler'}", "bs=1M", "count=40"], capture_output=True)
+    assert wait_until(lambda: client.post("/", [sh("echo " + "x" * 600_000)]).status == 507)  # the disk is full
+    for task_id in tasks:
+        first = client.request("DELETE", f"/{task_id}")
+        assert first.status in (200, 507), first.body
+        assert not client.executor.config.workspace(task_id).exists()  # its files are gone either way
+        if first.status == 507:
+            assert wait_until(lambda: client.request("DELETE", f"/{task_id}").status in (200, 404), timeout=10)
+        assert client.get(f"/{task_id}").status == 404
+    assert wait_until(lambda: client.get("/healthz").json["data"]["status"] == "ok", timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_the_sweep_frees_a_disk_the_expired_tasks_logs_filled(make_executor, small_disk):
+    """The same for expired tasks: the sweep's deletion of their records failed on the full disk,
+    before it removed their files, so the disk stayed full for good."""
+    now = [time.time()]
+    ex = make_executor(small_disk / "data", clock=lambda: now[0], key_expire="1h")
+    tasks = [ex.submit([sh("head -c 3000000 /dev/zero | tr '\\0' y")]) for _ in range(4)]
+    for task_id in tasks:
+        assert ex.wait(task_id, timeout=20).task.state is State.STOPPED
+    subprocess.run(["dd", "if=/dev/zero", f"of={small_disk / 'filler'}", "bs=1M", "count=40"], capture_output=True)
+    now[0] += 7200
+    ex.sweep()
+    assert not any(ex.config.workspace(task_id).exists() for task_id in tasks)  # their files went first
+    # Then the records (an expired one already reads as gone: look at the store itself).
+    assert wait_until(lambda: ex.sweep() >= 0 and all(ex._db.get_task(t) is None for t in tasks), timeout=10)
+
+
 @pytest.mark.timeout(30)
 def test_log_files_are_capped_on_disk_with_a_marker_and_the_tail(make_server):
     client = make_server(max_log=256 * 1024)

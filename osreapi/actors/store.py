@@ -129,10 +129,14 @@ class StoreActor(EngineActor):
         created.message.reply.fail(DiskFull("the task could not be flushed to disk"))
 
     def _delete(self, task_id: str) -> TaskRecord | None:
-        """Remove a finished task's records and workspace; answer the task as it was."""
+        """Remove a finished task's workspace, then its records; answer the task as it was. The
+        files go first: on a disk full of the steps' own logs, the record's deletion (a write)
+        finds room only once they are gone. A crash between leaves a record whose log files are
+        gone (its output is in the record), deleted again by the next try."""
         task = self._db.get_task(task_id)
         if task is None or not task.state.finished:
             return task
+        shutil.rmtree(self._config.workspace(task_id), ignore_errors=True)
         try:
             self._db.delete_task(task)
         except WRITE_ERRORS as exc:
@@ -140,7 +144,6 @@ class StoreActor(EngineActor):
             raise DiskFull(f"the task could not be deleted: {exc}") from None
         if not self._flush():
             raise DiskFull("the deletion could not be flushed to disk")
-        shutil.rmtree(self._config.workspace(task_id), ignore_errors=True)
         self._on_delete((task_id,))
         return task
 
@@ -273,9 +276,10 @@ class StoreActor(EngineActor):
     def _sweep(self) -> int:
         total = 0
         while True:
-            gone = self._guarded(lambda: self._db.delete_expired(self._clock(), SWEEP_BATCH)) or []
-            for task_id in gone:
+            now = self._clock()
+            for task_id in self._db.expired(now, SWEEP_BATCH):  # files first, as a delete does
                 shutil.rmtree(self._config.workspace(task_id), ignore_errors=True)
+            gone = self._guarded(lambda: self._db.delete_expired(now, SWEEP_BATCH)) or []
             if gone:
                 self._on_delete(tuple(gone))
             total += len(gone)

@@ -203,19 +203,27 @@ class Database:
             txn.put(_step_key(task_id, step.index), _dumps(step.to_json()), db=self._steps)
         return old_state
 
+    def expired(self, now: float, limit: int) -> list[str]:
+        """The ids of up to `limit` tasks whose records expired at or before `now`, in the order
+        delete_expired takes them."""
+        with self._reading() as txn:
+            return [key[8:].decode("utf-8") for key in self._expired_keys(txn, now, limit)]
+
+    def _expired_keys(self, txn: lmdb.Transaction, now: float, limit: int) -> list[bytes]:
+        bound = _EXPIRY_KEY.pack(int(now * 1000))
+        keys = []
+        for key, _ in txn.cursor(db=self._expiry):
+            if key[:8] > bound or len(keys) >= limit:
+                break
+            keys.append(key)
+        return keys
+
     def delete_expired(self, now: float, limit: int) -> list[str]:
         """Delete up to `limit` tasks whose records expired at or before `now`; return their ids."""
 
         def work(txn: lmdb.Transaction) -> list[str]:
             gone: list[str] = []
-            cursor = txn.cursor(db=self._expiry)
-            bound = _EXPIRY_KEY.pack(int(now * 1000))
-            keys = []
-            for key, _ in cursor:
-                if key[:8] > bound or len(keys) >= limit:
-                    break
-                keys.append(key)
-            for key in keys:
+            for key in self._expired_keys(txn, now, limit):
                 task_id = key[8:].decode("utf-8")
                 txn.delete(key, db=self._expiry)
                 gone.append((task_id, self._delete_task(txn, task_id)))
