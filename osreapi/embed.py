@@ -316,7 +316,7 @@ class Executor(ControlCalls):
         task, TaskActive for one that has not finished."""
         self._check_open()
         self._live(task_id, self._db.get_task(task_id))  # an expired record is gone already for callers
-        task = self._ask(self._store, DeleteTask(task_id))
+        task = self._answer(self._store, DeleteTask(task_id, Reply()))
         if task is None:
             raise NotFound(f"task {task_id!r} does not exist or has expired")
         if not task.state.finished:

@@ -50,10 +50,12 @@ class RetryUnsaved:
 
 @dataclass(frozen=True)
 class DeleteTask:
-    """ask: remove a finished task's records and workspace. Answers the task as it was (None when
-    unknown); a task that has not finished is answered and left alone."""
+    """Remove a finished task's records and workspace. `reply` gets the task as it was (None when
+    unknown; a task that has not finished is answered and left alone), or fails with DiskFull (a
+    Reply, not an ask: pykka logs a traceback for every exception an ask answers)."""
 
     task_id: str
+    reply: Reply
 
 
 @dataclass(frozen=True)

@@ -85,8 +85,13 @@ class StoreActor(EngineActor):
                 self._save([message, *self._saves_waiting()])
             case CreateTask():
                 self._create(message)
-            case DeleteTask(task_id=task_id):
-                return self._delete(task_id)
+            case DeleteTask(task_id=task_id, reply=reply):
+                try:
+                    reply.arrive(self._delete(task_id))
+                except Exception as exc:  # DiskFull, or a bug: the caller hears it, the store goes on
+                    if not isinstance(exc, DiskFull):
+                        log.exception("store: deleting task %s failed", task_id)
+                    reply.fail(exc)
             case Ping():
                 return None
             case RetryUnsaved():
