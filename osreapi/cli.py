@@ -159,17 +159,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .embed import default_data_dir
 
     if args.help or args.command in (None, "help"):
-        topic = args.args[:1] if args.command == "help" else ([args.command] if args.command else [])
+        topics = args.args if args.command == "help" else ([args.command] if args.command else [])
         from .client import cli as client_cli
 
-        if topic and topic[0] in client_cli.COMMANDS:
-            client_cli.build_parser(topic[0], prog).print_help()
-            return 0
-        if topic and topic[0] not in HELP_TOPICS:
-            parser.error(f"unknown command {topic[0]!r} (commands: {', '.join(HELP_TOPICS + CLIENT_COMMANDS)})")
-        text = HELP_RUN if topic == ["run"] else HELP
-        commands = client_cli.commands_help(prog)
-        print(text.format(prog=prog, data_dir=default_data_dir(), client_commands=commands), end="")
+        unknown = [t for t in topics if t not in client_cli.COMMANDS and t not in HELP_TOPICS]
+        if unknown:
+            parser.error(f"unknown command {unknown[0]!r} (commands: {', '.join(HELP_TOPICS + CLIENT_COMMANDS)})")
+        for number, topic in enumerate(topics or [None]):  # `help ls wait`: each one's help, in turn
+            if number:
+                print()
+            if topic in client_cli.COMMANDS:
+                client_cli.build_parser(topic, prog).print_help()
+                continue
+            text = HELP_RUN if topic == "run" else HELP
+            commands = client_cli.commands_help(prog)
+            print(text.format(prog=prog, data_dir=default_data_dir(), client_commands=commands), end="")
         if args.command is None and not args.help:
             print(f"{prog}: error: expected a command ({', '.join(['run', *CLIENT_COMMANDS])})", file=sys.stderr)
             return 2

@@ -34,6 +34,11 @@ def test_version_and_help():
             assert flag in out.stdout
     run_help = run_cli("help", "run")
     assert run_help.returncode == 0 and "Run server" in run_help.stdout
+    several = run_cli("help", "ls", "wait")  # `help [<command>...]`: each one's help (it gave ls alone)
+    assert several.returncode == 0
+    assert [line.split()[:2] for line in several.stdout.splitlines() if line.startswith("usage:")] == [
+        ["usage:", "osreapi"], ["usage:", "osreapi"]] and "osreapi wait ID" in several.stdout
+    assert run_cli("help", "ls", "bogus").returncode == 2  # one unknown command: nothing printed but the error
 
 
 @pytest.mark.parametrize(
