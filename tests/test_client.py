@@ -190,3 +190,35 @@ def test_wait_asks_the_server_to_answer_at_the_end_instead_of_polling(make_execu
         assert 1 <= asked <= 3  # one wait (maybe a second after a reconnect) and the final detailed read
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_wait_goes_on_across_a_server_restart(start_server, tmp_path: Path, unused_port: int):
+    """A server killed and started again on the same port while a client waits: the wait ended
+    with ConnectionFailed ("Server disconnected", exit 2 for `osreapi wait`); it is asked again, as
+    a log stream is resumed, and ends with the task as recovery left it."""
+    from osreapi.vocabulary import State
+
+    from .conftest import wait_until
+
+    data = tmp_path / "data"
+    port = unused_port  # not port 0: a listener bound to an ephemeral port lacks SO_REUSEADDR (cheroot)
+    first = start_server("--addr", f"127.0.0.1:{port}", data_dir=data)
+    task_id = first.client.submit([sh("sleep 30")])
+    remote = Client(first.url, reconnects=5)
+    outcome: list[object] = []
+    waiter = threading.Thread(target=lambda: outcome.append(_wait_or_error(remote, task_id)))
+    waiter.start()
+    assert wait_until(lambda: first.client.get(f"/{task_id}").json["code"] == 1001)
+    first.kill()
+    start_server("--addr", f"127.0.0.1:{port}", data_dir=data)
+    waiter.join(40)
+    assert not waiter.is_alive() and outcome and not isinstance(outcome[0], BaseException), outcome
+    assert outcome[0].task.state is State.INTERRUPTED
+
+
+def _wait_or_error(remote: Client, task_id: str) -> object:
+    try:
+        return remote.wait(task_id, timeout=30)
+    except Exception as exc:  # noqa: BLE001 - which one is the point
+        return exc

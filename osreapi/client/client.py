@@ -125,7 +125,7 @@ class Client(ControlCalls):
         (GET /<id>?wait=, a few seconds per request); one that answers at once (an older server)
         is polled, backing off to 1 s."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval = self.poll_interval
+        interval, failures = self.poll_interval, 0
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             wait = self.timeout * 0.8 if left is None else min(self.timeout * 0.8, left)
@@ -136,6 +136,13 @@ class Client(ControlCalls):
                 if exc.status == 404:
                     return None
                 raise
+            except ConnectionFailed:  # a server restarting: asked again, as a log stream is resumed
+                failures += 1
+                if failures > self.reconnects or left == 0:
+                    raise
+                time.sleep(min(0.1 * 2**failures, 2.0) if left is None else min(0.1 * 2**failures, 2.0, left))
+                continue
+            failures = 0
             if not running or left == 0:
                 return self.get(task_id)
             if time.monotonic() - asked < wait / 2:  # answered at once: this server does not wait
