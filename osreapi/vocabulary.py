@@ -103,6 +103,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "too_many_requests": ("请求过多, 请稍后重试", "too many requests, try again later"),
     "busy": ("引擎繁忙, 请稍后重试", "engine busy, try again later"),
     "internal": ("内部错误", "internal error"),
+    "log_stream_lost": ("{task}/{step} 的日志流中断: {reason}", "log stream of {task}/{step} lost: {reason}"),
     "engine_failed": ("任务的执行者在引擎内失败, 请求未执行: 任务以中断结束", "the task's runner failed inside the engine; nothing was applied and the task ends interrupted"),
     "disk_full": ("磁盘已满, 无法保存: 请释放空间后重试", "the disk is full, nothing can be stored: free some space and try again"),
     "too_large": ("请求体过大, 上限 {limit} 字节", "request body too large, the limit is {limit} bytes"),

@@ -223,3 +223,20 @@ def _wait_or_error(remote: Client, task_id: str) -> object:
         return remote.wait(task_id, timeout=30)
     except Exception as exc:  # noqa: BLE001 - which one is the point
         return exc
+
+
+@pytest.mark.timeout(60)
+def test_a_lost_log_stream_is_told_in_the_clients_language(start_server, tmp_path: Path):
+    """The client's own line about a follow it could not resume was English whatever its lang."""
+    from .conftest import wait_until
+
+    server = start_server(data_dir=tmp_path / "data")
+    task_id = server.client.submit([sh("echo first; sleep 30")])
+    assert wait_until(lambda: server.client.get(f"/{task_id}/0/log").body.startswith(b"first"))
+    remote = Client(server.url, reconnects=0, lang="zh")
+    chunks = remote.logs(task_id, 0, follow=True)
+    assert next(chunks).startswith("first")
+    server.kill()
+    with pytest.raises(ConnectionFailed) as lost:
+        list(chunks)
+    assert f"{task_id}/0 的日志流中断" in str(lost.value)

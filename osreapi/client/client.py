@@ -17,7 +17,7 @@ from ..controls import ControlCalls
 from ..embed import TaskResult
 from ..errors import InvalidRequest, InvalidValue
 from ..records import TaskRecord
-from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING
+from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, message
 from . import wire
 from .errors import ON_CONTROL, ON_DELETE, ON_SUBMIT, ConnectionFailed, ServerError, error_for
 
@@ -200,7 +200,8 @@ class Client(ControlCalls):
                 reason = _reason(exc)
             failures += 1  # resume from the last byte received
             if failures > self.reconnects:
-                raise ConnectionFailed(f"{self.url}: log stream of {task_id}/{step} lost: {reason}")
+                lost = message("log_stream_lost", self.lang, task=task_id, step=step, reason=reason)
+                raise ConnectionFailed(f"{self.url}: {lost}")
             time.sleep(min(0.1 * 2**failures, 2.0))
 
     def _log_stream(self, path: str, follow: bool, offset: int) -> Iterator[tuple[str, int | None]]:
