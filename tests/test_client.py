@@ -240,3 +240,53 @@ def test_a_lost_log_stream_is_told_in_the_clients_language(start_server, tmp_pat
     with pytest.raises(ConnectionFailed) as lost:
         list(chunks)
     assert f"{task_id}/0 的日志流中断" in str(lost.value)
+
+
+PROMPT_PROBE = """
+import os, sys
+os.open(sys.argv[1], os.O_RDWR)  # a session leader opening a terminal: its controlling terminal now
+from osreapi.client import Client
+from osreapi.errors import InvalidValue
+try:
+    Client("https://127.0.0.1:1", cert=(sys.argv[2], sys.argv[3]))
+except InvalidValue as exc:
+    print("refused:", exc, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_an_encrypted_client_key_is_refused_not_prompted_for_on_the_terminal(tmp_path: Path):
+    """OpenSSL asked for the key's pass phrase on the controlling terminal: `osreapi ls --tls_key
+    ...` run from a shell sat waiting for a typed password."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+
+    pki = make_pki(tmp_path)
+    key = serialization.load_pem_private_key(pki["client"].key.read_bytes(), password=None)
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.BestAvailableEncryption(b"secret")))
+    master, slave = pty.openpty()
+    probe = subprocess.Popen([sys.executable, "-c", PROMPT_PROBE, os.ttyname(slave), str(pki["client"].cert), str(locked)],
+                             stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    seen = b""
+    try:
+        while not (b"pass phrase" in seen.lower() or (b"refused:" in seen and seen.endswith(b"\n"))):
+            ready, _, _ = select.select([master], [], [], 20)
+            assert ready, seen  # bounded: neither a refusal nor a prompt within 20 s
+            try:
+                seen += os.read(master, 4096)
+            except OSError:  # the probe has exited and closed the terminal
+                break
+    finally:
+        probe.kill()
+        probe.wait(10)
+        os.close(master)
+    assert b"refused:" in seen and b"pass phrase" not in seen.lower(), seen
+    assert b"locked.key" in seen

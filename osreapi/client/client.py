@@ -259,8 +259,8 @@ def tls_context(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.S
         context.verify_mode = ssl.CERT_NONE
     if cert is not None:
         files = (cert,) if isinstance(cert, str) else cert
-        try:
-            context.load_cert_chain(*files)
+        try:  # an empty password: a key that needs one is refused instead of prompted for on the terminal
+            context.load_cert_chain(*files, password=b"")
         except OSError as exc:
             problem = _file_problem(exc, "not a PEM certificate and its unencrypted key")
             raise InvalidValue(f"client certificate {' and key '.join(files)}: {problem}") from None
