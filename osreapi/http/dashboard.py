@@ -74,7 +74,7 @@ def add_routes(
     @app.get("/ui/")
     @app.get("/ui/tasks/<task_id>")
     def ui_page(task_id: str | None = None) -> bottle.HTTPResponse:
-        return bottle.static_file("index.html", root=str(UI_DIR), headers=dict(UI_HEADERS))
+        return ui_file("index.html")
 
     @app.get("/ui/vocabulary.json")
     def ui_vocabulary() -> bottle.HTTPResponse:
@@ -82,4 +82,17 @@ def add_routes(
 
     @app.get("/ui/<name:re:[a-z0-9_-]+[.](?:js|css|svg)>")
     def ui_asset(name: str) -> bottle.HTTPResponse:
-        return bottle.static_file(name, root=str(UI_DIR), headers=dict(UI_HEADERS))
+        return ui_file(name)
+
+    @app.get("/ui/<rest:path>")
+    def ui_unknown(rest: str) -> None:
+        raise bottle.HTTPError(404)  # "no such route", not the /<id>/<step> routes' "no task 'ui'"
+
+
+def ui_file(name: str) -> bottle.HTTPResponse:
+    """A dashboard file, always whole: the files are small and a server may ignore Range (RFC 9110
+    14.2). Bottle's own answer to a Range it cannot serve is an HTML page in English."""
+    bottle.request.environ.pop("HTTP_RANGE", None)
+    response = bottle.static_file(name, root=str(UI_DIR), headers=dict(UI_HEADERS))
+    response.headers.pop("Accept-Ranges", None)  # no client should ask for a part
+    return response
