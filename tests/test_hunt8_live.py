@@ -3,9 +3,14 @@ reproduces one against a real cheroot server and fails without its fix."""
 
 from __future__ import annotations
 
+import gc
+import re
+import socket
+import tracemalloc
+
 import pytest
 
-from .conftest import Client
+from .conftest import Client, sh
 
 
 @pytest.mark.parametrize("asset", ["/ui/", "/ui/app.js", "/ui/tasks/some-task"])
@@ -25,3 +30,62 @@ def test_an_unknown_dashboard_path_is_no_such_route_not_an_unknown_task(client: 
     """`/ui/index.html` reached GET /<id>/<step> and answered that task 'ui' does not exist."""
     answer = client.get(path + "?lang=en")
     assert answer.status == 404 and answer.json["message"] == "no such route", answer.body
+
+
+def _subscribe(client: Client, path: str = "/events") -> socket.socket:
+    """A raw feed subscriber, its head read (the stream has begun)."""
+    host, port = client.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    received = b""
+    while b": osreapi events" not in received:
+        received += sock.recv(4096)
+    return sock
+
+
+_ENDED = re.compile(rb'event: task\ndata: \{"id":"([^"]+)","state":"\xe5\xb7\xb2\xe7\xbb\x93\xe6\x9d\x9f"')  # 已结束
+
+
+def _read_feed(sock: socket.socket, tasks: list[str]) -> tuple[list[int], list[str]]:
+    """The ids of the events read and the tasks seen ending, until every one of `tasks` has; only the event
+    being read is kept (the stream itself would be most of the memory measured)."""
+    ids: list[int] = []
+    ended: list[str] = []
+    pending = b""
+    while not set(tasks) <= set(ended):
+        chunk = sock.recv(65536)
+        assert chunk, "the feed ended"
+        *events, pending = (pending + chunk).split(b"\n\n")
+        for event in events:
+            ids += [int(i) for i in re.findall(rb"\nid: ([0-9]+)$", event)]
+            ended += [t.decode() for t in _ENDED.findall(event)]
+    return ids, ended
+
+
+@pytest.mark.timeout(120)
+def test_a_feed_subscriber_far_behind_is_not_handed_every_event_at_once(client: Client) -> None:
+    """A subscriber that had stopped reading got, as soon as it read again, every event it was
+    behind rendered in one piece: a finished step's event carries its output (1 MiB of control
+    characters is 6 MiB of JSON), so each such subscriber held tens of MiB. Now one read renders
+    64 KiB past its first event, and the subscriber still gets every event once, in order."""
+    script = "head -c 1000000 /dev/zero | tr '\\0' '\\1'"
+    client.wait(client.submit([sh(script)]), timeout=60)  # warm up: first-use allocations
+    subscribers = [_subscribe(client) for _ in range(3)]
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        tasks = [client.submit([sh(script)]) for _ in range(12)]
+        for task_id in tasks:
+            assert client.wait(task_id, timeout=60).json["code"] == 0
+        seen = [_read_feed(sock, tasks) for sock in subscribers]
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+        for sock in subscribers:
+            sock.close()
+    assert peak < 128 * 2**20, f"{peak / 2**20:.0f} MiB at the peak for 3 subscribers"
+    for ids, ended in seen:
+        assert ids == list(range(ids[0], ids[0] + len(ids)))  # in order, no gap, no duplicate
+        assert sorted(ended) == sorted(tasks)  # each once
