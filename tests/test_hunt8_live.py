@@ -89,3 +89,11 @@ def test_a_feed_subscriber_far_behind_is_not_handed_every_event_at_once(client: 
     for ids, ended in seen:
         assert ids == list(range(ids[0], ids[0] + len(ids)))  # in order, no gap, no duplicate
         assert sorted(ended) == sorted(tasks)  # each once
+
+
+@pytest.mark.parametrize("route", ["/events", "/{task}/0/log"])
+def test_a_last_event_id_that_is_not_a_number_is_echoed_as_written(client: Client, route: str) -> None:
+    """The header's UTF-8 bytes were echoed as WSGI's Latin-1 text: `１２` came back as 'ï¼\\x91ï¼\\x92'."""
+    path = route.format(task=client.submit([sh("echo hi")]))
+    answer = client.get(path + "?lang=en", headers={"Accept": "text/event-stream", "Last-Event-ID": "１２".encode()})
+    assert answer.status == 400 and "'１２'" in answer.json["message"], answer.body

@@ -334,7 +334,7 @@ class LogRoute:
         environ = bottle.request.environ  # raw header text: bottle's headers raise on bytes that are not UTF-8
         sse = "text/event-stream" in environ.get("HTTP_ACCEPT", "")
         follow = _flag(bottle.request.query, "follow")
-        offset = _offset(bottle.request.query.get("offset"), environ.get("HTTP_LAST_EVENT_ID") if sse else None)
+        offset = _offset(bottle.request.query.get("offset"), urltext.header(environ, "HTTP_LAST_EVENT_ID") if sse else None)
         source = LogSource(executor.log_path(task_id, index), offset, sse=sse, follow=follow,
                            step=lambda: self._step_states(task_id, index),
                            end_record=lambda: self._end_record(task_id, index, language),

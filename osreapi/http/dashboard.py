@@ -13,6 +13,7 @@ from ..errors import InvalidRequest
 from ..events import EventBus
 from ..spec import TASK_ID_PATTERN
 from ..vocabulary import LANGUAGES, State
+from . import urltext
 from .answers import JSON_TYPE
 from .feed import FeedSource
 from .streams import StreamHub
@@ -61,8 +62,8 @@ def add_routes(
     @app.get("/events")
     @api
     def events() -> bottle.HTTPResponse:
-        environ = bottle.request.environ  # raw header text: bottle's headers raise on bytes that are not UTF-8
-        after = last_event_id(environ.get("HTTP_LAST_EVENT_ID"))
+        environ = bottle.request.environ
+        after = last_event_id(urltext.header(environ, "HTTP_LAST_EVENT_ID"))
         task_id = task_filter(bottle.request.query.get("task"))
         source = FeedSource(bus, after, task_id, lang(), now)
         return hub.serve(environ, "200 OK", FEED_HEADERS, source)
