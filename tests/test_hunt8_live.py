@@ -97,3 +97,26 @@ def test_a_last_event_id_that_is_not_a_number_is_echoed_as_written(client: Clien
     path = route.format(task=client.submit([sh("echo hi")]))
     answer = client.get(path + "?lang=en", headers={"Accept": "text/event-stream", "Last-Event-ID": "１２".encode()})
     assert answer.status == 400 and "'１２'" in answer.json["message"], answer.body
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("PUT", "/events?action=kill", 405), ("DELETE", "/events", 405), ("DELETE", "/metrics", 405), ("PUT", "/ui/app.js?action=kill", 405),
+     ("DELETE", "/ui", 405), ("GET", "/favicon.ico", 404), ("GET", "/Healthz/0", 404), ("GET", "/version/0/log", 404)],
+)
+def test_a_route_name_is_never_read_as_a_task_id(client: Client, method: str, path: str, status: int) -> None:
+    """`PUT /events` reached PUT /<id> and answered 'action is missing'; `DELETE /metrics` said the
+    task did not exist. No task can have such an id (spec.RESERVED_IDS): the answer is about the route."""
+    answer = client.request(method, path + ("&" if "?" in path else "?") + "lang=en")
+    expected = "method not allowed" if status == 405 else "no such route"
+    assert (answer.status, answer.json["message"]) == (status, expected), answer.body
+
+
+def test_a_task_whose_id_starts_like_a_route_is_still_a_task(client: Client) -> None:
+    for task_id in ("events2", "ui-x", "metrics.json", "version_1"):
+        assert client.submit([sh("echo hi")], query=f"?id={task_id}") == task_id
+        assert client.wait(task_id).json["code"] == 0
+        assert client.get(f"/{task_id}/0/log").body == b"hi\n"
+        assert client.request("DELETE", f"/{task_id}").status == 200
+    metrics = client.get("/metrics").body.decode()
+    assert 'route="/<task_id>/<step>/log"' in metrics and 'method="DELETE",route="/<task_id>"' in metrics  # labels as written
