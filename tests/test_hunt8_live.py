@@ -27,7 +27,8 @@ def test_a_range_on_a_dashboard_file_is_ignored_not_answered_with_an_html_page(c
 
 @pytest.mark.parametrize("path", ["/ui/index.html", "/ui/tasks/a/b", "/ui/%2e%2e%2fsetup.py", "/ui/x.js"])
 def test_an_unknown_dashboard_path_is_no_such_route_not_an_unknown_task(client: Client, path: str) -> None:
-    """`/ui/index.html` reached GET /<id>/<step> and answered that task 'ui' does not exist."""
+    """`/ui/index.html` reached GET /<id>/<step> and answered that task 'ui' did not exist (no route
+    takes a reserved name as a task id now)."""
     answer = client.get(path + "?lang=en")
     assert answer.status == 404 and answer.json["message"] == "no such route", answer.body
 

@@ -85,10 +85,6 @@ def add_routes(
     def ui_asset(name: str) -> bottle.HTTPResponse:
         return ui_file(name)
 
-    @app.get("/ui/<rest:path>")
-    def ui_unknown(rest: str) -> None:
-        raise bottle.HTTPError(404)  # "no such route", not the /<id>/<step> routes' "no task 'ui'"
-
 
 def ui_file(name: str) -> bottle.HTTPResponse:
     """A dashboard file, always whole: the files are small and a server may ignore Range (RFC 9110
