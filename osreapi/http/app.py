@@ -31,6 +31,7 @@ from ..events import EventBus
 from ..executor.logsource import LogSource
 from ..listing import check_sort
 from ..records import StepRecord
+from ..spec import RESERVED_IDS
 from ..vocabulary import (
     CODE_BAD_REQUEST,
     CODE_BUSY,
@@ -58,6 +59,10 @@ log = logging.getLogger(__name__)
 Answer = str | bytes | bottle.HTTPResponse  # what a route returns to Bottle
 WHOLE_LOG_ANSWER = 1 << 20  # a log as it stands up to this size is answered whole, over it streamed
 _DIGITS = re.compile(r"[0-9]+")
+# A task id in a route: any path segment but the name of one of the server's own routes (an id can
+# never be one), so that `PUT /events` is 405 and `/favicon.ico` "no such route", not "no such task".
+_RESERVED = "|".join(re.escape(name) for name in sorted(RESERVED_IDS))
+TASK = f"<task_id:re:(?!(?i:{_RESERVED})(?:/|$))[^/]+>"
 MAX_OFFSET = 1 << 62  # fits os.lseek
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
@@ -181,7 +186,7 @@ def _count_requests(app: bottle.Bottle, executor: Executor) -> None:
     def count_request() -> None:
         environ = bottle.request.environ
         route = environ.get("bottle.route")
-        rule = route.rule if route is not None else "unmatched"
+        rule = route.rule.replace(TASK, "<task_id>") if route is not None else "unmatched"  # the label as written
         status = bottle.response.status_code
         method = environ["REQUEST_METHOD"]
         executor.metrics.http_request(method, rule, status)
@@ -239,15 +244,15 @@ def _add_task_routes(app: bottle.Bottle, routes: Routes) -> None:
         body = render.list_body(executor.list(), sort, routes.lang(), now())
         return bottle.HTTPResponse(body=body, headers={"Content-Type": JSON_TYPE})
 
-    app.get("/<task_id>")(routes.api(TaskRoute(routes)))
+    app.get(f"/{TASK}")(routes.api(TaskRoute(routes)))
 
-    @app.delete("/<task_id>")
+    @app.delete(f"/{TASK}")
     @routes.api
     def delete_task(task_id: str) -> Answer:
         executor.delete(task_id)
         return routes.success()
 
-    @app.put("/<task_id>")
+    @app.put(f"/{TASK}")
     @routes.api
     def control_task(task_id: str) -> Answer:
         executor.control(task_id, bottle.request.query.get("action") or "", None)
@@ -257,20 +262,20 @@ def _add_task_routes(app: bottle.Bottle, routes: Routes) -> None:
 def _add_step_routes(app: bottle.Bottle, routes: Routes) -> None:
     executor, now = routes.executor, routes.now
 
-    @app.put("/<task_id>/<step>")
+    @app.put(f"/{TASK}/<step>")
     @routes.api
     def control_step(task_id: str, step: str) -> Answer:
         executor.control(task_id, bottle.request.query.get("action") or "", step)
         return routes.success()
 
-    @app.get("/<task_id>/<step>")
+    @app.get(f"/{TASK}/<step>")
     @routes.api
     def get_step(task_id: str, step: str) -> Answer:
         task, record = executor.step(task_id, step)
         return json_response(*render.step_result_json(record, task, routes.lang(), now()))
 
     step_log = LogRoute(routes)
-    app.get("/<task_id>/<step>/log")(routes.api(step_log))
+    app.get(f"/{TASK}/<step>/log")(routes.api(step_log))
 
 
 class TaskRoute:
@@ -334,7 +339,7 @@ class LogRoute:
         environ = bottle.request.environ  # raw header text: bottle's headers raise on bytes that are not UTF-8
         sse = "text/event-stream" in environ.get("HTTP_ACCEPT", "")
         follow = _flag(bottle.request.query, "follow")
-        offset = _offset(bottle.request.query.get("offset"), environ.get("HTTP_LAST_EVENT_ID") if sse else None)
+        offset = _offset(bottle.request.query.get("offset"), urltext.header(environ, "HTTP_LAST_EVENT_ID") if sse else None)
         source = LogSource(executor.log_path(task_id, index), offset, sse=sse, follow=follow,
                            step=lambda: self._step_states(task_id, index),
                            end_record=lambda: self._end_record(task_id, index, language),

@@ -13,6 +13,7 @@ from ..errors import InvalidRequest
 from ..events import EventBus
 from ..spec import TASK_ID_PATTERN
 from ..vocabulary import LANGUAGES, State
+from . import urltext
 from .answers import JSON_TYPE
 from .feed import FeedSource
 from .streams import StreamHub
@@ -61,8 +62,8 @@ def add_routes(
     @app.get("/events")
     @api
     def events() -> bottle.HTTPResponse:
-        environ = bottle.request.environ  # raw header text: bottle's headers raise on bytes that are not UTF-8
-        after = last_event_id(environ.get("HTTP_LAST_EVENT_ID"))
+        environ = bottle.request.environ
+        after = last_event_id(urltext.header(environ, "HTTP_LAST_EVENT_ID"))
         task_id = task_filter(bottle.request.query.get("task"))
         source = FeedSource(bus, after, task_id, lang(), now)
         return hub.serve(environ, "200 OK", FEED_HEADERS, source)
@@ -74,7 +75,7 @@ def add_routes(
     @app.get("/ui/")
     @app.get("/ui/tasks/<task_id>")
     def ui_page(task_id: str | None = None) -> bottle.HTTPResponse:
-        return bottle.static_file("index.html", root=str(UI_DIR), headers=dict(UI_HEADERS))
+        return ui_file("index.html")
 
     @app.get("/ui/vocabulary.json")
     def ui_vocabulary() -> bottle.HTTPResponse:
@@ -82,4 +83,13 @@ def add_routes(
 
     @app.get("/ui/<name:re:[a-z0-9_-]+[.](?:js|css|svg)>")
     def ui_asset(name: str) -> bottle.HTTPResponse:
-        return bottle.static_file(name, root=str(UI_DIR), headers=dict(UI_HEADERS))
+        return ui_file(name)
+
+
+def ui_file(name: str) -> bottle.HTTPResponse:
+    """A dashboard file, always whole: the files are small and a server may ignore Range (RFC 9110
+    14.2). Bottle's own answer to a Range it cannot serve is an HTML page in English."""
+    bottle.request.environ.pop("HTTP_RANGE", None)
+    response = bottle.static_file(name, root=str(UI_DIR), headers=dict(UI_HEADERS))
+    response.headers.pop("Accept-Ranges", None)  # no client should ask for a part
+    return response

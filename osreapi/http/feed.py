@@ -16,6 +16,10 @@ from ..sse import KEEP_ALIVE, sse_message
 from . import render
 
 OPENING = b": osreapi events\nretry: 2000\n\n"
+# Bytes one read renders (past its first event). A finished step's event carries its output (up to
+# --max_output, six times that as JSON escapes): a subscriber far behind, handed a whole batch at
+# once, held hundreds of MiB; the hub reads again as its buffer drains.
+READ_BUDGET = 64 * 1024
 
 
 def sse(kind: str, seq: int, data: Any) -> bytes:
@@ -60,9 +64,18 @@ class FeedSource:
         return b"".join(parts), False
 
     def _render(self, batch: Batch) -> list[bytes]:
+        """The batch's events up to READ_BUDGET bytes (one at least); the cursor moves past those sent."""
         now = self._clock()
-        self._cursor = batch.upto
-        return [sse(e.kind, e.seq, event_json(e, self._lang, now)) for e in batch.events]
+        parts: list[bytes] = []
+        size = 0
+        for event in batch.events:
+            if size >= READ_BUDGET:
+                return parts  # the rest at the next read, from the last one sent
+            parts.append(sse(event.kind, event.seq, event_json(event, self._lang, now)))
+            size += len(parts[-1])
+            self._cursor = event.seq
+        self._cursor = batch.upto  # past the events the task filter skipped too
+        return parts
 
     def heartbeat(self) -> bytes:
         return KEEP_ALIVE

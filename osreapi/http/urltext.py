@@ -62,5 +62,12 @@ def _recoded(query: bottle.FormsDict) -> bottle.FormsDict:
     return fixed
 
 
+def header(environ: dict, key: str) -> str | None:
+    """A request header's value (by its WSGI key) as UTF-8 text, bad bytes replaced: echoed in a
+    message, WSGI's Latin-1 text of `１２` read 'ï¼\\x91ï¼\\x92'. Bottle's own headers raise instead."""
+    value = environ.get(key)
+    return None if value is None else _utf8(value)
+
+
 def _utf8(latin1: str) -> str:
     return latin1.encode("latin-1", "replace").decode("utf-8", "replace")
