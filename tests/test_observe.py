@@ -277,3 +277,24 @@ def test_sse_log_keeps_what_follows_a_carriage_return(client: Client):
     resp = open_stream(client, f"/{task_id}/0/log", headers={"Accept": "text/event-stream"})
     events = parse_sse_as_a_browser(resp.read()).split("\n")
     assert events[:3] == ["10%", "20%", "done"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("first, second", [("ab\\303", "\\251cd"), ("x\\r", "\\ny"), ("q\\342", "\\202\\254!")])
+def test_a_followed_log_holds_back_a_character_split_between_two_writes(client: Client, first, second):
+    """A step wrote the first byte(s) of a character, then the rest a moment later: the followed SSE
+    log sent the lone lead byte as one event (U+FFFD) and the rest as another (U+FFFD again); a CR
+    cut from its LF was two line breaks. An incomplete end is held while the step may still write."""
+    task_id = client.submit([sh(f"printf '{first}'; while [ ! -e go ]; do sleep 0.02; done; printf '{second}'")])
+    stream = open_stream(client, f"/{task_id}/0/log?follow=true", {"Accept": "text/event-stream"})
+    received = b""
+    while b"data: " + first[0].encode() not in received:  # the first part has been read and sent
+        chunk = stream.read(1)  # bounded by the socket timeout
+        assert chunk, received
+        received += chunk
+    (client.executor.config.workspace(task_id) / "go").touch()
+    events = parse_sse((received + stream.read()).decode("utf-8"))
+    text = "".join(e["data"] for e in events if e["event"] == "message")
+    expected = (first + second).encode().decode("unicode_escape").encode("latin-1").decode("utf-8")
+    assert "\ufffd" not in text, text
+    assert text == expected.replace("\r\n", "\n"), (text, expected)  # one line break for a CRLF

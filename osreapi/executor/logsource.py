@@ -121,11 +121,26 @@ class LogSource:
         self._file.seek(self._offset)
         data = self._file.read(min(CHUNK, end - self._offset))
         if self._sse and data:
-            data = data[: complete_utf8(data)] or data  # a lone bad byte still moves on
-            if data.endswith(b"\r"):  # a CRLF cut between two reads would be two line breaks
-                data = data[:-1] or data
+            data = self._whole_characters(data, more=self._may_grow(end - self._offset > len(data)))
         self._offset += len(data)
         return data
+
+    def _may_grow(self, read_more: bool) -> bool:
+        """More bytes may still come after these: the file holds more than was read, or it is
+        followed and its step may still write."""
+        return read_more or (self._until is None and not self._step_over)
+
+    @staticmethod
+    def _whole_characters(data: bytes, more: bool) -> bytes:
+        """data without an incomplete character or a CR at its end (a CRLF cut between two events
+        reads as two line breaks) while more may come: the rest is sent with what completes it.
+        Nothing more can come: sent as it is (a bad byte still moves on)."""
+        if not more:
+            return data
+        keep = complete_utf8(data)
+        if data[:keep].endswith(b"\r"):
+            keep -= 1
+        return data[:keep]
 
     def _format(self, data: bytes) -> bytes:
         return sse_message(data.decode("utf-8", "replace"), id=self._offset) if self._sse else data
