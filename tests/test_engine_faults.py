@@ -1013,3 +1013,30 @@ def test_a_task_whose_runner_starts_late_in_a_shutdown_stays_queued(make_executo
     reopened = make_executor(pool_size=1)
     assert reopened.wait("late", timeout=20).task.state is State.STOPPED  # it ran after the next start
     assert reopened.get(first).task.state is State.INTERRUPTED
+
+
+@pytest.mark.timeout(60)
+def test_a_step_whose_worker_fails_before_its_start_arrives_ends_interrupted(make_executor, monkeypatch):
+    """A worker failed right after it had given itself back to the pool: the next task's step,
+    granted that worker, had its start saved and then sent to a dead actor, and waited for ever
+    (its task never ended). The start goes back to its runner: the step ends interrupted, saying
+    why, and the pool has a worker again."""
+    from osreapi.actors.step import StepActor
+
+    end = StepActor._end
+
+    def failing_end(self, *args, **kwargs):
+        job = self._job
+        end(self, *args, **kwargs)
+        if job is not None and job.task_id == "first":
+            raise RuntimeError("injected fault after the worker went back to the pool")
+
+    monkeypatch.setattr(StepActor, "_end", failing_end)
+    ex = make_executor(pool_size=1)
+    ex.submit([sh("sleep 0.3")], task_id="first")
+    ex.submit([sh("echo second")], task_id="second")
+    result = ex.wait("second", timeout=20)
+    assert result is not None and result.finished, result
+    assert result.steps[0].state is State.INTERRUPTED, result  # it was granted the failing worker
+    assert "its worker failed inside the engine" in result.steps[0].output
+    assert ex.wait(ex.submit([sh("echo third")]), timeout=20).steps[0].output == "third\n"

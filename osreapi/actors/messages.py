@@ -32,7 +32,9 @@ class CreateTask:
 class SaveRecords:
     """Commit records. `durable`: flushed before anyone is told. After the commit `reply` arrives
     and every (actor, message) of `then` is told; when the write fails, `reply` fails and those of
-    `otherwise` are told instead (the records are kept and written again once the disk has room)."""
+    `otherwise` are told instead (the records are kept and written again once the disk has room).
+    A `then` whose actor has stopped gets the `otherwise` at its position told in its place (a
+    step's start that reaches a worker that failed goes back to its runner)."""
 
     task_id: str
     task: TaskRecord | None = None
@@ -134,7 +136,7 @@ class WorkerGranted:
 
 @dataclass(frozen=True)
 class StartNotRecorded:
-    """The step's start could not be written: it must not run."""
+    """The step's start could not be written, or its worker failed before it got it: it does not run."""
 
     index: int
     worker: pykka.ActorRef

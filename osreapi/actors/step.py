@@ -25,6 +25,7 @@ from .messages import (
     RunDropped,
     RunStep,
     SignalStep,
+    StartNotRecorded,
     StepEnded,
     StepStarted,
     StopStep,
@@ -99,6 +100,12 @@ class StepActor(EngineActor):
                                               "step interrupted: the engine failed", now, self._pid()))
         self._services.pool.retire(self.actor_ref)
         super().on_failure(*args)
+
+    def _unhandled(self, message: Any) -> None:
+        """A start that reached this failed worker goes back to its runner: the step does not run."""
+        super()._unhandled(message)
+        if isinstance(message, RunStep):
+            tell_if_alive(message.task, StartNotRecorded(message.record.index, self.actor_ref))
 
     def _is_current(self, run: int) -> bool:
         return self._job is not None and self._job.run == run

@@ -210,8 +210,9 @@ class StoreActor(EngineActor):
         return True
 
     def _deliver(self, message: SaveRecords) -> None:
-        for ref, then in message.then:  # first: a step waiting for its start to be on disk
-            tell_if_alive(ref, then)
+        for position, (ref, then) in enumerate(message.then):  # first: a step waiting for its start to be on disk
+            if not tell_if_alive(ref, then) and position < len(message.otherwise):  # its actor has stopped
+                tell_if_alive(*message.otherwise[position])
         if message.reply is not None:
             message.reply.arrive()
         self._committed(message.task_id, message.task, message.steps)

@@ -100,7 +100,8 @@ class TaskActor(EngineActor):
             case WorkerGranted(index=index, worker=worker):  # for this task (checked above)
                 self._worker_granted(index, worker)
             case StartNotRecorded(index=index, worker=worker):
-                self._start_dropped(index, worker, "step not started: its start could not be recorded")
+                why = "its start could not be recorded" if worker.is_alive() else "its worker failed inside the engine"
+                self._start_dropped(index, worker, f"step not started: {why}")
             case StepStarted(run=run, index=index) | StepEnded(run=run, index=index) if not self._is_current(index, run):
                 return None  # about a run that ended here (a late pid report, say)
             case StepStarted(index=index, pid=pid):
