@@ -260,3 +260,16 @@ def test_a_waiter_for_one_task_sleeps_through_the_others_events() -> None:
     assert bus.wait_for_task("b", seq, 30.0)  # news already there: at once
     bus.forget(("a",))
     assert bus.wait_for_task("a", bus.last - 1, 30.0)  # a deletion is news too
+
+
+def test_a_feed_of_one_task_ends_after_its_delete(client: Client) -> None:
+    """Nothing can come for a task after its delete event: a `?task=` subscriber stayed open for
+    ever, a connection (and a hub entry) held for nothing."""
+    task_id = client.submit([sh("true")])
+    feed = Feed(client, f"/events?task={task_id}", {"Last-Event-ID": "0"})
+    client.wait(task_id)
+    assert client.request("DELETE", f"/{task_id}").status == 200
+    assert feed.until(lambda e: e["event"] == "delete")["data"] == {"id": task_id}
+    assert feed.response.read() == b""  # the stream ends (its last chunk), bounded by the socket timeout
+    assert wait_until(lambda: client.hub.count == 0)
+    feed.close()

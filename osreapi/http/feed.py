@@ -59,23 +59,26 @@ class FeedSource:
         if isinstance(batch, Reset):
             parts.append(sse("reset", batch.last, {"last": batch.last}))
             self._cursor = batch.last
-        else:
-            parts.extend(self._render(batch))
-        return b"".join(parts), False
+            return b"".join(parts), False
+        events, done = self._render(batch)
+        return b"".join(parts + events), done
 
-    def _render(self, batch: Batch) -> list[bytes]:
-        """The batch's events up to READ_BUDGET bytes (one at least); the cursor moves past those sent."""
+    def _render(self, batch: Batch) -> tuple[list[bytes], bool]:
+        """The batch's events up to READ_BUDGET bytes (one at least); the cursor moves past those
+        sent. Done once the one task followed has been deleted: nothing more can come for it."""
         now = self._clock()
         parts: list[bytes] = []
         size = 0
         for event in batch.events:
             if size >= READ_BUDGET:
-                return parts  # the rest at the next read, from the last one sent
+                return parts, False  # the rest at the next read, from the last one sent
             parts.append(sse(event.kind, event.seq, event_json(event, self._lang, now)))
             size += len(parts[-1])
             self._cursor = event.seq
+            if event.deleted and self._task_id is not None:
+                return parts, True
         self._cursor = batch.upto  # past the events the task filter skipped too
-        return parts
+        return parts, False
 
     def heartbeat(self) -> bytes:
         return KEEP_ALIVE
