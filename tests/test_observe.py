@@ -298,3 +298,16 @@ def test_a_followed_log_holds_back_a_character_split_between_two_writes(client: 
     expected = (first + second).encode().decode("unicode_escape").encode("latin-1").decode("utf-8")
     assert "\ufffd" not in text, text
     assert text == expected.replace("\r\n", "\n"), (text, expected)  # one line break for a CRLF
+
+
+@pytest.mark.parametrize("accept, sse", [
+    ("text/event-stream", True), ("text/plain, text/event-stream;q=0.5", True), ("TEXT/Event-Stream", True),
+    ("text/event-stream;q=0", False), ("text/event-stream; q=0.0, text/plain", False), ("text/plain", False),
+])
+def test_a_log_is_sse_only_when_accept_asks_for_it_with_a_weight_above_zero(client: Client, accept, sse):
+    """`Accept: text/event-stream;q=0` refuses SSE (RFC 9110): it was answered SSE all the same."""
+    task_id = client.submit([sh("echo hi")])
+    client.wait(task_id)
+    resp = client.get(f"/{task_id}/0/log", headers={"Accept": accept})
+    assert resp.status == 200
+    assert resp.header("Content-Type").startswith("text/event-stream" if sse else "text/plain"), resp.headers

@@ -337,7 +337,7 @@ class LogRoute:
         executor, language = self._routes.executor, self._routes.lang()
         index = executor.step(task_id, step, output=False)[1].index
         environ = bottle.request.environ  # raw header text: bottle's headers raise on bytes that are not UTF-8
-        sse = "text/event-stream" in environ.get("HTTP_ACCEPT", "")
+        sse = _accepts(environ.get("HTTP_ACCEPT", ""), "text/event-stream")
         follow = _flag(bottle.request.query, "follow")
         offset = _offset(bottle.request.query.get("offset"), urltext.header(environ, "HTTP_LAST_EVENT_ID") if sse else None)
         source = LogSource(executor.log_path(task_id, index), offset, sse=sse, follow=follow,
@@ -487,3 +487,17 @@ class _ReleaseOnClose:
                 close()
         finally:
             self._slot.release()
+
+
+def _accepts(accept: str, media: str) -> bool:
+    """Whether an Accept header asks for `media` by name with a q above 0 (`;q=0` refuses it)."""
+    for item in accept.split(","):
+        name, *params = item.split(";")
+        if name.strip().lower() != media:
+            continue
+        q = next((p.partition("=")[2].strip() for p in params if p.strip().lower().startswith("q=")), "1")
+        try:
+            return float(q) > 0
+        except ValueError:
+            return True  # a malformed weight: the name alone decides, as before
+    return False
