@@ -125,7 +125,8 @@ def test_server_stop_ends_open_streams(make_server):
     resp = open_stream(client, f"/{task_id}/0/log?follow=true")
     assert b"up" in resp.read1(10)
     server.stop()  # returns (bounded by the test's timeout) although a stream was open
-    assert resp.read() is not None  # and the stream has ended
+    with pytest.raises(http.client.IncompleteRead):  # and the stream has ended, cut: the step still ran
+        resp.read()
 
 
 def test_health_and_version(client: Client):
@@ -311,3 +312,26 @@ def test_a_log_is_sse_only_when_accept_asks_for_it_with_a_weight_above_zero(clie
     resp = client.get(f"/{task_id}/0/log", headers={"Accept": accept})
     assert resp.status == 200
     assert resp.header("Content-Type").startswith("text/event-stream" if sse else "text/plain"), resp.headers
+
+
+@pytest.mark.timeout(60)
+def test_a_plain_follow_cut_by_a_server_stop_has_no_last_chunk(start_server):
+    """A server that stopped while a step was still writing ended a plain follow with the last
+    chunk, as the step's real end does: `curl -N .../log?follow=true` exited 0 with half a log.
+    Without the last chunk, the client sees the body cut (curl: exit 18)."""
+    import socket
+
+    server = start_server()
+    task_id = server.client.submit([sh("echo started; sleep 30")])
+    with socket.create_connection((server.client.host, server.client.port), timeout=20) as sock:
+        sock.sendall(f"GET /{task_id}/0/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        received = b""
+        while b"started" not in received:
+            chunk = sock.recv(65536)  # bounded by the socket timeout
+            assert chunk, received
+            received += chunk
+        assert b"Transfer-Encoding: chunked" in received
+        assert server.terminate() == 0
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert not received.endswith(b"0\r\n\r\n"), received[-200:]

@@ -84,6 +84,11 @@ class LogSource:
     def heartbeat(self) -> bytes:
         return KEEP_ALIVE if self._sse else b""
 
+    def cut_short(self) -> bool:
+        """A plain follow of a step that may still write is unfinished if the server stops now: its
+        end is left out (SSE says a real end with `event: end`)."""
+        return self._follow and not self._sse and not self._step_over
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

@@ -57,7 +57,9 @@ class StreamSource(Protocol):
     def close(self) -> None:
         """Called once, when the stream ends or the client left.
 
-        A source may also have `final() -> bytes`: its last bytes when the server stops first."""
+        A source may also have `final() -> bytes`: its last bytes when the server stops first; and
+        `cut_short() -> bool`: True when a stop now leaves its body unfinished (a followed step
+        still writing), which then ends without the last chunk, so that the client can tell."""
 
 
 class RequestSlot:
@@ -375,7 +377,7 @@ class StreamHub:
         if not stream.ending:
             data = _last_word(stream.source)
             stream.out += _frame(data) if stream.chunked and data else data
-        if stream.chunked:
+        if stream.chunked and (stream.ending or not _cut_short(stream.source)):
             stream.out += b"0\r\n\r\n"
         with suppress(OSError):
             stream.sock.send(stream.out)
@@ -493,6 +495,12 @@ def _last_word(source: StreamSource) -> bytes:
     (a wait's answer as it stands), else nothing."""
     final = getattr(source, "final", None)
     return final() if final is not None else b""
+
+
+def _cut_short(source: StreamSource) -> bool:
+    """Whether a stop now leaves the source's body unfinished (see StreamSource.close)."""
+    cut_short = getattr(source, "cut_short", None)
+    return cut_short() if cut_short is not None else False
 
 
 def _unmeasured() -> Iterator[bytes]:
