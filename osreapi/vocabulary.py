@@ -256,14 +256,15 @@ def normalize_language(value: str | None) -> str | None:
     for entry in value.split(","):
         tag, _, params = entry.partition(";")
         primary = tag.strip().lower().split("-")[0].split("_")[0]
-        quality = _quality(params)
+        quality = header_quality(params)
         if primary in LANGUAGES and quality > best_quality:
             best, best_quality = primary, quality
     return best
 
 
-def _quality(params: str) -> float:
-    """An entry's q= (1 when absent; 0 when not a number), within 0..1."""
+def header_quality(params: str) -> float:
+    """The q= among an Accept or Accept-Language entry's parameters (1 when absent; 0 when not a
+    number), within 0..1."""
     for param in params.split(";"):
         name, _, number = param.partition("=")
         if name.strip().lower() == "q":

@@ -44,6 +44,7 @@ from ..vocabulary import (
     CODE_TOO_LARGE,
     CODE_TOO_MANY,
     DEFAULT_LANGUAGE,
+    header_quality,
     message,
 )
 from . import dashboard, openapi, render, urltext
@@ -492,12 +493,7 @@ class _ReleaseOnClose:
 def _accepts(accept: str, media: str) -> bool:
     """Whether an Accept header asks for `media` by name with a q above 0 (`;q=0` refuses it)."""
     for item in accept.split(","):
-        name, *params = item.split(";")
-        if name.strip().lower() != media:
-            continue
-        q = next((p.partition("=")[2].strip() for p in params if p.strip().lower().startswith("q=")), "1")
-        try:
-            return float(q) > 0
-        except ValueError:
-            return True  # a malformed weight: the name alone decides, as before
+        name, _, params = item.partition(";")
+        if name.strip().lower() == media:
+            return header_quality(params) > 0
     return False
