@@ -140,7 +140,7 @@ class Client(ControlCalls):
                 failures += 1
                 if failures > self.reconnects or left == 0:
                     raise
-                time.sleep(min(0.1 * 2**failures, 2.0) if left is None else min(0.1 * 2**failures, 2.0, left))
+                time.sleep(_backoff(failures) if left is None else min(_backoff(failures), left))
                 continue
             failures = 0
             if not running or left == 0:
@@ -202,7 +202,7 @@ class Client(ControlCalls):
             if failures > self.reconnects:
                 lost = message("log_stream_lost", self.lang, task=task_id, step=step, reason=reason)
                 raise ConnectionFailed(f"{self.url}: {lost}")
-            time.sleep(min(0.1 * 2**failures, 2.0))
+            time.sleep(_backoff(failures))
 
     def _log_stream(self, path: str, follow: bool, offset: int) -> Iterator[tuple[str, int | None]]:
         """(text, byte offset after it) per output event of one connection; ("", None) for the end."""
@@ -265,6 +265,11 @@ def tls_context(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.S
             problem = _file_problem(exc, "not a PEM certificate and its unencrypted key")
             raise InvalidValue(f"client certificate {' and key '.join(files)}: {problem}") from None
     return context
+
+
+def _backoff(failures: int) -> float:
+    """Seconds before asking again after `failures` dropped connections in a row (a server restarting)."""
+    return min(0.1 * 2**failures, 2.0)
 
 
 def _file_problem(exc: OSError, not_pem: str) -> str:
