@@ -1,12 +1,13 @@
 """Unit tests of the state table, output capping and tree kill."""
 
 import subprocess
+import threading
 
 import psutil
 import pytest
 
 from osreapi.executor.output import read_output, with_exit_status
-from osreapi.executor.treekill import kill_tree, marked_processes
+from osreapi.executor.treekill import kill_until_gone, marked_processes, marked_trees, process_tree
 from osreapi.vocabulary import State, message, normalize_language
 
 from .conftest import gone, read_pid, wait_until
@@ -59,15 +60,21 @@ def test_exit_status_line():
 
 
 @pytest.mark.timeout(30)
-def test_kill_tree_kills_group_children_and_marked_escapees(tmp_path):
+def test_a_kill_until_gone_kills_group_children_and_marked_escapees(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "OSREAPI_TASK_ID": "unit-kill", "OSREAPI_STEP_NAME": "s"}
     script = "sleep 300 & echo $! > child; setsid sleep 301 & echo $! > escaped; sleep 302"
     proc = subprocess.Popen(["sh", "-c", script], cwd=tmp_path, env=env, start_new_session=True)
     escaped = read_pid(tmp_path / "escaped")
     child = int((tmp_path / "child").read_text())
     assert wait_until(lambda: any(p.pid == escaped for p in marked_processes("unit-kill")))
-    killed = kill_tree(proc.pid, grace=1.0, own_child=proc, extra=marked_processes("unit-kill", "s"))
-    proc.wait(5)
+    reaping = threading.Thread(target=proc.wait, daemon=True)  # our child: its group lives while it is a zombie
+    reaping.start()
+
+    def found() -> dict:
+        return {**process_tree(proc.pid), **{p.pid: p for p in marked_trees("unit-kill", "s")}}
+
+    killed = kill_until_gone(found, grace=1.0, groups=[proc.pid])  # as recovery kills a crashed step's
+    reaping.join(5)
     assert {proc.pid, child, escaped} <= set(killed)
     assert wait_until(lambda: gone(child) and gone(escaped), timeout=5)
     assert not psutil.pid_exists(proc.pid)

@@ -10,7 +10,6 @@ One /proc scan per round serves every step being cleaned up at that time.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ class _Job:
     group: int | None  # the step's process group (its first process's pid)
     grace: float
     since: float
-    term_sent: set[int] = field(default_factory=set)
+    signalled: set[int] = field(default_factory=set)
 
 
 class Janitor:
@@ -43,8 +42,8 @@ class Janitor:
     def clean(self, run_id: str, group: int | None, grace: float) -> None:
         """TERM the run's group now; from the next round, TERM every marked process, KILL what is
         left (marked or in the group) once `grace` has passed, until nothing is left."""
-        if group is not None and treekill.signal_group(group, signal.SIGTERM):  # most often gone already
-            treekill.signal_group(group, signal.SIGCONT)  # a stopped (paused) process acts on TERM
+        if group is not None:
+            treekill.term_group(group)  # most often gone already: then no CONT either
         with self._lock:
             job = self._jobs.get(run_id)
             if job is None or grace < job.grace:
@@ -76,15 +75,7 @@ class Janitor:
                     log.error("processes %s (group %s) of run %s survive SIGKILL", pids, job.group, key)
                 finished.append(key)
                 continue
-            for pid in pids:
-                if late:
-                    treekill.signal_pid(pid, signal.SIGKILL)
-                elif pid not in job.term_sent:
-                    job.term_sent.add(pid)
-                    treekill.signal_pid(pid, signal.SIGTERM)
-                    treekill.signal_pid(pid, signal.SIGCONT)
-            if late and grouped:
-                treekill.signal_group(job.group, signal.SIGKILL)
+            treekill.kill_round(pids, [job.group] if grouped else [], job.signalled, late)
         with self._lock:
             for key in finished:
                 if self._jobs.get(key) is jobs[key]:

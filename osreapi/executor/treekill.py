@@ -1,12 +1,12 @@
-"""Kill a whole process tree: TERM the group, wait a grace, KILL what is left, reap."""
+"""Kill a whole process tree: TERM its group and every process carrying its marker, KILL what is
+left once a grace has passed, and scan again until nothing is left (bounded)."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 
 import psutil
 
@@ -61,46 +61,38 @@ def kill_until_gone(find: Callable[[], dict[int, psutil.Process]], grace: float,
     TERM at first sight, KILL whatever is found once `grace` has passed; one grace for all."""
     since = time.monotonic()
     signalled: set[int] = set()  # pids TERMed (or KILLed)
-    for group in groups:
-        if signal_group(group, signal.SIGTERM):
-            signal_group(group, signal.SIGCONT)  # a stopped (paused) process acts on TERM
     while True:
         found = {pid: proc for pid, proc in find().items() if pid != os.getpid() and _alive(proc)}
         live_groups = [group for group in groups if signal_group(group, 0)]
         elapsed = time.monotonic() - since
         if not (found or live_groups) or elapsed > grace + GIVE_UP_AFTER:
             return sorted(signalled)
-        late = elapsed >= grace
-        for group in live_groups if late else ():
-            signal_group(group, signal.SIGKILL)
-        for pid, proc in found.items():
-            if late:
-                _signal(proc, signal.SIGKILL)
-            elif pid not in signalled:
-                _signal(proc, signal.SIGTERM)
-                _signal(proc, signal.SIGCONT)
-            signalled.add(pid)
+        kill_round(found, live_groups, signalled, late=elapsed >= grace, send=lambda pid, sig, found=found: _signal(found[pid], sig))
         if found:
             wait_gone(list(found.values()), timeout=ROUND)
         else:  # only group members no scan lists: look again in a moment
             time.sleep(ROUND)
 
 
-def kill_tree(
-    root_pid: int,
-    *,
-    grace: float,
-    own_child: subprocess.Popen | None = None,
-    extra: list[psutil.Process] | None = None,
-) -> list[int]:
-    """Kill root_pid's process group, its descendants and `extra`; return the pids signalled.
-
-    `own_child` is the Popen of root_pid when it is our child: another thread reaps it, so it is
-    waited through Popen (never psutil, which would reap it behind Popen's back).
-    """
-    procs = _snapshot(root_pid, include_root=own_child is None, extra=extra)
-    _terminate(procs, grace, group=root_pid, own_child=own_child)
-    return sorted(set(procs) | {root_pid})
+def kill_round(pids: Iterable[int], groups: Iterable[int], signalled: set[int], late: bool,
+               send: Callable[[int, int], None] | None = None) -> None:
+    """One round of a kill that scans again until nothing is left (the janitor's, recovery's):
+    before the grace has passed, TERM (and CONT: a paused process acts on TERM) each process the
+    first time it is found, and the groups still alive; after it, KILL every process found and
+    every group still alive. `signalled` collects the pids signalled across rounds."""
+    send = send or signal_pid
+    for group in groups:
+        if late:
+            signal_group(group, signal.SIGKILL)
+        else:
+            term_group(group)
+    for pid in pids:
+        if late:
+            send(pid, signal.SIGKILL)
+        elif pid not in signalled:
+            send(pid, signal.SIGTERM)
+            send(pid, signal.SIGCONT)
+        signalled.add(pid)
 
 
 def signal_tree(root_pid: int, sig: int, extra: list[psutil.Process] | None = None) -> None:
@@ -130,40 +122,6 @@ def _snapshot(
     return procs
 
 
-def _terminate(
-    procs: dict[int, psutil.Process],
-    grace: float,
-    group: int | None = None,
-    own_child: subprocess.Popen | None = None,
-) -> None:
-    """TERM (and CONT) everything, wait up to `grace`, KILL what is left, wait again."""
-
-    def group_alive() -> bool:
-        if group is None:
-            return False
-        return own_child.poll() is None if own_child is not None else True
-
-    for sig in (signal.SIGTERM, signal.SIGCONT):  # CONT: a stopped (paused) process acts on TERM
-        if group_alive():
-            signal_group(group, sig)
-        for proc in procs.values():
-            _signal(proc, sig)
-    deadline = time.monotonic() + grace
-    alive = wait_gone(list(procs.values()), timeout=grace)
-    if own_child is not None:
-        try:
-            own_child.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    if group is not None and (group_alive() or alive):
-        signal_group(group, signal.SIGKILL)
-    for proc in alive:
-        _signal(proc, signal.SIGKILL)
-    wait_gone(alive, timeout=grace)
-    if own_child is not None and own_child.poll() is None:
-        own_child.kill()
-
-
 def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     """Wait until every process is gone or a zombie (its reaper may be slow); return the rest."""
     deadline = time.monotonic() + timeout
@@ -191,6 +149,15 @@ def signal_group(pgid: int, sig: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+def term_group(pgid: int) -> bool:
+    """TERM a process group, and CONT it (a stopped, paused process acts on TERM only then);
+    False when no process of it is left (then nothing more is sent)."""
+    if not signal_group(pgid, signal.SIGTERM):
+        return False
+    signal_group(pgid, signal.SIGCONT)
+    return True
 
 
 def signal_pid(pid: int, sig: int) -> None:
