@@ -207,6 +207,18 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         server.close()
 
 
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 20 MiB tmpfs (mounting needs root: skipped otherwise), for full-disk tests."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def sh(content: str, **kw) -> dict:
     """A sh step."""
     return {"command_type": "sh", "command_content": content, **kw}

@@ -353,17 +353,6 @@ def test_a_task_whose_workspace_cannot_be_made_says_why(make_executor, tmp_path)
 # -- 2. full disk and the log cap ----------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path) -> Path:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 @pytest.mark.timeout(60)
 def test_a_full_disk_answers_507_keeps_reads_and_recovers_by_itself(make_server, small_disk):
     client = make_server(data_dir=small_disk / "data", max_log=1 << 20)
