@@ -335,3 +335,16 @@ def test_a_plain_follow_cut_by_a_server_stop_has_no_last_chunk(start_server):
         while chunk := sock.recv(65536):
             received += chunk
     assert not received.endswith(b"0\r\n\r\n"), received[-200:]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("offset, expected", [(1, "é!\n"), (2, "é!\n"), (3, "é!\n"), (4, "!\n")])
+def test_an_sse_log_from_an_offset_inside_a_character_starts_at_the_next_one(client: Client, offset, expected):
+    """An SSE log asked from a byte offset inside a character sent its continuation bytes as U+FFFD:
+    its events now start at the next character, and the first event's id counts the bytes skipped."""
+    task_id = client.submit([sh("printf '\\342\\202\\254\\303\\251!\\n'")])  # €é!
+    client.wait(task_id)
+    resp = open_stream(client, f"/{task_id}/0/log?offset={offset}", headers={"Accept": "text/event-stream"})
+    events = [e for e in parse_sse(resp.read().decode("utf-8")) if e["event"] == "message"]
+    assert "".join(e["data"] for e in events) == expected
+    assert events[-1]["id"] == 7

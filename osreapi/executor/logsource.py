@@ -17,6 +17,7 @@ from ..records import StepRecord
 from ..sse import KEEP_ALIVE, sse_message
 
 CHUNK = 64 * 1024
+CONTINUATION_BYTES = bytes(range(0x80, 0xC0))  # UTF-8 bytes that never start a character
 STATE_POLL = 0.25  # how often a follower asks whether its step has ended (when no output came)
 
 
@@ -64,6 +65,7 @@ class LogSource:
         self._next_poll = 0.0
         self._step_over = False  # the step has ended: read what is left, then finish
         self._preamble = b": osreapi log stream\n\n" if sse else b""
+        self._aligned = offset == 0  # the first bytes read start a character (else skip to one)
 
     def read(self) -> tuple[bytes, bool]:
         if self._preamble:
@@ -126,6 +128,11 @@ class LogSource:
         self._file.seek(self._offset)
         data = self._file.read(min(CHUNK, end - self._offset))
         if self._sse and data:
+            if not self._aligned:  # an offset inside a character: events start at the next one
+                self._aligned = True
+                skip = len(data) - len(data[:3].lstrip(CONTINUATION_BYTES) + data[3:])
+                self._offset += skip
+                data = data[skip:]
             data = self._whole_characters(data, more=self._may_grow(end - self._offset > len(data)))
         self._offset += len(data)
         return data
