@@ -31,6 +31,7 @@ class Event:
     task: TaskRecord  # the task as it stood (a step event needs its expiry for the ttl)
     step: StepRecord | None = None  # None: a task event
     deleted: bool = False  # the task's records are gone (deleted, or swept once expired)
+    at: float = 0.0  # when it happened (the bus's clock): its ttl is counted from then
 
     @property
     def kind(self) -> str:
@@ -66,6 +67,7 @@ class EventBus:
         self._capacity = capacity
         self._output_budget = output_budget
         self._output_held = 0  # characters of step output in the ring
+        self._clock = clock
         self._last = int(clock() * 1_000_000)
         self._lock = threading.Lock()
         self._watchers = TaskWatchers()  # woken at their task's next event
@@ -80,12 +82,13 @@ class EventBus:
         current = task or self._tasks.get(task_id) or self._load_task(task_id)
         if current is None:
             return
+        now = self._clock()
         with self._lock:
             self._remember(current)
             for step in steps:
-                self._append(current, step)
+                self._append(current, step, now)
             if task is not None:  # after its steps: a task's end comes after its last step's
-                self._append(task, None)
+                self._append(task, None, now)
             wakers = tuple(self._wakers)
         self._watchers.notify(task_id)
         for wake in wakers:
@@ -93,11 +96,12 @@ class EventBus:
 
     def forget(self, task_ids: tuple[str, ...]) -> None:
         """The store's hook after tasks were deleted or swept: one `delete` event each."""
+        now = self._clock()
         with self._lock:
             for task_id in task_ids:
                 stub = self._tasks.pop(task_id, None) or TaskRecord(id=task_id, mode="", count=0, accepted=0.0)
                 self._last += 1
-                self._keep(Event(self._last, stub, None, deleted=True))
+                self._keep(Event(self._last, stub, None, deleted=True, at=now))
             wakers = tuple(self._wakers)
         for task_id in task_ids:
             self._watchers.notify(task_id)
@@ -110,9 +114,9 @@ class EventBus:
         if len(self._tasks) > KNOWN_TASKS:
             self._tasks.popitem(last=False)
 
-    def _append(self, task: TaskRecord, step: StepRecord | None) -> None:
+    def _append(self, task: TaskRecord, step: StepRecord | None, at: float) -> None:
         self._last += 1
-        self._keep(Event(self._last, task, step))
+        self._keep(Event(self._last, task, step, at=at))
 
     def _keep(self, event: Event) -> None:
         """Add to the ring, dropping the oldest beyond its capacity or its output budget (the

@@ -273,3 +273,23 @@ def test_a_feed_of_one_task_ends_after_its_delete(client: Client) -> None:
     assert feed.response.read() == b""  # the stream ends (its last chunk), bounded by the socket timeout
     assert wait_until(lambda: client.hub.count == 0)
     feed.close()
+
+
+def test_an_event_tells_the_ttl_as_it_was_when_it_happened_to_every_subscriber(make_server) -> None:
+    """A subscriber reading an event later (resumed, or slow) got the ttl counted from its read, so two
+    subscribers saw two versions of one event: an event tells how things stood when it happened, and
+    is rendered once per language for all."""
+    now = [time.time()]
+    client = make_server(key_expire="10s", clock=lambda: now[0])
+    first = Feed(client)
+    task_id = client.submit([sh("true")])
+    ended = first.until(is_task_state(task_id, "已结束"))
+    assert ended["data"]["times"]["ttl"] == "10s"
+    now[0] += 4
+    for lang, word in (("zh", "已结束"), ("en", "stopped")):
+        later = Feed(client, f"/events?lang={lang}", headers={"Last-Event-ID": str(int(ended["id"]) - 1)})
+        again = later.next_event()
+        assert (again["id"], again["data"]["state"], again["data"]["times"]["ttl"]) == (ended["id"], word, "10s")
+        later.close()
+    assert client.get(f"/{task_id}").json["data"][0]["times"]["ttl"] == "6s"  # a read is as of now
+    first.close()

@@ -165,7 +165,7 @@ def make_app(
     _count_requests(app, executor)
     urltext.add_hook(app, routes.lang)
     _add_operations(app, routes)
-    dashboard.add_routes(app, routes.api, routes.lang, routes.now, routes.hub, routes.bus)
+    dashboard.add_routes(app, routes.api, routes.lang, routes.hub, routes.bus)
     _add_task_routes(app, routes)
     _add_step_routes(app, routes)
     _add_error_pages(app, routes)

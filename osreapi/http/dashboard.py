@@ -15,7 +15,7 @@ from ..spec import TASK_ID_PATTERN
 from ..vocabulary import LANGUAGES, State
 from . import urltext
 from .answers import JSON_TYPE
-from .feed import FeedSource
+from .feed import EventFrames, FeedSource
 from .streams import StreamHub
 
 UI_DIR = Path(__file__).parent / "ui"
@@ -50,12 +50,12 @@ def add_routes(
     app: bottle.Bottle,
     api: Callable,
     lang: Callable[[], str],
-    now: Callable[[], float],
     hub: StreamHub,
     bus: EventBus,
 ) -> None:
     """Add /events and /ui/ to `app`; call before the catch-all /<task_id> routes."""
 
+    frames = EventFrames()  # shared by every subscriber
     # The state words of both languages, from the one table, so the page can colour and filter by state.
     vocabulary_body = json.dumps({"states": {s.value: [s.word(language) for language in LANGUAGES] for s in State}}, ensure_ascii=False)
 
@@ -65,7 +65,7 @@ def add_routes(
         environ = bottle.request.environ
         after = last_event_id(urltext.header(environ, "HTTP_LAST_EVENT_ID"))
         task_id = task_filter(bottle.request.query.get("task"))
-        source = FeedSource(bus, after, task_id, lang(), now)
+        source = FeedSource(bus, frames, after, task_id, lang())
         return hub.serve(environ, "200 OK", FEED_HEADERS, source)
 
     @app.get("/ui")
