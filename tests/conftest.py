@@ -160,12 +160,13 @@ def console_script(name: str = "osreapi") -> str:
 class ServerProcess:
     """The installed console script running `run` on 127.0.0.1:0."""
 
-    def __init__(self, data_dir: Path, *args: str, script: str = "osreapi") -> None:
+    def __init__(self, data_dir: Path, *args: str, script: str = "osreapi", fd_limit: int | None = None) -> None:
         self.data_dir = data_dir
         self.log = data_dir.parent / f"server-{time.monotonic_ns()}.log"
         self._log_handle = open(self.log, "wb")
+        limit = ["prlimit", f"--nofile={fd_limit}:{fd_limit}", "--"] if fd_limit else []  # util-linux
         self.proc = subprocess.Popen(
-            [console_script(script), "run", "--addr", "127.0.0.1:0", "--data_dir", str(data_dir), *args],
+            [*limit, console_script(script), "run", "--addr", "127.0.0.1:0", "--data_dir", str(data_dir), *args],
             stdout=subprocess.PIPE,
             stderr=self._log_handle,
             stdin=subprocess.DEVNULL,
@@ -197,8 +198,8 @@ class ServerProcess:
 def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
-    def start(*args: str, data_dir: Path | None = None, script: str = "osreapi") -> ServerProcess:
-        server = ServerProcess(data_dir or tmp_path / "data", *args, script=script)
+    def start(*args: str, data_dir: Path | None = None, script: str = "osreapi", fd_limit: int | None = None) -> ServerProcess:
+        server = ServerProcess(data_dir or tmp_path / "data", *args, script=script, fd_limit=fd_limit)
         started.append(server)
         return server
 

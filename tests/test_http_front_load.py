@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import selectors
+import shutil
 import socket
 import ssl
 import threading
@@ -20,7 +21,7 @@ from osreapi.http.app import HttpSettings, make_app
 from osreapi.http.server import HttpServer, TlsSettings
 
 from .certs import make_pki
-from .conftest import Client, start_step, wait_until
+from .conftest import Client, sh, start_step, wait_until
 
 
 def connect(client: Client, payload: bytes = b"") -> socket.socket:
@@ -384,3 +385,64 @@ def test_p99_of_a_normal_client_beside_drips_and_followers(start_server):
             assert followers.pump(lambda: len(followers.ended) == 200, timeout=30)
     finally:
         followers.close()
+
+
+def _first_statuses(socks: list[socket.socket], timeout: float) -> list[bytes]:
+    """The status code of the first answer on each socket (b"" if it closed, b"none" if nothing came
+    within `timeout` seconds for all)."""
+    statuses = [b"none"] * len(socks)
+    selector = selectors.DefaultSelector()
+    for index, sock in enumerate(socks):
+        selector.register(sock, selectors.EVENT_READ, index)
+    deadline = time.monotonic() + timeout
+    while selector.get_map() and time.monotonic() < deadline:
+        for key, _ in selector.select(max(0.0, deadline - time.monotonic())):
+            try:
+                head = key.fileobj.recv(4096)
+            except OSError:
+                head = b""
+            statuses[key.data] = head.split(b" ")[1] if head else b""
+            selector.unregister(key.fileobj)
+    selector.close()
+    return statuses
+
+
+def _answers(client) -> bool:
+    try:
+        return client.get("/healthz").status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(90)
+def test_a_server_out_of_file_descriptors_refuses_new_connections_fast_and_recovers(start_server):
+    """With every descriptor taken (followers hold a socket and a log each), accept() failed with
+    EMFILE: the intake loop spun on the listener, logging a traceback each turn (1.5 million lines
+    in seconds), the connections behind waited unanswered, and the server never served again, even
+    once they had all closed. Now each one is refused at once (503), and the server recovers."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    server = start_server("--lang=en", fd_limit=64)
+    client = server.client
+    task_id = client.submit([sh("sleep 60")])
+    assert wait_until(lambda: client.get(f"/{task_id}").json["data"][0]["state"] == "running", timeout=10)
+    followers = []
+    try:
+        for _ in range(100):
+            sock = socket.create_connection((client.host, client.port), timeout=10)
+            sock.sendall(f"GET /{task_id}/0/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            followers.append(sock)
+        statuses = _first_statuses(followers, timeout=10)
+    finally:
+        for sock in followers:
+            sock.close()
+    # Refused at once, most of them: the one descriptor kept to refuse with may be taken meanwhile by
+    # another thread (a follower retrying its log), and then the rest wait until descriptors free.
+    assert set(statuses) <= {b"200", b"503", b"none"}, statuses
+    assert statuses.count(b"503") > 0 and statuses.count(b"200") > 0, statuses
+    assert wait_until(lambda: _answers(client), timeout=20)
+    killed = client.request("PUT", f"/{task_id}?action=kill")
+    assert killed.status == 200, (killed.body, client.get(f"/{task_id}").body)
+    assert server.terminate() == 0
+    log = server.log.read_text()
+    assert "Traceback" not in log and log.count("out of file descriptors") == 1, log[-2000:]

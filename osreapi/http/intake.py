@@ -17,6 +17,7 @@ them).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -44,6 +45,11 @@ log = logging.getLogger(__name__)
 MIN_BODY_RATE = 32 * 1024  # bytes per second a body must at least arrive at (beyond --read_timeout)
 RETRY_AFTER = 1  # seconds, in a 503 for an overloaded server
 MAX_HANDSHAKES = 1024  # TLS handshakes under way at once (~45 KB each); more connections are closed
+# accept() without a descriptor to give: the connection stays in the kernel's backlog and the
+# listener stays readable (the intake loop spun on it, logging a traceback each turn).
+OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_PAUSE = 0.1  # seconds the listener is left alone when no descriptor can be freed to refuse with
+SPELL_END = 5.0  # seconds without a refusal for want of descriptors that end a spell of them
 _RECV = 64 * 1024
 _CONTENT_LENGTH = re.compile(rb"^content-length:(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 _CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.IGNORECASE | re.MULTILINE)
@@ -172,6 +178,10 @@ class RequestIntake(ConnectionManager):
         self._whole_lock = threading.Lock()
         self._closed = False  # set by close(): a connection handed over later is closed at once
         self._closing = threading.Lock()
+        self._reserve = _spare_descriptor()  # closed to refuse a connection when none is left
+        self._listening_again_at = 0.0  # the listener is out of the selector until then (if > 0)
+        self._shed = 0  # connections refused for want of descriptors in this spell
+        self._last_shed = 0.0
 
     # -- connections coming back from a worker (keep-alive) -------------------------------
 
@@ -255,12 +265,23 @@ class RequestIntake(ConnectionManager):
             if now - last_check > 0.2:
                 self._expire_overdue(now)
                 last_check = now
+                self._end_shedding_spell()
+            self._listen_again_when_rested()
+        if self._reserve is not None:  # this thread's own: closed where it is used
+            os.close(self._reserve)
+            self._reserve = None
 
     def _accept(self) -> None:
         if self._tls:
             self._accept_tls()
             return
-        conn = self._from_server_socket(self.server.socket)
+        try:
+            conn = self._from_server_socket(self.server.socket)
+        except OSError as exc:
+            if exc.errno not in OUT_OF_DESCRIPTORS:
+                raise
+            self._shed_one()
+            return
         if conn is None:
             return
         if self._full():
@@ -273,12 +294,55 @@ class RequestIntake(ConnectionManager):
         """As many connections as the server holds (being read, or whole and waiting for a worker)."""
         return self._num_connections + len(self._whole) >= self._max_connections
 
+    def _shed_one(self) -> None:
+        """No descriptor for the next connection: refuse it at once (503, Retry-After) with the one
+        kept in reserve, then take that back; the rest of the backlog follows turn by turn, and
+        clients are told rather than left waiting. With no reserve, the listener rests a moment."""
+        if self._shed == 0:
+            log.warning("out of file descriptors: new connections are refused (503) until some close")
+        self._shed += 1
+        self._last_shed = time.monotonic()
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+            with suppress(OSError):
+                raw, _ = self.server.socket.accept()
+                with suppress(OSError):
+                    if not self._tls:  # no TLS session to answer in: closed
+                        raw.setblocking(False)
+                        raw.send(raw_refusal("503 Service Unavailable", "overloaded", self.server.osreapi_lang,
+                                             retry_after=RETRY_AFTER))
+                    raw.shutdown(socket.SHUT_RDWR)
+                # Its descriptor is the next reserve: closed and opened again, another thread (a
+                # follower retrying its log) could take it in between.
+                self._reserve = raw.detach()
+        if self._reserve is None:
+            with suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(self.server.socket.fileno())
+            self._listening_again_at = time.monotonic() + ACCEPT_PAUSE
+
+    def _end_shedding_spell(self) -> None:
+        """One line when a spell of refusals is over (none for SPELL_END seconds), with its count."""
+        if self._shed and time.monotonic() - self._last_shed > SPELL_END:
+            log.warning("%d connections were refused for want of file descriptors", self._shed)
+            self._shed = 0
+
+    def _listen_again_when_rested(self) -> None:
+        if self._listening_again_at and time.monotonic() >= self._listening_again_at:
+            self._listening_again_at = 0.0
+            if self._reserve is None:
+                self._reserve = _spare_descriptor()
+            with suppress(KeyError, ValueError, OSError):
+                self._selector.register(self.server.socket.fileno(), selectors.EVENT_READ, data=self.server)
+
     # -- TLS: the handshake, driven by the selector ---------------------------------------
 
     def _accept_tls(self) -> None:
         try:
             raw, addr = self.server.socket.accept()
-        except OSError:  # nothing to accept after all, or the socket is closing
+        except OSError as exc:  # nothing to accept after all, or the socket is closing, or no descriptor
+            if exc.errno in OUT_OF_DESCRIPTORS:
+                self._shed_one()
             return
         if self._full() or self._handshakes >= MAX_HANDSHAKES:
             raw.close()  # no TLS session yet to answer 503 in
@@ -456,3 +520,11 @@ def refuse(conn, status: str, key: str, server, /, retry_after: int | None = Non
         conn.socket.send(payload)
     with suppress(OSError):
         conn.close()
+
+
+def _spare_descriptor() -> int | None:
+    """A descriptor held in reserve (of /dev/null); None when none is free."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
