@@ -4,8 +4,10 @@ the first engine (issue 8) and asserts what the OS and the store say afterwards.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -1029,3 +1031,51 @@ def test_a_step_whose_worker_fails_before_its_start_arrives_ends_interrupted(mak
     assert result.steps[0].state is State.INTERRUPTED, result  # it was granted the failing worker
     assert "its worker failed inside the engine" in result.steps[0].output
     assert ex.wait(ex.submit([sh("echo third")]), timeout=20).steps[0].output == "third\n"
+
+
+@contextlib.contextmanager
+def no_descriptor_free():
+    """Every descriptor this process may open is taken (on /dev/null) until the block ends: the
+    soft limit is lowered to just above the ones open, and the rest filled."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 32, hard))
+    held = []
+    try:
+        while True:
+            try:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.timeout(60)
+def test_a_running_task_survives_a_spell_without_file_descriptors(make_executor, tmp_path):
+    """With no descriptor free (EMFILE), reading a step's create time for its pid's save failed and
+    interrupted its running task; a pause failed in the step worker (listing /proc) and interrupted
+    the step; the janitor's round failed its /proc scan and was never run again, so a setsid child
+    of a killed step lived on; reading a running step's output raised. Now: the pid is saved without
+    its create time, the pause stops the step's process group, the janitor kills the group and scans
+    again once descriptors free, and the output read says it could not be."""
+    ex = make_executor(kill_grace=0.5)
+    escaped = tmp_path / "escaped"
+    # Both ignore TERM: the group dies of the janitor's KILL, after the grace, in a round.
+    task_id = ex.submit([sh(f"trap '' TERM; setsid sh -c 'echo $$ > {escaped}; exec sleep 60' & exec sleep 60", name="s")])
+    escapee = read_pid(escaped)
+    with no_descriptor_free():
+        assert wait_until(lambda: ex.step(task_id, "s", output=False)[1].pid is not None, timeout=5)  # its pid was saved
+        assert ex.task(task_id).state is State.RUNNING
+        assert "could not be read" in ex.get(task_id).steps[0].output  # a read says so, never raises
+        ex.control(task_id, "pause")
+    step_process = psutil.Process(ex.step(task_id, "s", output=False)[1].pid)
+    assert wait_until(lambda: step_process.status() == psutil.STATUS_STOPPED, timeout=5)
+    with no_descriptor_free():
+        ex.control(task_id, "kill")
+        assert wait_until(lambda: ex.task(task_id).state is State.KILLED, timeout=10)  # its group is
+    assert wait_until(lambda: not psutil.pid_exists(escapee), timeout=10)  # found by its marker once /proc could be read

@@ -186,7 +186,12 @@ class StepActor(EngineActor):
         """Suspend or resume the tree; paused time does not count against the time limit."""
         if self._proc is None or self._stop_state is not None or pause == (self._active_since is None):
             return
-        marked = treekill.marked_processes(self._job.task_id, self._job.spec.name, self._job.record.run_id)
+        try:
+            marked = treekill.marked_processes(self._job.task_id, self._job.spec.name, self._job.record.run_id)
+        except OSError as exc:  # /proc unreadable now (no descriptor free): the group and its tree still are
+            log.warning("step %s: its marked processes cannot be listed (%s): only its process group is %s",
+                        self._job.spec.name, exc, "paused" if pause else "resumed")
+            marked = []
         treekill.signal_tree(self._proc.pid, signal.SIGSTOP if pause else signal.SIGCONT, extra=marked)
         if pause:
             self._active_total += self._services.scheduler.now() - self._active_since

@@ -38,6 +38,7 @@ class Janitor:
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}  # by run id
         self._scheduled = False
+        self._scan_failing = False  # the last round could not read /proc (the timer thread's own)
 
     def clean(self, run_id: str, group: int | None, grace: float) -> None:
         """TERM the run's group now; from the next round, TERM every marked process, KILL what is
@@ -63,15 +64,16 @@ class Janitor:
         with self._lock:
             self._scheduled = False
             jobs = dict(self._jobs)
-        found = treekill.scan_markers(set(jobs))
+        found = self._scan(set(jobs))
         now = self._clock()
         finished = []
         for key, job in jobs.items():
-            pids = found.get(key, [])
+            pids = (found or {}).get(key, [])
             late = now - job.since >= job.grace
             grouped = job.group is not None and treekill.signal_group(job.group, 0)
-            if not (pids or grouped) or now - job.since > job.grace + GIVE_UP_AFTER:
-                if pids or grouped:
+            gone = found is not None and not (pids or grouped)  # unscanned: its marked ones may live
+            if gone or now - job.since > job.grace + GIVE_UP_AFTER:
+                if not gone:
                     log.error("processes %s (group %s) of run %s survive SIGKILL", pids, job.group, key)
                 finished.append(key)
                 continue
@@ -83,4 +85,15 @@ class Janitor:
             if self._jobs:
                 self._schedule()
 
-
+    def _scan(self, runs: set[str]) -> dict[str, list[int]] | None:
+        """The marked processes of each run; None while /proc cannot be read (no descriptor free):
+        the groups are still killed, and the jobs wait for a round that can scan."""
+        try:
+            found = treekill.scan_markers(runs)
+        except OSError as exc:
+            if not self._scan_failing:  # one line per spell, not one per round
+                log.warning("cannot scan for processes to kill (%s); trying again every round", exc)
+            self._scan_failing = True
+            return None
+        self._scan_failing = False
+        return found

@@ -20,6 +20,8 @@ def read_output(path: Path, max_bytes: int) -> str:
             tail = log.read()
     except FileNotFoundError:
         return ""
+    except OSError as exc:  # e.g. no descriptor free (EMFILE): said, never raised into a worker or a read
+        return f"... the output could not be read ({exc.strerror or exc}); the step's log has it ..."
     # Cut at character boundaries so the seams do not turn into replacement characters.
     head_text = codecs.getincrementaldecoder("utf-8")("replace").decode(head, final=False)
     skip = 0

@@ -112,7 +112,7 @@ def create_time(pid: int) -> float | None:
     except (OSError, IndexError, ValueError):
         try:
             return psutil.Process(pid).create_time()
-        except psutil.Error:
+        except (psutil.Error, OSError):  # OSError: no descriptor free (EMFILE); recovery finds it by its marker
             return None
 
 

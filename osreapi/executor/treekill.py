@@ -114,7 +114,7 @@ def _snapshot(
             procs[root.pid] = root
         for child in root.children(recursive=True):
             procs[child.pid] = child
-    except psutil.Error:
+    except (psutil.Error, OSError):  # OSError: /proc unreadable now (no descriptor free): the group still is
         pass
     for proc in extra or ():
         procs.setdefault(proc.pid, proc)
