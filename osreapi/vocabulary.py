@@ -120,6 +120,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
         "id {id} is taken by a task with a different submission: nothing was run",
     ),
     "tls_only": ("此端口只接受 HTTPS: 请用 https://", "this port speaks HTTPS only: use https://"),
+    "out_of_descriptors": ("服务器的文件描述符已用尽, 请稍后重试", "the server is out of file descriptors, try again later"),
     "overloaded": ("服务器繁忙: 连接过多, 请稍后重试", "server overloaded: too many connections, try again later"),
     "read_timeout": ("请求未在 {seconds} 秒内完整到达", "the request did not arrive whole within {seconds}s"),
     "header_too_large": ("请求头过大, 上限 {limit} 字节", "request header block too large, the limit is {limit} bytes"),

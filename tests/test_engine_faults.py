@@ -4,10 +4,8 @@ the first engine (issue 8) and asserts what the OS and the store say afterwards.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import resource
 import select
 import signal
 import subprocess
@@ -31,7 +29,15 @@ from osreapi.spec import StepSpec
 from osreapi.storage.database import Database
 from osreapi.vocabulary import State
 
-from .conftest import Client, console_script, gone, read_pid, sh, wait_until
+from .conftest import (
+    Client,
+    console_script,
+    gone,
+    no_descriptor_free,
+    read_pid,
+    sh,
+    wait_until,
+)
 
 
 def put(client: Client, path: str, action: str):
@@ -1031,28 +1037,6 @@ def test_a_step_whose_worker_fails_before_its_start_arrives_ends_interrupted(mak
     assert result.steps[0].state is State.INTERRUPTED, result  # it was granted the failing worker
     assert "its worker failed inside the engine" in result.steps[0].output
     assert ex.wait(ex.submit([sh("echo third")]), timeout=20).steps[0].output == "third\n"
-
-
-@contextlib.contextmanager
-def no_descriptor_free():
-    """Every descriptor this process may open is taken (on /dev/null) until the block ends: the
-    soft limit is lowered to just above the ones open, and the rest filled."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 32, hard))
-    held = []
-    try:
-        while True:
-            try:
-                held.append(os.open(os.devnull, os.O_RDONLY))
-            except OSError as exc:
-                assert exc.errno == errno.EMFILE
-                break
-        yield
-    finally:
-        for fd in held:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.timeout(60)

@@ -5,6 +5,7 @@ Every loop is bounded in count and time; latency figures are printed, never asse
 from __future__ import annotations
 
 import http.client
+import json
 import selectors
 import shutil
 import socket
@@ -21,7 +22,7 @@ from osreapi.http.app import HttpSettings, make_app
 from osreapi.http.server import HttpServer, TlsSettings
 
 from .certs import make_pki
-from .conftest import Client, sh, start_step, wait_until
+from .conftest import Client, no_descriptor_free, sh, start_step, wait_until
 
 
 def connect(client: Client, payload: bytes = b"") -> socket.socket:
@@ -446,3 +447,22 @@ def test_a_server_out_of_file_descriptors_refuses_new_connections_fast_and_recov
     assert server.terminate() == 0
     log = server.log.read_text()
     assert "Traceback" not in log and log.count("out of file descriptors") == 1, log[-2000:]
+
+
+@pytest.mark.timeout(60)
+def test_a_log_asked_while_no_descriptor_is_free_is_503_with_retry_after(client: Client):
+    """The log route opens the step's log file: with no descriptor free it answered 500 "internal
+    error" with a traceback. The server is short of a resource, not broken: 503, and when to retry."""
+    task_id = client.submit([sh("echo hi; exec sleep 30")])
+    assert wait_until(lambda: client.get(f"/{task_id}/0/log").body == b"hi\n", timeout=10)
+    kept = http.client.HTTPConnection(client.host, client.port, timeout=10)  # open before the spell
+    kept.request("GET", "/healthz")
+    assert kept.getresponse().read()
+    with no_descriptor_free():
+        kept.request("GET", f"/{task_id}/0/log?lang=en")
+        answer = kept.getresponse()
+        body = answer.read()
+    kept.close()
+    assert (answer.status, answer.getheader("Retry-After")) == (503, "1"), body
+    assert json.loads(body) == {"code": 503, "message": "the server is out of file descriptors, try again later"}
+    assert client.request("PUT", f"/{task_id}?action=kill").status == 200

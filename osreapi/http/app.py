@@ -50,9 +50,11 @@ from ..vocabulary import (
 from . import dashboard, openapi, render, urltext
 from .answers import JSON_TYPE, language_of, refuse
 from .health import HealthCheck
+from .intake import RETRY_AFTER
 from .logstream import SharedPoll
 from .resultcache import FinishedResults
 from .security import Guard, audit
+from .sockerrors import out_of_descriptors
 from .streams import ENVIRON_SLOT, TICK, Handoff, RequestSlot, StreamHub
 from .wait import wait_for_task, wait_time
 
@@ -143,6 +145,9 @@ class Routes:
                 return json_response(CODE_BUSY, message("busy", lang))
             case DiskFull():
                 return json_response(CODE_DISK_FULL, message("disk_full", lang))
+            case OSError() if out_of_descriptors(exc):  # short of a resource for now: say when to retry
+                log.warning("%s %s: %s", bottle.request.method, bottle.request.path, exc)
+                return json_response(CODE_BUSY, message("out_of_descriptors", lang), headers={"Retry-After": str(RETRY_AFTER)})
             case EngineFailed():  # the failure itself was logged, with its traceback, where it happened
                 log.error("%s %s: %s", bottle.request.method, bottle.request.path, exc)
                 return json_response(CODE_INTERNAL, message("engine_failed", lang))

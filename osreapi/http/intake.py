@@ -17,7 +17,6 @@ them).
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import queue
@@ -36,7 +35,7 @@ from cheroot.connections import ConnectionManager, prevent_socket_inheritance
 
 from .answers import raw_refusal
 from .outbox import waiting
-from .sockerrors import client_went_away, wants_write, would_block
+from .sockerrors import client_went_away, out_of_descriptors, wants_write, would_block
 
 if TYPE_CHECKING:
     import ssl  # at run time only with TLS: a plain server never loads OpenSSL (~4 MB)
@@ -45,9 +44,6 @@ log = logging.getLogger(__name__)
 MIN_BODY_RATE = 32 * 1024  # bytes per second a body must at least arrive at (beyond --read_timeout)
 RETRY_AFTER = 1  # seconds, in a 503 for an overloaded server
 MAX_HANDSHAKES = 1024  # TLS handshakes under way at once (~45 KB each); more connections are closed
-# accept() without a descriptor to give: the connection stays in the kernel's backlog and the
-# listener stays readable (the intake loop spun on it, logging a traceback each turn).
-OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_PAUSE = 0.1  # seconds the listener is left alone when no descriptor can be freed to refuse with
 SPELL_END = 5.0  # seconds without a refusal for want of descriptors that end a spell of them
 _RECV = 64 * 1024
@@ -277,8 +273,8 @@ class RequestIntake(ConnectionManager):
             return
         try:
             conn = self._from_server_socket(self.server.socket)
-        except OSError as exc:
-            if exc.errno not in OUT_OF_DESCRIPTORS:
+        except OSError as exc:  # without a descriptor, the connection stays in the backlog and the
+            if not out_of_descriptors(exc):  # listener readable: the loop spun, a traceback each turn
                 raise
             self._shed_one()
             return
@@ -341,7 +337,7 @@ class RequestIntake(ConnectionManager):
         try:
             raw, addr = self.server.socket.accept()
         except OSError as exc:  # nothing to accept after all, or the socket is closing, or no descriptor
-            if exc.errno in OUT_OF_DESCRIPTORS:
+            if out_of_descriptors(exc):
                 self._shed_one()
             return
         if self._full() or self._handshakes >= MAX_HANDSHAKES:
