@@ -46,6 +46,15 @@ RETRY_AFTER = 1  # seconds, in a 503 for an overloaded server
 MAX_HANDSHAKES = 1024  # TLS handshakes under way at once (~45 KB each); more connections are closed
 ACCEPT_PAUSE = 0.1  # seconds the listener is left alone when no descriptor can be freed to refuse with
 SPELL_END = 5.0  # seconds without a refusal for want of descriptors that end a spell of them
+# Requests being read are held in memory until whole: each is bounded (head, --max_body), all of them
+# together too, or 300 clients sending 1 MiB bodies slowly held 300 MB (10,000 could: 10 GB). The
+# first FREE_PER_REQUEST bytes of each are not counted: a control action or a read always gets in.
+IN_BUDGET = 64 * 1024 * 1024
+FREE_PER_REQUEST = 16 * 1024
+
+
+def default_in_budget(max_body: int) -> int:
+    return max(IN_BUDGET, 4 * max_body)
 _RECV = 64 * 1024
 _CONTENT_LENGTH = re.compile(rb"^content-length:(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 _CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.IGNORECASE | re.MULTILINE)
@@ -177,6 +186,8 @@ class RequestIntake(ConnectionManager):
         self._reserve = _spare_descriptor()  # closed to refuse a connection when none is left
         self._listening_again_at = 0.0  # the listener is out of the selector until then (if > 0)
         self._shed = 0  # connections refused for want of descriptors in this spell
+        self._in_budget = server.osreapi_in_budget
+        self._held = 0  # bytes of requests being read past their free part: recounted, plus reads since
         self._last_shed = 0.0
 
     # -- connections coming back from a worker (keep-alive) -------------------------------
@@ -421,7 +432,21 @@ class RequestIntake(ConnectionManager):
             pending.started = now
         pending.data += chunk
         conn.last_used = now
+        if not self._within_budget(pending, len(chunk)):
+            self._selector.unregister(sock_fd)
+            refuse(conn, "503 Service Unavailable", "overloaded", self.server, retry_after=RETRY_AFTER)
+            return
         self._take_if_ready(conn, pending, sock_fd)
+
+    def _within_budget(self, pending: _Pending, read: int) -> bool:
+        """Count what was read past the request's free part; False (not counted) if the requests
+        being read would hold more than the budget with it."""
+        counted = min(read, max(0, len(pending.data) - FREE_PER_REQUEST))
+        if counted and self._held + counted > self._in_budget:
+            self._held -= len(pending.data) - FREE_PER_REQUEST - counted  # it goes: what it held goes too
+            return False
+        self._held += counted
+        return True
 
     def _take_if_ready(self, conn, pending: _Pending, sock_fd: int | None = None) -> bool:
         ready, pending.body = request_ready(pending.data, self.server.max_request_header_size, self._max_body, pending.walk)
@@ -465,8 +490,11 @@ class RequestIntake(ConnectionManager):
                 self._whole.popleft()
 
     def _expire_overdue(self, now: float) -> None:
-        """408 to a request not whole within its deadline; idle keep-alive connections closed quietly."""
+        """408 to a request not whole within its deadline; idle keep-alive connections closed quietly.
+        The bytes held by requests being read are counted again on the way (reads add to the count;
+        what is handed over or closed leaves it here)."""
         idle_limit = now - self.server.timeout
+        held = 0
         for sock_fd, conn in list(self._selector.connections):
             if conn is self.server:
                 continue
@@ -491,6 +519,11 @@ class RequestIntake(ConnectionManager):
             if now > deadline:
                 self._selector.unregister(sock_fd)
                 refuse(conn, "408 Request Timeout", "read_timeout", self.server, seconds=f"{self._read_timeout:g}")
+            else:
+                held += max(0, len(pending.data) - FREE_PER_REQUEST)
+        with self._whole_lock:  # whole, waiting for a worker: still held
+            held += sum(max(0, len(conn.rfile._read_buf) - FREE_PER_REQUEST) for conn in self._whole)
+        self._held = held
 
 
 def _decrypted(sock: ssl.SSLSocket) -> bytes:

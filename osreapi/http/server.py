@@ -16,7 +16,7 @@ from cheroot.server import HeaderReader, HTTPConnection, HTTPRequest
 from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE
 from .answers import language_of, raw_refusal
-from .intake import LENGTH_DIGITS, RETRY_AFTER, RequestIntake, refuse
+from .intake import LENGTH_DIGITS, RETRY_AFTER, RequestIntake, default_in_budget, refuse
 from .outbox import BUDGET, Outbox, OutBudget, waiting
 from .sockerrors import client_went_away
 
@@ -230,13 +230,14 @@ class _Server(wsgi.Server):
     ConnectionClass = _Connection
 
     def __init__(self, *args, read_timeout: float, max_body: int, max_connections: int, lang: str,
-                 out_budget: int, **kwargs) -> None:
+                 out_budget: int, in_budget: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = _Gateway
         self.osreapi_outbox = OutBudget(out_budget)
         self.osreapi_read_timeout = read_timeout
         self.osreapi_lang = lang
         self.osreapi_max_body = max_body
+        self.osreapi_in_budget = in_budget
         self._max_connections = max_connections
         # cheroot keeps only 10 idle keep-alive connections and closes the rest after each answer;
         # here an idle one costs a selector entry: keep them up to what the server holds at all.
@@ -300,6 +301,7 @@ class HttpServer:
         read_timeout: float = 10.0,  # a request's head must arrive whole within this (body: at a minimum rate)
         max_connections: int | None = None,
         out_budget: int = BUDGET,  # bytes of answers kept for clients that read slowly, all together
+        in_budget: int | None = None,  # bytes of requests being read, all together (default: see intake)
     ) -> None:
         self._scheme = "https" if tls else "http"
         self._app = app
@@ -321,6 +323,7 @@ class HttpServer:
             max_connections=max_connections or default_max_connections(),
             lang=lang,
             out_budget=out_budget,
+            in_budget=in_budget or default_in_budget(max_body),
         )
         self._server.max_request_header_size = max_header
         self._metrics = getattr(app, "metrics", None)  # the engine's, when the app is ours: scraped with /metrics
