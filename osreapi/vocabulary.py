@@ -146,6 +146,8 @@ _MESSAGES.update({
     "body_bad_json": ("请求体: 第 {line} 行第 {column} 列不是合法的 JSON: {reason}",
                       "body: invalid JSON at line {line} column {column}: {reason}"),
     "body_too_deep": ("请求体: JSON 嵌套过深", "body: JSON nested too deeply"),
+    "body_number_too_long": ("请求体: 数字过长 (上限 {limit} 位)", "body: a number is too long (the limit is {limit} digits)"),
+    "body_duplicate_key": ("请求体: 同一对象中键 {key!r} 出现两次", "body: key {key!r} appears twice in one object"),
     "body_not_array": ("请求体应为步骤的 JSON 数组, 收到的是{got}", "body: expected a JSON array of steps, got {got}"),
     "body_no_steps": ("请求体: 步骤数组为空", "body: the array of steps is empty"),
     "too_many_steps": ("请求体: 步骤过多 ({count}), 上限 {limit}", "body: too many steps ({count}), the limit is {limit}"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import bottle
+from cheroot.errors import MaxSizeExceeded
 
 from .. import __version__
 from ..embed import Executor
@@ -420,19 +421,29 @@ def _read_body(limit: int) -> bytes | None:
         if size > limit:
             return None
         body = _read(stream, size) if size else b""
+        if body is None:
+            return None
         if len(body) < size:
             raise InvalidRequest("body_truncated", got=len(body), size=size)
         return body
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         body = _read(stream, limit + 1)
-        return None if len(body) > limit else body
+        return None if body is None or len(body) > limit else body
     return b""
 
 
-def _read(stream, size: int) -> bytes:
+def _read(stream, size: int) -> bytes | None:
+    """`size` bytes of the body (fewer at its end); None when its chunks announce more than the
+    server reads of a chunked body (cheroot's bound, set by the server's gateway)."""
     try:
         return stream.read(size)
-    except (OSError, ValueError) as exc:  # a client that stopped sending or sent a broken chunk
+    except MaxSizeExceeded:  # cheroot's words for size lines past its bound
+        return None
+    except OSError as exc:
+        if exc.args == ("Request Entity Too Large",):  # and for a chunk past it
+            return None
+        raise InvalidRequest("body_unreadable", reason=exc.__class__.__name__) from None
+    except ValueError as exc:  # a broken chunk
         raise InvalidRequest("body_unreadable", reason=exc.__class__.__name__) from None
 
 

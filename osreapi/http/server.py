@@ -22,6 +22,7 @@ from .sockerrors import client_went_away
 
 log = logging.getLogger(__name__)
 DEFAULT_THREADS = 32
+CHUNKED_READ_FACTOR = 8  # a chunked body's bytes with its framing (1-byte chunks take 6 each), per --max_body
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -223,6 +224,10 @@ class _Gateway(wsgi.Gateway_10):
     def get_environ(self) -> dict:
         environ = super().get_environ()
         environ["osreapi.request"] = self.req
+        if self.req.chunked_read:
+            # cheroot reads each chunk whole, as large as its size line says (`10000000000`: a
+            # 1 TiB allocation, MemoryError, a 500): a chunked body and its framing are bounded.
+            self.req.rfile.maxlen = CHUNKED_READ_FACTOR * self.req.server.osreapi_max_body
         return environ
 
 

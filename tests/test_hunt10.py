@@ -1,0 +1,84 @@
+"""Faults found by attacking the security surface with hostile input (fault hunt 10): each test
+reproduces one against a real server (cheroot on 127.0.0.1, or the installed console script) and
+fails without its fix."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import stat
+
+import pytest
+
+from osreapi.http.app import HttpSettings
+
+from .conftest import Client, sh, wait_until
+
+EN = {"Accept-Language": "en"}
+
+
+def exchange(client: Client, data: bytes) -> bytes:
+    """Send raw bytes, read until the server closes (every answer below closes the connection)."""
+    with socket.create_connection((client.host, client.port), timeout=10) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+def head_and_body(answer: bytes) -> tuple[str, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), json.loads(body)
+
+
+# -- the submission body ---------------------------------------------------------------------
+
+
+def test_a_number_too_long_for_python_is_refused_not_an_internal_error(client: Client, tmp_path):
+    """json.loads raises a plain ValueError on an integer of more than 4300 digits: it was a 500."""
+    mark = tmp_path / "ran"
+    body = '[{"command_type":"sh","command_content":"touch %s","timeout":%s}]' % (mark, "9" * 5000)
+    resp = client.post("/", body, headers=EN)
+    assert resp.status == 400, resp.body
+    assert resp.json == {"code": 400, "message": "body: a number is too long (the limit is 4300 digits)"}
+    assert client.executor.list() == [] and not mark.exists()
+
+
+def test_a_key_given_twice_in_a_step_is_refused(client: Client, tmp_path):
+    """json keeps the last of two equal keys: a proxy or a review that read the first
+    `command_content` saw another command than the one that ran."""
+    checked, hidden = tmp_path / "checked", tmp_path / "hidden"
+    body = ('[{"command_type":"sh","command_content":"touch %s","command_content":"touch %s"}]' % (checked, hidden))
+    resp = client.post("/", body, headers=EN)
+    assert resp.status == 400, resp.body
+    assert resp.json == {"code": 400, "message": "body: key 'command_content' appears twice in one object"}
+    env_twice = '[{"command_type":"sh","command_content":"echo","env_vars":{"A":"1","A":"2"}}]'
+    assert client.post("/", env_twice, headers=EN).json["message"] == "body: key 'A' appears twice in one object"
+    assert client.executor.list() == [] and not checked.exists() and not hidden.exists()
+
+
+@pytest.mark.parametrize("size", [b"ffffffffffffffffffff", b"10000000000"])
+def test_a_chunk_size_beyond_memory_is_413_not_an_internal_error(client: Client, size: bytes):
+    """cheroot reads a chunk whole, as large as its size line says: past 2**63 an OverflowError, at
+    1 TiB a MemoryError; both were a 500 (and any size short of that an allocation that large)."""
+    answer = exchange(client, b"POST / HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      + size + b"\r\nabc")
+    head, body = head_and_body(answer)
+    assert head.startswith("HTTP/1.1 413 "), answer
+    assert body == {"code": 413, "message": "request body too large, the limit is 1048576 bytes"}
+    assert client.executor.list() == []
+
+
+def test_a_chunked_body_in_small_chunks_is_still_read_whole(client: Client):
+    """The bound on a chunked body counts its framing: a body well under --max_body sent in
+    one-byte chunks is not refused for it."""
+    body = json.dumps([sh("echo " + "x" * 2000)]).encode()
+    chunks = b"".join(b"1\r\n" + body[i : i + 1] + b"\r\n" for i in range(len(body)))
+    answer = exchange(client, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                      + chunks + b"0\r\n\r\n")
+    head, reply = head_and_body(answer)
+    assert head.startswith("HTTP/1.1 200 "), answer
+    assert client.wait(reply["data"]["id"]).json["data"][0]["message"] == "x" * 2000 + "\n"
