@@ -82,3 +82,31 @@ def test_a_chunked_body_in_small_chunks_is_still_read_whole(client: Client):
     head, reply = head_and_body(answer)
     assert head.startswith("HTTP/1.1 200 "), answer
     assert client.wait(reply["data"]["id"]).json["data"][0]["message"] == "x" * 2000 + "\n"
+
+
+# -- the head --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", [b"X-Note: a\x00b", b"X-\x00Note: ab", b"X-Note: a\rContent-Length: 5"])
+def test_a_nul_or_bare_cr_in_a_header_is_refused(client: Client, line: bytes, tmp_path):
+    """RFC 9110 5.5: reject or replace. cheroot kept them in the value; a proxy in front may end a
+    line at the bare CR and read what follows as a header of its own (here a length)."""
+    mark = tmp_path / "ran"
+    body = json.dumps([sh(f"touch {mark}")]).encode()
+    answer = exchange(client, b"POST / HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\n" + line
+                      + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    head, reply = head_and_body(answer)
+    assert head.startswith("HTTP/1.1 400 "), answer
+    assert reply == {"code": 400, "message": "malformed HTTP request: a NUL or a bare CR in a header line"}
+    assert client.executor.list() == [] and not mark.exists()
+
+
+def test_the_dashboard_redirect_does_not_follow_the_host_header(make_server):
+    """Bottle's redirect() built an absolute Location from Host (or X-Forwarded-Host): any client,
+    without the token, got a cacheable 301 to a host of its choosing."""
+    client = make_server(settings=HttpSettings(token="redirect-secret"))
+    for forged in (b"Host: evil.example", b"Host: 127.0.0.1\r\nX-Forwarded-Host: evil.example"):
+        answer = exchange(client, b"GET /ui HTTP/1.1\r\n" + forged + b"\r\nConnection: close\r\n\r\n")
+        head = answer.partition(b"\r\n\r\n")[0].decode("latin-1")
+        assert head.startswith("HTTP/1.1 301 "), answer
+        assert "\r\nLocation: /ui/\r\n" in head, head

@@ -90,6 +90,21 @@ class _LengthCounting(HeaderReader):
         return True
 
 
+class _FieldLines:
+    """The head's lines as cheroot's header reader reads them, refusing a NUL or a CR that does not
+    end the line (RFC 9110 5.5: reject or replace): cheroot keeps both in the value, where a proxy
+    in front may have ended the line at the CR and read what follows as a header of its own."""
+
+    def __init__(self, rfile) -> None:
+        self._rfile = rfile
+
+    def readline(self, *args) -> bytes:
+        line = self._rfile.readline(*args)
+        if b"\x00" in line or b"\r" in line[:-2]:
+            raise ValueError("a NUL or a bare CR in a header line")  # answered 400
+        return line
+
+
 class _Request(HTTPRequest):
     """cheroot's request: its own answers (bad head, timeouts, overload) in the JSON envelope, and a
     Content-Length that is not plain digits, or not the only word on the body's length, refused
@@ -105,7 +120,7 @@ class _Request(HTTPRequest):
         HTTP/1.0 client."""
         reader = _LengthCounting()
         try:
-            headers = reader(rfile, headers)
+            headers = reader(_FieldLines(rfile), headers)
         except NameError:  # cheroot's reader on a fold before any header: a 500, not the client's 400
             raise ValueError("a folded header line (obs-fold)") from None
         # Two lengths, or a length and chunks: a proxy may read another body than we do, and the
