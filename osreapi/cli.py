@@ -305,6 +305,9 @@ def _network(args: argparse.Namespace):
         token = load_token(args.token, args.token_file)
     except InvalidValue as exc:
         raise _CannotStart(2, str(exc)) from None
+    # Every step inherits the server's environment: a script running `env` would print the token
+    # into its output, its answers and its log file.
+    os.environ.pop("OSREAPI_TOKEN", None)
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         raise _CannotStart(2, "--tls_cert and --tls_key go together (and --tls_client_ca needs them)")
     tls = TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
@@ -345,6 +348,8 @@ def _engine(args: argparse.Namespace):
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     try:
+        # Created for the server's user alone: it holds every step's script, env values and output.
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return Executor(
             data_dir,
             pool_size=args.pool_size,

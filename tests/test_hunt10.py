@@ -110,3 +110,47 @@ def test_the_dashboard_redirect_does_not_follow_the_host_header(make_server):
         head = answer.partition(b"\r\n\r\n")[0].decode("latin-1")
         assert head.startswith("HTTP/1.1 301 "), answer
         assert "\r\nLocation: /ui/\r\n" in head, head
+
+
+# -- what the server writes --------------------------------------------------------------------
+
+
+def test_the_audit_log_keeps_one_entry_per_line_whatever_the_path(client: Client, caplog):
+    """A path's NEL (%C2%85) or LINE SEPARATOR (%E2%80%A8) went into the entry raw: Python's
+    splitlines() (and other readers) broke the entry there."""
+    caplog.set_level(logging.INFO, logger="osreapi.audit")
+    client.request("PUT", "/x%C2%85y/z%E2%80%A8w?action=kill")
+    lines = [line for r in caplog.records if r.name == "osreapi.audit" for line in r.getMessage().splitlines()]
+    assert len(lines) == 1, lines
+    entry = json.loads(lines[0])
+    assert (entry["method"], entry["status"]) == ("PUT", 404)
+    assert (entry["path"], entry["task_id"]) == ("/x\x85y/z\u2028w", "x\x85y")
+
+
+def test_the_token_from_the_environment_is_not_handed_to_the_steps(start_server, monkeypatch):
+    """Every step inherits the server's environment: `env` in a script printed OSREAPI_TOKEN into
+    the step's answer and its log file."""
+    monkeypatch.setenv("OSREAPI_TOKEN", "env-secret-4711")
+    server = start_server()
+    auth = {"Authorization": "Bearer env-secret-4711"}
+    resp = server.client.post("/?id=envdump", [sh("env; echo done")], headers=auth)
+    assert resp.status == 200, resp.body
+    assert wait_until(lambda: server.client.get("/envdump", headers=auth).json["code"] != 1001)
+    output = server.client.get("/envdump", headers=auth).json["data"][0]["message"]
+    assert "OSREAPI_TASK_ID=envdump" in output and output.endswith("done\n")  # env did print
+    assert "env-secret-4711" not in output
+    logs = list((server.data_dir / "workspace" / "envdump").rglob("*.log"))
+    assert logs and all(b"env-secret-4711" not in log.read_bytes() for log in logs)
+
+
+def test_a_data_dir_the_server_creates_is_private_to_its_user(start_server, tmp_path):
+    """It holds every step's script, env values and output: created 0755 (umask 022), any local
+    user could read them."""
+    data_dir = tmp_path / "fresh"
+    old = os.umask(0o022)
+    try:
+        server = start_server(data_dir=data_dir)
+    finally:
+        os.umask(old)
+    assert server.client.get("/healthz").status == 200
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700

@@ -117,4 +117,6 @@ def audit(environ: dict, *, route: str, task_id: str | None, steps: int | None, 
         "steps": steps,
         "status": status,
     }
-    audit_log.info(json.dumps(record, ensure_ascii=False))
+    # ASCII: a path's NEL (%85) or U+2028 is a line break to many readers (Python's splitlines),
+    # and would split the entry there and let the rest read as an entry of its own.
+    audit_log.info(json.dumps(record))
