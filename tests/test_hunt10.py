@@ -9,12 +9,13 @@ import logging
 import os
 import socket
 import stat
+import subprocess
 
 import pytest
 
 from osreapi.http.app import HttpSettings
 
-from .conftest import Client, sh, wait_until
+from .conftest import Client, console_script, sh, wait_until
 
 EN = {"Accept-Language": "en"}
 
@@ -154,3 +155,25 @@ def test_a_data_dir_the_server_creates_is_private_to_its_user(start_server, tmp_
         os.umask(old)
     assert server.client.get("/healthz").status == 200
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("source", "reason"), [
+    ("file", "the token must be printable ASCII"), ("flag", "the token must be printable ASCII"),
+    ("env", "the token must be printable ASCII"), ("latin-1 file", "not UTF-8 text")])
+def test_a_token_no_client_can_send_stops_the_start_with_a_message(tmp_path, monkeypatch, source: str, reason: str):
+    """A token beyond printable ASCII was taken, and never matched: a header carries bytes, and
+    `pässwort` sent in UTF-8 arrived as other characters (401 for ever); a token file that is not
+    UTF-8 stopped the start with a traceback."""
+    token_file = tmp_path / "token"
+    token_file.write_bytes("pässwort\n".encode("latin-1" if source == "latin-1 file" else "utf-8"))
+    token_file.chmod(0o600)
+    args = {"flag": ["--token", "pässwort"], "env": []}.get(source, ["--token_file", str(token_file)])
+    if source == "env":
+        monkeypatch.setenv("OSREAPI_TOKEN", "pässwort")
+    run = subprocess.run([console_script(), "run", "--addr", "127.0.0.1:0", "--data_dir", str(tmp_path / "d"), *args],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2, run.stderr
+    assert reason in run.stderr and "Traceback" not in run.stderr, run.stderr

@@ -34,21 +34,30 @@ def load_token(token: str | None, token_file: str | None, environ: dict[str, str
     if token is not None:
         if not token.strip():
             raise InvalidValue("--token: empty token")
-        return token.strip()
+        return _sendable(token.strip(), "--token")
     if token_file:
         path = Path(token_file)
         try:
             mode = path.stat().st_mode
             text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise InvalidValue(f"--token_file: cannot read {path}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidValue(f"--token_file: cannot read {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
         if mode & stat.S_IROTH:
             raise InvalidValue(f"--token_file: {path} is world-readable; chmod o-r {path}")
         if not text:
             raise InvalidValue(f"--token_file: {path} is empty")
-        return text
+        return _sendable(text, f"--token_file: {path}")
     from_env = environ.get("OSREAPI_TOKEN", "").strip()
-    return from_env or None
+    return _sendable(from_env, "OSREAPI_TOKEN") if from_env else None
+
+
+def _sendable(token: str, source: str) -> str:
+    """A token a client can send: an HTTP header carries bytes, not text, so one beyond printable
+    ASCII was never matched (`pässwort` in UTF-8 arrives as other characters) and the server ran
+    with a token nobody could present."""
+    if not (token.isascii() and token.isprintable()):
+        raise InvalidValue(f"{source}: the token must be printable ASCII (it travels in an HTTP header)")
+    return token
 
 
 @functools.lru_cache(maxsize=1024)  # asked on every request; clients are few
