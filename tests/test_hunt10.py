@@ -177,3 +177,17 @@ def test_a_token_no_client_can_send_stops_the_start_with_a_message(tmp_path, mon
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 2, run.stderr
     assert reason in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def test_made_up_methods_do_not_grow_the_metrics(client: Client):
+    """Each method name became a series of its own on /metrics, kept for the server's life: a
+    client sending made-up methods grew the server's memory and every scrape without bound."""
+    for number in range(40):
+        answer = exchange(client, b"X%05dLONGMETHODNAME /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % number)
+        assert answer.startswith(b"HTTP/1.1 405 "), answer
+    series = [line for line in client.get("/metrics").body.decode().splitlines()
+              if line.startswith("osreapi_http_requests_total{") and 'status="405"' in line]
+    assert series == ['osreapi_http_requests_total{method="OTHER",route="unmatched",status="405"} 40.0'], series

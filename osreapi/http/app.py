@@ -66,6 +66,9 @@ _DIGITS = re.compile(r"[0-9]+")
 _RESERVED = "|".join(re.escape(name) for name in sorted(RESERVED_IDS))
 TASK = f"<task_id:re:(?!(?i:{_RESERVED})(?:/|$))[^/]+>"
 MAX_OFFSET = 1 << 62  # fits os.lseek
+# Methods counted by name on /metrics; any other is "OTHER": each name a client makes up would
+# be a series of its own, kept for the server's life (method names up to --max_header long).
+COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 _STATUS_OF_CODE = {CODE_NOT_FOUND: 404, CODE_BAD_REQUEST: 400, CODE_CONFLICT: 409, CODE_TOO_LARGE: 413, CODE_RANGE: 416, CODE_TOO_MANY: 429,
@@ -191,7 +194,7 @@ def _count_requests(app: bottle.Bottle, executor: Executor) -> None:
         rule = route.rule.replace(TASK, "<task_id>") if route is not None else "unmatched"  # the label as written
         status = bottle.response.status_code
         method = environ["REQUEST_METHOD"]
-        executor.metrics.http_request(method, rule, status)
+        executor.metrics.http_request(method if method in COUNTED_METHODS else "OTHER", rule, status)
         if method in ("POST", "PUT", "DELETE", "PATCH"):
             args = environ.get("route.url_args") or {}
             task_id, steps = environ.get("osreapi.submitted", (args.get("task_id"), None))
