@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -340,6 +341,16 @@ def _check_tls_files(tls) -> None:
         raise _CannotStart(2, f"--tls_client_ca: {tls.client_ca} holds no PEM certificate ({exc.reason or exc})") from None
 
 
+def _warn_if_open(data_dir: Path) -> None:
+    """An existing data dir keeps its mode (the user chose it); one that every local user may
+    enter is said, once, with the command that closes it."""
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if mode & 0o007:
+        logging.getLogger(__name__).warning(
+            "data dir %s is open to every local user (mode %04o): its scripts, env values and outputs "
+            "can be read; chmod o-rwx %s", data_dir, mode, data_dir)
+
+
 def _engine(args: argparse.Namespace):
     import lmdb
 
@@ -350,6 +361,7 @@ def _engine(args: argparse.Namespace):
     try:
         # Created for the server's user alone: it holds every step's script, env values and output.
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _warn_if_open(data_dir)
         return Executor(
             data_dir,
             pool_size=args.pool_size,

@@ -155,6 +155,21 @@ def test_a_data_dir_the_server_creates_is_private_to_its_user(start_server, tmp_
         os.umask(old)
     assert server.client.get("/healthz").status == 200
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert server.terminate() == 0
+    assert "open to every local user" not in server.log.read_text()
+
+
+def test_a_data_dir_open_to_every_user_is_said_at_start(start_server, tmp_path):
+    """An existing data dir keeps its mode (one made before this release is 0755): the server says
+    so, with the command that closes it."""
+    data_dir = tmp_path / "old"
+    data_dir.mkdir()
+    data_dir.chmod(0o755)
+    server = start_server(data_dir=data_dir)
+    assert server.terminate() == 0
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o755  # not changed behind the user's back
+    assert f"data dir {data_dir} is open to every local user (mode 0755)" in server.log.read_text()
+    assert f"chmod o-rwx {data_dir}" in server.log.read_text()
 
 
 # -- tokens ------------------------------------------------------------------------------------
