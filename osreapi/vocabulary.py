@@ -115,6 +115,15 @@ _MESSAGES: dict[str, tuple[str, str]] = {
         "only loopback clients are served without a token: set one with --token, --token_file or OSREAPI_TOKEN, "
         "then send Authorization: Bearer <token>",
     ),
+    "cross_origin": (
+        "拒绝跨源请求: 其他网站的网页不能驱动本 API (来源 {origin})",
+        "cross-origin request refused: a page from another site cannot drive this API (origin {origin})",
+    ),
+    "foreign_host": (
+        "Host {host} 不是本机的名字: 未设令牌时只接受 IP 地址、localhost 或不带点的主机名 (以防 DNS 重绑定); 其他名字请设置令牌",
+        "Host {host} does not name this host: without a token only an IP address, localhost or a name without "
+        "dots is served (DNS rebinding); set a token to serve other names",
+    ),
     "task_conflict": (
         "id {id} 已被另一个内容不同的任务使用: 没有执行任何步骤",
         "id {id} is taken by a task with a different submission: nothing was run",

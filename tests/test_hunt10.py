@@ -4,17 +4,20 @@ fails without its fix."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
 import os
 import socket
 import stat
 import subprocess
+import threading
 
 import pytest
 
 from osreapi.http.app import HttpSettings
 
+from .browser import launch
 from .conftest import Client, console_script, sh, wait_until
 
 EN = {"Accept-Language": "en"}
@@ -206,3 +209,105 @@ def test_made_up_methods_do_not_grow_the_metrics(client: Client):
     series = [line for line in client.get("/metrics").body.decode().splitlines()
               if line.startswith("osreapi_http_requests_total{") and 'status="405"' in line]
     assert series == ['osreapi_http_requests_total{method="OTHER",route="unmatched",status="405"} 40.0'], series
+
+
+# -- browsers: another site's page, DNS rebinding ------------------------------------------------
+
+
+class AttackerSite:
+    """A web site of its own origin (another port on loopback) whose page posts steps to the API."""
+
+    def __init__(self, page: bytes) -> None:
+        class Page(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Page)
+        self.url = f"http://localhost:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.slow
+def test_a_page_of_another_site_cannot_run_commands_through_the_browser(client: Client, tmp_path):
+    """Without a token, loopback clients are served, and the host's browser is one: any page it
+    opened could POST steps to the API (a "simple" request goes without asking; CORS only hides
+    the answer) and they ran. The page's own dashboard still submits (the same origin)."""
+    mark = tmp_path / "ran"
+    steps = json.dumps([sh(f"touch {mark}")])
+    site = AttackerSite(("<!doctype html><script>fetch(%s, {method: 'POST', mode: 'no-cors', body: %s})"
+                         ".then(() => document.title = 'sent', e => document.title = 'failed ' + e);</script>"
+                         % (json.dumps(client.url + "/?lang=en"), json.dumps(steps))).encode())
+    driver = launch()
+    try:
+        driver.get(site.url)
+        assert wait_until(lambda: driver.title in ("sent",) or driver.title.startswith("failed"), timeout=15)
+        assert driver.title == "sent"  # the browser sent it: the server is what refuses
+        driver.get(client.url + "/ui/")  # the dashboard's own form, same origin
+        form_steps = json.dumps([sh("echo from-the-page")])
+        answer = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch('/', {method: 'POST', body: arguments[0]}).then(r => r.json()).then(done, e => done(String(e)));",
+            form_steps)
+    finally:
+        driver.quit()
+        site.close()
+    assert answer["code"] == 0, answer
+    assert [task.id for task in client.executor.list()] == [answer["data"]["id"]] and not mark.exists()
+
+
+@pytest.mark.parametrize(("headers", "refused"), [
+    (b"", False),  # curl, scripts: no browser headers
+    (b"Sec-Fetch-Site: same-origin\r\n", False),  # the dashboard
+    (b"Sec-Fetch-Site: none\r\n", False),  # typed by the user
+    (b"Origin: http://127.0.0.1:{port}\r\n", False),  # an older browser, the same origin
+    (b"Sec-Fetch-Site: cross-site\r\nOrigin: https://evil.example\r\n", True),
+    (b"Sec-Fetch-Site: same-site\r\nOrigin: http://localhost:1\r\n", True),  # another server on this host
+    (b"Origin: https://evil.example\r\n", True),  # an older browser
+    (b"Origin: null\r\n", True),  # a sandboxed frame, a file:// page
+])
+def test_a_change_sent_by_another_sites_page_is_refused(make_server, tmp_path, headers: bytes, refused: bool):
+    for settings in (HttpSettings(), HttpSettings(token="t0k")):  # with a token too: one guard for both
+        client = make_server(settings=settings, data_dir=tmp_path / str(settings.token))
+        body = json.dumps([sh("echo hi")]).encode()
+        answer = exchange(client, b"POST / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAccept-Language: en\r\nAuthorization: Bearer t0k\r\n"
+                          b"Connection: close\r\n%sContent-Length: %d\r\n\r\n%s"
+                          % (client.port, headers.replace(b"{port}", b"%d" % client.port), len(body), body))
+        head, reply = head_and_body(answer)
+        if refused:
+            assert head.startswith("HTTP/1.1 403 "), answer
+            assert reply["message"].startswith("cross-origin request refused: a page from another site cannot drive this API")
+            assert client.executor.list() == []
+        else:
+            assert head.startswith("HTTP/1.1 200 "), answer
+    assert client.get("/", headers={"Origin": "https://evil.example", "Authorization": "Bearer t0k"}).status == 200  # reads stay
+
+
+@pytest.mark.parametrize(("host", "refused"), [
+    ("evil.example", True), ("evil.example:2376", True), ("1.2.3.4.nip.io", True),
+    ("127.0.0.1:2376", False), ("[::1]:2376", False), ("localhost:2376", False), ("app.localhost", False),
+    ("myhost", False),  # the host's own name, from /etc/hosts
+])
+def test_a_host_name_dns_could_rebind_is_refused_without_a_token(make_server, tmp_path, host: str, refused: bool):
+    """A page of evil.example whose name is made to resolve to 127.0.0.1 talks to the server as its
+    own origin, from a loopback client: without a token it read every answer and ran commands."""
+    client = make_server()
+    answer = exchange(client, b"GET /version HTTP/1.1\r\nHost: %s\r\nAccept-Language: en\r\nConnection: close\r\n\r\n" % host.encode())
+    head, reply = head_and_body(answer)
+    if refused:
+        assert head.startswith("HTTP/1.1 403 "), answer
+        assert reply["message"].startswith(f"Host {host!r} does not name this host"), reply
+    else:
+        assert head.startswith("HTTP/1.1 200 "), answer
+    with_token = make_server(settings=HttpSettings(token="t0k"), data_dir=tmp_path / "token")  # what rebinding cannot have
+    answer = exchange(with_token, b"GET /version HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer t0k\r\nConnection: close\r\n\r\n" % host.encode())
+    assert answer.startswith(b"HTTP/1.1 200 "), answer

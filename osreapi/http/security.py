@@ -13,14 +13,18 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import InvalidValue
 from ..vocabulary import message
+from . import urltext
 from .answers import language_of, refuse
 
 audit_log = logging.getLogger("osreapi.audit")
 OPEN_PATHS = frozenset({"/healthz"})  # answered without a token
 PAGE_PREFIX = "/ui"  # the dashboard's static files: no data in them, and the page must load to ask for the token
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # change nothing: another site's page may send them
+SAME_SITE_FETCH = frozenset({"same-origin", "none"})  # Sec-Fetch-Site of the server's own pages, of a typed URL
 
 
 def is_page(environ: dict) -> bool:
@@ -73,6 +77,50 @@ def is_loopback(address: str | None) -> bool:
     return ip.is_loopback
 
 
+def cross_site_origin(environ: dict) -> str | None:
+    """The origin of a request that changes something, sent by a page of another site; None for
+    any other request. A browser sends a page's POST to any address without asking (a "simple"
+    request: CORS only hides the answer from the page), and a client on this host is served without
+    a token: any web page the host's user opened could run commands. Sec-Fetch-Site says where a
+    browser request comes from; without it (older browsers), Origin against Host; a client that is
+    not a browser sends neither."""
+    if environ.get("REQUEST_METHOD") in SAFE_METHODS:
+        return None
+    site, origin = environ.get("HTTP_SEC_FETCH_SITE"), environ.get("HTTP_ORIGIN")
+    if site is not None:
+        return None if site in SAME_SITE_FETCH else (origin or site)
+    if origin is None or _netloc(origin) == environ.get("HTTP_HOST", "").lower():
+        return None
+    return origin
+
+
+def _netloc(origin: str) -> str:
+    try:
+        return urlsplit(origin).netloc.lower()
+    except ValueError:
+        return ""
+
+
+@functools.lru_cache(maxsize=1024)  # asked on every request in protected mode; hosts are few
+def rebindable(host: str | None) -> bool:
+    """Whether a Host header names a DNS name an outside party may control (with a dot, not under
+    .localhost). A page of evil.example whose name is made to resolve to 127.0.0.1 (DNS rebinding)
+    talks to this server as its own origin, from a loopback client: served without a token, it
+    could run commands and read every answer. An IP address, `localhost` or a name without dots
+    (the host's own, from /etc/hosts) cannot be rebound from outside."""
+    if not host:
+        return False
+    try:
+        name = (urlsplit("//" + host).hostname or "").rstrip(".")
+    except ValueError:  # a port that is not a number
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return False
+    except ValueError:
+        return "." in name and not name.endswith(".localhost")
+
+
 def token_hint(token: str) -> str:
     """An identity for logs that does not reveal the token."""
     return "token#" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
@@ -94,9 +142,16 @@ class Guard:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") in OPEN_PATHS:
             return self.app(environ, start_response)
+        origin = cross_site_origin(environ)
+        if origin is not None:
+            return self._refuse(environ, start_response, "403 Forbidden", 403, "cross_origin",
+                                origin=_shown(environ, "HTTP_ORIGIN" if "HTTP_ORIGIN" in environ else "HTTP_SEC_FETCH_SITE"))
         if self._token is None:
             if not is_loopback(environ.get("REMOTE_ADDR")):
                 return self._refuse(environ, start_response, "403 Forbidden", 403, "forbidden")
+            if rebindable(environ.get("HTTP_HOST")):
+                return self._refuse(environ, start_response, "403 Forbidden", 403, "foreign_host",
+                                    host=_shown(environ, "HTTP_HOST"))
         elif not is_page(environ):
             header = environ.get("HTTP_AUTHORIZATION", "")
             scheme, _, presented = header.partition(" ")
@@ -106,11 +161,16 @@ class Guard:
         environ["osreapi.identity"] = self._identity
         return self.app(environ, start_response)
 
-    def _refuse(self, environ, start_response, status: str, code: int, key: str, headers=None) -> list[bytes]:
+    def _refuse(self, environ, start_response, status: str, code: int, key: str, headers=None, **values) -> list[bytes]:
         if environ.get("REQUEST_METHOD") in ("POST", "PUT", "DELETE", "PATCH"):
             audit(environ, route=environ.get("PATH_INFO", ""), task_id=None, steps=None, status=code)
-        text = message(key, language_of(environ, self._default_lang))
+        text = message(key, language_of(environ, self._default_lang), **values)
         return refuse(start_response, status, code, text, headers)
+
+
+def _shown(environ: dict, key: str) -> str:
+    """A header's value in a message: as UTF-8 text, quoted, bounded."""
+    return repr((urltext.header(environ, key) or "")[:100])
 
 
 def audit(environ: dict, *, route: str, task_id: str | None, steps: int | None, status: int) -> None:
