@@ -119,6 +119,11 @@ _MESSAGES: dict[str, tuple[str, str]] = {
         "拒绝跨源请求: 其他网站的网页不能驱动本 API (来源 {origin})",
         "cross-origin request refused: a page from another site cannot drive this API (origin {origin})",
     ),
+    "proxied": (
+        "请求经由代理转发 ({header}): 未设令牌时只服务本机上的客户端; 经代理访问请设置令牌",
+        "this request came through a proxy ({header}): without a token only clients on this host are served; "
+        "set a token to serve through a proxy",
+    ),
     "foreign_host": (
         "Host {host} 不是本机的名字: 未设令牌时只接受 IP 地址、localhost 或不带点的主机名 (以防 DNS 重绑定); 其他名字请设置令牌",
         "Host {host} does not name this host: without a token only an IP address, localhost or a name without "

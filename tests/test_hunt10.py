@@ -311,3 +311,24 @@ def test_a_host_name_dns_could_rebind_is_refused_without_a_token(make_server, tm
     with_token = make_server(settings=HttpSettings(token="t0k"), data_dir=tmp_path / "token")  # what rebinding cannot have
     answer = exchange(with_token, b"GET /version HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer t0k\r\nConnection: close\r\n\r\n" % host.encode())
     assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+@pytest.mark.parametrize("header", [b"X-Forwarded-For: 203.0.113.9", b"Forwarded: for=203.0.113.9;proto=https",
+                                    b"X-Real-IP: 203.0.113.9", b"Via: 1.1 caddy"])
+def test_a_request_a_proxy_passed_on_needs_a_token(make_server, tmp_path, header: bytes):
+    """A reverse proxy on this host (a TLS front) connects from loopback whoever its client is:
+    without a token, every client it served was taken for a local one and could run commands."""
+    mark = tmp_path / "ran"
+    body = json.dumps([sh(f"touch {mark}")]).encode()
+    request = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Language: en\r\nAuthorization: Bearer t0k\r\n%s\r\n"
+               b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (header, len(body), body))
+    client = make_server(data_dir=tmp_path / "open")
+    head, reply = head_and_body(exchange(client, request))
+    assert head.startswith("HTTP/1.1 403 "), head
+    name = header.split(b":")[0].decode()
+    assert reply["message"] == (f"this request came through a proxy ({name}): without a token only clients on this host "
+                                "are served; set a token to serve through a proxy")
+    assert client.executor.list() == [] and not mark.exists()
+    with_token = make_server(settings=HttpSettings(token="t0k"), data_dir=tmp_path / "token")
+    head, reply = head_and_body(exchange(with_token, request))
+    assert head.startswith("HTTP/1.1 200 "), head

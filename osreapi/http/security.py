@@ -25,6 +25,9 @@ OPEN_PATHS = frozenset({"/healthz"})  # answered without a token
 PAGE_PREFIX = "/ui"  # the dashboard's static files: no data in them, and the page must load to ask for the token
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # change nothing: another site's page may send them
 SAME_SITE_FETCH = frozenset({"same-origin", "none"})  # Sec-Fetch-Site of the server's own pages, of a typed URL
+# What a reverse proxy adds (Caddy, Apache, Traefik by default; nginx as usually configured).
+PROXY_HEADERS = (("HTTP_FORWARDED", "Forwarded"), ("HTTP_X_FORWARDED_FOR", "X-Forwarded-For"),
+                 ("HTTP_X_REAL_IP", "X-Real-IP"), ("HTTP_VIA", "Via"))
 
 
 def is_page(environ: dict) -> bool:
@@ -75,6 +78,16 @@ def is_loopback(address: str | None) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_loopback
+
+
+def proxy_header(environ: dict) -> str | None:
+    """The header that shows a request came through a proxy, if one does. A proxy on this host
+    connects from loopback whoever its client is: without a token, everyone it serves (the whole
+    internet, behind a TLS front) could run commands."""
+    for key, name in PROXY_HEADERS:
+        if key in environ:
+            return name
+    return None
 
 
 def cross_site_origin(environ: dict) -> str | None:
@@ -149,6 +162,9 @@ class Guard:
         if self._token is None:
             if not is_loopback(environ.get("REMOTE_ADDR")):
                 return self._refuse(environ, start_response, "403 Forbidden", 403, "forbidden")
+            proxied = proxy_header(environ)
+            if proxied is not None:
+                return self._refuse(environ, start_response, "403 Forbidden", 403, "proxied", header=proxied)
             if rebindable(environ.get("HTTP_HOST")):
                 return self._refuse(environ, start_response, "403 Forbidden", 403, "foreign_host",
                                     host=_shown(environ, "HTTP_HOST"))
