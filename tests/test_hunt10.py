@@ -332,3 +332,32 @@ def test_a_request_a_proxy_passed_on_needs_a_token(make_server, tmp_path, header
     with_token = make_server(settings=HttpSettings(token="t0k"), data_dir=tmp_path / "token")
     head, reply = head_and_body(exchange(with_token, request))
     assert head.startswith("HTTP/1.1 200 "), head
+
+
+@pytest.mark.slow
+def test_names_outputs_and_env_values_with_markup_show_as_text_in_the_dashboard(client: Client):
+    """Steps named, printing and carrying markup: the list, the task view, its DAG and the log
+    show the characters, and nothing of them runs."""
+    img = '<img src=x onerror="window.pwned=1">'
+    steps = [sh(f"echo '<script>window.pwned=2</script>'; echo \"$V\"", name="a" + img, env_vars={"V": img}),
+             sh("echo b", name="b\"'><svg onload=window.pwned=3>", depends_on=["a" + img])]
+    resp = client.post("/?id=markup", steps)
+    assert resp.status == 200, resp.body
+    client.wait("markup")
+    driver = launch()
+    try:
+        driver.get(client.url + "/ui/")
+        assert wait_until(lambda: "markup" in driver.execute_script("return document.body.innerText"), timeout=15)
+        driver.get(client.url + "/ui/tasks/markup")
+        shown = lambda: driver.execute_script("return document.querySelector('#log')?.textContent ?? ''")
+        assert wait_until(lambda: img in shown(), timeout=15), shown()
+        log_text, page = shown(), driver.execute_script("return document.body.innerText")
+        dag = driver.execute_script("return document.querySelector('#dag')?.textContent ?? ''")
+        counted = driver.execute_script("return document.querySelectorAll('img, script:not([src]), svg svg').length")
+        pwned = driver.execute_script("return window.pwned ?? null")
+    finally:
+        driver.quit()
+    assert "<script>window.pwned=2</script>\n" + img + "\n" in log_text
+    assert "a" + img in page and "b\"'><svg onload=window.pwned=3>" in page
+    assert "a<img src=x onerror" in dag  # the DAG's labels, cut to fit, as text
+    assert counted == 0 and pwned is None
