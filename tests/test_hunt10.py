@@ -361,3 +361,35 @@ def test_names_outputs_and_env_values_with_markup_show_as_text_in_the_dashboard(
     assert "a" + img in page and "b\"'><svg onload=window.pwned=3>" in page
     assert "a<img src=x onerror" in dag  # the DAG's labels, cut to fit, as text
     assert counted == 0 and pwned is None
+
+
+def start_refused(data_dir) -> str:
+    """`osreapi run` on data_dir: it must stop at once (status 1) with one message; that message."""
+    run = subprocess.run([console_script(), "run", "--addr", "127.0.0.1:0", "--data_dir", str(data_dir)],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    return run.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user takes root")
+def test_a_data_dir_of_another_user_stops_the_start(tmp_path):
+    """Someone else who made the data dir first (`--data_dir /tmp/x`) owns it: a link they put for
+    `workspace` sent the server's scripts and outputs where they chose, written as the server's
+    user (root here)."""
+    data_dir, elsewhere = tmp_path / "taken", tmp_path / "elsewhere"
+    data_dir.mkdir(mode=0o755)
+    elsewhere.mkdir()
+    (data_dir / "workspace").symlink_to(elsewhere)
+    os.chown(data_dir, 65534, 65534)  # nobody
+    assert f"{data_dir} belongs to another user (uid 65534)" in start_refused(data_dir)
+    assert list(elsewhere.iterdir()) == []  # nothing written there
+
+
+def test_a_data_dir_every_user_may_write_in_stops_the_start(tmp_path):
+    """Anyone may put the same link in a data dir every user may write in."""
+    data_dir = tmp_path / "open"
+    data_dir.mkdir()
+    data_dir.chmod(0o777)
+    message = start_refused(data_dir)
+    assert f"every local user may write in {data_dir} (mode 0777)" in message and f"chmod o-w {data_dir}" in message
+    assert list(data_dir.iterdir()) == []
