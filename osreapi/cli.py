@@ -344,8 +344,7 @@ def _check_tls_files(tls) -> None:
 def _check_data_dir(data_dir: Path) -> None:
     """Refuse a data dir another user controls: its owner, or anyone where every user may write
     (`--data_dir /tmp/x` made by someone else first), could put a link where the server writes
-    and change the scripts it runs, as the server's user. An existing data dir keeps its mode
-    (the user chose it); one every local user may enter is said, with the command that closes it."""
+    and change the scripts it runs, as the server's user."""
     info = data_dir.stat()
     mode, user = stat.S_IMODE(info.st_mode), getattr(os, "geteuid", lambda: info.st_uid)()
     if info.st_uid != user:
@@ -354,6 +353,12 @@ def _check_data_dir(data_dir: Path) -> None:
     if mode & 0o002:
         raise _CannotStart(1, f"--data_dir: every local user may write in {data_dir} (mode {mode:04o}) and change "
                               f"the scripts the server runs; chmod o-w {data_dir}")
+
+
+def _warn_if_open(data_dir: Path) -> None:
+    """An existing data dir keeps its mode (the user chose it); one that every local user may
+    enter is said, once the server can use it, with the command that closes it."""
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
     if mode & 0o007:
         logging.getLogger(__name__).warning(
             "data dir %s is open to every local user (mode %04o): its scripts, env values and outputs "
@@ -371,7 +376,7 @@ def _engine(args: argparse.Namespace):
         # Created for the server's user alone: it holds every step's script, env values and output.
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         _check_data_dir(data_dir)
-        return Executor(
+        executor = Executor(
             data_dir,
             pool_size=args.pool_size,
             exec_timeout=args.exec_timeout,
@@ -389,3 +394,5 @@ def _engine(args: argparse.Namespace):
         raise _CannotStart(1, f"--data_dir: cannot use {data_dir}{where}: {reason}") from None
     except lmdb.Error as exc:  # a damaged or foreign database under db/
         raise _CannotStart(1, f"--data_dir: cannot open the database in {data_dir / 'db'}: {exc}") from None
+    _warn_if_open(data_dir)
+    return executor
