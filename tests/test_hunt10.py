@@ -61,6 +61,16 @@ def test_a_chunk_size_beyond_memory_is_413_not_an_internal_error(client: Client,
     assert client.executor.list() == []
 
 
+def test_a_chunk_size_line_that_never_ends_is_refused_at_its_bound(client: Client):
+    """cheroot read a chunk-size line whole, however long: one that never ended held a worker and
+    took the server's memory as fast as the client sent digits (300 MB in half a second). Past
+    1 KiB it is refused, before more is read."""
+    answer = raw_request(client, b"POST / HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + b"1" * 2048)
+    assert envelope_of(answer) == (400, {"code": 400, "message": "body: could not be read (ValueError)"})
+    assert client.executor.list() == []
+
+
 def test_a_chunked_body_in_small_chunks_is_still_read_whole(client: Client):
     """The bound on a chunked body counts its framing: a body well under --max_body sent in
     one-byte chunks is not refused for it."""

@@ -49,6 +49,7 @@ _CONTENT_LENGTH = re.compile(rb"^content-length:(.*?)\r?$", re.IGNORECASE | re.M
 _CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.IGNORECASE | re.MULTILINE)
 LENGTH_DIGITS = re.compile(rb"[0-9]{1,18}")  # a Content-Length we accept: ASCII digits, bounded
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,15}")
+CHUNK_LINE = 1024  # bytes a chunk-size line (with its extensions) may take: it is short
 _EXPECT = re.compile(rb"^expect:[ \t]*100-continue", re.IGNORECASE | re.MULTILINE)
 
 
@@ -142,7 +143,7 @@ def _chunked_ready(data: bytes | bytearray, body_start: int, max_body: int, walk
     while True:
         line_end = data.find(b"\r\n", pos)
         if line_end < 0:
-            return len(data) - pos > 1024  # a chunk-size line is short
+            return len(data) - pos > CHUNK_LINE
         size_text = bytes(data[pos:line_end]).split(b";", 1)[0].strip()
         if not _CHUNK_SIZE.fullmatch(size_text):
             return True

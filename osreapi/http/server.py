@@ -16,7 +16,7 @@ from cheroot.server import HeaderReader, HTTPConnection, HTTPRequest
 from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE
 from .answers import language_of, raw_refusal
-from .intake import LENGTH_DIGITS, RETRY_AFTER, RequestIntake, refuse
+from .intake import CHUNK_LINE, LENGTH_DIGITS, RETRY_AFTER, RequestIntake, refuse
 from .outbox import BUDGET, Outbox, OutBudget, waiting
 from .sockerrors import client_went_away
 
@@ -233,6 +233,24 @@ class _Connection(HTTPConnection):
         super().close()
 
 
+class _ChunkLines:
+    """The connection's reader as cheroot's chunked body reader uses it, a line (a chunk's size,
+    the trailer) at most CHUNK_LINE bytes long: cheroot read a line whole however long, and a size
+    line that never ended held a worker and took memory as fast as the client sent it."""
+
+    def __init__(self, rfile) -> None:
+        self._rfile = rfile
+
+    def readline(self, *args) -> bytes:
+        line = self._rfile.readline(CHUNK_LINE + 1)
+        if len(line) > CHUNK_LINE:
+            raise ValueError(f"a chunk-size line longer than {CHUNK_LINE} bytes")  # answered 400
+        return line
+
+    def read(self, *args) -> bytes:
+        return self._rfile.read(*args)
+
+
 class _Gateway(wsgi.Gateway_10):
     """WSGI 1.0, plus the cheroot request in the environ, for the stream hub's hand-off."""
 
@@ -242,7 +260,9 @@ class _Gateway(wsgi.Gateway_10):
         if self.req.chunked_read:
             # cheroot reads each chunk whole, as large as its size line says (`10000000000`: a
             # 1 TiB allocation, MemoryError, a 500): a chunked body and its framing are bounded.
-            self.req.rfile.maxlen = CHUNKED_READ_FACTOR * self.req.server.osreapi_max_body
+            chunks = self.req.rfile
+            chunks.maxlen = CHUNKED_READ_FACTOR * self.req.server.osreapi_max_body
+            chunks.rfile = _ChunkLines(chunks.rfile)
         return environ
 
 
