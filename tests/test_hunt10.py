@@ -71,6 +71,18 @@ def test_a_chunk_size_line_that_never_ends_is_refused_at_its_bound(client: Clien
     assert client.executor.list() == []
 
 
+def test_a_chunked_body_of_framing_is_bounded_as_it_arrives(make_server):
+    """The request intake counted a chunked body's data against --max_body, not its framing:
+    1-byte chunks with 1 KB extensions made it keep a thousand times --max_body (300 MB from one
+    client in two seconds). Past 8 x --max_body on the wire it is refused as too large."""
+    client = make_server(settings=HttpSettings(max_body=4096))
+    chunks = (b"1;" + b"x" * 1000 + b"\r\nA\r\n") * 40  # 40 data bytes in 40 KB
+    answer = raw_request(client, b"POST / HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + chunks)
+    assert envelope_of(answer) == (413, {"code": 413, "message": "request body too large, the limit is 4096 bytes"})
+    assert client.executor.list() == []
+
+
 def test_a_chunked_body_in_small_chunks_is_still_read_whole(client: Client):
     """The bound on a chunked body counts its framing: a body well under --max_body sent in
     one-byte chunks is not refused for it."""

@@ -16,13 +16,19 @@ from cheroot.server import HeaderReader, HTTPConnection, HTTPRequest
 from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE
 from .answers import language_of, raw_refusal
-from .intake import CHUNK_LINE, LENGTH_DIGITS, RETRY_AFTER, RequestIntake, refuse
+from .intake import (
+    CHUNK_LINE,
+    CHUNKED_READ_FACTOR,
+    LENGTH_DIGITS,
+    RETRY_AFTER,
+    RequestIntake,
+    refuse,
+)
 from .outbox import BUDGET, Outbox, OutBudget, waiting
 from .sockerrors import client_went_away
 
 log = logging.getLogger(__name__)
 DEFAULT_THREADS = 32
-CHUNKED_READ_FACTOR = 8  # a chunked body's bytes with its framing (1-byte chunks take 6 each), per --max_body
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
