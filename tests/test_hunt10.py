@@ -8,6 +8,7 @@ import http.server
 import json
 import logging
 import os
+import socket
 import stat
 import subprocess
 import threading
@@ -96,6 +97,24 @@ def test_a_chunked_body_in_small_chunks_is_still_read_whole(client: Client):
 
 
 # -- the head --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", [(b"Content-Length: %d", b"Transfer-Encoding: chunked"),
+                                   (b"Transfer-Encoding: chunked", b"Content-Length: %d")])
+def test_a_length_and_chunks_together_are_refused_at_once(client: Client, order: tuple[bytes, bytes]):
+    """The request intake read what followed such a head as chunks, until its deadline (a 408 ten
+    seconds later): behind a proxy that went by the length, those bytes are the next request, maybe
+    another client's. The head alone says the framing is ambiguous: 400 now, nothing read."""
+    body = json.dumps([sh("echo hi")]).encode()
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\n" + b"\r\n".join(order) % len(body) + b"\r\n\r\n"
+    with socket.create_connection((client.host, client.port), timeout=5) as sock:  # no shutdown: the client waits
+        sock.sendall(head + body)
+        answer = b""
+        while chunk := sock.recv(65536):  # the refusal closes the connection
+            answer += chunk
+    status, reply = envelope_of(answer)
+    assert status == 400 and "Content-Length" in reply["message"] and "Transfer-Encoding" in reply["message"], reply
+    assert client.executor.list() == []
 
 
 @pytest.mark.parametrize("line", [b"X-Note: a\x00b", b"X-\x00Note: ab", b"X-Note: a\rContent-Length: 5"])

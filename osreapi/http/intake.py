@@ -121,6 +121,10 @@ def request_ready(
     head = bytes(data[:head_end])
     body_start = head_end + 4
     if _CHUNKED.search(head):  # its size is unknown: it may take as long as the largest body
+        # With a length too, refused unread (ambiguous): what follows the head, read here as chunks
+        # until the deadline, may be the next request of a proxy's other client.
+        if _CONTENT_LENGTH.search(head):
+            return True, 0
         return _chunked_ready(data, body_start, max_body, walk or ChunkWalk()), max_body
     lengths = [value.strip() for value in _CONTENT_LENGTH.findall(head)]  # as cheroot's header reader strips
     if len(lengths) != 1 or not LENGTH_DIGITS.fullmatch(lengths[0]):
