@@ -24,6 +24,17 @@ from .test_http_front_input import envelope_of, raw_request
 EN = {"Accept-Language": "en"}
 
 
+def answered_while_open(client: Client, data: bytes) -> bytes:
+    """Send bytes and keep the connection open, as a client waiting for its answer does (no
+    shutdown, which the server would read as the end); read until the server closes, for 5 s at most."""
+    with socket.create_connection((client.host, client.port), timeout=5) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
 # -- the submission body ---------------------------------------------------------------------
 
 
@@ -107,14 +118,16 @@ def test_a_length_and_chunks_together_are_refused_at_once(client: Client, order:
     another client's. The head alone says the framing is ambiguous: 400 now, nothing read."""
     body = json.dumps([sh("echo hi")]).encode()
     head = b"POST / HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\n" + b"\r\n".join(order) % len(body) + b"\r\n\r\n"
-    with socket.create_connection((client.host, client.port), timeout=5) as sock:  # no shutdown: the client waits
-        sock.sendall(head + body)
-        answer = b""
-        while chunk := sock.recv(65536):  # the refusal closes the connection
-            answer += chunk
-    status, reply = envelope_of(answer)
+    status, reply = envelope_of(answered_while_open(client, head + body))
     assert status == 400 and "Content-Length" in reply["message"] and "Transfer-Encoding" in reply["message"], reply
     assert client.executor.list() == []
+
+
+@pytest.mark.parametrize("head", [b"GET /version HTTP/1.1\nHost: x\n\n", b"GET /version HTTP/1.1\r\nHost: x\n\n"])
+def test_a_head_of_bare_line_feeds_is_refused_at_once(client: Client, head: bytes):
+    """The request intake waited for a CRLF CRLF that such a head never has: a 408 ten seconds
+    later, for a request cheroot refuses as soon as it reads it."""
+    assert envelope_of(answered_while_open(client, head)) == (400, {"code": 400, "message": "HTTP 请求格式错误: HTTP requires CRLF terminators"})
 
 
 @pytest.mark.parametrize("line", [b"X-Note: a\x00b", b"X-\x00Note: ab", b"X-Note: a\rContent-Length: 5"])

@@ -52,6 +52,7 @@ _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,15}")
 CHUNK_LINE = 1024  # bytes a chunk-size line (with its extensions) may take: it is short
 CHUNKED_READ_FACTOR = 8  # a chunked body's bytes with its framing (1-byte chunks take 6 each), per --max_body
 _EXPECT = re.compile(rb"^expect:[ \t]*100-continue", re.IGNORECASE | re.MULTILINE)
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 @dataclass
@@ -116,8 +117,8 @@ def request_ready(
     Ready means: head and body are complete, or the request is too large or malformed, so that the
     worker's parser answers it at once (413/431/400) without waiting on the client."""
     head_end = data.find(b"\r\n\r\n")
-    if head_end < 0:
-        return len(data) > max_header, 0
+    if head_end < 0:  # a line ended by a bare LF: a head that never ends in CRLF CRLF, refused now
+        return len(data) > max_header or _BARE_LF.search(data) is not None, 0
     head = bytes(data[:head_end])
     body_start = head_end + 4
     if _CHUNKED.search(head):  # its size is unknown: it may take as long as the largest body
