@@ -24,6 +24,7 @@ audit_log = logging.getLogger("osreapi.audit")
 OPEN_PATHS = frozenset({"/healthz"})  # answered without a token
 PAGE_PREFIX = "/ui"  # the dashboard's static files: no data in them, and the page must load to ask for the token
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # change nothing: another site's page may send them
+MAX_HOST = 253 + len(":65535") + 2  # a DNS name, a port, an IPv6 literal's brackets
 SAME_SITE_FETCH = frozenset({"same-origin", "none"})  # Sec-Fetch-Site of the server's own pages, of a typed URL
 # What a reverse proxy adds (Caddy, Apache, Traefik by default; nginx as usually configured).
 PROXY_HEADERS = (("HTTP_FORWARDED", "Forwarded"), ("HTTP_X_FORWARDED_FOR", "X-Forwarded-For"),
@@ -114,7 +115,6 @@ def _netloc(origin: str) -> str:
         return ""
 
 
-@functools.lru_cache(maxsize=1024)  # asked on every request in protected mode; hosts are few
 def rebindable(host: str | None) -> bool:
     """Whether a Host header names a DNS name an outside party may control (with a dot, not under
     .localhost). A page of evil.example whose name is made to resolve to 127.0.0.1 (DNS rebinding)
@@ -123,6 +123,13 @@ def rebindable(host: str | None) -> bool:
     (the host's own, from /etc/hosts) cannot be rebound from outside."""
     if not host:
         return False
+    # A DNS name has at most 253 characters: a longer Host names nothing, and is not kept in the
+    # cache (1,024 of them 64 KiB long would hold 64 MiB).
+    return len(host) > MAX_HOST or _rebindable(host)
+
+
+@functools.lru_cache(maxsize=1024)  # asked on every request in protected mode; hosts are few
+def _rebindable(host: str) -> bool:
     try:
         name = (urlsplit("//" + host).hostname or "").rstrip(".")
     except ValueError:  # a port that is not a number
