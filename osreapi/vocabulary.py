@@ -262,12 +262,20 @@ def _render_value(value: Any, lang: str) -> Any:
     return value
 
 
-@functools.lru_cache(maxsize=256)  # asked on every request; clients send few distinct headers
+CACHED_LANGUAGE_VALUE = 256  # characters: browsers send a few dozen
+
+
 def normalize_language(value: str | None) -> str | None:
     """The one of ours that a `?lang=` value or an Accept-Language header prefers, by quality (ties:
     the first): 'en', 'en-US', 'fr-FR,fr;q=0.9,en;q=0.8' -> 'en'; None when none of ours is acceptable."""
     if not value:
         return None
+    # A longer value is read, not kept: 256 headers of 64 KiB, sent before any token is checked,
+    # held 16 MiB in the cache.
+    return _cached_preference(value) if len(value) <= CACHED_LANGUAGE_VALUE else _preference(value)
+
+
+def _preference(value: str) -> str | None:
     best, best_quality = None, 0.0
     for entry in value.split(","):
         tag, _, params = entry.partition(";")
@@ -276,6 +284,9 @@ def normalize_language(value: str | None) -> str | None:
         if primary in LANGUAGES and quality > best_quality:
             best, best_quality = primary, quality
     return best
+
+
+_cached_preference = functools.lru_cache(maxsize=256)(_preference)  # asked on every request; clients send few distinct headers
 
 
 def header_quality(params: str) -> float:

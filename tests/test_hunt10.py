@@ -4,6 +4,7 @@ fails without its fix."""
 
 from __future__ import annotations
 
+import gc
 import http.server
 import json
 import logging
@@ -12,6 +13,7 @@ import socket
 import stat
 import subprocess
 import threading
+import tracemalloc
 
 import pytest
 
@@ -233,6 +235,25 @@ def test_a_token_no_client_can_send_stops_the_start_with_a_message(tmp_path, mon
                          capture_output=True, text=True, timeout=30, check=False)
     assert run.returncode == 2, run.stderr
     assert reason in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_long_accept_language_values_are_read_not_kept(make_server):
+    """The language of each answer was cached by the Accept-Language value, however long, and
+    asked before any token is checked: 256 clients without the token each sending a 50 KB value
+    made the server keep 12 MB; a longer value is now read each time instead."""
+    client = make_server(settings=HttpSettings(token="t0k"))
+    tracemalloc.start()  # what Python objects hold
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for number in range(256):
+            resp = client.get("/version", headers={"Accept-Language": f"x{number}-{'y' * 50_000},en"})
+            assert resp.status == 401 and resp.json["message"].startswith("missing or wrong token"), resp.body[:200]
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * 2**20, f"{held / 2**20:.1f} MiB more held after 256 long Accept-Language values"
 
 
 # -- metrics -----------------------------------------------------------------------------------
