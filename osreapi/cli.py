@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -305,6 +306,9 @@ def _network(args: argparse.Namespace):
         token = load_token(args.token, args.token_file)
     except InvalidValue as exc:
         raise _CannotStart(2, str(exc)) from None
+    # Every step inherits the server's environment: a script running `env` would print the token
+    # into its output, its answers and its log file.
+    os.environ.pop("OSREAPI_TOKEN", None)
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         raise _CannotStart(2, "--tls_cert and --tls_key go together (and --tls_client_ca needs them)")
     tls = TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
@@ -337,6 +341,30 @@ def _check_tls_files(tls) -> None:
         raise _CannotStart(2, f"--tls_client_ca: {tls.client_ca} holds no PEM certificate ({exc.reason or exc})") from None
 
 
+def _check_data_dir(data_dir: Path) -> None:
+    """Refuse a data dir another user controls: its owner, or anyone where every user may write
+    (`--data_dir /tmp/x` made by someone else first), could put a link where the server writes
+    and change the scripts it runs, as the server's user."""
+    info = data_dir.stat()
+    mode, user = stat.S_IMODE(info.st_mode), getattr(os, "geteuid", lambda: info.st_uid)()
+    if info.st_uid != user:
+        raise _CannotStart(1, f"--data_dir: {data_dir} belongs to another user (uid {info.st_uid}), who could change "
+                              f"the scripts the server runs; use a directory of this user's (uid {user})")
+    if mode & 0o002:
+        raise _CannotStart(1, f"--data_dir: every local user may write in {data_dir} (mode {mode:04o}) and change "
+                              f"the scripts the server runs; chmod o-w {data_dir}")
+
+
+def _warn_if_open(data_dir: Path) -> None:
+    """An existing data dir keeps its mode (the user chose it); one that every local user may
+    enter is said, once the server can use it, with the command that closes it."""
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if mode & 0o007:
+        logging.getLogger(__name__).warning(
+            "data dir %s is open to every local user (mode %04o): its scripts, env values and outputs "
+            "can be read; chmod o-rwx %s", data_dir, mode, data_dir)
+
+
 def _engine(args: argparse.Namespace):
     import lmdb
 
@@ -345,7 +373,10 @@ def _engine(args: argparse.Namespace):
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     try:
-        return Executor(
+        # Created for the server's user alone: it holds every step's script, env values and output.
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_data_dir(data_dir)
+        executor = Executor(
             data_dir,
             pool_size=args.pool_size,
             exec_timeout=args.exec_timeout,
@@ -363,3 +394,5 @@ def _engine(args: argparse.Namespace):
         raise _CannotStart(1, f"--data_dir: cannot use {data_dir}{where}: {reason}") from None
     except lmdb.Error as exc:  # a damaged or foreign database under db/
         raise _CannotStart(1, f"--data_dir: cannot open the database in {data_dir / 'db'}: {exc}") from None
+    _warn_if_open(data_dir)
+    return executor

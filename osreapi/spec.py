@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import sys
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -91,12 +92,28 @@ def parse_body(body: bytes | str) -> list[Any]:
     if not body.strip():
         raise InvalidRequest("body_empty")
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise InvalidRequest("body_bad_json", line=exc.lineno, column=exc.colno, reason=exc.msg) from None
     except RecursionError:
         raise InvalidRequest("body_too_deep") from None
+    except ValueError:  # int() refuses a number this long (CVE-2020-10735), and names no position
+        raise InvalidRequest("body_number_too_long", limit=sys.get_int_max_str_digits()) from None
     return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different. Given twice (`"command_content"` twice in a
+    step), json keeps the last, where a proxy or a reviewer that checked the body may have read
+    the first: what runs would not be what was checked."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidRequest("body_duplicate_key", key=key[:64])
+            seen.add(key)
+    return obj
 
 
 def build_steps(task_id: str, data: Any, limits: Limits = Limits()) -> tuple[StepSpec, ...]:

@@ -115,6 +115,20 @@ _MESSAGES: dict[str, tuple[str, str]] = {
         "only loopback clients are served without a token: set one with --token, --token_file or OSREAPI_TOKEN, "
         "then send Authorization: Bearer <token>",
     ),
+    "cross_origin": (
+        "拒绝跨源请求: 其他网站的网页不能驱动本 API (来源 {origin})",
+        "cross-origin request refused: a page from another site cannot drive this API (origin {origin})",
+    ),
+    "proxied": (
+        "请求经由代理转发 ({header}): 未设令牌时只服务本机上的客户端; 经代理访问请设置令牌",
+        "this request came through a proxy ({header}): without a token only clients on this host are served; "
+        "set a token to serve through a proxy",
+    ),
+    "foreign_host": (
+        "Host {host} 不是本机的名字: 未设令牌时只接受 IP 地址、localhost 或不带点的主机名 (以防 DNS 重绑定); 其他名字请设置令牌",
+        "Host {host} does not name this host: without a token only an IP address, localhost or a name without "
+        "dots is served (DNS rebinding); set a token to serve other names",
+    ),
     "task_conflict": (
         "id {id} 已被另一个内容不同的任务使用: 没有执行任何步骤",
         "id {id} is taken by a task with a different submission: nothing was run",
@@ -147,6 +161,8 @@ _MESSAGES.update({
     "body_bad_json": ("请求体: 第 {line} 行第 {column} 列不是合法的 JSON: {reason}",
                       "body: invalid JSON at line {line} column {column}: {reason}"),
     "body_too_deep": ("请求体: JSON 嵌套过深", "body: JSON nested too deeply"),
+    "body_number_too_long": ("请求体: 数字过长 (上限 {limit} 位)", "body: a number is too long (the limit is {limit} digits)"),
+    "body_duplicate_key": ("请求体: 同一对象中键 {key!r} 出现两次", "body: key {key!r} appears twice in one object"),
     "body_not_array": ("请求体应为步骤的 JSON 数组, 收到的是{got}", "body: expected a JSON array of steps, got {got}"),
     "body_no_steps": ("请求体: 步骤数组为空", "body: the array of steps is empty"),
     "too_many_steps": ("请求体: 步骤过多 ({count}), 上限 {limit}", "body: too many steps ({count}), the limit is {limit}"),
@@ -247,12 +263,20 @@ def _render_value(value: Any, lang: str) -> Any:
     return value
 
 
-@functools.lru_cache(maxsize=256)  # asked on every request; clients send few distinct headers
+CACHED_LANGUAGE_VALUE = 256  # characters: browsers send a few dozen
+
+
 def normalize_language(value: str | None) -> str | None:
     """The one of ours that a `?lang=` value or an Accept-Language header prefers, by quality (ties:
     the first): 'en', 'en-US', 'fr-FR,fr;q=0.9,en;q=0.8' -> 'en'; None when none of ours is acceptable."""
     if not value:
         return None
+    # A longer value is read, not kept: 256 headers of 64 KiB, sent before any token is checked,
+    # held 16 MiB in the cache.
+    return _cached_preference(value) if len(value) <= CACHED_LANGUAGE_VALUE else _preference(value)
+
+
+def _preference(value: str) -> str | None:
     best, best_quality = None, 0.0
     for entry in value.split(","):
         tag, _, params = entry.partition(";")
@@ -261,6 +285,9 @@ def normalize_language(value: str | None) -> str | None:
         if primary in LANGUAGES and quality > best_quality:
             best, best_quality = primary, quality
     return best
+
+
+_cached_preference = functools.lru_cache(maxsize=256)(_preference)  # asked on every request; clients send few distinct headers
 
 
 def header_quality(params: str) -> float:

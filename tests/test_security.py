@@ -47,8 +47,9 @@ def test_protected_mode_serves_loopback(executor, address):
 
 
 def test_real_server_sees_the_socket_peer(client: Client):
-    resp = client.get("/", headers={"X-Forwarded-For": "10.9.9.9"})
-    assert resp.status == 200  # the peer is 127.0.0.1 whatever the header says
+    resp = client.get("/", headers={"X-Forwarded-For": "127.0.0.1"})
+    assert resp.status == 403  # the header makes no client local, and it says a proxy passed the request on
+    assert client.get("/").status == 200  # the peer is 127.0.0.1
 
 
 # -- tokens ----------------------------------------------------------------------------------

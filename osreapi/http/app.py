@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import bottle
+from cheroot.errors import MaxSizeExceeded
 
 from .. import __version__
 from ..embed import Executor
@@ -67,6 +68,9 @@ _DIGITS = re.compile(r"[0-9]+")
 _RESERVED = "|".join(re.escape(name) for name in sorted(RESERVED_IDS))
 TASK = f"<task_id:re:(?!(?i:{_RESERVED})(?:/|$))[^/]+>"
 MAX_OFFSET = 1 << 62  # fits os.lseek
+# Methods counted by name on /metrics; any other is "OTHER": each name a client makes up would
+# be a series of its own, kept for the server's life (method names up to --max_header long).
+COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 _STATUS_OF_CODE = {CODE_NOT_FOUND: 404, CODE_BAD_REQUEST: 400, CODE_CONFLICT: 409, CODE_TOO_LARGE: 413, CODE_RANGE: 416, CODE_TOO_MANY: 429,
@@ -195,7 +199,7 @@ def _count_requests(app: bottle.Bottle, executor: Executor) -> None:
         rule = route.rule.replace(TASK, "<task_id>") if route is not None else "unmatched"  # the label as written
         status = bottle.response.status_code
         method = environ["REQUEST_METHOD"]
-        executor.metrics.http_request(method, rule, status)
+        executor.metrics.http_request(method if method in COUNTED_METHODS else "OTHER", rule, status)
         if method in ("POST", "PUT", "DELETE", "PATCH"):
             args = environ.get("route.url_args") or {}
             task_id, steps = environ.get("osreapi.submitted", (args.get("task_id"), None))
@@ -425,19 +429,29 @@ def _read_body(limit: int) -> bytes | None:
         if size > limit:
             return None
         body = _read(stream, size) if size else b""
+        if body is None:
+            return None
         if len(body) < size:
             raise InvalidRequest("body_truncated", got=len(body), size=size)
         return body
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         body = _read(stream, limit + 1)
-        return None if len(body) > limit else body
+        return None if body is None or len(body) > limit else body
     return b""
 
 
-def _read(stream, size: int) -> bytes:
+def _read(stream, size: int) -> bytes | None:
+    """`size` bytes of the body (fewer at its end); None when its chunks announce more than the
+    server reads of a chunked body (cheroot's bound, set by the server's gateway)."""
     try:
         return stream.read(size)
-    except (OSError, ValueError) as exc:  # a client that stopped sending or sent a broken chunk
+    except MaxSizeExceeded:  # cheroot's words for size lines past its bound
+        return None
+    except OSError as exc:
+        if exc.args == ("Request Entity Too Large",):  # and for a chunk past it
+            return None
+        raise InvalidRequest("body_unreadable", reason=exc.__class__.__name__) from None
+    except ValueError as exc:  # a broken chunk
         raise InvalidRequest("body_unreadable", reason=exc.__class__.__name__) from None
 
 

@@ -69,8 +69,10 @@ def add_routes(
         return hub.serve(environ, "200 OK", FEED_HEADERS, source)
 
     @app.get("/ui")
-    def ui_redirect() -> None:
-        bottle.redirect("/ui/", 301)
+    def ui_redirect() -> bottle.HTTPResponse:
+        # A relative Location (RFC 9110 10.2.2): Bottle's redirect() builds an absolute one from the
+        # request's Host or X-Forwarded-Host, so any client could make this cacheable 301 point elsewhere.
+        return bottle.HTTPResponse(status=301, headers={"Location": "/ui/"})
 
     @app.get("/ui/")
     @app.get("/ui/tasks/<task_id>")

@@ -60,7 +60,10 @@ _CONTENT_LENGTH = re.compile(rb"^content-length:(.*?)\r?$", re.IGNORECASE | re.M
 _CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.IGNORECASE | re.MULTILINE)
 LENGTH_DIGITS = re.compile(rb"[0-9]{1,18}")  # a Content-Length we accept: ASCII digits, bounded
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,15}")
+CHUNK_LINE = 1024  # bytes a chunk-size line (with its extensions) may take: it is short
+CHUNKED_READ_FACTOR = 8  # a chunked body's bytes with its framing (1-byte chunks take 6 each), per --max_body
 _EXPECT = re.compile(rb"^expect:[ \t]*100-continue", re.IGNORECASE | re.MULTILINE)
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 @dataclass
@@ -125,11 +128,15 @@ def request_ready(
     Ready means: head and body are complete, or the request is too large or malformed, so that the
     worker's parser answers it at once (413/431/400) without waiting on the client."""
     head_end = data.find(b"\r\n\r\n")
-    if head_end < 0:
-        return len(data) > max_header, 0
+    if head_end < 0:  # a line ended by a bare LF: a head that never ends in CRLF CRLF, refused now
+        return len(data) > max_header or _BARE_LF.search(data) is not None, 0
     head = bytes(data[:head_end])
     body_start = head_end + 4
     if _CHUNKED.search(head):  # its size is unknown: it may take as long as the largest body
+        # With a length too, refused unread (ambiguous): what follows the head, read here as chunks
+        # until the deadline, may be the next request of a proxy's other client.
+        if _CONTENT_LENGTH.search(head):
+            return True, 0
         return _chunked_ready(data, body_start, max_body, walk or ChunkWalk()), max_body
     lengths = [value.strip() for value in _CONTENT_LENGTH.findall(head)]  # as cheroot's header reader strips
     if len(lengths) != 1 or not LENGTH_DIGITS.fullmatch(lengths[0]):
@@ -148,12 +155,15 @@ def _expects_continue(data: bytes | bytearray) -> bool:
 
 def _chunked_ready(data: bytes | bytearray, body_start: int, max_body: int, walk: ChunkWalk) -> bool:
     """Walk the chunks buffered since the last walk: ready at the last chunk's trailer end, or when
-    malformed or over max_body (the worker answers those)."""
+    malformed or over max_body (the worker answers those), its framing included: 1-byte chunks
+    with 1 KB extensions took a thousand times max_body in memory here."""
+    if len(data) - body_start > CHUNKED_READ_FACTOR * max_body:
+        return True
     pos = walk.pos or body_start
     while True:
         line_end = data.find(b"\r\n", pos)
         if line_end < 0:
-            return len(data) - pos > 1024  # a chunk-size line is short
+            return len(data) - pos > CHUNK_LINE
         size_text = bytes(data[pos:line_end]).split(b";", 1)[0].strip()
         if not _CHUNK_SIZE.fullmatch(size_text):
             return True

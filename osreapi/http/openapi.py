@@ -92,7 +92,8 @@ ACTION = {"name": "action", "in": "query", "required": True,
 COMMON_ERRORS = {
     "400": _json(ERROR, "bad parameters"),
     "401": _json(ERROR, "a token is configured and the request lacks it (WWW-Authenticate: Bearer)"),
-    "403": _json(ERROR, "protected mode: no token is configured and the client is not on loopback"),
+    "403": _json(ERROR, "protected mode: no token is configured and the client is not on loopback, came through a "
+                        "proxy or names a DNS host; or a page of another site sent a change"),
     "429": _json(ERROR, "too many requests"),
     "408": _json(ERROR, "the request did not arrive whole within --read_timeout"),
     "431": _json(ERROR, "request header block over --max_header"),

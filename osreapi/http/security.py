@@ -13,14 +13,22 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import InvalidValue
 from ..vocabulary import message
+from . import urltext
 from .answers import language_of, refuse
 
 audit_log = logging.getLogger("osreapi.audit")
 OPEN_PATHS = frozenset({"/healthz"})  # answered without a token
 PAGE_PREFIX = "/ui"  # the dashboard's static files: no data in them, and the page must load to ask for the token
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # change nothing: another site's page may send them
+MAX_HOST = 253 + len(":65535") + 2  # a DNS name, a port, an IPv6 literal's brackets
+SAME_SITE_FETCH = frozenset({"same-origin", "none"})  # Sec-Fetch-Site of the server's own pages, of a typed URL
+# What a reverse proxy adds (Caddy, Apache, Traefik by default; nginx as usually configured).
+PROXY_HEADERS = (("HTTP_FORWARDED", "Forwarded"), ("HTTP_X_FORWARDED_FOR", "X-Forwarded-For"),
+                 ("HTTP_X_REAL_IP", "X-Real-IP"), ("HTTP_VIA", "Via"))
 
 
 def is_page(environ: dict) -> bool:
@@ -34,21 +42,30 @@ def load_token(token: str | None, token_file: str | None, environ: dict[str, str
     if token is not None:
         if not token.strip():
             raise InvalidValue("--token: empty token")
-        return token.strip()
+        return _sendable(token.strip(), "--token")
     if token_file:
         path = Path(token_file)
         try:
             mode = path.stat().st_mode
             text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise InvalidValue(f"--token_file: cannot read {path}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidValue(f"--token_file: cannot read {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
         if mode & stat.S_IROTH:
             raise InvalidValue(f"--token_file: {path} is world-readable; chmod o-r {path}")
         if not text:
             raise InvalidValue(f"--token_file: {path} is empty")
-        return text
+        return _sendable(text, f"--token_file: {path}")
     from_env = environ.get("OSREAPI_TOKEN", "").strip()
-    return from_env or None
+    return _sendable(from_env, "OSREAPI_TOKEN") if from_env else None
+
+
+def _sendable(token: str, source: str) -> str:
+    """A token a client can send: an HTTP header carries bytes, not text, so one beyond printable
+    ASCII was never matched (`pässwort` in UTF-8 arrives as other characters) and the server ran
+    with a token nobody could present."""
+    if not (token.isascii() and token.isprintable()):
+        raise InvalidValue(f"{source}: the token must be printable ASCII (it travels in an HTTP header)")
+    return token
 
 
 @functools.lru_cache(maxsize=1024)  # asked on every request; clients are few
@@ -62,6 +79,66 @@ def is_loopback(address: str | None) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_loopback
+
+
+def proxy_header(environ: dict) -> str | None:
+    """The header that shows a request came through a proxy, if one does. A proxy on this host
+    connects from loopback whoever its client is: without a token, everyone it serves (the whole
+    internet, behind a TLS front) could run commands."""
+    for key, name in PROXY_HEADERS:
+        if key in environ:
+            return name
+    return None
+
+
+def cross_site_origin(environ: dict) -> str | None:
+    """The origin of a request that changes something, sent by a page of another site; None for
+    any other request. A browser sends a page's POST to any address without asking (a "simple"
+    request: CORS only hides the answer from the page), and a client on this host is served without
+    a token: any web page the host's user opened could run commands. Sec-Fetch-Site says where a
+    browser request comes from; without it (older browsers), Origin against Host; a client that is
+    not a browser sends neither."""
+    if environ.get("REQUEST_METHOD") in SAFE_METHODS:
+        return None
+    site, origin = environ.get("HTTP_SEC_FETCH_SITE"), environ.get("HTTP_ORIGIN")
+    if site is not None:
+        return None if site in SAME_SITE_FETCH else (origin or site)
+    if origin is None or _netloc(origin) == environ.get("HTTP_HOST", "").lower():
+        return None
+    return origin
+
+
+def _netloc(origin: str) -> str:
+    try:
+        return urlsplit(origin).netloc.lower()
+    except ValueError:
+        return ""
+
+
+def rebindable(host: str | None) -> bool:
+    """Whether a Host header names a DNS name an outside party may control (with a dot, not under
+    .localhost). A page of evil.example whose name is made to resolve to 127.0.0.1 (DNS rebinding)
+    talks to this server as its own origin, from a loopback client: served without a token, it
+    could run commands and read every answer. An IP address, `localhost` or a name without dots
+    (the host's own, from /etc/hosts) cannot be rebound from outside."""
+    if not host:
+        return False
+    # A DNS name has at most 253 characters: a longer Host names nothing, and is not kept in the
+    # cache (1,024 of them 64 KiB long would hold 64 MiB).
+    return len(host) > MAX_HOST or _rebindable(host)
+
+
+@functools.lru_cache(maxsize=1024)  # asked on every request in protected mode; hosts are few
+def _rebindable(host: str) -> bool:
+    try:
+        name = (urlsplit("//" + host).hostname or "").rstrip(".")
+    except ValueError:  # a port that is not a number
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return False
+    except ValueError:
+        return "." in name and not name.endswith(".localhost")
 
 
 def token_hint(token: str) -> str:
@@ -85,9 +162,19 @@ class Guard:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") in OPEN_PATHS:
             return self.app(environ, start_response)
+        origin = cross_site_origin(environ)
+        if origin is not None:
+            return self._refuse(environ, start_response, "403 Forbidden", 403, "cross_origin",
+                                origin=_shown(environ, "HTTP_ORIGIN" if "HTTP_ORIGIN" in environ else "HTTP_SEC_FETCH_SITE"))
         if self._token is None:
             if not is_loopback(environ.get("REMOTE_ADDR")):
                 return self._refuse(environ, start_response, "403 Forbidden", 403, "forbidden")
+            proxied = proxy_header(environ)
+            if proxied is not None:
+                return self._refuse(environ, start_response, "403 Forbidden", 403, "proxied", header=proxied)
+            if rebindable(environ.get("HTTP_HOST")):
+                return self._refuse(environ, start_response, "403 Forbidden", 403, "foreign_host",
+                                    host=_shown(environ, "HTTP_HOST"))
         elif not is_page(environ):
             header = environ.get("HTTP_AUTHORIZATION", "")
             scheme, _, presented = header.partition(" ")
@@ -97,11 +184,16 @@ class Guard:
         environ["osreapi.identity"] = self._identity
         return self.app(environ, start_response)
 
-    def _refuse(self, environ, start_response, status: str, code: int, key: str, headers=None) -> list[bytes]:
+    def _refuse(self, environ, start_response, status: str, code: int, key: str, headers=None, **values) -> list[bytes]:
         if environ.get("REQUEST_METHOD") in ("POST", "PUT", "DELETE", "PATCH"):
             audit(environ, route=environ.get("PATH_INFO", ""), task_id=None, steps=None, status=code)
-        text = message(key, language_of(environ, self._default_lang))
+        text = message(key, language_of(environ, self._default_lang), **values)
         return refuse(start_response, status, code, text, headers)
+
+
+def _shown(environ: dict, key: str) -> str:
+    """A header's value in a message: as UTF-8 text, quoted, bounded."""
+    return repr((urltext.header(environ, key) or "")[:100])
 
 
 def audit(environ: dict, *, route: str, task_id: str | None, steps: int | None, status: int) -> None:
@@ -117,4 +209,6 @@ def audit(environ: dict, *, route: str, task_id: str | None, steps: int | None, 
         "steps": steps,
         "status": status,
     }
-    audit_log.info(json.dumps(record, ensure_ascii=False))
+    # ASCII: a path's NEL (%85) or U+2028 is a line break to many readers (Python's splitlines),
+    # and would split the entry there and let the rest read as an entry of its own.
+    audit_log.info(json.dumps(record))

@@ -16,7 +16,15 @@ from cheroot.server import HeaderReader, HTTPConnection, HTTPRequest
 from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE
 from .answers import language_of, raw_refusal
-from .intake import LENGTH_DIGITS, RETRY_AFTER, RequestIntake, default_in_budget, refuse
+from .intake import (
+    CHUNK_LINE,
+    CHUNKED_READ_FACTOR,
+    LENGTH_DIGITS,
+    RETRY_AFTER,
+    RequestIntake,
+    default_in_budget,
+    refuse,
+)
 from .outbox import BUDGET, Outbox, OutBudget, waiting
 from .sockerrors import client_went_away
 
@@ -89,6 +97,21 @@ class _LengthCounting(HeaderReader):
         return True
 
 
+class _FieldLines:
+    """The head's lines as cheroot's header reader reads them, refusing a NUL or a CR that does not
+    end the line (RFC 9110 5.5: reject or replace): cheroot keeps both in the value, where a proxy
+    in front may have ended the line at the CR and read what follows as a header of its own."""
+
+    def __init__(self, rfile) -> None:
+        self._rfile = rfile
+
+    def readline(self, *args) -> bytes:
+        line = self._rfile.readline(*args)
+        if b"\x00" in line or b"\r" in line[:-2]:
+            raise ValueError("a NUL or a bare CR in a header line")  # answered 400
+        return line
+
+
 class _Request(HTTPRequest):
     """cheroot's request: its own answers (bad head, timeouts, overload) in the JSON envelope, and a
     Content-Length that is not plain digits, or not the only word on the body's length, refused
@@ -104,7 +127,7 @@ class _Request(HTTPRequest):
         HTTP/1.0 client."""
         reader = _LengthCounting()
         try:
-            headers = reader(rfile, headers)
+            headers = reader(_FieldLines(rfile), headers)
         except NameError:  # cheroot's reader on a fold before any header: a 500, not the client's 400
             raise ValueError("a folded header line (obs-fold)") from None
         # Two lengths, or a length and chunks: a proxy may read another body than we do, and the
@@ -217,12 +240,36 @@ class _Connection(HTTPConnection):
         super().close()
 
 
+class _ChunkLines:
+    """The connection's reader as cheroot's chunked body reader uses it, a line (a chunk's size,
+    the trailer) at most CHUNK_LINE bytes long: cheroot read a line whole however long, and a size
+    line that never ended held a worker and took memory as fast as the client sent it."""
+
+    def __init__(self, rfile) -> None:
+        self._rfile = rfile
+
+    def readline(self, *args) -> bytes:
+        line = self._rfile.readline(CHUNK_LINE + 1)
+        if len(line) > CHUNK_LINE:
+            raise ValueError(f"a chunk-size line longer than {CHUNK_LINE} bytes")  # answered 400
+        return line
+
+    def read(self, *args) -> bytes:
+        return self._rfile.read(*args)
+
+
 class _Gateway(wsgi.Gateway_10):
     """WSGI 1.0, plus the cheroot request in the environ, for the stream hub's hand-off."""
 
     def get_environ(self) -> dict:
         environ = super().get_environ()
         environ["osreapi.request"] = self.req
+        if self.req.chunked_read:
+            # cheroot reads each chunk whole, as large as its size line says (`10000000000`: a
+            # 1 TiB allocation, MemoryError, a 500): a chunked body and its framing are bounded.
+            chunks = self.req.rfile
+            chunks.maxlen = CHUNKED_READ_FACTOR * self.req.server.osreapi_max_body
+            chunks.rfile = _ChunkLines(chunks.rfile)
         return environ
 
 
