@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import DataDirInUse, InvalidValue, one_line_refusals
+from .errors import DataDirInUse, DataDirUnsafe, InvalidValue, one_line_refusals
 from .executor.durations import parse_duration, parse_size
 from .vocabulary import LANGUAGES
 
@@ -341,20 +341,6 @@ def _check_tls_files(tls) -> None:
         raise _CannotStart(2, f"--tls_client_ca: {tls.client_ca} holds no PEM certificate ({exc.reason or exc})") from None
 
 
-def _check_data_dir(data_dir: Path) -> None:
-    """Refuse a data dir another user controls: its owner, or anyone where every user may write
-    (`--data_dir /tmp/x` made by someone else first), could put a link where the server writes
-    and change the scripts it runs, as the server's user."""
-    info = data_dir.stat()
-    mode, user = stat.S_IMODE(info.st_mode), getattr(os, "geteuid", lambda: info.st_uid)()
-    if info.st_uid != user:
-        raise _CannotStart(1, f"--data_dir: {data_dir} belongs to another user (uid {info.st_uid}), who could change "
-                              f"the scripts the server runs; use a directory of this user's (uid {user})")
-    if mode & 0o002:
-        raise _CannotStart(1, f"--data_dir: every local user may write in {data_dir} (mode {mode:04o}) and change "
-                              f"the scripts the server runs; chmod o-w {data_dir}")
-
-
 def _warn_if_open(data_dir: Path) -> None:
     """An existing data dir keeps its mode (the user chose it); one that every local user may
     enter is said, once the server can use it, with the command that closes it."""
@@ -373,9 +359,6 @@ def _engine(args: argparse.Namespace):
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     try:
-        # Created for the server's user alone: it holds every step's script, env values and output.
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _check_data_dir(data_dir)
         executor = Executor(
             data_dir,
             pool_size=args.pool_size,
@@ -388,6 +371,8 @@ def _engine(args: argparse.Namespace):
         )
     except DataDirInUse as exc:
         raise _CannotStart(1, str(exc)) from None
+    except DataDirUnsafe as exc:
+        raise _CannotStart(1, f"--data_dir: {exc}") from None
     except OSError as exc:  # not a directory, no permission, a file where db/ or workspace/ goes
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(data_dir) else ""
         reason = "not a directory" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror or exc

@@ -176,7 +176,7 @@ class Executor(ControlCalls):
 
     def _start_engine(self) -> None:
         config, clock = self.config, self.clock
-        config.workspace_root.mkdir(parents=True, exist_ok=True)
+        config.workspace_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._db = Database(config.data_dir / "db")
         self._scheduler = Scheduler(self.monotonic)  # deadlines and sweeps, on the engine's clock
         self._cleanup_timer = Scheduler()  # the janitor's rounds: real processes take real time

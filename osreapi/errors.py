@@ -67,6 +67,12 @@ class DiskFull(OsreapiError):
 
 class DataDirInUse(OsreapiError):
     """Another server (or Executor) holds the data dir."""
+
+
+class DataDirUnsafe(OsreapiError):
+    """The data dir is another user's, or every user may write in it: they could change the scripts
+    the engine runs."""
+
 class TaskActive(OsreapiError):
     """The task has not finished: it cannot be deleted (HTTP 409)."""
 

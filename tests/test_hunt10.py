@@ -17,6 +17,8 @@ import tracemalloc
 
 import pytest
 
+from osreapi import Executor
+from osreapi.errors import DataDirUnsafe
 from osreapi.http.app import HttpSettings
 
 from .browser import launch
@@ -453,3 +455,37 @@ def test_a_data_dir_every_user_may_write_in_stops_the_start(tmp_path):
     message = start_refused(data_dir)
     assert f"every local user may write in {data_dir} (mode 0777)" in message and f"chmod o-w {data_dir}" in message
     assert list(data_dir.iterdir()) == []
+
+
+def test_workspaces_scripts_and_logs_are_private_whatever_the_umask(make_executor, tmp_path):
+    """Under umask 000 the workspace folders were 0777 and the scripts 0666: any local user could
+    rewrite a script before it ran (as the engine's user). Their modes no longer depend on the umask."""
+    old = os.umask(0)
+    try:
+        ex = make_executor(tmp_path / "data")
+        task_id = ex.submit([sh("echo hi")])
+        assert ex.wait(task_id, timeout=10).steps[0].output == "hi\n"
+    finally:
+        os.umask(old)
+    workspace = tmp_path / "data" / "workspace" / task_id
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode)
+             for path in (tmp_path / "data", tmp_path / "data" / "workspace", workspace, *workspace.rglob("*"))}
+    assert modes == {"data": 0o700, "workspace": 0o700, task_id: 0o700, ".osreapi": 0o700,
+                     "step-0.sh": 0o600, "step-0.log": 0o600}, modes
+
+
+def test_an_embedded_engine_refuses_a_data_dir_another_user_controls(tmp_path):
+    """The server refused such a data dir, but an embedded Executor took it: the check is the
+    engine's own now, as the lock is."""
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(DataDirUnsafe, match=r"every local user may write in .* \(mode 0777\)"):
+        Executor(open_dir)
+    assert list(open_dir.iterdir()) == []
+    if os.geteuid() == 0:
+        taken = tmp_path / "taken"
+        taken.mkdir()
+        os.chown(taken, 65534, 65534)
+        with pytest.raises(DataDirUnsafe, match="belongs to another user"):
+            Executor(taken)

@@ -15,11 +15,15 @@ from . import interpreters
 from .treekill import RUN_MARKER, STEP_MARKER, TASK_MARKER
 
 CONTROL_DIR = ".osreapi"  # inside the task workspace: scripts and logs
+PRIVATE_DIR = 0o700  # workspaces: a umask can only take bits away from these modes
+PRIVATE_FILE = 0o600  # scripts and logs (run as `sh <script>`: no execute bit needed)
 
 
 def prepare_workspace(workspace: Path) -> None:
-    """Create the task workspace and its control directory (scripts and logs), once per task."""
-    (workspace / CONTROL_DIR).mkdir(parents=True, exist_ok=True)
+    """Create the task workspace and its control directory (scripts and logs), once per task, for
+    the engine's user alone whatever the umask (under umask 000 other users could rewrite scripts)."""
+    workspace.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    (workspace / CONTROL_DIR).mkdir(mode=PRIVATE_DIR, exist_ok=True)
 
 
 def log_path(workspace: Path, index: int) -> Path:
@@ -71,10 +75,10 @@ def start_step(workspace: Path, task_id: str, index: int, spec: StepSpec, run_id
 def write_file(path: Path, data: bytes) -> None:
     """Create (or replace) a file with data: plain os calls, no io objects (once per step start)."""
     try:
-        fd = os.open(path, CREATE_FLAGS, 0o666)
+        fd = os.open(path, CREATE_FLAGS, PRIVATE_FILE)
     except FileNotFoundError:  # the task prepares the directory once; this is a fallback
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, CREATE_FLAGS, 0o666)
+        prepare_workspace(path.parent.parent)
+        fd = os.open(path, CREATE_FLAGS, PRIVATE_FILE)
     try:
         view = memoryview(data)
         while view:

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .process import CREATE_FLAGS
+from .process import CREATE_FLAGS, PRIVATE_FILE
 
 log = logging.getLogger(__name__)
 OnExit = Callable[[int, float], None]  # (returncode, when)
@@ -41,7 +41,7 @@ class LogSink:
     def __init__(self, fd: int, path: Path, cap: int) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
-        self._log_fd = os.open(path, CREATE_FLAGS, 0o666)  # one run per step: a leftover from a reused id goes
+        self._log_fd = os.open(path, CREATE_FLAGS, PRIVATE_FILE)  # one run per step: a leftover from a reused id goes
         self._room = cap
         self._tail = bytearray()
         self._dropped = 0
