@@ -304,6 +304,9 @@ def _network(args: argparse.Namespace):
         raise _CannotStart(2, f"argument --addr: {exc}") from None
     try:
         token = load_token(args.token, args.token_file)
+        if args.token is not None:
+            logging.getLogger(__name__).warning(
+                "--token is visible to every local user in the process list; prefer --token_file or OSREAPI_TOKEN")
     except InvalidValue as exc:
         raise _CannotStart(2, str(exc)) from None
     # Every step inherits the server's environment: a script running `env` would print the token

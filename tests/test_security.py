@@ -346,3 +346,14 @@ def test_a_slow_client_is_dropped_and_does_not_hold_a_worker(make_server):
         assert received < 32_000_000  # cut short: the connection was dropped
     finally:
         reader.close()
+
+
+def test_a_token_on_the_command_line_is_warned_about(start_server, tmp_path):
+    """--token shows in every local user's `ps`: the start says so (the token itself never)."""
+    server = start_server("--token", "cli-token-1", data_dir=tmp_path / "d")
+    assert server.terminate() == 0
+    log = server.log.read_text()
+    assert "--token is visible to every local user in the process list" in log and "cli-token-1" not in log
+    quiet = start_server(data_dir=tmp_path / "q")
+    assert quiet.terminate() == 0
+    assert "process list" not in quiet.log.read_text()

@@ -150,12 +150,13 @@ class Routes:
             case DiskFull():
                 return json_response(CODE_DISK_FULL, message("disk_full", lang))
             case OSError() if out_of_descriptors(exc):  # short of a resource for now: say when to retry
-                log.warning("%s %s: %s", bottle.request.method, bottle.request.path, exc)
+                log.warning("%s %r: %s", bottle.request.method, bottle.request.path, exc)
                 return json_response(CODE_BUSY, message("out_of_descriptors", lang), headers={"Retry-After": str(RETRY_AFTER)})
             case EngineFailed():  # the failure itself was logged, with its traceback, where it happened
-                log.error("%s %s: %s", bottle.request.method, bottle.request.path, exc)
+                log.error("%s %r: %s", bottle.request.method, bottle.request.path, exc)
                 return json_response(CODE_INTERNAL, message("engine_failed", lang))
-        log.exception("internal error on %s %s", bottle.request.method, bottle.request.path)
+        # The path quoted: a line break a client put in it (%0A) cannot start a forged log line.
+        log.exception("internal error on %s %r", bottle.request.method, bottle.request.path)
         return json_response(CODE_INTERNAL, message("internal", lang))
 
     def success(self, data: Any = None, headers: dict[str, str] | None = None) -> Answer:
