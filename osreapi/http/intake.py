@@ -329,7 +329,8 @@ class RequestIntake(ConnectionManager):
                         raw.setblocking(False)
                         raw.send(raw_refusal("503 Service Unavailable", "overloaded", self.server.osreapi_lang,
                                              retry_after=RETRY_AFTER))
-                    raw.shutdown(socket.SHUT_RDWR)
+                with suppress(OSError):
+                    raw.shutdown(socket.SHUT_RDWR)  # the client sees the end now, not when the reserve is next used
                 # Its descriptor is the next reserve: closed and opened again, another thread (a
                 # follower retrying its log) could take it in between.
                 self._reserve = raw.detach()
