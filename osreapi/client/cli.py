@@ -73,6 +73,9 @@ def main(command: str, argv: Sequence[str], prog: str = "osreapi") -> int:
     except ServerError as exc:
         tell_error(out, exc, exc.message)
         return EXIT_FAILED
+    except OsreapiError as exc:  # refused before any request (an empty id names no task)
+        tell_error(out, exc, str(exc))
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the reader stopped early (`| head`): what a shell tool killed by SIGPIPE says
@@ -114,6 +117,13 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _named(text: str) -> str:
+    """A task id or step: never empty (an empty id would make the path "/", the list of tasks)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def build_parser(command: str, prog: str) -> argparse.ArgumentParser:
     usage, summary = COMMANDS[command]
     parser = _Parser(prog=f"{prog} {command}", usage=f"%(prog)s {usage} [<flags>]", description=summary,
@@ -149,16 +159,16 @@ def _submit_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _id_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("id")
+    parser.add_argument("id", type=_named)
 
 
 def _step_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("id")
-    parser.add_argument("step", nargs="?", help="index or name; without it the whole task")
+    parser.add_argument("id", type=_named)
+    parser.add_argument("step", nargs="?", type=_named, help="index or name; without it the whole task")
 
 
 def _wait_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("id")
+    parser.add_argument("id", type=_named)
     _flag(parser, "timeout", default=None, type=_duration, help="give up after this long (exit 124)")
 
 
@@ -167,8 +177,8 @@ def _ls_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _logs_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("id")
-    parser.add_argument("step", help="index or name")
+    parser.add_argument("id", type=_named)
+    parser.add_argument("step", type=_named, help="index or name")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing until the step ends")
     _flag(parser, "offset", default=0, type=int, help="start at this byte of the output")
 

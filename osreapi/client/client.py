@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -15,7 +15,7 @@ from httpx_sse import connect_sse
 
 from ..controls import ControlCalls
 from ..embed import TaskResult
-from ..errors import InvalidRequest, InvalidValue
+from ..errors import InvalidRequest, InvalidValue, NotFound
 from ..records import TaskRecord
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, message
 from . import wire
@@ -24,16 +24,19 @@ from .errors import ON_CONTROL, ON_DELETE, ON_SUBMIT, ConnectionFailed, ServerEr
 DEFAULT_URL = "http://127.0.0.1:2376"
 DEFAULT_TIMEOUT = 10.0
 STREAM_READ_TIMEOUT = 60.0  # over the server's 15 s heartbeat on a quiet log stream
+MAX_ANSWER = 1 << 30  # bytes of one envelope: a task of 1,000 steps at the server's default --max_output fits
 MODES = (None, "sequential", "parallel", "dag")
 _ANSWERED = (CODE_OK, CODE_RUNNING, CODE_FAILED)
 
 Envelope = dict[str, Any]
+T = TypeVar("T")
 
 
 class Client(ControlCalls):
     """One server. `timeout` bounds each request (connect, read, write) in seconds; `verify` is
     True, False or a CA bundle path; `cert` a client certificate path or (cert, key) for mTLS;
-    `lang` the language of the server's messages in the errors raised ("en" or "zh")."""
+    `lang` the language of the server's messages in the errors raised ("en" or "zh"); an answer
+    over `max_answer` bytes is refused (ConnectionFailed)."""
 
     def __init__(
         self,
@@ -45,8 +48,10 @@ class Client(ControlCalls):
         poll_interval: float = 0.05,
         reconnects: int = 5,
         lang: str = "en",
+        max_answer: int = MAX_ANSWER,
     ) -> None:
         self.url = url.rstrip("/")
+        self.max_answer = max_answer
         self.lang = lang
         self.timeout = timeout
         self.poll_interval = poll_interval
@@ -63,18 +68,34 @@ class Client(ControlCalls):
         lang: str | None = None,
     ) -> tuple[int, Envelope]:
         """(HTTP status, the envelope as sent). Raises ConnectionFailed when there is no envelope."""
+        status, data = self._fetch(method, path, {**(params or {}), "lang": lang or self.lang}, content)
         try:
-            response = self._http.request(method, path, params={**(params or {}), "lang": lang or self.lang},
-                                          content=content)
-        except httpx.HTTPError as exc:
-            raise ConnectionFailed(f"{self.url}: {_reason(exc)}") from None
-        try:
-            body = response.json()
+            body = json.loads(data)
         except ValueError:
-            raise ConnectionFailed(f"{self.url}: HTTP {response.status_code} without a JSON envelope") from None
-        if not isinstance(body, dict) or "code" not in body:
-            raise ConnectionFailed(f"{self.url}: HTTP {response.status_code}: not an osreapi envelope")
-        return response.status_code, body
+            raise ConnectionFailed(f"{self.url}: HTTP {status} without a JSON envelope") from None
+        if not isinstance(body, dict) or not isinstance(body.get("code"), int) or not isinstance(body.get("message"), str):
+            raise ConnectionFailed(f"{self.url}: HTTP {status}: not an osreapi envelope")
+        return status, body
+
+    def _fetch(self, method: str, path: str, params: dict[str, str], content: bytes | None) -> tuple[int, bytes]:
+        """(HTTP status, body) of one request that ends within `timeout` in all, its body at most
+        `max_answer` bytes: httpx bounds each read only, and a server that drips or streams without
+        end would hold the caller (and its memory) for ever."""
+        deadline = time.monotonic() + self.timeout
+        body = bytearray()
+        try:
+            with self._http.stream(method, path, params=params, content=content) as response:
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > self.max_answer:
+                        raise ConnectionFailed(f"{self.url}: HTTP {response.status_code}: an answer over "
+                                               f"{self.max_answer} bytes is not an osreapi envelope")
+                    if time.monotonic() > deadline:
+                        raise ConnectionFailed(f"{self.url}: HTTP {response.status_code}: the answer was "
+                                               f"not complete within {self.timeout:g}s")
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(f"{self.url}: {_reason(exc)}", retry=_dropped(exc)) from None
+        return response.status_code, bytes(body)
 
     def call(
         self,
@@ -103,22 +124,22 @@ class Client(ControlCalls):
         lang: str | None = None,
     ) -> Envelope:
         """POST / as the server answered it: {"code": 0, "message": ..., "data": {"id", "count"}}."""
-        return self.call("POST", "/", submit_params(mode, task_id), submit_body(steps), ON_SUBMIT, lang)
+        body = self.call("POST", "/", submit_params(mode, task_id), submit_body(steps), ON_SUBMIT, lang)
+        self._data(body, _check_submitted)
+        return body
 
     def get(self, task_id: str) -> TaskResult | None:
         try:
             body = self.call("GET", task_path(task_id), {"detail": "true"})
-        except ServerError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return wire.task_result(body["data"], time.time())
+        except NotFound:
+            return None
+        return self._data(body, lambda data: wire.task_result(data, time.time()))
 
     def list(self, sort: str | None = None) -> list[TaskRecord]:
         """Tasks as GET / lists them (their `mode` is not on that list: it is "")."""
         body = self.call("GET", "/", {"sort": sort} if sort else None)
         now = time.time()
-        return [wire.task_record(entry, now) for entry in body["data"]["tasks"]]
+        return self._data(body, lambda data: [wire.task_record(entry, now) for entry in data["tasks"]])
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
         """Until the task has ended or timeout passed. The server answers when the task ends
@@ -132,13 +153,11 @@ class Client(ControlCalls):
             asked = time.monotonic()
             try:
                 running = self.call("GET", task_path(task_id), {"wait": f"{wait:.3f}s"})["code"] == CODE_RUNNING
-            except ServerError as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            except ConnectionFailed:  # a server restarting: asked again, as a log stream is resumed
+            except NotFound:
+                return None
+            except ConnectionFailed as exc:  # a server restarting: asked again, as a log stream is resumed
                 failures += 1
-                if failures > self.reconnects or left == 0:
+                if not exc.retry or failures > self.reconnects or left == 0:  # a hung one: once is enough
                     raise
                 time.sleep(_backoff(failures) if left is None else min(_backoff(failures), left))
                 continue
@@ -183,6 +202,14 @@ class Client(ControlCalls):
         self.close()
 
     # -- internals ------------------------------------------------------------------------
+
+    def _data(self, body: Envelope, read: Callable[[Any], T]) -> T:
+        """read(the envelope's data); data osreapi never sends (another service, a proxy's page) is
+        ConnectionFailed naming the server, not a traceback."""
+        try:
+            return read(body.get("data"))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ConnectionFailed(f"{self.url}: not an osreapi answer ({type(exc).__name__}: {exc})") from None
 
     def _log_chunks(self, task_id: str, step: str | int, follow: bool, offset: int) -> Iterator[str]:
         failures = 0
@@ -292,11 +319,24 @@ def submit_body(steps: list[dict[str, Any]] | str | bytes) -> bytes:
 
 
 def task_path(task_id: str) -> str:
+    if str(task_id) == "":  # "/" is the list of tasks; no task has an empty id
+        raise NotFound("task '' does not exist")
     return "/" + quote(str(task_id), safe="")
 
 
 def step_path(task_id: str, step: str | int) -> str:
     return task_path(task_id) + "/" + quote(str(step), safe="")
+
+
+def _check_submitted(data: dict[str, Any]) -> None:
+    """What callers of a submit read: data.id, a string, and data.count, a number."""
+    if not isinstance(data["id"], str) or not isinstance(data["count"], int):
+        raise TypeError("data.id and data.count are not a string and a number")
+
+
+def _dropped(exc: httpx.HTTPError) -> bool:
+    """A connection refused or cut (a server restarting), not one that timed out."""
+    return isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError))
 
 
 def _reason(exc: httpx.HTTPError) -> str:

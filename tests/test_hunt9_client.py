@@ -1,0 +1,174 @@
+"""The client and the terminal commands against servers that misbehave: an answer dripped or
+streamed without end, data osreapi never sends, a host that hangs in a fleet, Ctrl-C while a
+fleet waits. Each failure is one line naming the host, with its exit status, within the timeouts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from osreapi.client import Client, ConnectionFailed, Fleet
+from osreapi.errors import NotFound
+
+from .conftest import console_script, sh, wait_until
+from .test_client import LoopbackListener
+from .test_client_cli import osreapi
+
+
+class HostileServer(LoopbackListener):
+    """Reads each request's head, then answers as `answer(conn)` does, on a thread per connection."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.requests = 0
+        super().__init__()
+
+    def handle(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        try:
+            while True:  # request after request on a kept connection
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                self.requests += 1
+                self.answer(conn)
+        except OSError:  # the client went away: what these servers wait for
+            pass
+
+
+def drip(conn: socket.socket) -> None:
+    """A JSON answer's head at once, then a byte of its body every 0.2 s, for ever."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+    while True:
+        conn.sendall(b" ")
+        time.sleep(0.2)
+
+
+def endless(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+    while True:
+        conn.sendall(b"[" * 65536)
+
+
+def envelope(body: dict) -> callable:
+    data = json.dumps(body).encode()
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(data), data))
+
+    return answer
+
+
+@pytest.fixture
+def hostile() -> Iterator[callable]:
+    made: list[HostileServer] = []
+
+    def make(answer) -> HostileServer:
+        made.append(HostileServer(answer))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_answer_dripped_without_end_costs_one_request_timeout(hostile):
+    """httpx bounds each read, not the request: a byte every 0.2 s held `get` (and every command)
+    for ever, past the documented --request_timeout."""
+    server = hostile(drip)
+    with Client(server.url, timeout=1) as remote, pytest.raises(ConnectionFailed) as slow:
+        remote.get("x")
+    assert str(slow.value) == f"{server.url}: HTTP 200: the answer was not complete within 1s"
+    done = osreapi(server.url, "ls", "--request_timeout", "1s", "--lang", "en", timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr == f"osreapi: error: {server.url}: HTTP 200: the answer was not complete within 1s\n"
+
+
+@pytest.mark.timeout(60)
+def test_an_answer_without_end_is_refused_past_max_answer(hostile):
+    """A server streaming a body without end filled the client's memory for as long as it lasted."""
+    server = hostile(endless)
+    with Client(server.url, max_answer=1 << 20) as remote, pytest.raises(ConnectionFailed) as big:
+        remote.list()
+    assert str(big.value) == f"{server.url}: HTTP 200: an answer over 1048576 bytes is not an osreapi envelope"
+
+
+@pytest.mark.parametrize("body", [{"code": 0, "message": "ok", "data": None},
+                                  {"code": 0, "message": "ok", "data": {"id": 7, "tasks": [{"id": "x"}], "steps": [1]}}])
+def test_an_envelope_with_data_osreapi_never_sends_is_one_line(hostile, body: dict):
+    """{"code": 0, ...} with other data (another service, a proxy) was a TypeError or KeyError traceback."""
+    server = hostile(envelope(body))
+    with Client(server.url) as remote:
+        for call in (lambda: remote.get("x"), remote.list, lambda: remote.submit([sh("true")]),
+                     lambda: remote.wait("x", timeout=5)):
+            with pytest.raises(ConnectionFailed, match=f"^{server.url}: not an osreapi answer"):
+                call()
+    for command in (["get", "x"], ["ls"], ["submit", "-e", "true"], ["wait", "x"]):
+        done = osreapi(server.url, *command, "--lang", "en", timeout=30)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (command, done.stderr)
+        assert done.stderr.startswith(f"osreapi: error: {server.url}: not an osreapi answer")
+        assert done.stderr.count("\n") == 1
+
+
+def test_an_envelope_without_a_message_is_not_an_osreapi_envelope(hostile):
+    """`kill` printed the envelope's message: {"code": 0} alone was a KeyError traceback."""
+    server = hostile(envelope({"code": 0}))
+    done = osreapi(server.url, "kill", "x", "--lang", "en", timeout=30)
+    assert done.returncode == 2 and done.stderr == f"osreapi: error: {server.url}: HTTP 200: not an osreapi envelope\n"
+
+
+def test_an_empty_id_names_no_task(client):
+    """An empty id made the path "/", the list of tasks: `osreapi get ''` was a KeyError traceback,
+    `kill ''` a 405 'method not allowed'."""
+    with Client(client.url) as remote:
+        assert remote.get("") is None and remote.wait("", timeout=1) is None
+        with pytest.raises(NotFound):
+            remote.kill("")
+    for command in (["get", ""], ["wait", ""], ["kill", ""], ["rm", ""], ["logs", "x", ""], ["kill", "x", ""]):
+        done = osreapi(client.url, *command, timeout=30)
+        assert done.returncode == 2 and "must not be empty" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_host_in_a_fleet_wait_is_asked_once(hostile):
+    """A wait asked a host that timed out again, as it does one whose connection dropped (a server
+    restarting): a hung host cost six request timeouts instead of its one."""
+    silent = hostile(lambda conn: time.sleep(30))
+    with Fleet([f"127.0.0.1:{silent.port}"], timeout=1) as fleet:
+        [row] = fleet.wait("x")
+    assert isinstance(row.error, ConnectionFailed) and "ReadTimeout" in str(row.error)
+    assert silent.requests == 1
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("command", [["get", "x"], ["wait", "x"], ["submit", "-e", "true", "--wait"]])
+def test_ctrl_c_ends_a_fleet_command_at_once(hostile, command: list[str]):
+    """Ctrl-C while a fleet waited for a hung host: the worker pool was joined (on the way out and
+    at exit) until every host answered, so the command ignored Ctrl-C for --request_timeout."""
+    silent = hostile(lambda conn: time.sleep(60))
+    proc = subprocess.Popen([console_script(), *command, "--hosts", f"127.0.0.1:{silent.port}",
+                             "--request_timeout", "60s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: silent.requests == 1, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and "Traceback" not in err
