@@ -263,7 +263,7 @@ class Executor(ControlCalls):
 
     def _load(self, task_id: str) -> tuple[TaskRecord, list[StepRecord]]:
         """The stored records, as they are (no log read); NotFound when unknown or expired."""
-        task, steps = self._db.get_task_and_steps(task_id)
+        task, steps = self._db.get_task_and_steps(task_id) if task_id else (None, [])
         return self._live(task_id, task), steps
 
     def _live(self, task_id: str, task: TaskRecord | None) -> TaskRecord:
@@ -280,12 +280,16 @@ class Executor(ControlCalls):
 
     def task(self, task_id: str) -> TaskRecord | None:
         """The task's own record (no steps read), or None when unknown or expired."""
-        task = self._db.get_task(task_id)
+        task = self._stored_task(task_id)
         return None if task is None or self._expired(task) else task
+
+    def _stored_task(self, task_id: str) -> TaskRecord | None:
+        # LMDB refuses an empty key (BadValsizeError); no task has an empty id
+        return self._db.get_task(task_id) if task_id else None
 
     def specs(self, task_id: str) -> tuple[spec.StepSpec, ...]:
         """What the task's steps were submitted as (empty when unknown)."""
-        return self._db.get_specs(task_id)
+        return self._db.get_specs(task_id) if task_id else ()
 
     def log_path(self, task_id: str, index: int) -> Path:
         """Where a step's full output is written while it runs (kept until the record expires)."""
@@ -315,7 +319,7 @@ class Executor(ControlCalls):
         """Remove a finished task's record and workspace. Raises NotFound for an unknown or expired
         task, TaskActive for one that has not finished."""
         self._check_open()
-        self._live(task_id, self._db.get_task(task_id))  # an expired record is gone already for callers
+        self._live(task_id, self._stored_task(task_id))  # an expired record is gone already for callers
         task = self._answer(self._store, DeleteTask(task_id, Reply()))
         if task is None:
             raise NotFound(f"task {task_id!r} does not exist or has expired")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from osreapi.client import Client, ConnectionFailed, Fleet
-from osreapi.errors import NotFound
+from osreapi.errors import InvalidValue, NotFound
 
 from .conftest import console_script, sh, wait_until
 from .test_client import LoopbackListener
@@ -172,3 +172,24 @@ def test_ctrl_c_ends_a_fleet_command_at_once(hostile, command: list[str]):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://h:abc", "not a url", "ftp://h"])
+def test_a_server_url_httpx_cannot_use_is_a_usage_error(url: str):
+    """httpx's InvalidURL escaped Client(): `osreapi ls --url http://h:abc` was a traceback, exit 1."""
+    with pytest.raises(InvalidValue, match="^server URL "):
+        Client(url)
+    done = osreapi(url, "ls", timeout=30)
+    assert done.returncode == 2 and done.stderr.startswith(f"osreapi: error: server URL {url!r}: ")
+    fleet = osreapi("http://127.0.0.1:9", "get", "x", "--hosts", "h:abc", timeout=30)
+    assert fleet.returncode == 2 and fleet.stderr == "osreapi: error: server URL 'http://h:abc': Invalid port: 'abc'\n"
+
+
+def test_an_empty_id_is_an_unknown_task_in_process(executor):
+    """LMDB refuses an empty key: Executor.get("") raised lmdb.BadValsizeError."""
+    assert executor.get("") is None and executor.task("") is None and executor.wait("", 1) is None
+    assert executor.specs("") == ()
+    for call in (lambda: executor.kill(""), lambda: executor.delete(""), lambda: executor.logs("", 0),
+                 lambda: executor.step("", 0)):
+        with pytest.raises(NotFound):
+            call()

@@ -50,7 +50,7 @@ class Client(ControlCalls):
         lang: str = "en",
         max_answer: int = MAX_ANSWER,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = _checked_url(url.rstrip("/"))
         self.max_answer = max_answer
         self.lang = lang
         self.timeout = timeout
@@ -326,6 +326,17 @@ def task_path(task_id: str) -> str:
 
 def step_path(task_id: str, step: str | int) -> str:
     return task_path(task_id) + "/" + quote(str(step), safe="")
+
+
+def _checked_url(url: str) -> str:
+    """The URL, or InvalidValue naming it (httpx raised its own InvalidURL, a traceback in a terminal)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise InvalidValue(f"server URL {url!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidValue(f"server URL {url!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
+    return url
 
 
 def _check_submitted(data: dict[str, Any]) -> None:
