@@ -18,7 +18,7 @@ from osreapi.client import Client, ConnectionFailed, Fleet
 from osreapi.errors import InvalidValue, NotFound
 
 from .conftest import console_script, sh, wait_until
-from .test_client import LoopbackListener
+from .test_client import LoopbackListener, unused_port  # noqa: F401 - a fixture
 from .test_client_cli import osreapi
 
 
@@ -193,3 +193,32 @@ def test_an_empty_id_is_an_unknown_task_in_process(executor):
                  lambda: executor.step("", 0)):
         with pytest.raises(NotFound):
             call()
+
+
+@pytest.mark.timeout(90)
+def test_the_wait_command_goes_on_across_a_server_restart(start_server, tmp_path, unused_port: int):
+    """Client.wait asked a restarting server again; `osreapi wait` (which polls with get) ended
+    with exit 2 at the first refused connection."""
+    data = tmp_path / "data"
+    first = start_server("--addr", f"127.0.0.1:{unused_port}", data_dir=data)
+    task_id = first.client.submit([sh("sleep 30")])
+    assert wait_until(lambda: first.client.get(f"/{task_id}/0?lang=en").json["data"]["state"] == "running")
+    waiting = subprocess.Popen([console_script(), "wait", task_id, "--url", first.url, "--lang", "en"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress: list[str] = []
+    reader = threading.Thread(target=lambda: progress.extend(waiting.stderr), daemon=True)
+    reader.start()
+    try:
+        assert wait_until(lambda: any("running" in line for line in progress), timeout=30)  # it has asked
+        first.kill()
+        start_server("--addr", f"127.0.0.1:{unused_port}", data_dir=data)
+        out = waiting.stdout.read()
+        waiting.wait(60)
+        reader.join(10)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    err = "".join(progress)
+    assert waiting.returncode == 1, err  # the task ended interrupted: it did not succeed
+    assert out.startswith(f"task {task_id}: interrupted") and "error" not in err

@@ -275,7 +275,7 @@ def _watch(client: Client, task_id: str, out: Out, timeout: float | None, follow
     with Progress(out, task_id) as progress:
         followers = Followers(client, task_id, progress.print) if follow else None
         while True:
-            result = client.get(task_id)
+            result = client.resumed(lambda: client.get(task_id), deadline)  # across a server restart
             progress.update(result)
             if result is None:
                 return None, False

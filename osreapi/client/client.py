@@ -146,27 +146,35 @@ class Client(ControlCalls):
         (GET /<id>?wait=, a few seconds per request); one that answers at once (an older server)
         is polled, backing off to 1 s."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval, failures = self.poll_interval, 0
+        interval = self.poll_interval
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             wait = self.timeout * 0.8 if left is None else min(self.timeout * 0.8, left)
             asked = time.monotonic()
             try:
-                running = self.call("GET", task_path(task_id), {"wait": f"{wait:.3f}s"})["code"] == CODE_RUNNING
+                answer = self.resumed(lambda: self.call("GET", task_path(task_id), {"wait": f"{wait:.3f}s"}), deadline)
             except NotFound:
                 return None
-            except ConnectionFailed as exc:  # a server restarting: asked again, as a log stream is resumed
-                failures += 1
-                if not exc.retry or failures > self.reconnects or left == 0:  # a hung one: once is enough
-                    raise
-                time.sleep(_backoff(failures) if left is None else min(_backoff(failures), left))
-                continue
-            failures = 0
-            if not running or left == 0:
-                return self.get(task_id)
+            if answer["code"] != CODE_RUNNING or left == 0:
+                return self.resumed(lambda: self.get(task_id), deadline)
             if time.monotonic() - asked < wait / 2:  # answered at once: this server does not wait
                 time.sleep(interval if left is None else min(interval, left))
                 interval = min(interval * 1.5, 1.0)
+
+    def resumed(self, call: Callable[[], T], deadline: float | None = None) -> T:
+        """call(), asked again after a dropped or refused connection (a server restarting), as a log
+        stream is resumed: up to `reconnects` times in a row, never past `deadline` (monotonic).
+        A request that timed out is not asked again: a hung server costs one `timeout`."""
+        failures = 0
+        while True:
+            try:
+                return call()
+            except ConnectionFailed as exc:
+                failures += 1
+                left = None if deadline is None else deadline - time.monotonic()
+                if not exc.retry or failures > self.reconnects or (left is not None and left <= 0):
+                    raise
+                time.sleep(_backoff(failures) if left is None else min(_backoff(failures), left))
 
     def logs(self, task_id: str, step: str | int, follow: bool = False, offset: int = 0) -> Iterator[str]:
         """Output chunks from byte `offset` (SSE). A dropped connection is resumed from the last byte
