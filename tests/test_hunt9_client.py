@@ -23,7 +23,7 @@ from .test_client_cli import osreapi
 
 
 class HostileServer(LoopbackListener):
-    """Reads each request's head, then answers as `answer(conn)` does, on a thread per connection."""
+    """Reads each request's head, then answers as `answer(conn, head)` does, on a thread per connection."""
 
     def __init__(self, answer) -> None:
         self.answer = answer
@@ -44,12 +44,12 @@ class HostileServer(LoopbackListener):
                         return
                     head += data
                 self.requests += 1
-                self.answer(conn)
+                self.answer(conn, head)
         except OSError:  # the client went away: what these servers wait for
             pass
 
 
-def drip(conn: socket.socket) -> None:
+def drip(conn: socket.socket, head: bytes) -> None:
     """A JSON answer's head at once, then a byte of its body every 0.2 s, for ever."""
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
     while True:
@@ -57,7 +57,7 @@ def drip(conn: socket.socket) -> None:
         time.sleep(0.2)
 
 
-def endless(conn: socket.socket) -> None:
+def endless(conn: socket.socket, head: bytes) -> None:
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
     while True:
         conn.sendall(b"[" * 65536)
@@ -66,7 +66,7 @@ def endless(conn: socket.socket) -> None:
 def envelope(body: dict) -> callable:
     data = json.dumps(body).encode()
 
-    def answer(conn: socket.socket) -> None:
+    def answer(conn: socket.socket, head: bytes) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                      % (len(data), data))
 
@@ -148,7 +148,7 @@ def test_an_empty_id_names_no_task(client):
 def test_a_hung_host_in_a_fleet_wait_is_asked_once(hostile):
     """A wait asked a host that timed out again, as it does one whose connection dropped (a server
     restarting): a hung host cost six request timeouts instead of its one."""
-    silent = hostile(lambda conn: time.sleep(30))
+    silent = hostile(lambda conn, head: time.sleep(30))
     with Fleet([f"127.0.0.1:{silent.port}"], timeout=1) as fleet:
         [row] = fleet.wait("x")
     assert isinstance(row.error, ConnectionFailed) and "ReadTimeout" in str(row.error)
@@ -160,7 +160,7 @@ def test_a_hung_host_in_a_fleet_wait_is_asked_once(hostile):
 def test_ctrl_c_ends_a_fleet_command_at_once(hostile, command: list[str]):
     """Ctrl-C while a fleet waited for a hung host: the worker pool was joined (on the way out and
     at exit) until every host answered, so the command ignored Ctrl-C for --request_timeout."""
-    silent = hostile(lambda conn: time.sleep(60))
+    silent = hostile(lambda conn, head: time.sleep(60))
     proc = subprocess.Popen([console_script(), *command, "--hosts", f"127.0.0.1:{silent.port}",
                              "--request_timeout", "60s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -222,3 +222,28 @@ def test_the_wait_command_goes_on_across_a_server_restart(start_server, tmp_path
     err = "".join(progress)
     assert waiting.returncode == 1, err  # the task ended interrupted: it did not succeed
     assert out.startswith(f"task {task_id}: interrupted") and "error" not in err
+
+
+def log_events(events: bytes) -> callable:
+    """A log's plain probe answered, then `events` as its SSE stream."""
+
+    def answer(conn: socket.socket, head: bytes) -> None:
+        if b"text/event-stream" not in head:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n")
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + events)
+        time.sleep(30)
+
+    return answer
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("events, text", [(b"id: abc\ndata: hello\n\n", "event id 'abc' after byte 0"),
+                                          (b"id: 5\ndata: hello\n\nid: 2\ndata: x\n\n", "event id '2' after byte 5")])
+def test_a_log_stream_with_event_ids_osreapi_never_sends_is_one_line(hostile, events: bytes, text: str):
+    """An event id that is not a byte offset was int()'s ValueError traceback; one before the last
+    offset read nothing and went on."""
+    server = hostile(log_events(events))
+    done = osreapi(server.url, "logs", "x", "0", "--lang", "en", timeout=30)
+    assert done.returncode == 2
+    assert done.stderr == f"osreapi: error: {server.url}: not an osreapi log stream ({text})\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ _ANSWERED = (CODE_OK, CODE_RUNNING, CODE_FAILED)
 
 Envelope = dict[str, Any]
 T = TypeVar("T")
+_DIGITS = re.compile(r"[0-9]+")  # a byte offset; str.isdigit() would take '²'
 
 
 class Client(ControlCalls):
@@ -252,6 +254,9 @@ class Client(ControlCalls):
                     yield "", None
                     return
                 if event.event == "message" and event.id:
+                    if not _DIGITS.fullmatch(event.id) or int(event.id) < offset:
+                        raise ConnectionFailed(f"{self.url}: not an osreapi log stream (event id {event.id[:40]!r} "
+                                               f"after byte {offset})")
                     after = int(event.id)
                     text = event.data
                     if len(text.encode("utf-8")) != after - offset:
