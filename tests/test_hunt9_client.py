@@ -247,3 +247,23 @@ def test_a_log_stream_with_event_ids_osreapi_never_sends_is_one_line(hostile, ev
     done = osreapi(server.url, "logs", "x", "0", "--lang", "en", timeout=30)
     assert done.returncode == 2
     assert done.stderr == f"osreapi: error: {server.url}: not an osreapi log stream ({text})\n"
+
+
+def test_the_clients_own_failures_are_told_in_its_language(hostile, unused_port: int):
+    """The server's refusals came in --lang (zh by default) but the client's own lines were English."""
+    server = hostile(envelope({"data": []}))
+    assert osreapi(server.url, "get", "x").stderr == f"osreapi: error: {server.url}: HTTP 200: 不是 osreapi 的信封\n"
+    assert osreapi(server.url, "get", "x", "--lang", "en").stderr == (
+        f"osreapi: error: {server.url}: HTTP 200: not an osreapi envelope\n")
+    down = osreapi(f"http://127.0.0.1:{unused_port}", "ls")
+    assert down.returncode == 2
+    assert down.stderr.startswith(f"osreapi: error: http://127.0.0.1:{unused_port}: 无应答: ConnectError: ")
+
+
+def test_a_refused_token_names_the_server(make_server):
+    """`osreapi: error: missing or wrong token ...` did not say which server refused it."""
+    from osreapi.http.app import HttpSettings
+
+    server = make_server(settings=HttpSettings(token="right"))
+    refused = osreapi(server.url, "ls", "--lang", "en", env={"OSREAPI_TOKEN": "wrong"})
+    assert refused.returncode == 2 and refused.stderr.startswith(f"osreapi: error: {server.url}: missing or wrong token")

@@ -68,7 +68,8 @@ def main(command: str, argv: Sequence[str], prog: str = "osreapi") -> int:
     try:
         return HANDLERS[command](args, out)
     except (UsageError, InvalidValue, RemoteInvalidRequest, Unauthorized, ConnectionFailed) as exc:
-        tell_error(out, exc, str(exc))
+        # which server refused the token (a ConnectionFailed names its own)
+        tell_error(out, exc, f"{args.url}: {exc}" if isinstance(exc, Unauthorized) else str(exc))
         return EXIT_USAGE
     except ServerError as exc:
         tell_error(out, exc, exc.message)

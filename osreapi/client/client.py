@@ -71,33 +71,41 @@ class Client(ControlCalls):
     ) -> tuple[int, Envelope]:
         """(HTTP status, the envelope as sent). Raises ConnectionFailed when there is no envelope."""
         status, data = self._fetch(method, path, {**(params or {}), "lang": lang or self.lang}, content)
+        return status, self._envelope_of(status, data)
+
+    def _fetch(self, method: str, path: str, params: dict[str, str], content: bytes | None) -> tuple[int, bytes]:
+        """(HTTP status, body) of one request that ends within `timeout` in all."""
+        deadline = time.monotonic() + self.timeout
+        try:
+            with self._http.stream(method, path, params=params, content=content) as response:
+                return response.status_code, self._body(response, deadline)
+        except httpx.HTTPError as exc:
+            raise self._failure("client_no_answer", retry=_dropped(exc), reason=_reason(exc)) from None
+
+    def _body(self, response: httpx.Response, deadline: float) -> bytes:
+        """The whole body by `deadline`, at most `max_answer` bytes: httpx bounds each read only, and
+        a server that drips or streams without end would hold the caller (and its memory) for ever."""
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > self.max_answer:
+                raise self._failure("client_too_big", status=response.status_code, limit=self.max_answer)
+            if time.monotonic() > deadline:
+                raise self._failure("client_too_slow", status=response.status_code, seconds=f"{self.timeout:g}")
+        return bytes(body)
+
+    def _envelope_of(self, status: int, data: bytes) -> Envelope:
         try:
             body = json.loads(data)
         except ValueError:
-            raise ConnectionFailed(f"{self.url}: HTTP {status} without a JSON envelope") from None
+            raise self._failure("client_no_envelope", status=status) from None
         if not isinstance(body, dict) or not isinstance(body.get("code"), int) or not isinstance(body.get("message"), str):
-            raise ConnectionFailed(f"{self.url}: HTTP {status}: not an osreapi envelope")
-        return status, body
+            raise self._failure("client_not_envelope", status=status)
+        return body
 
-    def _fetch(self, method: str, path: str, params: dict[str, str], content: bytes | None) -> tuple[int, bytes]:
-        """(HTTP status, body) of one request that ends within `timeout` in all, its body at most
-        `max_answer` bytes: httpx bounds each read only, and a server that drips or streams without
-        end would hold the caller (and its memory) for ever."""
-        deadline = time.monotonic() + self.timeout
-        body = bytearray()
-        try:
-            with self._http.stream(method, path, params=params, content=content) as response:
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > self.max_answer:
-                        raise ConnectionFailed(f"{self.url}: HTTP {response.status_code}: an answer over "
-                                               f"{self.max_answer} bytes is not an osreapi envelope")
-                    if time.monotonic() > deadline:
-                        raise ConnectionFailed(f"{self.url}: HTTP {response.status_code}: the answer was "
-                                               f"not complete within {self.timeout:g}s")
-        except httpx.HTTPError as exc:
-            raise ConnectionFailed(f"{self.url}: {_reason(exc)}", retry=_dropped(exc)) from None
-        return response.status_code, bytes(body)
+    def _failure(self, key: str, retry: bool = False, **values: object) -> ConnectionFailed:
+        """ConnectionFailed naming this server, in the client's language."""
+        return ConnectionFailed(f"{self.url}: {message(key, self.lang, **values)}", retry=retry)
 
     def call(
         self,
@@ -186,10 +194,9 @@ class Client(ControlCalls):
         try:
             with self._http.stream("GET", path, params={"offset": str(offset), "lang": self.lang}) as response:
                 if response.status_code != 200:  # unknown task or step, offset past the end: now
-                    response.read()
                     self._raise_answer(response)
         except httpx.HTTPError as exc:
-            raise ConnectionFailed(f"{self.url}: {_reason(exc)}") from None
+            raise self._failure("client_no_answer", reason=_reason(exc)) from None
         return self._log_chunks(task_id, step, follow, offset)
 
     def control(self, task_id: str, action: str, step: str | int | None = None, lang: str | None = None) -> Envelope:
@@ -219,7 +226,7 @@ class Client(ControlCalls):
         try:
             return read(body.get("data"))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise ConnectionFailed(f"{self.url}: not an osreapi answer ({type(exc).__name__}: {exc})") from None
+            raise self._failure("client_not_answer", error=f"{type(exc).__name__}: {exc}") from None
 
     def _log_chunks(self, task_id: str, step: str | int, follow: bool, offset: int) -> Iterator[str]:
         failures = 0
@@ -237,8 +244,7 @@ class Client(ControlCalls):
                 reason = _reason(exc)
             failures += 1  # resume from the last byte received
             if failures > self.reconnects:
-                lost = message("log_stream_lost", self.lang, task=task_id, step=step, reason=reason)
-                raise ConnectionFailed(f"{self.url}: {lost}")
+                raise self._failure("log_stream_lost", task=task_id, step=step, reason=reason)
             time.sleep(_backoff(failures))
 
     def _log_stream(self, path: str, follow: bool, offset: int) -> Iterator[tuple[str, int | None]]:
@@ -247,7 +253,6 @@ class Client(ControlCalls):
         timeout = httpx.Timeout(self.timeout, read=max(self.timeout, STREAM_READ_TIMEOUT))
         with connect_sse(self._http, "GET", path, params=params, timeout=timeout) as source:
             if source.response.status_code != 200:
-                source.response.read()
                 self._raise_answer(source.response)
             for event in source.iter_sse():
                 if event.event == "end":
@@ -255,8 +260,7 @@ class Client(ControlCalls):
                     return
                 if event.event == "message" and event.id:
                     if not _DIGITS.fullmatch(event.id) or int(event.id) < offset:
-                        raise ConnectionFailed(f"{self.url}: not an osreapi log stream (event id {event.id[:40]!r} "
-                                               f"after byte {offset})")
+                        raise self._failure("client_not_log", id=repr(event.id[:40]), offset=offset)
                     after = int(event.id)
                     text = event.data
                     if len(text.encode("utf-8")) != after - offset:
@@ -270,7 +274,6 @@ class Client(ControlCalls):
         data = b""
         with self._http.stream("GET", path, params={"offset": str(start)}) as response:
             if response.status_code != 200:
-                response.read()
                 self._raise_answer(response)
             for chunk in response.iter_bytes():
                 data += chunk
@@ -279,11 +282,9 @@ class Client(ControlCalls):
         return data[: end - start].decode("utf-8", "replace")
 
     def _raise_answer(self, response: httpx.Response) -> None:
-        try:
-            body = response.json()
-        except ValueError:
-            raise ConnectionFailed(f"{self.url}: HTTP {response.status_code} without a JSON envelope") from None
-        raise error_for(response.status_code, body.get("code", response.status_code), str(body.get("message", "")))
+        """The typed error of a streamed request's error answer, its body read as any answer's."""
+        body = self._envelope_of(response.status_code, self._body(response, time.monotonic() + self.timeout))
+        raise error_for(response.status_code, body["code"], body["message"])
 
 
 @lru_cache(maxsize=16)  # one context per setting, shared: loading the system's CAs is not free
