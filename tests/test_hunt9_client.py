@@ -267,3 +267,16 @@ def test_a_refused_token_names_the_server(make_server):
     server = make_server(settings=HttpSettings(token="right"))
     refused = osreapi(server.url, "ls", "--lang", "en", env={"OSREAPI_TOKEN": "wrong"})
     assert refused.returncode == 2 and refused.stderr.startswith(f"osreapi: error: {server.url}: missing or wrong token")
+
+
+def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_traceback(client):
+    """Under LANG=en_US.ISO-8859-1 or PYTHONIOENCODING=ascii our zh words (the default) and a step's
+    output cannot be encoded: every command was a UnicodeEncodeError traceback, exit 1."""
+    task_id = client.submit([sh("echo 输出; exit 3")])
+    client.wait(task_id)
+    for command in (["get", task_id], ["ls"], ["logs", task_id, "0"], ["get", "nothing-here"]):
+        done = osreapi(client.url, *command, env={"PYTHONIOENCODING": "ascii"})
+        assert "Traceback" not in done.stderr and done.returncode in (0, 1), (command, done.stderr)
+        assert "\\u" in done.stdout + done.stderr, command
+    failed = osreapi(client.url, "get", task_id, env={"PYTHONIOENCODING": "ascii"})
+    assert failed.returncode == 1 and "\\u8f93\\u51fa" in failed.stdout  # 输出, the step's own words

@@ -62,6 +62,7 @@ def commands_help(prog: str) -> str:
 
 
 def main(command: str, argv: Sequence[str], prog: str = "osreapi") -> int:
+    _writable_anything()
     args = build_parser(command, prog).parse_intermixed_args(list(argv))
     args.command = command
     out = Out(args.lang, args.json)
@@ -82,6 +83,14 @@ def main(command: str, argv: Sequence[str], prog: str = "osreapi") -> int:
     except BrokenPipeError:  # the reader stopped early (`| head`): what a shell tool killed by SIGPIPE says
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return EXIT_BROKEN_PIPE
+
+
+def _writable_anything() -> None:
+    """A terminal or pipe whose encoding is not UTF-8 (LANG=en_US.ISO-8859-1, PYTHONIOENCODING=ascii)
+    cannot hold our zh words or a step's output: escape what it cannot hold instead of a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def tell_error(out: Out, exc: OsreapiError, text: str) -> None:
