@@ -280,3 +280,13 @@ def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_traceback(client):
         assert "\\u" in done.stdout + done.stderr, command
     failed = osreapi(client.url, "get", task_id, env={"PYTHONIOENCODING": "ascii"})
     assert failed.returncode == 1 and "\\u8f93\\u51fa" in failed.stdout  # 输出, the step's own words
+
+
+def test_a_command_run_with_its_stdout_closed_ends_without_a_traceback(client):
+    """`osreapi get ID >&-`: Python's sys.stdout is None, and the table's flush was an AttributeError."""
+    task_id = client.submit([sh("echo hi")])
+    client.wait(task_id)
+    for command in (f"get {task_id}", "ls", f"logs {task_id} 0", f"get {task_id} --json"):
+        done = subprocess.run(["sh", "-c", f'"$0" {command} --url {client.url} >&-', console_script()],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stderr == "", (command, done.stderr)
