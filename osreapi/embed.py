@@ -225,6 +225,7 @@ class Executor(ControlCalls):
     ) -> Submitted:
         self._check_open()
         data = spec.parse_body(steps) if isinstance(steps, (str, bytes)) else steps
+        data = list(data) if isinstance(data, tuple) else data  # a JSON array, as the Client sends it
         task_id = spec.validate_task_id(task_id) if task_id is not None else str(uuid.uuid4())
         specs = spec.build_steps(task_id, data, self.limits)
         mode = spec.choose_mode(specs, parallel)

@@ -290,3 +290,28 @@ def test_a_command_run_with_its_stdout_closed_ends_without_a_traceback(client):
         done = subprocess.run(["sh", "-c", f'"$0" {command} --url {client.url} >&-', console_script()],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and done.stderr == "", (command, done.stderr)
+
+
+def test_steps_from_python_are_refused_alike_in_process_and_over_http(client, tmp_path):
+    """A tuple of steps ran over HTTP but was "got a number" in process; a set or bytes was json's
+    TypeError from Client (a traceback in `osreapi submit` for a YAML date); a lone surrogate was
+    UnicodeEncodeError from Client, a clear refusal from Executor."""
+    from osreapi.errors import InvalidRequest
+
+    executor = client.executor
+    step = sh("true")
+    with Client(client.url) as remote:
+        for runner in (executor, remote):
+            assert runner.wait(runner.submit((step,)), timeout=20).task.succeeded
+            surrogate = [sh("echo \udcff")]
+            with pytest.raises(InvalidRequest, match="command_content is not valid Unicode"):
+                runner.submit(surrogate)
+        with pytest.raises(InvalidRequest, match="got a Python set"):
+            executor.submit({1})
+        with pytest.raises(InvalidRequest, match="^the steps cannot be written as JSON: Object of type set"):
+            remote.submit({1})
+    dated = tmp_path / "dated.yaml"
+    dated.write_text("- command_type: sh\n  command_content: echo\n  name: 2020-01-01\n")
+    done = osreapi(client.url, "submit", str(dated), "--lang", "en")
+    assert done.returncode == 2
+    assert done.stderr == "osreapi: error: the steps cannot be written as JSON: Object of type date is not JSON serializable\n"

@@ -18,13 +18,13 @@ import yaml
 
 from ..cli import _flag, _Parser  # the server's parser habits: --a_b = --a-b, one-line errors
 from ..embed import TaskResult
-from ..errors import InvalidValue, OsreapiError
+from ..errors import InvalidRequest, InvalidValue, OsreapiError
 from ..executor.durations import parse_duration
 from ..http.security import load_token
 from ..vocabulary import LANGUAGES, message
 from .client import DEFAULT_URL, Client, task_path
 from .display import Out, Progress, seconds
-from .errors import ConnectionFailed, RemoteInvalidRequest, ServerError, Unauthorized
+from .errors import ConnectionFailed, ServerError, Unauthorized
 from .fleet import DEFAULT_FANOUT, Fleet, HostResult, parse_hosts, read_hosts_file
 from .follow import Followers
 
@@ -68,9 +68,8 @@ def main(command: str, argv: Sequence[str], prog: str = "osreapi") -> int:
     out = Out(args.lang, args.json)
     try:
         return HANDLERS[command](args, out)
-    except (UsageError, InvalidValue, RemoteInvalidRequest, Unauthorized, ConnectionFailed) as exc:
-        # which server refused the token (a ConnectionFailed names its own)
-        tell_error(out, exc, f"{args.url}: {exc}" if isinstance(exc, Unauthorized) else str(exc))
+    except (UsageError, InvalidValue, InvalidRequest, Unauthorized, ConnectionFailed) as exc:
+        tell_error(out, exc, _usage_text(exc, args.url, out.lang))
         return EXIT_USAGE
     except ServerError as exc:
         tell_error(out, exc, exc.message)
@@ -83,6 +82,14 @@ def main(command: str, argv: Sequence[str], prog: str = "osreapi") -> int:
     except BrokenPipeError:  # the reader stopped early (`| head`): what a shell tool killed by SIGPIPE says
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return EXIT_BROKEN_PIPE
+
+
+def _usage_text(exc: OsreapiError, url: str, lang: str) -> str:
+    if isinstance(exc, Unauthorized):  # which server refused the token (a ConnectionFailed names its own)
+        return f"{url}: {exc}"
+    if isinstance(exc, InvalidRequest) and not isinstance(exc, ServerError):  # refused here: steps JSON cannot hold
+        return exc.text(lang)
+    return str(exc)
 
 
 def _writable_anything() -> None:

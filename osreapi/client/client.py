@@ -327,9 +327,17 @@ def submit_params(mode: str | None, task_id: str | None) -> dict[str, str]:
 
 
 def submit_body(steps: list[dict[str, Any]] | str | bytes) -> bytes:
+    """The POST body; InvalidRequest for steps that JSON cannot hold (a set, bytes), as `Executor` refuses them."""
     if isinstance(steps, bytes):
         return steps
-    return (steps if isinstance(steps, str) else json.dumps(steps, ensure_ascii=False)).encode("utf-8")
+    try:
+        text = steps if isinstance(steps, str) else json.dumps(steps, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest("steps_not_json", error=str(exc)) from None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: sent as a JSON escape, the server names its step and field
+        return text.encode("utf-8", "surrogatepass") if isinstance(steps, str) else json.dumps(steps).encode("ascii")
 
 
 def task_path(task_id: str) -> str:
