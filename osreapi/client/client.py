@@ -25,6 +25,7 @@ from .errors import ON_CONTROL, ON_DELETE, ON_SUBMIT, ConnectionFailed, ServerEr
 DEFAULT_URL = "http://127.0.0.1:2376"
 DEFAULT_TIMEOUT = 10.0
 STREAM_READ_TIMEOUT = 60.0  # over the server's 15 s heartbeat on a quiet log stream
+MAX_REQUEST_TIMEOUT = 24 * 3600.0  # seconds; a socket's timeout must fit in a time_t
 MAX_ANSWER = 1 << 30  # bytes of one envelope: a task of 1,000 steps at the server's default --max_output fits
 MODES = (None, "sequential", "parallel", "dag")
 _ANSWERED = (CODE_OK, CODE_RUNNING, CODE_FAILED)
@@ -53,6 +54,8 @@ class Client(ControlCalls):
         max_answer: int = MAX_ANSWER,
     ) -> None:
         self.url = _checked_url(url.rstrip("/"))
+        if not 0 < timeout <= MAX_REQUEST_TIMEOUT:
+            raise InvalidValue(f"timeout: expected more than 0 and at most {MAX_REQUEST_TIMEOUT:g} seconds, got {timeout!r}")
         self.max_answer = max_answer
         self.lang = lang
         self.timeout = timeout
