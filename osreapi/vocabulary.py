@@ -93,6 +93,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "cli_steps_heading": ("步骤|名称|状态|退出码|用时", "step|name|state|code|time"),
     "cli_hosts_heading": ("主机|任务|状态|用时|失败步骤 / 错误", "host|task|state|time|failed steps / error"),
     "cli_answers_heading": ("主机|应答", "host|answer"),
+    "cli_output_lost": ("[第 {index} 步的输出: {error}]", "[output of step {index}: {error}]"),
     "cli_host_no_task": ("不存在", "not found"),
     "success": ("成功", "success"),
     "running": ("执行中", "running"),

@@ -324,3 +324,22 @@ def test_a_request_timeout_past_what_a_socket_holds_is_a_usage_error():
     for bad in (0, float("inf"), float("nan"), 1e12):
         with pytest.raises(InvalidValue, match="^timeout: "):
             Client("http://127.0.0.1:9", timeout=bad)
+
+
+def test_a_followed_step_whose_output_is_lost_says_so_in_the_clients_language(hostile):
+    """`submit --follow` wrote "[output stream lost: ...]" in English whatever --lang."""
+    from osreapi.client.follow import Followers
+    from osreapi.embed import TaskResult
+    from osreapi.records import StepRecord, TaskRecord
+    from osreapi.vocabulary import State
+
+    gone = json.dumps({"code": 1003, "message": "id不存在, 沒有数据"}).encode()
+    server = hostile(lambda conn, head: conn.sendall(
+        b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(gone), gone)))
+    printed: list[str] = []
+    with Client(server.url, lang="zh") as remote:
+        followers = Followers(remote, "t", printed.append)
+        followers.start(TaskResult(TaskRecord("t", "sequential", 1, 0.0, State.RUNNING),
+                                   (StepRecord(0, "t-0", State.RUNNING),)))
+        followers.finish(time.monotonic() + 20)
+    assert printed == ["[第 0 步的输出: id不存在, 沒有数据]\n"]
