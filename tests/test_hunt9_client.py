@@ -343,3 +343,16 @@ def test_a_followed_step_whose_output_is_lost_says_so_in_the_clients_language(ho
                                    (StepRecord(0, "t-0", State.RUNNING),)))
         followers.finish(time.monotonic() + 20)
     assert printed == ["[第 0 步的输出: id不存在, 沒有数据]\n"]
+
+
+def test_one_server_named_twice_in_a_fleet_is_asked_once(client):
+    """'h:p', 'http://h:p' and 'h:p/' were three hosts: a submit without --id ran three tasks there."""
+    port = client.port
+    spellings = [f"127.0.0.1:{port}", f"http://127.0.0.1:{port}", f"127.0.0.1:{port}/", f"HTTP://127.0.0.1:{port}"]
+    with Fleet(spellings) as fleet:
+        assert fleet.hosts == spellings[:1]
+        [row] = fleet.submit([sh("true")])
+    assert row.ok and [task.id for task in client.executor.list()] == [row.value]
+    done = osreapi(client.url, "submit", "-e", "true", "--hosts", ",".join(spellings), "--lang", "en")
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 2  # the heading and one host
+    assert len(client.executor.list()) == 2

@@ -212,6 +212,12 @@ class Client(ControlCalls):
     def delete_envelope(self, task_id: str, lang: str | None = None) -> Envelope:
         return self.call("DELETE", task_path(task_id), overrides=ON_DELETE, lang=lang)
 
+    @property
+    def server(self) -> tuple[str, str, int | None]:
+        """(scheme, host, port) of the server, whatever the spelling of its URL."""
+        url = self._http.base_url
+        return url.scheme, url.host, url.port
+
     def close(self) -> None:
         self._http.close()
 

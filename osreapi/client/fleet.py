@@ -86,11 +86,15 @@ class Fleet:
         if fanout < 1:
             raise InvalidValue(f"fanout must be at least 1, got {fanout}")
         self.fanout = fanout
-        self.clients = {
-            host: Client(host_url(host, scheme), token=token, timeout=timeout, verify=verify, cert=cert,
-                         lang=lang)
-            for host in dict.fromkeys(hosts)
-        }
+        self.clients: dict[str, Client] = {}
+        servers = set()
+        for host in hosts:
+            client = Client(host_url(host, scheme), token=token, timeout=timeout, verify=verify, cert=cert, lang=lang)
+            if client.server in servers:  # one server named twice ('web1', 'web1:2376/'): asked once, one row
+                client.close()
+                continue
+            servers.add(client.server)
+            self.clients[host] = client
 
     @property
     def hosts(self) -> list[str]:
