@@ -239,10 +239,12 @@ def log_events(events: bytes) -> callable:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("events, text", [(b"id: abc\ndata: hello\n\n", "event id 'abc' after byte 0"),
-                                          (b"id: 5\ndata: hello\n\nid: 2\ndata: x\n\n", "event id '2' after byte 5")])
+                                          (b"id: 5\ndata: hello\n\nid: 2\ndata: x\n\n", "event id '2' after byte 5"),
+                                          (b"id: 99999999999999999999\ndata: x\n\n",
+                                           "event id '99999999999999999999' after byte 0")])
 def test_a_log_stream_with_event_ids_osreapi_never_sends_is_one_line(hostile, events: bytes, text: str):
     """An event id that is not a byte offset was int()'s ValueError traceback; one before the last
-    offset read nothing and went on."""
+    offset read nothing and went on; one far past it read the plain log to its end, unbounded."""
     server = hostile(log_events(events))
     done = osreapi(server.url, "logs", "x", "0", "--lang", "en", timeout=30)
     assert done.returncode == 2

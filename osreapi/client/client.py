@@ -268,7 +268,7 @@ class Client(ControlCalls):
                     yield "", None
                     return
                 if event.event == "message" and event.id:
-                    if not _DIGITS.fullmatch(event.id) or int(event.id) < offset:
+                    if not _DIGITS.fullmatch(event.id) or not 0 <= int(event.id) - offset <= self.max_answer:
                         raise self._failure("client_not_log", id=repr(event.id[:40]), offset=offset)
                     after = int(event.id)
                     text = event.data
