@@ -358,3 +358,19 @@ def test_one_server_named_twice_in_a_fleet_is_asked_once(client):
     done = osreapi(client.url, "submit", "-e", "true", "--hosts", ",".join(spellings), "--lang", "en")
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 2  # the heading and one host
     assert len(client.executor.list()) == 2
+
+
+def test_a_tls_failure_is_not_asked_again_as_a_dropped_connection(make_server, tmp_path):
+    """A certificate the client does not trust surfaces as httpx's ConnectError, as a refused
+    connection does: a wait asked it again five times (seconds lost per fleet host)."""
+    from osreapi.http.server import TlsSettings
+
+    from .certs import make_pki
+
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "theirs").mkdir()
+    ours, theirs = make_pki(tmp_path / "ours"), make_pki(tmp_path / "theirs")
+    server = make_server(server_options={"tls": TlsSettings(str(theirs["server"].cert), str(theirs["server"].key))})
+    with Client(server.url, verify=str(ours["ca"].cert)) as remote, pytest.raises(ConnectionFailed) as refused:
+        remote.wait("x")
+    assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value) and not refused.value.retry

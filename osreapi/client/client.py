@@ -377,7 +377,13 @@ def _check_submitted(data: dict[str, Any]) -> None:
 
 
 def _dropped(exc: httpx.HTTPError) -> bool:
-    """A connection refused or cut (a server restarting), not one that timed out."""
+    """A connection refused or cut (a server restarting), not one that timed out or failed TLS
+    (an untrusted certificate, a client certificate refused: asking again changes nothing)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return False
+        cause = cause.__cause__ or cause.__context__
     return isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError))
 
 
