@@ -374,3 +374,22 @@ def test_a_tls_failure_is_not_asked_again_as_a_dropped_connection(make_server, t
     with Client(server.url, verify=str(ours["ca"].cert)) as remote, pytest.raises(ConnectionFailed) as refused:
         remote.wait("x")
     assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value) and not refused.value.retry
+
+
+def test_steps_on_stdin_are_read_as_a_files_are(client, tmp_path):
+    """`submit -` decoded stdin with the locale's surrogateescape: bytes that are not UTF-8 became a
+    two-line YAML complaint about '#xdcff'; a closed stdin (`<&-`) was an AttributeError traceback.
+    A control character in a file was a two-line message too."""
+    not_utf8 = subprocess.run([console_script(), "submit", "-", "--url", client.url, "--lang", "en"],
+                              input=b"\xff\xfe[]", capture_output=True, timeout=60)
+    assert not_utf8.returncode == 2
+    assert not_utf8.stderr == b"osreapi: error: stdin: cannot read: not UTF-8 text (byte 0xff at offset 0)\n"
+    closed = subprocess.run(["sh", "-c", f'"$0" submit - --url {client.url} --lang en <&-', console_script()],
+                            capture_output=True, text=True, timeout=60)
+    assert closed.returncode == 2 and closed.stderr == "osreapi: error: stdin: is empty: no steps\n"
+    control = tmp_path / "control.json"
+    control.write_bytes(b'[{"command_type": "sh", "command_content": "echo \x01"}]')
+    done = osreapi(client.url, "submit", str(control), "--lang", "en")
+    assert done.returncode == 2 and done.stderr == (
+        f"osreapi: error: {control}: not valid JSON or YAML: special characters are not allowed "
+        "(character U+0001 at offset 49)\n")

@@ -234,10 +234,20 @@ def make_fleet(args: argparse.Namespace, hosts: list[str]) -> Fleet:
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """What PyYAML found and where, on one line (its own text quotes the input as "<unicode string>")."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character: no line and column, a position
+        return f"{exc.reason} (character U+{exc.character:04X} at offset {exc.position})"
     mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
     if mark is None or problem is None:
-        return str(exc)
+        return " ".join(str(exc).split())
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def _read_bytes(file: str) -> bytes:
+    """FILE's bytes, or stdin's for '-' (as bytes: decoded as a file's are; none when stdin is closed)."""
+    if file != "-":
+        return Path(file).read_bytes()
+    stdin = getattr(sys.stdin, "buffer", None)  # sys.stdin is None under `<&-`
+    return stdin.read() if stdin is not None else b""
 
 
 _YAML_KINDS = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean"}
@@ -249,7 +259,7 @@ def load_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.file is not None:
         where = "stdin" if args.file == "-" else args.file
         try:
-            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+            text = _read_bytes(args.file).decode("utf-8")
             loaded = yaml.safe_load(text)
         except OSError as exc:
             raise UsageError(message("cli_cannot_read", args.lang, where=where, reason=exc.strerror)) from None
