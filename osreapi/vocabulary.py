@@ -110,6 +110,8 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "client_too_big": ("HTTP {status}: 超过 {limit} 字节的应答不是 osreapi 的信封",
                        "HTTP {status}: an answer over {limit} bytes is not an osreapi envelope"),
     "client_too_slow": ("HTTP {status}: 应答未在 {seconds}s 内完成", "HTTP {status}: the answer was not complete within {seconds}s"),
+    "client_redirect": ("HTTP {status}: 重定向到 {location}, 未跟随 (请用 --url 指向它)",
+                        "HTTP {status}: redirected to {location}, not followed (point --url at it)"),
     "client_not_answer": ("不是 osreapi 的应答 ({error})", "not an osreapi answer ({error})"),
     "client_not_log": ("不是 osreapi 的日志流 (事件 id {id} 在第 {offset} 字节之后)",
                        "not an osreapi log stream (event id {id} after byte {offset})"),

@@ -393,3 +393,15 @@ def test_steps_on_stdin_are_read_as_a_files_are(client, tmp_path):
     assert done.returncode == 2 and done.stderr == (
         f"osreapi: error: {control}: not valid JSON or YAML: special characters are not allowed "
         "(character U+0001 at offset 49)\n")
+
+
+def test_a_redirect_says_where_it_leads(hostile):
+    """A proxy sending http:// on to https:// was "HTTP 301 without a JSON envelope": the way to the
+    server was in the Location header, never shown."""
+    server = hostile(lambda conn, head: conn.sendall(
+        b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://osreapi.example/\r\nContent-Length: 0\r\n\r\n"))
+    for command in (["get", "x"], ["logs", "x", "0"]):
+        done = osreapi(server.url, *command, "--lang", "en")
+        assert done.returncode == 2 and done.stderr == (
+            f"osreapi: error: {server.url}: HTTP 301: redirected to https://osreapi.example/, not followed "
+            "(point --url at it)\n"), command

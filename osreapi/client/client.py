@@ -87,7 +87,11 @@ class Client(ControlCalls):
 
     def _body(self, response: httpx.Response, deadline: float) -> bytes:
         """The whole body by `deadline`, at most `max_answer` bytes: httpx bounds each read only, and
-        a server that drips or streams without end would hold the caller (and its memory) for ever."""
+        a server that drips or streams without end would hold the caller (and its memory) for ever.
+        A redirect (a proxy sending http:// to https://) is not followed: the caller is told where."""
+        if response.is_redirect:
+            location = response.headers.get("location", "")[:200]
+            raise self._failure("client_redirect", status=response.status_code, location=location)
         body = bytearray()
         for chunk in response.iter_bytes():
             body += chunk
