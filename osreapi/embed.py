@@ -44,6 +44,7 @@ from .config import EngineConfig
 from .controls import ControlCalls
 from .errors import (
     ActionRejected,
+    CalledFromListener,
     EngineBusy,
     EngineClosed,
     EngineFailed,
@@ -161,6 +162,7 @@ class Executor(ControlCalls):
         self.limits = limits
         self._waiters = TaskWatchers()  # woken when their task ends (or the engine closes)
         self._listeners: list[Listener] = []
+        self._listening = threading.local()  # set on the store's thread while it calls the listeners
         self._delete_listeners: list[Callable[[tuple[str, ...]], None]] = []
         self._closed = False
         self._closing = threading.RLock()  # held by the close() in progress (its own thread may call again)
@@ -224,6 +226,7 @@ class Executor(ControlCalls):
         self, steps: list[dict[str, Any]] | str | bytes, *, parallel: bool = False, task_id: str | None = None
     ) -> Submitted:
         self._check_open()
+        self._check_not_listening("submit")
         data = spec.parse_body(steps) if isinstance(steps, (str, bytes)) else steps
         data = list(data) if isinstance(data, tuple) else data  # a JSON array, as the Client sends it
         task_id = spec.validate_task_id(task_id) if task_id is not None else str(uuid.uuid4())
@@ -310,6 +313,7 @@ class Executor(ControlCalls):
         if task.state.finished:
             raise ActionRejected("task_ended", state=task.state, action=action)
         self._check_open()
+        self._check_not_listening(action)
         try:
             self._answer(self._supervisor, ControlTask(task_id, action, index, Reply()))
         except ActionRejected as exc:  # expected: one line, no traceback
@@ -320,6 +324,7 @@ class Executor(ControlCalls):
         """Remove a finished task's record and workspace. Raises NotFound for an unknown or expired
         task, TaskActive for one that has not finished."""
         self._check_open()
+        self._check_not_listening("delete")
         self._live(task_id, self._stored_task(task_id))  # an expired record is gone already for callers
         task = self._answer(self._store, DeleteTask(task_id, Reply()))
         if task is None:
@@ -345,6 +350,7 @@ class Executor(ControlCalls):
         """"ok", or "disk full" while the store cannot write; raise EngineBusy / EngineClosed
         unless the supervisor and the store answer."""
         self._check_open()
+        self._check_not_listening("check_health")
         self._ask(self._supervisor, GetStats())
         self._ask(self._store, Ping())  # not Flush: a health probe must not cost an fsync
         return "disk full" if self._disk_full.is_set() else "ok"
@@ -393,6 +399,7 @@ class Executor(ControlCalls):
             result = self.get(task_id)
             if result is None or result.finished:
                 return result
+            self._check_not_listening("wait")
             ended.wait(timeout)
             return self.get(task_id)
 
@@ -410,12 +417,14 @@ class Executor(ControlCalls):
 
     def sweep(self) -> int:
         """Remove expired records and workspaces now; return how many tasks went."""
+        self._check_not_listening("sweep")
         return self._ask(self._store, SweepExpired())
 
     def close(self, timeout: float = 30.0) -> None:
         """Interrupt running tasks (their trees are killed), keep queued ones for the next start, flush.
         A close() while another is in progress returns when that one has finished (bounded by
         `timeout`): the program's exit (atexit) must not overtake a close on another thread."""
+        self._check_not_listening("close")
         if not self._closing.acquire(timeout=timeout):
             log.error("shutdown: another close() still runs after %.0fs", timeout)
             return
@@ -495,21 +504,31 @@ class Executor(ControlCalls):
         return task.expires is not None and task.expires <= self.clock()
 
     def _deleted(self, task_ids: tuple[str, ...]) -> None:
-        for listener in self._delete_listeners:
-            try:
-                listener(task_ids)
-            except Exception:  # a subscriber's bug must not stop the store
-                log.exception("a delete listener failed")
+        self._tell(self._delete_listeners, "delete", task_ids)
 
     def _committed(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
         """Called by the store after each committed write: wake waiters, tell subscribers."""
         if task is not None and task.end is not None:
             self._waiters.notify(task_id)
-        for listener in self._listeners:
-            try:
-                listener(task_id, task, steps)
-            except Exception:  # a subscriber's bug must not stop the store
-                log.exception("a record listener failed")
+        self._tell(self._listeners, "record", task_id, task, steps)
+
+    def _tell(self, listeners: list[Callable[..., None]], kind: str, *args: Any) -> None:
+        """Call the subscribers on the store's thread, marked so that a call of theirs that waits for
+        the store (close, submit, wait...) is refused instead of waiting for itself."""
+        self._listening.active = True
+        try:
+            for listener in listeners:
+                try:
+                    listener(*args)
+                except Exception:  # a subscriber's bug must not stop the store
+                    log.exception("a %s listener failed", kind)
+        finally:
+            self._listening.active = False
+
+    def _check_not_listening(self, call: str) -> None:
+        if getattr(self._listening, "active", False):
+            raise CalledFromListener(f"Executor.{call}() cannot run in a subscribe() listener: listeners run on "
+                                     "the store's thread, which it would wait for; call it from another thread")
 
     def _schedule_sweep(self) -> None:
         def tick() -> None:

@@ -405,3 +405,33 @@ def test_a_redirect_says_where_it_leads(hostile):
         assert done.returncode == 2 and done.stderr == (
             f"osreapi: error: {server.url}: HTTP 301: redirected to https://osreapi.example/, not followed "
             "(point --url at it)\n"), command
+
+
+@pytest.mark.timeout(60)
+def test_a_listener_that_calls_back_into_the_engine_is_refused_not_deadlocked(make_executor):
+    """close() (or submit, wait, ...) inside a subscribe() listener runs on the store's thread and
+    waited for the store: 30 s of hang, an error traceback, then a store writing to a closed
+    database ('retrying every 1s'). It raises CalledFromListener at once."""
+    from osreapi.errors import CalledFromListener
+
+    executor = make_executor()
+    sleeper = executor.submit([sh("sleep 30")])
+    gate = threading.Event()
+    raised: list[str] = []
+
+    def listener(task_id, task, steps):
+        if task is None or task.end is None or raised:
+            return
+        for call in (executor.close, lambda: executor.submit([sh("true")]), lambda: executor.wait(sleeper),
+                     lambda: executor.delete(task_id), executor.sweep, executor.check_health):
+            try:
+                call()
+            except CalledFromListener as exc:
+                raised.append(str(exc).split("(")[0])
+        gate.set()
+
+    executor.subscribe(listener)
+    executor.wait(executor.submit([sh("true")]), timeout=20)
+    assert gate.wait(20)
+    assert raised == [f"Executor.{name}" for name in ("close", "submit", "wait", "delete", "sweep", "check_health")]
+    assert executor.wait(executor.submit([sh("true")]), timeout=20).task.succeeded  # the engine goes on
