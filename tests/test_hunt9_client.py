@@ -435,3 +435,23 @@ def test_a_listener_that_calls_back_into_the_engine_is_refused_not_deadlocked(ma
     assert gate.wait(20)
     assert raised == [f"Executor.{name}" for name in ("close", "submit", "wait", "delete", "sweep", "check_health")]
     assert executor.wait(executor.submit([sh("true")]), timeout=20).task.succeeded  # the engine goes on
+
+
+def test_a_closed_client_raises_engine_closed_as_a_closed_executor_does(client, make_executor, tmp_path):
+    """After close() httpx raised RuntimeError("Cannot send a request..."): not the EngineClosed a
+    closed Executor raises, so one `except` did not serve both."""
+    from osreapi.errors import EngineClosed
+
+    task_id = client.submit([sh("echo hi")])
+    client.wait(task_id)
+    remote = Client(client.url)
+    following = remote.logs(task_id, 0, follow=True)
+    local = make_executor(tmp_path / "other")
+    for runner in (remote, local):
+        runner.close()
+        for call in (lambda: runner.get(task_id), runner.list, lambda: runner.wait(task_id),
+                     lambda: runner.submit([sh("true")])):
+            with pytest.raises(EngineClosed):
+                call()
+    with pytest.raises(EngineClosed):
+        list(following)

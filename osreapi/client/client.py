@@ -16,7 +16,7 @@ from httpx_sse import connect_sse
 
 from ..controls import ControlCalls
 from ..embed import TaskResult
-from ..errors import InvalidRequest, InvalidValue, NotFound
+from ..errors import EngineClosed, InvalidRequest, InvalidValue, NotFound
 from ..records import TaskRecord
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, message
 from . import wire
@@ -80,7 +80,7 @@ class Client(ControlCalls):
         """(HTTP status, body) of one request that ends within `timeout` in all."""
         deadline = time.monotonic() + self.timeout
         try:
-            with self._http.stream(method, path, params=params, content=content) as response:
+            with self._open().stream(method, path, params=params, content=content) as response:
                 return response.status_code, self._body(response, deadline)
         except httpx.HTTPError as exc:
             raise self._failure("client_no_answer", retry=_dropped(exc), reason=_reason(exc)) from None
@@ -109,6 +109,12 @@ class Client(ControlCalls):
         if not isinstance(body, dict) or not isinstance(body.get("code"), int) or not isinstance(body.get("message"), str):
             raise self._failure("client_not_envelope", status=status)
         return body
+
+    def _open(self) -> httpx.Client:
+        """The connection pool, or EngineClosed after close(), as `Executor` raises (httpx: RuntimeError)."""
+        if self._http.is_closed:
+            raise EngineClosed(f"{self.url}: the client is closed")
+        return self._http
 
     def _failure(self, key: str, retry: bool = False, **values: object) -> ConnectionFailed:
         """ConnectionFailed naming this server, in the client's language."""
@@ -199,7 +205,7 @@ class Client(ControlCalls):
         InvalidRequest (offset past the end) at once."""
         path = step_path(task_id, step) + "/log"
         try:
-            with self._http.stream("GET", path, params={"offset": str(offset), "lang": self.lang}) as response:
+            with self._open().stream("GET", path, params={"offset": str(offset), "lang": self.lang}) as response:
                 if response.status_code != 200:  # unknown task or step, offset past the end: now
                     self._raise_answer(response)
         except httpx.HTTPError as exc:
@@ -264,7 +270,7 @@ class Client(ControlCalls):
         """(text, byte offset after it) per output event of one connection; ("", None) for the end."""
         params = {"offset": str(offset), "lang": self.lang, **({"follow": "true"} if follow else {})}
         timeout = httpx.Timeout(self.timeout, read=max(self.timeout, STREAM_READ_TIMEOUT))
-        with connect_sse(self._http, "GET", path, params=params, timeout=timeout) as source:
+        with connect_sse(self._open(), "GET", path, params=params, timeout=timeout) as source:
             if source.response.status_code != 200:
                 self._raise_answer(source.response)
             for event in source.iter_sse():
@@ -285,7 +291,7 @@ class Client(ControlCalls):
         """Bytes start..end of a log as plain text: SSE framing takes a carriage return in the
         output for a line break (and bad bytes arrive replaced), so such an event is read again."""
         data = b""
-        with self._http.stream("GET", path, params={"offset": str(start)}) as response:
+        with self._open().stream("GET", path, params={"offset": str(start)}) as response:
             if response.status_code != 200:
                 self._raise_answer(response)
             for chunk in response.iter_bytes():
