@@ -310,6 +310,9 @@ def test_steps_from_python_are_refused_alike_in_process_and_over_http(client, tm
                 runner.submit(surrogate)
         with pytest.raises(InvalidRequest, match="got a Python set"):
             executor.submit({1})
+        for runner in (executor, remote):  # an id that is not a string: sent as "5", it ran over HTTP
+            with pytest.raises(InvalidRequest, match="^id: must be"):
+                runner.submit([step], task_id=5)
         with pytest.raises(InvalidRequest, match="^the steps cannot be written as JSON: Object of type set"):
             remote.submit({1})
     dated = tmp_path / "dated.yaml"

@@ -341,6 +341,8 @@ def _file_problem(exc: OSError, not_pem: str) -> str:
 def submit_params(mode: str | None, task_id: str | None) -> dict[str, str]:
     if mode not in MODES:
         raise InvalidRequest("bad_mode", value=mode)
+    if task_id is not None and not isinstance(task_id, str):  # 5 would be sent as "5": Executor refuses it
+        raise InvalidRequest("bad_id")
     params = {"async": "true"} if mode in ("parallel", "dag") else {}
     return {**params, "id": task_id} if task_id is not None else params
 
