@@ -70,6 +70,7 @@ from .vocabulary import State
 
 log = logging.getLogger(__name__)
 _ASCII_DIGITS = re.compile(r"[0-9]+")
+MAX_OFFSET = 1 << 62  # of a log; fits os.lseek
 Listener = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
@@ -107,6 +108,12 @@ def _decoded(source: Any, idle: float = 0.05) -> Iterator[str]:
             yield tail
     finally:
         source.close()
+
+
+def check_offset(offset: int) -> None:
+    """A log offset a caller gave: a whole number of bytes, as the HTTP route reads it from a query."""
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise InvalidRequest("bad_offset", name="offset", value=str(offset), limit=MAX_OFFSET)
 
 
 def default_data_dir() -> Path:
@@ -376,7 +383,9 @@ class Executor(ControlCalls):
 
     def logs(self, task_id: str, step: str | int, follow: bool = False, offset: int = 0) -> Iterator[str]:
         """A step's output from byte `offset` as text chunks; with follow, until the step ends.
-        Raises NotFound at once for an unknown task or step."""
+        Raises NotFound at once for an unknown task or step, InvalidRequest for an offset that is
+        not a whole number of bytes (lseek refused a negative one with OSError)."""
+        check_offset(offset)
         index = self.step(task_id, step, output=False)[1].index
 
         def current() -> StepRecord | None:

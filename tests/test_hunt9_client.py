@@ -458,3 +458,17 @@ def test_a_closed_client_raises_engine_closed_as_a_closed_executor_does(client, 
                 call()
     with pytest.raises(EngineClosed):
         list(following)
+
+
+@pytest.mark.parametrize("offset", [-1, 1.5, "3", None, True])
+def test_a_log_offset_that_is_not_a_byte_count_is_refused_alike(client, offset):
+    """Executor.logs(offset=-1) was lseek's OSError (EINVAL), a str or None a TypeError; over HTTP
+    each is 400 'expected a byte offset'."""
+    from osreapi.errors import InvalidRequest
+
+    task_id = client.submit([sh("echo hello")])
+    client.wait(task_id)
+    with Client(client.url) as remote:
+        for runner in (client.executor, remote):
+            with pytest.raises(InvalidRequest, match="offset: expected a byte offset"):
+                list(runner.logs(task_id, 0, offset=offset))

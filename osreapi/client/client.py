@@ -15,7 +15,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from ..controls import ControlCalls
-from ..embed import TaskResult
+from ..embed import TaskResult, check_offset
 from ..errors import EngineClosed, InvalidRequest, InvalidValue, NotFound
 from ..records import TaskRecord
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, message
@@ -203,6 +203,7 @@ class Client(ControlCalls):
         """Output chunks from byte `offset` (SSE). A dropped connection is resumed from the last byte
         received, up to `reconnects` times in a row. Raises NotFound (unknown step) or
         InvalidRequest (offset past the end) at once."""
+        check_offset(offset)
         path = step_path(task_id, step) + "/log"
         try:
             with self._open().stream("GET", path, params={"offset": str(offset), "lang": self.lang}) as response:

@@ -14,7 +14,7 @@ from typing import Any
 import bottle
 
 from .. import __version__
-from ..embed import Executor
+from ..embed import MAX_OFFSET, Executor
 from ..errors import (
     ActionRejected,
     DiskFull,
@@ -64,7 +64,6 @@ _DIGITS = re.compile(r"[0-9]+")
 # never be one), so that `PUT /events` is 405 and `/favicon.ico` "no such route", not "no such task".
 _RESERVED = "|".join(re.escape(name) for name in sorted(RESERVED_IDS))
 TASK = f"<task_id:re:(?!(?i:{_RESERVED})(?:/|$))[^/]+>"
-MAX_OFFSET = 1 << 62  # fits os.lseek
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 _STATUS_OF_CODE = {CODE_NOT_FOUND: 404, CODE_BAD_REQUEST: 400, CODE_CONFLICT: 409, CODE_TOO_LARGE: 413, CODE_RANGE: 416, CODE_TOO_MANY: 429,
