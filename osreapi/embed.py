@@ -341,6 +341,8 @@ class Executor(ControlCalls):
 
     @staticmethod
     def _step_index(steps: list[StepRecord] | tuple[StepRecord, ...], step: str | int) -> int:
+        if isinstance(step, bool) or not isinstance(step, (int, str)):  # None, 1.5: no step, as over HTTP
+            raise StepNotFound(step)
         if isinstance(step, int) or _ASCII_DIGITS.fullmatch(step):
             index = int(step) if len(str(step)) <= 9 else -1  # longer: past any step, and int() stays cheap
             if 0 <= index < len(steps):

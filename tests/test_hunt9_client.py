@@ -472,3 +472,15 @@ def test_a_log_offset_that_is_not_a_byte_count_is_refused_alike(client, offset):
         for runner in (client.executor, remote):
             with pytest.raises(InvalidRequest, match="offset: expected a byte offset"):
                 list(runner.logs(task_id, 0, offset=offset))
+
+
+@pytest.mark.parametrize("step", [None, 1.5, True])
+def test_a_step_that_is_neither_index_nor_name_is_not_found_in_process(executor, step):
+    """Executor.kill(id, None-like step) or logs(id, 1.5) was re's TypeError ('expected string');
+    True was taken for step 1. Over HTTP each is 404 'no such step'."""
+    task_id = executor.submit([sh("true"), sh("true")])
+    executor.wait(task_id, timeout=20)
+    with pytest.raises(NotFound):
+        executor.step(task_id, step)
+    with pytest.raises(NotFound):
+        list(executor.logs(task_id, step))
