@@ -358,6 +358,8 @@ def test_one_server_named_twice_in_a_fleet_is_asked_once(client):
         assert fleet.hosts == spellings[:1]
         [row] = fleet.submit([sh("true")])
     assert row.ok and [task.id for task in client.executor.list()] == [row.value]
+    with Fleet([f"http://127.0.0.1:{port}/a", f"http://127.0.0.1:{port}/b/"]) as behind_a_proxy:
+        assert len(behind_a_proxy.hosts) == 2  # two servers behind one proxy, by their paths
     done = osreapi(client.url, "submit", "-e", "true", "--hosts", ",".join(spellings), "--lang", "en")
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 2  # the heading and one host
     assert len(client.executor.list()) == 2

@@ -224,10 +224,11 @@ class Client(ControlCalls):
         return self.call("DELETE", task_path(task_id), overrides=ON_DELETE, lang=lang)
 
     @property
-    def server(self) -> tuple[str, str, int | None]:
-        """(scheme, host, port) of the server, whatever the spelling of its URL."""
+    def server(self) -> tuple[str, str, int | None, str]:
+        """(scheme, host, port, path) of the server, whatever the spelling of its URL (two servers
+        behind one proxy differ by their path)."""
         url = self._http.base_url
-        return url.scheme, url.host, url.port
+        return url.scheme, url.host, url.port, url.path.rstrip("/")
 
     def close(self) -> None:
         self._http.close()
