@@ -486,3 +486,23 @@ def test_a_step_that_is_neither_index_nor_name_is_not_found_in_process(executor,
         executor.step(task_id, step)
     with pytest.raises(NotFound):
         list(executor.logs(task_id, step))
+
+
+def test_a_token_that_cannot_travel_in_a_header_is_refused_without_echoing_it(make_server, tmp_path):
+    """A token with 'ü' was httpx's UnicodeEncodeError traceback; one with a line break was refused
+    by httpx with the whole header, token included, in the error line; a --token_file that is not
+    UTF-8 was a UnicodeDecodeError traceback (the server's `run --token_file` too)."""
+    from osreapi.http.app import HttpSettings
+
+    server = make_server(settings=HttpSettings(token="right token"))
+    for token in ("ünïcode", "secret\nX-Evil: 1"):
+        done = osreapi(server.url, "ls", env={"OSREAPI_TOKEN": token})
+        assert done.returncode == 2 and "Traceback" not in done.stderr and "secret" not in done.stderr
+        assert "cannot be sent in an HTTP header" in done.stderr
+    binary = tmp_path / "token"
+    binary.write_bytes(b"\xff\xfe")
+    binary.chmod(0o600)
+    done = osreapi(server.url, "ls", "--token_file", str(binary))
+    assert done.returncode == 2 and done.stderr == f"osreapi: error: --token_file: {binary} is not UTF-8 text (at byte 0)\n"
+    spaced = osreapi(server.url, "ls", env={"OSREAPI_TOKEN": "right token"})  # a space is fine in a header
+    assert spaced.returncode == 0, spaced.stderr

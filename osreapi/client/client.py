@@ -61,7 +61,7 @@ class Client(ControlCalls):
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.reconnects = reconnects
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"Authorization": f"Bearer {_header_safe(token)}"} if token else {}
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, verify=tls_context(verify, cert), trust_env=False
         )
@@ -382,6 +382,15 @@ def _checked_url(url: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise InvalidValue(f"server URL {url!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
     return url
+
+
+def _header_safe(token: str) -> str:
+    """The token, if an HTTP header can carry it: printable ASCII (httpx raised UnicodeEncodeError for
+    'ü', and echoed a token holding a line break in its error). The token itself is never shown."""
+    bad = next((i for i, char in enumerate(token) if not " " <= char <= "~"), None)
+    if bad is not None:
+        raise InvalidValue(f"token: character {bad + 1} cannot be sent in an HTTP header (printable ASCII only)")
+    return token
 
 
 def _check_submitted(data: dict[str, Any]) -> None:
