@@ -506,3 +506,18 @@ def test_a_token_that_cannot_travel_in_a_header_is_refused_without_echoing_it(ma
     assert done.returncode == 2 and done.stderr == f"osreapi: error: --token_file: {binary} is not UTF-8 text (at byte 0)\n"
     spaced = osreapi(server.url, "ls", env={"OSREAPI_TOKEN": "right token"})  # a space is fine in a header
     assert spaced.returncode == 0, spaced.stderr
+
+
+def test_a_fleet_call_that_is_not_an_osreapi_error_still_reaches_the_caller(client):
+    """Fleet.map runs its calls on daemon threads now (Ctrl-C): a bug in a call must still be raised
+    to the caller, not lost with its thread (which would leave map waiting for ever)."""
+    with Fleet([f"127.0.0.1:{client.port}", "127.0.0.1:9"], fanout=1, timeout=2) as fleet:
+        def call(host, remote):
+            if host.endswith(":9"):
+                raise ZeroDivisionError("a bug")
+            return remote.list()
+        with pytest.raises(ZeroDivisionError):
+            fleet.map(call)
+        rows = fleet.map(lambda host, remote: remote.list())
+    assert [r.host for r in rows] == [f"127.0.0.1:{client.port}", "127.0.0.1:9"]
+    assert rows[0].ok and isinstance(rows[1].error, ConnectionFailed)
