@@ -521,3 +521,40 @@ def test_a_fleet_call_that_is_not_an_osreapi_error_still_reaches_the_caller(clie
         rows = fleet.map(lambda host, remote: remote.list())
     assert [r.host for r in rows] == [f"127.0.0.1:{client.port}", "127.0.0.1:9"]
     assert rows[0].ok and isinstance(rows[1].error, ConnectionFailed)
+
+
+def relay_after_refusals(port: int, refusals: int) -> callable:
+    """The first `refusals` requests answered 429 as a server at its --max-requests does; the
+    others relayed to the server on `port` (one connection each)."""
+    busy = json.dumps({"code": 429, "message": "too many requests, try again later"}).encode()
+    seen = [0]
+
+    def answer(conn: socket.socket, head: bytes) -> None:
+        seen[0] += 1
+        if seen[0] <= refusals:
+            conn.sendall(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(busy), busy))
+            return
+        lines = [line for line in head.split(b"\r\n\r\n")[0].split(b"\r\n") if not line.lower().startswith(b"connection:")]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as upstream:
+            upstream.sendall(b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n")
+            while data := upstream.recv(65536):
+                conn.sendall(data)
+        conn.close()
+
+    return answer
+
+
+@pytest.mark.timeout(90)
+def test_a_wait_goes_on_past_a_moment_of_too_many_requests(client, hostile):
+    """A server at its --max-requests answers 429 for a moment: `osreapi wait` (and Client.wait)
+    ended at the first one, exit 1 'too many requests', while the task ran on."""
+    task_id = client.submit([sh("true")])
+    client.wait(task_id)
+    busy = hostile(relay_after_refusals(client.port, refusals=2))
+    done = osreapi(busy.url, "wait", task_id, "--lang", "en")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"task {task_id}: stopped") and busy.requests >= 3
+    again = hostile(relay_after_refusals(client.port, refusals=2))
+    with Client(again.url) as remote:
+        assert remote.wait(task_id, timeout=30).task.succeeded

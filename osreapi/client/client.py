@@ -20,7 +20,7 @@ from ..errors import EngineClosed, InvalidRequest, InvalidValue, NotFound
 from ..records import TaskRecord
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, message
 from . import wire
-from .errors import ON_CONTROL, ON_DELETE, ON_SUBMIT, ConnectionFailed, ServerError, error_for
+from .errors import ON_CONTROL, ON_DELETE, ON_SUBMIT, ConnectionFailed, RemoteBusy, ServerError, error_for
 
 DEFAULT_URL = "http://127.0.0.1:2376"
 DEFAULT_TIMEOUT = 10.0
@@ -185,17 +185,19 @@ class Client(ControlCalls):
                 interval = min(interval * 1.5, 1.0)
 
     def resumed(self, call: Callable[[], T], deadline: float | None = None) -> T:
-        """call(), asked again after a dropped or refused connection (a server restarting), as a log
-        stream is resumed: up to `reconnects` times in a row, never past `deadline` (monotonic).
-        A request that timed out is not asked again: a hung server costs one `timeout`."""
+        """call(), asked again after a dropped or refused connection (a server restarting) or a busy
+        answer (429 at --max-requests, 503), as a log stream is resumed: up to `reconnects` times in
+        a row, never past `deadline` (monotonic). A request that timed out is not asked again: a
+        hung server costs one `timeout`."""
         failures = 0
         while True:
             try:
                 return call()
-            except ConnectionFailed as exc:
+            except (ConnectionFailed, RemoteBusy) as exc:
                 failures += 1
                 left = None if deadline is None else deadline - time.monotonic()
-                if not exc.retry or failures > self.reconnects or (left is not None and left <= 0):
+                again = isinstance(exc, RemoteBusy) or exc.retry
+                if not again or failures > self.reconnects or (left is not None and left <= 0):
                     raise
                 time.sleep(_backoff(failures) if left is None else min(_backoff(failures), left))
 
