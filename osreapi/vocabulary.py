@@ -115,6 +115,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "client_not_answer": ("不是 osreapi 的应答 ({error})", "not an osreapi answer ({error})"),
     "client_not_log": ("不是 osreapi 的日志流 (事件 id {id} 在第 {offset} 字节之后)",
                        "not an osreapi log stream (event id {id} after byte {offset})"),
+    "client_stream_ended": ("流在步骤结束之前中断", "the stream ended before the step did"),
     "log_stream_lost": ("{task}/{step} 的日志流中断: {reason}", "log stream of {task}/{step} lost: {reason}"),
     "engine_failed": ("任务的执行者在引擎内失败, 请求未执行: 任务以中断结束", "the task's runner failed inside the engine; nothing was applied and the task ends interrupted"),
     "disk_full": ("磁盘已满, 无法保存: 请释放空间后重试", "the disk is full, nothing can be stored: free some space and try again"),

@@ -558,3 +558,8 @@ def test_a_wait_goes_on_past_a_moment_of_too_many_requests(client, hostile):
     again = hostile(relay_after_refusals(client.port, refusals=2))
     with Client(again.url) as remote:
         assert remote.wait(task_id, timeout=30).task.succeeded
+    streams = hostile(relay_after_refusals(client.port, refusals=0))
+    with Client(streams.url) as remote:
+        chunks = remote.logs(task_id, 0, follow=True)  # its probe passes, the stream itself is refused:
+        streams.answer = relay_after_refusals(client.port, refusals=2)  # a reconnect meeting 429
+        assert list(chunks) == []  # `true` printed nothing; the follow ended with the step, not with 429

@@ -262,9 +262,11 @@ class Client(ControlCalls):
                     yield text
                 if not follow:
                     return
-                reason = "the stream ended before the step did"
+                reason = message("client_stream_ended", self.lang)
             except httpx.HTTPError as exc:
                 reason = _reason(exc)
+            except RemoteBusy as exc:  # a server at its --max-requests (open streams count): for a moment
+                reason = exc.message
             failures += 1  # resume from the last byte received
             if failures > self.reconnects:
                 raise self._failure("log_stream_lost", task=task_id, step=step, reason=reason)
