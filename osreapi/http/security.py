@@ -42,8 +42,6 @@ def load_token(token: str | None, token_file: str | None, environ: dict[str, str
             text = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise InvalidValue(f"--token_file: cannot read {path}: {exc.strerror}") from None
-        except UnicodeDecodeError as exc:  # a binary file given by mistake: its bytes are never echoed
-            raise InvalidValue(f"--token_file: {path} is not UTF-8 text (at byte {exc.start})") from None
         if mode & stat.S_IROTH:
             raise InvalidValue(f"--token_file: {path} is world-readable; chmod o-r {path}")
         if not text:
