@@ -411,7 +411,7 @@ class Executor(ControlCalls):
             if result is None or result.finished:
                 return result
             self._check_not_listening("wait")
-            ended.wait(timeout)
+            ended.wait(timeout if timeout is None or timeout < threading.TIMEOUT_MAX else None)  # inf: for ever
             return self.get(task_id)
 
     def poke(self) -> None:

@@ -560,3 +560,11 @@ def test_a_wait_goes_on_past_a_moment_of_too_many_requests(client, hostile):
         chunks = remote.logs(task_id, 0, follow=True)  # its probe passes, the stream itself is refused:
         streams.answer = relay_after_refusals(client.port, refusals=2)  # a reconnect meeting 429
         assert list(chunks) == []  # `true` printed nothing; the follow ended with the step, not with 429
+
+
+def test_a_wait_without_end_may_be_written_as_infinity(executor):
+    """Executor.wait(id, float("inf")), Python's way of saying "for ever", was threading's
+    OverflowError ('timestamp out of range'); Client.wait took it."""
+    task_id = executor.submit([sh("sleep 0.2")])
+    for timeout in (float("inf"), 1e300):
+        assert executor.wait(task_id, timeout).task.state.finished
