@@ -150,8 +150,6 @@ class Executor(ControlCalls):
     ) -> None:
         """clock: wall time (records, TTLs); monotonic: what step time limits are measured on
         (tests inject both, and poke() after moving `monotonic` forward). Kill graces are real time."""
-        if pool_size < 1:
-            raise ValueError("pool_size must be at least 1")
         self.config = EngineConfig(
             data_dir=Path(data_dir or default_data_dir()).resolve(),
             pool_size=pool_size,

@@ -568,3 +568,18 @@ def test_a_wait_without_end_may_be_written_as_infinity(executor):
     task_id = executor.submit([sh("sleep 0.2")])
     for timeout in (float("inf"), 1e300):
         assert executor.wait(task_id, timeout).task.state.finished
+
+
+@pytest.mark.parametrize("setting", [{"key_expire": -1}, {"call_timeout": 0}, {"max_output": -1}, {"pool_size": 0},
+                                     {"exec_timeout": float("nan")}, {"max_log": 0}])
+def test_an_executor_refuses_the_settings_the_server_refuses(tmp_path, setting):
+    """`osreapi run` bounds its flags; Executor(...) took anything: a negative key_expire expired
+    each task at its end (wait() returned None), call_timeout=0 made every call EngineBusy, and a
+    negative max_output kept "... 0 bytes truncated ..." for every output."""
+    from osreapi import Executor
+
+    name = next(iter(setting))
+    with pytest.raises(InvalidValue, match=f"^{name} must be "):
+        Executor(tmp_path / "data", **setting)
+    with Executor(tmp_path / "data") as fine:  # nothing was left locked or half started
+        assert fine.list() == []
