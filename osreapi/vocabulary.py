@@ -69,6 +69,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
                               "nothing to submit: give FILE, - (stdin) or -e 'script'"),
     "cli_cannot_read": ("{where}: 无法读取: {reason}", "{where}: cannot read: {reason}"),
     "cli_bad_file": ("{where}: 不是有效的 JSON 或 YAML: {error}", "{where}: not valid JSON or YAML: {error}"),
+    "cli_too_deep": ("{where}: 嵌套过深, 无法读取", "{where}: nested too deeply to read"),
     "cli_not_utf8": ("不是 UTF-8 文本 (第 {offset} 字节为 {byte})", "not UTF-8 text (byte {byte} at offset {offset})"),
     "cli_interrupted": ("osreapi: 已停止观察; 任务 {id} 仍在服务器上运行 (osreapi kill {id} 可终止它)",
                         "osreapi: stopped watching; task {id} goes on on the server (osreapi kill {id} stops it)"),

@@ -583,3 +583,19 @@ def test_an_executor_refuses_the_settings_the_server_refuses(tmp_path, setting):
         Executor(tmp_path / "data", **setting)
     with Executor(tmp_path / "data") as fine:  # nothing was left locked or half started
         assert fine.list() == []
+
+
+def test_steps_nested_thousands_deep_are_one_line(client, tmp_path):
+    """PyYAML builds nested lists recursively: a file of 100,000 '[' was a RecursionError traceback;
+    so was such a list given to Client.submit (json.dumps)."""
+    from osreapi.errors import InvalidRequest
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    done = osreapi(client.url, "submit", str(deep), "--lang", "en")
+    assert done.returncode == 2 and done.stderr == f"osreapi: error: {deep}: nested too deeply to read\n"
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    with Client(client.url) as remote, pytest.raises(InvalidRequest, match="^the steps cannot be written as JSON"):
+        remote.submit(nested)

@@ -268,6 +268,8 @@ def load_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise UsageError(message("cli_cannot_read", args.lang, where=where, reason=reason)) from None
         except yaml.YAMLError as exc:
             raise UsageError(message("cli_bad_file", args.lang, where=where, error=_yaml_problem(exc))) from None
+        except RecursionError:  # PyYAML builds nested lists and maps recursively
+            raise UsageError(message("cli_too_deep", args.lang, where=where)) from None
         if loaded is None:
             raise UsageError(message("cli_empty_file", args.lang, where=where))
         if not isinstance(loaded, list):

@@ -359,7 +359,7 @@ def submit_body(steps: list[dict[str, Any]] | str | bytes) -> bytes:
         return steps
     try:
         text = steps if isinstance(steps, str) else json.dumps(steps, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # a set, bytes; lists nested thousands deep
         raise InvalidRequest("steps_not_json", error=str(exc)) from None
     try:
         return text.encode("utf-8")
