@@ -160,6 +160,7 @@ _MESSAGES.update({
     "body_bad_json": ("请求体: 第 {line} 行第 {column} 列不是合法的 JSON: {reason}",
                       "body: invalid JSON at line {line} column {column}: {reason}"),
     "body_too_deep": ("请求体: JSON 嵌套过深", "body: JSON nested too deeply"),
+    "steps_too_large": ("步骤写成 JSON 将超过 {limit} 个字符", "the steps would be over {limit} characters as JSON"),
     "steps_not_json": ("步骤无法写成 JSON: {error}", "the steps cannot be written as JSON: {error}"),
     "body_not_array": ("请求体应为步骤的 JSON 数组, 收到的是{got}", "body: expected a JSON array of steps, got {got}"),
     "body_no_steps": ("请求体: 步骤数组为空", "body: the array of steps is empty"),

@@ -599,3 +599,24 @@ def test_steps_nested_thousands_deep_are_one_line(client, tmp_path):
         nested = [nested]
     with Client(client.url) as remote, pytest.raises(InvalidRequest, match="^the steps cannot be written as JSON"):
         remote.submit(nested)
+
+
+@pytest.mark.timeout(60)
+def test_a_yaml_alias_bomb_is_refused_before_it_is_written_out(client, tmp_path, monkeypatch):
+    """Nine aliases nested nine deep make a 1 KB steps file a list of 387 million items: `osreapi
+    submit bomb.yaml` ran json.dumps until memory ran out. The expanded size is counted first."""
+    import yaml
+
+    from osreapi.client import client as client_module
+    from osreapi.errors import InvalidRequest
+
+    lines = ["- command_type: sh", "  command_content: echo", '  name: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level in range(1, 9):
+        lines += ["- command_type: sh", "  command_content: echo", f"  name: &a{level} [{','.join([f'*a{level - 1}'] * 9)}]"]
+    steps = yaml.safe_load("\n".join(lines))
+    monkeypatch.setattr(client_module, "MAX_SUBMISSION", 1 << 20)
+    with Client(client.url) as remote, pytest.raises(InvalidRequest, match="would be over 1048576 characters"):
+        remote.submit(steps)
+    with Client(client.url) as remote:  # aliases that stay small are fine
+        shared = yaml.safe_load("- &s {command_type: sh, command_content: echo hi}\n- *s\n")
+        assert remote.wait(remote.submit(shared), timeout=20).task.succeeded

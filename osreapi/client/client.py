@@ -26,6 +26,7 @@ DEFAULT_URL = "http://127.0.0.1:2376"
 DEFAULT_TIMEOUT = 10.0
 STREAM_READ_TIMEOUT = 60.0  # over the server's 15 s heartbeat on a quiet log stream
 MAX_REQUEST_TIMEOUT = 24 * 3600.0  # seconds; a socket's timeout must fit in a time_t
+MAX_SUBMISSION = 64 << 20  # characters of a submission as JSON (a server takes 1 MiB by default)
 MAX_ANSWER = 1 << 30  # bytes of one envelope: a task of 1,000 steps at the server's default --max_output fits
 MODES = (None, "sequential", "parallel", "dag")
 _ANSWERED = (CODE_OK, CODE_RUNNING, CODE_FAILED)
@@ -354,17 +355,36 @@ def submit_params(mode: str | None, task_id: str | None) -> dict[str, str]:
 
 
 def submit_body(steps: list[dict[str, Any]] | str | bytes) -> bytes:
-    """The POST body; InvalidRequest for steps that JSON cannot hold (a set, bytes), as `Executor` refuses them."""
+    """The POST body; InvalidRequest for steps that JSON cannot hold (a set, bytes), as `Executor`
+    refuses them, or that would be over MAX_SUBMISSION characters as JSON."""
     if isinstance(steps, bytes):
         return steps
     try:
-        text = steps if isinstance(steps, str) else json.dumps(steps, ensure_ascii=False)
+        text = steps if isinstance(steps, str) else json.dumps(_within_size(steps), ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:  # a set, bytes; lists nested thousands deep
         raise InvalidRequest("steps_not_json", error=str(exc)) from None
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: sent as a JSON escape, the server names its step and field
         return text.encode("utf-8", "surrogatepass") if isinstance(steps, str) else json.dumps(steps).encode("ascii")
+
+
+def _within_size(steps: Any) -> Any:
+    """The steps, unless their JSON would be over MAX_SUBMISSION characters (counted roughly, without
+    writing it): YAML aliases (`*a` nine times, nested nine deep) make a small file a list of
+    hundreds of millions of items, and json.dumps would run until memory ran out."""
+    size, todo = 0, [steps]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend(value.keys())
+            todo.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
+        size += len(value) + 2 if isinstance(value, str) else 8  # quotes; a number, a separator
+        if size > MAX_SUBMISSION:
+            raise InvalidRequest("steps_too_large", limit=MAX_SUBMISSION)
+    return steps
 
 
 def task_path(task_id: str) -> str:
