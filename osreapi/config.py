@@ -6,6 +6,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InvalidValue
 from .spec import TASK_ID_PATTERN
 
 HOUR = 3600.0
@@ -23,6 +24,17 @@ class EngineConfig:
     sweep_interval: float = 30.0
     call_timeout: float = 30.0  # how long a caller waits for an actor's answer
     extra_live_tasks: int = 16  # task actors beyond pool_size; further tasks wait as data
+
+    def __post_init__(self) -> None:
+        """The bounds `osreapi run` puts on its flags, for an Executor made in Python too (a negative
+        key_expire expired every task at its end; call_timeout 0 made every call EngineBusy)."""
+        for name, minimum, strict in (("pool_size", 1, False), ("exec_timeout", 0, False), ("key_expire", 0, True),
+                                      ("max_output", 1, False), ("max_log", 1, False), ("kill_grace", 0, False),
+                                      ("sweep_interval", 0, True), ("call_timeout", 0, True)):
+            value = getattr(self, name)
+            if not value >= minimum or (strict and value == minimum):  # `not >=`: NaN is refused too
+                bound = f"greater than {minimum}" if strict else f"at least {minimum}"
+                raise InvalidValue(f"{name} must be {bound}, got {value!r}")
 
     @property
     def workspace_root(self) -> Path:

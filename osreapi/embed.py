@@ -44,6 +44,7 @@ from .config import EngineConfig
 from .controls import ControlCalls
 from .errors import (
     ActionRejected,
+    CalledFromListener,
     EngineBusy,
     EngineClosed,
     EngineFailed,
@@ -69,6 +70,7 @@ from .vocabulary import State
 
 log = logging.getLogger(__name__)
 _ASCII_DIGITS = re.compile(r"[0-9]+")
+MAX_OFFSET = 1 << 62  # of a log; fits os.lseek
 Listener = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
@@ -108,6 +110,12 @@ def _decoded(source: Any, idle: float = 0.05) -> Iterator[str]:
         source.close()
 
 
+def check_offset(offset: int) -> None:
+    """A log offset a caller gave: a whole number of bytes, as the HTTP route reads it from a query."""
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise InvalidRequest("bad_offset", name="offset", value=str(offset), limit=MAX_OFFSET)
+
+
 def default_data_dir() -> Path:
     if os.name == "nt":
         base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
@@ -142,8 +150,6 @@ class Executor(ControlCalls):
     ) -> None:
         """clock: wall time (records, TTLs); monotonic: what step time limits are measured on
         (tests inject both, and poke() after moving `monotonic` forward). Kill graces are real time."""
-        if pool_size < 1:
-            raise ValueError("pool_size must be at least 1")
         self.config = EngineConfig(
             data_dir=Path(data_dir or default_data_dir()).resolve(),
             pool_size=pool_size,
@@ -161,6 +167,7 @@ class Executor(ControlCalls):
         self.limits = limits
         self._waiters = TaskWatchers()  # woken when their task ends (or the engine closes)
         self._listeners: list[Listener] = []
+        self._listening = threading.local()  # set on the store's thread while it calls the listeners
         self._delete_listeners: list[Callable[[tuple[str, ...]], None]] = []
         self._closed = False
         self._closing = threading.RLock()  # held by the close() in progress (its own thread may call again)
@@ -224,7 +231,9 @@ class Executor(ControlCalls):
         self, steps: list[dict[str, Any]] | str | bytes, *, parallel: bool = False, task_id: str | None = None
     ) -> Submitted:
         self._check_open()
+        self._check_not_listening("submit")
         data = spec.parse_body(steps) if isinstance(steps, (str, bytes)) else steps
+        data = list(data) if isinstance(data, tuple) else data  # a JSON array, as the Client sends it
         task_id = spec.validate_task_id(task_id) if task_id is not None else str(uuid.uuid4())
         specs = spec.build_steps(task_id, data, self.limits)
         mode = spec.choose_mode(specs, parallel)
@@ -263,7 +272,7 @@ class Executor(ControlCalls):
 
     def _load(self, task_id: str) -> tuple[TaskRecord, list[StepRecord]]:
         """The stored records, as they are (no log read); NotFound when unknown or expired."""
-        task, steps = self._db.get_task_and_steps(task_id)
+        task, steps = self._db.get_task_and_steps(task_id) if task_id else (None, [])
         return self._live(task_id, task), steps
 
     def _live(self, task_id: str, task: TaskRecord | None) -> TaskRecord:
@@ -280,12 +289,16 @@ class Executor(ControlCalls):
 
     def task(self, task_id: str) -> TaskRecord | None:
         """The task's own record (no steps read), or None when unknown or expired."""
-        task = self._db.get_task(task_id)
+        task = self._stored_task(task_id)
         return None if task is None or self._expired(task) else task
+
+    def _stored_task(self, task_id: str) -> TaskRecord | None:
+        # LMDB refuses an empty key (BadValsizeError); no task has an empty id
+        return self._db.get_task(task_id) if task_id else None
 
     def specs(self, task_id: str) -> tuple[spec.StepSpec, ...]:
         """What the task's steps were submitted as (empty when unknown)."""
-        return self._db.get_specs(task_id)
+        return self._db.get_specs(task_id) if task_id else ()
 
     def log_path(self, task_id: str, index: int) -> Path:
         """Where a step's full output is written while it runs (kept until the record expires)."""
@@ -305,6 +318,7 @@ class Executor(ControlCalls):
         if task.state.finished:
             raise ActionRejected("task_ended", state=task.state, action=action)
         self._check_open()
+        self._check_not_listening(action)
         try:
             self._answer(self._supervisor, ControlTask(task_id, action, index, Reply()))
         except ActionRejected as exc:  # expected: one line, no traceback
@@ -315,7 +329,8 @@ class Executor(ControlCalls):
         """Remove a finished task's record and workspace. Raises NotFound for an unknown or expired
         task, TaskActive for one that has not finished."""
         self._check_open()
-        self._live(task_id, self._db.get_task(task_id))  # an expired record is gone already for callers
+        self._check_not_listening("delete")
+        self._live(task_id, self._stored_task(task_id))  # an expired record is gone already for callers
         task = self._answer(self._store, DeleteTask(task_id, Reply()))
         if task is None:
             raise NotFound(f"task {task_id!r} does not exist or has expired")
@@ -324,6 +339,8 @@ class Executor(ControlCalls):
 
     @staticmethod
     def _step_index(steps: list[StepRecord] | tuple[StepRecord, ...], step: str | int) -> int:
+        if isinstance(step, bool) or not isinstance(step, (int, str)):  # None, 1.5: no step, as over HTTP
+            raise StepNotFound(step)
         if isinstance(step, int) or _ASCII_DIGITS.fullmatch(step):
             index = int(step) if len(str(step)) <= 9 else -1  # longer: past any step, and int() stays cheap
             if 0 <= index < len(steps):
@@ -340,6 +357,7 @@ class Executor(ControlCalls):
         """"ok", or "disk full" while the store cannot write; raise EngineBusy / EngineClosed
         unless the supervisor and the store answer."""
         self._check_open()
+        self._check_not_listening("check_health")
         self._ask(self._supervisor, GetStats())
         self._ask(self._store, Ping())  # not Flush: a health probe must not cost an fsync
         return "disk full" if self._disk_full.is_set() else "ok"
@@ -365,7 +383,9 @@ class Executor(ControlCalls):
 
     def logs(self, task_id: str, step: str | int, follow: bool = False, offset: int = 0) -> Iterator[str]:
         """A step's output from byte `offset` as text chunks; with follow, until the step ends.
-        Raises NotFound at once for an unknown task or step."""
+        Raises NotFound at once for an unknown task or step, InvalidRequest for an offset that is
+        not a whole number of bytes (lseek refused a negative one with OSError)."""
+        check_offset(offset)
         index = self.step(task_id, step, output=False)[1].index
 
         def current() -> StepRecord | None:
@@ -388,7 +408,8 @@ class Executor(ControlCalls):
             result = self.get(task_id)
             if result is None or result.finished:
                 return result
-            ended.wait(timeout)
+            self._check_not_listening("wait")
+            ended.wait(timeout if timeout is None or timeout < threading.TIMEOUT_MAX else None)  # inf: for ever
             return self.get(task_id)
 
     def poke(self) -> None:
@@ -405,12 +426,14 @@ class Executor(ControlCalls):
 
     def sweep(self) -> int:
         """Remove expired records and workspaces now; return how many tasks went."""
+        self._check_not_listening("sweep")
         return self._ask(self._store, SweepExpired())
 
     def close(self, timeout: float = 30.0) -> None:
         """Interrupt running tasks (their trees are killed), keep queued ones for the next start, flush.
         A close() while another is in progress returns when that one has finished (bounded by
         `timeout`): the program's exit (atexit) must not overtake a close on another thread."""
+        self._check_not_listening("close")
         if not self._closing.acquire(timeout=timeout):
             log.error("shutdown: another close() still runs after %.0fs", timeout)
             return
@@ -490,21 +513,31 @@ class Executor(ControlCalls):
         return task.expires is not None and task.expires <= self.clock()
 
     def _deleted(self, task_ids: tuple[str, ...]) -> None:
-        for listener in self._delete_listeners:
-            try:
-                listener(task_ids)
-            except Exception:  # a subscriber's bug must not stop the store
-                log.exception("a delete listener failed")
+        self._tell(self._delete_listeners, "delete", task_ids)
 
     def _committed(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
         """Called by the store after each committed write: wake waiters, tell subscribers."""
         if task is not None and task.end is not None:
             self._waiters.notify(task_id)
-        for listener in self._listeners:
-            try:
-                listener(task_id, task, steps)
-            except Exception:  # a subscriber's bug must not stop the store
-                log.exception("a record listener failed")
+        self._tell(self._listeners, "record", task_id, task, steps)
+
+    def _tell(self, listeners: list[Callable[..., None]], kind: str, *args: Any) -> None:
+        """Call the subscribers on the store's thread, marked so that a call of theirs that waits for
+        the store (close, submit, wait...) is refused instead of waiting for itself."""
+        self._listening.active = True
+        try:
+            for listener in listeners:
+                try:
+                    listener(*args)
+                except Exception:  # a subscriber's bug must not stop the store
+                    log.exception("a %s listener failed", kind)
+        finally:
+            self._listening.active = False
+
+    def _check_not_listening(self, call: str) -> None:
+        if getattr(self._listening, "active", False):
+            raise CalledFromListener(f"Executor.{call}() cannot run in a subscribe() listener: listeners run on "
+                                     "the store's thread, which it would wait for; call it from another thread")
 
     def _schedule_sweep(self) -> None:
         def tick() -> None:

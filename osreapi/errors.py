@@ -45,6 +45,11 @@ class EngineClosed(OsreapiError):
     """The engine has been shut down."""
 
 
+class CalledFromListener(OsreapiError):
+    """An Executor call that waits for the store was made inside a subscribe() listener, which runs
+    on the store's thread: it would wait for itself."""
+
+
 class NotFound(OsreapiError):
     """No such task or step (or it expired)."""
 

@@ -274,5 +274,8 @@ def _build_boolean(index: int, field: str, value: Any) -> bool:
 
 
 def _json_type(value: Any) -> Phrase:
-    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return Phrase("json_" + kinds.get(type(value), "number"))
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null", int: "number",
+             float: "number"}
+    if type(value) in kinds:
+        return Phrase("json_" + kinds[type(value)])
+    return Phrase(f"a Python {type(value).__name__}")  # from an embedding program: no JSON type to name

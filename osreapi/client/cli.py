@@ -18,13 +18,13 @@ import yaml
 
 from ..cli import _flag, _Parser  # the server's parser habits: --a_b = --a-b, one-line errors
 from ..embed import TaskResult
-from ..errors import InvalidValue, OsreapiError
+from ..errors import InvalidRequest, InvalidValue, OsreapiError
 from ..executor.durations import parse_duration
 from ..http.security import load_token
 from ..vocabulary import LANGUAGES, message
-from .client import DEFAULT_URL, Client, task_path
+from .client import DEFAULT_URL, MAX_REQUEST_TIMEOUT, Client, task_path
 from .display import Out, Progress, seconds
-from .errors import ConnectionFailed, RemoteInvalidRequest, ServerError, Unauthorized
+from .errors import ConnectionFailed, ServerError, Unauthorized
 from .fleet import DEFAULT_FANOUT, Fleet, HostResult, parse_hosts, read_hosts_file
 from .follow import Followers
 
@@ -62,22 +62,42 @@ def commands_help(prog: str) -> str:
 
 
 def main(command: str, argv: Sequence[str], prog: str = "osreapi") -> int:
+    _writable_anything()
     args = build_parser(command, prog).parse_intermixed_args(list(argv))
     args.command = command
     out = Out(args.lang, args.json)
     try:
         return HANDLERS[command](args, out)
-    except (UsageError, InvalidValue, RemoteInvalidRequest, Unauthorized, ConnectionFailed) as exc:
-        tell_error(out, exc, str(exc))
+    except (UsageError, InvalidValue, InvalidRequest, Unauthorized, ConnectionFailed) as exc:
+        tell_error(out, exc, _usage_text(exc, args.url, out.lang))
         return EXIT_USAGE
     except ServerError as exc:
         tell_error(out, exc, exc.message)
+        return EXIT_FAILED
+    except OsreapiError as exc:  # refused before any request (an empty id names no task)
+        tell_error(out, exc, str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the reader stopped early (`| head`): what a shell tool killed by SIGPIPE says
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return EXIT_BROKEN_PIPE
+
+
+def _usage_text(exc: OsreapiError, url: str, lang: str) -> str:
+    if isinstance(exc, Unauthorized):  # which server refused the token (a ConnectionFailed names its own)
+        return f"{url}: {exc}"
+    if isinstance(exc, InvalidRequest) and not isinstance(exc, ServerError):  # refused here: steps JSON cannot hold
+        return exc.text(lang)
+    return str(exc)
+
+
+def _writable_anything() -> None:
+    """A terminal or pipe whose encoding is not UTF-8 (LANG=en_US.ISO-8859-1, PYTHONIOENCODING=ascii)
+    cannot hold our zh words or a step's output: escape what it cannot hold instead of a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def tell_error(out: Out, exc: OsreapiError, text: str) -> None:
@@ -105,6 +125,8 @@ def _request_timeout(text: str) -> float:
     value = _duration(text)
     if value == 0:  # httpx would fail every connect at once, saying "Operation now in progress"
         raise argparse.ArgumentTypeError(f"a request needs some time: expected more than 0, got {text!r}")
+    if value > MAX_REQUEST_TIMEOUT:  # a socket's timeout must fit in a time_t (OverflowError)
+        raise argparse.ArgumentTypeError(f"expected at most 24h, got {text!r}")
     return value
 
 
@@ -112,6 +134,13 @@ def _positive(text: str) -> int:
     if not text.isascii() or not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
+
+
+def _named(text: str) -> str:
+    """A task id or step: never empty (an empty id would make the path "/", the list of tasks)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def build_parser(command: str, prog: str) -> argparse.ArgumentParser:
@@ -149,16 +178,16 @@ def _submit_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _id_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("id")
+    parser.add_argument("id", type=_named)
 
 
 def _step_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("id")
-    parser.add_argument("step", nargs="?", help="index or name; without it the whole task")
+    parser.add_argument("id", type=_named)
+    parser.add_argument("step", nargs="?", type=_named, help="index or name; without it the whole task")
 
 
 def _wait_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("id")
+    parser.add_argument("id", type=_named)
     _flag(parser, "timeout", default=None, type=_duration, help="give up after this long (exit 124)")
 
 
@@ -167,8 +196,8 @@ def _ls_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _logs_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("id")
-    parser.add_argument("step", help="index or name")
+    parser.add_argument("id", type=_named)
+    parser.add_argument("step", type=_named, help="index or name")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing until the step ends")
     _flag(parser, "offset", default=0, type=int, help="start at this byte of the output")
 
@@ -205,10 +234,20 @@ def make_fleet(args: argparse.Namespace, hosts: list[str]) -> Fleet:
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """What PyYAML found and where, on one line (its own text quotes the input as "<unicode string>")."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character: no line and column, a position
+        return f"{exc.reason} (character U+{exc.character:04X} at offset {exc.position})"
     mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
     if mark is None or problem is None:
-        return str(exc)
+        return " ".join(str(exc).split())
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def _read_bytes(file: str) -> bytes:
+    """FILE's bytes, or stdin's for '-' (as bytes: decoded as a file's are; none when stdin is closed)."""
+    if file != "-":
+        return Path(file).read_bytes()
+    stdin = getattr(sys.stdin, "buffer", None)  # sys.stdin is None under `<&-`
+    return stdin.read() if stdin is not None else b""
 
 
 _YAML_KINDS = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean"}
@@ -220,7 +259,7 @@ def load_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.file is not None:
         where = "stdin" if args.file == "-" else args.file
         try:
-            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+            text = _read_bytes(args.file).decode("utf-8")
             loaded = yaml.safe_load(text)
         except OSError as exc:
             raise UsageError(message("cli_cannot_read", args.lang, where=where, reason=exc.strerror)) from None
@@ -229,6 +268,8 @@ def load_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise UsageError(message("cli_cannot_read", args.lang, where=where, reason=reason)) from None
         except yaml.YAMLError as exc:
             raise UsageError(message("cli_bad_file", args.lang, where=where, error=_yaml_problem(exc))) from None
+        except RecursionError:  # PyYAML builds nested lists and maps recursively
+            raise UsageError(message("cli_too_deep", args.lang, where=where)) from None
         if loaded is None:
             raise UsageError(message("cli_empty_file", args.lang, where=where))
         if not isinstance(loaded, list):
@@ -265,7 +306,7 @@ def _watch(client: Client, task_id: str, out: Out, timeout: float | None, follow
     with Progress(out, task_id) as progress:
         followers = Followers(client, task_id, progress.print) if follow else None
         while True:
-            result = client.get(task_id)
+            result = client.resumed(lambda: client.get(task_id), deadline)  # across a server restart
             progress.update(result)
             if result is None:
                 return None, False

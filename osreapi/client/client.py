@@ -3,37 +3,44 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 from httpx_sse import connect_sse
 
 from ..controls import ControlCalls
-from ..embed import TaskResult
-from ..errors import InvalidRequest, InvalidValue
+from ..embed import TaskResult, check_offset
+from ..errors import EngineClosed, InvalidRequest, InvalidValue, NotFound
 from ..records import TaskRecord
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, message
 from . import wire
-from .errors import ON_CONTROL, ON_DELETE, ON_SUBMIT, ConnectionFailed, ServerError, error_for
+from .errors import ON_CONTROL, ON_DELETE, ON_SUBMIT, ConnectionFailed, RemoteBusy, ServerError, error_for
 
 DEFAULT_URL = "http://127.0.0.1:2376"
 DEFAULT_TIMEOUT = 10.0
 STREAM_READ_TIMEOUT = 60.0  # over the server's 15 s heartbeat on a quiet log stream
+MAX_REQUEST_TIMEOUT = 24 * 3600.0  # seconds; a socket's timeout must fit in a time_t
+MAX_SUBMISSION = 64 << 20  # characters of a submission as JSON (a server takes 1 MiB by default)
+MAX_ANSWER = 1 << 30  # bytes of one envelope: a task of 1,000 steps at the server's default --max_output fits
 MODES = (None, "sequential", "parallel", "dag")
 _ANSWERED = (CODE_OK, CODE_RUNNING, CODE_FAILED)
 
 Envelope = dict[str, Any]
+T = TypeVar("T")
+_DIGITS = re.compile(r"[0-9]+")  # a byte offset; str.isdigit() would take '²'
 
 
 class Client(ControlCalls):
     """One server. `timeout` bounds each request (connect, read, write) in seconds; `verify` is
     True, False or a CA bundle path; `cert` a client certificate path or (cert, key) for mTLS;
-    `lang` the language of the server's messages in the errors raised ("en" or "zh")."""
+    `lang` the language of the server's messages in the errors raised ("en" or "zh"); an answer
+    over `max_answer` bytes is refused (ConnectionFailed)."""
 
     def __init__(
         self,
@@ -45,13 +52,17 @@ class Client(ControlCalls):
         poll_interval: float = 0.05,
         reconnects: int = 5,
         lang: str = "en",
+        max_answer: int = MAX_ANSWER,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = _checked_url(url.rstrip("/"))
+        if not 0 < timeout <= MAX_REQUEST_TIMEOUT:
+            raise InvalidValue(f"timeout: expected more than 0 and at most {MAX_REQUEST_TIMEOUT:g} seconds, got {timeout!r}")
+        self.max_answer = max_answer
         self.lang = lang
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.reconnects = reconnects
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"Authorization": f"Bearer {_header_safe(token)}"} if token else {}
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, verify=tls_context(verify, cert), trust_env=False
         )
@@ -63,18 +74,52 @@ class Client(ControlCalls):
         lang: str | None = None,
     ) -> tuple[int, Envelope]:
         """(HTTP status, the envelope as sent). Raises ConnectionFailed when there is no envelope."""
+        status, data = self._fetch(method, path, {**(params or {}), "lang": lang or self.lang}, content)
+        return status, self._envelope_of(status, data)
+
+    def _fetch(self, method: str, path: str, params: dict[str, str], content: bytes | None) -> tuple[int, bytes]:
+        """(HTTP status, body) of one request that ends within `timeout` in all."""
+        deadline = time.monotonic() + self.timeout
         try:
-            response = self._http.request(method, path, params={**(params or {}), "lang": lang or self.lang},
-                                          content=content)
+            with self._open().stream(method, path, params=params, content=content) as response:
+                return response.status_code, self._body(response, deadline)
         except httpx.HTTPError as exc:
-            raise ConnectionFailed(f"{self.url}: {_reason(exc)}") from None
+            raise self._failure("client_no_answer", retry=_dropped(exc), reason=_reason(exc)) from None
+
+    def _body(self, response: httpx.Response, deadline: float) -> bytes:
+        """The whole body by `deadline`, at most `max_answer` bytes: httpx bounds each read only, and
+        a server that drips or streams without end would hold the caller (and its memory) for ever.
+        A redirect (a proxy sending http:// to https://) is not followed: the caller is told where."""
+        if response.is_redirect:
+            location = response.headers.get("location", "")[:200]
+            raise self._failure("client_redirect", status=response.status_code, location=location)
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > self.max_answer:
+                raise self._failure("client_too_big", status=response.status_code, limit=self.max_answer)
+            if time.monotonic() > deadline:
+                raise self._failure("client_too_slow", status=response.status_code, seconds=f"{self.timeout:g}")
+        return bytes(body)
+
+    def _envelope_of(self, status: int, data: bytes) -> Envelope:
         try:
-            body = response.json()
+            body = json.loads(data)
         except ValueError:
-            raise ConnectionFailed(f"{self.url}: HTTP {response.status_code} without a JSON envelope") from None
-        if not isinstance(body, dict) or "code" not in body:
-            raise ConnectionFailed(f"{self.url}: HTTP {response.status_code}: not an osreapi envelope")
-        return response.status_code, body
+            raise self._failure("client_no_envelope", status=status) from None
+        if not isinstance(body, dict) or not isinstance(body.get("code"), int) or not isinstance(body.get("message"), str):
+            raise self._failure("client_not_envelope", status=status)
+        return body
+
+    def _open(self) -> httpx.Client:
+        """The connection pool, or EngineClosed after close(), as `Executor` raises (httpx: RuntimeError)."""
+        if self._http.is_closed:
+            raise EngineClosed(f"{self.url}: the client is closed")
+        return self._http
+
+    def _failure(self, key: str, retry: bool = False, **values: object) -> ConnectionFailed:
+        """ConnectionFailed naming this server, in the client's language."""
+        return ConnectionFailed(f"{self.url}: {message(key, self.lang, **values)}", retry=retry)
 
     def call(
         self,
@@ -103,64 +148,72 @@ class Client(ControlCalls):
         lang: str | None = None,
     ) -> Envelope:
         """POST / as the server answered it: {"code": 0, "message": ..., "data": {"id", "count"}}."""
-        return self.call("POST", "/", submit_params(mode, task_id), submit_body(steps), ON_SUBMIT, lang)
+        body = self.call("POST", "/", submit_params(mode, task_id), submit_body(steps), ON_SUBMIT, lang)
+        self._data(body, _check_submitted)
+        return body
 
     def get(self, task_id: str) -> TaskResult | None:
         try:
             body = self.call("GET", task_path(task_id), {"detail": "true"})
-        except ServerError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return wire.task_result(body["data"], time.time())
+        except NotFound:
+            return None
+        return self._data(body, lambda data: wire.task_result(data, time.time()))
 
     def list(self, sort: str | None = None) -> list[TaskRecord]:
         """Tasks as GET / lists them (their `mode` is not on that list: it is "")."""
         body = self.call("GET", "/", {"sort": sort} if sort else None)
         now = time.time()
-        return [wire.task_record(entry, now) for entry in body["data"]["tasks"]]
+        return self._data(body, lambda data: [wire.task_record(entry, now) for entry in data["tasks"]])
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
         """Until the task has ended or timeout passed. The server answers when the task ends
         (GET /<id>?wait=, a few seconds per request); one that answers at once (an older server)
         is polled, backing off to 1 s."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval, failures = self.poll_interval, 0
+        interval = self.poll_interval
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             wait = self.timeout * 0.8 if left is None else min(self.timeout * 0.8, left)
             asked = time.monotonic()
             try:
-                running = self.call("GET", task_path(task_id), {"wait": f"{wait:.3f}s"})["code"] == CODE_RUNNING
-            except ServerError as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            except ConnectionFailed:  # a server restarting: asked again, as a log stream is resumed
-                failures += 1
-                if failures > self.reconnects or left == 0:
-                    raise
-                time.sleep(_backoff(failures) if left is None else min(_backoff(failures), left))
-                continue
-            failures = 0
-            if not running or left == 0:
-                return self.get(task_id)
+                answer = self.resumed(lambda: self.call("GET", task_path(task_id), {"wait": f"{wait:.3f}s"}), deadline)
+            except NotFound:
+                return None
+            if answer["code"] != CODE_RUNNING or left == 0:
+                return self.resumed(lambda: self.get(task_id), deadline)
             if time.monotonic() - asked < wait / 2:  # answered at once: this server does not wait
                 time.sleep(interval if left is None else min(interval, left))
                 interval = min(interval * 1.5, 1.0)
+
+    def resumed(self, call: Callable[[], T], deadline: float | None = None) -> T:
+        """call(), asked again after a dropped or refused connection (a server restarting) or a busy
+        answer (429 at --max-requests, 503), as a log stream is resumed: up to `reconnects` times in
+        a row, never past `deadline` (monotonic). A request that timed out is not asked again: a
+        hung server costs one `timeout`."""
+        failures = 0
+        while True:
+            try:
+                return call()
+            except (ConnectionFailed, RemoteBusy) as exc:
+                failures += 1
+                left = None if deadline is None else deadline - time.monotonic()
+                again = isinstance(exc, RemoteBusy) or exc.retry
+                if not again or failures > self.reconnects or (left is not None and left <= 0):
+                    raise
+                time.sleep(_backoff(failures) if left is None else min(_backoff(failures), left))
 
     def logs(self, task_id: str, step: str | int, follow: bool = False, offset: int = 0) -> Iterator[str]:
         """Output chunks from byte `offset` (SSE). A dropped connection is resumed from the last byte
         received, up to `reconnects` times in a row. Raises NotFound (unknown step) or
         InvalidRequest (offset past the end) at once."""
+        check_offset(offset)
         path = step_path(task_id, step) + "/log"
         try:
-            with self._http.stream("GET", path, params={"offset": str(offset), "lang": self.lang}) as response:
+            with self._open().stream("GET", path, params={"offset": str(offset), "lang": self.lang}) as response:
                 if response.status_code != 200:  # unknown task or step, offset past the end: now
-                    response.read()
                     self._raise_answer(response)
         except httpx.HTTPError as exc:
-            raise ConnectionFailed(f"{self.url}: {_reason(exc)}") from None
+            raise self._failure("client_no_answer", reason=_reason(exc)) from None
         return self._log_chunks(task_id, step, follow, offset)
 
     def control(self, task_id: str, action: str, step: str | int | None = None, lang: str | None = None) -> Envelope:
@@ -173,6 +226,13 @@ class Client(ControlCalls):
     def delete_envelope(self, task_id: str, lang: str | None = None) -> Envelope:
         return self.call("DELETE", task_path(task_id), overrides=ON_DELETE, lang=lang)
 
+    @property
+    def server(self) -> tuple[str, str, int | None, str]:
+        """(scheme, host, port, path) of the server, whatever the spelling of its URL (two servers
+        behind one proxy differ by their path)."""
+        url = self._http.base_url
+        return url.scheme, url.host, url.port, url.path.rstrip("/")
+
     def close(self) -> None:
         self._http.close()
 
@@ -183,6 +243,14 @@ class Client(ControlCalls):
         self.close()
 
     # -- internals ------------------------------------------------------------------------
+
+    def _data(self, body: Envelope, read: Callable[[Any], T]) -> T:
+        """read(the envelope's data); data osreapi never sends (another service, a proxy's page) is
+        ConnectionFailed naming the server, not a traceback."""
+        try:
+            return read(body.get("data"))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise self._failure("client_not_answer", error=f"{type(exc).__name__}: {exc}") from None
 
     def _log_chunks(self, task_id: str, step: str | int, follow: bool, offset: int) -> Iterator[str]:
         failures = 0
@@ -195,28 +263,30 @@ class Client(ControlCalls):
                     yield text
                 if not follow:
                     return
-                reason = "the stream ended before the step did"
+                reason = message("client_stream_ended", self.lang)
             except httpx.HTTPError as exc:
                 reason = _reason(exc)
+            except RemoteBusy as exc:  # a server at its --max-requests (open streams count): for a moment
+                reason = exc.message
             failures += 1  # resume from the last byte received
             if failures > self.reconnects:
-                lost = message("log_stream_lost", self.lang, task=task_id, step=step, reason=reason)
-                raise ConnectionFailed(f"{self.url}: {lost}")
+                raise self._failure("log_stream_lost", task=task_id, step=step, reason=reason)
             time.sleep(_backoff(failures))
 
     def _log_stream(self, path: str, follow: bool, offset: int) -> Iterator[tuple[str, int | None]]:
         """(text, byte offset after it) per output event of one connection; ("", None) for the end."""
         params = {"offset": str(offset), "lang": self.lang, **({"follow": "true"} if follow else {})}
         timeout = httpx.Timeout(self.timeout, read=max(self.timeout, STREAM_READ_TIMEOUT))
-        with connect_sse(self._http, "GET", path, params=params, timeout=timeout) as source:
+        with connect_sse(self._open(), "GET", path, params=params, timeout=timeout) as source:
             if source.response.status_code != 200:
-                source.response.read()
                 self._raise_answer(source.response)
             for event in source.iter_sse():
                 if event.event == "end":
                     yield "", None
                     return
                 if event.event == "message" and event.id:
+                    if not _DIGITS.fullmatch(event.id) or not 0 <= int(event.id) - offset <= self.max_answer:
+                        raise self._failure("client_not_log", id=repr(event.id[:40]), offset=offset)
                     after = int(event.id)
                     text = event.data
                     if len(text.encode("utf-8")) != after - offset:
@@ -228,9 +298,8 @@ class Client(ControlCalls):
         """Bytes start..end of a log as plain text: SSE framing takes a carriage return in the
         output for a line break (and bad bytes arrive replaced), so such an event is read again."""
         data = b""
-        with self._http.stream("GET", path, params={"offset": str(start)}) as response:
+        with self._open().stream("GET", path, params={"offset": str(start)}) as response:
             if response.status_code != 200:
-                response.read()
                 self._raise_answer(response)
             for chunk in response.iter_bytes():
                 data += chunk
@@ -239,11 +308,9 @@ class Client(ControlCalls):
         return data[: end - start].decode("utf-8", "replace")
 
     def _raise_answer(self, response: httpx.Response) -> None:
-        try:
-            body = response.json()
-        except ValueError:
-            raise ConnectionFailed(f"{self.url}: HTTP {response.status_code} without a JSON envelope") from None
-        raise error_for(response.status_code, body.get("code", response.status_code), str(body.get("message", "")))
+        """The typed error of a streamed request's error answer, its body read as any answer's."""
+        body = self._envelope_of(response.status_code, self._body(response, time.monotonic() + self.timeout))
+        raise error_for(response.status_code, body["code"], body["message"])
 
 
 @lru_cache(maxsize=16)  # one context per setting, shared: loading the system's CAs is not free
@@ -281,22 +348,90 @@ def _file_problem(exc: OSError, not_pem: str) -> str:
 def submit_params(mode: str | None, task_id: str | None) -> dict[str, str]:
     if mode not in MODES:
         raise InvalidRequest("bad_mode", value=mode)
+    if task_id is not None and not isinstance(task_id, str):  # 5 would be sent as "5": Executor refuses it
+        raise InvalidRequest("bad_id")
     params = {"async": "true"} if mode in ("parallel", "dag") else {}
     return {**params, "id": task_id} if task_id is not None else params
 
 
 def submit_body(steps: list[dict[str, Any]] | str | bytes) -> bytes:
+    """The POST body; InvalidRequest for steps that JSON cannot hold (a set, bytes), as `Executor`
+    refuses them, or that would be over MAX_SUBMISSION characters as JSON."""
     if isinstance(steps, bytes):
         return steps
-    return (steps if isinstance(steps, str) else json.dumps(steps, ensure_ascii=False)).encode("utf-8")
+    try:
+        text = steps if isinstance(steps, str) else json.dumps(_within_size(steps), ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:  # a set, bytes; lists nested thousands deep
+        raise InvalidRequest("steps_not_json", error=str(exc)) from None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: sent as a JSON escape, the server names its step and field
+        return text.encode("utf-8", "surrogatepass") if isinstance(steps, str) else json.dumps(steps).encode("ascii")
+
+
+def _within_size(steps: Any) -> Any:
+    """The steps, unless their JSON would be over MAX_SUBMISSION characters (counted roughly, without
+    writing it): YAML aliases (`*a` nine times, nested nine deep) make a small file a list of
+    hundreds of millions of items, and json.dumps would run until memory ran out."""
+    size, todo = 0, [steps]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend(value.keys())
+            todo.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
+        size += len(value) + 2 if isinstance(value, str) else 8  # quotes; a number, a separator
+        if size > MAX_SUBMISSION:
+            raise InvalidRequest("steps_too_large", limit=MAX_SUBMISSION)
+    return steps
 
 
 def task_path(task_id: str) -> str:
+    if str(task_id) == "":  # "/" is the list of tasks; no task has an empty id
+        raise NotFound("task '' does not exist")
     return "/" + quote(str(task_id), safe="")
 
 
 def step_path(task_id: str, step: str | int) -> str:
     return task_path(task_id) + "/" + quote(str(step), safe="")
+
+
+def _checked_url(url: str) -> str:
+    """The URL, or InvalidValue naming it (httpx raised its own InvalidURL, a traceback in a terminal)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise InvalidValue(f"server URL {url!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidValue(f"server URL {url!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
+    return url
+
+
+def _header_safe(token: str) -> str:
+    """The token, if an HTTP header can carry it: printable ASCII (httpx raised UnicodeEncodeError for
+    'ü', and echoed a token holding a line break in its error). The token itself is never shown."""
+    bad = next((i for i, char in enumerate(token) if not " " <= char <= "~"), None)
+    if bad is not None:
+        raise InvalidValue(f"token: character {bad + 1} cannot be sent in an HTTP header (printable ASCII only)")
+    return token
+
+
+def _check_submitted(data: dict[str, Any]) -> None:
+    """What callers of a submit read: data.id, a string, and data.count, a number."""
+    if not isinstance(data["id"], str) or not isinstance(data["count"], int):
+        raise TypeError("data.id and data.count are not a string and a number")
+
+
+def _dropped(exc: httpx.HTTPError) -> bool:
+    """A connection refused or cut (a server restarting), not one that timed out or failed TLS
+    (an untrusted certificate, a client certificate refused: asking again changes nothing)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError))
 
 
 def _reason(exc: httpx.HTTPError) -> str:

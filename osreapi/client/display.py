@@ -4,6 +4,7 @@ aligned lines otherwise (for pipes, logs and scripts)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -51,7 +52,8 @@ class Out:
     def __init__(self, lang: str, as_json: bool, stream: TextIO | None = None) -> None:
         self.lang = lang
         self.as_json = as_json
-        self.stream = stream or sys.stdout
+        # sys.stdout is None when the command runs with its stdout closed (`>&-`): write to nowhere
+        self.stream = stream or sys.stdout or open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
         self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
         self.tty = self.console.is_terminal
 

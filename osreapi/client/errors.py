@@ -8,7 +8,12 @@ from ..errors import ActionRejected, DiskFull, EngineBusy, InvalidRequest, NotFo
 
 
 class ConnectionFailed(OsreapiError):
-    """No answer: refused, timed out, TLS failure, or a body that is not the envelope."""
+    """No answer: refused, timed out, TLS failure, or a body that is not the envelope. `retry`:
+    the connection was refused or cut (a server restarting), so asking again may succeed."""
+
+    def __init__(self, text: str, retry: bool = False) -> None:
+        super().__init__(text)
+        self.retry = retry
 
 
 class ServerError(OsreapiError):

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -85,27 +86,49 @@ class Fleet:
         if fanout < 1:
             raise InvalidValue(f"fanout must be at least 1, got {fanout}")
         self.fanout = fanout
-        self.clients = {
-            host: Client(host_url(host, scheme), token=token, timeout=timeout, verify=verify, cert=cert,
-                         lang=lang)
-            for host in dict.fromkeys(hosts)
-        }
+        self.clients: dict[str, Client] = {}
+        servers = set()
+        for host in hosts:
+            client = Client(host_url(host, scheme), token=token, timeout=timeout, verify=verify, cert=cert, lang=lang)
+            if client.server in servers:  # one server named twice ('web1', 'web1:2376/'): asked once, one row
+                client.close()
+                continue
+            servers.add(client.server)
+            self.clients[host] = client
 
     @property
     def hosts(self) -> list[str]:
         return list(self.clients)
 
     def map(self, call: Callable[[str, Client], T]) -> list[HostResult[T]]:
-        """call(host, client) on every host; an OsreapiError becomes that host's error."""
+        """call(host, client) on every host; an OsreapiError becomes that host's error. The calls
+        run on daemon threads and this thread only waits for their answers, so a KeyboardInterrupt
+        (Ctrl-C) ends the wait at once, and the program's exit does not wait for a hung host."""
+        todo: queue.SimpleQueue[str] = queue.SimpleQueue()
+        for host in self.clients:
+            todo.put(host)
+        done: queue.Queue[tuple[str, HostResult[T] | BaseException]] = queue.Queue()
 
-        def one(host: str) -> HostResult[T]:
-            try:
-                return HostResult(host, value=call(host, self.clients[host]))
-            except OsreapiError as exc:
-                return HostResult(host, error=exc)
+        def work() -> None:
+            while True:
+                try:
+                    host = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((host, HostResult(host, value=call(host, self.clients[host]))))
+                except OsreapiError as exc:
+                    done.put((host, HostResult(host, error=exc)))
+                except BaseException as exc:  # a bug in `call`: raised to the caller, as before
+                    done.put((host, exc))
 
-        with ThreadPoolExecutor(max_workers=min(self.fanout, len(self.clients))) as pool:
-            return list(pool.map(one, self.clients))
+        for _ in range(min(self.fanout, len(self.clients))):
+            threading.Thread(target=work, name="osreapi-fleet", daemon=True).start()
+        answers = dict(done.get() for _ in self.clients)
+        for outcome in answers.values():
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [answers[host] for host in self.clients]  # type: ignore[misc]
 
     def submit(
         self, steps: list[dict[str, Any]] | str | bytes, mode: str | None = None, task_id: str | None = None

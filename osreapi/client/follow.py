@@ -11,8 +11,9 @@ from collections.abc import Callable
 from ..embed import TaskResult
 from ..errors import OsreapiError
 from ..records import StepRecord
-from ..vocabulary import State
+from ..vocabulary import State, message
 from .client import Client
+from .errors import ServerError
 
 _NOT_STARTED = (State.PENDING, State.SKIPPED)
 
@@ -44,7 +45,8 @@ class Followers:
             for chunk in self._client.logs(self._task_id, step.index, follow=True):
                 self._queue.put((step, chunk))
         except OsreapiError as exc:
-            self._queue.put((step, f"[output stream lost: {exc}]\n"))
+            text = exc.message if isinstance(exc, ServerError) else str(exc)
+            self._queue.put((step, message("cli_output_lost", self._client.lang, index=step.index, error=text) + "\n"))
         finally:
             self._queue.put((step, None))
 

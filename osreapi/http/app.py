@@ -15,7 +15,7 @@ import bottle
 from cheroot.errors import MaxSizeExceeded
 
 from .. import __version__
-from ..embed import Executor
+from ..embed import MAX_OFFSET, Executor
 from ..errors import (
     ActionRejected,
     DiskFull,
@@ -67,7 +67,6 @@ _DIGITS = re.compile(r"[0-9]+")
 # never be one), so that `PUT /events` is 405 and `/favicon.ico` "no such route", not "no such task".
 _RESERVED = "|".join(re.escape(name) for name in sorted(RESERVED_IDS))
 TASK = f"<task_id:re:(?!(?i:{_RESERVED})(?:/|$))[^/]+>"
-MAX_OFFSET = 1 << 62  # fits os.lseek
 # Methods counted by name on /metrics; any other is "OTHER": each name a client makes up would
 # be a series of its own, kept for the server's life (method names up to --max_header long).
 COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
