@@ -476,7 +476,8 @@ class RequestIntake(ConnectionManager):
         rfile._read_buf, rfile._read_pos = bytes(pending.data) + rfile._read_buf[rfile._read_pos :], 0
         conn.osreapi_continued = pending.continued  # the worker's parser must not invite it again
         conn.osreapi_pending = _Pending()  # the next request starts afresh
-        self._whole.append(conn)
+        with self._whole_lock:  # a worker's put() gets here too, while the recount walks the queue
+            self._whole.append(conn)
         self._dispatch_waiting()
         return True
 
