@@ -4,9 +4,11 @@ Every loop is bounded in count and time; latency figures are printed, never asse
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
+import os
 import selectors
 import shutil
 import socket
@@ -596,3 +598,33 @@ def test_a_pipelined_request_queued_by_a_worker_during_the_recount_stops_nothing
         for sock in socks:
             sock.close()
         server.stop()
+
+
+
+@pytest.mark.timeout(60)
+def test_the_first_stream_coming_while_no_descriptor_is_free_is_served_once_one_is(client: Client, tmp_path):
+    """The stream hub's thread starts at the server's first stream and made its epoll selector
+    then, which takes a descriptor: a first stream that came when none was free killed the thread,
+    and that stream and every later one (log followers, ?wait=, the event feed) waited for ever.
+    The selector is made with the server now; the follower gets the log once descriptors free."""
+    go = tmp_path / "go"
+    task_id = start_step(client, f"echo hello; while [ ! -d {go} ]; do sleep 0.05; done", printed=b"hello\n")
+    sock = socket.create_connection((client.host, client.port), timeout=10)  # before the spell
+    sock.setblocking(False)
+    received = bytearray()
+
+    def ended() -> bool:
+        with contextlib.suppress(BlockingIOError):
+            received.extend(sock.recv(65536))
+        return received.endswith(b"\r\n0\r\n\r\n")
+
+    try:
+        with no_descriptor_free():
+            sock.sendall(f"GET /{task_id}/0/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert wait_until(lambda: client.hub.count == 1, timeout=10)  # handed to the hub
+        assert wait_until(lambda: ended() or b"hello" in received, timeout=10), bytes(received)
+        os.mkdir(go)
+        assert wait_until(ended, timeout=10), bytes(received)
+    finally:
+        sock.close()
+    assert bytes(received).startswith(b"HTTP/1.1 200 ") and b"\r\n6\r\nhello\n\r\n" in received, bytes(received)
