@@ -471,6 +471,25 @@ def test_a_log_asked_while_no_descriptor_is_free_is_503_with_retry_after(client:
     assert client.request("PUT", f"/{task_id}?action=kill").status == 200
 
 
+@pytest.mark.timeout(60)
+def test_a_dashboard_page_asked_while_no_descriptor_is_free_is_503_with_retry_after(client: Client):
+    """The API's routes answered 503 when short of a descriptor, but the dashboard's files (opened
+    per request, and /etc/mime.types at the first) answered 500 "internal error" with a traceback."""
+    kept = http.client.HTTPConnection(client.host, client.port, timeout=10)  # open before the spell
+    kept.request("GET", "/healthz")
+    assert kept.getresponse().read()
+    answers = []
+    with no_descriptor_free():
+        for path in ("/ui/?lang=en", "/ui/app.js?lang=en"):
+            kept.request("GET", path)
+            answer = kept.getresponse()
+            answers.append((answer.status, answer.getheader("Retry-After"), json.loads(answer.read())))
+    kept.close()
+    refused = (503, "1", {"code": 503, "message": "the server is out of file descriptors, try again later"})
+    assert answers == [refused, refused], answers
+    assert client.get("/ui/").status == 200
+
+
 def _send_quietly(sock: socket.socket, data: bytes) -> bool:
     """Send all of data; False if the server closed the connection meanwhile."""
     try:
