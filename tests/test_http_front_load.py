@@ -647,3 +647,30 @@ def test_the_first_stream_coming_while_no_descriptor_is_free_is_served_once_one_
     finally:
         sock.close()
     assert bytes(received).startswith(b"HTTP/1.1 200 ") and b"\r\n6\r\nhello\n\r\n" in received, bytes(received)
+
+
+@pytest.mark.timeout(60)
+def test_a_followed_log_that_cannot_be_opened_yet_is_sent_once_it_can_be(client: Client):
+    """A follower whose log cannot be opened (no descriptor free) tries again at each read; but once
+    its step had ended, the next failed try ended the stream as if the log were empty: a 200 with a
+    clean end and no output (the log of a finished step, followed during a spell). It waits for a
+    descriptor now, and sends the log."""
+    task_id = client.submit([sh("echo hello")])
+    assert client.wait(task_id).json["code"] == 0
+    sock = socket.create_connection((client.host, client.port), timeout=10)  # before the spell
+    sock.setblocking(False)
+    received = bytearray()
+
+    def ended() -> bool:
+        with contextlib.suppress(BlockingIOError):
+            received.extend(sock.recv(65536))
+        return received.endswith(b"\r\n0\r\n\r\n")
+
+    try:
+        with no_descriptor_free():
+            sock.sendall(f"GET /{task_id}/0/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            wait_until(ended, timeout=2)  # it ended here, with nothing
+        assert wait_until(ended, timeout=10), bytes(received)
+    finally:
+        sock.close()
+    assert bytes(received).startswith(b"HTTP/1.1 200 ") and b"\r\n6\r\nhello\n\r\n" in received, bytes(received)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import bottle
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, out_of_descriptors
 from ..events import EventBus
 from ..spec import TASK_ID_PATTERN
 from ..vocabulary import CODE_BUSY, LANGUAGES, State, message
@@ -18,7 +18,6 @@ from .answers import JSON_TYPE
 from .feed import EventFrames, FeedSource
 from .intake import RETRY_AFTER
 from .render import envelope
-from .sockerrors import out_of_descriptors
 from .streams import StreamHub
 
 UI_DIR = Path(__file__).parent / "ui"

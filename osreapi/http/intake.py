@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING
 
 from cheroot.connections import ConnectionManager, prevent_socket_inheritance
 
+from ..errors import out_of_descriptors
 from .answers import raw_refusal
 from .outbox import waiting
-from .sockerrors import client_went_away, out_of_descriptors, wants_write, would_block
+from .sockerrors import client_went_away, wants_write, would_block
 
 if TYPE_CHECKING:
     import ssl  # at run time only with TLS: a plain server never loads OpenSSL (~4 MB)
