@@ -619,6 +619,26 @@ def test_a_pipelined_request_queued_by_a_worker_during_the_recount_stops_nothing
         server.stop()
 
 
+class _LogFollower:
+    """A raw connection opened now (before a spell without descriptors), read without blocking."""
+
+    def __init__(self, client: Client) -> None:
+        self.sock = socket.create_connection((client.host, client.port), timeout=10)
+        self.sock.setblocking(False)
+        self.received = bytearray()
+
+    def follow(self, task_id: str) -> None:
+        self.sock.sendall(f"GET /{task_id}/0/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+    def ended(self) -> bool:
+        """What has come so far ends the chunked answer."""
+        with contextlib.suppress(BlockingIOError):
+            self.received.extend(self.sock.recv(65536))
+        return self.received.endswith(b"\r\n0\r\n\r\n")
+
+    def got_whole(self, log: bytes) -> bool:
+        return self.received.startswith(b"HTTP/1.1 200 ") and b"\r\n%x\r\n%s\r\n" % (len(log), log) in self.received
+
 
 @pytest.mark.timeout(60)
 def test_the_first_stream_coming_while_no_descriptor_is_free_is_served_once_one_is(client: Client, tmp_path):
@@ -628,25 +648,17 @@ def test_the_first_stream_coming_while_no_descriptor_is_free_is_served_once_one_
     The selector is made with the server now; the follower gets the log once descriptors free."""
     go = tmp_path / "go"
     task_id = start_step(client, f"echo hello; while [ ! -d {go} ]; do sleep 0.05; done", printed=b"hello\n")
-    sock = socket.create_connection((client.host, client.port), timeout=10)  # before the spell
-    sock.setblocking(False)
-    received = bytearray()
-
-    def ended() -> bool:
-        with contextlib.suppress(BlockingIOError):
-            received.extend(sock.recv(65536))
-        return received.endswith(b"\r\n0\r\n\r\n")
-
+    follower = _LogFollower(client)
     try:
         with no_descriptor_free():
-            sock.sendall(f"GET /{task_id}/0/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            follower.follow(task_id)
             assert wait_until(lambda: client.hub.count == 1, timeout=10)  # handed to the hub
-        assert wait_until(lambda: ended() or b"hello" in received, timeout=10), bytes(received)
+        assert wait_until(lambda: follower.ended() or b"hello" in follower.received, timeout=10), follower.received
         os.mkdir(go)
-        assert wait_until(ended, timeout=10), bytes(received)
+        assert wait_until(follower.ended, timeout=10), follower.received
     finally:
-        sock.close()
-    assert bytes(received).startswith(b"HTTP/1.1 200 ") and b"\r\n6\r\nhello\n\r\n" in received, bytes(received)
+        follower.sock.close()
+    assert follower.got_whole(b"hello\n"), follower.received
 
 
 @pytest.mark.timeout(60)
@@ -657,20 +669,12 @@ def test_a_followed_log_that_cannot_be_opened_yet_is_sent_once_it_can_be(client:
     descriptor now, and sends the log."""
     task_id = client.submit([sh("echo hello")])
     assert client.wait(task_id).json["code"] == 0
-    sock = socket.create_connection((client.host, client.port), timeout=10)  # before the spell
-    sock.setblocking(False)
-    received = bytearray()
-
-    def ended() -> bool:
-        with contextlib.suppress(BlockingIOError):
-            received.extend(sock.recv(65536))
-        return received.endswith(b"\r\n0\r\n\r\n")
-
+    follower = _LogFollower(client)
     try:
         with no_descriptor_free():
-            sock.sendall(f"GET /{task_id}/0/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            wait_until(ended, timeout=2)  # it ended here, with nothing
-        assert wait_until(ended, timeout=10), bytes(received)
+            follower.follow(task_id)
+            wait_until(follower.ended, timeout=2)  # it ended here, with nothing
+        assert wait_until(follower.ended, timeout=10), follower.received
     finally:
-        sock.close()
-    assert bytes(received).startswith(b"HTTP/1.1 200 ") and b"\r\n6\r\nhello\n\r\n" in received, bytes(received)
+        follower.sock.close()
+    assert follower.got_whole(b"hello\n"), follower.received
