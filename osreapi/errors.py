@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from .vocabulary import Phrase
@@ -103,3 +104,12 @@ def one_line_refusals(record: logging.LogRecord) -> bool:
         record.exc_info = None
         record.exc_text = None
     return True
+
+
+# No descriptor (or no kernel memory) for a new socket or file: the server is short of a resource,
+# not broken, and not the client's fault (accept() then leaves the connection in the backlog).
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def out_of_descriptors(exc: BaseException | None) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _OUT_OF_DESCRIPTORS

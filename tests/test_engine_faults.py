@@ -1063,3 +1063,24 @@ def test_a_running_task_survives_a_spell_without_file_descriptors(make_executor,
         ex.control(task_id, "kill")
         assert wait_until(lambda: ex.task(task_id).state is State.KILLED, timeout=10)  # its group is
     assert wait_until(lambda: not psutil.pid_exists(escapee), timeout=10)  # found by its marker once /proc could be read
+
+
+@pytest.mark.timeout(30)
+def test_a_process_watched_while_no_descriptor_is_free_has_its_end_reported(tmp_path):
+    """Without a descriptor for a pidfd (EMFILE; another thread took the ones the step's start had
+    just freed), the reaper falls back to a thread of the process's own; that thread made an epoll
+    selector, which takes a descriptor too: it died at its start, the exit was never reported, and
+    the step stayed running for ever with its pool slot. The fallback now needs no descriptor."""
+    reaper = Reaper(time.time)
+    proc, out = _started(["sh", "-c", "echo out; sleep 0.2"])
+    sink = LogSink(out, tmp_path / "step.log", 1 << 20)
+    ended: list[int] = []
+    try:
+        with no_descriptor_free():
+            reaper.watch(proc, sink, lambda returncode, at: ended.append(returncode))
+            assert wait_until(lambda: ended, timeout=10), "the process's end was never reported"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reaper.close()
+    assert ended == [0] and (tmp_path / "step.log").read_bytes() == b"out\n"

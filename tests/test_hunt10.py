@@ -489,3 +489,29 @@ def test_an_embedded_engine_refuses_a_data_dir_another_user_controls(tmp_path):
         os.chown(taken, 65534, 65534)
         with pytest.raises(DataDirUnsafe, match="belongs to another user"):
             Executor(taken)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user takes root")
+def test_a_data_dir_inside_a_directory_another_user_controls_stops_the_start(tmp_path):
+    """The data dir was checked, not the directories above it: under one of another user's (or one
+    every user may write in, not sticky), the data dir was made the server's own and accepted, and
+    that user then renamed it and put a link to a directory of theirs in its place: the server
+    wrote its next workspaces, scripts and logs there (seen with a running server: the owner of
+    /tmp/x moved /tmp/x/data away for a link to /tmp/x/evil, and the next step's script was in
+    evil/workspace). Refused now, before anything is made in it."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 65534, 65534)  # nobody
+    assert f"{theirs} belongs to another user (uid 65534, a directory above the data dir)" in start_refused(theirs / "data")
+    assert list(theirs.iterdir()) == []  # nothing made in it
+    (theirs / "data").mkdir(mode=0o700)  # the server's own, made there before
+    with pytest.raises(DataDirUnsafe, match="a directory above the data dir"):
+        Executor(theirs / "data")
+    open_to_all, sticky = tmp_path / "open", tmp_path / "sticky"
+    for path, mode in ((open_to_all, 0o777), (sticky, 0o1777)):
+        path.mkdir()
+        path.chmod(mode)
+    with pytest.raises(DataDirUnsafe, match=r"every local user may write in .*open \(mode 0777, a directory above"):
+        Executor(open_to_all / "data")
+    with Executor(sticky / "data") as ex:  # as /tmp: nobody else may rename what is the server's
+        assert ex.wait(ex.submit([sh("echo hi")]), timeout=10).steps[0].output == "hi\n"

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import out_of_descriptors
 from ..records import StepRecord
 from ..sse import KEEP_ALIVE, sse_message
 
@@ -66,6 +67,7 @@ class LogSource:
         self._step_over = False  # the step has ended: read what is left, then finish
         self._preamble = b": osreapi log stream\n\n" if sse else b""
         self._aligned = offset == 0  # the first bytes read start a character (else skip to one)
+        self._unopened = False  # the log could not be opened at the last try for want of a descriptor
 
     def read(self) -> tuple[bytes, bool]:
         if self._preamble:
@@ -74,7 +76,7 @@ class LogSource:
         data = self._read_new()
         if data:
             return self._format(data), False
-        if not self._follow or self._step_over:
+        if not self._follow or (self._step_over and not self._unopened):
             return self._tail(), True
         now = time.monotonic()
         if now >= self._next_poll:
@@ -114,14 +116,18 @@ class LogSource:
 
     def _read_new(self) -> bytes:
         if self._file is None:
+            self._unopened = False
             try:
                 self._file = open(self._path, "rb")
-            except FileNotFoundError:
+            except FileNotFoundError:  # not written yet, or gone with its task
                 return b""
-            except OSError:
-                if self._follow:  # e.g. no descriptor free now: try again at the next read, to the step's end
-                    return b""
-                raise
+            except OSError as exc:
+                if not self._follow:
+                    raise
+                # Tried again at the next read, to the step's end; and past it while no descriptor
+                # is free (ending then, the stream said the log was empty).
+                self._unopened = out_of_descriptors(exc)
+                return b""
         end = os.fstat(self._file.fileno()).st_size if self._until is None else self._until
         if end <= self._offset:
             return b""

@@ -182,7 +182,7 @@ class Reaper:
         self._thread.join(5)
 
     def _wait_one(self, watch: _Watch) -> None:
-        selector = selectors.DefaultSelector()
+        selector = _selector_without_descriptor()
         selector.register(watch.sink.fd, selectors.EVENT_READ)
         open_pipe = True
         while watch.proc.poll() is None:
@@ -243,6 +243,13 @@ class Reaper:
     def _forget_output(self, watch: _Watch) -> None:
         if not watch.sink.closed:
             self._forget(watch.sink.fd)
+
+
+def _selector_without_descriptor() -> selectors.BaseSelector:
+    """poll() where there is one: an epoll or kqueue selector takes a descriptor of its own, and
+    this waiter is the fallback when pidfd_open() found none free (EMFILE): its thread died at its
+    start, and the step's end was never reported (running for ever, its pool slot taken)."""
+    return selectors.PollSelector() if hasattr(selectors, "PollSelector") else selectors.DefaultSelector()
 
 
 def _pidfd_works() -> bool:

@@ -27,6 +27,7 @@ from ..errors import (
     StepNotFound,
     TaskActive,
     TaskConflict,
+    out_of_descriptors,
 )
 from ..events import EventBus
 from ..executor.logsource import LogSource
@@ -55,7 +56,6 @@ from .intake import RETRY_AFTER
 from .logstream import SharedPoll
 from .resultcache import FinishedResults
 from .security import Guard, audit
-from .sockerrors import out_of_descriptors
 from .streams import ENVIRON_SLOT, TICK, Handoff, RequestSlot, StreamHub
 from .wait import wait_for_task, wait_time
 

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import bottle
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, out_of_descriptors
 from ..events import EventBus
 from ..spec import TASK_ID_PATTERN
-from ..vocabulary import LANGUAGES, State
+from ..vocabulary import CODE_BUSY, LANGUAGES, State, message
 from . import urltext
 from .answers import JSON_TYPE
 from .feed import EventFrames, FeedSource
+from .intake import RETRY_AFTER
+from .render import envelope
 from .streams import StreamHub
 
 UI_DIR = Path(__file__).parent / "ui"
@@ -77,7 +79,7 @@ def add_routes(
     @app.get("/ui/")
     @app.get("/ui/tasks/<task_id>")
     def ui_page(task_id: str | None = None) -> bottle.HTTPResponse:
-        return ui_file("index.html")
+        return ui_file("index.html", lang())
 
     @app.get("/ui/vocabulary.json")
     def ui_vocabulary() -> bottle.HTTPResponse:
@@ -85,13 +87,19 @@ def add_routes(
 
     @app.get("/ui/<name:re:[a-z0-9_-]+[.](?:js|css|svg)>")
     def ui_asset(name: str) -> bottle.HTTPResponse:
-        return ui_file(name)
+        return ui_file(name, lang())
 
 
-def ui_file(name: str) -> bottle.HTTPResponse:
+def ui_file(name: str, lang: str) -> bottle.HTTPResponse:
     """A dashboard file, always whole: the files are small and a server may ignore Range (RFC 9110
     14.2). Bottle's own answer to a Range it cannot serve is an HTML page in English."""
     bottle.request.environ.pop("HTTP_RANGE", None)
-    response = bottle.static_file(name, root=str(UI_DIR), headers=dict(UI_HEADERS))
+    try:
+        response = bottle.static_file(name, root=str(UI_DIR), headers=dict(UI_HEADERS))
+    except OSError as exc:  # no descriptor free to open it (or /etc/mime.types): 503, as the API's routes
+        if not out_of_descriptors(exc):
+            raise
+        body = envelope(CODE_BUSY, message("out_of_descriptors", lang))
+        raise bottle.HTTPResponse(body, status=CODE_BUSY, headers={"Content-Type": JSON_TYPE, "Retry-After": str(RETRY_AFTER)}) from None
     response.headers.pop("Accept-Ranges", None)  # no client should ask for a part
     return response

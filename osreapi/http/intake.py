@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING
 
 from cheroot.connections import ConnectionManager, prevent_socket_inheritance
 
+from ..errors import out_of_descriptors
 from .answers import raw_refusal
 from .outbox import waiting
-from .sockerrors import client_went_away, out_of_descriptors, wants_write, would_block
+from .sockerrors import client_went_away, wants_write, would_block
 
 if TYPE_CHECKING:
     import ssl  # at run time only with TLS: a plain server never loads OpenSSL (~4 MB)
@@ -476,7 +477,8 @@ class RequestIntake(ConnectionManager):
         rfile._read_buf, rfile._read_pos = bytes(pending.data) + rfile._read_buf[rfile._read_pos :], 0
         conn.osreapi_continued = pending.continued  # the worker's parser must not invite it again
         conn.osreapi_pending = _Pending()  # the next request starts afresh
-        self._whole.append(conn)
+        with self._whole_lock:  # a worker's put() gets here too, while the recount walks the queue
+            self._whole.append(conn)
         self._dispatch_waiting()
         return True
 

@@ -3,8 +3,6 @@ name: importing it would load OpenSSL (~4 MB) into a server that serves no TLS."
 
 from __future__ import annotations
 
-import errno
-
 _TLS_WAITS = ("SSLWantReadError", "SSLWantWriteError")
 _TLS_GONE = ("SSLEOFError", "SSLZeroReturnError")
 
@@ -28,12 +26,3 @@ def wants_write(exc: BaseException | None) -> bool:
 def client_went_away(exc: BaseException | None) -> bool:
     """A reset, a broken pipe, or a TLS client that closed without saying goodbye."""
     return isinstance(exc, ConnectionError) or type(exc).__name__ in _TLS_GONE
-
-
-# No descriptor (or no kernel memory) for a new socket or file: the server is short of a resource,
-# not broken, and not the client's fault. accept() then leaves the connection in the backlog.
-_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-def out_of_descriptors(exc: BaseException | None) -> bool:
-    return isinstance(exc, OSError) and exc.errno in _OUT_OF_DESCRIPTORS

@@ -153,10 +153,14 @@ class StreamHub:
         self._incoming: list[_Stream] = []
         self._streams: dict[int, _Stream] = {}
         self._thread: threading.Thread | None = None
-        self._selector: selectors.BaseSelector | None = None
         self._wake_r, self._wake_w = socket.socketpair()  # a pipe would not select() on Windows
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        # Made now, with the server, not by the thread at the first stream: an epoll selector takes
+        # a descriptor, and a first stream that came when none was free killed the thread at its
+        # start; every stream after it waited for ever (followers, waits, the event feed).
+        self._selector: selectors.BaseSelector | None = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
 
     # -- what routes call -----------------------------------------------------------------
 
@@ -222,6 +226,8 @@ class StreamHub:
         for stream in self._take_incoming():  # handed over as the thread stopped: never served
             self._finish_on_stop(stream)
         with self._lock:
+            if self._thread is None:  # never started: the selector is closed here, not by the thread
+                self._selector.close()
             self._wake_r.close()
             self._wake_w.close()
 
@@ -262,8 +268,6 @@ class StreamHub:
     # -- the hub thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         next_tick = 0.0
         try:
             while not self._stopping.is_set():

@@ -19,8 +19,9 @@ def lock_data_dir(data_dir: Path) -> IO[str] | None:
     """Create the data dir for this user alone if it is new (it holds every step's script, env
     values and output), refuse one another user controls, and hold `<data_dir>/lock` (with this pid
     in it) until the returned file is closed."""
+    check_owner(data_dir)  # before anything is made in a directory another user controls
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_owner(data_dir)
+    check_owner(data_dir)  # parents it made under a loose umask, too
     if fcntl is None:
         return None
     handle = open(data_dir / "lock", "a+", encoding="ascii")
@@ -40,14 +41,27 @@ def lock_data_dir(data_dir: Path) -> IO[str] | None:
 def check_owner(data_dir: Path) -> None:
     """Refuse a data dir another user controls: its owner, or anyone where every user may write
     (`--data_dir /tmp/x` made by someone else first), could put a link where the engine writes and
-    change the scripts it runs, as the engine's user."""
+    change the scripts it runs, as the engine's user. So could whoever controls a directory above
+    it, by renaming the data dir and putting a link to one of theirs in its place: each one that
+    exists must be the user's or root's, and not open to every user unless sticky (/tmp)."""
     if not hasattr(os, "geteuid"):  # Windows: ownership is not told by a uid
         return
-    info = data_dir.stat()
-    mode, user = stat.S_IMODE(info.st_mode), os.geteuid()
-    if info.st_uid != user:
-        raise DataDirUnsafe(f"{data_dir} belongs to another user (uid {info.st_uid}), who could change the "
-                            f"scripts the server runs; use a directory of this user's (uid {user})")
-    if mode & 0o002:
-        raise DataDirUnsafe(f"every local user may write in {data_dir} (mode {mode:04o}) and change the "
-                            f"scripts the server runs; chmod o-w {data_dir}")
+    user = os.geteuid()
+    if data_dir.exists():
+        _check_one(data_dir, {user}, sticky_ok=False)
+    for parent in data_dir.parents:
+        if parent.exists():
+            _check_one(parent, {user, 0}, sticky_ok=True, where=", a directory above the data dir")
+
+
+def _check_one(path: Path, trusted: set[int], sticky_ok: bool, where: str = "") -> None:
+    """Refuse path if a user not trusted owns it, or every user may write in it (in a sticky one,
+    such as /tmp, they cannot rename or remove what is not theirs)."""
+    info = path.stat()
+    if info.st_uid not in trusted:
+        raise DataDirUnsafe(f"{path} belongs to another user (uid {info.st_uid}{where}), who could change the "
+                            f"scripts the server runs; use a directory of this user's (uid {os.geteuid()})")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IWOTH and not (sticky_ok and mode & stat.S_ISVTX):
+        raise DataDirUnsafe(f"every local user may write in {path} (mode {mode:04o}{where}) and change the "
+                            f"scripts the server runs; chmod o-w {path}")
