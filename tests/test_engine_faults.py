@@ -4,6 +4,7 @@ the first engine (issue 8) and asserts what the OS and the store say afterwards.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -1084,3 +1085,22 @@ def test_a_process_watched_while_no_descriptor_is_free_has_its_end_reported(tmp_
             proc.kill()
         reaper.close()
     assert ended == [0] and (tmp_path / "step.log").read_bytes() == b"out\n"
+
+
+def test_a_marker_scan_that_cannot_open_an_environment_file_for_want_of_a_descriptor_says_so(monkeypatch):
+    """scan_markers skipped a process whose environ file it could not open, whatever the reason: with
+    no descriptor free, a run looked clean to the janitor while a marked setsid child still lived. A
+    shortage now raises (the janitor's round counts as unscanned and comes again); a process that is
+    gone or not ours is still skipped."""
+    real_open = open
+
+    def short_of_descriptors(path, *args, **kwargs):
+        if str(path).endswith("/environ"):
+            raise OSError(errno.EMFILE, "Too many open files", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", short_of_descriptors)
+    with pytest.raises(OSError, match="Too many open files"):
+        treekill.scan_markers({"some-run"})
+    monkeypatch.setattr("builtins.open", real_open)
+    assert treekill.scan_markers({"some-run"}) == {}

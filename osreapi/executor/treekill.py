@@ -10,6 +10,8 @@ from collections.abc import Callable, Collection, Iterable
 
 import psutil
 
+from ..errors import out_of_descriptors
+
 TASK_MARKER = "OSREAPI_TASK_ID"
 STEP_MARKER = "OSREAPI_STEP_NAME"
 RUN_MARKER = "OSREAPI_RUN_ID"  # one step's one run: a reposted id or a kept daemon is not confused with it
@@ -188,7 +190,9 @@ def scan_markers(runs: set[str]) -> dict[str, list[int]]:
         try:
             with open(f"/proc/{pid}/environ", "rb") as handle:
                 raw = handle.read()
-        except OSError:
+        except OSError as exc:
+            if out_of_descriptors(exc):  # not read is not unmarked: the caller scans again later
+                raise
             continue
         at = raw.find(prefix)
         if at < 0 or (at and raw[at - 1] != 0):

@@ -261,6 +261,14 @@ class RequestIntake(ConnectionManager):
     # -- the selector loop -----------------------------------------------------------------
 
     def _run(self, expiration_interval: float) -> None:
+        try:
+            self._serve_until_stopped(expiration_interval)
+        finally:  # the reserve is this thread's own: closed where it is used, however the loop ends
+            if self._reserve is not None:
+                os.close(self._reserve)
+                self._reserve = None
+
+    def _serve_until_stopped(self, expiration_interval: float) -> None:
         last_check = time.time()
         while not self._stop_requested:
             self._dispatch_waiting()
@@ -285,9 +293,6 @@ class RequestIntake(ConnectionManager):
                 last_check = now
                 self._end_shedding_spell()
             self._listen_again_when_rested()
-        if self._reserve is not None:  # this thread's own: closed where it is used
-            os.close(self._reserve)
-            self._reserve = None
 
     def _accept(self) -> None:
         if self._tls:
