@@ -63,6 +63,12 @@ def drip(conn: socket.socket, head: bytes) -> None:
         time.sleep(0.2)
 
 
+def stall(conn: socket.socket, head: bytes) -> None:
+    """Answer nothing; hold the connection until the client goes away (or the 30 s socket timeout)."""
+    while conn.recv(4096):
+        pass
+
+
 def endless(conn: socket.socket, head: bytes) -> None:
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
     while True:
@@ -154,7 +160,7 @@ def test_an_empty_id_names_no_task(client):
 def test_a_hung_host_in_a_fleet_wait_is_asked_once(hostile):
     """A wait asked a host that timed out again, as it does one whose connection dropped (a server
     restarting): a hung host cost six request timeouts instead of its one."""
-    silent = hostile(lambda conn, head: time.sleep(30))
+    silent = hostile(stall)
     with Fleet([f"127.0.0.1:{silent.port}"], timeout=1) as fleet:
         [row] = fleet.wait("x")
     assert isinstance(row.error, ConnectionFailed) and "ReadTimeout" in str(row.error)
@@ -166,7 +172,7 @@ def test_a_hung_host_in_a_fleet_wait_is_asked_once(hostile):
 def test_ctrl_c_ends_a_fleet_command_at_once(hostile, command: list[str]):
     """Ctrl-C while a fleet waited for a hung host: the worker pool was joined (on the way out and
     at exit) until every host answered, so the command ignored Ctrl-C for --request_timeout."""
-    silent = hostile(lambda conn, head: time.sleep(60))
+    silent = hostile(stall)
     proc = subprocess.Popen([console_script(), *command, "--hosts", f"127.0.0.1:{silent.port}",
                              "--request_timeout", "60s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -239,7 +245,7 @@ def log_events(events: bytes) -> callable:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n")
             return
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + events)
-        time.sleep(30)
+        stall(conn, head)
 
     return answer
 
