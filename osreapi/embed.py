@@ -272,7 +272,7 @@ class Executor(ControlCalls):
 
     def _load(self, task_id: str) -> tuple[TaskRecord, list[StepRecord]]:
         """The stored records, as they are (no log read); NotFound when unknown or expired."""
-        task, steps = self._db.get_task_and_steps(task_id) if task_id else (None, [])
+        task, steps = self._db.get_task_and_steps(task_id)
         return self._live(task_id, task), steps
 
     def _live(self, task_id: str, task: TaskRecord | None) -> TaskRecord:
@@ -289,16 +289,12 @@ class Executor(ControlCalls):
 
     def task(self, task_id: str) -> TaskRecord | None:
         """The task's own record (no steps read), or None when unknown or expired."""
-        task = self._stored_task(task_id)
+        task = self._db.get_task(task_id)
         return None if task is None or self._expired(task) else task
-
-    def _stored_task(self, task_id: str) -> TaskRecord | None:
-        # LMDB refuses an empty key (BadValsizeError); no task has an empty id
-        return self._db.get_task(task_id) if task_id else None
 
     def specs(self, task_id: str) -> tuple[spec.StepSpec, ...]:
         """What the task's steps were submitted as (empty when unknown)."""
-        return self._db.get_specs(task_id) if task_id else ()
+        return self._db.get_specs(task_id)
 
     def log_path(self, task_id: str, index: int) -> Path:
         """Where a step's full output is written while it runs (kept until the record expires)."""
@@ -330,7 +326,7 @@ class Executor(ControlCalls):
         task, TaskActive for one that has not finished."""
         self._check_open()
         self._check_not_listening("delete")
-        self._live(task_id, self._stored_task(task_id))  # an expired record is gone already for callers
+        self._live(task_id, self._db.get_task(task_id))  # an expired record is gone already for callers
         task = self._answer(self._store, DeleteTask(task_id, Reply()))
         if task is None:
             raise NotFound(f"task {task_id!r} does not exist or has expired")

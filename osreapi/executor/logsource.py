@@ -91,7 +91,7 @@ class LogSource:
     def cut_short(self) -> bool:
         """A plain follow of a step that may still write is unfinished if the server stops now: its
         end is left out (SSE says a real end with `event: end`)."""
-        return self._follow and not self._sse and not self._step_over
+        return not self._sse and self._may_grow(False)
 
     def close(self) -> None:
         if self._file is not None:

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import bottle
 
-from ..errors import InvalidRequest, out_of_descriptors
+from ..errors import InvalidRequest
 from ..events import EventBus
 from ..spec import TASK_ID_PATTERN
-from ..vocabulary import CODE_BUSY, LANGUAGES, State, message
+from ..vocabulary import LANGUAGES, State
 from . import urltext
 from .answers import JSON_TYPE
 from .feed import EventFrames, FeedSource
-from .intake import RETRY_AFTER
-from .render import envelope
 from .streams import StreamHub
 
 UI_DIR = Path(__file__).parent / "ui"
@@ -76,30 +74,27 @@ def add_routes(
         # request's Host or X-Forwarded-Host, so any client could make this cacheable 301 point elsewhere.
         return bottle.HTTPResponse(status=301, headers={"Location": "/ui/"})
 
+    # Through `api` as every route: a file that cannot be opened for want of a descriptor is 503.
     @app.get("/ui/")
     @app.get("/ui/tasks/<task_id>")
+    @api
     def ui_page(task_id: str | None = None) -> bottle.HTTPResponse:
-        return ui_file("index.html", lang())
+        return ui_file("index.html")
 
     @app.get("/ui/vocabulary.json")
     def ui_vocabulary() -> bottle.HTTPResponse:
         return bottle.HTTPResponse(body=vocabulary_body, headers={"Content-Type": JSON_TYPE, **UI_HEADERS})
 
     @app.get("/ui/<name:re:[a-z0-9_-]+[.](?:js|css|svg)>")
+    @api
     def ui_asset(name: str) -> bottle.HTTPResponse:
-        return ui_file(name, lang())
+        return ui_file(name)
 
 
-def ui_file(name: str, lang: str) -> bottle.HTTPResponse:
+def ui_file(name: str) -> bottle.HTTPResponse:
     """A dashboard file, always whole: the files are small and a server may ignore Range (RFC 9110
     14.2). Bottle's own answer to a Range it cannot serve is an HTML page in English."""
     bottle.request.environ.pop("HTTP_RANGE", None)
-    try:
-        response = bottle.static_file(name, root=str(UI_DIR), headers=dict(UI_HEADERS))
-    except OSError as exc:  # no descriptor free to open it (or /etc/mime.types): 503, as the API's routes
-        if not out_of_descriptors(exc):
-            raise
-        body = envelope(CODE_BUSY, message("out_of_descriptors", lang))
-        raise bottle.HTTPResponse(body, status=CODE_BUSY, headers={"Content-Type": JSON_TYPE, "Retry-After": str(RETRY_AFTER)}) from None
+    response = bottle.static_file(name, root=str(UI_DIR), headers=dict(UI_HEADERS))
     response.headers.pop("Accept-Ranges", None)  # no client should ask for a part
     return response

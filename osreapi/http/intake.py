@@ -52,10 +52,6 @@ SPELL_END = 5.0  # seconds without a refusal for want of descriptors that end a 
 # first FREE_PER_REQUEST bytes of each are not counted: a control action or a read always gets in.
 IN_BUDGET = 64 * 1024 * 1024
 FREE_PER_REQUEST = 16 * 1024
-
-
-def default_in_budget(max_body: int) -> int:
-    return max(IN_BUDGET, 4 * max_body)
 _RECV = 64 * 1024
 _CONTENT_LENGTH = re.compile(rb"^content-length:(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 _CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.IGNORECASE | re.MULTILINE)
@@ -74,6 +70,10 @@ class ChunkWalk:
 
     pos: int = 0  # where the next chunk-size line starts (0: at the body's start)
     total: int = 0  # body bytes in the chunks checked so far
+
+
+def default_in_budget(max_body: int) -> int:
+    return max(IN_BUDGET, 4 * max_body)
 
 
 @dataclass

@@ -34,6 +34,11 @@ def _task_key(task_id: str) -> bytes:
     return task_id.encode("utf-8")
 
 
+def _get(txn: lmdb.Transaction, db: Any, task_id: str) -> bytes | None:
+    """A task's value in db; None for the empty id, which no task has (LMDB refuses an empty key)."""
+    return txn.get(_task_key(task_id), db=db) if task_id else None
+
+
 def _step_key(task_id: str, index: int) -> bytes:
     return task_id.encode("utf-8") + b"\x00" + _STEP_KEY.pack(index)
 
@@ -281,7 +286,7 @@ class Database:
 
     def get_task(self, task_id: str) -> TaskRecord | None:
         with self._reading() as txn:
-            raw = txn.get(_task_key(task_id), db=self._tasks)
+            raw = _get(txn, self._tasks, task_id)
         return TaskRecord.from_json(json.loads(raw)) if raw is not None else None
 
     def get_steps(self, task_id: str) -> list[StepRecord]:
@@ -291,7 +296,7 @@ class Database:
     def get_task_and_steps(self, task_id: str) -> tuple[TaskRecord | None, list[StepRecord]]:
         """A task and its steps as of one moment (one read transaction)."""
         with self._reading() as txn:
-            raw = txn.get(_task_key(task_id), db=self._tasks)
+            raw = _get(txn, self._tasks, task_id)
             if raw is None:
                 return None, []
             return TaskRecord.from_json(json.loads(raw)), self._steps_in(txn, task_id)
@@ -309,7 +314,7 @@ class Database:
 
     def get_specs(self, task_id: str) -> tuple[StepSpec, ...]:
         with self._reading() as txn:
-            raw = txn.get(_task_key(task_id), db=self._specs)
+            raw = _get(txn, self._specs, task_id)
         return tuple(StepSpec.from_json(s) for s in json.loads(raw)) if raw is not None else ()
 
     def list_tasks(self) -> list[TaskRecord]:
