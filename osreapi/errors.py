@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 
 from .vocabulary import Phrase
 
@@ -113,3 +114,9 @@ _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errn
 
 def out_of_descriptors(exc: BaseException | None) -> bool:
     return isinstance(exc, OSError) and exc.errno in _OUT_OF_DESCRIPTORS
+
+
+# The request intake keeps one descriptor in reserve to refuse connections with while none is free:
+# it closes it and accepts at once. A follower retrying its log's open in that instant took the slot
+# and kept it, and the connections behind waited unanswered; the intake and those retries take turns.
+DESCRIPTOR_TURN = threading.Lock()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import out_of_descriptors
+from ..errors import DESCRIPTOR_TURN, out_of_descriptors
 from ..records import StepRecord
 from ..sse import KEEP_ALIVE, sse_message
 
@@ -116,9 +116,9 @@ class LogSource:
 
     def _read_new(self) -> bytes:
         if self._file is None:
-            self._unopened = False
+            retried, self._unopened = self._unopened, False
             try:
-                self._file = open(self._path, "rb")
+                self._file = self._open(retried)
             except FileNotFoundError:  # not written yet, or gone with its task
                 return b""
             except OSError as exc:
@@ -142,6 +142,12 @@ class LogSource:
             data = self._whole_characters(data, more=self._may_grow(end - self._offset > len(data)))
         self._offset += len(data)
         return data
+
+    def _open(self, retried: bool):
+        if not retried:
+            return open(self._path, "rb")
+        with DESCRIPTOR_TURN:  # not the slot the intake frees to refuse a connection with
+            return open(self._path, "rb")
 
     def _may_grow(self, read_more: bool) -> bool:
         """More bytes may still come after these: the file holds more than was read, or it is

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from cheroot.connections import ConnectionManager, prevent_socket_inheritance
 
-from ..errors import out_of_descriptors
+from ..errors import DESCRIPTOR_TURN, out_of_descriptors
 from .answers import raw_refusal
 from .outbox import waiting
 from .sockerrors import client_went_away, wants_write, would_block
@@ -204,6 +204,7 @@ class RequestIntake(ConnectionManager):
     # -- connections coming back from a worker (keep-alive) -------------------------------
 
     def put(self, conn) -> None:
+        """(A worker's thread.) A keep-alive connection back from its answer: read its next request."""
         if waiting(conn):  # its next request is read once the client has taken this answer
             self._drain_later(conn, close_after=False)
             return
@@ -225,22 +226,29 @@ class RequestIntake(ConnectionManager):
             pending.started = conn.last_used
             if self._take_if_ready(conn, pending):
                 return
-        self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
+        if not self._registered(conn.socket.fileno(), selectors.EVENT_READ, conn):
+            with suppress(OSError):
+                conn.close()
 
     def drain_then_close(self, conn) -> None:
         self._drain_later(conn, close_after=True)
 
     def _drain_later(self, conn, close_after: bool) -> None:
-        """(A worker's thread.) Registered before close() looks at the selector, or closed here: one
-        registered after close() had looked, before the selector closed, was never closed, and its
-        answer never left the budget."""
+        """(A worker's thread.)"""
         draining = _Draining(conn, close_after)
+        if not self._registered(conn.socket.fileno(), selectors.EVENT_WRITE, draining):
+            draining.close()
+
+    def _registered(self, sock_fd: int, events: int, data) -> bool:
+        """(A worker's thread.) Registered before close() looks at the selector, or False (the caller
+        closes it): one registered after close() had looked, before the selector closed, was never
+        closed, and its answer never left the budget."""
         with self._closing:
             if not self._closed:
                 with suppress(OSError, ValueError, KeyError, RuntimeError):  # the selector is closed (stopping)
-                    self._selector.register(conn.socket.fileno(), selectors.EVENT_WRITE, data=draining)
-                    return
-        draining.close()
+                    self._selector.register(sock_fd, events, data=data)
+                    return True
+        return False
 
     def _drain(self, sock_fd: int, draining: _Draining) -> None:
         try:
@@ -326,24 +334,34 @@ class RequestIntake(ConnectionManager):
         self._shed += 1
         self._last_shed = time.monotonic()
         if self._reserve is not None:
-            os.close(self._reserve)
-            self._reserve = None
-            with suppress(OSError):
-                raw, _ = self.server.socket.accept()
-                with suppress(OSError):
-                    if not self._tls:  # no TLS session to answer in: closed
-                        raw.setblocking(False)
-                        raw.send(raw_refusal("503 Service Unavailable", "overloaded", self.server.osreapi_lang,
-                                             retry_after=RETRY_AFTER))
-                with suppress(OSError):
-                    raw.shutdown(socket.SHUT_RDWR)  # the client sees the end now, not when the reserve is next used
-                # Its descriptor is the next reserve: closed and opened again, another thread (a
-                # follower retrying its log) could take it in between.
-                self._reserve = raw.detach()
+            raw = self._spend_reserve()
+            if raw is not None:
+                self._refuse_raw(raw)
+                self._reserve = raw.detach()  # its descriptor is the next reserve, with no gap to fill
         if self._reserve is None:
             with suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(self.server.socket.fileno())
             self._listening_again_at = time.monotonic() + ACCEPT_PAUSE
+
+    def _spend_reserve(self) -> socket.socket | None:
+        """The next connection, accepted into the slot the reserve frees (None if the backlog is empty)."""
+        with DESCRIPTOR_TURN:  # no retried open takes the slot in between
+            os.close(self._reserve)
+            self._reserve = None
+            try:
+                return self.server.socket.accept()[0]
+            except OSError:
+                self._reserve = _spare_descriptor()
+                return None
+
+    def _refuse_raw(self, raw: socket.socket) -> None:
+        with suppress(OSError):
+            if not self._tls:  # no TLS session to answer in: closed
+                raw.setblocking(False)
+                raw.send(raw_refusal("503 Service Unavailable", "overloaded", self.server.osreapi_lang,
+                                     retry_after=RETRY_AFTER))
+        with suppress(OSError):
+            raw.shutdown(socket.SHUT_RDWR)  # the client sees the end now, not when the reserve is next used
 
     def _end_shedding_spell(self) -> None:
         """One line when a spell of refusals is over (none for SPELL_END seconds), with its count."""
@@ -481,6 +499,7 @@ class RequestIntake(ConnectionManager):
         rfile = conn.rfile
         rfile._read_buf, rfile._read_pos = bytes(pending.data) + rfile._read_buf[rfile._read_pos :], 0
         conn.osreapi_continued = pending.continued  # the worker's parser must not invite it again
+        conn.osreapi_cut_line = _cut_line(pending.data, self.server.max_request_header_size)
         conn.osreapi_pending = _Pending()  # the next request starts afresh
         with self._whole_lock:  # a worker's put() gets here too, while the recount walks the queue
             self._whole.append(conn)
@@ -541,8 +560,29 @@ class RequestIntake(ConnectionManager):
             else:
                 held += max(0, len(pending.data) - FREE_PER_REQUEST)
         with self._whole_lock:  # whole, waiting for a worker: still held
-            held += sum(max(0, len(conn.rfile._read_buf) - FREE_PER_REQUEST) for conn in self._whole)
+            held += sum(_whole_bytes(conn) for conn in self._whole)
+        held += sum(_whole_bytes(conn) for conn in _queued(self.server.requests))
         self._held = held
+
+
+def _cut_line(data: bytearray, limit: int) -> bytes | None:
+    """The start of a request line too long to parse (answered 414), or None: it still tells the
+    answer's language (?lang=), as the request line does for every other answer."""
+    return None if data.find(b"\n", 0, limit) >= 0 else bytes(data[:limit])
+
+
+def _whole_bytes(conn) -> int:
+    """Bytes a whole request not yet served holds past its free part."""
+    rfile = getattr(conn, "rfile", None)  # the queue also carries the workers' shutdown requests
+    return max(0, len(rfile._read_buf) - FREE_PER_REQUEST) if rfile is not None else 0
+
+
+def _queued(pool) -> list:
+    """What waits in cheroot's worker queue (threads × 4 whole requests): still held, and counted,
+    or those requests were outside the budget (128 bodies of --max_body)."""
+    waiting = pool._queue
+    with waiting.mutex:
+        return list(waiting.queue)
 
 
 def _decrypted(sock: ssl.SSLSocket) -> bytes:

@@ -209,14 +209,20 @@ class _Request(HTTPRequest):
 
     def _refuse(self, status: str, key: str, /, retry_after: int | None = None, **values: object) -> None:
         self.close_connection = True
-        # ?lang= too when the request line was read (it is not for a 414), as every other answer
-        asked = {"QUERY_STRING": (getattr(self, "qs", b"") or b"").decode("latin-1"),
+        asked = {"QUERY_STRING": (getattr(self, "qs", b"") or _query_of(self.conn)).decode("latin-1"),
                  "HTTP_ACCEPT_LANGUAGE": self.inheaders.get(b"Accept-Language", b"").decode("latin-1")}
         lang = language_of(asked, self.server.osreapi_lang)
         try:
             self.conn.wfile.write(raw_refusal(status, key, lang, retry_after=retry_after, **values))
         except OSError:
             pass  # the client has gone
+
+
+def _query_of(conn) -> bytes:
+    """The query string of a request line cut short (a 414): what of it was read."""
+    line = getattr(conn, "osreapi_cut_line", None) or b""
+    target = line.split(b" ", 2)[1] if line.count(b" ") else b""
+    return target.partition(b"?")[2]
 
 
 class _Connection(HTTPConnection):
