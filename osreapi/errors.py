@@ -117,6 +117,6 @@ def out_of_descriptors(exc: BaseException | None) -> bool:
 
 
 # The request intake keeps one descriptor in reserve to refuse connections with while none is free:
-# it closes it and accepts at once. A follower retrying its log's open in that instant took the slot
-# and kept it, and the connections behind waited unanswered; the intake and those retries take turns.
+# it closes it and accepts at once. A follower opening its log in that instant took the slot and kept
+# it, and the connections behind waited unanswered: the intake and those opens take turns.
 DESCRIPTOR_TURN = threading.Lock()

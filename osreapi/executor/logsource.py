@@ -116,9 +116,9 @@ class LogSource:
 
     def _read_new(self) -> bytes:
         if self._file is None:
-            retried, self._unopened = self._unopened, False
+            self._unopened = False
             try:
-                self._file = self._open(retried)
+                self._file = self._open()
             except FileNotFoundError:  # not written yet, or gone with its task
                 return b""
             except OSError as exc:
@@ -143,10 +143,8 @@ class LogSource:
         self._offset += len(data)
         return data
 
-    def _open(self, retried: bool):
-        if not retried:
-            return open(self._path, "rb")
-        with DESCRIPTOR_TURN:  # not the slot the intake frees to refuse a connection with
+    def _open(self):
+        with DESCRIPTOR_TURN:  # never the slot the intake frees to refuse a connection with
             return open(self._path, "rb")
 
     def _may_grow(self, read_more: bool) -> bool:
