@@ -55,7 +55,7 @@ from .health import HealthCheck
 from .intake import RETRY_AFTER
 from .logstream import SharedPoll
 from .resultcache import FinishedResults
-from .security import Guard, audit
+from .security import Guard, audit, audit_key
 from .streams import ENVIRON_SLOT, TICK, Handoff, RequestSlot, StreamHub
 from .wait import wait_for_task, wait_time
 
@@ -178,7 +178,8 @@ def make_app(
     _add_task_routes(app, routes)
     _add_step_routes(app, routes)
     _add_error_pages(app, routes)
-    guarded = Guard(RequestLimit(Handoff(app, routes.hub), settings, routes.hub), settings.token, settings.lang)
+    limited = RequestLimit(Handoff(app, routes.hub), settings, routes.hub)
+    guarded = Guard(limited, settings.token, settings.lang, audit_key(executor.config.data_dir))
     guarded.metrics = executor.metrics  # the server adds its own gauges to them
     return guarded
 
