@@ -143,6 +143,10 @@ _MESSAGES: dict[str, tuple[str, str]] = {
         "Host {host} does not name this host: without a token only an IP address, localhost or a name without "
         "dots is served (DNS rebinding); set a token to serve other names",
     ),
+    "task_case_conflict": (
+        "id {id} 与已有任务 {existing} 只有大小写不同, 而工作目录所在的文件系统不区分大小写 (二者会共用一个工作目录): 没有执行任何步骤",
+        "id {id} differs from task {existing} only in case, and the workspace file system ignores case (they would share one workspace): nothing was run",
+    ),
     "task_conflict": (
         "id {id} 已被另一个内容不同的任务使用: 没有执行任何步骤",
         "id {id} is taken by a task with a different submission: nothing was run",

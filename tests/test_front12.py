@@ -12,6 +12,8 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -184,3 +186,77 @@ def test_an_unmapped_owner_is_known_only_inside_a_namespace_that_lacks_it(tmp_pa
     assert unmapped_owner(proc) is None  # 65534 is mapped (to 165533)
     (proc / "self/uid_map").write_text("         0       1000          1\n")
     assert unmapped_owner(proc) == 65534
+
+
+# -- task ids equal under case folding -----------------------------------------------------------
+
+
+@pytest.fixture
+def case_folding_dir(tmp_path) -> Iterator[Path]:
+    """An empty workspace root (`<data_dir>/workspace`) that folds case, the data dir 0700. On a tmpfs
+    mounted with casefold (ext4's and tmpfs' casefold is an attribute of each directory, `chattr +F`,
+    set while it is empty); where the kernel has no casefold (built without CONFIG_UNICODE), the
+    root is a FUSE mount that looks names up regardless of case (tests/casefs.py). Unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a file system takes root")
+    data = tmp_path / "data"
+    mount = tmp_path / "casefold"
+    mount.mkdir(mode=0o700)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "casefold,mode=0700", "tmpfs", str(mount)],
+                             capture_output=True, text=True, timeout=30)
+    if mounted.returncode == 0:
+        try:
+            folding = mount / "workspace"
+            folding.mkdir(mode=0o700)
+            subprocess.run(["chattr", "+F", str(folding)], check=True, capture_output=True, timeout=30)
+            yield folding
+        finally:
+            subprocess.run(["umount", "--lazy", str(mount)], check=True, timeout=30)
+        return
+    yield from _fuse_case_folding(data, tmp_path / "backing", reason=mounted.stderr.strip())
+
+
+def _fuse_case_folding(data: Path, backing: Path, reason: str) -> Iterator[Path]:
+    pytest.importorskip("fuse", reason=f"no casefold tmpfs ({reason}) and no fusepy for a FUSE one")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip(f"no casefold tmpfs ({reason}) and no /dev/fuse")
+    folding = data / "workspace"
+    folding.mkdir(parents=True, mode=0o700)
+    data.chmod(0o700)
+    backing.mkdir(mode=0o700)
+    served = subprocess.Popen([sys.executable, "-m", "tests.casefs", str(backing), str(folding)],
+                              cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
+    try:
+        if not wait_until(lambda: os.path.ismount(folding) or served.poll() is not None, timeout=10) or served.poll() is not None:
+            pytest.skip(f"no casefold tmpfs ({reason}) and FUSE refused: {served.stderr.read().decode().strip()}")
+        yield folding
+    finally:
+        subprocess.run(["umount", "--lazy", str(folding)], capture_output=True, timeout=30)
+        served.wait(30)
+        served.stderr.close()
+
+
+def test_ids_equal_under_case_folding_never_share_a_workspace(start_server, case_folding_dir):
+    """On a workspace root that folds case, `Build-1` and `BUILD-1` were two tasks in one directory:
+    the second ran in the first's workspace and its expiry deleted it. The second is refused with
+    409 naming the first, nothing run, nothing stored; the first posted again is still the first."""
+    server = start_server("--pool_size", "1", data_dir=case_folding_dir.parent)
+    client = server.client
+    first = [sh("echo one > made-by-first")]
+    assert client.post("/?id=Build-1", first).json["data"]["id"] == "Build-1"
+    assert client.wait("Build-1").json["code"] == 0
+    for body in (first, [sh("echo two > made-by-second")]):
+        for lang, said in (("en", "differs from task Build-1 only in case"), ("zh", "与已有任务 Build-1 只有大小写不同")):
+            resp = client.post(f"/?id=BUILD-1&lang={lang}", body)
+            assert resp.status == 409 and resp.json["code"] == 409 and said in resp.json["message"], resp.body
+    assert client.get("/BUILD-1").status == 404 and client.get("/").json["data"]["total"] == 1
+    assert sorted(path.name for path in (case_folding_dir / "Build-1").iterdir()) == [".osreapi", "made-by-first"]
+    again = client.post("/?id=Build-1", first)
+    assert again.status == 200 and again.json["data"]["id"] == "Build-1"
+    # A task still waiting in the queue holds its name too (pool of 1: the sleep runs, q-a waits).
+    client.submit([sh("sleep 30")], "?id=runner")
+    assert client.post("/?id=q-a", [sh("true")]).status == 200
+    resp = client.post("/?id=Q-A&lang=en", [sh("true")])
+    assert resp.status == 409 and "task q-a" in resp.json["message"], resp.body
+    assert sorted(path.name for path in case_folding_dir.iterdir()) == ["Build-1", "q-a", "runner"]
+    assert server.terminate() == 0  # the sleep ends with the server, not after the unmount

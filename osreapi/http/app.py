@@ -18,6 +18,7 @@ from .. import __version__
 from ..embed import MAX_OFFSET, Executor
 from ..errors import (
     ActionRejected,
+    CaseConflict,
     DiskFull,
     EngineBusy,
     EngineClosed,
@@ -136,6 +137,8 @@ class Routes:
         match exc:
             case InvalidRequest() | ActionRejected():
                 return json_response(CODE_BAD_REQUEST, exc.text(lang))
+            case CaseConflict():
+                return json_response(CODE_CONFLICT, message("task_case_conflict", lang, id=exc.task_id, existing=exc.existing))
             case TaskConflict():
                 return json_response(CODE_CONFLICT, message("task_conflict", lang, id=exc.task_id))
             case TaskActive():
