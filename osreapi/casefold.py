@@ -4,11 +4,12 @@ the other's workspace."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
 
-from .errors import CaseConflict
+from .errors import CaseConflict, DiskFull
 
 PROBE = ".osreapi-case-probe"  # not a task id (those start with a letter or digit): recovery leaves it
 
@@ -35,6 +36,10 @@ def claim_workspace(workspace: Path, task_id: str) -> bool:
         return True
     except FileExistsError:
         pass
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the answer to give (507), as the store's
+            raise DiskFull(f"the task's workspace could not be made: {exc.strerror}") from None
+        raise
     folded = task_id.casefold()
     with os.scandir(workspace.parent) as entries:  # only on a clash: the name as that task wrote it
         for entry in entries:
