@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import CaseConflict, DiskFull
@@ -26,16 +27,17 @@ def folds_case(root: Path) -> bool:
         probe.rmdir()
 
 
-def claim_workspace(workspace: Path, task_id: str) -> bool:
+def claim_workspace(workspace: Path, task_id: str, stored: Callable[[str], bool]) -> bool:
     """On a root that folds case, the task's workspace made at its submission, so that the name is
     taken at once, atomically (two submissions racing: one mkdir wins), even while the task waits
-    in the queue. True if made here; False if it exists for this very id (a task posted again);
-    CaseConflict naming the task whose workspace the name already is."""
+    in the queue. True if made here; False if it is this very id's (a task posted again: `stored`
+    says whether a task of that id exists); CaseConflict naming the task whose workspace it is."""
     try:
         workspace.mkdir(mode=0o700)
         return True
     except FileExistsError:
-        pass
+        if stored(task_id):
+            return False
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the answer to give (507), as the store's
             raise DiskFull(f"the task's workspace could not be made: {exc.strerror}") from None
@@ -45,7 +47,7 @@ def claim_workspace(workspace: Path, task_id: str) -> bool:
         for entry in entries:
             if entry.name != task_id and entry.name.casefold() == folded:
                 raise CaseConflict(task_id, entry.name)
-    return False
+    return False  # this id's, its record not yet written (a submission racing) or gone with it
 
 
 def release_workspace(workspace: Path) -> None:

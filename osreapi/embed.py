@@ -240,7 +240,8 @@ class Executor(ControlCalls):
         mode = spec.choose_mode(specs, parallel)
         task = TaskRecord(id=task_id, mode=mode.value, count=len(specs), accepted=self.clock())
         records = tuple(StepRecord(index=i, name=s.name) for i, s in enumerate(specs))
-        claimed = self._folds_case and casefold.claim_workspace(self.config.workspace(task_id), task_id)
+        claimed = self._folds_case and casefold.claim_workspace(
+            self.config.workspace(task_id), task_id, stored=lambda name: self._db.get_task(name) is not None)
         try:
             existing = self._answer(self._store, CreateTask(task, records, specs, Reply()))
         except BaseException:

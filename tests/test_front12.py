@@ -260,3 +260,17 @@ def test_ids_equal_under_case_folding_never_share_a_workspace(start_server, case
     assert resp.status == 409 and "task q-a" in resp.json["message"], resp.body
     assert sorted(path.name for path in case_folding_dir.iterdir()) == ["Build-1", "q-a", "runner"]
     assert server.terminate() == 0  # the sleep ends with the server, not after the unmount
+
+
+def test_racing_submissions_of_ids_equal_under_case_folding_leave_one_task(start_server, case_folding_dir):
+    """The workspace is made at the submission, where one mkdir wins: of submissions racing with
+    ids that differ in case only, those of one id are accepted (as one task) and the rest 409."""
+    client = start_server(data_dir=case_folding_dir.parent).client
+    ids = ["race", "RACE", "Race", "rAcE"] * 4
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda task_id: (task_id, client.post(f"/?id={task_id}", [sh("true")])), ids))
+    accepted = {task_id for task_id, resp in answers if resp.status == 200}
+    assert len(accepted) == 1, [(task_id, resp.status, resp.body) for task_id, resp in answers]
+    assert all(resp.status == 409 for task_id, resp in answers if task_id not in accepted)
+    assert [task["id"] for task in client.get("/").json["data"]["tasks"]] == list(accepted)
+    assert [path.name for path in case_folding_dir.iterdir()] == list(accepted)

@@ -74,9 +74,10 @@ def tls_adapter(tls: TlsSettings):
 
 class _LengthCounting(HeaderReader):
     """cheroot's header reader, counting the Content-Length and Host lines (cheroot keeps the last
-    of each, so a repeated one is seen nowhere else), and refusing what would make cheroot read another head than the request intake did (RFC 9112 5.1,
-    5.2): whitespace before a colon (`Content-Length : 9`) and folded lines (`Content-Length: 0`
-    then ` 9`), both of which cheroot took for a length the intake did not see."""
+    of each, so a repeated one is seen nowhere else), and refusing what would make cheroot read
+    another head than the request intake did (RFC 9112 5.1, 5.2): whitespace before a colon
+    (`Content-Length : 9`) and folded lines (`Content-Length: 0` then ` 9`), both of which cheroot
+    took for a length the intake did not see."""
 
     def __init__(self) -> None:
         self.lengths = 0
