@@ -163,10 +163,15 @@ def test_a_parent_of_a_user_outside_the_namespace_is_trusted_as_root_is(tmp_path
     assert status is None, said
     assert (data / "lock").exists() and (data / "audit.key").exists()
 
-    group_writable = _dir_of(tmp_path / "shared", UNMAPPED, 0o775)
-    (group_writable / "data").mkdir(mode=0o700)
-    status, said = _in_user_namespace(group_writable / "data")
-    assert status not in (None, 0) and f"every user of its group may write in {group_writable} (mode 0775" in said, said
+    sticky = _dir_of(tmp_path / "tmp", UNMAPPED, 0o1777)  # a container's /tmp: the host root's
+    status, said = _in_user_namespace(sticky / "data")  # made by the server: others cannot move it
+    assert status is None, said
+
+    for name, mode, said_first in (("shared", 0o775, "every user of its group"), ("open", 0o777, "every local user")):
+        loose = _dir_of(tmp_path / name, UNMAPPED, mode)
+        (loose / "data").mkdir(mode=0o700)
+        status, said = _in_user_namespace(loose / "data")
+        assert status not in (None, 0) and f"{said_first} may write in {loose} (mode {mode:04o}" in said, said
 
     theirs = _dir_of(tmp_path / "theirs", UNMAPPED, 0o700)
     status, said = _in_user_namespace(theirs)
