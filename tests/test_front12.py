@@ -140,7 +140,7 @@ def _in_user_namespace(data_dir: Path, timeout: float = 30) -> tuple[int | None,
 def user_namespace() -> None:
     if os.geteuid() != 0:
         pytest.skip("giving a directory to an unmapped uid takes root")
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "true"], capture_output=True, timeout=30)
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "true"], check=False, capture_output=True, timeout=30)
     if probe.returncode != 0:
         pytest.skip(f"unshare --user refused here: {probe.stderr.decode().strip()}")
 
@@ -208,7 +208,7 @@ def case_folding_dir(tmp_path) -> Iterator[Path]:
     mount = tmp_path / "casefold"
     mount.mkdir(mode=0o700)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "casefold,mode=0700", "tmpfs", str(mount)],
-                             capture_output=True, text=True, timeout=30)
+                             check=False, capture_output=True, text=True, timeout=30)
     if mounted.returncode == 0:
         try:
             folding = mount / "workspace"
@@ -236,7 +236,7 @@ def _fuse_case_folding(data: Path, backing: Path, reason: str) -> Iterator[Path]
             pytest.skip(f"no casefold tmpfs ({reason}) and FUSE refused: {served.stderr.read().decode().strip()}")
         yield folding
     finally:
-        subprocess.run(["umount", "--lazy", str(folding)], capture_output=True, timeout=30)
+        subprocess.run(["umount", "--lazy", str(folding)], check=False, capture_output=True, timeout=30)
         served.wait(30)
         served.stderr.close()
 
