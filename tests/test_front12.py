@@ -222,7 +222,10 @@ def case_folding_dir(tmp_path) -> Iterator[Path]:
 
 
 def _fuse_case_folding(data: Path, backing: Path, reason: str) -> Iterator[Path]:
-    pytest.importorskip("fuse", reason=f"no casefold tmpfs ({reason}) and no fusepy for a FUSE one")
+    try:
+        import fuse  # noqa: F401 - fusepy: raises OSError without libfuse.so.2
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"no casefold tmpfs ({reason}) and no FUSE library for a FUSE one ({exc})")
     if not os.path.exists("/dev/fuse"):
         pytest.skip(f"no casefold tmpfs ({reason}) and no /dev/fuse")
     folding = data / "workspace"
