@@ -198,17 +198,27 @@ def test_an_unmapped_owner_is_known_only_inside_a_namespace_that_lacks_it(tmp_pa
 
 @pytest.fixture
 def case_folding_dir(tmp_path) -> Iterator[Path]:
-    """An empty workspace root (`<data_dir>/workspace`) that folds case, the data dir 0700. On a tmpfs
-    mounted with casefold (ext4's and tmpfs' casefold is an attribute of each directory, `chattr +F`,
-    set while it is empty); where the kernel has no casefold (built without CONFIG_UNICODE), the
-    root is a FUSE mount that looks names up regardless of case (tests/casefs.py). Unmounted after."""
+    """An empty workspace root (`<data_dir>/workspace`) that folds case, the data dir 0700."""
+    yield from _case_folding_root(tmp_path)
+
+
+@pytest.fixture
+def cramped_case_folding_dir(tmp_path) -> Iterator[Path]:
+    """The same on a file system of 24 inodes: room for a few workspaces only."""
+    yield from _case_folding_root(tmp_path, inodes=24)
+
+
+def _case_folding_root(tmp_path: Path, inodes: int | None = None) -> Iterator[Path]:
+    """On a tmpfs mounted with casefold (ext4's and tmpfs' casefold is an attribute of each
+    directory, `chattr +F`, set while it is empty); where the kernel has no casefold (built without
+    CONFIG_UNICODE), the root is a FUSE mount that looks names up regardless of case
+    (tests/casefs.py). Unmounted after."""
     if os.geteuid() != 0:
         pytest.skip("mounting a file system takes root")
-    data = tmp_path / "data"
+    limit = f",nr_inodes={inodes}" if inodes else ""
     mount = tmp_path / "casefold"
     mount.mkdir(mode=0o700)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "casefold,mode=0700", "tmpfs", str(mount)],
-                             check=False, capture_output=True, text=True, timeout=30)
+    mounted = _mount_tmpfs(mount, f"casefold,mode=0700{limit}")
     if mounted.returncode == 0:
         try:
             folding = mount / "workspace"
@@ -218,7 +228,20 @@ def case_folding_dir(tmp_path) -> Iterator[Path]:
         finally:
             subprocess.run(["umount", "--lazy", str(mount)], check=True, timeout=30)
         return
-    yield from _fuse_case_folding(data, tmp_path / "backing", reason=mounted.stderr.strip())
+    backing = tmp_path / "backing"
+    backing.mkdir(mode=0o700)
+    if inodes and _mount_tmpfs(backing, f"mode=0700{limit}").returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield from _fuse_case_folding(tmp_path / "data", backing, reason=mounted.stderr.strip())
+    finally:
+        if inodes:
+            subprocess.run(["umount", "--lazy", str(backing)], check=True, timeout=30)
+
+
+def _mount_tmpfs(where: Path, options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                          check=False, capture_output=True, text=True, timeout=30)
 
 
 def _fuse_case_folding(data: Path, backing: Path, reason: str) -> Iterator[Path]:
@@ -231,7 +254,6 @@ def _fuse_case_folding(data: Path, backing: Path, reason: str) -> Iterator[Path]
     folding = data / "workspace"
     folding.mkdir(parents=True, mode=0o700)
     data.chmod(0o700)
-    backing.mkdir(mode=0o700)
     served = subprocess.Popen([sys.executable, "-m", "tests.casefs", str(backing), str(folding)],
                               cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
     try:
@@ -282,3 +304,22 @@ def test_racing_submissions_of_ids_equal_under_case_folding_leave_one_task(start
     assert all(resp.status == 409 for task_id, resp in answers if task_id not in accepted)
     assert [task["id"] for task in client.get("/").json["data"]["tasks"]] == list(accepted)
     assert [path.name for path in case_folding_dir.iterdir()] == list(accepted)
+
+
+def test_a_workspace_that_cannot_be_claimed_for_want_of_space_is_507(start_server, cramped_case_folding_dir):
+    """The workspace made at the submission may not fit: 507 as for a store that cannot write (not
+    a 500), nothing stored; once a deletion makes room, the same id is taken."""
+    client = start_server(data_dir=cramped_case_folding_dir.parent).client
+    answers = []
+    for number in range(40):  # 24 inodes: a finished task's workspace takes 4
+        resp = client.post(f"/?id=t{number}&lang=en", [sh("true")])
+        answers.append(resp.status)
+        if resp.status != 200:
+            break
+        client.wait(f"t{number}")
+    assert answers[-1] == 507 and set(answers[:-1]) == {200}, answers
+    assert resp.json["code"] == 507, resp.body
+    refused = f"t{len(answers) - 1}"
+    assert client.get(f"/{refused}").status == 404 and client.get("/").json["data"]["total"] == len(answers) - 1
+    assert client.request("DELETE", "/t0").status == 200
+    assert client.post(f"/?id={refused}", [sh("true")]).status == 200
