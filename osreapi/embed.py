@@ -18,7 +18,7 @@ from typing import Any
 
 import pykka
 
-from . import recovery, spec
+from . import casefold, recovery, spec
 from .actors.delivery import tell_if_alive
 from .actors.messages import (
     ControlTask,
@@ -184,6 +184,7 @@ class Executor(ControlCalls):
     def _start_engine(self) -> None:
         config, clock = self.config, self.clock
         config.workspace_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._folds_case = casefold.folds_case(config.workspace_root)
         self._db = Database(config.data_dir / "db")
         self._scheduler = Scheduler(self.monotonic)  # deadlines and sweeps, on the engine's clock
         self._cleanup_timer = Scheduler()  # the janitor's rounds: real processes take real time
@@ -239,7 +240,14 @@ class Executor(ControlCalls):
         mode = spec.choose_mode(specs, parallel)
         task = TaskRecord(id=task_id, mode=mode.value, count=len(specs), accepted=self.clock())
         records = tuple(StepRecord(index=i, name=s.name) for i, s in enumerate(specs))
-        existing = self._answer(self._store, CreateTask(task, records, specs, Reply()))
+        claimed = self._folds_case and casefold.claim_workspace(
+            self.config.workspace(task_id), task_id, stored=lambda name: self._db.get_task(name) is not None)
+        try:
+            existing = self._answer(self._store, CreateTask(task, records, specs, Reply()))
+        except BaseException:
+            if claimed:  # nothing stored: the name is free again
+                casefold.release_workspace(self.config.workspace(task_id))
+            raise
         if existing is not None:
             if existing.mode != task.mode or self._db.get_specs(task_id) != specs:
                 raise TaskConflict(task_id)

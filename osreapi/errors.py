@@ -96,6 +96,17 @@ class TaskConflict(OsreapiError):
         super().__init__(f"id {task_id} is taken by a task with a different submission: nothing was run")
 
 
+class CaseConflict(TaskConflict):
+    """A task id that differs from an existing task's only in case, on a workspace root that folds
+    case, where the two would share one workspace (HTTP 409)."""
+
+    def __init__(self, task_id: str, existing: str) -> None:
+        self.existing = existing
+        super().__init__(task_id)
+        self.args = (f"id {task_id} names the workspace of task {existing} (the workspace file system "
+                     "ignores case): nothing was run",)
+
+
 def one_line_refusals(record: logging.LogRecord) -> bool:
     """A logging filter: a refusal handed back to a caller (pykka logs those with their traceback
     at INFO) is expected, so it is logged as one line."""

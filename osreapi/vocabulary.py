@@ -143,6 +143,10 @@ _MESSAGES: dict[str, tuple[str, str]] = {
         "Host {host} does not name this host: without a token only an IP address, localhost or a name without "
         "dots is served (DNS rebinding); set a token to serve other names",
     ),
+    "task_case_conflict": (
+        "id {id} 与已有任务 {existing} 只有大小写不同, 而工作目录所在的文件系统不区分大小写 (二者会共用一个工作目录): 没有执行任何步骤",
+        "id {id} differs from task {existing} only in case, and the workspace file system ignores case (they would share one workspace): nothing was run",
+    ),
     "task_conflict": (
         "id {id} 已被另一个内容不同的任务使用: 没有执行任何步骤",
         "id {id} is taken by a task with a different submission: nothing was run",
@@ -184,6 +188,10 @@ _MESSAGES.update({
     "too_many_steps": ("请求体: 步骤过多 ({count}), 上限 {limit}", "body: too many steps ({count}), the limit is {limit}"),
     "ambiguous_length": ("请求体长度不明确: Content-Length 重复, 或与 Transfer-Encoding 同时出现",
                          "ambiguous body length: Content-Length repeated, or sent with Transfer-Encoding"),
+    "host_missing": ("缺少 Host 头: HTTP/1.1 请求必须带一个 Host 头 (RFC 9112 3.2)",
+                     "missing Host header: an HTTP/1.1 request must carry one Host header (RFC 9112 3.2)"),
+    "host_repeated": ("Host 头重复: 请求只能带一个 Host 头 (RFC 9112 3.2)",
+                      "Host header repeated: a request must carry one Host header only (RFC 9112 3.2)"),
     "content_length": ("Content-Length: 应为非负整数字节数, 收到 {value!r}",
                        "Content-Length: expected a whole number of bytes, got {value!r}"),
     "body_truncated": ("请求体不完整: 收到 {got} / {size} 字节", "body: truncated, {got} of {size} bytes arrived"),

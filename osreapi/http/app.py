@@ -18,6 +18,7 @@ from .. import __version__
 from ..embed import MAX_OFFSET, Executor
 from ..errors import (
     ActionRejected,
+    CaseConflict,
     DiskFull,
     EngineBusy,
     EngineClosed,
@@ -55,7 +56,7 @@ from .health import HealthCheck
 from .intake import RETRY_AFTER
 from .logstream import SharedPoll
 from .resultcache import FinishedResults
-from .security import Guard, audit
+from .security import Guard, audit, audit_key
 from .streams import ENVIRON_SLOT, TICK, Handoff, RequestSlot, StreamHub
 from .wait import wait_for_task, wait_time
 
@@ -136,6 +137,8 @@ class Routes:
         match exc:
             case InvalidRequest() | ActionRejected():
                 return json_response(CODE_BAD_REQUEST, exc.text(lang))
+            case CaseConflict():
+                return json_response(CODE_CONFLICT, message("task_case_conflict", lang, id=exc.task_id, existing=exc.existing))
             case TaskConflict():
                 return json_response(CODE_CONFLICT, message("task_conflict", lang, id=exc.task_id))
             case TaskActive():
@@ -178,7 +181,8 @@ def make_app(
     _add_task_routes(app, routes)
     _add_step_routes(app, routes)
     _add_error_pages(app, routes)
-    guarded = Guard(RequestLimit(Handoff(app, routes.hub), settings, routes.hub), settings.token, settings.lang)
+    limited = RequestLimit(Handoff(app, routes.hub), settings, routes.hub)
+    guarded = Guard(limited, settings.token, settings.lang, audit_key(executor.config.data_dir))
     guarded.metrics = executor.metrics  # the server adds its own gauges to them
     return guarded
 

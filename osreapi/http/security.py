@@ -9,6 +9,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import stat
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +26,8 @@ OPEN_PATHS = frozenset({"/healthz"})  # answered without a token
 PAGE_PREFIX = "/ui"  # the dashboard's static files: no data in them, and the page must load to ask for the token
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # change nothing: another site's page may send them
 MAX_HOST = 253 + len(":65535") + 2  # a DNS name, a port, an IPv6 literal's brackets
+AUDIT_KEY = "audit.key"  # in the data dir: the key of the audit log's token hints
+AUDIT_KEY_BYTES = 32
 SAME_SITE_FETCH = frozenset({"same-origin", "none"})  # Sec-Fetch-Site of the server's own pages, of a typed URL
 # What a reverse proxy adds (Caddy, Apache, Traefik by default; nginx as usually configured).
 PROXY_HEADERS = (("HTTP_FORWARDED", "Forwarded"), ("HTTP_X_FORWARDED_FOR", "X-Forwarded-For"),
@@ -141,19 +144,46 @@ def _rebindable(host: str) -> bool:
         return "." in name and not name.endswith(".localhost")
 
 
-def token_hint(token: str) -> str:
-    """An identity for logs that does not reveal the token."""
-    return "token#" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
+def token_hint(token: str, key: bytes) -> str:
+    """An identity for logs that does not reveal the token, even to a reader of the log who tries
+    every likely token offline (a plain hash of a weak one is found in seconds): keyed with the data
+    dir's audit key, which that reader does not have."""
+    return "token#" + hmac.new(key, token.encode("utf-8"), hashlib.sha256).hexdigest()[:8]
+
+
+def audit_key(data_dir: Path) -> bytes:
+    """The data dir's key for token hints: made at the first start (readable by this user alone),
+    the same at every later one so that a hint names one token across restarts. Written whole
+    under another name and linked into place, which fails if it exists: of two starts racing,
+    each reads the one key that won."""
+    path = data_dir / AUDIT_KEY
+    if not path.exists():
+        spare = data_dir / f"{AUDIT_KEY}.{os.getpid()}.{secrets.token_hex(4)}"
+        descriptor = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(secrets.token_bytes(AUDIT_KEY_BYTES))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(spare, path)
+        except FileExistsError:
+            pass  # another start made it first: its key is the one
+        finally:
+            spare.unlink(missing_ok=True)
+    key = path.read_bytes()
+    if len(key) != AUDIT_KEY_BYTES:
+        raise InvalidValue(f"{path}: not an audit key ({len(key)} bytes, expected {AUDIT_KEY_BYTES}); remove it to make a new one")
+    return key
 
 
 class Guard:
     """WSGI middleware: protected mode without a token; with one, Bearer auth on every route but /healthz.
     The client address is the socket peer (REMOTE_ADDR), never a header such as X-Forwarded-For."""
 
-    def __init__(self, app: Callable, token: str | None, default_lang: str) -> None:
+    def __init__(self, app: Callable, token: str | None, default_lang: str, hint_key: bytes) -> None:
         self.app = app
         self._token = token.encode("utf-8") if token else None
-        self._identity = token_hint(token) if token else "loopback"
+        self._identity = token_hint(token, hint_key) if token else "loopback"
         self._default_lang = default_lang
 
     def __getattr__(self, name: str):  # expose the inner app's attributes (e.g. `hub`)

@@ -73,13 +73,15 @@ def tls_adapter(tls: TlsSettings):
 
 
 class _LengthCounting(HeaderReader):
-    """cheroot's header reader, counting the Content-Length lines (cheroot keeps the last one), and
-    refusing what would make cheroot read another head than the request intake did (RFC 9112 5.1,
-    5.2): whitespace before a colon (`Content-Length : 9`) and folded lines (`Content-Length: 0`
-    then ` 9`), both of which cheroot took for a length the intake did not see."""
+    """cheroot's header reader, counting the Content-Length and Host lines (cheroot keeps the last
+    of each, so a repeated one is seen nowhere else), and refusing what would make cheroot read
+    another head than the request intake did (RFC 9112 5.1, 5.2): whitespace before a colon
+    (`Content-Length : 9`) and folded lines (`Content-Length: 0` then ` 9`), both of which cheroot
+    took for a length the intake did not see."""
 
     def __init__(self) -> None:
         self.lengths = 0
+        self.hosts = 0
         self._named = False  # the line in hand started with a name (not a continuation)
 
     def _transform_key(self, key_name: bytes) -> bytes:
@@ -94,6 +96,8 @@ class _LengthCounting(HeaderReader):
         self._named = False
         if key_name == b"Content-Length":  # cheroot title-cases the name before asking
             self.lengths += 1
+        elif key_name == b"Host":
+            self.hosts += 1
         return True
 
 
@@ -118,6 +122,7 @@ class _Request(HTTPRequest):
     before any body is read."""
 
     ambiguous_length = False  # set by header_reader for each request
+    host_lines = 1  # set by header_reader for each request
 
     def header_reader(self, rfile, headers: dict) -> dict:
         """cheroot's header reader (called as `self.header_reader(rfile, inheaders)`), noting a
@@ -133,6 +138,7 @@ class _Request(HTTPRequest):
         # Two lengths, or a length and chunks: a proxy may read another body than we do, and the
         # rest would run as a request of its own (request smuggling).
         self.ambiguous_length = reader.lengths > 1 or (reader.lengths == 1 and b"Transfer-Encoding" in headers)
+        self.host_lines = reader.hosts
         invited = getattr(self.conn, "osreapi_continued", False)  # by the intake, which then took the body
         http10 = self.response_protocol == "HTTP/1.0"  # an HTTP/1.0 client knows no 100 Continue
         if self.ambiguous_length or self._too_large(headers.get(b"Content-Length")) or invited or http10:
@@ -167,6 +173,10 @@ class _Request(HTTPRequest):
         if self.ambiguous_length:
             self._refuse("400 Bad Request", "ambiguous_length")
             return False
+        host_problem = self._host_problem()
+        if host_problem is not None:
+            self._refuse("400 Bad Request", host_problem)
+            return False
         if self.chunked_read:
             # cheroot leaves what a route did not read of a chunked body, and its trailer, in the
             # buffer, where it would be parsed as the next request: the connection ends with the answer.
@@ -180,6 +190,17 @@ class _Request(HTTPRequest):
         if self._too_large(length):
             self.close_connection = True  # never drain a body this large to keep the connection
         return True
+
+    def _host_problem(self) -> str | None:
+        """The message key for a request that names its host otherwise than once (RFC 9112 3.2: an
+        HTTP/1.1 request without Host, or with two Host lines, is 400). Two lines may name two hosts,
+        and a proxy in front may have routed on the first while the security checks here (loopback
+        names only without a token) read the last. HTTP/1.0 has no Host: none is fine there."""
+        if self.host_lines > 1:
+            return "host_repeated"
+        if self.host_lines == 0 and self.response_protocol != "HTTP/1.0":
+            return "host_missing"
+        return None
 
     def _too_large(self, length: bytes | None) -> bool:
         """A Content-Length (plain digits) over --max_body: the body is refused unread."""

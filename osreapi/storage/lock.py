@@ -49,19 +49,38 @@ def check_owner(data_dir: Path) -> None:
     user = os.geteuid()
     if data_dir.exists():
         _check_one(data_dir, {user}, sticky_ok=False)
+    unmapped = unmapped_owner()
     for parent in data_dir.parents:
         if parent.exists():
-            _check_one(parent, {user, 0}, sticky_ok=True, where=", a directory above the data dir")
+            _check_one(parent, {user, 0}, sticky_ok=True, where=", a directory above the data dir", unmapped=unmapped)
 
 
-def _check_one(path: Path, trusted: set[int], sticky_ok: bool, where: str = "") -> None:
+def unmapped_owner(proc: Path = Path("/proc")) -> int | None:
+    """The uid that files of users outside this user namespace's map show (the overflow uid,
+    65534), when this process runs in a namespace that maps no user of its own to it; else None.
+    In a rootless container `/` and `/home` belong to such users (the host's root among them): they
+    are trusted as root is, since whoever they are, they are outside and above the container."""
+    try:
+        overflow = int((proc / "sys/kernel/overflowuid").read_text())
+        ranges = [[int(field) for field in line.split()] for line in (proc / "self/uid_map").read_text().splitlines()]
+    except (OSError, ValueError):  # no /proc (or not Linux): no namespace to allow for
+        return None
+    mapped = any(inside <= overflow < inside + count for inside, _outside, count in ranges)
+    return None if mapped else overflow
+
+
+def _check_one(path: Path, trusted: set[int], sticky_ok: bool, where: str = "", unmapped: int | None = None) -> None:
     """Refuse path if a user not trusted owns it, or every user may write in it (in a sticky one,
-    such as /tmp, they cannot rename or remove what is not theirs)."""
+    such as /tmp, they cannot rename or remove what is not theirs). One owned by a user outside
+    the namespace (`unmapped`) is refused also when its group may write in it: that group is
+    unmapped too, and may hold anyone."""
     info = path.stat()
-    if info.st_uid not in trusted:
+    if info.st_uid not in trusted and info.st_uid != unmapped:
         raise DataDirUnsafe(f"{path} belongs to another user (uid {info.st_uid}{where}), who could change the "
                             f"scripts the server runs; use a directory of this user's (uid {os.geteuid()})")
     mode = stat.S_IMODE(info.st_mode)
-    if mode & stat.S_IWOTH and not (sticky_ok and mode & stat.S_ISVTX):
-        raise DataDirUnsafe(f"every local user may write in {path} (mode {mode:04o}{where}) and change the "
-                            f"scripts the server runs; chmod o-w {path}")
+    open_to = stat.S_IWOTH | (stat.S_IWGRP if info.st_uid == unmapped else 0)
+    if mode & open_to and not (sticky_ok and mode & stat.S_ISVTX):
+        who, bits = ("every local user", "o") if mode & stat.S_IWOTH else ("every user of its group", "g")
+        raise DataDirUnsafe(f"{who} may write in {path} (mode {mode:04o}{where}) and change the "
+                            f"scripts the server runs; chmod {bits}-w {path}")
