@@ -13,7 +13,11 @@ from collections.abc import Callable
 import pytest
 
 from osreapi.client import Client, ConnectionFailed, Fleet
+from osreapi.client.follow import Followers
 from osreapi.client.sse import Event, EventTooLong, events
+from osreapi.embed import TaskResult
+from osreapi.records import StepRecord, TaskRecord
+from osreapi.vocabulary import State
 
 from .conftest import sh, wait_until
 from .test_client_cli import osreapi
@@ -124,7 +128,8 @@ class EndlessEvents(HostileServer):
         except OSError:
             left = True
         self.ends.append((sent, left))
-        raise OSError("done")  # no second request on this connection
+        conn.close()  # the stream's end
+        raise OSError("closed")  # ends this connection's thread: no second request on it
 
 
 @pytest.mark.timeout(120)
@@ -142,6 +147,23 @@ def test_an_endless_line_or_event_ends_the_follow_with_one_error(filler: bytes):
         assert server.requests == 2 and all(left and sent < 4 * BOUND for sent, left in server.ends), server.ends
     finally:
         server.close()
+
+
+@pytest.mark.timeout(120)
+def test_followed_output_ends_with_one_error_line_past_the_bound():
+    """`--follow` prints a step's endless line as one line naming the step and the bound."""
+    server = EndlessEvents(b"x" * 65536)
+    lines: list[str] = []
+    try:
+        with Client(server.url, max_answer=BOUND, timeout=TIMEOUT) as remote:
+            followers = Followers(remote, "x", lines.append)
+            step = StepRecord(index=0, name="talk", state=State.RUNNING)
+            followers.start(TaskResult(TaskRecord(id="x", mode="sequential", count=1, accepted=0.0), (step,)))
+            followers.finish(time.monotonic() + 30 * TIMEOUT)
+    finally:
+        server.close()
+    assert lines == [f"[output of step 0: {server.url}: /x/0/log: a line or an event over {BOUND} bytes, "
+                     "not an osreapi event stream]\n"]
 
 
 @pytest.mark.timeout(60)
