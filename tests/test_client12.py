@@ -187,7 +187,7 @@ def test_line_ends_crlf_lf_and_cr_even_split_between_chunks():
     expected = [Event("message", x, "", None) for x in "abcd"]
     assert parsed(text) == expected
     for cut in range(1, len(text)):  # every split of the stream into two chunks reads the same
-        assert parsed(text[:cut], text[cut:]) == expected, cut
+        assert parsed(text[:cut], b"", text[cut:]) == expected, cut
 
 
 def test_fields_comments_and_multi_line_data():

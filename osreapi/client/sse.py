@@ -30,10 +30,12 @@ class EventTooLong(ValueError):
 
 def lines(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
     """The lines of a byte stream (ended by CRLF, LF or CR), without their ends; EventTooLong as
-    soon as an unfinished line is over `limit` bytes. A last line without its end is dropped."""
+    soon as a line, finished or not, is over `limit` bytes. A last line without its end is dropped."""
     partial = bytearray()
     after_cr = False  # a CR ended the last chunk: an LF starting the next is the same line end
     for chunk in chunks:
+        if not chunk:  # keeps a CR at the last chunk's end waiting for its LF
+            continue
         if after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         after_cr = False
