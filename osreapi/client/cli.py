@@ -155,7 +155,8 @@ def build_parser(command: str, prog: str) -> argparse.ArgumentParser:
     _flag(parser, "tls_cert", default=None, help="client certificate (mutual TLS), with --tls_key")
     _flag(parser, "tls_key", default=None, help="key of the client certificate")
     _flag(parser, "insecure", action="store_true", help="do not check the server's certificate")
-    _flag(parser, "request_timeout", default=10.0, type=_request_timeout, help="limit of one request (default 10s)")
+    _flag(parser, "request_timeout", default=10.0, type=_request_timeout,
+          help="limit of one request, its whole answer included (a log stream: its head; default 10s)")
     _flag(parser, "json", action="store_true", help="print the server's JSON envelope unchanged")
     _flag(parser, "lang", default="zh", choices=LANGUAGES, help="language of state words and messages")
     if command in FLEET_COMMANDS:

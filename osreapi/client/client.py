@@ -7,19 +7,20 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from httpx_sse import connect_sse
 
 from ..controls import ControlCalls
 from ..embed import TaskResult, check_offset
 from ..errors import EngineClosed, InvalidRequest, InvalidValue, NotFound
 from ..records import TaskRecord
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, message
-from . import wire
+from . import sse, wire
+from .deadline import AnswerTooSlow, DeadlineTransport, until
 from .errors import ON_CONTROL, ON_DELETE, ON_SUBMIT, ConnectionFailed, RemoteBusy, ServerError, error_for
 
 DEFAULT_URL = "http://127.0.0.1:2376"
@@ -33,14 +34,16 @@ _ANSWERED = (CODE_OK, CODE_RUNNING, CODE_FAILED)
 
 Envelope = dict[str, Any]
 T = TypeVar("T")
+_EVENT_HEADERS = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
 _DIGITS = re.compile(r"[0-9]+")  # a byte offset; str.isdigit() would take '²'
 
 
 class Client(ControlCalls):
-    """One server. `timeout` bounds each request (connect, read, write) in seconds; `verify` is
+    """One server. `timeout` bounds each request in seconds, its whole answer included (a log
+    stream: its head; then each read within STREAM_READ_TIMEOUT); `verify` is
     True, False or a CA bundle path; `cert` a client certificate path or (cert, key) for mTLS;
     `lang` the language of the server's messages in the errors raised ("en" or "zh"); an answer
-    over `max_answer` bytes is refused (ConnectionFailed)."""
+    over `max_answer` bytes is refused (ConnectionFailed), as is a log stream's line or event over it."""
 
     def __init__(
         self,
@@ -64,7 +67,8 @@ class Client(ControlCalls):
         self.reconnects = reconnects
         headers = {"Authorization": f"Bearer {_header_safe(token)}"} if token else {}
         self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, verify=tls_context(verify, cert), trust_env=False
+            base_url=self.url, headers=headers, timeout=timeout, trust_env=False,
+            transport=DeadlineTransport(tls_context(verify, cert)),
         )
 
     # -- the envelope ---------------------------------------------------------------------
@@ -79,17 +83,44 @@ class Client(ControlCalls):
 
     def _fetch(self, method: str, path: str, params: dict[str, str], content: bytes | None) -> tuple[int, bytes]:
         """(HTTP status, body) of one request that ends within `timeout` in all."""
-        deadline = time.monotonic() + self.timeout
         try:
-            with self._open().stream(method, path, params=params, content=content) as response:
-                return response.status_code, self._body(response, deadline)
+            with self._answer(method, path, params, content) as response:
+                return response.status_code, self._body(response)
         except httpx.HTTPError as exc:
             raise self._failure("client_no_answer", retry=_dropped(exc), reason=_reason(exc)) from None
 
-    def _body(self, response: httpx.Response, deadline: float) -> bytes:
-        """The whole body by `deadline`, at most `max_answer` bytes: httpx bounds each read only, and
-        a server that drips or streams without end would hold the caller (and its memory) for ever.
-        A redirect (a proxy sending http:// to https://) is not followed: the caller is told where."""
+    @contextmanager
+    def _answer(
+        self, method: str, path: str, params: dict[str, str], content: bytes | None = None, events: bool = False
+    ) -> Iterator[httpx.Response]:
+        """The response to one request: its head, and its body as read inside, by one deadline
+        `timeout` away (httpx bounds each read only: a server dripping its answer held the caller
+        for ever). `events`: a 200 answer's body is an event stream, as long as it lasts, each read
+        within STREAM_READ_TIMEOUT (over the server's heartbeat)."""
+        at = time.monotonic() + self.timeout
+        timeout = httpx.Timeout(self.timeout, read=max(self.timeout, STREAM_READ_TIMEOUT)) if events else self.timeout
+        headers = _EVENT_HEADERS if events else None
+        status = None
+        try:
+            with ExitStack() as stack:
+                with until(at):
+                    response = stack.enter_context(
+                        self._open().stream(method, path, params=params, content=content, headers=headers, timeout=timeout)
+                    )
+                status = response.status_code
+                if events and status == 200:
+                    yield response
+                else:
+                    with until(at):
+                        yield response
+        except AnswerTooSlow:
+            key = "client_too_slow_head" if status is None else "client_too_slow"
+            raise self._failure(key, status=status, seconds=f"{self.timeout:g}") from None
+
+    def _body(self, response: httpx.Response) -> bytes:
+        """The whole body, at most `max_answer` bytes: a server streaming without end would fill the
+        caller's memory. A redirect (a proxy sending http:// to https://) is not followed: the
+        caller is told where."""
         if response.is_redirect:
             location = response.headers.get("location", "")[:200]
             raise self._failure("client_redirect", status=response.status_code, location=location)
@@ -98,8 +129,6 @@ class Client(ControlCalls):
             body += chunk
             if len(body) > self.max_answer:
                 raise self._failure("client_too_big", status=response.status_code, limit=self.max_answer)
-            if time.monotonic() > deadline:
-                raise self._failure("client_too_slow", status=response.status_code, seconds=f"{self.timeout:g}")
         return bytes(body)
 
     def _envelope_of(self, status: int, data: bytes) -> Envelope:
@@ -209,7 +238,7 @@ class Client(ControlCalls):
         check_offset(offset)
         path = step_path(task_id, step) + "/log"
         try:
-            with self._open().stream("GET", path, params={"offset": str(offset), "lang": self.lang}) as response:
+            with self._answer("GET", path, {"offset": str(offset), "lang": self.lang}) as response:
                 if response.status_code != 200:  # unknown task or step, offset past the end: now
                     self._raise_answer(response)
         except httpx.HTTPError as exc:
@@ -276,11 +305,10 @@ class Client(ControlCalls):
     def _log_stream(self, path: str, follow: bool, offset: int) -> Iterator[tuple[str, int | None]]:
         """(text, byte offset after it) per output event of one connection; ("", None) for the end."""
         params = {"offset": str(offset), "lang": self.lang, **({"follow": "true"} if follow else {})}
-        timeout = httpx.Timeout(self.timeout, read=max(self.timeout, STREAM_READ_TIMEOUT))
-        with connect_sse(self._open(), "GET", path, params=params, timeout=timeout) as source:
-            if source.response.status_code != 200:
-                self._raise_answer(source.response)
-            for event in source.iter_sse():
+        with self._answer("GET", path, params, events=True) as response:
+            if response.status_code != 200:
+                self._raise_answer(response)
+            for event in self._events(response, path):
                 if event.event == "end":
                     yield "", None
                     return
@@ -294,11 +322,19 @@ class Client(ControlCalls):
                     offset = after
                     yield text, after
 
+    def _events(self, response: httpx.Response, path: str) -> Iterator[sse.Event]:
+        """The stream's events; a line or an event over `max_answer` bytes ends it (ConnectionFailed):
+        what osreapi sends fits in an envelope of that size."""
+        try:
+            yield from sse.events(response.iter_bytes(), self.max_answer)
+        except sse.EventTooLong:
+            raise self._failure("client_event_too_long", path=path, limit=self.max_answer) from None
+
     def _log_bytes(self, path: str, start: int, end: int) -> str:
         """Bytes start..end of a log as plain text: SSE framing takes a carriage return in the
         output for a line break (and bad bytes arrive replaced), so such an event is read again."""
         data = b""
-        with self._open().stream("GET", path, params={"offset": str(start)}) as response:
+        with self._answer("GET", path, {"offset": str(start)}) as response:
             if response.status_code != 200:
                 self._raise_answer(response)
             for chunk in response.iter_bytes():
@@ -309,7 +345,7 @@ class Client(ControlCalls):
 
     def _raise_answer(self, response: httpx.Response) -> None:
         """The typed error of a streamed request's error answer, its body read as any answer's."""
-        body = self._envelope_of(response.status_code, self._body(response, time.monotonic() + self.timeout))
+        body = self._envelope_of(response.status_code, self._body(response))
         raise error_for(response.status_code, body["code"], body["message"])
 
 
