@@ -30,6 +30,7 @@ from osreapi.spec import StepSpec
 from osreapi.storage.database import Database
 from osreapi.vocabulary import State
 
+from .test_storage import FakeClock
 from .conftest import (
     Client,
     console_script,
@@ -1104,3 +1105,43 @@ def test_a_marker_scan_that_cannot_open_an_environment_file_for_want_of_a_descri
         treekill.scan_markers({"some-run"})
     monkeypatch.setattr("builtins.open", real_open)
     assert treekill.scan_markers({"some-run"}) == {}
+
+
+def test_a_workspace_not_removed_for_want_of_descriptors_keeps_its_record_until_it_is(make_executor):
+    """A delete or a sweep removed the workspace with errors ignored, then the record: with no
+    descriptor free, rmtree could open none of the workspace's directories, and the files stayed
+    for good, owned by no record (until the next start cleaned them up). The record now stays (a
+    delete is refused, a sweep leaves it for its next round) until its files are gone."""
+    clock = FakeClock()
+    ex = make_executor(key_expire="1h", clock=clock, sweep_interval=3600)
+    deleted, swept = (ex.submit([sh("mkdir -p a/b && echo x > a/b/file")]) for _ in range(2))
+    for task_id in (deleted, swept):
+        assert ex.wait(task_id, 10).task.state == State.STOPPED
+    with no_descriptor_free():
+        with pytest.raises(OSError) as refused:
+            ex.delete(deleted)
+        clock.now += 3601
+        kept = ex.sweep()
+    assert refused.value.errno == errno.EMFILE and kept == 0
+    for task_id in (deleted, swept):
+        assert (ex.config.workspace(task_id) / "a" / "b" / "file").exists()
+        assert ex._db.get_task(task_id) is not None
+    assert ex.sweep() == 2  # both expired meanwhile
+    for task_id in (deleted, swept):
+        assert not ex.config.workspace(task_id).exists() and ex._db.get_task(task_id) is None
+
+
+def test_an_expired_id_posted_again_while_its_files_cannot_be_removed_is_refused_not_run_among_them(make_executor):
+    """The same id posted after its record expired replaces it, and the old workspace goes first:
+    with no descriptor free it stayed, and the new task ran among the old task's files."""
+    clock = FakeClock()
+    ex = make_executor(key_expire="1h", clock=clock, sweep_interval=3600)
+    ex.submit([sh("mkdir -p a/b && echo old > a/b/file")], task_id="again")
+    assert ex.wait("again", 10).task.state == State.STOPPED
+    clock.now += 3601
+    with no_descriptor_free():
+        with pytest.raises(OSError) as refused:
+            ex.submit([sh("cat a/b/file")], task_id="again")
+    assert refused.value.errno == errno.EMFILE
+    ex.submit([sh("test -e a/b/file && echo old || echo fresh")], task_id="again")
+    assert ex.wait("again", 10).steps[0].output.strip() == "fresh"

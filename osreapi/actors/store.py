@@ -11,9 +11,11 @@ submits answer DiskFull meanwhile and reads go on from what is on disk.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import shutil
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,7 +24,7 @@ from typing import Any
 import lmdb
 
 from ..config import EngineConfig
-from ..errors import DiskFull
+from ..errors import DiskFull, out_of_descriptors
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
 from .base import EngineActor
@@ -34,7 +36,13 @@ SWEEP_BATCH = 100
 GROUP = 64  # most committed writes waiting for one flush
 RETRY_AFTER = 1.0  # seconds between attempts to write what a full disk refused
 WRITE_ERRORS = (lmdb.Error, OSError)
+ONEXC = sys.version_info >= (3, 12)  # shutil.rmtree's onerror is deprecated there
 OnCommit = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
+
+
+class WorkspaceLeft(OSError):
+    """A task's workspace not removed whole for want of a descriptor: its record stays (answered
+    503 for the server being short of descriptors, as every such OSError)."""
 
 
 @dataclass(frozen=True)
@@ -108,14 +116,16 @@ class StoreActor(EngineActor):
         """Write the task now (readers see it); answer after the flush, which the creates and
         saves queued together share."""
         task = message.task
-        try:
-            existing, replaced = self._db.create_task(task, message.steps, message.specs, self._clock())
+        try:  # an expired task of this id is replaced: its files go first, or it stays as it was
+            existing, _ = self._db.create_task(task, message.steps, message.specs, self._clock(),
+                                               before_replacing=self._remove_workspace)
+        except WorkspaceLeft as exc:
+            message.reply.fail(exc)
+            return
         except WRITE_ERRORS as exc:
             self._failed(exc)
             message.reply.fail(DiskFull(f"the task could not be stored: {exc}"))
             return
-        if replaced:  # an expired record with this id: its old workspace goes with it
-            shutil.rmtree(self._config.workspace(task.id), ignore_errors=True)
         self._awaiting.append(_Created(message, existing))
 
     def _created(self, created: _Created) -> None:
@@ -141,7 +151,7 @@ class StoreActor(EngineActor):
         task = self._db.get_task(task_id)
         if task is None or not task.state.finished:
             return task
-        shutil.rmtree(self._config.workspace(task_id), ignore_errors=True)
+        self._remove_workspace(task_id)
         try:
             self._db.delete_task(task)
         except WRITE_ERRORS as exc:
@@ -272,6 +282,29 @@ class StoreActor(EngineActor):
             ref = self.actor_ref
             self._call_later(RETRY_AFTER, lambda: tell_if_alive(ref, RetryUnsaved()))
 
+    def _remove_workspace(self, task_id: str) -> None:
+        if not self._workspace_removed(task_id):
+            raise WorkspaceLeft(errno.EMFILE, f"the workspace of task {task_id} could not be removed whole")
+
+    def _workspace_removed(self, task_id: str) -> bool:
+        """Remove a task's workspace; False if some of it is left for want of a descriptor (rmtree
+        opens each directory): the caller keeps the record, or the files would never be removed.
+        Other failures (a file made immutable) are logged and let go, as before."""
+        short: list[OSError] = []
+
+        def failed(_function, path: str, exc: BaseException) -> None:
+            if out_of_descriptors(exc):
+                short.append(exc)
+            elif not isinstance(exc, FileNotFoundError):
+                log.warning("workspace of task %s: %s not removed: %s", task_id, path, exc)
+
+        workspace = self._config.workspace(task_id)
+        if ONEXC:
+            shutil.rmtree(workspace, onexc=failed)
+        else:
+            shutil.rmtree(workspace, onerror=lambda function, path, info: failed(function, path, info[1]))
+        return not short
+
     def _guarded(self, write: Callable[[], Any]) -> Any:
         try:
             return write()
@@ -283,8 +316,9 @@ class StoreActor(EngineActor):
         total = 0
         while True:
             now = self._clock()
-            for task_id in self._db.expired(now, SWEEP_BATCH):  # files first, as a delete does
-                shutil.rmtree(self._config.workspace(task_id), ignore_errors=True)
+            expired = self._db.expired(now, SWEEP_BATCH)
+            if not all([self._workspace_removed(task_id) for task_id in expired]):  # files first, as a delete does
+                break  # the records stay, swept (their files with them) at the next round
             gone = self._guarded(lambda: self._db.delete_expired(now, SWEEP_BATCH)) or []
             if gone:
                 self._on_delete(tuple(gone))

@@ -9,7 +9,7 @@ import json
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -147,10 +147,12 @@ class Database:
         self.sync()
 
     def create_task(
-        self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...], now: float
+        self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...], now: float,
+        before_replacing: Callable[[str], None] = lambda task_id: None,
     ) -> tuple[TaskRecord | None, bool]:
         """Store a new task. If the id exists and has not expired, store nothing and return the
-        existing task; an expired one is replaced (the caller then removes its old workspace).
+        existing task; an expired one is replaced, once `before_replacing(id)` has removed its old
+        workspace (what it raises leaves the expired task as it was).
         Returns (existing task or None, whether an expired task was replaced)."""
 
         def work(txn: lmdb.Transaction) -> tuple[TaskRecord | None, TaskRecord | None]:
@@ -159,6 +161,7 @@ class Database:
             if old is not None and (old.expires is None or old.expires > now):
                 return old, None
             if old is not None:
+                before_replacing(old.id)
                 txn.delete(_expiry_key(old.expires, old.id), db=self._expiry)
                 self._delete_task(txn, old.id)
             txn.put(_task_key(task.id), _dumps(task.to_json()), db=self._tasks)
