@@ -317,7 +317,7 @@ class StoreActor(EngineActor):
         while True:
             now = self._clock()
             expired = self._db.expired(now, SWEEP_BATCH)
-            if not all([self._workspace_removed(task_id) for task_id in expired]):  # files first, as a delete does
+            if not all(self._workspace_removed(task_id) for task_id in expired):  # files first, as a delete does
                 break  # the records stay, swept (their files with them) at the next round
             gone = self._guarded(lambda: self._db.delete_expired(now, SWEEP_BATCH)) or []
             if gone:

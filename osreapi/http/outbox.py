@@ -17,8 +17,8 @@ import threading
 import time
 from collections import deque
 
-from .sockerrors import is_tls, would_block
-from .uptake import Uptake
+from .sockerrors import is_tls
+from .uptake import Uptake, send_now
 
 log = logging.getLogger(__name__)
 BUDGET = 128 * 1024 * 1024  # bytes kept for slow readers, all connections together
@@ -150,23 +150,7 @@ class Outbox:
 
     def _send(self, view: memoryview) -> int:
         """Bytes sent without waiting (0 when the socket takes none now)."""
-        total = 0
-        while total < len(view):
-            try:
-                sent = self._send_once(view[total:])
-            except OSError as exc:
-                if would_block(exc):
-                    break
-                raise
-            if not sent:
-                break
-            total += sent
-        now = time.monotonic()
-        if total:
-            self._uptake.took(now)
-        if total < len(view):
-            self._uptake.blocked(self._sock, now)
-        return total
+        return send_now(self._send_once, view, self._uptake, self._sock)
 
     def _send_once(self, view: memoryview) -> int:
         if self._plain_fd is not None:

@@ -33,7 +33,7 @@ from ..vocabulary import message
 from .answers import JSON_TYPE, language_of
 from .render import envelope
 from .sockerrors import is_tls, would_block
-from .uptake import Uptake
+from .uptake import Uptake, send_now
 
 log = logging.getLogger(__name__)
 TICK = 0.05
@@ -353,20 +353,15 @@ class StreamHub:
     def _flush(self, stream: _Stream) -> None:
         if id(stream) not in self._streams:
             return
-        while stream.out:
+        with memoryview(stream.out) as view:
             try:
-                sent = stream.sock.send(stream.out)
-            except OSError as exc:
-                if would_block(exc):  # over TLS the same bytes (and maybe more) are offered again
-                    break
-                self._end(stream)
-                return
-            del stream.out[:sent]
-            stream.uptake.took(time.monotonic())
-        if not stream.out:
-            stream.uptake.took(time.monotonic())
-        else:
-            stream.uptake.blocked(stream.sock, time.monotonic())
+                sent = send_now(stream.sock.send, view, stream.uptake, stream.sock)
+            except OSError:
+                sent = None
+        if sent is None:
+            self._end(stream)
+            return
+        del stream.out[:sent]
         if not stream.out and stream.ending:
             self._finish(stream)
             return

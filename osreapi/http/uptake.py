@@ -11,6 +11,10 @@ yet acknowledged): less than when the last send would have blocked means the cli
 from __future__ import annotations
 
 import struct
+import time
+from collections.abc import Callable
+
+from .sockerrors import would_block
 
 try:
     import fcntl
@@ -60,3 +64,25 @@ class Uptake:
         if held is not None and self._held is not None and held < self._held:
             self.last = now
         self._held = held
+
+
+def send_now(send: Callable[[memoryview], int], view: memoryview, uptake: Uptake, sock) -> int:
+    """Send what the socket takes without waiting (Outbox answers and hub streams alike); note the
+    client's uptake. The bytes sent; an OSError when the client has gone."""
+    total = 0
+    while total < len(view):
+        try:
+            sent = send(view[total:])
+        except OSError as exc:
+            if would_block(exc):  # over TLS the same bytes (and maybe more) are offered again
+                break
+            raise
+        if not sent:
+            break
+        total += sent
+    now = time.monotonic()
+    if total or not view:  # took some, or nothing waits
+        uptake.took(now)
+    if total < len(view):
+        uptake.blocked(sock, now)
+    return total
