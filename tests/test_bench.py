@@ -18,6 +18,7 @@ FIGURES = [
     "get: GET /<id>, 8 keep-alive clients", "burst: 1000 one-step tasks, 8 clients, drain", "burst: peak threads",
     "burst: peak RSS", "memory: peak RSS",
     "reference: one Python thread running 3-step tasks, durable starts, no server",
+    "floor: a 4 KiB write made durable (fdatasync) in the data dir's file system",
 ]
 
 
@@ -33,6 +34,8 @@ def test_quick_benchmark_prints_every_figure(tmp_path):
         assert figure in names, figure
     burst = next(row for row in rows if row["figure"].startswith("burst:") and "drain" in row["figure"])
     assert burst["lost"] == 0 and burst["sampled_codes"] == {"0": sum(burst["sampled_codes"].values())}
+    latency = next(row for row in rows if row["figure"] == "latency: 1-step true, submit→done (median)")
+    assert latency["of_floors"].endswith("× (sh floor + 3 durable writes)"), latency
     lean = next(row for row in rows if row["figure"].startswith("reference:"))
     assert lean["value"] > 0 and lean["of_ceiling"].endswith("%")
     if shutil.which("wrk"):
