@@ -17,6 +17,7 @@ from osreapi.http.app import HttpSettings, make_app
 from osreapi.http.server import HttpServer
 
 from .conftest import sh, wait_until
+from .test_http_front_load import _answer_status as _status
 from .test_http_front_load import _first_statuses
 
 
@@ -59,14 +60,6 @@ def blocking_server(make_executor) -> Iterator[Callable[..., tuple[HttpServer, _
 def _connect(server: HttpServer) -> socket.socket:
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
     return socket.create_connection((host, int(port)), timeout=10)
-
-
-def _status(sock: socket.socket) -> bytes:
-    try:
-        head = sock.recv(4096)
-    except OSError:
-        return b"reset"
-    return head.split(b" ")[1] if head else b"closed"
 
 
 @pytest.mark.timeout(60)
