@@ -418,18 +418,26 @@ def _answers(client) -> bool:
         return False
 
 
-@pytest.mark.timeout(90)
-def test_a_server_out_of_file_descriptors_refuses_new_connections_fast_and_recovers(start_server):
-    """With every descriptor taken (followers hold a socket and a log each), accept() failed with
-    EMFILE: the intake loop spun on the listener, logging a traceback each turn (1.5 million lines
-    in seconds), the connections behind waited unanswered, and the server never served again, even
-    once they had all closed. Now each one is refused at once (503), and the server recovers."""
+def running_on_64_descriptors(start_server):
+    """The installed server limited to 64 descriptors, and the id of a task it runs (a quiet step to
+    follow: each follower holds a socket and the step's log)."""
     if shutil.which("prlimit") is None:
         pytest.skip("prlimit (util-linux) is not installed")
     server = start_server("--lang=en", fd_limit=64)
     client = server.client
     task_id = client.submit([sh("sleep 60")])
     assert wait_until(lambda: client.get(f"/{task_id}").json["data"][0]["state"] == "running", timeout=10)
+    return server, task_id
+
+
+@pytest.mark.timeout(90)
+def test_a_server_out_of_file_descriptors_refuses_new_connections_fast_and_recovers(start_server):
+    """With every descriptor taken (followers hold a socket and a log each), accept() failed with
+    EMFILE: the intake loop spun on the listener, logging a traceback each turn (1.5 million lines
+    in seconds), the connections behind waited unanswered, and the server never served again, even
+    once they had all closed. Now each one is refused at once (503), and the server recovers."""
+    server, task_id = running_on_64_descriptors(start_server)
+    client = server.client
     followers = []
     try:
         for _ in range(100):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 
@@ -16,9 +15,9 @@ import pytest
 from osreapi.http.app import HttpSettings, make_app
 from osreapi.http.server import HttpServer
 
-from .conftest import sh, wait_until
+from .conftest import wait_until
 from .test_http_front_load import _answer_status as _status
-from .test_http_front_load import _first_statuses
+from .test_http_front_load import _first_statuses, running_on_64_descriptors
 
 
 class _Blocking:
@@ -144,12 +143,8 @@ def test_connections_refused_for_want_of_descriptors_read_their_503(start_server
     kept it; the intake had no reserve left, and the connections behind it (followers, uploads)
     waited unanswered until some descriptor was freed (2 runs in 4). A refused client also reads its
     503 whether it uploads a body or reads only after its connection was closed as the next reserve."""
-    if shutil.which("prlimit") is None:
-        pytest.skip("prlimit (util-linux) is not installed")
-    server = start_server("--lang=en", fd_limit=64)
+    server, task_id = running_on_64_descriptors(start_server)
     client = server.client
-    task_id = client.submit([sh("sleep 60")])
-    assert wait_until(lambda: client.get(f"/{task_id}").json["data"][0]["state"] == "running", timeout=10)
     followers, late = [], None
     try:
         for _ in range(100):  # each holds a socket and a log: the server runs out of descriptors
