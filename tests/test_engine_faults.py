@@ -891,6 +891,58 @@ def test_a_runner_that_stops_while_the_disk_is_full_is_ended_from_the_records_th
     assert not marked_left("faulty")
 
 
+def refuse_writes(monkeypatch) -> threading.Event:
+    """While the event is set, every write of records fails as on a full disk (a real one lets a
+    small record into pages freed before, so it could not refuse a control's write for sure)."""
+    save_many = Database.save_many
+    full = threading.Event()
+
+    def refusing(self, changes):
+        if full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        return save_many(self, changes)
+
+    monkeypatch.setattr(Database, "save_many", refusing)
+    return full
+
+
+@pytest.mark.timeout(60)
+def test_a_task_that_cannot_start_while_the_disk_is_full_keeps_the_kill_the_store_kept(
+    make_executor, tmp_path, monkeypatch
+):
+    """A queued task's step is killed while the disk is full (the store keeps the change in
+    memory), then no runner can be started for the task. The supervisor built the interrupted
+    records from LMDB, where that step was still pending: it was saved as skipped over the kill."""
+    from osreapi.actors.supervisor import SupervisorActor
+    from osreapi.errors import DiskFull
+
+    full = refuse_writes(monkeypatch)
+
+    def no_runner(self):
+        raise RuntimeError("injected fault: no runner")
+
+    ex = make_executor(pool_size=1, extra_live_tasks=0)  # one task at a time
+    go = tmp_path / "go"
+    blocker = ex.submit([sh(f"while [ ! -e {go} ]; do sleep 0.02; done")])
+    assert wait_until(lambda: ex.get(blocker).steps[0].state is State.RUNNING)
+    ex.submit([sh("echo a", name="a"), sh("echo b", name="b")], task_id="faulty")
+    full.set()
+    with pytest.raises(DiskFull):
+        ex.control("faulty", "kill", 1)  # refused, and kept to be written once there is room
+    monkeypatch.setattr(SupervisorActor, "_task_runner", no_runner)
+    go.touch()
+    assert wait_until(lambda: ex.stats()["tasks_queued"] == 0 and ex.stats()["tasks_live"] == 0)
+    ex._store.ask(Ping())  # the store has handled what the supervisor told it
+    assert ex.get("faulty").steps[1].state is State.PENDING  # LMDB is stale
+    full.clear()
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=10)  # every kept record is written
+    task, (first, killed) = ex._db.get_task_and_steps("faulty")
+    assert task.state is State.INTERRUPTED
+    assert first.state is State.INTERRUPTED and "task not started" in first.output
+    assert killed.state is State.KILLED
+    assert ex.get(blocker).task.state is State.STOPPED
+
+
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------
 
 
