@@ -871,10 +871,10 @@ def test_a_runner_that_stops_while_the_disk_is_full_is_ended_from_the_records_th
     assert wait_until(lambda: log.exists() and log.stat().st_size == len(printed))  # on disk while there was room
     assert wait_until(lambda: all(s.state is State.RUNNING for s in ex.get("faulty").steps))
     filler = small_disk / "filler"
-    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=40"], capture_output=True)
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=40"], capture_output=True, check=False)
     (runner,) = pykka.ActorRegistry.get_by_class(TaskActor)
     go.touch()  # outside the full disk
-    assert wait_until(lambda: runner._actor_weakref()._state.steps[0].state is State.STOPPED)  # ended, told to the store
+    assert wait_until(lambda: runner._actor_weakref()._state.steps[0].state is State.STOPPED)  # its end goes to the store
     with pytest.raises(RuntimeError, match="injected fault"):
         ex.pause("faulty")  # the runner fails, then stops
     assert wait_until(lambda: not runner.is_alive() and ex.stats()["tasks_live"] == 0)
