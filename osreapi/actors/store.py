@@ -178,12 +178,19 @@ class StoreActor(EngineActor):
         """End the task interrupted from its newest records, saved as any change (a full disk
         keeps them for the retry). The task's saves told earlier were handled first (one mailbox)."""
         try:
-            state = self._newest_state(message.task_id)
+            changes = self._interrupted(message)
         except Exception:  # a record that cannot be read: left as stored, and the store goes on
             log.exception("task %s cannot be marked interrupted", message.task_id)
             return
-        if state is None or state.task.state.finished:  # deleted, or it ended meanwhile
-            return
+        if changes is not None:
+            self._save([SaveRecords(message.task_id, *changes, durable=True)])
+
+    def _interrupted(self, message: InterruptStored) -> tuple[TaskRecord | None, tuple[StepRecord, ...]] | None:
+        """The records that end the task interrupted (None if it is gone or ended meanwhile); the
+        runs of its steps that had not ended are handed to kill_run first."""
+        state = self._newest_state(message.task_id)
+        if state is None or state.task.state.finished:
+            return None
         if message.kill_run is not None:
             for step in state.steps:
                 if step.run_id is not None and not step.state.finished:
@@ -191,8 +198,7 @@ class StoreActor(EngineActor):
         now = self._clock()
         state.interrupt(now, message.reason)
         state.finish(now, self._config.key_expire)
-        task, steps = state.take_changes()
-        self._save([SaveRecords(message.task_id, task, steps, durable=True)])
+        return state.take_changes()
 
     def _newest_state(self, task_id: str) -> TaskState | None:
         """A task as it is: what a full disk refused (not yet on disk) over what LMDB holds."""
