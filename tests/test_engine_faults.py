@@ -21,7 +21,7 @@ import pykka
 import pytest
 
 from osreapi import Executor
-from osreapi.actors.messages import Enqueue, StepEnded, StepStarted
+from osreapi.actors.messages import Enqueue, Ping, StepEnded, StepStarted
 from osreapi.actors.task import TaskActor
 from osreapi.executor import treekill
 from osreapi.executor.reaper import LogSink, Reaper
@@ -850,6 +850,97 @@ def test_a_runner_that_stops_is_ended_from_its_last_saves_not_from_before_them(m
     assert (quick.state, quick.code, quick.output) == (State.STOPPED, 0, "done\n")  # as it ended
     assert long.state is State.INTERRUPTED and "its runner failed" in long.output
     assert wait_until(lambda: not marked_left("faulty"))
+
+
+@pytest.mark.timeout(60)
+def test_a_runner_that_stops_while_the_disk_is_full_is_ended_from_the_records_the_store_kept(
+    make_executor, small_disk, tmp_path, monkeypatch
+):
+    """A step's end is refused by a full disk (the store keeps it in memory and writes it again
+    later) when its task's runner stops. The supervisor read the task back from LMDB, where that
+    step still ran, marked it interrupted, and its save, merged over what the store kept,
+    overwrote the real end: once the disk had room, the wrong record was written. The store now
+    builds the interrupted records itself, from what it kept over what LMDB holds."""
+    fail_on_control(monkeypatch, "faulty")
+    fail_interrupts_in_the_runner(monkeypatch, "faulty")
+    ex = make_executor(small_disk / "data", extra_live_tasks=0)  # one runner
+    go, printed = tmp_path / "go", "x" * 600_000  # an end whose record needs new pages: refused
+    ex.submit([sh(f"printf {printed}; while [ ! -e {go} ]; do sleep 0.02; done", name="quick"),
+               sh("exec sleep 60", name="long")], task_id="faulty", mode="parallel")
+    log = ex.log_path("faulty", 0)
+    assert wait_until(lambda: log.exists() and log.stat().st_size == len(printed))  # on disk while there was room
+    assert wait_until(lambda: all(s.state is State.RUNNING for s in ex.get("faulty").steps))
+    filler = small_disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=40"], capture_output=True, check=False)
+    (runner,) = pykka.ActorRegistry.get_by_class(TaskActor)
+    go.touch()  # outside the full disk
+    assert wait_until(lambda: runner._actor_weakref()._state.steps[0].state is State.STOPPED)  # its end goes to the store
+    with pytest.raises(RuntimeError, match="injected fault"):
+        ex.pause("faulty")  # the runner fails, then stops
+    assert wait_until(lambda: not runner.is_alive() and ex.stats()["tasks_live"] == 0)
+    assert wait_until(lambda: not marked_left("faulty"))  # the long step's processes are killed
+    ex._store.ask(Ping())  # the store has handled what the supervisor told it
+    assert ex.check_health() == "disk full"
+    assert [s.state for s in ex.get("faulty").steps] == [State.RUNNING, State.RUNNING]  # LMDB is stale
+    filler.unlink()
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=10)  # every kept record is written
+    task, (quick, long) = ex._db.get_task_and_steps("faulty")  # what LMDB holds now
+    assert task.state is State.INTERRUPTED
+    assert (quick.state, quick.code, quick.output) == (State.STOPPED, 0, printed)  # as it ended
+    assert long.state is State.INTERRUPTED and "its runner failed" in long.output
+    assert not marked_left("faulty")
+
+
+def refuse_writes(monkeypatch) -> threading.Event:
+    """While the event is set, every write of records fails as on a full disk (a real one lets a
+    small record into pages freed before, so it could not refuse a control's write for sure)."""
+    save_many = Database.save_many
+    full = threading.Event()
+
+    def refusing(self, changes):
+        if full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        return save_many(self, changes)
+
+    monkeypatch.setattr(Database, "save_many", refusing)
+    return full
+
+
+@pytest.mark.timeout(60)
+def test_a_task_that_cannot_start_while_the_disk_is_full_keeps_the_kill_the_store_kept(
+    make_executor, tmp_path, monkeypatch
+):
+    """A queued task's step is killed while the disk is full (the store keeps the change in
+    memory), then no runner can be started for the task. The supervisor built the interrupted
+    records from LMDB, where that step was still pending: it was saved as skipped over the kill."""
+    from osreapi.actors.supervisor import SupervisorActor
+    from osreapi.errors import DiskFull
+
+    full = refuse_writes(monkeypatch)
+
+    def no_runner(self):
+        raise RuntimeError("injected fault: no runner")
+
+    ex = make_executor(pool_size=1, extra_live_tasks=0)  # one task at a time
+    go = tmp_path / "go"
+    blocker = ex.submit([sh(f"while [ ! -e {go} ]; do sleep 0.02; done")])
+    assert wait_until(lambda: ex.get(blocker).steps[0].state is State.RUNNING)
+    ex.submit([sh("echo a", name="a"), sh("echo b", name="b")], task_id="faulty")
+    full.set()
+    with pytest.raises(DiskFull):
+        ex.control("faulty", "kill", 1)  # refused, and kept to be written once there is room
+    monkeypatch.setattr(SupervisorActor, "_task_runner", no_runner)
+    go.touch()
+    assert wait_until(lambda: ex.stats()["tasks_queued"] == 0 and ex.stats()["tasks_live"] == 0)
+    ex._store.ask(Ping())  # the store has handled what the supervisor told it
+    assert ex.get("faulty").steps[1].state is State.PENDING  # LMDB is stale
+    full.clear()
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=10)  # every kept record is written
+    task, (first, killed) = ex._db.get_task_and_steps("faulty")
+    assert task.state is State.INTERRUPTED
+    assert first.state is State.INTERRUPTED and "task not started" in first.output
+    assert killed.state is State.KILLED
+    assert ex.get(blocker).task.state is State.STOPPED
 
 
 # -- 9, 10: ids and data dirs ----------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,19 @@ class SaveRecords:
     reply: Reply | None = None
     then: tuple[tuple[pykka.ActorRef, Any], ...] = ()
     otherwise: tuple[tuple[pykka.ActorRef, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class InterruptStored:
+    """End a task interrupted from the newest records the store holds: those on disk under the
+    ones a full disk refused (kept in memory), never a step's real end overwritten by a stale read.
+    `reason` goes where TaskState.interrupt puts it; a task ended already is left alone. `kill_run`
+    is called first with the run id of each step that had not ended (its processes are killed).
+    Saved as every change is: while the disk is full it is kept and written again."""
+
+    task_id: str
+    reason: str
+    kill_run: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)

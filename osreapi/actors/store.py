@@ -29,7 +29,17 @@ from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
 from .base import EngineActor
 from .delivery import tell_if_alive
-from .messages import CreateTask, DeleteTask, Flush, Ping, RetryUnsaved, SaveRecords, SweepExpired
+from .messages import (
+    CreateTask,
+    DeleteTask,
+    Flush,
+    InterruptStored,
+    Ping,
+    RetryUnsaved,
+    SaveRecords,
+    SweepExpired,
+)
+from .taskstate import TaskState
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 100
@@ -93,6 +103,8 @@ class StoreActor(EngineActor):
                 self._save([message, *self._saves_waiting()])
             case CreateTask():
                 self._create(message)
+            case InterruptStored():
+                self._interrupt(message)
             case DeleteTask(task_id=task_id, reply=reply):
                 try:
                     reply.arrive(self._delete(task_id))
@@ -161,6 +173,41 @@ class StoreActor(EngineActor):
             raise DiskFull("the deletion could not be flushed to disk")
         self._on_delete((task_id,))
         return task
+
+    def _interrupt(self, message: InterruptStored) -> None:
+        """End the task interrupted from its newest records, saved as any change (a full disk
+        keeps them for the retry). The task's saves told earlier were handled first (one mailbox)."""
+        try:
+            changes = self._interrupted(message)
+        except Exception:  # a record that cannot be read: left as stored, and the store goes on
+            log.exception("task %s cannot be marked interrupted", message.task_id)
+            return
+        if changes is not None:
+            self._save([SaveRecords(message.task_id, *changes, durable=True)])
+
+    def _interrupted(self, message: InterruptStored) -> tuple[TaskRecord | None, tuple[StepRecord, ...]] | None:
+        """The records that end the task interrupted (None if it is gone or ended meanwhile); the
+        runs of its steps that had not ended are handed to kill_run first."""
+        state = self._newest_state(message.task_id)
+        if state is None or state.task.state.finished:
+            return None
+        if message.kill_run is not None:
+            for step in state.steps:
+                if step.run_id is not None and not step.state.finished:
+                    message.kill_run(step.run_id)
+        now = self._clock()
+        state.interrupt(now, message.reason)
+        state.finish(now, self._config.key_expire)
+        return state.take_changes()
+
+    def _newest_state(self, task_id: str) -> TaskState | None:
+        """A task as it is: what a full disk refused (not yet on disk) over what LMDB holds."""
+        kept_task, kept_steps = self._unsaved.get(task_id, (None, {}))
+        stored_task, stored_steps = self._db.get_task_and_steps(task_id)
+        task = kept_task or stored_task
+        if task is None:
+            return None
+        return TaskState(task, [kept_steps.get(step.index, step) for step in stored_steps], (), plan=False)
 
     def _saves_waiting(self) -> list[SaveRecords]:
         """The SaveRecords tells queued right behind the one in hand, taken from the mailbox in

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -22,6 +23,7 @@ from .messages import (
     Enqueue,
     GetStats,
     InterruptAll,
+    InterruptStored,
     InterruptTask,
     RunnerStopped,
     SaveRecords,
@@ -99,15 +101,14 @@ class SupervisorActor(EngineActor):
 
     def _runner_stopped(self, task_id: str | None) -> None:
         """A runner stopped without ending its task (it told TaskEnded first otherwise): its slot
-        is free, its steps' processes are killed (found by their run markers), and the task ends
-        interrupted from what the store holds."""
+        is free, and the store ends the task interrupted from the records it holds, its steps'
+        processes killed first (found by their run markers)."""
         if task_id is None or self._live.pop(task_id, None) is None:
             return
         self._admitted(task_id)
-        for step in self._services.db.get_steps(task_id):
-            if step.run_id is not None and not step.state.finished:
-                self._services.janitor.clean(step.run_id, None, self._services.config.kill_grace)
-        self._interrupt_stored(task_id, "task interrupted: its runner failed inside the engine")
+        janitor, grace = self._services.janitor, self._services.config.kill_grace
+        self._interrupt_stored(task_id, "task interrupted: its runner failed inside the engine",
+                               kill_run=lambda run_id: janitor.clean(run_id, None, grace))
 
     def _admitted(self, task_id: str) -> None:
         if self._admitting == task_id:
@@ -128,10 +129,7 @@ class SupervisorActor(EngineActor):
                 self._start(task_id)
             except Exception as exc:  # e.g. a thread that cannot start, a record that cannot be read
                 log.exception("task %s cannot be started", task_id)
-                try:
-                    self._interrupt_stored(task_id, f"task not started: {exc.__class__.__name__}: {exc}")
-                except Exception:  # its record cannot be read either: it is left as stored, not retried
-                    log.exception("task %s cannot be marked interrupted", task_id)
+                self._interrupt_stored(task_id, f"task not started: {exc.__class__.__name__}: {exc}")
 
     def _keep(self, records: Records | None) -> bool:
         """Keep a queued task's records in memory while few wait and its scripts are small."""
@@ -211,16 +209,10 @@ class SupervisorActor(EngineActor):
         task = db.get_task(task_id)
         return TaskState(task, db.get_steps(task_id), db.get_specs(task_id)) if task is not None else None
 
-    def _interrupt_stored(self, task_id: str, reason: str) -> None:
-        """End a stored task as interrupted, saying why in its first unfinished step."""
-        db = self._services.db
-        task = db.get_task(task_id)
-        if task is None:
-            return
-        state = TaskState(task, db.get_steps(task_id), (), plan=False)
-        state.interrupt(self._services.clock(), reason)
-        state.finish(self._services.clock(), self._services.config.key_expire)
-        self._save(state)
+    def _interrupt_stored(self, task_id: str, reason: str, kill_run: Callable[[str], None] | None = None) -> None:
+        """End a stored task as interrupted, saying why. The store builds the records: only it
+        knows the newest (a full disk keeps some in memory, and LMDB then holds stale ones)."""
+        tell_if_alive(self._services.store, InterruptStored(task_id, reason, kill_run))
 
     def _save(self, state: TaskState, reply=None) -> None:
         task, steps = state.take_changes()
