@@ -14,8 +14,6 @@ from __future__ import annotations
 import errno
 import logging
 import queue
-import shutil
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,6 +25,7 @@ from ..config import EngineConfig
 from ..errors import DiskFull, out_of_descriptors
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
+from ..storage.removal import remove_tree
 from .base import EngineActor
 from .delivery import tell_if_alive
 from .messages import CreateTask, DeleteTask, Flush, Ping, RetryUnsaved, SaveRecords, SweepExpired
@@ -36,7 +35,6 @@ SWEEP_BATCH = 100
 GROUP = 64  # most committed writes waiting for one flush
 RETRY_AFTER = 1.0  # seconds between attempts to write what a full disk refused
 WRITE_ERRORS = (lmdb.Error, OSError)
-ONEXC = sys.version_info >= (3, 12)  # shutil.rmtree's onerror is deprecated there
 OnCommit = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
@@ -292,17 +290,13 @@ class StoreActor(EngineActor):
         Other failures (a file made immutable) are logged and let go, as before."""
         short: list[OSError] = []
 
-        def failed(_function, path: str, exc: BaseException) -> None:
+        def failed(path: str, exc: BaseException) -> None:
             if out_of_descriptors(exc):
                 short.append(exc)
             elif not isinstance(exc, FileNotFoundError):
                 log.warning("workspace of task %s: %s not removed: %s", task_id, path, exc)
 
-        workspace = self._config.workspace(task_id)
-        if ONEXC:
-            shutil.rmtree(workspace, onexc=failed)
-        else:
-            shutil.rmtree(workspace, onerror=lambda function, path, info: failed(function, path, info[1]))
+        remove_tree(self._config.workspace(task_id), failed)
         return not short
 
     def _guarded(self, write: Callable[[], Any]) -> Any:

@@ -1,0 +1,89 @@
+"""Removing a directory tree of any depth.
+
+shutil.rmtree recurses once per directory level (and, before Python 3.13, holds a descriptor per
+level): a step that makes a tree a thousand directories deep (`mkdir d && cd d` in a loop) made it
+raise RecursionError, which no error handler sees. A workspace like that could never be deleted,
+stopped every sweep at it, and its id posted again stopped the store."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ONEXC = sys.version_info >= (3, 12)  # shutil.rmtree's onerror is deprecated there
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+Failed = Callable[[str, BaseException], None]  # (path, error) for what could not be removed
+
+
+def remove_tree(path: Path, failed: Failed) -> None:
+    """Remove path and everything under it, not following symbolic links; `failed` hears each error
+    (a missing path among them)."""
+    try:
+        if ONEXC:
+            shutil.rmtree(path, onexc=lambda _function, where, exc: failed(where, exc))
+        else:
+            shutil.rmtree(path, onerror=lambda _function, where, info: failed(where, info[1]))
+    except RecursionError:
+        _remove_deep(path, failed)
+
+
+def _remove_deep(path: Path, failed: Failed) -> None:
+    """rmtree without recursion, holding one descriptor at a time: down into the first directory
+    that is not empty, up again ("..", checked to be the directory it came from) once it is. It
+    stops at the first error: a tree something still writes in is not walked for ever."""
+    try:
+        fd = os.open(path, _OPEN_DIR)
+    except OSError as exc:
+        failed(str(path), exc)
+        return
+    above: list[tuple[int, int, str]] = []  # (st_dev, st_ino, name gone into) of each directory above fd
+    try:
+        while True:
+            child = _empty_or_first_full(fd)
+            if child is not None:
+                info = os.fstat(fd)
+                above.append((info.st_dev, info.st_ino, child))
+                fd = _swap(fd, os.open(child, _OPEN_DIR, dir_fd=fd))
+            elif above:
+                fd = _swap(fd, os.open("..", _OPEN_DIR, dir_fd=fd))
+                info, (device, inode, emptied) = os.fstat(fd), above.pop()
+                if (info.st_dev, info.st_ino) != (device, inode):
+                    raise OSError(errno.ESTALE, "a directory moved while it was removed", emptied)
+                os.rmdir(emptied, dir_fd=fd)  # not empty again: something writes in it, stop
+            else:
+                break
+        os.rmdir(path)
+    except OSError as exc:
+        failed(str(path), exc)
+    finally:
+        os.close(fd)
+
+
+def _swap(old: int, new: int) -> int:
+    os.close(old)
+    return new
+
+
+def _empty_or_first_full(fd: int) -> str | None:
+    """Remove what fd's directory holds; the name of the first directory in it that is not empty
+    (to go down into), or None once it is empty."""
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            try:
+                if stat.S_ISDIR(entry.stat(follow_symlinks=False).st_mode):
+                    os.rmdir(entry.name, dir_fd=fd)
+                else:
+                    os.unlink(entry.name, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                return entry.name
+    return None
