@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+
+import pytest
+
+from osreapi.errors import CaseConflict
 from osreapi.vocabulary import State
 
 from .conftest import sh
+from .test_front12 import case_folding_dir  # noqa: F401 - a fixture
 from .test_storage import FakeClock
 
 # A tree deeper than Python's recursion limit: shutil.rmtree raised RecursionError on it.
@@ -18,16 +24,40 @@ def test_a_workspace_deeper_than_the_recursion_limit_is_deleted_swept_and_replac
     expired raised inside the store's write and stopped the store actor (no task stored after)."""
     clock = FakeClock()
     ex = make_executor(key_expire="1h", clock=clock, sweep_interval=3600)
-    deleted, swept, replaced = (ex.submit([sh(DEEP_TREE)], task_id=name) for name in ("del", "swept", "again"))
-    for task_id in (deleted, swept, replaced):
-        assert ex.wait(task_id, 30).task.state == State.STOPPED
-    ex.delete(deleted)
-    assert not ex.config.workspace(deleted).exists() and ex._db.get_task(deleted) is None
+    try:
+        deleted, swept, replaced = (ex.submit([sh(DEEP_TREE)], task_id=name) for name in ("del", "swept", "again"))
+        for task_id in (deleted, swept, replaced):
+            assert ex.wait(task_id, 30).task.state == State.STOPPED
+        ex.delete(deleted)
+        assert not ex.config.workspace(deleted).exists() and ex._db.get_task(deleted) is None
+        clock.now += 3601
+        ex.submit([sh("ls")], task_id="again")  # the expired task's files go first, then it is replaced
+        assert ex.wait("again", 30).task.state == State.STOPPED
+        assert ex.wait("again", 30).steps[0].output.strip() == ""
+        assert ex.sweep() == 1  # "swept"; "again" is the new task's, not expired
+        assert not ex.config.workspace(swept).exists() and ex._db.get_task(swept) is None
+        later = ex.submit([sh("echo alive")])  # the store still takes tasks
+        assert ex.wait(later, 30).task.state == State.STOPPED
+    finally:  # what a failure leaves, pytest's own clean-up (rmtree) cannot remove
+        subprocess.run(["rm", "-rf", "--", str(ex.config.workspace_root)], check=False, timeout=60)
+
+
+def test_an_expired_task_replaced_while_it_waits_keeps_its_workspace_name(case_folding_dir, make_executor):
+    # (the executor is closed, its sleep killed, before the file system is unmounted)
+    """On a root that folds case, a submission takes its workspace's name at once (mkdir), even
+    while its task waits in the queue. An expired id posted again was replaced with its old
+    workspace removed whole: until its step ran, the name was free, and an id equal to it under
+    case folding was accepted into the same directory. The old files go; the directory stays."""
+    clock = FakeClock()
+    ex = make_executor(data_dir=case_folding_dir.parent, key_expire="1h", clock=clock, pool_size=1)
+    ex.submit([sh("echo old > made-by-old")], task_id="Build-1")
+    assert ex.wait("Build-1", 30).task.state == State.STOPPED
     clock.now += 3601
-    ex.submit([sh("ls")], task_id="again")  # the expired task's files go first, then it is replaced
-    assert ex.wait("again", 30).task.state == State.STOPPED
-    assert ex.wait("again", 30).steps[0].output.strip() == ""
-    assert ex.sweep() == 1  # "swept"; "again" is the new task's, not expired
-    assert not ex.config.workspace(swept).exists() and ex._db.get_task(swept) is None
-    later = ex.submit([sh("echo alive")])  # the store still takes tasks
-    assert ex.wait(later, 30).task.state == State.STOPPED
+    ex.submit([sh("sleep 30")], task_id="runner")  # the pool's one slot: the next task waits
+    assert ex.submit([sh("ls")], task_id="Build-1") == "Build-1"  # replaces the expired one
+    with pytest.raises(CaseConflict) as refused:
+        ex.submit([sh("true")], task_id="BUILD-1")
+    assert refused.value.existing == "Build-1"
+    assert [path.name for path in case_folding_dir.iterdir() if path.name.lower() == "build-1"] == ["Build-1"]
+    assert not (case_folding_dir / "Build-1" / "made-by-old").exists()  # the old task's files are gone
+    assert ex.get("BUILD-1") is None

@@ -17,6 +17,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import lmdb
@@ -25,7 +26,7 @@ from ..config import EngineConfig
 from ..errors import DiskFull, out_of_descriptors
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
-from ..storage.removal import remove_tree
+from ..storage.removal import empty_tree, remove_tree
 from .base import EngineActor
 from .delivery import tell_if_alive
 from .messages import CreateTask, DeleteTask, Flush, Ping, RetryUnsaved, SaveRecords, SweepExpired
@@ -114,9 +115,11 @@ class StoreActor(EngineActor):
         """Write the task now (readers see it); answer after the flush, which the creates and
         saves queued together share."""
         task = message.task
-        try:  # an expired task of this id is replaced: its files go first, or it stays as it was
+        # An expired task of this id is replaced: its files go first, or it stays as it was. Its
+        # directory stays: on a root that folds case, it holds the name until the new task runs.
+        try:
             existing, _ = self._db.create_task(task, message.steps, message.specs, self._clock(),
-                                               before_replacing=self._remove_workspace)
+                                               before_replacing=partial(self._remove_workspace, keep_name=True))
         except WorkspaceLeft as exc:
             message.reply.fail(exc)
             return
@@ -280,13 +283,14 @@ class StoreActor(EngineActor):
             ref = self.actor_ref
             self._call_later(RETRY_AFTER, lambda: tell_if_alive(ref, RetryUnsaved()))
 
-    def _remove_workspace(self, task_id: str) -> None:
-        if not self._workspace_removed(task_id):
+    def _remove_workspace(self, task_id: str, keep_name: bool = False) -> None:
+        if not self._workspace_removed(task_id, keep_name):
             raise WorkspaceLeft(errno.EMFILE, f"the workspace of task {task_id} could not be removed whole")
 
-    def _workspace_removed(self, task_id: str) -> bool:
-        """Remove a task's workspace; False if some of it is left for want of a descriptor (rmtree
-        opens each directory): the caller keeps the record, or the files would never be removed.
+    def _workspace_removed(self, task_id: str, keep_name: bool = False) -> bool:
+        """Remove a task's workspace (its files alone if keep_name); False if some of it is left for
+        want of a descriptor (rmtree opens each directory): the caller keeps the record, or the
+        files would never be removed.
         Other failures (a file made immutable) are logged and let go, as before."""
         short: list[OSError] = []
 
@@ -296,7 +300,7 @@ class StoreActor(EngineActor):
             elif not isinstance(exc, FileNotFoundError):
                 log.warning("workspace of task %s: %s not removed: %s", task_id, path, exc)
 
-        remove_tree(self._config.workspace(task_id), failed)
+        (empty_tree if keep_name else remove_tree)(self._config.workspace(task_id), failed)
         return not short
 
     def _guarded(self, write: Callable[[], Any]) -> Any:

@@ -87,3 +87,21 @@ def _empty_or_first_full(fd: int) -> str | None:
                     raise
                 return entry.name
     return None
+
+
+def empty_tree(path: Path, failed: Failed) -> None:
+    """Remove what path holds, path itself kept (a workspace's name stays taken)."""
+    try:
+        with os.scandir(path) as scan:
+            entries = list(scan)
+    except OSError as exc:
+        failed(str(path), exc)
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            remove_tree(Path(entry.path), failed)
+            continue
+        try:
+            os.unlink(entry.path)
+        except OSError as exc:
+            failed(entry.path, exc)
