@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -61,3 +65,44 @@ def test_an_expired_task_replaced_while_it_waits_keeps_its_workspace_name(case_f
     assert [path.name for path in case_folding_dir.iterdir() if path.name.lower() == "build-1"] == ["Build-1"]
     assert not (case_folding_dir / "Build-1" / "made-by-old").exists()  # the old task's files are gone
     assert ex.get("BUILD-1") is None
+
+
+# Run as root without the capability to override file modes: as any other user, rmtree cannot
+# empty a directory without write permission.
+_WITHOUT_DAC_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
+                         "--inh-caps", "-dac_override,-dac_read_search"]
+_READ_ONLY_TREES = """
+import json, sys
+from osreapi import Executor
+from osreapi.vocabulary import State
+now = [1_000_000.0]
+ex = Executor(sys.argv[1], kill_grace=0.5, key_expire="1h", clock=lambda: now[0])
+step = {"command_type": "sh", "command_content": sys.argv[2]}
+try:
+    for task_id in ("deleted", "again"):
+        ex.submit([step], task_id=task_id)
+        assert ex.wait(task_id, 30).task.state == State.STOPPED
+    ex.delete("deleted")
+    now[0] += 3601
+    ex.submit([{"command_type": "sh", "command_content": "ls -A"}], task_id="again")
+    listed = ex.wait("again", 30).steps[0].output.split()
+    print(json.dumps({"deleted_left": ex.config.workspace("deleted").exists(), "again_lists": listed}))
+finally:
+    ex.close()
+"""
+
+
+def test_read_only_directories_a_step_left_are_removed_with_its_workspace(tmp_path):
+    """Go's module cache is read-only (dirs 0555), and steps `chmod -R a-w` what they keep: rmtree
+    could not unlink in those directories (but as root), so a deleted or replaced task's files
+    stayed for good while its record went (and the start's orphan clean-up failed the same way)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("drops root's DAC override with setpriv")
+    made = "mkdir -p mod/a/b locked && echo x > mod/a/b/f && chmod -R a-w mod && chmod 000 locked"
+    try:
+        ran = subprocess.run([*_WITHOUT_DAC_OVERRIDE, sys.executable, "-c", _READ_ONLY_TREES, str(tmp_path / "data"), made],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(ran.stdout.splitlines()[-1]) == {"deleted_left": False, "again_lists": [".osreapi"]}
+    finally:  # pytest's clean-up has the override back: it removes what a failure leaves
+        subprocess.run(["chmod", "-R", "u+rwx", str(tmp_path)], check=False, timeout=60)

@@ -1,9 +1,13 @@
-"""Removing a directory tree of any depth.
+"""Removing a workspace's tree, however deep and whatever modes its steps left on it.
 
 shutil.rmtree recurses once per directory level (and, before Python 3.13, holds a descriptor per
 level): a step that makes a tree a thousand directories deep (`mkdir d && cd d` in a loop) made it
 raise RecursionError, which no error handler sees. A workspace like that could never be deleted,
-stopped every sweep at it, and its id posted again stopped the store."""
+stopped every sweep at it, and its id posted again stopped the store.
+Nor can rmtree empty a directory without write permission (Go's module cache is read-only, `chmod
+-R a-w` is common): unless the server runs with CAP_DAC_OVERRIDE (root), those files stayed for
+good, their record gone. The files are all the server user's, so their directories are opened up
+on the way."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import shutil
 import stat
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 ONEXC = sys.version_info >= (3, 12)  # shutil.rmtree's onerror is deprecated there
@@ -24,20 +29,30 @@ Failed = Callable[[str, BaseException], None]  # (path, error) for what could no
 def remove_tree(path: Path, failed: Failed) -> None:
     """Remove path and everything under it, not following symbolic links; `failed` hears each error
     (a missing path among them)."""
+    errors: list[tuple[str, BaseException]] = []
+    too_deep = False
     try:
         if ONEXC:
-            shutil.rmtree(path, onexc=lambda _function, where, exc: failed(where, exc))
+            shutil.rmtree(path, onexc=lambda _function, where, exc: errors.append((where, exc)))
         else:
-            shutil.rmtree(path, onerror=lambda _function, where, info: failed(where, info[1]))
+            shutil.rmtree(path, onerror=lambda _function, where, info: errors.append((where, info[1])))
     except RecursionError:
+        too_deep = True
+    if too_deep or any(isinstance(exc, PermissionError) for _where, exc in errors):
         _remove_deep(path, failed)
+        return
+    for where, exc in errors:
+        failed(where, exc)
 
 
 def _remove_deep(path: Path, failed: Failed) -> None:
     """rmtree without recursion, holding one descriptor at a time: down into the first directory
-    that is not empty, up again ("..", checked to be the directory it came from) once it is. It
-    stops at the first error: a tree something still writes in is not walked for ever."""
+    that is not empty, up again ("..", checked to be the directory it came from) once it is, each
+    directory opened up (u+rwx) first. It stops at the first error: a tree something still writes
+    in is not walked for ever."""
     try:
+        with suppress(OSError):  # (not a symbolic link: rmtree refused those before any PermissionError)
+            os.chmod(path, stat.S_IRWXU)
         fd = os.open(path, _OPEN_DIR)
     except OSError as exc:
         failed(str(path), exc)
@@ -49,6 +64,8 @@ def _remove_deep(path: Path, failed: Failed) -> None:
             if child is not None:
                 info = os.fstat(fd)
                 above.append((info.st_dev, info.st_ino, child))
+                with suppress(OSError):  # (a symbolic link put there meanwhile: also the server user's)
+                    os.chmod(child, stat.S_IRWXU, dir_fd=fd)
                 fd = _swap(fd, os.open(child, _OPEN_DIR, dir_fd=fd))
             elif above:
                 fd = _swap(fd, os.open("..", _OPEN_DIR, dir_fd=fd))
@@ -91,6 +108,8 @@ def _empty_or_first_full(fd: int) -> str | None:
 
 def empty_tree(path: Path, failed: Failed) -> None:
     """Remove what path holds, path itself kept (a workspace's name stays taken)."""
+    with suppress(OSError):  # a workspace's mode (a step may have taken its write permission)
+        os.chmod(path, stat.S_IRWXU)
     try:
         with os.scandir(path) as scan:
             entries = list(scan)
