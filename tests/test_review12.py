@@ -106,3 +106,36 @@ def test_read_only_directories_a_step_left_are_removed_with_its_workspace(tmp_pa
         assert json.loads(ran.stdout.splitlines()[-1]) == {"deleted_left": False, "again_lists": [".osreapi"]}
     finally:  # pytest's clean-up has the override back: it removes what a failure leaves
         subprocess.run(["chmod", "-R", "u+rwx", str(tmp_path)], check=False, timeout=60)
+
+
+_DEEPER_THAN_DESCRIPTORS = """
+import json, resource, sys
+from osreapi import Executor
+from osreapi.vocabulary import State
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+ex = Executor(sys.argv[1], kill_grace=0.5)
+try:
+    ex.submit([{"command_type": "sh", "command_content": sys.argv[2]}], task_id="deep")
+    assert ex.wait("deep", 30).task.state == State.STOPPED
+    try:
+        ex.delete("deep")
+        print(json.dumps({"refused": None, "left": ex.config.workspace("deep").exists()}))
+    except OSError as exc:
+        print(json.dumps({"refused": exc.errno, "left": ex.config.workspace("deep").exists()}))
+finally:
+    ex.close()
+"""
+
+
+def test_a_tree_deeper_than_the_descriptors_left_is_not_taken_for_a_shortage(tmp_path):
+    """rmtree holds a descriptor per level: under an embedding program's 256 (or the usual 1024),
+    a step's tree 400 levels deep failed with EMFILE, taken for a shortage of descriptors: the
+    delete was refused (503) on every try and every sweep stopped at that task, for ever."""
+    deep = "i=0; while [ $i -lt 400 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done"
+    try:
+        ran = subprocess.run([sys.executable, "-c", _DEEPER_THAN_DESCRIPTORS, str(tmp_path / "data"), deep],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        assert json.loads(ran.stdout.splitlines()[-1]) == {"refused": None, "left": False}
+    finally:
+        subprocess.run(["rm", "-rf", "--", str(tmp_path / "data")], check=False, timeout=60)

@@ -7,7 +7,8 @@ stopped every sweep at it, and its id posted again stopped the store.
 Nor can rmtree empty a directory without write permission (Go's module cache is read-only, `chmod
 -R a-w` is common): unless the server runs with CAP_DAC_OVERRIDE (root), those files stayed for
 good, their record gone. The files are all the server user's, so their directories are opened up
-on the way."""
+on the way. And a tree deeper than the descriptors left (a thousand levels under the default limit
+of 1024) looked like a shortage for ever: its record was kept, and every sweep stopped at it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import sys
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+
+from ..errors import out_of_descriptors
 
 ONEXC = sys.version_info >= (3, 12)  # shutil.rmtree's onerror is deprecated there
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -38,7 +41,9 @@ def remove_tree(path: Path, failed: Failed) -> None:
             shutil.rmtree(path, onerror=lambda _function, where, info: errors.append((where, info[1])))
     except RecursionError:
         too_deep = True
-    if too_deep or any(isinstance(exc, PermissionError) for _where, exc in errors):
+    # Walked again: a tree deeper than the stack, or than the descriptors left (rmtree holds one per
+    # level: a real shortage makes the walk fail too), or directories without write permission.
+    if too_deep or any(isinstance(exc, PermissionError) or out_of_descriptors(exc) for _where, exc in errors):
         _remove_deep(path, failed)
         return
     for where, exc in errors:
