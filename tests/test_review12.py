@@ -46,7 +46,7 @@ def test_a_workspace_deeper_than_the_recursion_limit_is_deleted_swept_and_replac
         subprocess.run(["rm", "-rf", "--", str(ex.config.workspace_root)], check=False, timeout=60)
 
 
-def test_an_expired_task_replaced_while_it_waits_keeps_its_workspace_name(case_folding_dir, make_executor):
+def test_an_expired_task_replaced_while_it_waits_keeps_its_workspace_name(case_folding_dir, make_executor):  # noqa: F811
     # (the executor is closed, its sleep killed, before the file system is unmounted)
     """On a root that folds case, a submission takes its workspace's name at once (mkdir), even
     while its task waits in the queue. An expired id posted again was replaced with its old

@@ -24,7 +24,8 @@ from pathlib import Path
 from ..errors import out_of_descriptors
 
 ONEXC = sys.version_info >= (3, 12)  # shutil.rmtree's onerror is deprecated there
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+# (getattr: Windows has none of these, and no fd-based walk either; rmtree is its only way there)
+_OPEN_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 Failed = Callable[[str, BaseException], None]  # (path, error) for what could not be removed
 
