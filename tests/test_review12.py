@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 
@@ -13,7 +16,7 @@ import pytest
 from osreapi.errors import CaseConflict
 from osreapi.vocabulary import State
 
-from .conftest import sh
+from .conftest import sh, wait_until
 from .test_front12 import case_folding_dir  # noqa: F401 - a fixture
 from .test_storage import FakeClock
 
@@ -139,3 +142,38 @@ def test_a_tree_deeper_than_the_descriptors_left_is_not_taken_for_a_shortage(tmp
         assert json.loads(ran.stdout.splitlines()[-1]) == {"refused": None, "left": False}
     finally:
         subprocess.run(["rm", "-rf", "--", str(tmp_path / "data")], check=False, timeout=60)
+
+
+def _answer_of(client, path: str, timeout: float = 10) -> bytes:
+    """What the server sends for GET path within `timeout` (all of it, or what came by then)."""
+    answer = b""
+    with socket.create_connection((client.host, client.port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        with contextlib.suppress(TimeoutError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    return answer
+
+
+def test_a_fifo_in_place_of_a_log_holds_up_no_other_log(client):
+    """A step can put a FIFO where its log was (the engine writes to the file it opened). Opening it
+    for a follower blocked until a writer came, in the stream hub's thread, so every stream stopped,
+    and under the lock every log open now takes turns on (with the intake's reserve descriptor):
+    another task's log could not be read at all, even plainly."""
+    fifo_step = "rm -f .osreapi/step-0.log && mkfifo .osreapi/step-0.log && sleep 30"
+    holder = client.submit([sh(fifo_step)])
+    fifo = client.executor.config.workspace(holder) / ".osreapi" / "step-0.log"
+    assert wait_until(lambda: fifo.exists() and stat.S_ISFIFO(fifo.lstat().st_mode), timeout=10)
+    other = client.submit([sh("echo hello-from-other")])
+    client.wait(other)
+    follower = socket.create_connection((client.host, client.port), timeout=10)
+    try:
+        follower.sendall(f"GET /{holder}/0/log?follow=true HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert b"200 OK" in follower.recv(65536)  # its head: the hub now reads the log
+        assert b"hello-from-other" in _answer_of(client, f"/{other}/0/log")
+        assert b"hello-from-other" in _answer_of(client, f"/{other}/0/log?follow=true")
+    finally:
+        follower.close()
+        with contextlib.suppress(OSError):  # a reader blocked in its open is let go
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        client.request("PUT", f"/{holder}?action=kill")
