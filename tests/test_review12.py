@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import shutil
 import socket
@@ -16,7 +18,7 @@ import pytest
 from osreapi.errors import CaseConflict
 from osreapi.vocabulary import State
 
-from .conftest import sh, wait_until
+from .conftest import no_descriptor_free, sh, wait_until
 from .test_front12 import case_folding_dir  # noqa: F401 - a fixture
 from .test_storage import FakeClock
 
@@ -177,3 +179,18 @@ def test_a_fifo_in_place_of_a_log_holds_up_no_other_log(client):
         with contextlib.suppress(OSError):  # a reader blocked in its open is let go
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         client.request("PUT", f"/{holder}?action=kill")
+
+
+def test_a_delete_refused_for_want_of_descriptors_logs_no_traceback(make_executor, caplog):
+    """A workspace left for want of descriptors is an expected refusal (503, ask again), as a full
+    disk is: the store logged each one as a failure with its traceback."""
+    ex = make_executor()
+    task_id = ex.submit([sh("mkdir -p a/b && echo x > a/b/file")])
+    assert ex.wait(task_id, 10).task.state == State.STOPPED
+    with (caplog.at_level(logging.INFO, logger="osreapi.actors.store"), no_descriptor_free(),
+          pytest.raises(OSError) as refused):
+        ex.delete(task_id)
+    assert refused.value.errno == errno.EMFILE
+    assert [record for record in caplog.records if record.exc_info] == []
+    ex.delete(task_id)
+    assert ex.get(task_id) is None

@@ -95,8 +95,8 @@ class StoreActor(EngineActor):
             case DeleteTask(task_id=task_id, reply=reply):
                 try:
                     reply.arrive(self._delete(task_id))
-                except Exception as exc:  # DiskFull, or a bug: the caller hears it, the store goes on
-                    if not isinstance(exc, DiskFull):
+                except Exception as exc:  # a refusal (DiskFull, WorkspaceLeft) or a bug: the caller
+                    if not isinstance(exc, (DiskFull, WorkspaceLeft)):  # hears it, the store goes on
                         log.exception("store: deleting task %s failed", task_id)
                     reply.fail(exc)
             case Ping():
