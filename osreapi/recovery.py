@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 
 import psutil
 
@@ -16,6 +15,7 @@ from .executor import treekill
 from .actors.taskstate import TaskState
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
+from .storage.removal import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def remove_orphan_workspaces(config: EngineConfig, known: set[str]) -> list[str]
             path = config.workspace(entry.name)  # refuses a path that resolves outside the root
         except ValueError:
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path, lambda _path, _exc: None)
         removed.append(entry.name)
     if removed:
         log.warning("removed %d workspaces whose tasks have no record (left by a crash)", len(removed))

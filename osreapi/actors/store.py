@@ -14,11 +14,10 @@ from __future__ import annotations
 import errno
 import logging
 import queue
-import shutil
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import lmdb
@@ -27,6 +26,7 @@ from ..config import EngineConfig
 from ..errors import DiskFull, out_of_descriptors
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
+from ..storage.removal import empty_tree, remove_tree
 from .base import EngineActor
 from .delivery import tell_if_alive
 from .messages import (
@@ -46,7 +46,6 @@ SWEEP_BATCH = 100
 GROUP = 64  # most committed writes waiting for one flush
 RETRY_AFTER = 1.0  # seconds between attempts to write what a full disk refused
 WRITE_ERRORS = (lmdb.Error, OSError)
-ONEXC = sys.version_info >= (3, 12)  # shutil.rmtree's onerror is deprecated there
 OnCommit = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
@@ -108,8 +107,8 @@ class StoreActor(EngineActor):
             case DeleteTask(task_id=task_id, reply=reply):
                 try:
                     reply.arrive(self._delete(task_id))
-                except Exception as exc:  # DiskFull, or a bug: the caller hears it, the store goes on
-                    if not isinstance(exc, DiskFull):
+                except Exception as exc:  # a refusal (DiskFull, WorkspaceLeft) or a bug: the caller
+                    if not isinstance(exc, (DiskFull, WorkspaceLeft)):  # hears it, the store goes on
                         log.exception("store: deleting task %s failed", task_id)
                     reply.fail(exc)
             case Ping():
@@ -128,9 +127,11 @@ class StoreActor(EngineActor):
         """Write the task now (readers see it); answer after the flush, which the creates and
         saves queued together share."""
         task = message.task
-        try:  # an expired task of this id is replaced: its files go first, or it stays as it was
+        # An expired task of this id is replaced: its files go first, or it stays as it was. Its
+        # directory stays: on a root that folds case, it holds the name until the new task runs.
+        try:
             existing, _ = self._db.create_task(task, message.steps, message.specs, self._clock(),
-                                               before_replacing=self._remove_workspace)
+                                               before_replacing=partial(self._remove_workspace, keep_name=True))
         except WorkspaceLeft as exc:
             message.reply.fail(exc)
             return
@@ -329,27 +330,24 @@ class StoreActor(EngineActor):
             ref = self.actor_ref
             self._call_later(RETRY_AFTER, lambda: tell_if_alive(ref, RetryUnsaved()))
 
-    def _remove_workspace(self, task_id: str) -> None:
-        if not self._workspace_removed(task_id):
+    def _remove_workspace(self, task_id: str, keep_name: bool = False) -> None:
+        if not self._workspace_removed(task_id, keep_name):
             raise WorkspaceLeft(errno.EMFILE, f"the workspace of task {task_id} could not be removed whole")
 
-    def _workspace_removed(self, task_id: str) -> bool:
-        """Remove a task's workspace; False if some of it is left for want of a descriptor (rmtree
-        opens each directory): the caller keeps the record, or the files would never be removed.
+    def _workspace_removed(self, task_id: str, keep_name: bool = False) -> bool:
+        """Remove a task's workspace (its files alone if keep_name); False if some of it is left for
+        want of a descriptor (rmtree opens each directory): the caller keeps the record, or the
+        files would never be removed.
         Other failures (a file made immutable) are logged and let go, as before."""
         short: list[OSError] = []
 
-        def failed(_function, path: str, exc: BaseException) -> None:
+        def failed(path: str, exc: BaseException) -> None:
             if out_of_descriptors(exc):
                 short.append(exc)
             elif not isinstance(exc, FileNotFoundError):
                 log.warning("workspace of task %s: %s not removed: %s", task_id, path, exc)
 
-        workspace = self._config.workspace(task_id)
-        if ONEXC:
-            shutil.rmtree(workspace, onexc=failed)
-        else:
-            shutil.rmtree(workspace, onerror=lambda function, path, info: failed(function, path, info[1]))
+        (empty_tree if keep_name else remove_tree)(self._config.workspace(task_id), failed)
         return not short
 
     def _guarded(self, write: Callable[[], Any]) -> Any:

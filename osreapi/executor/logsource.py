@@ -20,6 +20,7 @@ from ..sse import KEEP_ALIVE, sse_message
 CHUNK = 64 * 1024
 CONTINUATION_BYTES = bytes(range(0x80, 0xC0))  # UTF-8 bytes that never start a character
 STATE_POLL = 0.25  # how often a follower asks whether its step has ended (when no output came)
+_NO_WAIT = getattr(os, "O_NONBLOCK", 0)  # for a FIFO (no effect on a regular file)
 
 
 def complete_utf8(data: bytes) -> int:
@@ -144,8 +145,15 @@ class LogSource:
         return data
 
     def _open(self):
+        """The log, opened without waiting: a step may have put a FIFO in its place, whose open
+        waited for a writer, holding up the stream hub and, under the lock, every other log open."""
         with DESCRIPTOR_TURN:  # never the slot the intake frees to refuse a connection with
-            return open(self._path, "rb")
+            descriptor = os.open(self._path, os.O_RDONLY | _NO_WAIT | getattr(os, "O_CLOEXEC", 0))
+        try:
+            return os.fdopen(descriptor, "rb")
+        except BaseException:
+            os.close(descriptor)
+            raise
 
     def _may_grow(self, read_more: bool) -> bool:
         """More bytes may still come after these: the file holds more than was read, or it is
