@@ -1236,3 +1236,26 @@ def test_an_expired_id_posted_again_while_its_files_cannot_be_removed_is_refused
     assert refused.value.errno == errno.EMFILE
     ex.submit([sh("test -e a/b/file && echo old || echo fresh")], task_id="again")
     assert ex.wait("again", 10).steps[0].output.strip() == "fresh"
+
+
+def test_an_unexpected_failure_while_creating_a_task_is_the_caller_answer_and_the_store_goes_on(make_executor, monkeypatch):
+    """Only write errors were caught around a task's creation: anything else (a RecursionError in
+    the workspace removal of an expired id was one) stopped the store actor, the single writer, and
+    with it the engine. The caller now hears the failure, and the next submission is stored."""
+    from osreapi.storage.database import Database
+
+    create = Database.create_task
+    failing = threading.Event()
+    failing.set()
+
+    def create_once_failing(self, *args, **kwargs):
+        if failing.is_set():
+            failing.clear()
+            raise RuntimeError("injected fault")
+        return create(self, *args, **kwargs)
+
+    monkeypatch.setattr(Database, "create_task", create_once_failing)
+    ex = make_executor()
+    with pytest.raises(RuntimeError, match="injected fault"):
+        ex.submit([sh("echo first")])
+    assert ex.wait(ex.submit([sh("echo next")]), timeout=10).steps[0].output == "next\n"

@@ -139,6 +139,10 @@ class StoreActor(EngineActor):
             self._failed(exc)
             message.reply.fail(DiskFull(f"the task could not be stored: {exc}"))
             return
+        except Exception as exc:  # a bug: the caller hears it, the store (the single writer) goes on
+            log.exception("store: creating task %s failed", task.id)
+            message.reply.fail(exc)
+            return
         self._awaiting.append(_Created(message, existing))
 
     def _created(self, created: _Created) -> None:

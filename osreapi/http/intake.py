@@ -502,7 +502,13 @@ class RequestIntake(ConnectionManager):
         conn.osreapi_cut_line = _cut_line(pending.data, self.server.max_request_header_size)
         conn.osreapi_pending = _Pending()  # the next request starts afresh
         with self._whole_lock:  # a worker's put() gets here too, while the recount walks the queue
-            self._whole.append(conn)
+            closed = self._closed  # close() sets it before it empties the queue under this lock
+            if not closed:
+                self._whole.append(conn)
+        if closed:  # a pipelined request handed back while the server stops: never served, closed here
+            with suppress(OSError):
+                conn.close()
+            return True
         self._dispatch_waiting()
         return True
 
