@@ -323,3 +323,23 @@ def test_a_workspace_that_cannot_be_claimed_for_want_of_space_is_507(start_serve
     assert client.get(f"/{refused}").status == 404 and client.get("/").json["data"]["total"] == len(answers) - 1
     assert client.request("DELETE", "/t0").status == 200
     assert client.post(f"/?id={refused}", [sh("true")]).status == 200
+
+
+def test_the_audit_key_is_made_where_hard_links_are_refused_and_stale_spares_go(tmp_path, monkeypatch):
+    """The key was linked into place, and a file system without hard links (vfat, some network or
+    FUSE mounts) refused the link: the server could not start there. A spare left by a start killed
+    before its link stayed for good. Now a rename puts the key in place there, and spares go."""
+    import errno as errno_module
+    import os as os_module
+
+    stale = tmp_path / "audit.key.999999.deadbeef"
+    stale.write_bytes(b"x" * 32)
+
+    def no_links(*_args, **_kwargs):
+        raise OSError(errno_module.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os_module, "link", no_links)
+    key = audit_key(tmp_path)
+    assert len(key) == 32 and audit_key(tmp_path) == key
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["audit.key"]
+    assert (tmp_path / "audit.key").stat().st_mode & 0o777 == 0o600

@@ -154,9 +154,10 @@ def token_hint(token: str, key: bytes) -> str:
 def audit_key(data_dir: Path) -> bytes:
     """The data dir's key for token hints: made at the first start (readable by this user alone),
     the same at every later one so that a hint names one token across restarts. Written whole
-    under another name and linked into place, which fails if it exists: of two starts racing,
+    under another name and linked into place, which fails if it exists: of two makers racing,
     each reads the one key that won."""
     path = data_dir / AUDIT_KEY
+    _remove_stale_spares(data_dir)
     if not path.exists():
         spare = data_dir / f"{AUDIT_KEY}.{os.getpid()}.{secrets.token_hex(4)}"
         descriptor = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
@@ -165,15 +166,38 @@ def audit_key(data_dir: Path) -> bytes:
                 handle.write(secrets.token_bytes(AUDIT_KEY_BYTES))
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.link(spare, path)
+            _put_in_place(spare, path)
         except FileExistsError:
-            pass  # another start made it first: its key is the one
+            pass  # another maker was first: its key is the one
         finally:
             spare.unlink(missing_ok=True)
     key = path.read_bytes()
     if len(key) != AUDIT_KEY_BYTES:
         raise InvalidValue(f"{path}: not an audit key ({len(key)} bytes, expected {AUDIT_KEY_BYTES}); remove it to make a new one")
     return key
+
+
+def _put_in_place(spare: Path, path: Path) -> None:
+    """Link spare as path (FileExistsError if it exists). A file system without hard links (vfat,
+    some network or FUSE mounts) gets a rename: the data dir's lock keeps other servers out, and
+    within this one the key is made before any request."""
+    try:
+        os.link(spare, path)
+    except FileExistsError:
+        raise
+    except OSError:  # EPERM, EOPNOTSUPP, ENOSYS: no hard links here
+        if path.exists():
+            raise FileExistsError(path) from None
+        os.replace(spare, path)
+
+
+def _remove_stale_spares(data_dir: Path) -> None:
+    """Spares a start killed before it linked its key left behind (not this process's: under the
+    data dir's lock, no other process makes one now)."""
+    ours = f"{AUDIT_KEY}.{os.getpid()}."
+    for spare in data_dir.glob(f"{AUDIT_KEY}.*.*"):
+        if not spare.name.startswith(ours):
+            spare.unlink(missing_ok=True)
 
 
 class Guard:
