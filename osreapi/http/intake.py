@@ -345,14 +345,19 @@ class RequestIntake(ConnectionManager):
 
     def _spend_reserve(self) -> socket.socket | None:
         """The next connection, accepted into the slot the reserve frees (None if the backlog is empty)."""
-        with DESCRIPTOR_TURN:  # no retried open takes the slot in between
+        listener = self.server.socket
+        waits = listener.gettimeout()  # cheroot's 1 s: an emptied backlog would hold every log open that long
+        with DESCRIPTOR_TURN:  # no log open takes the slot in between
             os.close(self._reserve)
             self._reserve = None
+            listener.settimeout(0)
             try:
-                return self.server.socket.accept()[0]
+                return listener.accept()[0]
             except OSError:
                 self._reserve = _spare_descriptor()
                 return None
+            finally:
+                listener.settimeout(waits)
 
     def _refuse_raw(self, raw: socket.socket) -> None:
         with suppress(OSError):
