@@ -6,7 +6,6 @@ import atexit
 import codecs
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -62,14 +61,14 @@ from .executor.output import read_output
 from .executor.reaper import Reaper
 from .listing import sorted_tasks
 from .metrics import EngineMetrics
+from .plaintext import ASCII_DIGITS
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
 from .storage.lock import lock_data_dir
-from .watchers import TaskWatchers
 from .vocabulary import State
+from .watchers import TaskWatchers
 
 log = logging.getLogger(__name__)
-_ASCII_DIGITS = re.compile(r"[0-9]+")
 MAX_OFFSET = 1 << 62  # of a log; fits os.lseek
 Listener = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
@@ -345,7 +344,7 @@ class Executor(ControlCalls):
     def _step_index(steps: list[StepRecord] | tuple[StepRecord, ...], step: str | int) -> int:
         if isinstance(step, bool) or not isinstance(step, (int, str)):  # None, 1.5: no step, as over HTTP
             raise StepNotFound(step)
-        if isinstance(step, int) or _ASCII_DIGITS.fullmatch(step):
+        if isinstance(step, int) or ASCII_DIGITS.fullmatch(step):
             index = int(step) if len(str(step)) <= 9 else -1  # longer: past any step, and int() stays cheap
             if 0 <= index < len(steps):
                 return index

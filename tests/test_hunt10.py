@@ -221,8 +221,8 @@ def test_a_data_dir_open_to_every_user_is_said_at_start(start_server, tmp_path):
 
 
 @pytest.mark.parametrize(("source", "reason"), [
-    ("file", "the token must be printable ASCII"), ("flag", "the token must be printable ASCII"),
-    ("env", "the token must be printable ASCII"), ("latin-1 file", "not UTF-8 text")])
+    ("file", "printable ASCII only"), ("flag", "printable ASCII only"),
+    ("env", "printable ASCII only"), ("latin-1 file", "not UTF-8 text")])
 def test_a_token_no_client_can_send_stops_the_start_with_a_message(tmp_path, monkeypatch, source: str, reason: str):
     """A token beyond printable ASCII was taken, and never matched: a header carries bytes, and
     `pässwort` sent in UTF-8 arrived as other characters (401 for ever); a token file that is not

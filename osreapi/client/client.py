@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -17,11 +16,20 @@ import httpx
 from ..controls import ControlCalls
 from ..embed import TaskResult, check_offset
 from ..errors import EngineClosed, InvalidRequest, InvalidValue, NotFound
+from ..plaintext import ASCII_DIGITS, header_safe
 from ..records import TaskRecord
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, message
 from . import sse, wire
 from .deadline import AnswerTooSlow, DeadlineTransport, until
-from .errors import ON_CONTROL, ON_DELETE, ON_SUBMIT, ConnectionFailed, RemoteBusy, ServerError, error_for
+from .errors import (
+    ON_CONTROL,
+    ON_DELETE,
+    ON_SUBMIT,
+    ConnectionFailed,
+    RemoteBusy,
+    ServerError,
+    error_for,
+)
 
 DEFAULT_URL = "http://127.0.0.1:2376"
 DEFAULT_TIMEOUT = 10.0
@@ -35,7 +43,6 @@ _ANSWERED = (CODE_OK, CODE_RUNNING, CODE_FAILED)
 Envelope = dict[str, Any]
 T = TypeVar("T")
 _EVENT_HEADERS = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
-_DIGITS = re.compile(r"[0-9]+")  # a byte offset; str.isdigit() would take '²'
 
 
 class Client(ControlCalls):
@@ -65,7 +72,7 @@ class Client(ControlCalls):
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.reconnects = reconnects
-        headers = {"Authorization": f"Bearer {_header_safe(token)}"} if token else {}
+        headers = {"Authorization": f"Bearer {header_safe(token, 'token')}"} if token else {}
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, trust_env=False,
             transport=DeadlineTransport(tls_context(verify, cert)),
@@ -313,7 +320,7 @@ class Client(ControlCalls):
                     yield "", None
                     return
                 if event.event == "message" and event.id:
-                    if not _DIGITS.fullmatch(event.id) or not 0 <= int(event.id) - offset <= self.max_answer:
+                    if not ASCII_DIGITS.fullmatch(event.id) or not 0 <= int(event.id) - offset <= self.max_answer:
                         raise self._failure("client_not_log", id=repr(event.id[:40]), offset=offset)
                     after = int(event.id)
                     text = event.data
@@ -444,13 +451,6 @@ def _checked_url(url: str) -> str:
     return url
 
 
-def _header_safe(token: str) -> str:
-    """The token, if an HTTP header can carry it: printable ASCII (httpx raised UnicodeEncodeError for
-    'ü', and echoed a token holding a line break in its error). The token itself is never shown."""
-    bad = next((i for i, char in enumerate(token) if not " " <= char <= "~"), None)
-    if bad is not None:
-        raise InvalidValue(f"token: character {bad + 1} cannot be sent in an HTTP header (printable ASCII only)")
-    return token
 
 
 def _check_submitted(data: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from ..errors import (
 from ..events import EventBus
 from ..executor.logsource import LogSource
 from ..listing import check_sort
+from ..plaintext import ASCII_DIGITS
 from ..records import StepRecord
 from ..spec import RESERVED_IDS
 from ..vocabulary import (
@@ -63,7 +64,6 @@ from .wait import wait_for_task, wait_time
 log = logging.getLogger(__name__)
 Answer = str | bytes | bottle.HTTPResponse  # what a route returns to Bottle
 WHOLE_LOG_ANSWER = 1 << 20  # a log as it stands up to this size is answered whole, over it streamed
-_DIGITS = re.compile(r"[0-9]+")
 # A task id in a route: any path segment but the name of one of the server's own routes (an id can
 # never be one), so that `PUT /events` is 405 and `/favicon.ico` "no such route", not "no such task".
 _RESERVED = "|".join(re.escape(name) for name in sorted(RESERVED_IDS))
@@ -416,7 +416,7 @@ def _offset(query_value: str | None, last_event_id: str | None) -> int:
 
 def _whole_number(name: str, text: str, limit: int) -> int:
     """ASCII digits only ('²'.isdigit() is true) and at most `limit`, so that lseek and int() never fail."""
-    if not _DIGITS.fullmatch(text) or len(text) > len(str(limit)) or int(text) > limit:
+    if not ASCII_DIGITS.fullmatch(text) or len(text) > len(str(limit)) or int(text) > limit:
         raise InvalidRequest("bad_offset", name=name, value=text, limit=limit)
     return int(text)
 
@@ -427,7 +427,7 @@ def _read_body(limit: int) -> bytes | None:
     length = environ.get("CONTENT_LENGTH") or ""
     stream = environ["wsgi.input"]
     if length.strip():
-        if not _DIGITS.fullmatch(length.strip()):  # '-1' would read to EOF, past --max_body
+        if not ASCII_DIGITS.fullmatch(length.strip()):  # '-1' would read to EOF, past --max_body
             raise InvalidRequest("content_length", value=length)
         size = int(length) if len(length.strip()) <= 18 else limit + 1
         if size > limit:

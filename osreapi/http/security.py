@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import InvalidValue
+from ..plaintext import header_safe
 from ..vocabulary import message
 from . import urltext
 from .answers import language_of, refuse
@@ -45,7 +46,7 @@ def load_token(token: str | None, token_file: str | None, environ: dict[str, str
     if token is not None:
         if not token.strip():
             raise InvalidValue("--token: empty token")
-        return _sendable(token.strip(), "--token")
+        return header_safe(token.strip(), "--token")
     if token_file:
         path = Path(token_file)
         try:
@@ -57,18 +58,9 @@ def load_token(token: str | None, token_file: str | None, environ: dict[str, str
             raise InvalidValue(f"--token_file: {path} is world-readable; chmod o-r {path}")
         if not text:
             raise InvalidValue(f"--token_file: {path} is empty")
-        return _sendable(text, f"--token_file: {path}")
+        return header_safe(text, f"--token_file: {path}")
     from_env = environ.get("OSREAPI_TOKEN", "").strip()
-    return _sendable(from_env, "OSREAPI_TOKEN") if from_env else None
-
-
-def _sendable(token: str, source: str) -> str:
-    """A token a client can send: an HTTP header carries bytes, not text, so one beyond printable
-    ASCII was never matched (`pässwort` in UTF-8 arrives as other characters) and the server ran
-    with a token nobody could present."""
-    if not (token.isascii() and token.isprintable()):
-        raise InvalidValue(f"{source}: the token must be printable ASCII (it travels in an HTTP header)")
-    return token
+    return header_safe(from_env, "OSREAPI_TOKEN") if from_env else None
 
 
 @functools.lru_cache(maxsize=1024)  # asked on every request; clients are few
