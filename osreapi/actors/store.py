@@ -22,8 +22,9 @@ from typing import Any
 
 import lmdb
 
+from .. import casefold
 from ..config import EngineConfig
-from ..errors import DiskFull, out_of_descriptors
+from ..errors import CaseConflict, DiskFull, out_of_descriptors
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
 from ..storage.removal import empty_tree, remove_tree
@@ -60,6 +61,7 @@ class _Created:
 
     message: CreateTask
     existing: TaskRecord | None  # the task that already had its id (nothing was written)
+    claimed: bool  # its workspace was made for it (a root that folds case)
 
 
 class StoreActor(EngineActor):
@@ -76,6 +78,7 @@ class StoreActor(EngineActor):
         on_delete: Callable[[tuple[str, ...]], None],
         call_later: Callable[[float, Callable[[], None]], object],
         disk_full: threading.Event,
+        folds_case: bool = False,
     ) -> None:
         super().__init__()
         self._db = db
@@ -88,6 +91,7 @@ class StoreActor(EngineActor):
         self._retry_scheduled = False
         self._awaiting: list[SaveRecords | _Created] = []  # committed, acknowledged after the next flush
         self._disk_full = disk_full  # set while a write is refused; read by health checks
+        self._folds_case = folds_case  # the workspace root's: a create takes its workspace's name
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -127,23 +131,39 @@ class StoreActor(EngineActor):
         """Write the task now (readers see it); answer after the flush, which the creates and
         saves queued together share."""
         task = message.task
-        # An expired task of this id is replaced: its files go first, or it stays as it was. Its
-        # directory stays: on a root that folds case, it holds the name until the new task runs.
+        claimed: list[bool] = []  # whether its workspace was made here (the write may run twice)
         try:
             existing, _ = self._db.create_task(task, message.steps, message.specs, self._clock(),
-                                               before_replacing=partial(self._remove_workspace, keep_name=True))
-        except WorkspaceLeft as exc:
+                                               before_writing=partial(self._ready_workspace, task.id, claimed))
+        except (WorkspaceLeft, CaseConflict, DiskFull) as exc:  # answers: nothing was stored
+            self._release(task.id, claimed)
             message.reply.fail(exc)
             return
         except WRITE_ERRORS as exc:
+            self._release(task.id, claimed)
             self._failed(exc)
             message.reply.fail(DiskFull(f"the task could not be stored: {exc}"))
             return
         except Exception as exc:  # a bug: the caller hears it, the store (the single writer) goes on
+            self._release(task.id, claimed)
             log.exception("store: creating task %s failed", task.id)
             message.reply.fail(exc)
             return
-        self._awaiting.append(_Created(message, existing))
+        self._awaiting.append(_Created(message, existing, any(claimed)))
+
+    def _ready_workspace(self, task_id: str, claimed: list[bool], old: TaskRecord | None) -> None:
+        """Before a task is written: an expired task of its id loses its files (or stays as it was,
+        WorkspaceLeft), its directory kept; on a root that folds case, the workspace's name is
+        taken here, in order with the deletes and sweeps that free names (CaseConflict if another
+        task has it)."""
+        if old is not None:  # its directory holds the name until the new task runs
+            self._remove_workspace(task_id, keep_name=True)
+        elif self._folds_case:
+            claimed.append(casefold.claim_workspace(self._config.workspace(task_id), task_id))
+
+    def _release(self, task_id: str, claimed: list[bool]) -> None:
+        if any(claimed):  # nothing stored: the name is free again
+            casefold.release_workspace(self._config.workspace(task_id))
 
     def _created(self, created: _Created) -> None:
         """Its flush is done: acknowledge the task (or the one that had its id)."""
@@ -158,6 +178,7 @@ class StoreActor(EngineActor):
         """Its flush failed: a task never acknowledged is not kept either."""
         if created.existing is None:
             self._guarded(lambda: self._db.delete_task(created.message.task))
+            self._release(created.message.task.id, [created.claimed])
         created.message.reply.fail(DiskFull("the task could not be flushed to disk"))
 
     def _delete(self, task_id: str) -> TaskRecord | None:

@@ -1,0 +1,86 @@
+"""Fault hunt 14: crash windows and races in the store's workspace removal, interrupted records,
+the case-folding claim and recovery."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pytest
+
+from osreapi.errors import CaseConflict
+from osreapi.vocabulary import State
+
+from .conftest import sh, wait_until
+from .test_front12 import case_folding_dir  # noqa: F401 - a fixture
+from .test_storage import FakeClock
+
+
+class StoreGate:
+    """Holds the store's thread (a listener of the executor, called there) once `hold()` is armed
+    and the next committed write arrives, so that calls made meanwhile queue in its mailbox in a
+    known order; `release()` lets it go."""
+
+    def __init__(self, executor) -> None:
+        self._executor = executor
+        self._armed = threading.Event()
+        self._holding = threading.Event()
+        self._go = threading.Event()
+        executor.subscribe(self._listener)
+
+    def _listener(self, _task_id, _task, _steps) -> None:
+        if self._armed.is_set():
+            self._armed.clear()
+            self._holding.set()
+            self._go.wait(30)
+
+    def hold(self, pool: ThreadPoolExecutor) -> Future:
+        """Arm the gate and make a write that trips it; wait until the store is held."""
+        self._armed.set()
+        tripped = pool.submit(self._executor.submit, [sh("true")])
+        assert self._holding.wait(30), "the store was never held"
+        return tripped
+
+    def queue_behind(self, pool: ThreadPoolExecutor, call: Callable, *args, **kwargs) -> Future:
+        """Run call in a thread; return once its message waits in the store's mailbox."""
+        inbox = self._executor._store.actor_inbox
+        before = inbox.qsize()
+        done = pool.submit(call, *args, **kwargs)
+        assert wait_until(lambda: inbox.qsize() > before or done.done(), timeout=30) and not done.done(), done
+        return done
+
+    def release(self) -> None:
+        self._go.set()
+
+
+@pytest.mark.parametrize("removal", ["delete", "sweep"])
+def test_an_id_posted_again_while_its_task_is_removed_keeps_its_name(case_folding_dir, make_executor, removal):  # noqa: F811
+    """On a root that folds case, a submission of an id whose task is stored made no claim (the
+    workspace was that task's): a DELETE or a sweep handled by the store between that check and
+    the create removed the workspace and the record, the id was stored anew without a workspace,
+    and an id equal to it under case folding was accepted into the same directory (two tasks, one
+    workspace). The create of a task takes its workspace name in the store, where removals are
+    ordered with it."""
+    clock = FakeClock()
+    ex = make_executor(data_dir=case_folding_dir.parent, key_expire="1h", clock=clock, sweep_interval=3600,
+                       pool_size=1)
+    body = [sh("echo mine > made-by-lib")]
+    ex.submit(body, task_id="Lib-1")
+    assert ex.wait("Lib-1", 30).task.state == State.STOPPED
+    if removal == "sweep":
+        clock.now += 3601  # expired: the sweep removes it, a submission of its id replaces it
+    ex.submit([sh("sleep 30")], task_id="runner")  # the pool's one slot: the id posted again waits
+    gate = StoreGate(ex)
+    with ThreadPoolExecutor(4) as pool:
+        tripped = gate.hold(pool)
+        removed = gate.queue_behind(pool, ex.delete if removal == "delete" else ex.sweep, *(("Lib-1",) if removal == "delete" else ()))
+        posted = gate.queue_behind(pool, ex.submit, body, task_id="Lib-1")
+        gate.release()
+        tripped.result(30), removed.result(30)
+        assert posted.result(30) == "Lib-1"
+    with pytest.raises(CaseConflict) as refused:
+        ex.submit([sh("echo other > made-by-other")], task_id="LIB-1")
+    assert refused.value.existing == "Lib-1"
+    assert ex.get("LIB-1") is None
+    assert [path.name for path in case_folding_dir.iterdir() if path.name.lower() == "lib-1"] == ["Lib-1"]
