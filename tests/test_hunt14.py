@@ -9,10 +9,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from osreapi.errors import CaseConflict
+from osreapi.errors import CaseConflict, out_of_descriptors
 from osreapi.vocabulary import State
 
-from .conftest import sh, wait_until
+from .conftest import no_descriptor_free, sh, wait_until
 from .test_front12 import case_folding_dir  # noqa: F401 - a fixture
 from .test_storage import FakeClock
 
@@ -84,3 +84,20 @@ def test_an_id_posted_again_while_its_task_is_removed_keeps_its_name(case_foldin
     assert refused.value.existing == "Lib-1"
     assert ex.get("LIB-1") is None
     assert [path.name for path in case_folding_dir.iterdir() if path.name.lower() == "lib-1"] == ["Lib-1"]
+
+
+def test_a_claim_short_of_descriptors_is_answered_as_such_not_as_a_full_disk(case_folding_dir, make_executor):  # noqa: F811
+    """The store takes the workspace's name: an error of the claim (here the listing of the root on
+    a clash, with no descriptor free) is the caller's answer as it is (503 over HTTP), not a write
+    refused (DiskFull, health "disk full" until the store's retry)."""
+    ex = make_executor(data_dir=case_folding_dir.parent)
+    ex.submit([sh("true")], task_id="Lib-1")
+    assert ex.wait("Lib-1", 30).task.state == State.STOPPED
+    with no_descriptor_free(), pytest.raises(OSError) as refused:
+        ex.submit([sh("true")], task_id="LIB-1")
+    assert out_of_descriptors(refused.value), refused.value
+    assert ex.check_health() == "ok"
+    with pytest.raises(CaseConflict):  # with descriptors again, the clash is told
+        ex.submit([sh("true")], task_id="LIB-1")
+    assert ex.submit([sh("true")], task_id="Lib-2") == "Lib-2"
+    assert ex.wait("Lib-2", 30).task.state == State.STOPPED

@@ -55,6 +55,12 @@ class WorkspaceLeft(OSError):
     503 for the server being short of descriptors, as every such OSError)."""
 
 
+class _Unclaimed(Exception):
+    """The workspace's name not taken for an error of its file system (no descriptor to list the
+    root with on a clash): no write of the store's failed; its cause is the caller's answer, as it
+    was when the submission took the name (503 for want of a descriptor)."""
+
+
 @dataclass(frozen=True)
 class _Created:
     """A create committed and waiting for its flush."""
@@ -135,9 +141,9 @@ class StoreActor(EngineActor):
         try:
             existing, _ = self._db.create_task(task, message.steps, message.specs, self._clock(),
                                                before_writing=partial(self._ready_workspace, task.id, claimed))
-        except (WorkspaceLeft, CaseConflict, DiskFull) as exc:  # answers: nothing was stored
+        except (WorkspaceLeft, CaseConflict, DiskFull, _Unclaimed) as exc:  # answers: nothing was stored
             self._release(task.id, claimed)
-            message.reply.fail(exc)
+            message.reply.fail(exc.__cause__ if isinstance(exc, _Unclaimed) else exc)
             return
         except WRITE_ERRORS as exc:
             self._release(task.id, claimed)
@@ -159,7 +165,10 @@ class StoreActor(EngineActor):
         if old is not None:  # its directory holds the name until the new task runs
             self._remove_workspace(task_id, keep_name=True)
         elif self._folds_case:
-            claimed.append(casefold.claim_workspace(self._config.workspace(task_id), task_id))
+            try:
+                claimed.append(casefold.claim_workspace(self._config.workspace(task_id), task_id))
+            except OSError as exc:
+                raise _Unclaimed() from exc
 
     def _release(self, task_id: str, claimed: list[bool]) -> None:
         if any(claimed):  # nothing stored: the name is free again
