@@ -3,13 +3,20 @@ the case-folding claim and recovery."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import os
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
 
 import pytest
 
 from osreapi.errors import CaseConflict, out_of_descriptors
+from osreapi.storage.database import Database
 from osreapi.vocabulary import State
 
 from .conftest import no_descriptor_free, sh, wait_until
@@ -101,3 +108,74 @@ def test_a_claim_short_of_descriptors_is_answered_as_such_not_as_a_full_disk(cas
         ex.submit([sh("true")], task_id="LIB-1")
     assert ex.submit([sh("true")], task_id="Lib-2") == "Lib-2"
     assert ex.wait("Lib-2", 30).task.state == State.STOPPED
+
+
+# -- kill -9 between a workspace's removal and its record's commit ---------------------------------
+
+MANY_FILES = "for d in $(seq 100); do mkdir d$d && (cd d$d && touch $(seq 300)); done"
+
+
+def _killed_while_removing(server, workspace: Path, start: Callable[[], object]) -> bool:
+    """Start a removal of workspace (100 directories d1..d100 in it) by the server, freeze the
+    server (SIGSTOP) once some are gone, and kill it (SIGKILL). True if it was frozen in the
+    window: some of the directories gone, some left."""
+    def left() -> int:
+        try:
+            return sum(1 for name in os.listdir(workspace) if name.startswith("d"))
+        except FileNotFoundError:
+            return 0
+
+    with ThreadPoolExecutor(1) as pool:
+        started = pool.submit(start)
+        wait_until(lambda: left() < 100, timeout=30, interval=0.0005)
+        server.proc.send_signal(signal.SIGSTOP)
+        in_window = 0 < left() < 100
+        server.kill()
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            started.result(30)  # the connection dies with the server
+    return in_window
+
+
+@pytest.mark.parametrize("removal", ["delete", "repost"])
+def test_a_server_killed_while_a_workspace_is_removed_keeps_the_record_and_finishes_later(start_server, tmp_path, removal):
+    """A DELETE removes the files first, then the record; an expired id posted again empties the
+    old workspace inside the transaction that replaces it. Killed (-9) in between: the record
+    stays as it was (the finished task, or the expired one), and after a restart a DELETE, or the
+    id posted again, finishes the work: nothing is left without its record, no old file in the
+    new task's workspace."""
+    data = tmp_path / "data"
+    hit = False
+    for attempt in range(3):  # the window is short: frozen in it at the first try, nearly always
+        task_id = f"many-{attempt}"
+        server = start_server("--key_expire", "2s" if removal == "repost" else "1h", data_dir=data)
+        client = server.client
+        assert client.post(f"/?id={task_id}", [sh(MANY_FILES)]).status == 200
+        assert client.wait(task_id, 60).json["code"] == 0
+        if removal == "repost":  # expired once its 2 s are over: GET says 404
+            assert wait_until(lambda: client.get(f"/{task_id}").status == 404, timeout=30)
+            start = partial(client.post, f"/?id={task_id}", [sh("ls")])
+        else:
+            start = partial(client.request, "DELETE", f"/{task_id}")
+        hit = _killed_while_removing(server, data / "workspace" / task_id, start)
+        server.close()
+        db = Database(data / "db")  # what the crash left: the record as it was
+        try:
+            stored = db.get_task(task_id)
+        finally:
+            db.close()
+        assert stored is not None and stored.state is State.STOPPED
+        if hit:
+            break
+    if not hit:
+        pytest.skip("the server was never frozen while it removed the workspace")
+    client = start_server("--key_expire", "1h", data_dir=data).client
+    if removal == "repost":
+        assert client.post(f"/?id={task_id}", [sh("ls")]).status == 200
+        done = client.wait(task_id, 60)
+        assert done.json["code"] == 0 and done.json["data"][0]["message"] == "", done.body  # no old file left
+    else:
+        kept = client.get(f"/{task_id}")  # as it ended (its output is in the record)
+        assert kept.status == 200 and kept.json["code"] == 0, kept.body
+        assert client.request("DELETE", f"/{task_id}").status == 200
+        assert not (data / "workspace" / task_id).exists()
+        assert client.get(f"/{task_id}").status == 404
