@@ -50,8 +50,9 @@ def claim_workspace(workspace: Path, task_id: str) -> bool:
 
 
 def release_workspace(workspace: Path) -> None:
-    """Give back a workspace claimed for a task that was not stored (still empty: nothing ran)."""
+    """Give back a workspace's name: its directory, emptied (a task deleted, swept) or still empty
+    (claimed for a task that was not stored), removed."""
     try:
         workspace.rmdir()
-    except OSError:  # not empty after all: what is in it is not ours to remove
+    except OSError:  # written in meanwhile (a leftover process): removed with the orphans at the next start
         pass

@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from osreapi.errors import CaseConflict, out_of_descriptors
@@ -179,3 +180,33 @@ def test_a_server_killed_while_a_workspace_is_removed_keeps_the_record_and_finis
         assert client.request("DELETE", f"/{task_id}").status == 200
         assert not (data / "workspace" / task_id).exists()
         assert client.get(f"/{task_id}").status == 404
+
+
+def test_a_record_left_by_a_crash_in_a_delete_keeps_its_workspace_name(start_server, case_folding_dir):  # noqa: F811
+    """A DELETE removed the whole workspace, then the record: killed (-9) between the two (here
+    while LMDB's write lock, held by the test, holds the record's deletion), the finished record
+    stayed without its directory, and on a root that folds case an id equal to it was accepted
+    into a directory of that name; the next DELETE of the first (or its expiry's sweep) then
+    removed the second's workspace. The directory now goes after the record."""
+    data = case_folding_dir.parent
+    server = start_server(data_dir=data)
+    client = server.client
+    assert client.post("/?id=Lib-1", [sh("echo mine > made-by-lib")]).status == 200
+    assert client.wait("Lib-1", 30).json["code"] == 0
+    env = lmdb.open(str(data / "db"), max_dbs=8, subdir=True)
+    try:
+        with env.begin(write=True), ThreadPoolExecutor(1) as pool:  # the server's writes wait for it
+            deleting = pool.submit(client.request, "DELETE", "/Lib-1")
+            assert wait_until(lambda: not (case_folding_dir / "Lib-1" / "made-by-lib").exists(), timeout=30)
+            server.kill()  # its deletion of the record waits for the write lock
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                deleting.result(30)
+    finally:
+        env.close()
+    client = start_server(data_dir=data).client
+    kept = client.get("/Lib-1")  # the record as it was
+    assert kept.status == 200 and kept.json["code"] == 0, kept.body
+    refused = client.post("/?id=LIB-1&lang=en", [sh("true")])
+    assert refused.status == 409 and "task Lib-1" in refused.json["message"], refused.body
+    assert client.request("DELETE", "/Lib-1").status == 200
+    assert [path.name for path in case_folding_dir.iterdir()] == []

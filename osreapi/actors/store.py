@@ -23,11 +23,12 @@ from typing import Any
 import lmdb
 
 from .. import casefold
+from ..casefold import release_workspace
 from ..config import EngineConfig
 from ..errors import CaseConflict, DiskFull, out_of_descriptors
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
-from ..storage.removal import empty_tree, remove_tree
+from ..storage.removal import empty_tree
 from .base import EngineActor
 from .delivery import tell_if_alive
 from .messages import (
@@ -163,7 +164,7 @@ class StoreActor(EngineActor):
         taken here, in order with the deletes and sweeps that free names (CaseConflict if another
         task has it)."""
         if old is not None:  # its directory holds the name until the new task runs
-            self._remove_workspace(task_id, keep_name=True)
+            self._remove_files(task_id)
         elif self._folds_case:
             try:
                 claimed.append(casefold.claim_workspace(self._config.workspace(task_id), task_id))
@@ -172,7 +173,7 @@ class StoreActor(EngineActor):
 
     def _release(self, task_id: str, claimed: list[bool]) -> None:
         if any(claimed):  # nothing stored: the name is free again
-            casefold.release_workspace(self._config.workspace(task_id))
+            release_workspace(self._config.workspace(task_id))
 
     def _created(self, created: _Created) -> None:
         """Its flush is done: acknowledge the task (or the one that had its id)."""
@@ -191,19 +192,23 @@ class StoreActor(EngineActor):
         created.message.reply.fail(DiskFull("the task could not be flushed to disk"))
 
     def _delete(self, task_id: str) -> TaskRecord | None:
-        """Remove a finished task's workspace, then its records; answer the task as it was. The
-        files go first: on a disk full of the steps' own logs, the record's deletion (a write)
-        finds room only once they are gone. A crash between leaves a record whose log files are
-        gone (its output is in the record), deleted again by the next try."""
+        """Remove a finished task's files, then its records, then its workspace's directory;
+        answer the task as it was. The files go first: on a disk full of the steps' own logs, the
+        record's deletion (a write) finds room only once they are gone. The directory goes last:
+        a record never lacks it, so on a root that folds case no other id takes the name while
+        the record is there (a crash between leaves a record whose log files are gone, its output
+        is in the record, deleted again by the next try; or an empty directory without a record,
+        removed at the next start)."""
         task = self._db.get_task(task_id)
         if task is None or not task.state.finished:
             return task
-        self._remove_workspace(task_id)
+        self._remove_files(task_id)
         try:
             self._db.delete_task(task)
         except WRITE_ERRORS as exc:
             self._failed(exc)
             raise DiskFull(f"the task could not be deleted: {exc}") from None
+        release_workspace(self._config.workspace(task_id))
         if not self._flush():
             raise DiskFull("the deletion could not be flushed to disk")
         self._on_delete((task_id,))
@@ -364,14 +369,14 @@ class StoreActor(EngineActor):
             ref = self.actor_ref
             self._call_later(RETRY_AFTER, lambda: tell_if_alive(ref, RetryUnsaved()))
 
-    def _remove_workspace(self, task_id: str, keep_name: bool = False) -> None:
-        if not self._workspace_removed(task_id, keep_name):
+    def _remove_files(self, task_id: str) -> None:
+        if not self._files_removed(task_id):
             raise WorkspaceLeft(errno.EMFILE, f"the workspace of task {task_id} could not be removed whole")
 
-    def _workspace_removed(self, task_id: str, keep_name: bool = False) -> bool:
-        """Remove a task's workspace (its files alone if keep_name); False if some of it is left for
-        want of a descriptor (rmtree opens each directory): the caller keeps the record, or the
-        files would never be removed.
+    def _files_removed(self, task_id: str) -> bool:
+        """Remove what a task's workspace holds, its directory kept (it goes once the record is
+        gone); False if some of it is left for want of a descriptor (rmtree opens each
+        directory): the caller keeps the record, or the files would never be removed.
         Other failures (a file made immutable) are logged and let go, as before."""
         short: list[OSError] = []
 
@@ -381,7 +386,7 @@ class StoreActor(EngineActor):
             elif not isinstance(exc, FileNotFoundError):
                 log.warning("workspace of task %s: %s not removed: %s", task_id, path, exc)
 
-        (empty_tree if keep_name else remove_tree)(self._config.workspace(task_id), failed)
+        empty_tree(self._config.workspace(task_id), failed)
         return not short
 
     def _guarded(self, write: Callable[[], Any]) -> Any:
@@ -396,9 +401,11 @@ class StoreActor(EngineActor):
         while True:
             now = self._clock()
             expired = self._db.expired(now, SWEEP_BATCH)
-            if not all(self._workspace_removed(task_id) for task_id in expired):  # files first, as a delete does
+            if not all(self._files_removed(task_id) for task_id in expired):  # files first, as a delete does
                 break  # the records stay, swept (their files with them) at the next round
             gone = self._guarded(lambda: self._db.delete_expired(now, SWEEP_BATCH)) or []
+            for task_id in gone:  # their directories last, as a delete does
+                release_workspace(self._config.workspace(task_id))
             if gone:
                 self._on_delete(tuple(gone))
             total += len(gone)
