@@ -137,6 +137,10 @@ def _killed_while_removing(server, workspace: Path, start: Callable[[], object])
     return in_window
 
 
+def _gone(client, task_id: str) -> bool:
+    return client.get(f"/{task_id}").status == 404
+
+
 @pytest.mark.parametrize("removal", ["delete", "repost"])
 def test_a_server_killed_while_a_workspace_is_removed_keeps_the_record_and_finishes_later(start_server, tmp_path, removal):
     """A DELETE removes the files first, then the record; an expired id posted again empties the
@@ -153,7 +157,7 @@ def test_a_server_killed_while_a_workspace_is_removed_keeps_the_record_and_finis
         assert client.post(f"/?id={task_id}", [sh(MANY_FILES)]).status == 200
         assert client.wait(task_id, 60).json["code"] == 0
         if removal == "repost":  # expired once its 2 s are over: GET says 404
-            assert wait_until(lambda: client.get(f"/{task_id}").status == 404, timeout=30)
+            assert wait_until(partial(_gone, client, task_id), timeout=30)
             start = partial(client.post, f"/?id={task_id}", [sh("ls")])
         else:
             start = partial(client.request, "DELETE", f"/{task_id}")
