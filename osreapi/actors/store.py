@@ -23,7 +23,6 @@ from typing import Any
 import lmdb
 
 from .. import casefold
-from ..casefold import release_workspace
 from ..config import EngineConfig
 from ..errors import CaseConflict, DiskFull, out_of_descriptors
 from ..records import StepRecord, TaskRecord
@@ -173,7 +172,7 @@ class StoreActor(EngineActor):
 
     def _release(self, task_id: str, claimed: list[bool]) -> None:
         if any(claimed):  # nothing stored: the name is free again
-            release_workspace(self._config.workspace(task_id))
+            casefold.release_workspace(self._config.workspace(task_id))
 
     def _created(self, created: _Created) -> None:
         """Its flush is done: acknowledge the task (or the one that had its id)."""
@@ -208,7 +207,7 @@ class StoreActor(EngineActor):
         except WRITE_ERRORS as exc:
             self._failed(exc)
             raise DiskFull(f"the task could not be deleted: {exc}") from None
-        release_workspace(self._config.workspace(task_id))
+        casefold.release_workspace(self._config.workspace(task_id))
         if not self._flush():
             raise DiskFull("the deletion could not be flushed to disk")
         self._on_delete((task_id,))
@@ -405,7 +404,7 @@ class StoreActor(EngineActor):
                 break  # the records stay, swept (their files with them) at the next round
             gone = self._guarded(lambda: self._db.delete_expired(now, SWEEP_BATCH)) or []
             for task_id in gone:  # their directories last, as a delete does
-                release_workspace(self._config.workspace(task_id))
+                casefold.release_workspace(self._config.workspace(task_id))
             if gone:
                 self._on_delete(tuple(gone))
             total += len(gone)
