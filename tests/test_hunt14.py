@@ -214,3 +214,45 @@ def test_a_record_left_by_a_crash_in_a_delete_keeps_its_workspace_name(start_ser
     assert refused.status == 409 and "task Lib-1" in refused.json["message"], refused.body
     assert client.request("DELETE", "/Lib-1").status == 200
     assert [path.name for path in case_folding_dir.iterdir()] == []
+
+
+def _outcome(future: Future) -> str:
+    error = future.exception(30)  # the answer the caller hears
+    return "done" if error is None else type(error).__name__
+
+
+@pytest.mark.parametrize(("first", "second", "outcomes"), [
+    ("delete", "delete", ["done", "NotFound"]),
+    ("sweep", "delete", ["done", "NotFound"]),
+    ("delete", "sweep", ["done", "done"]),  # the sweep finds "one" gone
+    ("repost", "repost-other", ["done", "TaskConflict"]),
+    ("repost", "sweep", ["done", "done"]),  # the new task is not expired: not swept
+])
+def test_removals_and_reposts_queued_together_each_get_an_answer(make_executor, first, second, outcomes):
+    """Two removals, or two re-posts, of one id queued in the store's mailbox together (held by a
+    listener until both wait): each caller hears an answer, the store goes on, and nothing is
+    left without its record or removed under a task. (Held.)"""
+    clock = FakeClock()
+    ex = make_executor(key_expire="1h", clock=clock, sweep_interval=3600)
+    ex.submit([sh("echo old > made-by-old")], task_id="one")
+    assert ex.wait("one", 30).task.state == State.STOPPED
+    calls = {"delete": partial(ex.delete, "one"), "sweep": ex.sweep,
+             "repost": partial(ex.submit, [sh("ls")], task_id="one"),
+             "repost-other": partial(ex.submit, [sh("pwd")], task_id="one")}
+    gate = StoreGate(ex)
+    with ThreadPoolExecutor(4) as pool:
+        tripped = gate.hold(pool)
+        queued = [gate.queue_behind(pool, calls[first]), gate.queue_behind(pool, calls[second])]
+        if "sweep" in (first, second) or "repost" in first:
+            clock.now += 3601  # expired when the store handles them (a delete got past its check)
+        gate.release()
+        tripped.result(30)
+        assert [_outcome(future) for future in queued] == outcomes
+    workspaces = {path.name for path in ex.config.workspace_root.iterdir()}
+    tasks = {task.id for task in ex._db.list_tasks()}
+    assert workspaces <= tasks, (workspaces, tasks)  # no workspace left without its record
+    if "repost" in first:
+        assert ex.wait("one", 30).steps[0].output.strip() == ""  # the new task, among no old file
+    else:
+        assert "one" not in tasks
+    assert ex.wait(ex.submit([sh("echo alive")]), 30).task.state == State.STOPPED  # the store goes on
