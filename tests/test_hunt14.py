@@ -256,3 +256,38 @@ def test_removals_and_reposts_queued_together_each_get_an_answer(make_executor, 
     else:
         assert "one" not in tasks
     assert ex.wait(ex.submit([sh("echo alive")]), 30).task.state == State.STOPPED  # the store goes on
+
+
+@pytest.mark.parametrize("removal", ["delete", "sweep", "repost"])
+@pytest.mark.parametrize("target", ["outside", "another task"])
+def test_a_workspace_a_step_replaced_with_a_link_is_removed_not_what_it_points_to(make_executor, tmp_path, removal, target):
+    """A step that put a symbolic link in its workspace's place: config.workspace() refuses a link
+    that leads out of the root (ValueError), and every DELETE of the task failed, every sweep
+    stopped at it for good (no later expired task swept), its id could not be posted again. One
+    that leads to another task's workspace was followed by the emptying of an expired one
+    replaced (and of a deleted or swept one, whose directory now goes after its record): the
+    other task's files were deleted. The link itself is removed, never followed."""
+    clock = FakeClock()
+    ex = make_executor(key_expire="1h", clock=clock, sweep_interval=3600)
+    if target == "outside":
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+    else:
+        ex.submit([sh("sleep 30")], task_id="other")  # running while "linked" is removed
+        elsewhere = ex.config.workspace("other")
+        assert wait_until(elsewhere.exists)
+    (elsewhere / "precious").write_text("not the task's\n")
+    ex.submit([sh(f'here=$(pwd) && cd / && rm -rf "$here" && ln -s {elsewhere} "$here"')], task_id="linked")
+    assert ex.wait("linked", 30).task.state == State.STOPPED
+    assert ex.config.workspace_root.joinpath("linked").is_symlink()
+    if removal == "delete":
+        ex.delete("linked")
+    else:
+        clock.now += 3601
+        if removal == "sweep":
+            assert ex.sweep() == 1
+        else:
+            ex.submit([sh("true")], task_id="linked")
+            assert ex.wait("linked", 30).task.state == State.STOPPED
+    assert (elsewhere / "precious").read_text() == "not the task's\n"
+    assert not ex.config.workspace_root.joinpath("linked").is_symlink()
