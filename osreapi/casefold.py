@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 from .errors import CaseConflict, DiskFull
@@ -27,32 +26,33 @@ def folds_case(root: Path) -> bool:
         probe.rmdir()
 
 
-def claim_workspace(workspace: Path, task_id: str, stored: Callable[[str], bool]) -> bool:
-    """On a root that folds case, the task's workspace made at its submission, so that the name is
-    taken at once, atomically (two submissions racing: one mkdir wins), even while the task waits
-    in the queue. True if made here; False if it is this very id's (a task posted again: `stored`
-    says whether a task of that id exists); CaseConflict naming the task whose workspace it is."""
+def claim_workspace(workspace: Path, task_id: str) -> bool:
+    """On a root that folds case, the workspace of a task about to be stored, made by the store as
+    it writes the record (ordered with the deletes and sweeps that remove workspaces), so that the
+    name is taken at once, even while the task waits in the queue. True if made here; False if this
+    very id's is there already (left by a crash, removed at the next start; or the retry of a write);
+    CaseConflict naming the task whose workspace it is."""
     try:
         workspace.mkdir(mode=0o700)
         return True
     except FileExistsError:
-        if stored(task_id):
-            return False
+        pass
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the answer to give (507), as the store's
             raise DiskFull(f"the task's workspace could not be made: {exc.strerror}") from None
         raise
     folded = task_id.casefold()
-    with os.scandir(workspace.parent) as entries:  # only on a clash: the name as that task wrote it
+    with os.scandir(workspace.parent) as entries:  # the name as that task wrote it
         for entry in entries:
             if entry.name != task_id and entry.name.casefold() == folded:
                 raise CaseConflict(task_id, entry.name)
-    return False  # this id's, its record not yet written (a submission racing) or gone with it
+    return False
 
 
 def release_workspace(workspace: Path) -> None:
-    """Give back a workspace claimed for a submission that stored nothing (still empty: nothing ran)."""
+    """Give back a workspace's name: its directory, emptied (a task deleted, swept) or still empty
+    (claimed for a task that was not stored), removed."""
     try:
         workspace.rmdir()
-    except OSError:  # not empty after all (a late write of the record ran the task): it is in use
+    except OSError:  # written in meanwhile (a leftover process): removed with the orphans at the next start
         pass

@@ -183,13 +183,14 @@ class Executor(ControlCalls):
     def _start_engine(self) -> None:
         config, clock = self.config, self.clock
         config.workspace_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._folds_case = casefold.folds_case(config.workspace_root)
+        folds_case = casefold.folds_case(config.workspace_root)
         self._db = Database(config.data_dir / "db")
         self._scheduler = Scheduler(self.monotonic)  # deadlines and sweeps, on the engine's clock
         self._cleanup_timer = Scheduler()  # the janitor's rounds: real processes take real time
         self._disk_full = threading.Event()
         self._store = StoreActor.start(
-            self._db, config, clock, self._committed, self._deleted, self._scheduler.call_later, self._disk_full
+            self._db, config, clock, self._committed, self._deleted, self._scheduler.call_later, self._disk_full,
+            folds_case=folds_case,
         )
         self._services = Services(
             config=config,
@@ -239,14 +240,7 @@ class Executor(ControlCalls):
         mode = spec.choose_mode(specs, parallel)
         task = TaskRecord(id=task_id, mode=mode.value, count=len(specs), accepted=self.clock())
         records = tuple(StepRecord(index=i, name=s.name) for i, s in enumerate(specs))
-        claimed = self._folds_case and casefold.claim_workspace(
-            self.config.workspace(task_id), task_id, stored=lambda name: self._db.get_task(name) is not None)
-        try:
-            existing = self._answer(self._store, CreateTask(task, records, specs, Reply()))
-        except BaseException:
-            if claimed:  # nothing stored: the name is free again
-                casefold.release_workspace(self.config.workspace(task_id))
-            raise
+        existing = self._answer(self._store, CreateTask(task, records, specs, Reply()))
         if existing is not None:
             if existing.mode != task.mode or self._db.get_specs(task_id) != specs:
                 raise TaskConflict(task_id)

@@ -18,15 +18,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lmdb
 
+from .. import casefold
 from ..config import EngineConfig
-from ..errors import DiskFull, out_of_descriptors
+from ..errors import CaseConflict, DiskFull, out_of_descriptors
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
-from ..storage.removal import empty_tree, remove_tree
+from ..storage.removal import empty_tree
 from .base import EngineActor
 from .delivery import tell_if_alive
 from .messages import (
@@ -54,12 +56,19 @@ class WorkspaceLeft(OSError):
     503 for the server being short of descriptors, as every such OSError)."""
 
 
+class _Unclaimed(Exception):
+    """The workspace's name not taken for an error of its file system (no descriptor to list the
+    root with on a clash): no write of the store's failed; its cause is the caller's answer, as it
+    was when the submission took the name (503 for want of a descriptor)."""
+
+
 @dataclass(frozen=True)
 class _Created:
     """A create committed and waiting for its flush."""
 
     message: CreateTask
     existing: TaskRecord | None  # the task that already had its id (nothing was written)
+    claimed: bool  # its workspace was made for it (a root that folds case)
 
 
 class StoreActor(EngineActor):
@@ -76,6 +85,7 @@ class StoreActor(EngineActor):
         on_delete: Callable[[tuple[str, ...]], None],
         call_later: Callable[[float, Callable[[], None]], object],
         disk_full: threading.Event,
+        folds_case: bool = False,
     ) -> None:
         super().__init__()
         self._db = db
@@ -88,6 +98,7 @@ class StoreActor(EngineActor):
         self._retry_scheduled = False
         self._awaiting: list[SaveRecords | _Created] = []  # committed, acknowledged after the next flush
         self._disk_full = disk_full  # set while a write is refused; read by health checks
+        self._folds_case = folds_case  # the workspace root's: a create takes its workspace's name
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -127,23 +138,42 @@ class StoreActor(EngineActor):
         """Write the task now (readers see it); answer after the flush, which the creates and
         saves queued together share."""
         task = message.task
-        # An expired task of this id is replaced: its files go first, or it stays as it was. Its
-        # directory stays: on a root that folds case, it holds the name until the new task runs.
+        claimed: list[bool] = []  # whether its workspace was made here (the write may run twice)
         try:
             existing, _ = self._db.create_task(task, message.steps, message.specs, self._clock(),
-                                               before_replacing=partial(self._remove_workspace, keep_name=True))
-        except WorkspaceLeft as exc:
-            message.reply.fail(exc)
+                                               before_writing=partial(self._ready_workspace, task.id, claimed))
+        except (WorkspaceLeft, CaseConflict, DiskFull, _Unclaimed) as exc:  # answers: nothing was stored
+            self._release(task.id, claimed)
+            message.reply.fail(exc.__cause__ if isinstance(exc, _Unclaimed) else exc)
             return
         except WRITE_ERRORS as exc:
+            self._release(task.id, claimed)
             self._failed(exc)
             message.reply.fail(DiskFull(f"the task could not be stored: {exc}"))
             return
         except Exception as exc:  # a bug: the caller hears it, the store (the single writer) goes on
+            self._release(task.id, claimed)
             log.exception("store: creating task %s failed", task.id)
             message.reply.fail(exc)
             return
-        self._awaiting.append(_Created(message, existing))
+        self._awaiting.append(_Created(message, existing, any(claimed)))
+
+    def _ready_workspace(self, task_id: str, claimed: list[bool], old: TaskRecord | None) -> None:
+        """Before a task is written: an expired task of its id loses its files (or stays as it was,
+        WorkspaceLeft), its directory kept; on a root that folds case, the workspace's name is
+        taken here, in order with the deletes and sweeps that free names (CaseConflict if another
+        task has it)."""
+        if old is not None:  # its directory holds the name until the new task runs
+            self._remove_files(task_id)
+        elif self._folds_case:
+            try:
+                claimed.append(casefold.claim_workspace(self._config.workspace(task_id), task_id))
+            except OSError as exc:
+                raise _Unclaimed() from exc
+
+    def _release(self, task_id: str, claimed: list[bool]) -> None:
+        if any(claimed):  # nothing stored: the name is free again
+            casefold.release_workspace(self._workspace_entry(task_id))
 
     def _created(self, created: _Created) -> None:
         """Its flush is done: acknowledge the task (or the one that had its id)."""
@@ -158,22 +188,27 @@ class StoreActor(EngineActor):
         """Its flush failed: a task never acknowledged is not kept either."""
         if created.existing is None:
             self._guarded(lambda: self._db.delete_task(created.message.task))
+            self._release(created.message.task.id, [created.claimed])
         created.message.reply.fail(DiskFull("the task could not be flushed to disk"))
 
     def _delete(self, task_id: str) -> TaskRecord | None:
-        """Remove a finished task's workspace, then its records; answer the task as it was. The
-        files go first: on a disk full of the steps' own logs, the record's deletion (a write)
-        finds room only once they are gone. A crash between leaves a record whose log files are
-        gone (its output is in the record), deleted again by the next try."""
+        """Remove a finished task's files, then its records, then its workspace's directory;
+        answer the task as it was. The files go first: on a disk full of the steps' own logs, the
+        record's deletion (a write) finds room only once they are gone. The directory goes last:
+        a record never lacks it, so on a root that folds case no other id takes the name while
+        the record is there (a crash between leaves a record whose log files are gone, its output
+        is in the record, deleted again by the next try; or an empty directory without a record,
+        removed at the next start)."""
         task = self._db.get_task(task_id)
         if task is None or not task.state.finished:
             return task
-        self._remove_workspace(task_id)
+        self._remove_files(task_id)
         try:
             self._db.delete_task(task)
         except WRITE_ERRORS as exc:
             self._failed(exc)
             raise DiskFull(f"the task could not be deleted: {exc}") from None
+        casefold.release_workspace(self._workspace_entry(task_id))
         if not self._flush():
             raise DiskFull("the deletion could not be flushed to disk")
         self._on_delete((task_id,))
@@ -334,14 +369,14 @@ class StoreActor(EngineActor):
             ref = self.actor_ref
             self._call_later(RETRY_AFTER, lambda: tell_if_alive(ref, RetryUnsaved()))
 
-    def _remove_workspace(self, task_id: str, keep_name: bool = False) -> None:
-        if not self._workspace_removed(task_id, keep_name):
+    def _remove_files(self, task_id: str) -> None:
+        if not self._files_removed(task_id):
             raise WorkspaceLeft(errno.EMFILE, f"the workspace of task {task_id} could not be removed whole")
 
-    def _workspace_removed(self, task_id: str, keep_name: bool = False) -> bool:
-        """Remove a task's workspace (its files alone if keep_name); False if some of it is left for
-        want of a descriptor (rmtree opens each directory): the caller keeps the record, or the
-        files would never be removed.
+    def _files_removed(self, task_id: str) -> bool:
+        """Remove what a task's workspace holds, its directory kept (it goes once the record is
+        gone); False if some of it is left for want of a descriptor (rmtree opens each
+        directory): the caller keeps the record, or the files would never be removed.
         Other failures (a file made immutable) are logged and let go, as before."""
         short: list[OSError] = []
 
@@ -351,8 +386,13 @@ class StoreActor(EngineActor):
             elif not isinstance(exc, FileNotFoundError):
                 log.warning("workspace of task %s: %s not removed: %s", task_id, path, exc)
 
-        (empty_tree if keep_name else remove_tree)(self._config.workspace(task_id), failed)
+        empty_tree(self._workspace_entry(task_id), failed)
         return not short
+
+    def _workspace_entry(self, task_id: str) -> Path:
+        """The workspace's name in the root, not resolved: what removal works on (a link a step put
+        in its place is removed, never followed; config.workspace refuses one that leads out)."""
+        return self._config.workspace_root / task_id
 
     def _guarded(self, write: Callable[[], Any]) -> Any:
         try:
@@ -366,9 +406,11 @@ class StoreActor(EngineActor):
         while True:
             now = self._clock()
             expired = self._db.expired(now, SWEEP_BATCH)
-            if not all(self._workspace_removed(task_id) for task_id in expired):  # files first, as a delete does
+            if not all(self._files_removed(task_id) for task_id in expired):  # files first, as a delete does
                 break  # the records stay, swept (their files with them) at the next round
             gone = self._guarded(lambda: self._db.delete_expired(now, SWEEP_BATCH)) or []
+            for task_id in gone:  # their directories last, as a delete does
+                casefold.release_workspace(self._workspace_entry(task_id))
             if gone:
                 self._on_delete(tuple(gone))
             total += len(gone)

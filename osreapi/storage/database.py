@@ -148,11 +148,12 @@ class Database:
 
     def create_task(
         self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...], now: float,
-        before_replacing: Callable[[str], None] = lambda task_id: None,
+        before_writing: Callable[[TaskRecord | None], None] = lambda old: None,
     ) -> tuple[TaskRecord | None, bool]:
         """Store a new task. If the id exists and has not expired, store nothing and return the
-        existing task; an expired one is replaced, once `before_replacing(id)` has removed its old
-        workspace (what it raises leaves the expired task as it was).
+        existing task; otherwise `before_writing(the expired task or None)` readies the workspace
+        (removes the old one's files, takes the name) and the task is written, an expired one
+        replaced (what it raises stores nothing and leaves the expired task as it was).
         Returns (existing task or None, whether an expired task was replaced)."""
 
         def work(txn: lmdb.Transaction) -> tuple[TaskRecord | None, TaskRecord | None]:
@@ -160,8 +161,8 @@ class Database:
             old = TaskRecord.from_json(json.loads(raw)) if raw is not None else None
             if old is not None and (old.expires is None or old.expires > now):
                 return old, None
+            before_writing(old)
             if old is not None:
-                before_replacing(old.id)
                 txn.delete(_expiry_key(old.expires, old.id), db=self._expiry)
                 self._delete_task(txn, old.id)
             txn.put(_task_key(task.id), _dumps(task.to_json()), db=self._tasks)

@@ -113,7 +113,15 @@ def _empty_or_first_full(fd: int) -> str | None:
 
 
 def empty_tree(path: Path, failed: Failed) -> None:
-    """Remove what path holds, path itself kept (a workspace's name stays taken)."""
+    """Remove what path holds, path itself kept (a workspace's name stays taken). A symbolic link
+    in path's place (a step's doing) is removed itself, never followed: what it points to (another
+    task's workspace, a directory outside) is not the task's."""
+    if path.is_symlink():
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            failed(str(path), exc)
+        return
     with suppress(OSError):  # a workspace's mode (a step may have taken its write permission)
         os.chmod(path, stat.S_IRWXU)
     try:
