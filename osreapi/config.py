@@ -44,6 +44,15 @@ class EngineConfig:
     def _resolved_workspace_root(self) -> Path:
         return self.workspace_root.resolve()
 
+    def workspace_entry(self, task_id: str) -> Path:
+        """The workspace's name in the root, not resolved: what removal works on (a link a step put
+        in its place is removed, never followed) and what a running step's log is read through (a
+        read goes where the step's own link leads, as the step's own output could); `workspace`
+        refuses a link that leads out, for what the engine writes there."""
+        if not TASK_ID_PATTERN.fullmatch(task_id):
+            raise ValueError(f"task id {task_id!r} cannot name a workspace")
+        return self.workspace_root / task_id
+
     def workspace(self, task_id: str) -> Path:
         if not TASK_ID_PATTERN.fullmatch(task_id):
             raise ValueError(f"task id {task_id!r} cannot name a workspace")

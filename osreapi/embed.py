@@ -285,7 +285,7 @@ class Executor(ControlCalls):
     def _with_output(self, task_id: str, step: StepRecord) -> StepRecord:
         if step.state is not State.RUNNING:
             return step
-        log_file = process.log_path(self.config.workspace(task_id), step.index)
+        log_file = process.log_path(self.config.workspace_entry(task_id), step.index)
         return replace(step, output=read_output(log_file, self.config.max_output))
 
     def task(self, task_id: str) -> TaskRecord | None:
@@ -299,7 +299,7 @@ class Executor(ControlCalls):
 
     def log_path(self, task_id: str, index: int) -> Path:
         """Where a step's full output is written while it runs (kept until the record expires)."""
-        return process.log_path(self.config.workspace(task_id), index)
+        return process.log_path(self.config.workspace_entry(task_id), index)
 
     def control(self, task_id: str, action: str, step: str | int | None = None) -> None:
         """kill / pause / resume a task, or one step (by index or name); returns once the processes

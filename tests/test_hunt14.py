@@ -291,3 +291,21 @@ def test_a_workspace_a_step_replaced_with_a_link_is_removed_not_what_it_points_t
             assert ex.wait("linked", 30).task.state == State.STOPPED
     assert (elsewhere / "precious").read_text() == "not the task's\n"
     assert not ex.config.workspace_root.joinpath("linked").is_symlink()
+
+
+def test_a_running_task_whose_step_replaced_its_workspace_with_a_link_out_is_still_read(client, tmp_path):
+    """The reads of a running step's output went through the check that refuses a workspace leading
+    out of the data dir (for what the engine writes there): GET /<id>, the step and its log all
+    answered 500 while the task ran. A read goes where the step's own link leads, as the step's
+    own output could: here nowhere, so the output so far is empty; the kill still works."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    task_id = client.submit([sh(f'cd .. && mv "$OSREAPI_TASK_ID" "gone-$$" && ln -s {elsewhere} "$OSREAPI_TASK_ID" '
+                                "&& exec sleep 30")])
+    linked = client.executor.config.workspace_root / task_id
+    assert wait_until(linked.is_symlink, timeout=10)
+    for path in (f"/{task_id}", f"/{task_id}/0", f"/{task_id}/0/log"):
+        answer = client.get(path)
+        assert answer.status == 200, (path, answer.body)
+    assert client.get(f"/{task_id}").json["data"][0]["message"] == ""  # its output so far: none here
+    assert client.request("PUT", f"/{task_id}?action=kill").status == 200

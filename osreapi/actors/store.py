@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lmdb
@@ -173,7 +172,7 @@ class StoreActor(EngineActor):
 
     def _release(self, task_id: str, claimed: list[bool]) -> None:
         if any(claimed):  # nothing stored: the name is free again
-            casefold.release_workspace(self._workspace_entry(task_id))
+            casefold.release_workspace(self._config.workspace_entry(task_id))
 
     def _created(self, created: _Created) -> None:
         """Its flush is done: acknowledge the task (or the one that had its id)."""
@@ -208,7 +207,7 @@ class StoreActor(EngineActor):
         except WRITE_ERRORS as exc:
             self._failed(exc)
             raise DiskFull(f"the task could not be deleted: {exc}") from None
-        casefold.release_workspace(self._workspace_entry(task_id))
+        casefold.release_workspace(self._config.workspace_entry(task_id))
         if not self._flush():
             raise DiskFull("the deletion could not be flushed to disk")
         self._on_delete((task_id,))
@@ -386,13 +385,8 @@ class StoreActor(EngineActor):
             elif not isinstance(exc, FileNotFoundError):
                 log.warning("workspace of task %s: %s not removed: %s", task_id, path, exc)
 
-        empty_tree(self._workspace_entry(task_id), failed)
+        empty_tree(self._config.workspace_entry(task_id), failed)
         return not short
-
-    def _workspace_entry(self, task_id: str) -> Path:
-        """The workspace's name in the root, not resolved: what removal works on (a link a step put
-        in its place is removed, never followed; config.workspace refuses one that leads out)."""
-        return self._config.workspace_root / task_id
 
     def _guarded(self, write: Callable[[], Any]) -> Any:
         try:
@@ -410,7 +404,7 @@ class StoreActor(EngineActor):
                 break  # the records stay, swept (their files with them) at the next round
             gone = self._guarded(lambda: self._db.delete_expired(now, SWEEP_BATCH)) or []
             for task_id in gone:  # their directories last, as a delete does
-                casefold.release_workspace(self._workspace_entry(task_id))
+                casefold.release_workspace(self._config.workspace_entry(task_id))
             if gone:
                 self._on_delete(tuple(gone))
             total += len(gone)
