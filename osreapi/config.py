@@ -54,9 +54,7 @@ class EngineConfig:
         return self.workspace_root / task_id
 
     def workspace(self, task_id: str) -> Path:
-        if not TASK_ID_PATTERN.fullmatch(task_id):
-            raise ValueError(f"task id {task_id!r} cannot name a workspace")
-        path = self._resolved_workspace_root / task_id
+        path = self._resolved_workspace_root / self.workspace_entry(task_id).name
         # A valid id has no separator: a symlink planted in the workspace root is the one way out
         # of the data dir (checked with one lstat, not a full resolve per call).
         if path.is_symlink() and path.resolve().parent != self._resolved_workspace_root:

@@ -141,21 +141,23 @@ class StoreActor(EngineActor):
         try:
             existing, _ = self._db.create_task(task, message.steps, message.specs, self._clock(),
                                                before_writing=partial(self._ready_workspace, task.id, claimed))
-        except (WorkspaceLeft, CaseConflict, DiskFull, _Unclaimed) as exc:  # answers: nothing was stored
+        except Exception as exc:  # nothing was stored: the name is free again, the caller hears why
             self._release(task.id, claimed)
-            message.reply.fail(exc.__cause__ if isinstance(exc, _Unclaimed) else exc)
-            return
-        except WRITE_ERRORS as exc:
-            self._release(task.id, claimed)
-            self._failed(exc)
-            message.reply.fail(DiskFull(f"the task could not be stored: {exc}"))
-            return
-        except Exception as exc:  # a bug: the caller hears it, the store (the single writer) goes on
-            self._release(task.id, claimed)
-            log.exception("store: creating task %s failed", task.id)
-            message.reply.fail(exc)
+            message.reply.fail(self._not_stored(task.id, exc))
             return
         self._awaiting.append(_Created(message, existing, any(claimed)))
+
+    def _not_stored(self, task_id: str, exc: Exception) -> Exception:
+        """What a caller hears of a create that failed."""
+        if isinstance(exc, (WorkspaceLeft, CaseConflict, DiskFull)):  # answers as they are
+            return exc
+        if isinstance(exc, _Unclaimed):
+            return exc.__cause__
+        if isinstance(exc, WRITE_ERRORS):
+            self._failed(exc)
+            return DiskFull(f"the task could not be stored: {exc}")
+        log.exception("store: creating task %s failed", task_id)  # a bug: the store (the single writer) goes on
+        return exc
 
     def _ready_workspace(self, task_id: str, claimed: list[bool], old: TaskRecord | None) -> None:
         """Before a task is written: an expired task of its id loses its files (or stays as it was,
