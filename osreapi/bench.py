@@ -85,7 +85,6 @@ class Http:
 
 class Server:
     def __init__(self, pool_size: int, parent: Path) -> None:
-        parent.mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix="osreapi-bench-", dir=parent))
         script = shutil.which("osreapi", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
         if not script:
@@ -328,11 +327,13 @@ class Run:
 
 def run(args: argparse.Namespace) -> Report:
     report = Report()
+    parent = Path(args.data_parent)
+    parent.mkdir(parents=True, exist_ok=True)  # for every temporary data dir below (~/.cache may not exist yet)
     measure_limits(report, args.quick)
-    measure_flush(report, Path(args.data_parent), args.quick)
-    server = None if args.url else Server(args.pool_size, Path(args.data_parent))
+    measure_flush(report, parent, args.quick)
+    server = None if args.url else Server(args.pool_size, parent)
     url = args.url or server.url
-    bench = Run(report, url, Http(url), server, args.quick, Path(args.data_parent))
+    bench = Run(report, url, Http(url), server, args.quick, parent)
     try:
         if server:
             time.sleep(0.5)  # let start-up settle before reading its memory

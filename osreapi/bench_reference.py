@@ -76,7 +76,6 @@ def lean_loop_rate(parent: Path, tasks: int, concurrent: int = 8, limit: float =
     """3-step tasks per second of the lean loop; None where pidfd is missing (not Linux)."""
     if not hasattr(os, "pidfd_open"):
         return None
-    parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="osreapi-lean-", dir=parent))
     loop = _LeanLoop(root, tasks)
     try:
