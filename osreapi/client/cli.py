@@ -74,7 +74,7 @@ def main(command: str, argv: Sequence[str], prog: str = "osreapi") -> int:
     except ServerError as exc:
         tell_error(out, exc, exc.message)
         return EXIT_FAILED
-    except OsreapiError as exc:  # refused before any request (an empty id names no task)
+    except OsreapiError as exc:  # any other refusal made here, before a request (an empty ID: the parser, _named)
         tell_error(out, exc, str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -320,9 +320,9 @@ class Client(ControlCalls):
                     yield "", None
                     return
                 if event.event == "message" and event.id:
-                    if not ASCII_DIGITS.fullmatch(event.id) or not 0 <= int(event.id) - offset <= self.max_answer:
+                    after = _log_offset(event.id, offset + self.max_answer)
+                    if not 0 <= after - offset <= self.max_answer:
                         raise self._failure("client_not_log", id=repr(event.id[:40]), offset=offset)
-                    after = int(event.id)
                     text = event.data
                     if len(text.encode("utf-8")) != after - offset:
                         text = self._log_bytes(path, offset, after)
@@ -451,6 +451,10 @@ def _checked_url(url: str) -> str:
     return url
 
 
+def _log_offset(text: str, limit: int) -> int:
+    """An event id read as a byte offset; -1 unless ASCII digits no longer than `limit`'s (int()
+    refuses over 4,300 digits: a ValueError out of logs())."""
+    return int(text) if ASCII_DIGITS.fullmatch(text) and len(text) <= len(str(limit)) else -1
 
 
 def _check_submitted(data: dict[str, Any]) -> None:

@@ -8,8 +8,11 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from ..plaintext import ASCII_DIGITS
+
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _BOM = b"\xef\xbb\xbf"
+_RETRY_DIGITS = 15  # ms, ample; int() refuses over 4,300 digits (a ValueError out of Client.logs)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,6 @@ def events(chunks: Iterable[bytes], limit: int) -> Iterator[Event]:
             kind = value
         elif field == "id" and "\0" not in value:
             last_id = value
-        elif field == "retry" and value.isascii() and value.isdigit():
+        elif field == "retry" and ASCII_DIGITS.fullmatch(value) and len(value) <= _RETRY_DIGITS:
             retry = int(value)
         # an empty field name is a comment (a server's keep-alive); other fields are ignored
