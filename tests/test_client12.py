@@ -212,3 +212,23 @@ def test_a_line_or_an_event_over_the_bound_is_refused_before_it_ends():
     with pytest.raises(EventTooLong):
         parsed(b"data: x\n" * 200, limit=1000)
     assert parsed(b"data: " + b"x" * 990 + b"\n\n", limit=1000)[0].data == "x" * 990
+
+
+def test_a_retry_field_of_thousands_of_digits_is_ignored_not_raised():
+    """The parser's own digit check let `retry: 999…` (5,000 digits) reach int(), which refuses over
+    4,300 digits: the ValueError came out of Client.logs as a traceback."""
+    stream = [b"retry: " + b"9" * 5000 + b"\ndata: x\n\n"]
+    assert [event.data for event in events(stream, limit=1 << 20)] == ["x"]
+
+
+def test_a_log_event_id_of_thousands_of_digits_is_the_clients_error_not_a_traceback(hostile):
+    """A server's event id went through int() unchecked for length: 5,000 digits raised ValueError
+    out of Client.logs; it is the one-line error for an answer that is no osreapi log."""
+    def sse(conn: socket.socket, head: bytes) -> None:
+        body = b"id: " + b"7" * 5000 + b"\ndata: x\n\n"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(body)
+                     + body)
+
+    server = hostile(sse)
+    with Client(server.url, timeout=5) as client, pytest.raises(ConnectionFailed):
+        list(client.logs("t", 0))
