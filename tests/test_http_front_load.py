@@ -640,8 +640,18 @@ class _LogFollower:
 
     def __init__(self, client: Client) -> None:
         self.sock = socket.create_connection((client.host, client.port), timeout=10)
+        self._answered(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # accepted by the server, not left in its backlog
         self.sock.setblocking(False)
         self.received = bytearray()
+
+    def _answered(self, request: bytes) -> None:
+        """Send request and read its whole answer (a Content-Length one) on the kept connection."""
+        self.sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _length(data):
+            chunk = self.sock.recv(65536)
+            assert chunk, data  # the server closed the connection
+            data += chunk
 
     def follow(self, task_id: str) -> None:
         self.sock.sendall(f"GET /{task_id}/0/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -654,6 +664,12 @@ class _LogFollower:
 
     def got_whole(self, log: bytes) -> bool:
         return self.received.startswith(b"HTTP/1.1 200 ") and b"\r\n%x\r\n%s\r\n" % (len(log), log) in self.received
+
+
+def _length(data: bytes) -> int:
+    """The Content-Length of an answer whose head is in data (0 until it is)."""
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    return int(head.split(b"content-length:")[1].split(b"\r\n")[0]) if b"content-length:" in head else 0
 
 
 @pytest.mark.timeout(60)
