@@ -92,7 +92,7 @@ class EventBus:
             wakers = tuple(self._wakers)
         self._watchers.notify(task_id)
         for wake in wakers:
-            wake()
+            wake(task_id)
 
     def forget(self, task_ids: tuple[str, ...]) -> None:
         """The store's hook after tasks were deleted or swept: one `delete` event each."""
@@ -106,7 +106,7 @@ class EventBus:
         for task_id in task_ids:
             self._watchers.notify(task_id)
         for wake in wakers:
-            wake()
+            wake(task_ids[0] if len(task_ids) == 1 else None)
 
     def _remember(self, task: TaskRecord) -> None:
         self._tasks[task.id] = task
@@ -160,8 +160,9 @@ class EventBus:
                     return True
             return news.wait(timeout)
 
-    def add_waker(self, wake: Callable[[], None]) -> None:
-        """`wake()` is called (from the store's thread: it must be quick) after every publish."""
+    def add_waker(self, wake: Callable[[str | None], None]) -> None:
+        """`wake(task_id)` is called (from the store's thread: it must be quick) after every
+        publish; `wake(None)` after deletions of several tasks."""
         with self._lock:
             self._wakers.add(wake)
 

@@ -52,8 +52,11 @@ class LogSource:
         step: Callable[[], StepRecord | None],
         end_record: Callable[[], dict | None],
         max_output: int,
+        watches: str | None = None,
     ) -> None:
+        """watches: the task the step is of; the stream hub reads this source at its changes."""
         self._path = path
+        self.watches = watches
         self._offset = offset
         self._sse = sse
         self._follow = follow

@@ -357,7 +357,7 @@ class LogRoute:
         source = LogSource(executor.log_path(task_id, index), offset, sse=sse, follow=follow,
                            step=lambda: self._step_states(task_id, index),
                            end_record=lambda: self._end_record(task_id, index, language),
-                           max_output=executor.config.max_output)
+                           max_output=executor.config.max_output, watches=task_id)
         size = source.size()
         if offset > size:
             return json_response(CODE_RANGE, message("offset_past_end", language, offset=offset, size=size))

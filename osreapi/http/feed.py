@@ -71,6 +71,7 @@ class FeedSource:
         self._frames = frames
         self._cursor = bus.last if after is None else after  # no Last-Event-ID: only what comes next
         self._task_id = task_id
+        self.watches = task_id  # the hub reads it at this task's changes (None: every task's)
         self._lang = lang
         self._opened = False
 

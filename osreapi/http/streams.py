@@ -21,6 +21,7 @@ import selectors
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -59,7 +60,13 @@ class StreamSource(Protocol):
 
         A source may also have `final() -> bytes`: its last bytes when the server stops first; and
         `cut_short() -> bool`: True when a stop now leaves its body unfinished (a followed step
-        still writing), which then ends without the last chunk, so that the client can tell."""
+        still writing), which then ends without the last chunk, so that the client can tell; and
+        `watches: str | None`: the one task whose committed changes it waits for (None, or no
+        such attribute: every task's), so that other tasks' changes do not wake the hub for it."""
+
+
+def watched_task(source: StreamSource) -> str | None:
+    return getattr(source, "watches", None)
 
 
 class RequestSlot:
@@ -85,6 +92,7 @@ class _SlotHeld:
         self._slot = slot
         self.read = source.read
         self.heartbeat = source.heartbeat
+        self.watches = watched_task(source)
         if hasattr(source, "final"):
             self.final = source.final
 
@@ -138,6 +146,7 @@ class _Stream:
     ending: bool = False
     more: bool = False  # the last pull stopped at the high-water mark, not at the source's end
     events: int = field(default=selectors.EVENT_READ)
+    watches: str | None = None  # the source's task (None: every task's): see wake()
 
 
 class StreamHub:
@@ -152,6 +161,8 @@ class StreamHub:
         self._lock = threading.Lock()
         self._incoming: list[_Stream] = []
         self._streams: dict[int, _Stream] = {}
+        self._watched: Counter[str | None] = Counter()  # the streams' watched tasks (None: all)
+        self._woken: set[str | None] = set()  # tasks with news since the hub thread last looked
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()  # a pipe would not select() on Windows
         self._wake_r.setblocking(False)
@@ -198,12 +209,17 @@ class StreamHub:
         text = envelope(503, _overloaded(environ, self._lang))
         return bottle.HTTPResponse(text, status=503, headers={"Content-Type": JSON_TYPE, "Retry-After": "1"})
 
-    def wake(self) -> None:
-        """A source has new data: tick now rather than at the next tick. Every committed write
-        calls this: nothing is sent while the hub serves no stream."""
+    def wake(self, task_id: str | None = None) -> None:
+        """A source has new data (about task_id; None: any task): tick now rather than at the next
+        tick. Every committed write calls this: nothing is sent unless a stream waits for news of
+        that task, and the hub thread then reads only the streams that wait for it. Waking for
+        every write, to read every stream, cost a thread switch per write while any stream was
+        served (a client waiting for one long task made each step of every task wake the hub)."""
         with self._lock:
-            if self._streams or self._incoming:
-                self._send_wake()
+            if self._incoming or (self._streams and (task_id is None or self._watched[None] or self._watched[task_id])):
+                if not self._woken:  # else a wake is on its way already
+                    self._send_wake()
+                self._woken.add(task_id)
 
     def _send_wake(self) -> None:
         """With the lock held."""
@@ -252,18 +268,20 @@ class StreamHub:
         request.close_connection = True
         request.conn.linger = True
         now = time.monotonic()
-        stream = _Stream(sock, source, chunked, bytearray(head), now, stall_limit, Uptake(now), give_back)
+        stream = _Stream(sock, source, chunked, bytearray(head), now, stall_limit, Uptake(now), give_back,
+                         watches=watched_task(source))
         with self._lock:
             stopping = self._stopping.is_set()
             if not stopping:
                 self._incoming.append(stream)
+                self._watched[stream.watches] += 1
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="osreapi-streams", daemon=True)
                     self._thread.start()
         if stopping:  # the server stops: the stream ends before it starts, with its last word
             self._finish_on_stop(stream)
             return
-        self.wake()
+        self.wake(None)
 
     # -- the hub thread -------------------------------------------------------------------
 
@@ -271,13 +289,14 @@ class StreamHub:
         next_tick = 0.0
         try:
             while not self._stopping.is_set():
-                woken = False
+                woken: set[str | None] = set()
                 # No stream, no tick: an idle server's hub sleeps until a stream (or stop) wakes it.
                 for key, mask in self._selector.select(timeout=self._tick if self._streams else None):
                     if key.data is None:
-                        woken = True
                         with suppress(OSError):
                             self._wake_r.recv(4096)
+                        with self._lock:
+                            woken, self._woken = self._woken, set()
                     else:
                         self._on_event(key.data, mask)
                 for stream in self._take_incoming():
@@ -285,10 +304,14 @@ class StreamHub:
                     self._selector.register(stream.sock, stream.events, stream)
                     self._flush(stream)
                 now = time.monotonic()
-                if woken or now >= next_tick:
+                if now >= next_tick or None in woken:
                     next_tick = now + self._tick
                     for stream in list(self._streams.values()):
                         self._pull(stream, now)
+                elif woken:  # news of some tasks: only the streams that wait for them are read
+                    for stream in list(self._streams.values()):
+                        if stream.watches is None or stream.watches in woken:
+                            self._pull(stream, now)
         finally:
             for stream in list(self._streams.values()):
                 self._finish_on_stop(stream)
@@ -405,7 +428,13 @@ class StreamHub:
         self._close_source(stream)
 
     def _forget(self, stream: _Stream) -> None:
-        if self._streams.pop(id(stream), None) is not None and self._selector is not None:
+        if self._streams.pop(id(stream), None) is None:
+            return
+        with self._lock:
+            self._watched[stream.watches] -= 1
+            if not self._watched[stream.watches]:
+                del self._watched[stream.watches]
+        if self._selector is not None:
             with suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(stream.sock)
 

@@ -44,6 +44,7 @@ class TaskWait:
                  load: Callable[[str], TaskRecord | None], answer: Callable[[], bytes]) -> None:
         self._bus = bus
         self._task_id = task_id
+        self.watches = task_id  # the hub reads it at this task's changes only
         self._after = after  # bus position noted before the task was read
         self._deadline = deadline  # time.monotonic()
         self._load = load  # the task's record, when the bus cannot say
