@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .vocabulary import STEP_CODE_UNFINISHED, State
@@ -38,7 +38,7 @@ class StepRecord:
         return cls(**{**data, "state": State(data["state"])})
 
     def with_(self, **changes: Any) -> StepRecord:
-        return replace(self, **changes)
+        return _replaced(self, changes)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,22 @@ class TaskRecord:
         return cls(**{**data, "state": State(data["state"])})
 
     def with_(self, **changes: Any) -> TaskRecord:
-        return replace(self, **changes)
+        return _replaced(self, changes)
+
+
+def _replaced(record: Any, changes: dict[str, Any]) -> Any:
+    """dataclasses.replace for these records (a few times per step): their fields are plain values
+    kept in __dict__, with no __post_init__, so a copy of it is the new record (replace() built
+    it through __init__ at several times the cost). An unknown field is refused as replace() does."""
+    unknown = changes.keys() - _FIELDS[type(record)]
+    if unknown:
+        raise TypeError(f"{type(record).__name__} has no field {sorted(unknown)[0]!r}")
+    new = object.__new__(type(record))
+    new.__dict__.update(vars(record), **changes)
+    return new
+
+
+_FIELDS = {kind: frozenset(field.name for field in fields(kind)) for kind in (StepRecord, TaskRecord)}
 
 
 def lowest_failure(steps: list[StepRecord] | tuple[StepRecord, ...]) -> int | None:

@@ -145,3 +145,20 @@ def test_the_scheduler_does_not_wake_for_cancelled_timers():
         assert reads.count("osreapi-scheduler") < 10, reads.count("osreapi-scheduler")
     finally:
         scheduler.stop()
+
+
+def test_record_with_copies_changes_and_refuses_an_unknown_field():
+    from dataclasses import FrozenInstanceError
+
+    from osreapi.records import StepRecord, TaskRecord
+
+    step = StepRecord(index=2, name="b")
+    changed = step.with_(state=State.RUNNING, begin=1.5)
+    assert changed == StepRecord(index=2, name="b", state=State.RUNNING, begin=1.5) and step.begin is None
+    assert hash(changed) == hash(StepRecord(index=2, name="b", state=State.RUNNING, begin=1.5))
+    with pytest.raises(TypeError, match="no field 'bogus'"):
+        step.with_(bogus=1)
+    with pytest.raises(FrozenInstanceError):
+        changed.code = 3
+    task = TaskRecord(id="t", mode="sequential", count=1, accepted=0.0)
+    assert task.with_(state=State.STOPPED).state is State.STOPPED and task.state is State.PENDING

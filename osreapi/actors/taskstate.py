@@ -66,13 +66,15 @@ class TaskState:
         """Steps that may be given a process now (in index order)."""
         if self.paused or self.ending is not None:
             return []
-        return [
-            index
-            for index, step in enumerate(self.steps)
-            if step.state is State.PENDING
-            and index not in self.active
-            and all(self.steps[d].succeeded for d in self.deps[index])
-        ]
+        steps, ready = self.steps, []
+        for index, step in enumerate(steps):  # loops, not all(<generator>): once per message, O(steps)
+            if step.state is State.PENDING and index not in self.active:
+                for dependency in self.deps[index]:
+                    if not steps[dependency].succeeded:
+                        break
+                else:
+                    ready.append(index)
+        return ready
 
     def _not_started(self, index: int) -> bool:
         """No process was ever started for it (pending, or held by a pause). Its begin tells: a

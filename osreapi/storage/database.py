@@ -26,8 +26,11 @@ _STEP_KEY = struct.Struct(">I")
 _EXPIRY_KEY = struct.Struct(">Q")
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # json.dumps makes one per call
+
+
 def _dumps(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(data).encode("utf-8")
 
 
 def _task_key(task_id: str) -> bytes:
