@@ -13,14 +13,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import DESCRIPTOR_TURN, out_of_descriptors
+from ..errors import out_of_descriptors
 from ..records import StepRecord
 from ..sse import KEEP_ALIVE, sse_message
+from .output import open_log
 
 CHUNK = 64 * 1024
 CONTINUATION_BYTES = bytes(range(0x80, 0xC0))  # UTF-8 bytes that never start a character
 STATE_POLL = 0.25  # how often a follower asks whether its step has ended (when no output came)
-_NO_WAIT = getattr(os, "O_NONBLOCK", 0)  # for a FIFO (no effect on a regular file)
 
 
 def complete_utf8(data: bytes) -> int:
@@ -122,7 +122,7 @@ class LogSource:
         if self._file is None:
             self._unopened = False
             try:
-                self._file = self._open()
+                self._file = open_log(self._path)  # a FIFO there would hold up the hub
             except FileNotFoundError:  # not written yet, or gone with its task
                 return b""
             except OSError as exc:
@@ -147,16 +147,6 @@ class LogSource:
         self._offset += len(data)
         return data
 
-    def _open(self):
-        """The log, opened without waiting: a step may have put a FIFO in its place, whose open
-        waited for a writer, holding up the stream hub and, under the lock, every other log open."""
-        with DESCRIPTOR_TURN:  # never the slot the intake frees to refuse a connection with
-            descriptor = os.open(self._path, os.O_RDONLY | _NO_WAIT | getattr(os, "O_CLOEXEC", 0))
-        try:
-            return os.fdopen(descriptor, "rb")
-        except BaseException:
-            os.close(descriptor)
-            raise
 
     def _may_grow(self, read_more: bool) -> bool:
         """More bytes may still come after these: the file holds more than was read, or it is

@@ -6,11 +6,28 @@ import codecs
 import os
 from pathlib import Path
 
+from ..errors import DESCRIPTOR_TURN
+
+_NO_WAIT = getattr(os, "O_NONBLOCK", 0)  # for a FIFO (no effect on a regular file)
+
+
+def open_log(path: Path):
+    """A step's log, opened for reading without waiting: a step may have put a FIFO in its place,
+    whose open waits for a writer (opened this way, it reads as empty). Under DESCRIPTOR_TURN:
+    never the slot the intake frees to refuse a connection with."""
+    with DESCRIPTOR_TURN:
+        descriptor = os.open(path, os.O_RDONLY | _NO_WAIT | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
 
 def read_output(path: Path, max_bytes: int) -> str:
     """Decode the log as UTF-8 (bad bytes replaced), keeping at most max_bytes: head and tail."""
     try:
-        with open(path, "rb") as log:
+        with open_log(path) as log:
             size = os.fstat(log.fileno()).st_size
             if size <= max_bytes:
                 return log.read(size).decode("utf-8", "replace")
