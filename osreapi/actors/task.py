@@ -67,7 +67,7 @@ class TaskActor(EngineActor):
             self._state = TaskState(task, list(steps), (), plan=False)  # so on_failure ends this task
             raise
         self._workspace = self._services.config.workspace(task.id)
-        process.prepare_workspace(self._workspace)
+        self._prepared = False  # its workspace made: after the first save (see _prepare)
         self._state.skip_blocked()
 
     def on_receive(self, message: Any) -> Any:
@@ -198,6 +198,15 @@ class TaskActor(EngineActor):
             self._end()
             return
         self._save()
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Make the workspace once, after the first save was told: while the store flushes the
+        first steps' starts (their processes wait for that flush), not before it. A step whose
+        start comes first makes it itself (process.write_file)."""
+        if not self._prepared:
+            self._prepared = True
+            process.prepare_workspace(self._workspace)
 
     def _end(self) -> None:
         self._ended = True
