@@ -378,16 +378,21 @@ class StoreActor(EngineActor):
         """Remove what a task's workspace holds, its directory kept (it goes once the record is
         gone); False if some of it is left for want of a descriptor (rmtree opens each
         directory): the caller keeps the record, or the files would never be removed.
-        Other failures (a file made immutable) are logged and let go, as before."""
+        Other failures (a file made immutable, a read-only mount) are let go, logged in one
+        warning however many files they left."""
         short: list[OSError] = []
+        left: list[tuple[str, BaseException]] = []
 
         def failed(path: str, exc: BaseException) -> None:
             if out_of_descriptors(exc):
                 short.append(exc)
             elif not isinstance(exc, FileNotFoundError):
-                log.warning("workspace of task %s: %s not removed: %s", task_id, path, exc)
+                left.append((path, exc))
 
         empty_tree(self._config.workspace_entry(task_id), failed)
+        if left:
+            path, exc = left[0]
+            log.warning("workspace of task %s: %d entries not removed, the first %s: %s", task_id, len(left), path, exc)
         return not short
 
     def _guarded(self, write: Callable[[], Any]) -> Any:
