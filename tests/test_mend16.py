@@ -7,12 +7,98 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from osreapi.errors import DiskFull
 from osreapi.vocabulary import State
 
-from .conftest import sh
+from .conftest import sh, wait_until
+from .test_front12 import case_folding_dir  # noqa: F401 - a fixture
+from .test_storage import FakeClock
+
+
+class SyncSwitch:
+    """While on, every flush of the data dir's LMDB fails with ENOSPC (its writes go through)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def fail(self) -> None:
+        self._path.touch()
+
+    def heal(self) -> None:
+        self._path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def failing_sync(tmp_path) -> Iterator[Callable[[Path], SyncSwitch]]:
+    """mount(data_dir): `<data_dir>/db` served through tests/syncfs.py (FUSE); its switch. Ask for
+    this fixture before make_executor / start_server: they close before it unmounts."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("a FUSE mount takes root and /dev/fuse")
+    try:
+        import fuse  # noqa: F401 - fusepy: raises OSError without libfuse.so.2
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"no FUSE library: {exc}")
+    mounted: list[tuple[Path, subprocess.Popen, SyncSwitch]] = []
+
+    def mount(data_dir: Path) -> SyncSwitch:
+        backing, db, switch = tmp_path / f"db-backing-{len(mounted)}", data_dir / "db", SyncSwitch(tmp_path / f"fail-sync-{len(mounted)}")
+        backing.mkdir(mode=0o700)
+        db.mkdir(mode=0o700, parents=True)
+        served = subprocess.Popen([sys.executable, "-m", "tests.syncfs", str(backing), str(db), str(switch._path)],
+                                  cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
+        mounted.append((db, served, switch))
+        if not wait_until(lambda: os.path.ismount(db) or served.poll() is not None, timeout=10) or served.poll() is not None:
+            pytest.skip(f"FUSE refused: {served.stderr.read().decode().strip()}")
+        return switch
+
+    yield mount
+    for db, served, switch in mounted:
+        switch.heal()
+        subprocess.run(["umount", "--lazy", str(db)], check=False, capture_output=True, timeout=30)
+        served.wait(30)
+        served.stderr.close()
+
+
+def _names(root: Path) -> list[str]:
+    return sorted(path.name for path in root.iterdir())
+
+
+# -- 1. a failed flush after a create that replaced an expired task ---------------------------------
+
+
+def test_a_create_refused_at_its_flush_gives_back_the_name_of_the_expired_task_it_replaced(
+    case_folding_dir, failing_sync, make_executor  # noqa: F811
+):
+    """The create emptied the expired task's workspace (its directory kept, holding the name),
+    committed the new record, and the flush failed: the new record was deleted, but the directory
+    stayed without a record until the next start, and on a root that folds case an id equal to it
+    got 409 naming a task that was gone. The name now goes once that removal is on disk; until
+    then a claim of it is refused as the full disk it waits for (507), not as a conflict."""
+    switch = failing_sync(case_folding_dir.parent)
+    clock = FakeClock()
+    ex = make_executor(data_dir=case_folding_dir.parent, key_expire="1h", clock=clock, sweep_interval=3600)
+    ex.submit([sh("echo old > made-by-old")], task_id="Lib-1")
+    assert ex.wait("Lib-1", 30).task.state == State.STOPPED
+    clock.now += 3601  # expired: a submission of its id replaces it
+    switch.fail()
+    with pytest.raises(DiskFull):
+        ex.submit([sh("ls")], task_id="Lib-1")
+    assert ex._db.get_task("Lib-1") is None
+    assert _names(case_folding_dir / "Lib-1") == []  # the old files gone; the name kept until on disk
+    with pytest.raises(DiskFull):
+        ex.submit([sh("true")], task_id="LIB-1")
+    switch.heal()
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=30)  # the store's retry flushed
+    assert _names(case_folding_dir) == []
+    assert ex.submit([sh("echo other > made-by-other")], task_id="LIB-1") == "LIB-1"
+    assert ex.wait("LIB-1", 30).task.state == State.STOPPED
+    assert _names(case_folding_dir) == ["LIB-1"] and _names(case_folding_dir / "LIB-1") == [".osreapi", "made-by-other"]
 
 
 # -- 5. a tree of many files that cannot be removed ---------------------------------------------------

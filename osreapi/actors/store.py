@@ -67,7 +67,6 @@ class _Created:
 
     message: CreateTask
     existing: TaskRecord | None  # the task that already had its id (nothing was written)
-    claimed: bool  # its workspace was made for it (a root that folds case)
 
 
 class StoreActor(EngineActor):
@@ -98,6 +97,7 @@ class StoreActor(EngineActor):
         self._awaiting: list[SaveRecords | _Created] = []  # committed, acknowledged after the next flush
         self._disk_full = disk_full  # set while a write is refused; read by health checks
         self._folds_case = folds_case  # the workspace root's: a create takes its workspace's name
+        self._to_release: set[str] = set()  # ids whose record's removal waits for a flush (see _give_back)
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -145,7 +145,7 @@ class StoreActor(EngineActor):
             self._release(task.id, claimed)
             message.reply.fail(self._not_stored(task.id, exc))
             return
-        self._awaiting.append(_Created(message, existing, any(claimed)))
+        self._awaiting.append(_Created(message, existing))
 
     def _not_stored(self, task_id: str, exc: Exception) -> Exception:
         """What a caller hears of a create that failed."""
@@ -171,6 +171,11 @@ class StoreActor(EngineActor):
                 claimed.append(casefold.claim_workspace(self._config.workspace(task_id), task_id))
             except OSError as exc:
                 raise _Unclaimed() from exc
+            except CaseConflict as exc:  # a removed task's name, given back once the disk takes the removal
+                if exc.existing in self._to_release:
+                    raise DiskFull(f"the workspace name of removed task {exc.existing} is free once its "
+                                   "removal is on disk") from None
+                raise
 
     def _release(self, task_id: str, claimed: list[bool]) -> None:
         if any(claimed):  # nothing stored: the name is free again
@@ -186,10 +191,17 @@ class StoreActor(EngineActor):
         message.reply.arrive(created.existing)
 
     def _not_created(self, created: _Created) -> None:
-        """Its flush failed: a task never acknowledged is not kept either."""
+        """Its flush failed: a task never acknowledged is not kept either. Its workspace's name
+        (claimed for it, or the expired task's it replaced) is given back once that is on disk;
+        a record whose deletion fails keeps it."""
         if created.existing is None:
-            self._guarded(lambda: self._db.delete_task(created.message.task))
-            self._release(created.message.task.id, [created.claimed])
+            task = created.message.task
+            try:
+                self._db.delete_task(task)
+            except WRITE_ERRORS as exc:
+                self._failed(exc)
+            else:
+                self._to_release.add(task.id)
         created.message.reply.fail(DiskFull("the task could not be flushed to disk"))
 
     def _delete(self, task_id: str) -> TaskRecord | None:
@@ -300,6 +312,7 @@ class StoreActor(EngineActor):
                 else:
                     self._deliver(message)
             return False
+        self._give_back()
         for message in awaiting:
             if isinstance(message, _Created):
                 self._created(message)
@@ -352,9 +365,21 @@ class StoreActor(EngineActor):
                 self._failed(exc)
                 return
             self._committed(task_id, task, tuple(steps.values()))
+        self._give_back()
         if self._disk_full.is_set():
             log.warning("store: the disk has room again; every record is written")
         self._disk_full.clear()
+
+    def _give_back(self) -> None:
+        """Everything committed is on disk: the workspaces of removed records lose their
+        directories (their names are free), unless their id was stored again meanwhile (that
+        task's directory now). Never before: a crash of the machine may bring back a record
+        whose removal was not flushed, and on a root that folds case another id could have
+        taken its name meanwhile."""
+        released, self._to_release = self._to_release, set()
+        for task_id in released:
+            if self._db.get_task(task_id) is None:
+                casefold.release_workspace(self._config.workspace_entry(task_id))
 
     def _committed(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
         # A small write may fit in freed pages while the disk is still full: only a new task or
@@ -410,13 +435,14 @@ class StoreActor(EngineActor):
             if not all(self._files_removed(task_id) for task_id in expired):  # files first, as a delete does
                 break  # the records stay, swept (their files with them) at the next round
             gone = self._guarded(lambda: self._db.delete_expired(now, SWEEP_BATCH)) or []
-            for task_id in gone:  # their directories last, as a delete does
-                casefold.release_workspace(self._config.workspace_entry(task_id))
+            self._to_release.update(gone)  # their directories last, once on disk, as a delete's
             if gone:
                 self._on_delete(tuple(gone))
             total += len(gone)
             if len(gone) < SWEEP_BATCH:
                 break
+        if total:
+            self._flush()
         if total:
             log.debug("sweep removed %d expired tasks", total)
         return total
