@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from osreapi.errors import DiskFull
+from osreapi.storage.database import Database
 from osreapi.vocabulary import State
 
 from .conftest import sh, wait_until
@@ -99,6 +100,52 @@ def test_a_create_refused_at_its_flush_gives_back_the_name_of_the_expired_task_i
     assert ex.submit([sh("echo other > made-by-other")], task_id="LIB-1") == "LIB-1"
     assert ex.wait("LIB-1", 30).task.state == State.STOPPED
     assert _names(case_folding_dir) == ["LIB-1"] and _names(case_folding_dir / "LIB-1") == [".osreapi", "made-by-other"]
+
+
+# -- 2. a deletion committed whose flush fails -------------------------------------------------------
+
+
+def test_a_deletion_whose_flush_fails_is_answered_done_and_holds_after_a_process_crash(failing_sync, start_server, tmp_path):
+    """A DELETE committed the record's removal (readers no longer saw it, and LMDB keeps a commit
+    through a crash of the process) and answered 507 "could not be deleted" when the flush failed.
+    It is deleted: 200, the files gone; the directory stays until the removal is on disk (an OS
+    crash before that may bring the ended task back, whole), here until the next start."""
+    data = tmp_path / "data"
+    switch = failing_sync(data)
+    server = start_server(data_dir=data)
+    client = server.client
+    assert client.post("/?id=gone", [sh("echo x > made")]).status == 200
+    assert client.wait("gone", 30).json["code"] == 0
+    switch.fail()
+    answer = client.request("DELETE", "/gone?lang=en")
+    assert answer.status == 200 and answer.json["code"] == 0, answer.body
+    assert client.get("/gone").status == 404
+    assert client.request("DELETE", "/gone").status == 404
+    assert _names(data / "workspace") == ["gone"] and _names(data / "workspace" / "gone") == []
+    server.kill()  # a crash of the process while the disk still refuses the flush
+    switch.heal()
+    db = Database(data / "db")
+    try:
+        assert db.get_task("gone") is None  # the commit held
+    finally:
+        db.close()
+    client = start_server(data_dir=data).client
+    assert client.get("/gone").status == 404
+    assert _names(data / "workspace") == []  # no record: removed with the orphans at the start
+
+
+def test_the_directory_of_a_deletion_not_yet_flushed_goes_once_the_disk_takes_it(failing_sync, make_executor, tmp_path):
+    switch = failing_sync(tmp_path / "data")
+    ex = make_executor()
+    task_id = ex.submit([sh("echo x > made")])
+    assert ex.wait(task_id, 30).task.state == State.STOPPED
+    switch.fail()
+    ex.delete(task_id)  # no DiskFull: it is deleted
+    assert ex.get(task_id) is None and _names(ex.config.workspace(task_id)) == []
+    assert ex.check_health() == "disk full"
+    switch.heal()
+    assert wait_until(lambda: not ex.config.workspace(task_id).exists(), timeout=30)
+    assert ex.check_health() == "ok"
 
 
 # -- 5. a tree of many files that cannot be removed ---------------------------------------------------

@@ -67,7 +67,8 @@ class RetryUnsaved:
 @dataclass(frozen=True)
 class DeleteTask:
     """Remove a finished task's records and workspace. `reply` gets the task as it was (None when
-    unknown; a task that has not finished is answered and left alone), or fails with DiskFull (a
+    unknown; a task that has not finished is answered and left alone; a deletion written but not
+    flushed is done: answered so), or fails with DiskFull when the deletion cannot be written (a
     Reply, not an ask: pykka logs a traceback for every exception an ask answers)."""
 
     task_id: str

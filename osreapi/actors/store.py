@@ -207,11 +207,15 @@ class StoreActor(EngineActor):
     def _delete(self, task_id: str) -> TaskRecord | None:
         """Remove a finished task's files, then its records, then its workspace's directory;
         answer the task as it was. The files go first: on a disk full of the steps' own logs, the
-        record's deletion (a write) finds room only once they are gone. The directory goes last:
-        a record never lacks it, so on a root that folds case no other id takes the name while
-        the record is there (a crash between leaves a record whose log files are gone, its output
-        is in the record, deleted again by the next try; or an empty directory without a record,
-        removed at the next start)."""
+        record's deletion (a write) finds room only once they are gone. The directory goes last,
+        once the deletion is on disk: a record never lacks it, so on a root that folds case no
+        other id takes the name while the record is there (a crash between leaves a record whose
+        log files are gone, its output is in the record, deleted again by the next try; or an
+        empty directory without a record, removed at the next start).
+        A deletion committed whose flush fails is done: every reader sees the task gone, and so
+        does the next start after a crash of the process (LMDB has the commit). Only a crash of
+        the machine before the disk takes it may bring the ended task back, whole, its directory
+        kept for it until then."""
         task = self._db.get_task(task_id)
         if task is None or not task.state.finished:
             return task
@@ -221,9 +225,9 @@ class StoreActor(EngineActor):
         except WRITE_ERRORS as exc:
             self._failed(exc)
             raise DiskFull(f"the task could not be deleted: {exc}") from None
-        casefold.release_workspace(self._config.workspace_entry(task_id))
+        self._to_release.add(task_id)
         if not self._flush():
-            raise DiskFull("the deletion could not be flushed to disk")
+            log.warning("store: task %s is deleted; its deletion is flushed to disk once there is room", task_id)
         self._on_delete((task_id,))
         return task
 
