@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from osreapi.vocabulary import State
 
 from .conftest import sh, wait_until
 from .test_front12 import case_folding_dir  # noqa: F401 - a fixture
+from .test_hunt14 import StoreGate
 from .test_storage import FakeClock
 
 
@@ -146,6 +148,31 @@ def test_the_directory_of_a_deletion_not_yet_flushed_goes_once_the_disk_takes_it
     switch.heal()
     assert wait_until(lambda: not ex.config.workspace(task_id).exists(), timeout=30)
     assert ex.check_health() == "ok"
+
+
+# -- 3. an identical re-post racing a DELETE ----------------------------------------------------------
+
+
+def test_an_identical_repost_racing_a_delete_is_the_existing_task_never_a_conflict(make_executor):
+    """The submitter compared the body with the stored specs after the store had answered
+    "existing": a DELETE handled in between (here: queued right behind the re-post, it flushes
+    the create's answer after committing the deletion) left no specs, and the same body got 409.
+    The store compares, in order with the deletion."""
+    ex = make_executor()
+    body = [sh("echo same")]
+    ex.submit(body, task_id="same")
+    assert ex.wait("same", 30).task.state == State.STOPPED
+    gate = StoreGate(ex)
+    with ThreadPoolExecutor(4) as pool:
+        tripped = gate.hold(pool)
+        posted = gate.queue_behind(pool, ex.submit, body, task_id="same")
+        deleted = gate.queue_behind(pool, ex.delete, "same")
+        gate.release()
+        tripped.result(30), deleted.result(30)
+        assert posted.result(30) == "same"  # the existing task, deleted right after
+    assert ex.get("same") is None
+    assert ex.submit([sh("echo other")], task_id="same") == "same"  # the id is free again
+    assert ex.wait("same", 30).steps[0].output.strip() == "other"
 
 
 # -- 5. a tree of many files that cannot be removed ---------------------------------------------------

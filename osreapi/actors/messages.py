@@ -20,7 +20,8 @@ from .reply import Reply
 @dataclass(frozen=True)
 class CreateTask:
     """Store a new task. `reply` is answered after the flush (creates arriving together share it):
-    with the existing TaskRecord if the id is taken (and not expired), else None; it fails with
+    with the existing TaskRecord if the id is taken (and not expired) by a task of the same mode and
+    specs, else None; it fails with TaskConflict when that task was submitted otherwise, with
     DiskFull when the task cannot be written or flushed."""
 
     task: TaskRecord

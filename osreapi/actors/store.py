@@ -24,7 +24,7 @@ import lmdb
 
 from .. import casefold
 from ..config import EngineConfig
-from ..errors import CaseConflict, DiskFull, out_of_descriptors
+from ..errors import CaseConflict, DiskFull, TaskConflict, out_of_descriptors
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
 from ..storage.removal import empty_tree
@@ -67,6 +67,7 @@ class _Created:
 
     message: CreateTask
     existing: TaskRecord | None  # the task that already had its id (nothing was written)
+    conflict: bool = False  # that task was submitted with another body
 
 
 class StoreActor(EngineActor):
@@ -145,7 +146,13 @@ class StoreActor(EngineActor):
             self._release(task.id, claimed)
             message.reply.fail(self._not_stored(task.id, exc))
             return
-        self._awaiting.append(_Created(message, existing))
+        self._awaiting.append(_Created(message, existing, existing is not None and not self._same(existing, message)))
+
+    def _same(self, existing: TaskRecord, message: CreateTask) -> bool:
+        """Whether the task that has the id was submitted as this one: compared here, in order
+        with the deletion of that task (the submitter, comparing after the answer, found a task
+        deleted meanwhile without specs, and told a re-post of the same body it conflicted)."""
+        return existing.mode == message.task.mode and self._db.get_specs(existing.id) == message.specs
 
     def _not_stored(self, task_id: str, exc: Exception) -> Exception:
         """What a caller hears of a create that failed."""
@@ -184,6 +191,9 @@ class StoreActor(EngineActor):
     def _created(self, created: _Created) -> None:
         """Its flush is done: acknowledge the task (or the one that had its id)."""
         message = created.message
+        if created.conflict:
+            message.reply.fail(TaskConflict(message.task.id))
+            return
         if created.existing is None:
             if not self._unsaved:
                 self._disk_full.clear()
