@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from osreapi.errors import DiskFull
+from osreapi.errors import CaseConflict, DiskFull
 from osreapi.storage.database import Database
 from osreapi.vocabulary import State
 
@@ -173,6 +173,35 @@ def test_an_identical_repost_racing_a_delete_is_the_existing_task_never_a_confli
     assert ex.get("same") is None
     assert ex.submit([sh("echo other")], task_id="same") == "same"  # the id is free again
     assert ex.wait("same", 30).steps[0].output.strip() == "other"
+
+
+# -- 4. a claim given back while a submission of the same id is stored --------------------------------
+
+
+def test_a_name_given_back_after_a_failed_flush_stays_with_the_same_id_stored_again(
+    case_folding_dir, failing_sync, make_executor  # noqa: F811
+):
+    """The claiming submission's create fails at its flush (its record deleted, the name to be
+    given back once that is on disk); a submission of the same id stored before then finds the
+    directory and keeps it: the name is not given back under it, and an id equal to it under case
+    folding is still refused. (The claim is made in the store, ordered with every release.)"""
+    switch = failing_sync(case_folding_dir.parent)
+    ex = make_executor(data_dir=case_folding_dir.parent, pool_size=1)
+    ex.submit([sh("sleep 30")], task_id="runner")  # the pool's one slot: Lib-1 waits, its directory empty
+    assert wait_until(lambda: ex.get("runner").steps[0].state == State.RUNNING, timeout=30)
+    switch.fail()
+    with pytest.raises(DiskFull):
+        ex.submit([sh("echo b > made-by-b")], task_id="Lib-1")
+    switch.heal()
+    assert ex.submit([sh("echo b > made-by-b")], task_id="Lib-1") == "Lib-1"
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=30)  # the retry (and its release) ran
+    assert _names(case_folding_dir) == ["Lib-1", "runner"]
+    with pytest.raises(CaseConflict) as refused:
+        ex.submit([sh("true")], task_id="LIB-1")
+    assert refused.value.existing == "Lib-1"
+    ex.kill("runner")
+    assert ex.wait("Lib-1", 30).task.state == State.STOPPED
+    assert _names(case_folding_dir / "Lib-1") == [".osreapi", "made-by-b"]
 
 
 # -- 5. a tree of many files that cannot be removed ---------------------------------------------------
