@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from osreapi.errors import CaseConflict, DiskFull
+from osreapi.errors import CaseConflict, DiskFull, NotFound
 from osreapi.storage.database import Database
 from osreapi.vocabulary import State
 
@@ -25,13 +25,14 @@ from .test_storage import FakeClock
 
 
 class SyncSwitch:
-    """While on, every flush of the data dir's LMDB fails with ENOSPC (its writes go through)."""
+    """While on, every flush of the data dir's LMDB fails with ENOSPC (its writes go through, unless
+    `writes_too`: then they fail as well once a flush has failed)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
 
-    def fail(self) -> None:
-        self._path.touch()
+    def fail(self, writes_too: bool = False) -> None:
+        self._path.write_text("writes" if writes_too else "")
 
     def heal(self) -> None:
         self._path.unlink(missing_ok=True)
@@ -228,3 +229,32 @@ def test_a_tree_of_many_unremovable_files_is_one_warning(make_executor, caplog):
     assert len(warnings) == 1, warnings[:3]
     assert "201 entries" in warnings[0] and f"{kept}/" in warnings[0], warnings[0]
     assert ex.get(task_id) is None
+
+
+def test_a_refused_create_whose_deletion_fails_too_keeps_its_name_until_it_is_deleted(
+    case_folding_dir, failing_sync, make_executor  # noqa: F811
+):
+    """A create refused at its flush, on a disk that then refuses the deletion of its record too:
+    the name was given back with the record still there (on a root that folds case, an id equal
+    to it could take the directory the record's task would run in after a restart), and the record
+    stayed, never run, its id answered as an existing task. The record is deleted by the store's
+    retry, its name given back once that is on disk; until then both ids are refused as the full
+    disk they wait for."""
+    switch = failing_sync(case_folding_dir.parent)
+    ex = make_executor(data_dir=case_folding_dir.parent)
+    switch.fail(writes_too=True)
+    with pytest.raises(DiskFull):
+        ex.submit([sh("echo a > made-by-a")], task_id="Lib-1")
+    assert ex._db.get_task("Lib-1") is not None  # its deletion refused as well: the record stays
+    assert _names(case_folding_dir) == ["Lib-1"]  # and so does its name
+    for task_id in ("Lib-1", "LIB-1"):
+        with pytest.raises(DiskFull):
+            ex.submit([sh("true")], task_id=task_id)
+    with pytest.raises(NotFound):  # it was never stored (not a task that has not ended, 409)
+        ex.delete("Lib-1")
+    switch.heal()
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=30)
+    assert ex._db.get_task("Lib-1") is None and _names(case_folding_dir) == []
+    assert ex.submit([sh("echo b > made-by-b")], task_id="LIB-1") == "LIB-1"
+    assert ex.wait("LIB-1", 30).task.state == State.STOPPED
+    assert _names(case_folding_dir / "LIB-1") == [".osreapi", "made-by-b"]

@@ -99,6 +99,7 @@ class StoreActor(EngineActor):
         self._disk_full = disk_full  # set while a write is refused; read by health checks
         self._folds_case = folds_case  # the workspace root's: a create takes its workspace's name
         self._to_release: set[str] = set()  # ids whose record's removal waits for a flush (see _give_back)
+        self._undeleted: dict[str, TaskRecord] = {}  # refused creates whose records the disk kept (see _not_created)
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -138,6 +139,9 @@ class StoreActor(EngineActor):
         """Write the task now (readers see it); answer after the flush, which the creates and
         saves queued together share."""
         task = message.task
+        if task.id in self._undeleted:  # not the task it names: that one goes once the disk has room
+            message.reply.fail(DiskFull(f"task {task.id}, refused, is removed once the disk has room"))
+            return
         claimed: list[bool] = []  # whether its workspace was made here (the write may run twice)
         try:
             existing, _ = self._db.create_task(task, message.steps, message.specs, self._clock(),
@@ -179,7 +183,7 @@ class StoreActor(EngineActor):
             except OSError as exc:
                 raise _Unclaimed() from exc
             except CaseConflict as exc:  # a removed task's name, given back once the disk takes the removal
-                if exc.existing in self._to_release:
+                if exc.existing in self._to_release or exc.existing in self._undeleted:
                     raise DiskFull(f"the workspace name of removed task {exc.existing} is free once its "
                                    "removal is on disk") from None
                 raise
@@ -203,13 +207,15 @@ class StoreActor(EngineActor):
     def _not_created(self, created: _Created) -> None:
         """Its flush failed: a task never acknowledged is not kept either. Its workspace's name
         (claimed for it, or the expired task's it replaced) is given back once that is on disk;
-        a record whose deletion fails keeps it."""
+        a record whose deletion the disk refuses too keeps it until the retry deletes it (a restart
+        before then finds it waiting, and runs it)."""
         if created.existing is None:
             task = created.message.task
             try:
                 self._db.delete_task(task)
             except WRITE_ERRORS as exc:
                 self._failed(exc)
+                self._undeleted[task.id] = task
             else:
                 self._to_release.add(task.id)
         created.message.reply.fail(DiskFull("the task could not be flushed to disk"))
@@ -227,6 +233,8 @@ class StoreActor(EngineActor):
         the machine before the disk takes it may bring the ended task back, whole, its directory
         kept for it until then."""
         task = self._db.get_task(task_id)
+        if task_id in self._undeleted:  # refused: it was never stored (it goes once the disk has room)
+            return None
         if task is None or not task.state.finished:
             return task
         self._remove_files(task_id)
@@ -363,6 +371,8 @@ class StoreActor(EngineActor):
 
     def _retry(self) -> None:
         self._retry_scheduled = False
+        if not self._delete_undeleted():
+            return
         if not self._unsaved:  # a refused create, delete or flush: is there room again?
             try:
                 self._db.probe()
@@ -383,6 +393,19 @@ class StoreActor(EngineActor):
         if self._disk_full.is_set():
             log.warning("store: the disk has room again; every record is written")
         self._disk_full.clear()
+
+    def _delete_undeleted(self) -> bool:
+        """Delete the records of refused creates that the disk kept (flushed with what follows);
+        False if it still refuses."""
+        for task_id, task in list(self._undeleted.items()):
+            try:
+                self._db.delete_task(task)
+            except WRITE_ERRORS as exc:
+                self._failed(exc)
+                return False
+            del self._undeleted[task_id]
+            self._to_release.add(task_id)
+        return True
 
     def _give_back(self) -> None:
         """Everything committed is on disk: the workspaces of removed records lose their
@@ -457,6 +480,5 @@ class StoreActor(EngineActor):
                 break
         if total:
             self._flush()
-        if total:
             log.debug("sweep removed %d expired tasks", total)
         return total
