@@ -51,7 +51,6 @@ from .errors import (
     NotFound,
     StepNotFound,
     TaskActive,
-    TaskConflict,
 )
 from .executor import process
 from .executor.durations import parse_duration
@@ -241,9 +240,7 @@ class Executor(ControlCalls):
         task = TaskRecord(id=task_id, mode=mode.value, count=len(specs), accepted=self.clock())
         records = tuple(StepRecord(index=i, name=s.name) for i, s in enumerate(specs))
         existing = self._answer(self._store, CreateTask(task, records, specs, Reply()))
-        if existing is not None:
-            if existing.mode != task.mode or self._db.get_specs(task_id) != specs:
-                raise TaskConflict(task_id)
+        if existing is not None:  # submitted with this body (the store compared: TaskConflict if not)
             return Submitted(existing.id, existing.count, created=False)
         # A close() since the record was written leaves the task queued on disk: it runs after
         # the next start, as any task the shutdown found queued.

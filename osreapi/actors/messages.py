@@ -20,7 +20,8 @@ from .reply import Reply
 @dataclass(frozen=True)
 class CreateTask:
     """Store a new task. `reply` is answered after the flush (creates arriving together share it):
-    with the existing TaskRecord if the id is taken (and not expired), else None; it fails with
+    with the existing TaskRecord if the id is taken (and not expired) by a task of the same mode and
+    specs, else None; it fails with TaskConflict when that task was submitted otherwise, with
     DiskFull when the task cannot be written or flushed."""
 
     task: TaskRecord
@@ -67,7 +68,8 @@ class RetryUnsaved:
 @dataclass(frozen=True)
 class DeleteTask:
     """Remove a finished task's records and workspace. `reply` gets the task as it was (None when
-    unknown; a task that has not finished is answered and left alone), or fails with DiskFull (a
+    unknown; a task that has not finished is answered and left alone; a deletion written but not
+    flushed is done: answered so), or fails with DiskFull when the deletion cannot be written (a
     Reply, not an ask: pykka logs a traceback for every exception an ask answers)."""
 
     task_id: str

@@ -24,7 +24,7 @@ import lmdb
 
 from .. import casefold
 from ..config import EngineConfig
-from ..errors import CaseConflict, DiskFull, out_of_descriptors
+from ..errors import CaseConflict, DiskFull, TaskConflict, out_of_descriptors
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
 from ..storage.removal import empty_tree
@@ -67,7 +67,7 @@ class _Created:
 
     message: CreateTask
     existing: TaskRecord | None  # the task that already had its id (nothing was written)
-    claimed: bool  # its workspace was made for it (a root that folds case)
+    conflict: bool = False  # that task was submitted with another body
 
 
 class StoreActor(EngineActor):
@@ -98,6 +98,8 @@ class StoreActor(EngineActor):
         self._awaiting: list[SaveRecords | _Created] = []  # committed, acknowledged after the next flush
         self._disk_full = disk_full  # set while a write is refused; read by health checks
         self._folds_case = folds_case  # the workspace root's: a create takes its workspace's name
+        self._to_release: set[str] = set()  # ids whose record's removal waits for a flush (see _give_back)
+        self._undeleted: dict[str, TaskRecord] = {}  # refused creates whose records the disk kept (see _not_created)
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -137,6 +139,9 @@ class StoreActor(EngineActor):
         """Write the task now (readers see it); answer after the flush, which the creates and
         saves queued together share."""
         task = message.task
+        if task.id in self._undeleted:  # not the task it names: that one goes once the disk has room
+            message.reply.fail(DiskFull(f"task {task.id}, refused, is removed once the disk has room"))
+            return
         claimed: list[bool] = []  # whether its workspace was made here (the write may run twice)
         try:
             existing, _ = self._db.create_task(task, message.steps, message.specs, self._clock(),
@@ -145,7 +150,13 @@ class StoreActor(EngineActor):
             self._release(task.id, claimed)
             message.reply.fail(self._not_stored(task.id, exc))
             return
-        self._awaiting.append(_Created(message, existing, any(claimed)))
+        self._awaiting.append(_Created(message, existing, existing is not None and not self._same(existing, message)))
+
+    def _same(self, existing: TaskRecord, message: CreateTask) -> bool:
+        """Whether the task that has the id was submitted as this one: compared here, in order
+        with the deletion of that task (the submitter, comparing after the answer, found a task
+        deleted meanwhile without specs, and told a re-post of the same body it conflicted)."""
+        return existing.mode == message.task.mode and self._db.get_specs(existing.id) == message.specs
 
     def _not_stored(self, task_id: str, exc: Exception) -> Exception:
         """What a caller hears of a create that failed."""
@@ -171,6 +182,11 @@ class StoreActor(EngineActor):
                 claimed.append(casefold.claim_workspace(self._config.workspace(task_id), task_id))
             except OSError as exc:
                 raise _Unclaimed() from exc
+            except CaseConflict as exc:  # a removed task's name, given back once the disk takes the removal
+                if exc.existing in self._to_release or exc.existing in self._undeleted:
+                    raise DiskFull(f"the workspace name of removed task {exc.existing} is free once its "
+                                   "removal is on disk") from None
+                raise
 
     def _release(self, task_id: str, claimed: list[bool]) -> None:
         if any(claimed):  # nothing stored: the name is free again
@@ -179,6 +195,9 @@ class StoreActor(EngineActor):
     def _created(self, created: _Created) -> None:
         """Its flush is done: acknowledge the task (or the one that had its id)."""
         message = created.message
+        if created.conflict:
+            message.reply.fail(TaskConflict(message.task.id))
+            return
         if created.existing is None:
             if not self._unsaved:
                 self._disk_full.clear()
@@ -186,21 +205,36 @@ class StoreActor(EngineActor):
         message.reply.arrive(created.existing)
 
     def _not_created(self, created: _Created) -> None:
-        """Its flush failed: a task never acknowledged is not kept either."""
+        """Its flush failed: a task never acknowledged is not kept either. Its workspace's name
+        (claimed for it, or the expired task's it replaced) is given back once that is on disk;
+        a record whose deletion the disk refuses too keeps it until the retry deletes it (a restart
+        before then finds it waiting, and runs it)."""
         if created.existing is None:
-            self._guarded(lambda: self._db.delete_task(created.message.task))
-            self._release(created.message.task.id, [created.claimed])
+            task = created.message.task
+            try:
+                self._db.delete_task(task)
+            except WRITE_ERRORS as exc:
+                self._failed(exc)
+                self._undeleted[task.id] = task
+            else:
+                self._to_release.add(task.id)
         created.message.reply.fail(DiskFull("the task could not be flushed to disk"))
 
     def _delete(self, task_id: str) -> TaskRecord | None:
         """Remove a finished task's files, then its records, then its workspace's directory;
         answer the task as it was. The files go first: on a disk full of the steps' own logs, the
-        record's deletion (a write) finds room only once they are gone. The directory goes last:
-        a record never lacks it, so on a root that folds case no other id takes the name while
-        the record is there (a crash between leaves a record whose log files are gone, its output
-        is in the record, deleted again by the next try; or an empty directory without a record,
-        removed at the next start)."""
+        record's deletion (a write) finds room only once they are gone. The directory goes last,
+        once the deletion is on disk: a record never lacks it, so on a root that folds case no
+        other id takes the name while the record is there (a crash between leaves a record whose
+        log files are gone, its output is in the record, deleted again by the next try; or an
+        empty directory without a record, removed at the next start).
+        A deletion committed whose flush fails is done: every reader sees the task gone, and so
+        does the next start after a crash of the process (LMDB has the commit). Only a crash of
+        the machine before the disk takes it may bring the ended task back, whole, its directory
+        kept for it until then."""
         task = self._db.get_task(task_id)
+        if task_id in self._undeleted:  # refused: it was never stored (it goes once the disk has room)
+            return None
         if task is None or not task.state.finished:
             return task
         self._remove_files(task_id)
@@ -209,9 +243,9 @@ class StoreActor(EngineActor):
         except WRITE_ERRORS as exc:
             self._failed(exc)
             raise DiskFull(f"the task could not be deleted: {exc}") from None
-        casefold.release_workspace(self._config.workspace_entry(task_id))
+        self._to_release.add(task_id)
         if not self._flush():
-            raise DiskFull("the deletion could not be flushed to disk")
+            log.warning("store: task %s is deleted; its deletion is flushed to disk once there is room", task_id)
         self._on_delete((task_id,))
         return task
 
@@ -300,6 +334,7 @@ class StoreActor(EngineActor):
                 else:
                     self._deliver(message)
             return False
+        self._give_back()
         for message in awaiting:
             if isinstance(message, _Created):
                 self._created(message)
@@ -336,6 +371,8 @@ class StoreActor(EngineActor):
 
     def _retry(self) -> None:
         self._retry_scheduled = False
+        if not self._delete_undeleted():
+            return
         if not self._unsaved:  # a refused create, delete or flush: is there room again?
             try:
                 self._db.probe()
@@ -352,9 +389,34 @@ class StoreActor(EngineActor):
                 self._failed(exc)
                 return
             self._committed(task_id, task, tuple(steps.values()))
+        self._give_back()
         if self._disk_full.is_set():
             log.warning("store: the disk has room again; every record is written")
         self._disk_full.clear()
+
+    def _delete_undeleted(self) -> bool:
+        """Delete the records of refused creates that the disk kept (flushed with what follows);
+        False if it still refuses."""
+        for task_id, task in list(self._undeleted.items()):
+            try:
+                self._db.delete_task(task)
+            except WRITE_ERRORS as exc:
+                self._failed(exc)
+                return False
+            del self._undeleted[task_id]
+            self._to_release.add(task_id)
+        return True
+
+    def _give_back(self) -> None:
+        """Everything committed is on disk: the workspaces of removed records lose their
+        directories (their names are free), unless their id was stored again meanwhile (that
+        task's directory now). Never before: a crash of the machine may bring back a record
+        whose removal was not flushed, and on a root that folds case another id could have
+        taken its name meanwhile."""
+        released, self._to_release = self._to_release, set()
+        for task_id in released:
+            if self._db.get_task(task_id) is None:
+                casefold.release_workspace(self._config.workspace_entry(task_id))
 
     def _committed(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
         # A small write may fit in freed pages while the disk is still full: only a new task or
@@ -378,16 +440,21 @@ class StoreActor(EngineActor):
         """Remove what a task's workspace holds, its directory kept (it goes once the record is
         gone); False if some of it is left for want of a descriptor (rmtree opens each
         directory): the caller keeps the record, or the files would never be removed.
-        Other failures (a file made immutable) are logged and let go, as before."""
+        Other failures (a file made immutable, a read-only mount) are let go, logged in one
+        warning however many files they left."""
         short: list[OSError] = []
+        left: list[tuple[str, BaseException]] = []
 
         def failed(path: str, exc: BaseException) -> None:
             if out_of_descriptors(exc):
                 short.append(exc)
             elif not isinstance(exc, FileNotFoundError):
-                log.warning("workspace of task %s: %s not removed: %s", task_id, path, exc)
+                left.append((path, exc))
 
         empty_tree(self._config.workspace_entry(task_id), failed)
+        if left:
+            path, exc = left[0]
+            log.warning("workspace of task %s: %d entries not removed, the first %s: %s", task_id, len(left), path, exc)
         return not short
 
     def _guarded(self, write: Callable[[], Any]) -> Any:
@@ -405,13 +472,13 @@ class StoreActor(EngineActor):
             if not all(self._files_removed(task_id) for task_id in expired):  # files first, as a delete does
                 break  # the records stay, swept (their files with them) at the next round
             gone = self._guarded(lambda: self._db.delete_expired(now, SWEEP_BATCH)) or []
-            for task_id in gone:  # their directories last, as a delete does
-                casefold.release_workspace(self._config.workspace_entry(task_id))
+            self._to_release.update(gone)  # their directories last, once on disk, as a delete's
             if gone:
                 self._on_delete(tuple(gone))
             total += len(gone)
             if len(gone) < SWEEP_BATCH:
                 break
         if total:
+            self._flush()
             log.debug("sweep removed %d expired tasks", total)
         return total
