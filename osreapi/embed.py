@@ -29,6 +29,7 @@ from .actors.messages import (
     InterruptAll,
     Ping,
     SaveRecords,
+    Submit,
     SweepExpired,
 )
 from .actors.pool import WorkerPool
@@ -234,17 +235,21 @@ class Executor(ControlCalls):
         self._check_not_listening("submit")
         data = spec.parse_body(steps) if isinstance(steps, (str, bytes)) else steps
         data = list(data) if isinstance(data, tuple) else data  # a JSON array, as the Client sends it
-        task_id = spec.validate_task_id(task_id) if task_id is not None else str(uuid.uuid4())
+        named = task_id is not None
+        task_id = spec.validate_task_id(task_id) if named else str(uuid.uuid4())
         specs = spec.build_steps(task_id, data, self.limits)
         mode = spec.choose_mode(specs, parallel)
         task = TaskRecord(id=task_id, mode=mode.value, count=len(specs), accepted=self.clock())
         records = tuple(StepRecord(index=i, name=s.name) for i, s in enumerate(specs))
-        existing = self._answer(self._store, CreateTask(task, records, specs, Reply()))
+        create = CreateTask(task, records, specs, Reply())
+        # An id made here: nobody can name the task before this answer, so the supervisor may start
+        # it as it is stored, and queues it otherwise. A named one is stored first (it may be a
+        # re-post, or race a delete of its id), then queued.
+        existing = self._answer(self._store, create) if named else self._answer(self._supervisor, Submit(create))
         if existing is not None:  # submitted with this body (the store compared: TaskConflict if not)
             return Submitted(existing.id, existing.count, created=False)
-        # A close() since the record was written leaves the task queued on disk: it runs after
-        # the next start, as any task the shutdown found queued.
-        tell_if_alive(self._supervisor, Enqueue(task_id, (task, records, specs)))
+        if named:  # a close() since the record was written leaves it queued on disk: it runs after
+            tell_if_alive(self._supervisor, Enqueue(task_id, (task, records, specs)))  # the next start
         return Submitted(task_id, len(specs), created=True)
 
     def get(self, task_id: str) -> TaskResult | None:

@@ -1082,11 +1082,11 @@ def test_a_task_whose_runner_starts_late_in_a_shutdown_stays_queued(make_executo
     entered, release = threading.Event(), threading.Event()
     load = Runner._load
 
-    def slow_load(self, task, steps, specs):
+    def slow_load(self, task, steps, specs, *create):
         if task.id == "late":
             entered.set()
             assert release.wait(20)
-        return load(self, task, steps, specs)
+        return load(self, task, steps, specs, *create)
 
     monkeypatch.setattr(Runner, "_load", slow_load)
     ex = make_executor(pool_size=1)

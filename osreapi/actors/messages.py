@@ -22,12 +22,36 @@ class CreateTask:
     """Store a new task. `reply` is answered after the flush (creates arriving together share it):
     with the existing TaskRecord if the id is taken (and not expired) by a task of the same mode and
     specs, else None; it fails with TaskConflict when that task was submitted otherwise, with
-    DiskFull when the task cannot be written or flushed."""
+    DiskFull when the task cannot be written or flushed. Once it is stored and flushed, every
+    (actor, message) of `then` is told."""
 
     task: TaskRecord
     steps: tuple[StepRecord, ...]
     specs: tuple[StepSpec, ...]
     reply: Reply
+    then: tuple[tuple[pykka.ActorRef, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Submit:
+    """A new task whose id the engine made, so that no other request can name it before its
+    submitter is answered: the supervisor starts it at once when it may, and its create is then
+    written with its first steps' starts (one flush instead of two, and no wait in between);
+    otherwise the store gets the create and the task is queued once stored."""
+
+    create: CreateTask
+
+    @property
+    def reply(self) -> Reply:
+        return self.create.reply
+
+
+@dataclass(frozen=True)
+class CreateRefused:
+    """The create that came with a runner's first save was not stored (its submitter heard why):
+    the runner drops the task and writes nothing of it."""
+
+    task_id: str
 
 
 @dataclass(frozen=True)
@@ -45,6 +69,7 @@ class SaveRecords:
     reply: Reply | None = None
     then: tuple[tuple[pykka.ActorRef, Any], ...] = ()
     otherwise: tuple[tuple[pykka.ActorRef, Any], ...] = ()
+    create: CreateTask | None = None  # the task's create, written first in the same transaction
 
 
 @dataclass(frozen=True)
@@ -141,6 +166,7 @@ class StartTask:
     task: TaskRecord
     steps: tuple[StepRecord, ...]
     specs: tuple[StepSpec, ...]
+    create: CreateTask | None = None  # not stored yet: it goes with the runner's first save
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ class _Created:
     message: CreateTask
     existing: TaskRecord | None  # the task that already had its id (nothing was written)
     conflict: bool = False  # that task was submitted with another body
+    first: SaveRecords | None = None  # its runner's first save, written with it (see _create)
 
 
 class StoreActor(EngineActor):
@@ -110,6 +111,8 @@ class StoreActor(EngineActor):
 
     def _handle(self, message: Any) -> Any:
         match message:
+            case SaveRecords(create=create) if create is not None:
+                self._create(create, first=message)
             case SaveRecords():
                 self._save([message, *self._saves_waiting()])
             case CreateTask():
@@ -135,22 +138,37 @@ class StoreActor(EngineActor):
                 log.warning("store: unexpected message %r", message)
         return None
 
-    def _create(self, message: CreateTask) -> None:
+    def _create(self, message: CreateTask, first: SaveRecords | None = None) -> None:
         """Write the task now (readers see it); answer after the flush, which the creates and
-        saves queued together share."""
+        saves queued together share. `first`: the first save of the runner that has the task
+        already (Submit), written in the same transaction and told after the same flush; if the
+        task is not stored (or its id was taken), neither is that save, and the runner hears it."""
         task = message.task
         if task.id in self._undeleted:  # not the task it names: that one goes once the disk has room
+            self._not_stored_with(first)
             message.reply.fail(DiskFull(f"task {task.id}, refused, is removed once the disk has room"))
             return
         claimed: list[bool] = []  # whether its workspace was made here (the write may run twice)
         try:
             existing, _ = self._db.create_task(task, message.steps, message.specs, self._clock(),
-                                               before_writing=partial(self._ready_workspace, task.id, claimed))
+                                               before_writing=partial(self._ready_workspace, task.id, claimed),
+                                               first=(first.task, first.steps) if first is not None else None)
         except Exception as exc:  # nothing was stored: the name is free again, the caller hears why
             self._release(task.id, claimed)
+            self._not_stored_with(first)
             message.reply.fail(self._not_stored(task.id, exc))
             return
-        self._awaiting.append(_Created(message, existing, existing is not None and not self._same(existing, message)))
+        if existing is not None:
+            self._not_stored_with(first)
+            self._awaiting.append(_Created(message, existing, not self._same(existing, message)))
+        else:
+            self._awaiting.append(_Created(message, None, first=first))
+
+    @staticmethod
+    def _not_stored_with(first: SaveRecords | None) -> None:
+        """The runner that sent its first save with a create that was not stored drops the task."""
+        for ref, otherwise in first.otherwise if first is not None else ():
+            tell_if_alive(ref, otherwise)
 
     def _same(self, existing: TaskRecord, message: CreateTask) -> bool:
         """Whether the task that has the id was submitted as this one: compared here, in order
@@ -202,7 +220,11 @@ class StoreActor(EngineActor):
             if not self._unsaved:
                 self._disk_full.clear()
             self._on_commit(message.task.id, message.task, message.steps)
+            for ref, then in message.then:
+                tell_if_alive(ref, then)
         message.reply.arrive(created.existing)
+        if created.first is not None:  # its first steps start now
+            self._deliver(created.first)
 
     def _not_created(self, created: _Created) -> None:
         """Its flush failed: a task never acknowledged is not kept either. Its workspace's name
@@ -218,6 +240,7 @@ class StoreActor(EngineActor):
                 self._undeleted[task.id] = task
             else:
                 self._to_release.add(task.id)
+        self._not_stored_with(created.first)
         created.message.reply.fail(DiskFull("the task could not be flushed to disk"))
 
     def _delete(self, task_id: str) -> TaskRecord | None:
@@ -295,8 +318,9 @@ class StoreActor(EngineActor):
         with inbox.mutex:
             while inbox.queue and len(taken) < GROUP:
                 envelope = inbox.queue[0]
-                if envelope.reply_to is not None or not isinstance(envelope.message, SaveRecords):
-                    break
+                message = envelope.message
+                if envelope.reply_to is not None or not isinstance(message, SaveRecords) or message.create is not None:
+                    break  # a save with its task's create is a create first (see _create)
                 taken.append(inbox.queue.popleft().message)
         return taken
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pykka
@@ -20,6 +21,7 @@ from .base import EngineActor
 from .delivery import tell_if_alive
 from .messages import (
     ControlTask,
+    CreateTask,
     Enqueue,
     GetStats,
     InterruptAll,
@@ -28,6 +30,7 @@ from .messages import (
     RunnerStopped,
     SaveRecords,
     StartTask,
+    Submit,
     TaskAdmitted,
     TaskEnded,
 )
@@ -77,6 +80,8 @@ class SupervisorActor(EngineActor):
         match message:
             case GetStats():
                 return len(self._live), len(self._queued) + len(self._held)
+            case Submit(create=create):
+                self._submit(create)
             case Enqueue(task_id=task_id, records=records):
                 self._queued[task_id] = records if self._keep(records) else None
             case TaskAdmitted(task_id=task_id):
@@ -130,6 +135,22 @@ class SupervisorActor(EngineActor):
             except Exception as exc:  # e.g. a thread that cannot start, a record that cannot be read
                 log.exception("task %s cannot be started", task_id)
                 self._interrupt_stored(task_id, f"task not started: {exc.__class__.__name__}: {exc}")
+
+    def _submit(self, create: CreateTask) -> None:
+        """A new task with an id the engine made. Started at once when nothing waits before it
+        and a runner is free: its runner writes the create with its first starts. Else the store
+        writes it, and it is queued once on disk (a task queued before it is stored could start
+        before, and run although its submitter is told it was refused)."""
+        task_id = create.task.id
+        if not self._queued and len(self._live) < self._services.config.max_live_tasks and self._stopping is None \
+                and not self._admitting_now():
+            ref = self._task_runner()
+            if tell_if_alive(ref, StartTask(create.task, create.steps, create.specs, create)):
+                self._live[task_id] = ref
+                self._admitting = task_id
+                return
+        enqueue = (self.actor_ref, Enqueue(task_id, (create.task, create.steps, create.specs)))
+        self._services.store.tell(replace(create, then=(*create.then, enqueue)))
 
     def _keep(self, records: Records | None) -> bool:
         """Keep a queued task's records in memory while few wait and its scripts are small."""

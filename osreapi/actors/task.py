@@ -21,6 +21,8 @@ from .base import EngineActor
 from .delivery import tell_if_alive
 from .messages import (
     ControlTask,
+    CreateRefused,
+    CreateTask,
     InterruptTask,
     RunDropped,
     RunnerStopped,
@@ -54,7 +56,9 @@ class TaskActor(EngineActor):
         self._supervisor = supervisor
         self._state: TaskState | None = None
 
-    def _load(self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...]) -> None:
+    def _load(self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...],
+              create: CreateTask | None) -> None:
+        self._create = create  # not stored yet: it goes with the first save, whatever happens next
         self._specs = specs
         self._requested: set[int] = set()  # asked the pool for a worker, not granted yet
         self._workers: dict[int, tuple[pykka.ActorRef, int]] = {}  # active step -> (worker, run)
@@ -92,8 +96,12 @@ class TaskActor(EngineActor):
         if self._state is None and not isinstance(message, (StartTask, ControlTask)):
             return None  # about a task that has ended here (a pid-save timer, an interrupt racing the end)
         match message:
-            case StartTask(task=task, steps=steps, specs=specs):
-                self._load(task, steps, specs)
+            case StartTask(task=task, steps=steps, specs=specs, create=create):
+                self._load(task, steps, specs, create)
+            case CreateRefused(task_id=task_id):
+                if task_id == self._state.task.id and not self._ended:  # else about a task ended here
+                    self._drop()
+                return None
             case ControlTask(task_id=task_id, reply=reply) if self._state is None or task_id != self._state.task.id:
                 reply.fail(ActionRejected("task_gone", action=message.action))  # queued for a task that ended here
                 return None
@@ -166,6 +174,16 @@ class TaskActor(EngineActor):
         # (not `stopping`) will not hear their ends, but their trees are killed all the same.
         self._stop_steps(running, reason)
         self._advance()
+
+    def _drop(self) -> None:
+        """The task's create was not stored (its submitter heard why): nothing of it is written,
+        none of its steps starts, and the workers it was granted go back to the pool."""
+        self._requested.difference_update(self._services.pool.cancel(self))  # grants on their way come back
+        for worker, run in self._workers.values():
+            tell_if_alive(worker, RunDropped(run))  # its start was in the refused save
+            self._services.pool.release(worker)
+        self._workers.clear()
+        self._end()
 
     def _start_dropped(self, index: int, worker: pykka.ActorRef, reason: str) -> None:
         """A step that was to start on `worker` does not: the worker answers what was asked of
@@ -258,13 +276,19 @@ class TaskActor(EngineActor):
         on disk before its process exists (after a crash it is interrupted, never run again)."""
         task, steps = self._state.take_changes()
         starting, self._starting = tuple(self._starting), []
-        if task is None and not steps and not starting:
+        create, self._create = self._create, None
+        if task is None and not steps and not starting and create is None:
             if reply is not None:
                 reply.arrive()
             return
-        refused = tuple((self.actor_ref, StartNotRecorded(job.record.index, worker)) for worker, job in starting)
-        durable = durable or task is not None or bool(starting)
-        self._services.store.tell(SaveRecords(self._state.task.id, task, steps, durable, reply, starting, refused))
+        if create is not None:  # written first, in the same transaction: nothing is if it is not
+            refused: tuple = ((self.actor_ref, CreateRefused(create.task.id)),)
+        else:
+            refused = tuple((self.actor_ref, StartNotRecorded(job.record.index, worker)) for worker, job in starting)
+        durable = durable or task is not None or bool(starting) or create is not None
+        self._services.store.tell(
+            SaveRecords(self._state.task.id, task, steps, durable, reply, starting, refused, create)
+        )
 
     # -- control ---------------------------------------------------------------------------
 

@@ -152,11 +152,13 @@ class Database:
     def create_task(
         self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...], now: float,
         before_writing: Callable[[TaskRecord | None], None] = lambda old: None,
+        first: tuple[TaskRecord | None, tuple[StepRecord, ...]] | None = None,
     ) -> tuple[TaskRecord | None, bool]:
         """Store a new task. If the id exists and has not expired, store nothing and return the
         existing task; otherwise `before_writing(the expired task or None)` readies the workspace
         (removes the old one's files, takes the name) and the task is written, an expired one
-        replaced (what it raises stores nothing and leaves the expired task as it was).
+        replaced (what it raises stores nothing and leaves the expired task as it was). `first`:
+        its runner's first changes (task, steps), written in the same transaction.
         Returns (existing task or None, whether an expired task was replaced)."""
 
         def work(txn: lmdb.Transaction) -> tuple[TaskRecord | None, TaskRecord | None]:
@@ -172,11 +174,13 @@ class Database:
             txn.put(_task_key(task.id), _dumps([s.to_json() for s in specs]), db=self._specs)
             for step in steps:
                 txn.put(_step_key(task.id, step.index), _dumps(step.to_json()), db=self._steps)
+            if first is not None:
+                self._save_in(txn, task.id, *first)
             return None, old
 
         existing, replaced = self._write(work)  # the store flushes it before answering
         if existing is None:
-            self._count(task.state, +1)
+            self._count(first[0].state if first is not None and first[0] is not None else task.state, +1)
             if replaced is not None:
                 self._count(replaced.state, -1)
                 self.deletions += 1  # the expired task is gone: see `deletions`
