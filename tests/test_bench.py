@@ -35,7 +35,7 @@ def test_quick_benchmark_prints_every_figure(tmp_path):
     burst = next(row for row in rows if row["figure"].startswith("burst:") and "drain" in row["figure"])
     assert burst["lost"] == 0 and burst["sampled_codes"] == {"0": sum(burst["sampled_codes"].values())}
     latency = next(row for row in rows if row["figure"] == "latency: 1-step true, submit→done (median)")
-    assert latency["of_floors"].endswith("× (sh floor + 3 durable writes)"), latency
+    assert latency["of_floors"].endswith("× (sh floor + 2 durable writes)"), latency
     lean = next(row for row in rows if row["figure"].startswith("reference:"))
     assert lean["value"] > 0 and lean["of_ceiling"].endswith("%")
     if shutil.which("wrk"):
