@@ -243,7 +243,7 @@ def test_a_follower_whose_log_cannot_be_opened_follows_to_the_step_end(start_ser
     record (before: at once, without one, and a traceback in the server's log)."""
     server = start_server()
     client = server.client
-    script = "rm .osreapi/step-0.log && mkdir .osreapi/step-0.log && echo > moved; while [ ! -e go ]; do sleep 0.05; done"
+    script = "rm -f .osreapi/step-0.log && mkdir .osreapi/step-0.log && echo > moved; while [ ! -e go ]; do sleep 0.05; done"
     task_id = client.submit([{"command_type": "sh", "command_content": script}])
     workspace = server.data_dir / "workspace" / task_id
     assert wait_until(lambda: (workspace / "moved").exists())
