@@ -126,11 +126,14 @@ class LogSource:
             except FileNotFoundError:  # not written yet, or gone with its task
                 return b""
             except OSError as exc:
-                if not self._follow:
+                short = out_of_descriptors(exc)
+                if short and not self._follow:
                     raise
-                # Tried again at the next read, to the step's end; and past it while no descriptor
-                # is free (ending then, the stream said the log was empty).
-                self._unopened = out_of_descriptors(exc)
+                # Not a log the engine wrote (a link or a directory the step put there) reads as
+                # empty, as a missing one. A followed one is tried again at the next read, to the
+                # step's end; and past it while no descriptor is free (ending then, the stream said
+                # the log was empty).
+                self._unopened = short
                 return b""
         end = os.fstat(self._file.fileno()).st_size if self._until is None else self._until
         if end <= self._offset:

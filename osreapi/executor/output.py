@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import codecs
+import errno
 import os
+import stat
 from pathlib import Path
 
 from ..errors import DESCRIPTOR_TURN
 
 _NO_WAIT = getattr(os, "O_NONBLOCK", 0)  # for a FIFO (no effect on a regular file)
+_NO_LINK = getattr(os, "O_NOFOLLOW", 0)
 
 
 def open_log(path: Path):
     """A step's log, opened for reading without waiting: a step may have put a FIFO in its place,
-    whose open waits for a writer (opened this way, it reads as empty). Under DESCRIPTOR_TURN:
-    never the slot the intake frees to refuse a connection with."""
+    whose open waits for a writer (opened this way, it reads as empty), or a link, which is not
+    followed (the engine writes none through one either). Under DESCRIPTOR_TURN: never the slot
+    the intake frees to refuse a connection with."""
     with DESCRIPTOR_TURN:
-        descriptor = os.open(path, os.O_RDONLY | _NO_WAIT | getattr(os, "O_CLOEXEC", 0))
+        descriptor = os.open(path, os.O_RDONLY | _NO_WAIT | _NO_LINK | getattr(os, "O_CLOEXEC", 0))
     try:
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):  # opens, then fails every read
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         return os.fdopen(descriptor, "rb")
     except BaseException:
         os.close(descriptor)
