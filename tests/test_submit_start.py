@@ -4,6 +4,7 @@ and nothing of it runs or stays when that write is refused."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -61,3 +62,6 @@ def test_a_made_id_task_whose_create_is_refused_runs_nothing_and_holds_nothing(f
     assert ex.wait(after, 30).steps[0].output == "next\n"
     assert not ran.exists()  # their starts, in the refused writes, never reached a worker
     assert sorted(task.id for task in ex.list()) == sorted([first, after])
+    # Their runners had made their workspaces while the store wrote: gone with them.
+    root = ex.config.workspace_root
+    assert wait_until(lambda: sorted(os.listdir(root)) == sorted([first, after])), os.listdir(root)

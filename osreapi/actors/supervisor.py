@@ -14,7 +14,7 @@ from typing import Any
 
 import pykka
 
-from ..errors import ActionRejected
+from ..errors import ActionRejected, EngineClosed
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
 from .base import EngineActor
@@ -150,7 +150,8 @@ class SupervisorActor(EngineActor):
                 self._admitting = task_id
                 return
         enqueue = (self.actor_ref, Enqueue(task_id, (create.task, create.steps, create.specs)))
-        self._services.store.tell(replace(create, then=(*create.then, enqueue)))
+        if not tell_if_alive(self._services.store, replace(create, then=(*create.then, enqueue))):
+            create.reply.fail(EngineClosed("the engine is shut down"))
 
     def _keep(self, records: Records | None) -> bool:
         """Keep a queued task's records in memory while few wait and its scripts are small."""

@@ -26,6 +26,15 @@ def prepare_workspace(workspace: Path) -> None:
     (workspace / CONTROL_DIR).mkdir(mode=PRIVATE_DIR, exist_ok=True)
 
 
+def remove_empty_workspace(workspace: Path) -> None:
+    """Undo prepare_workspace where nothing was written in it (a directory that is not empty stays)."""
+    for directory in (workspace / CONTROL_DIR, workspace):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
 def log_path(workspace: Path, index: int) -> Path:
     return workspace / CONTROL_DIR / f"step-{index}.log"
 
