@@ -248,8 +248,8 @@ class Executor(ControlCalls):
         existing = self._answer(self._store, create) if named else self._answer(self._supervisor, Submit(create))
         if existing is not None:  # submitted with this body (the store compared: TaskConflict if not)
             return Submitted(existing.id, existing.count, created=False)
-        if named:  # a close() since the record was written leaves it queued on disk: it runs after
-            tell_if_alive(self._supervisor, Enqueue(task_id, (task, records, specs)))  # the next start
+        if named:  # (a close() since the record was written leaves it queued on disk, to run after the next start)
+            tell_if_alive(self._supervisor, Enqueue(task_id, (task, records, specs)))
         return Submitted(task_id, len(specs), created=True)
 
     def get(self, task_id: str) -> TaskResult | None:
