@@ -35,6 +35,7 @@ from .messages import (
     StepStarted,
     StopStep,
     TaskAdmitted,
+    TaskDropped,
     TaskEnded,
     WorkerGranted,
 )
@@ -183,6 +184,7 @@ class TaskActor(EngineActor):
             tell_if_alive(worker, RunDropped(run))  # its start was in the refused save
             self._services.pool.release(worker)
         self._workers.clear()
+        tell_if_alive(self._services.store, TaskDropped(self._state.task.id))  # after every save of it
         self._end()
 
     def _start_dropped(self, index: int, worker: pykka.ActorRef, reason: str) -> None:

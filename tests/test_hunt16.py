@@ -1,0 +1,57 @@
+"""Fault hunt of the engine's changes of the day: a task whose id the engine made started as it is
+stored, the stream hub woken per task, logs opened without waiting, the workspace made after the
+first save. Each test reproduces a fault found, and asserts what the OS and the store say."""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+import pytest
+
+from osreapi.actors.messages import SaveRecords
+from osreapi.errors import DiskFull
+
+from .conftest import sh, wait_until
+
+
+def saves_waiting_for(ex, task_id: str) -> bool:
+    """Whether the store's mailbox holds a save of the task's runner after its first one."""
+    queued = list(ex._store.actor_inbox.queue)
+    return any(isinstance(e.message, SaveRecords) and e.message.task_id == task_id and e.message.create is None
+               for e in queued)
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_create_runs_none_of_the_steps_its_runner_started_meanwhile(make_executor, tmp_path):
+    """A made-id task of two parallel steps, one worker free: its first save (the create with the
+    first start) waits in the store while the other worker is freed and granted, so the runner's
+    second save (the second start) is queued behind it. The create is refused (its write: a big
+    script on a disk nearly full). The second save must not be written or delivered: no record of
+    the task, no process, no worker held. Before, that start was written (a step record of a task
+    that does not exist) and its step ran on a worker already given back to the pool."""
+    ex = make_executor(pool_size=2)
+    blocker = ex.submit([sh("while [ ! -e go ]; do sleep 0.02; done")])  # holds one worker
+    assert wait_until(lambda: ex.get(blocker).steps[0].state.value == "running")
+    create, refused = ex._db.create_task, []
+
+    def refusing(task, steps, specs, now, **kw):
+        if task.count != 2:
+            return create(task, steps, specs, now, **kw)
+        refused.append(task.id)
+        (ex.config.workspace(blocker) / "go").touch()  # its worker goes back to the pool: to this task
+        assert wait_until(lambda: saves_waiting_for(ex, task.id), timeout=20)
+        raise OSError(errno.ENOSPC, "no space left on device")
+
+    ex._db.create_task = refusing
+    ran = [tmp_path / "ran0", tmp_path / "ran1"]
+    with pytest.raises(DiskFull):
+        ex.submit([sh(f"touch {ran[0]}", name="a"), sh(f"touch {ran[1]}", name="b")], mode="parallel")
+    ex._db.create_task = create
+    assert ex.wait(blocker, 20).task.state.value == "stopped"
+    after = ex.submit([sh("echo next")] * 2, mode="parallel")  # both workers: none runs a dropped step
+    assert [s.output for s in ex.wait(after, 20).steps] == ["next\n", "next\n"]
+    assert wait_until(lambda: ex.stats()["tasks_live"] == 0 and ex.stats()["pool_busy"] == 0)
+    assert not any(path.exists() for path in ran)
+    assert ex._db.get_task_and_steps(refused[0]) == (None, [])
+    assert sorted(task.id for task in ex.list()) == sorted([blocker, after])
