@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from osreapi.actors.messages import SaveRecords
-from osreapi.errors import DiskFull
+from osreapi.errors import DiskFull, EngineFailed
 
 from .conftest import sh, wait_until
 
@@ -55,3 +55,46 @@ def test_a_refused_create_runs_none_of_the_steps_its_runner_started_meanwhile(ma
     assert not any(path.exists() for path in ran)
     assert ex._db.get_task_and_steps(refused[0]) == (None, [])
     assert sorted(task.id for task in ex.list()) == sorted([blocker, after])
+
+
+def fail_runnable(monkeypatch, name: str, times: int) -> None:
+    """Inject a fault where the runner of a task whose first step is `name` asks what may run
+    (its first _advance), `times` times."""
+    from osreapi.actors.taskstate import TaskState
+
+    runnable, left = TaskState.runnable, [times]
+
+    def failing(self):
+        if self.steps and self.steps[0].name == name and left[0] > 0:
+            left[0] -= 1
+            raise RuntimeError("injected fault")
+        return runnable(self)
+
+    monkeypatch.setattr(TaskState, "runnable", failing)
+
+
+@pytest.mark.timeout(60)
+def test_a_made_id_task_whose_runner_fails_at_its_first_advance_is_stored_interrupted(make_executor, monkeypatch):
+    """One fault in the first _advance of a made-id task: the runner interrupts the task, and
+    its create goes with that save: the submitter has the id of a task interrupted, saying why."""
+    fail_runnable(monkeypatch, "faulty", 1)
+    ex = make_executor()
+    task_id = ex.submit([sh("true", name="faulty")])
+    result = ex.wait(task_id, 20)
+    assert result.task.state.value == "interrupted" and "injected fault" in result.steps[0].output
+    assert ex.wait(ex.submit([sh("echo next")]), 20).steps[0].output == "next\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_made_id_task_whose_runner_stops_before_its_first_save_answers_the_submitter(make_executor, monkeypatch):
+    """The fault again while the runner ends the task (a runner that fails twice stops): its
+    create, which was to go with the first save, never reached the store. The submitter hears
+    that the engine failed, at once, not the timeout of a create nobody holds; nothing is kept."""
+    fail_runnable(monkeypatch, "faulty", 3)
+    ex = make_executor(call_timeout=20)
+    with pytest.raises(EngineFailed):
+        ex.submit([sh("true", name="faulty")])
+    assert wait_until(lambda: ex.stats()["tasks_live"] == 0 and ex.stats()["pool_busy"] == 0)
+    after = ex.submit([sh("echo next")])
+    assert ex.wait(after, 20).steps[0].output == "next\n"
+    assert [task.id for task in ex.list()] == [after]

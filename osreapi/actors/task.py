@@ -12,7 +12,7 @@ from typing import Any
 
 import pykka
 
-from ..errors import ActionRejected
+from ..errors import ActionRejected, EngineFailed
 from ..executor import process
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
@@ -142,8 +142,16 @@ class TaskActor(EngineActor):
             log.error("task %s failed inside the engine twice; marking it interrupted", task_id)
             self._fail(exception_value, stopping=False)  # no step's end will reach this runner now
         finally:  # even if that failed too: the supervisor frees the slot and ends what is left
+            self._refuse_unsent_create(exception_value)
             self._tell_stopped(task_id)
             super().on_failure(exception_type, exception_value, traceback)
+
+    def _refuse_unsent_create(self, exc: BaseException | None) -> None:
+        """The create that was to go with the first save never reached the store: nothing of the
+        task is stored, and its submitter hears why now (not when its wait times out)."""
+        create, self._create = getattr(self, "_create", None), None
+        if create is not None:
+            create.reply.fail(EngineFailed(f"task not started: its runner failed ({type(exc).__name__}: {exc})"))
 
     def _tell_stopped(self, task_id: str | None) -> None:
         """RunnerStopped reaches the supervisor through the store, behind this runner's own saves:
