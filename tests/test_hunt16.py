@@ -13,6 +13,7 @@ from osreapi.actors.messages import SaveRecords
 from osreapi.errors import DiskFull, EngineFailed
 
 from .conftest import sh, wait_until
+from .test_mend16 import failing_sync  # noqa: F401 - a fixture
 
 
 def saves_waiting_for(ex, task_id: str) -> bool:
@@ -98,3 +99,101 @@ def test_a_made_id_task_whose_runner_stops_before_its_first_save_answers_the_sub
     after = ex.submit([sh("echo next")])
     assert ex.wait(after, 20).steps[0].output == "next\n"
     assert [task.id for task in ex.list()] == [after]
+
+
+@pytest.mark.timeout(120)
+def test_close_while_made_id_submits_stream_in_keeps_every_acknowledged_one(make_executor, tmp_path):
+    """8 threads submit (ids made by the engine) while close() runs; then the engine reopens.
+    Every submit that returned an id runs then (or ended interrupted, had it begun before the
+    close); every one that raised left nothing: the tasks stored are exactly those returned."""
+    data = tmp_path / "data"
+    ex = make_executor(data, pool_size=4)
+    returned: list[str] = []
+    raised: list[BaseException] = []
+    lock, started = threading.Lock(), threading.Event()
+
+    def submitter() -> None:
+        for _ in range(25):
+            try:
+                task_id = ex.submit([sh("sleep 0.05; echo ran")])
+            except Exception as exc:  # noqa: BLE001 - what a closing engine answers, looked at below
+                with lock:
+                    raised.append(exc)
+                return
+            with lock:
+                returned.append(task_id)
+            started.set()
+
+    threads = [threading.Thread(target=submitter) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    assert started.wait(20)
+    assert wait_until(lambda: len(returned) >= 20, timeout=20)
+    ex.close()
+    for thread in threads:
+        thread.join(30)
+    assert {type(exc).__name__ for exc in raised} <= {"EngineClosed"}
+    again = make_executor(data, pool_size=4)
+    results = {task_id: again.wait(task_id, 60) for task_id in returned}
+    states = {task_id: r.task.state.value for task_id, r in results.items()}
+    assert set(states.values()) <= {"stopped", "interrupted"}, states
+    assert all(r.steps[0].output == "ran\n" for r in results.values() if r.task.state.value == "stopped")
+    assert sorted(task.id for task in again.list()) == sorted(returned)
+
+
+def stream_submits(ex, threads: int, each: int, steps: list[dict], stop: threading.Event):
+    """`threads` threads submit made-id tasks of `steps` (parallel), `each` at most, until `stop`;
+    returns (the thread list, ids returned, errors raised)."""
+    returned: list[str] = []
+    raised: list[BaseException] = []
+    lock = threading.Lock()
+
+    def submitter() -> None:
+        for _ in range(each):
+            if stop.is_set():
+                return
+            try:
+                task_id = ex.submit(steps, mode="parallel")
+            except Exception as exc:  # noqa: BLE001 - what a refusing engine answers, looked at by the caller
+                with lock:
+                    raised.append(exc)
+                continue
+            with lock:
+                returned.append(task_id)
+
+    started = [threading.Thread(target=submitter) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    return started, returned, raised
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("writes_too", [False, True])
+def test_a_failing_flush_amid_a_stream_of_made_id_submits_keeps_exactly_those_acknowledged(
+        failing_sync, make_executor, tmp_path, writes_too):
+    """4 threads submit two-step parallel tasks (pool of 3: starts wait for workers) while the
+    flush (and the writes) fail, then heal. Every id returned runs both its steps; every submit refused ran
+    nothing (each step leaves a file named by its task's id) and left no record."""
+    switch = failing_sync(tmp_path / "data")
+    ex = make_executor(tmp_path / "data", pool_size=3)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    step = sh(f'touch "{marks}/$OSREAPI_TASK_ID-$OSREAPI_STEP_NAME"; sleep 0.02')
+    stop = threading.Event()
+    threads, returned, raised = stream_submits(ex, 4, 40, [dict(step, name="a"), dict(step, name="b")], stop)
+    assert wait_until(lambda: len(returned) >= 10, timeout=30)
+    switch.fail(writes_too)
+    assert wait_until(lambda: len(raised) >= 10, timeout=30)
+    switch.heal()
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert {type(exc).__name__ for exc in raised} == {"DiskFull"}
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=30)
+    for task_id in returned:
+        result = ex.wait(task_id, 60)
+        assert result is not None and result.task.state.finished, task_id
+    assert wait_until(lambda: ex.stats()["tasks_live"] == 0 and ex.stats()["pool_busy"] == 0, timeout=30)
+    ran = {path.name.rsplit("-", 1)[0] for path in marks.iterdir()}
+    assert ran <= set(returned)  # no refused task ran a step
+    assert sorted(task.id for task in ex.list()) == sorted(returned)

@@ -226,7 +226,7 @@ class StoreActor(EngineActor):
             message.reply.fail(TaskConflict(message.task.id))
             return
         if created.existing is None:
-            if not self._unsaved:
+            if not self._unsaved and not self._undeleted:  # else the retry clears it, once they are deleted
                 self._disk_full.clear()
             self._on_commit(message.task.id, message.task, message.steps)
             for ref, then in message.then:
