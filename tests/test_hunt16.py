@@ -101,6 +101,32 @@ def test_a_made_id_task_whose_runner_stops_before_its_first_save_answers_the_sub
     assert [task.id for task in ex.list()] == [after]
 
 
+@pytest.mark.timeout(60)
+def test_a_refused_create_of_a_task_ended_at_its_start_leaves_its_id_free(make_executor, monkeypatch):
+    """A made-id task whose runner fails at its first _advance ends there (interrupted), its
+    create in that one save; the create is refused (its write). Its runner, idle by then, still
+    tells the store it sends nothing more of that task: the id is free again, and a task posted
+    later with that id runs. Before, the store refused every save of that id for good (its
+    steps ended interrupted: 'its start could not be recorded')."""
+    fail_runnable(monkeypatch, "faulty", 1)
+    ex = make_executor()
+    create, refused = ex._db.create_task, []
+
+    def refusing(task, steps, specs, now, **kw):
+        if refused or steps[0].name != "faulty":
+            return create(task, steps, specs, now, **kw)
+        refused.append(task.id)
+        raise OSError(errno.ENOSPC, "no space left on device")
+
+    ex._db.create_task = refusing
+    with pytest.raises(DiskFull):
+        ex.submit([sh("true", name="faulty")])
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=30)
+    assert ex.get(refused[0]) is None
+    ex.submit([sh("echo again")], task_id=refused[0])
+    assert ex.wait(refused[0], 20).steps[0].output == "again\n"
+
+
 @pytest.mark.timeout(120)
 def test_close_while_made_id_submits_stream_in_keeps_every_acknowledged_one(make_executor, tmp_path):
     """8 threads submit (ids made by the engine) while close() runs; then the engine reopens.

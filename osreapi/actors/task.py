@@ -94,15 +94,14 @@ class TaskActor(EngineActor):
         if isinstance(message, WorkerGranted) and (self._state is None or message.task_id != self._state.task.id):
             self._services.pool.release(message.worker)  # for a task that has ended here
             return None
+        if isinstance(message, CreateRefused):
+            self._create_refused(message.task_id)
+            return None
         if self._state is None and not isinstance(message, (StartTask, ControlTask)):
             return None  # about a task that has ended here (a pid-save timer, an interrupt racing the end)
         match message:
             case StartTask(task=task, steps=steps, specs=specs, create=create):
                 self._load(task, steps, specs, create)
-            case CreateRefused(task_id=task_id):
-                if task_id == self._state.task.id and not self._ended:  # else about a task ended here
-                    self._drop()
-                return None
             case ControlTask(task_id=task_id, reply=reply) if self._state is None or task_id != self._state.task.id:
                 reply.fail(ActionRejected("task_gone", action=message.action))  # queued for a task that ended here
                 return None
@@ -184,6 +183,14 @@ class TaskActor(EngineActor):
         self._stop_steps(running, reason)
         self._advance()
 
+    def _create_refused(self, task_id: str) -> None:
+        """The create that went with this runner's first save of `task_id` was not stored: the
+        task is dropped, unless it has ended here (failed at its start, say); either way the store
+        hears that no save of it comes any more (it refuses them until then)."""
+        if self._state is not None and task_id == self._state.task.id and not self._ended:
+            self._drop()
+        tell_if_alive(self._services.store, TaskDropped(task_id))  # after every save of it
+
     def _drop(self) -> None:
         """The task's create was not stored (its submitter heard why): nothing of it is written,
         none of its steps starts, and the workers it was granted go back to the pool."""
@@ -192,7 +199,6 @@ class TaskActor(EngineActor):
             tell_if_alive(worker, RunDropped(run))  # its start was in the refused save
             self._services.pool.release(worker)
         self._workers.clear()
-        tell_if_alive(self._services.store, TaskDropped(self._state.task.id))  # after every save of it
         self._end()
 
     def _start_dropped(self, index: int, worker: pykka.ActorRef, reason: str) -> None:
