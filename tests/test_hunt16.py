@@ -223,3 +223,58 @@ def test_a_failing_flush_amid_a_stream_of_made_id_submits_keeps_exactly_those_ac
     ran = {path.name.rsplit("-", 1)[0] for path in marks.iterdir()}
     assert ran <= set(returned)  # no refused task ran a step
     assert sorted(task.id for task in ex.list()) == sorted(returned)
+
+
+@pytest.mark.timeout(120)
+def test_with_no_tick_every_stream_learns_at_its_tasks_changes(make_executor, tmp_path):
+    """The hub's periodic look an hour apart: only the wakes sent at each committed change move
+    the streams. A made-id task (started as it is stored): a wait on it is answered at its end, a
+    follower of its step ends with the step, a feed of it and a feed of every task get its end
+    and its delete; a sweep of two tasks (one wake for both) reaches the feed of every task."""
+    import http.client
+    import time
+
+    from osreapi.http.app import HttpSettings, make_app
+    from osreapi.http.server import HttpServer
+
+    from .conftest import Client
+    from .test_events import Feed, is_task_state
+    from .test_wait import answer_in_thread
+
+    now = [time.time()]
+    ex = make_executor(key_expire="10s", clock=lambda: now[0])
+    app = make_app(ex, HttpSettings(), stream_tick=3600.0)
+    server = HttpServer(app, "127.0.0.1", 0)
+    server.start()
+    try:
+        client = Client(server.url)
+        every = Feed(client, "/events?lang=zh")
+        gate = tmp_path / "gate"
+        task_id = client.submit([sh(f"while [ ! -e {gate} ]; do sleep 0.01; done; echo two")])
+        one = Feed(client, f"/events?task={task_id}", {"Last-Event-ID": "0"})
+        follow = http.client.HTTPConnection(client.host, client.port, timeout=30)
+        follow.request("GET", f"/{task_id}/0/log?follow=true")
+        followed = follow.getresponse()
+        waiting, got = answer_in_thread(client, f"/{task_id}?wait=60s&lang=en")
+        assert wait_until(lambda: app.hub.count == 4, 10)
+        gate.touch()
+        waiting.join(30)
+        assert got and got[0].json["code"] == 0
+        assert followed.read() == b"two\n"  # to its end: the step's
+        one.until(is_task_state(task_id, "已结束"))
+        every.until(is_task_state(task_id, "已结束"))
+        others = [client.submit([sh("true")]) for _ in range(2)]
+        for other in others:
+            client.wait(other)
+        assert client.request("DELETE", f"/{task_id}").status == 200
+        assert one.until(lambda e: e["event"] == "delete")["data"] == {"id": task_id}
+        assert every.until(lambda e: e["event"] == "delete")["data"] == {"id": task_id}
+        now[0] += 60
+        assert ex.sweep() == 2
+        swept = {every.until(lambda e: e["event"] == "delete")["data"]["id"] for _ in range(2)}
+        assert swept == set(others)
+        for feed in (one, every):
+            feed.close()
+        follow.close()
+    finally:
+        server.stop()
