@@ -55,6 +55,7 @@ def test_a_refused_create_runs_none_of_the_steps_its_runner_started_meanwhile(ma
     assert wait_until(lambda: ex.stats()["tasks_live"] == 0 and ex.stats()["pool_busy"] == 0)
     assert not any(path.exists() for path in ran)
     assert ex._db.get_task_and_steps(refused[0]) == (None, [])
+    assert not ex.config.workspace(refused[0]).exists()
     assert sorted(task.id for task in ex.list()) == sorted([blocker, after])
 
 
@@ -223,6 +224,7 @@ def test_a_failing_flush_amid_a_stream_of_made_id_submits_keeps_exactly_those_ac
     ran = {path.name.rsplit("-", 1)[0] for path in marks.iterdir()}
     assert ran <= set(returned)  # no refused task ran a step
     assert sorted(task.id for task in ex.list()) == sorted(returned)
+    assert sorted(path.name for path in ex.config.workspace(returned[0]).parent.iterdir()) == sorted(returned)
 
 
 @pytest.mark.timeout(120)
@@ -278,3 +280,28 @@ def test_with_no_tick_every_stream_learns_at_its_tasks_changes(make_executor, tm
         follow.close()
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("named", [True, False])
+def test_a_workspace_that_cannot_be_made_ends_its_task_and_the_engine_goes_on(make_executor, monkeypatch, named):
+    """A file where the task's workspace goes (put there by another task's step, say): the
+    runner makes the workspace after its first save was told, with its first start in it. The
+    task ends, saying why; its step never runs; the workers come back; the next task runs."""
+    import uuid
+
+    ex = make_executor(pool_size=2)
+    task_id = "in-the-way" if named else "5f0c6c3e-0000-4000-8000-00000000f11e"
+    ex.config.workspace(task_id).parent.mkdir(parents=True, exist_ok=True)
+    ex.config.workspace(task_id).write_text("a file, not a directory")
+    if not named:
+        monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(task_id))
+    got = ex.submit([sh("echo ran > ../ran", name="a"), sh("true", name="b")], mode="parallel",
+                    task_id=task_id if named else None)
+    monkeypatch.undo()
+    assert got == task_id
+    result = ex.wait(task_id, 20)
+    assert result.task.state.value == "interrupted" and "File exists" in result.steps[0].output, result
+    assert not (ex.config.workspace(task_id).parent / "ran").exists()
+    assert wait_until(lambda: ex.stats()["tasks_live"] == 0 and ex.stats()["pool_busy"] == 0)
+    assert ex.wait(ex.submit([sh("echo next")]), 20).steps[0].output == "next\n"
