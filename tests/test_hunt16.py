@@ -305,3 +305,37 @@ def test_a_workspace_that_cannot_be_made_ends_its_task_and_the_engine_goes_on(ma
     assert not (ex.config.workspace(task_id).parent / "ran").exists()
     assert wait_until(lambda: ex.stats()["tasks_live"] == 0 and ex.stats()["pool_busy"] == 0)
     assert ex.wait(ex.submit([sh("echo next")]), 20).steps[0].output == "next\n"
+
+
+@pytest.mark.timeout(120)
+def test_a_disk_filling_amid_a_stream_of_made_id_submits_keeps_exactly_those_acknowledged(
+        make_executor, small_disk, tmp_path):
+    """4 threads submit two-step parallel tasks with big scripts until the small disk is full
+    (the creates then need pages there are none of), then room is made. Every id returned ends,
+    every refused submit ran nothing and left neither record nor workspace."""
+    import subprocess
+
+    filler = small_disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=8"], capture_output=True, check=True)
+    ex = make_executor(small_disk / "data", pool_size=3)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    step = sh(f'touch "{marks}/$OSREAPI_TASK_ID-$OSREAPI_STEP_NAME" # ' + "x" * 300_000)
+    stop = threading.Event()
+    threads, returned, raised = stream_submits(ex, 4, 40, [dict(step, name="a"), dict(step, name="b")], stop)
+    assert wait_until(lambda: len(raised) >= 8 or not any(t.is_alive() for t in threads), timeout=60)
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert raised and {type(exc).__name__ for exc in raised} == {"DiskFull"}
+    assert raised and {type(exc).__name__ for exc in raised} == {"DiskFull"}
+    filler.unlink()
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=30)
+    for task_id in returned:
+        result = ex.wait(task_id, 60)
+        assert result is not None and result.task.state.finished, task_id
+    assert wait_until(lambda: ex.stats()["tasks_live"] == 0 and ex.stats()["pool_busy"] == 0, timeout=30)
+    ran = {path.name.rsplit("-", 1)[0] for path in marks.iterdir()}
+    assert ran <= set(returned)
+    assert sorted(task.id for task in ex.list()) == sorted(returned)
+    assert sorted(path.name for path in ex.config.workspace("x").parent.iterdir()) == sorted(returned)
