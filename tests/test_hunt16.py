@@ -339,3 +339,43 @@ def test_a_disk_filling_amid_a_stream_of_made_id_submits_keeps_exactly_those_ack
     assert ran <= set(returned)
     assert sorted(task.id for task in ex.list()) == sorted(returned)
     assert sorted(path.name for path in ex.config.workspace("x").parent.iterdir()) == sorted(returned)
+
+
+@pytest.mark.timeout(60)
+def test_a_made_id_task_whose_runner_fails_loading_it_is_stored_interrupted(make_executor, monkeypatch):
+    """The runner fails as it loads a made-id task (its plan cannot be made): the task is still
+    stored, with its create, as interrupted saying why; the submitter has its id at once."""
+    from osreapi.actors.taskstate import TaskState
+
+    init = TaskState.__init__
+
+    def failing(self, task, steps, specs, plan=True):
+        if plan and steps and steps[0].name == "faulty":
+            raise RuntimeError("injected fault")
+        init(self, task, steps, specs, plan=plan)
+
+    monkeypatch.setattr(TaskState, "__init__", failing)
+    ex = make_executor(call_timeout=20)
+    task_id = ex.submit([sh("touch ran", name="faulty")])
+    result = ex.wait(task_id, 20)
+    assert result.task.state.value == "interrupted" and "injected fault" in result.steps[0].output
+    assert not (ex.config.workspace(task_id) / "ran").exists()
+    assert ex.wait(ex.submit([sh("echo next")]), 20).steps[0].output == "next\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("extra_live_tasks", [0, 2, 16])
+def test_made_id_tasks_waiting_for_the_one_worker_run_in_the_order_they_were_accepted(
+        make_executor, tmp_path, extra_live_tasks):
+    """One worker, held by a long step: made-id tasks submitted meanwhile find no worker (those
+    that a runner takes at once, as many as the live limit lets, wait in the pool; the others are
+    queued once stored). They run one by one in the order they were accepted."""
+    ex = make_executor(pool_size=1, extra_live_tasks=extra_live_tasks)
+    ledger = tmp_path / "ledger"
+    blocker = ex.submit([sh("while [ ! -e go ]; do sleep 0.02; done")])
+    assert wait_until(lambda: ex.get(blocker).steps[0].state.value == "running")
+    ids = [ex.submit([sh(f"echo {n} >> {ledger}")]) for n in range(6)]
+    (ex.config.workspace(blocker) / "go").touch()
+    for task_id in ids:
+        assert ex.wait(task_id, 20).task.state.value == "stopped"
+    assert ledger.read_text().split() == [str(n) for n in range(6)]
