@@ -377,3 +377,33 @@ def test_made_id_tasks_waiting_for_the_one_worker_run_in_the_order_they_were_acc
     for task_id in ids:
         assert ex.wait(task_id, 20).task.state.value == "stopped"
     assert ledger.read_text().split() == [str(n) for n in range(6)]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("pool_size", [1, 3])
+def test_controls_and_delete_right_after_a_made_id_submit_act_on_the_task(make_executor, pool_size):
+    """Right after a made-id submit returns (its runner has it, its first start may still be on
+    its way to the worker, or it waits for the one worker): a pause then resume, a kill, a delete
+    of the killed task. Each is answered (never a timeout), the kill kills, the delete deletes,
+    and the engine goes on."""
+    from osreapi.errors import OsreapiError
+
+    ex = make_executor(pool_size=pool_size, call_timeout=20)
+    blocker = ex.submit([sh("while [ ! -e go ]; do sleep 0.02; done")])
+    for attempt in range(10):
+        task_id = ex.submit([sh("sleep 30", name="s"), sh("true", name="t")])
+        if attempt % 2:
+            ex.pause(task_id)
+            ex.resume(task_id)
+        ex.kill(task_id)
+        result = ex.wait(task_id, 20)
+        assert result.task.state.value == "killed", result
+        try:
+            ex.delete(task_id)
+        except OsreapiError as exc:  # only a task still ending may refuse
+            raise AssertionError(f"delete of an ended task refused: {exc!r}") from None
+        assert ex.get(task_id) is None
+    (ex.config.workspace(blocker) / "go").touch()
+    assert ex.wait(blocker, 20).task.state.value == "stopped"
+    assert wait_until(lambda: ex.stats()["tasks_live"] == 0 and ex.stats()["pool_busy"] == 0)
+    assert ex.wait(ex.submit([sh("echo next")]), 20).steps[0].output == "next\n"
