@@ -199,8 +199,8 @@ class TaskActor(EngineActor):
             tell_if_alive(worker, RunDropped(run))  # its start was in the refused save
             self._services.pool.release(worker)
         self._workers.clear()
-        if self._prepared:  # made while its create was being stored: the task has no workspace
-            process.unprepare_workspace(self._workspace)
+        if self._prepared:  # nothing ran in it: no directory is left for a task that is not
+            process.remove_empty_workspace(self._workspace)
         self._end()
 
     def _start_dropped(self, index: int, worker: pykka.ActorRef, reason: str) -> None:

@@ -26,15 +26,12 @@ def prepare_workspace(workspace: Path) -> None:
     (workspace / CONTROL_DIR).mkdir(mode=PRIVATE_DIR, exist_ok=True)
 
 
-def unprepare_workspace(workspace: Path) -> None:
-    """Remove what prepare_workspace made, for a task that was not stored after all: only empty
-    directories go (rmdir), so nothing of another task's, or written meanwhile, is ever removed."""
+def remove_empty_workspace(workspace: Path) -> None:
+    """Undo prepare_workspace where nothing was written in it (a directory that is not empty stays)."""
     for directory in (workspace / CONTROL_DIR, workspace):
         try:
             directory.rmdir()
-        except FileNotFoundError:
-            continue
-        except OSError:  # not empty, not a directory: left as it is
+        except OSError:
             return
 
 
