@@ -387,7 +387,7 @@ class Executor(ControlCalls):
         check_offset(offset)
         index = self.step(task_id, step, output=False)[1].index
 
-        def current() -> StepRecord | None:
+        def current(_read_since: float) -> StepRecord | None:  # read now: always since
             try:
                 return self.step(task_id, index, output=False)[1]
             except NotFound:

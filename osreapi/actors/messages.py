@@ -55,6 +55,14 @@ class CreateRefused:
 
 
 @dataclass(frozen=True)
+class TaskDropped:
+    """The runner that heard CreateRefused has dropped the task: none of its saves comes after
+    this message, so the store stops refusing them."""
+
+    task_id: str
+
+
+@dataclass(frozen=True)
 class SaveRecords:
     """Commit records. `durable`: flushed before anyone is told. After the commit `reply` arrives
     and every (actor, message) of `then` is told; when the write fails, `reply` fails and those of

@@ -39,6 +39,7 @@ from .messages import (
     RetryUnsaved,
     SaveRecords,
     SweepExpired,
+    TaskDropped,
 )
 from .taskstate import TaskState
 
@@ -101,6 +102,7 @@ class StoreActor(EngineActor):
         self._folds_case = folds_case  # the workspace root's: a create takes its workspace's name
         self._to_release: set[str] = set()  # ids whose record's removal waits for a flush (see _give_back)
         self._undeleted: dict[str, TaskRecord] = {}  # refused creates whose records the disk kept (see _not_created)
+        self._dropping: set[str] = set()  # refused creates whose runners may still send saves (see _not_stored_with)
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -128,6 +130,8 @@ class StoreActor(EngineActor):
                     reply.fail(exc)
             case Ping():
                 return None
+            case TaskDropped(task_id=task_id):
+                self._dropping.discard(task_id)
             case RetryUnsaved():
                 self._retry()
             case SweepExpired():
@@ -164,10 +168,15 @@ class StoreActor(EngineActor):
         else:
             self._awaiting.append(_Created(message, None, first=first))
 
-    @staticmethod
-    def _not_stored_with(first: SaveRecords | None) -> None:
-        """The runner that sent its first save with a create that was not stored drops the task."""
-        for ref, otherwise in first.otherwise if first is not None else ():
+    def _not_stored_with(self, first: SaveRecords | None) -> None:
+        """The runner that sent its first save with a create that was not stored drops the task.
+        Until it says so (TaskDropped), the saves it sent meanwhile (a start granted later, a
+        control) are refused unwritten: a record of a task that does not exist, a step started on
+        a worker the runner gives back, are not kept."""
+        if first is None:
+            return
+        self._dropping.add(first.task_id)
+        for ref, otherwise in first.otherwise:
             tell_if_alive(ref, otherwise)
 
     def _same(self, existing: TaskRecord, message: CreateTask) -> bool:
@@ -217,7 +226,7 @@ class StoreActor(EngineActor):
             message.reply.fail(TaskConflict(message.task.id))
             return
         if created.existing is None:
-            if not self._unsaved:
+            if not self._unsaved and not self._undeleted:  # else the retry clears it, once they are deleted
                 self._disk_full.clear()
             self._on_commit(message.task.id, message.task, message.steps)
             for ref, then in message.then:
@@ -325,6 +334,10 @@ class StoreActor(EngineActor):
         return taken
 
     def _save(self, messages: list[SaveRecords]) -> None:
+        if self._dropping:
+            for message in (m for m in messages if m.task_id in self._dropping):
+                self._refuse(message, DiskFull(f"task {message.task_id} was not stored"))
+            messages = [m for m in messages if m.task_id not in self._dropping]
         merged = [(message, *self._merge_unsaved(message.task_id, message.task, message.steps)) for message in messages]
         try:
             self._db.save_many([(message.task_id, task, steps) for message, task, steps in merged])

@@ -12,7 +12,7 @@ from typing import Any
 
 import pykka
 
-from ..errors import ActionRejected
+from ..errors import ActionRejected, EngineFailed
 from ..executor import process
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
@@ -35,6 +35,7 @@ from .messages import (
     StepStarted,
     StopStep,
     TaskAdmitted,
+    TaskDropped,
     TaskEnded,
     WorkerGranted,
 )
@@ -93,15 +94,14 @@ class TaskActor(EngineActor):
         if isinstance(message, WorkerGranted) and (self._state is None or message.task_id != self._state.task.id):
             self._services.pool.release(message.worker)  # for a task that has ended here
             return None
+        if isinstance(message, CreateRefused):
+            self._create_refused(message.task_id)
+            return None
         if self._state is None and not isinstance(message, (StartTask, ControlTask)):
             return None  # about a task that has ended here (a pid-save timer, an interrupt racing the end)
         match message:
             case StartTask(task=task, steps=steps, specs=specs, create=create):
                 self._load(task, steps, specs, create)
-            case CreateRefused(task_id=task_id):
-                if task_id == self._state.task.id and not self._ended:  # else about a task ended here
-                    self._drop()
-                return None
             case ControlTask(task_id=task_id, reply=reply) if self._state is None or task_id != self._state.task.id:
                 reply.fail(ActionRejected("task_gone", action=message.action))  # queued for a task that ended here
                 return None
@@ -141,8 +141,16 @@ class TaskActor(EngineActor):
             log.error("task %s failed inside the engine twice; marking it interrupted", task_id)
             self._fail(exception_value, stopping=False)  # no step's end will reach this runner now
         finally:  # even if that failed too: the supervisor frees the slot and ends what is left
+            self._refuse_unsent_create(exception_value)
             self._tell_stopped(task_id)
             super().on_failure(exception_type, exception_value, traceback)
+
+    def _refuse_unsent_create(self, exc: BaseException | None) -> None:
+        """The create that was to go with the first save never reached the store: nothing of the
+        task is stored, and its submitter hears why now (not when its wait times out)."""
+        create, self._create = getattr(self, "_create", None), None
+        if create is not None:
+            create.reply.fail(EngineFailed(f"task not started: its runner failed ({type(exc).__name__}: {exc})"))
 
     def _tell_stopped(self, task_id: str | None) -> None:
         """RunnerStopped reaches the supervisor through the store, behind this runner's own saves:
@@ -174,6 +182,14 @@ class TaskActor(EngineActor):
         # (not `stopping`) will not hear their ends, but their trees are killed all the same.
         self._stop_steps(running, reason)
         self._advance()
+
+    def _create_refused(self, task_id: str) -> None:
+        """The create that went with this runner's first save of `task_id` was not stored: the
+        task is dropped, unless it has ended here (failed at its start, say); either way the store
+        hears that no save of it comes any more (it refuses them until then)."""
+        if self._state is not None and task_id == self._state.task.id and not self._ended:
+            self._drop()
+        tell_if_alive(self._services.store, TaskDropped(task_id))  # after every save of it
 
     def _drop(self) -> None:
         """The task's create was not stored (its submitter heard why): nothing of it is written,

@@ -49,7 +49,7 @@ class LogSource:
         *,
         sse: bool,
         follow: bool,
-        step: Callable[[], StepRecord | None],
+        step: Callable[[float], StepRecord | None],
         end_record: Callable[[], dict | None],
         max_output: int,
         watches: str | None = None,
@@ -60,7 +60,7 @@ class LogSource:
         self._offset = offset
         self._sse = sse
         self._follow = follow
-        self._step = step  # the step's current record, None once it is gone
+        self._step = step  # the step's record as read at or after a time (monotonic), None once it is gone
         self._end_record = end_record  # the step's record as JSON once it has ended, else None
         self._max_output = max_output
         self._file = None
@@ -68,6 +68,7 @@ class LogSource:
         # cannot make the answer longer than that.
         self._until = None if follow else self.size()
         self._next_poll = 0.0
+        self._news_at = 0.0  # when its task last changed, as the stream hub said (see news)
         self._step_over = False  # the step has ended: read what is left, then finish
         self._preamble = b": osreapi log stream\n\n" if sse else b""
         self._aligned = offset == 0  # the first bytes read start a character (else skip to one)
@@ -85,9 +86,17 @@ class LogSource:
         now = time.monotonic()
         if now >= self._next_poll:
             self._next_poll = now + STATE_POLL
-            record = self._step()
+            record = self._step(self._news_at)
             self._step_over = record is None or record.state.finished
+            if self._step_over:  # what it wrote last, then the end: now, not at a later read
+                return self.read()
         return b"", False
+
+    def news(self, at: float) -> None:
+        """Its task has changed by `at` (monotonic; the stream hub reads it now): the step's state
+        is asked at once, as read since then, not up to STATE_POLL later. Its end is the last
+        change of its task: a follower that let it pass would end only at the hub's next tick."""
+        self._next_poll, self._news_at = 0.0, at
 
     def heartbeat(self) -> bytes:
         return KEEP_ALIVE if self._sse else b""

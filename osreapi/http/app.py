@@ -355,7 +355,7 @@ class LogRoute:
         follow = _flag(bottle.request.query, "follow")
         offset = _offset(bottle.request.query.get("offset"), urltext.header(environ, "HTTP_LAST_EVENT_ID") if sse else None)
         source = LogSource(executor.log_path(task_id, index), offset, sse=sse, follow=follow,
-                           step=lambda: self._step_states(task_id, index),
+                           step=lambda read_since: self._step_states(task_id, index, read_since),
                            end_record=lambda: self._end_record(task_id, index, language),
                            max_output=executor.config.max_output, watches=task_id)
         size = source.size()

@@ -20,11 +20,12 @@ class SharedPoll:
         self._recent: dict[tuple[str, int], tuple[float, StepRecord | None]] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, task_id: str, index: int) -> StepRecord | None:
+    def __call__(self, task_id: str, index: int, read_since: float = 0.0) -> StepRecord | None:
+        """The step's record as read at or after `read_since` (monotonic) and within max_age."""
         now = time.monotonic()
         with self._lock:
             hit = self._recent.get((task_id, index))
-        if hit is not None and now - hit[0] < self._max_age:
+        if hit is not None and now - hit[0] < self._max_age and hit[0] >= read_since:
             return hit[1]
         record = self._read(task_id, index)
         with self._lock:

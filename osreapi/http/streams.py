@@ -62,7 +62,10 @@ class StreamSource(Protocol):
         `cut_short() -> bool`: True when a stop now leaves its body unfinished (a followed step
         still writing), which then ends without the last chunk, so that the client can tell; and
         `watches: str | None`: the one task whose committed changes it waits for (None, or no
-        such attribute: every task's), so that other tasks' changes do not wake the hub for it."""
+        such attribute: every task's), so that other tasks' changes do not wake the hub for it;
+        and `news(at)`: called before a read that a committed change of that task (made by `at`,
+        monotonic) brought: a source that looks at its records less often than it is read looks
+        at them now."""
 
 
 def watched_task(source: StreamSource) -> str | None:
@@ -307,11 +310,11 @@ class StreamHub:
                 if now >= next_tick or None in woken:
                     next_tick = now + self._tick
                     for stream in list(self._streams.values()):
-                        self._pull(stream, now)
+                        self._pull(stream, now, news=self._has_news(stream, woken))
                 elif woken:  # news of some tasks: only the streams that wait for them are read
                     for stream in list(self._streams.values()):
-                        if stream.watches is None or stream.watches in woken:
-                            self._pull(stream, now)
+                        if self._has_news(stream, woken):
+                            self._pull(stream, now, news=True)
         finally:
             for stream in list(self._streams.values()):
                 self._finish_on_stop(stream)
@@ -338,11 +341,19 @@ class StreamHub:
             if id(stream) in self._streams and len(stream.out) < HIGH_WATER // 2:
                 self._pull(stream, time.monotonic())  # the reader keeps up: do not wait for the tick
 
-    def _pull(self, stream: _Stream, now: float) -> None:
-        """Take what the source has, up to the high-water mark, and send it."""
+    @staticmethod
+    def _has_news(stream: _Stream, woken: set[str | None]) -> bool:
+        """Whether the wake just taken says that the task the stream waits for has changed."""
+        return bool(woken) and (None in woken or stream.watches is None or stream.watches in woken)
+
+    def _pull(self, stream: _Stream, now: float, news: bool = False) -> None:
+        """Take what the source has, up to the high-water mark, and send it. `news`: its task
+        has changed since the last read (see StreamSource)."""
         if stream.out and stream.uptake.stalled(stream.sock, now, stream.stall_limit):
             self._end(stream)  # its buffer is all it may cost, and not for ever
             return
+        if news and hasattr(stream.source, "news"):
+            stream.source.news(now)
         pulled = False
         stream.more = False
         while not stream.ending:
