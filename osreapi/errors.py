@@ -43,6 +43,10 @@ class EngineFailed(OsreapiError):
     stopped): nothing was applied, and the task concerned ends interrupted, saying why."""
 
 
+class NotStored(EngineFailed):
+    """A submitted task's runner failed before the task was stored: nothing was stored or run."""
+
+
 class EngineClosed(OsreapiError):
     """The engine has been shut down."""
 

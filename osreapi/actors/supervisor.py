@@ -144,8 +144,8 @@ class SupervisorActor(EngineActor):
         task_id = create.task.id
         if not self._queued and len(self._live) < self._services.config.max_live_tasks and self._stopping is None \
                 and not self._admitting_now():
-            ref = self._task_runner()
-            if tell_if_alive(ref, StartTask(create.task, create.steps, create.specs, create)):
+            ref = self._free_runner()
+            if ref is not None and tell_if_alive(ref, StartTask(create.task, create.steps, create.specs, create)):
                 self._live[task_id] = ref
                 self._admitting = task_id
                 return
@@ -172,6 +172,16 @@ class SupervisorActor(EngineActor):
         ref.tell(StartTask(state.task, tuple(state.steps), state.specs))
         self._live[task_id] = ref  # after the tell: a runner that died meanwhile takes no slot
         self._admitting = task_id
+
+    def _free_runner(self) -> pykka.ActorRef | None:
+        """A runner for a task not yet stored; None if none can be had (a thread that cannot
+        start): the task is then stored and queued, and its start fails as a queued task's does
+        (interrupted, saying why), not its submit."""
+        try:
+            return self._task_runner()
+        except Exception:
+            log.exception("no task runner for a new task: it is stored and queued")
+            return None
 
     def _task_runner(self) -> pykka.ActorRef:
         while self._idle:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pykka
 
-from ..errors import ActionRejected, EngineFailed
+from ..errors import ActionRejected, NotStored
 from ..executor import process
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
@@ -150,7 +150,7 @@ class TaskActor(EngineActor):
         task is stored, and its submitter hears why now (not when its wait times out)."""
         create, self._create = getattr(self, "_create", None), None
         if create is not None:
-            create.reply.fail(EngineFailed(f"task not started: its runner failed ({type(exc).__name__}: {exc})"))
+            create.reply.fail(NotStored(f"task not stored: its runner failed ({type(exc).__name__}: {exc})"))
 
     def _tell_stopped(self, task_id: str | None) -> None:
         """RunnerStopped reaches the supervisor through the store, behind this runner's own saves:

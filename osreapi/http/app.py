@@ -25,6 +25,7 @@ from ..errors import (
     EngineFailed,
     InvalidRequest,
     NotFound,
+    NotStored,
     StepNotFound,
     TaskActive,
     TaskConflict,
@@ -154,6 +155,9 @@ class Routes:
             case OSError() if out_of_descriptors(exc):  # short of a resource for now: say when to retry
                 log.warning("%s %r: %s", bottle.request.method, bottle.request.path, exc)
                 return json_response(CODE_BUSY, message("out_of_descriptors", lang), headers={"Retry-After": str(RETRY_AFTER)})
+            case NotStored():  # a submit whose runner failed: no task ends interrupted, none exists
+                log.error("%s %r: %s", bottle.request.method, bottle.request.path, exc)
+                return json_response(CODE_INTERNAL, message("engine_failed_not_stored", lang))
             case EngineFailed():  # the failure itself was logged, with its traceback, where it happened
                 log.error("%s %r: %s", bottle.request.method, bottle.request.path, exc)
                 return json_response(CODE_INTERNAL, message("engine_failed", lang))
