@@ -34,6 +34,10 @@ class SyncSwitch:
     def fail(self, writes_too: bool = False) -> None:
         self._path.write_text("writes" if writes_too else "")
 
+    def fail_meta(self) -> None:
+        """Fail only the writes of LMDB's meta pages (EIO): the environment's fatal state."""
+        self._path.write_text("meta")
+
     def heal(self) -> None:
         self._path.unlink(missing_ok=True)
 

@@ -89,16 +89,8 @@ class _ResizeGate:
 class Database:
     def __init__(self, path: Path, map_size: int = INITIAL_MAP_SIZE) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        # Commits are not flushed one by one: the store calls sync() where durability is promised
-        # (a task accepted, begun, paused or ended). A process crash loses nothing either way;
-        # an OS crash may lose the newest step-only updates, which recovery tolerates.
-        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=8, subdir=True, sync=False)
-        self._env.reader_check()
-        self._tasks = self._env.open_db(b"tasks")
-        self._steps = self._env.open_db(b"steps")
-        self._specs = self._env.open_db(b"specs")
-        self._expiry = self._env.open_db(b"expiry")
-        self._meta = self._env.open_db(b"meta")
+        self._path = path
+        self._open(map_size)
         self._gate = _ResizeGate()
         self._closed = False
         self._page_size = self._env.stat()["psize"]
@@ -108,6 +100,29 @@ class Database:
         # Tasks deleted so far, counted after each commit: a reader that notes it before reading a
         # finished task may cache that task's records for as long as the count holds.
         self.deletions = 0
+
+    def _open(self, map_size: int) -> None:
+        # Commits are not flushed one by one: the store calls sync() where durability is promised
+        # (a task accepted, begun, paused or ended). A process crash loses nothing either way;
+        # an OS crash may lose the newest step-only updates, which recovery tolerates.
+        self._env = lmdb.open(str(self._path), map_size=map_size, max_dbs=8, subdir=True, sync=False)
+        self._env.reader_check()
+        self._tasks = self._env.open_db(b"tasks")
+        self._steps = self._env.open_db(b"steps")
+        self._specs = self._env.open_db(b"specs")
+        self._expiry = self._env.open_db(b"expiry")
+        self._meta = self._env.open_db(b"meta")
+
+    def reopen(self) -> None:
+        """Open the environment again, once no read is under way. After a write of a meta page
+        failed (an I/O error, a full disk), LMDB refuses every transaction of the environment
+        (MDB_PANIC) until it is opened again: the engine refused every write, and every read,
+        until a restart. Opened again, it holds what the last meta page written says: every
+        commit before the failed one."""
+        with self._gate.exclusive():
+            map_size = self._env.info()["map_size"]
+            self._env.close()
+            self._open(map_size)
 
     def sync(self) -> None:
         """Flush committed transactions to disk."""
