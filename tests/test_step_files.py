@@ -104,3 +104,33 @@ def test_a_log_a_step_replaced_with_a_link_or_a_directory_reads_as_empty_not_a_s
         answer = client.get(f"/{task_id}/0/log{query}")
         assert (answer.status, answer.body) == (200, b""), query
     assert client.get(f"/{task_id}/0").json["data"]["message"] == "hi\n"
+
+
+def test_an_output_whose_log_the_full_disk_could_not_make_stays_in_the_record(tmp_path):
+    """A disk with no inode left refuses the log's create at the first byte: the output, kept in
+    memory, was dropped from the record too (read back from a log that does not exist)."""
+    import subprocess
+
+    from osreapi.executor.reaper import LogSink
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=8", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (root needed)")
+    try:
+        for n in range(64):  # every inode taken
+            try:
+                (disk / f"f{n}").touch()
+            except OSError:
+                break
+        read_end, write_end = os.pipe()
+        sink = LogSink(read_end, disk / "step-0.log", 1 << 20)
+        os.write(write_end, b"hello\n")
+        os.close(write_end)
+        sink.close()
+        kept = sink.small_output()
+        assert kept is not None and kept.startswith(b"hello\n") and b"(the disk was full)" in kept, kept
+        assert not (disk / "step-0.log").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

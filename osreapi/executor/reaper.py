@@ -100,9 +100,9 @@ class LogSink:
                 view = view[os.write(self._log_fd, view):]
             return True
         except OSError as exc:  # ENOSPC and friends: the bytes are lost, the step goes on
+            if self._log_fd is not None:
+                self._kept = None  # the file says what was lost (without one, the record keeps the output)
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            if full or self._log_fd is not None:
-                self._kept = None  # the file says what was lost (when there is one, the record keeps it)
             self._why = "the disk was full" if full else f"the log could not be written: {exc.strerror or exc}"
             self._dropped += len(view)
             return False
