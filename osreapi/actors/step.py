@@ -148,7 +148,7 @@ class StepActor(EngineActor):
             self._proc, output = process.start_step(job.workspace, job.task_id, job.record.index, spec, job.record.run_id)
             sink = self._sink = LogSink(output, process.log_path(job.workspace, job.record.index), self._services.config.max_log)
         except OSError as exc:
-            if self._proc is not None:  # started, but its log cannot be opened: do not leave it running
+            if self._proc is not None:  # started, but its output cannot be taken: do not leave it running
                 self._proc.kill()
                 self._proc.wait()
                 os.close(output)

@@ -102,8 +102,8 @@ class StoreActor(EngineActor):
         self._folds_case = folds_case  # the workspace root's: a create takes its workspace's name
         self._to_release: set[str] = set()  # ids whose record's removal waits for a flush (see _give_back)
         self._undeleted: dict[str, TaskRecord] = {}  # refused creates whose records the disk kept (see _not_created)
-        self._dropping: set[str] = set()
-        self._panicked = False  # LMDB's fatal error: the environment must be opened again (see _retry)  # refused creates whose runners may still send saves (see _not_stored_with)
+        self._dropping: set[str] = set()  # refused creates whose runners may still send saves (see _not_stored_with)
+        self._panicked = False  # LMDB's fatal error: the environment must be opened again (see _retry)
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -242,14 +242,7 @@ class StoreActor(EngineActor):
         a record whose deletion the disk refuses too keeps it until the retry deletes it (a restart
         before then finds it waiting, and runs it)."""
         if created.existing is None:
-            task = created.message.task
-            try:
-                self._db.delete_task(task)
-            except WRITE_ERRORS as exc:
-                self._failed(exc)
-                self._undeleted[task.id] = task
-            else:
-                self._to_release.add(task.id)
+            self._delete_refused(created.message.task)
         self._not_stored_with(created.first)
         created.message.reply.fail(DiskFull("the task could not be flushed to disk"))
 
@@ -265,9 +258,9 @@ class StoreActor(EngineActor):
         does the next start after a crash of the process (LMDB has the commit). Only a crash of
         the machine before the disk takes it may bring the ended task back, whole, its directory
         kept for it until then."""
-        task = self._db.get_task(task_id)
         if task_id in self._undeleted:  # refused: it was never stored (it goes once the disk has room)
             return None
+        task = self._db.get_task(task_id)
         if task is None or not task.state.finished:
             return task
         self._remove_files(task_id)
@@ -443,14 +436,19 @@ class StoreActor(EngineActor):
     def _delete_undeleted(self) -> bool:
         """Delete the records of refused creates that the disk kept (flushed with what follows);
         False if it still refuses."""
-        for task_id, task in list(self._undeleted.items()):
-            try:
-                self._db.delete_task(task)
-            except WRITE_ERRORS as exc:
-                self._failed(exc)
-                return False
-            del self._undeleted[task_id]
-            self._to_release.add(task_id)
+        return all(self._delete_refused(task) for task in list(self._undeleted.values()))
+
+    def _delete_refused(self, task: TaskRecord) -> bool:
+        """Delete the records of a create whose flush failed; its workspace's name is given back
+        once that is on disk. False while the disk refuses: it is kept for the retry."""
+        try:
+            self._db.delete_task(task)
+        except WRITE_ERRORS as exc:
+            self._failed(exc)
+            self._undeleted[task.id] = task
+            return False
+        self._undeleted.pop(task.id, None)
+        self._to_release.add(task.id)
         return True
 
     def _give_back(self) -> None:

@@ -56,6 +56,7 @@ class TaskActor(EngineActor):
         self._services = services
         self._supervisor = supervisor
         self._state: TaskState | None = None
+        self._create: CreateTask | None = None  # a made-id task's create, sent with its first save
 
     def _load(self, task: TaskRecord, steps: tuple[StepRecord, ...], specs: tuple[StepSpec, ...],
               create: CreateTask | None) -> None:
@@ -148,7 +149,7 @@ class TaskActor(EngineActor):
     def _refuse_unsent_create(self, exc: BaseException | None) -> None:
         """The create that was to go with the first save never reached the store: nothing of the
         task is stored, and its submitter hears why now (not when its wait times out)."""
-        create, self._create = getattr(self, "_create", None), None
+        create, self._create = self._create, None
         if create is not None:
             create.reply.fail(NotStored(f"task not stored: its runner failed ({type(exc).__name__}: {exc})"))
 

@@ -159,7 +159,6 @@ class LogSource:
         self._offset += len(data)
         return data
 
-
     def _may_grow(self, read_more: bool) -> bool:
         """More bytes may still come after these: the file holds more than was read, or it is
         followed and its step may still write."""

@@ -307,14 +307,13 @@ class StreamHub:
                     self._selector.register(stream.sock, stream.events, stream)
                     self._flush(stream)
                 now = time.monotonic()
-                if now >= next_tick or None in woken:
+                ticking = now >= next_tick or None in woken  # else only the streams with news are read
+                if ticking:
                     next_tick = now + self._tick
-                    for stream in list(self._streams.values()):
-                        self._pull(stream, now, news=self._has_news(stream, woken))
-                elif woken:  # news of some tasks: only the streams that wait for them are read
-                    for stream in list(self._streams.values()):
-                        if self._has_news(stream, woken):
-                            self._pull(stream, now, news=True)
+                for stream in list(self._streams.values()):
+                    news = self._has_news(stream, woken)
+                    if ticking or news:
+                        self._pull(stream, now, news=news)
         finally:
             for stream in list(self._streams.values()):
                 self._finish_on_stop(stream)
