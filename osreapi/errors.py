@@ -38,6 +38,11 @@ class EngineBusy(OsreapiError):
     """The engine did not answer within the configured timeout."""
 
 
+class StoreUnavailable(EngineBusy):
+    """The store cannot be read for a moment: LMDB refused the environment after a failed write
+    (its fatal state) and the store is opening it again. Retry shortly."""
+
+
 class EngineFailed(OsreapiError):
     """The part of the engine that held the request failed before handling it (a task runner
     stopped): nothing was applied, and the task concerned ends interrupted, saying why."""

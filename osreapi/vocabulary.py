@@ -104,6 +104,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "all_succeeded": ("所有步骤执行成功", "all steps succeeded"),
     "too_many_requests": ("请求过多, 请稍后重试", "too many requests, try again later"),
     "busy": ("引擎繁忙, 请稍后重试", "engine busy, try again later"),
+    "store_unavailable": ("存储暂时无法读取 (写入失败后正在重新打开), 请稍后重试", "the store cannot be read for a moment (it is being reopened after a failed write), try again shortly"),
     "internal": ("内部错误", "internal error"),
     "client_no_answer": ("无应答: {reason}", "{reason}"),
     "client_no_envelope": ("HTTP {status}: 应答不是 JSON 信封", "HTTP {status} without a JSON envelope"),

@@ -4,9 +4,11 @@ submit (and every read) until a restart; the store now opens it again and goes o
 
 from __future__ import annotations
 
+import lmdb
 import pytest
 
-from osreapi.errors import DiskFull
+from osreapi.errors import DiskFull, StoreUnavailable
+from osreapi.storage.database import Database
 from osreapi.vocabulary import State
 
 from .conftest import sh, wait_until
@@ -35,3 +37,43 @@ def test_the_store_goes_on_after_a_failed_write_of_a_meta_page(failing_sync, mak
     assert ex.wait(after[-1], 30).steps[0].output == "after\n"
     assert wait_until(lambda: ex.check_health() == "ok", timeout=30)
     assert ex.get(before).task.state is State.STOPPED  # what was committed before is all there
+
+
+@pytest.mark.timeout(90)
+def test_reads_in_the_fatal_state_are_a_busy_answer_not_an_engine_failure(failing_sync, tmp_path):
+    """A read that meets LMDB's fatal state (before the store opens it again) is the store being
+    unavailable for a moment: the engine's busy answer, never LMDB's own error (an HTTP 500)."""
+    switch = failing_sync(tmp_path / "data")
+    db = Database(tmp_path / "data" / "db")
+    try:
+        switch.fail_meta()
+        with pytest.raises(lmdb.Error):  # a commit's meta page refused: the fatal state
+            db.probe()
+        with pytest.raises(StoreUnavailable):
+            db.get_task("t1")
+        with pytest.raises(StoreUnavailable):
+            db.list_tasks()
+    finally:
+        switch.heal()
+        db.reopen()
+        db.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_read_right_after_the_fatal_error_is_never_a_500(failing_sync, make_server, tmp_path):
+    """The store opens LMDB again at once, not at its next retry of refused writes (a second
+    later): reads right after a refused submit answer (or, in the moment before, a 503 with
+    Retry-After), never a 500."""
+    switch = failing_sync(tmp_path / "data")
+    client = make_server(call_timeout=20)
+    before = client.submit([sh("echo before")])
+    assert wait_until(lambda: client.get(f"/{before}").json["code"] == 0, timeout=30)
+    switch.fail_meta()
+    assert client.post("/", [sh("true")]).status == 507
+    # Reads that reach the database: a listing, an unknown id, a step's log (an ended task's
+    # answer is kept in memory).
+    reads = [client.get(path) for path in ("/", "/nosuch", f"/{before}/0/log")]
+    switch.heal()
+    assert all(r.status in (200, 404, 503) for r in reads), [(r.status, r.body[:120]) for r in reads]
+    assert all("Retry-After" in r.headers for r in reads if r.status == 503)
+    assert wait_until(lambda: client.get("/nosuch").status == 404, timeout=10)

@@ -103,7 +103,6 @@ class StoreActor(EngineActor):
         self._to_release: set[str] = set()  # ids whose record's removal waits for a flush (see _give_back)
         self._undeleted: dict[str, TaskRecord] = {}  # refused creates whose records the disk kept (see _not_created)
         self._dropping: set[str] = set()  # refused creates whose runners may still send saves (see _not_stored_with)
-        self._panicked = False  # LMDB's fatal error: the environment must be opened again (see _retry)
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -402,14 +401,6 @@ class StoreActor(EngineActor):
 
     def _retry(self) -> None:
         self._retry_scheduled = False
-        if self._panicked:  # LMDB refuses every transaction until its environment is opened again
-            try:
-                self._db.reopen()
-            except WRITE_ERRORS as exc:
-                self._failed(exc)
-                return
-            self._panicked = False
-            log.warning("store: the database was opened again after a failed write of its meta page")
         if not self._delete_undeleted():
             return
         if not self._unsaved:  # a refused create, delete or flush: is there room again?
@@ -468,7 +459,6 @@ class StoreActor(EngineActor):
         self._on_commit(task_id, task, steps)
 
     def _failed(self, exc: BaseException) -> None:
-        self._panicked = self._panicked or isinstance(exc, lmdb.PanicError)
         if not self._disk_full.is_set():
             log.error("store: a write failed (%s); retrying every %gs", exc, RETRY_AFTER)
         self._disk_full.set()

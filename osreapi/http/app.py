@@ -27,6 +27,7 @@ from ..errors import (
     NotFound,
     NotStored,
     StepNotFound,
+    StoreUnavailable,
     TaskActive,
     TaskConflict,
     out_of_descriptors,
@@ -148,6 +149,8 @@ class Routes:
                 return json_response(CODE_NOT_FOUND, message("step_not_found", lang, step=exc.step))
             case NotFound():
                 return json_response(CODE_NOT_FOUND, message("not_found", lang))
+            case StoreUnavailable():  # opened again at once: worth a retry soon
+                return json_response(CODE_BUSY, message("store_unavailable", lang), headers={"Retry-After": str(RETRY_AFTER)})
             case EngineBusy() | EngineClosed():
                 return json_response(CODE_BUSY, message("busy", lang))
             case DiskFull():

@@ -6,20 +6,23 @@ Writes happen on one thread only (the StoreActor's); reads may come from any thr
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import lmdb
 
-from ..errors import EngineClosed
+from ..errors import EngineClosed, StoreUnavailable
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
 from ..vocabulary import State
+
+log = logging.getLogger(__name__)
 
 INITIAL_MAP_SIZE = 2 << 30  # sparse on disk; grown on MapFullError
 _STEP_KEY = struct.Struct(">I")
@@ -93,6 +96,7 @@ class Database:
         self._open(map_size)
         self._gate = _ResizeGate()
         self._closed = False
+        self._fatal = False  # LMDB's fatal state: opened again at once, else before the next write
         self._page_size = self._env.stat()["psize"]
         self._listed: dict[bytes, tuple[bytes, TaskRecord]] = {}  # key -> (stored bytes, parsed), of the last listing
         self._counts_lock = threading.Lock()
@@ -112,17 +116,18 @@ class Database:
         self._specs = self._env.open_db(b"specs")
         self._expiry = self._env.open_db(b"expiry")
         self._meta = self._env.open_db(b"meta")
+        self._map_size = self._env.info()["map_size"]  # what a reopen asks for (a closed one cannot tell)
 
     def reopen(self) -> None:
         """Open the environment again, once no read is under way. After a write of a meta page
         failed (an I/O error, a full disk), LMDB refuses every transaction of the environment
-        (MDB_PANIC) until it is opened again: the engine refused every write, and every read,
-        until a restart. Opened again, it holds what the last meta page written says: every
-        commit before the failed one."""
+        (MDB_PANIC) until it is opened again; `_write` does so at once. Opened again, it holds
+        what the last meta page written says: every commit before the failed one."""
         with self._gate.exclusive():
-            map_size = self._env.info()["map_size"]
+            map_size = self._map_size
             self._env.close()
             self._open(map_size)
+            self._fatal = False
 
     def sync(self) -> None:
         """Flush committed transactions to disk."""
@@ -140,6 +145,8 @@ class Database:
 
     def _write(self, work) -> Any:
         """Run work(txn) in a write transaction, growing the map and retrying when it is full."""
+        if self._fatal:  # the environment could not be opened again after its fatal error
+            self.reopen()
         self._grow(when_used_over=0.5)
         while True:
             try:
@@ -147,6 +154,12 @@ class Database:
                     return work(txn)
             except lmdb.MapFullError:
                 self._grow(when_used_over=0.0)
+            except lmdb.PanicError:  # this write failed; reads must not wait for a retry to read
+                self._fatal = True
+                with suppress(lmdb.Error, OSError):  # else at the next write
+                    self.reopen()
+                    log.warning("database: opened again after a failed write of its meta page")
+                raise
 
     def _grow(self, when_used_over: float) -> None:
         """Double the map once more than this share of it is used. Growing before it is full
@@ -156,6 +169,7 @@ class Database:
         if (info["last_pgno"] + 1) * self._page_size > info["map_size"] * when_used_over:
             with self._gate.exclusive():
                 self._env.set_mapsize(info["map_size"] * 2)
+                self._map_size = info["map_size"] * 2
 
     def probe(self, size: int = 256 * 1024) -> None:
         """Write `size` bytes and take them back, flushed: raises while the disk has no room for a
@@ -307,7 +321,11 @@ class Database:
         with self._gate.reading():
             if self._closed:
                 raise EngineClosed("the engine is shut down")
-            with self._env.begin(buffers=False) as txn:
+            try:
+                txn = self._env.begin(buffers=False)
+            except lmdb.Error as exc:  # its fatal state, or not opened again yet (see _write)
+                raise StoreUnavailable(f"the database cannot be read now: {exc}") from exc
+            with txn:
                 yield txn
 
     def get_task(self, task_id: str) -> TaskRecord | None:
@@ -358,4 +376,8 @@ class Database:
         return [record for _, record in listed.values()]
 
     def size_bytes(self) -> int:
-        return (self._env.info()["last_pgno"] + 1) * self._page_size
+        with self._gate.reading():  # not while the environment is opened again
+            try:
+                return (self._env.info()["last_pgno"] + 1) * self._page_size
+            except lmdb.Error as exc:  # not opened again yet (see _write)
+                raise StoreUnavailable(f"the database cannot be read now: {exc}") from exc
