@@ -3,9 +3,16 @@ interrupted, or neither stored nor run."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
+from osreapi import spec
+from osreapi.actors.messages import CreateTask, StartTask
+from osreapi.actors.reply import Reply
 from osreapi.actors.task import TaskActor
+from osreapi.errors import NotStored
+from osreapi.records import StepRecord, TaskRecord
 
 from .conftest import sh
 from .test_hunt16 import fail_runnable
@@ -37,3 +44,40 @@ def test_a_made_id_task_without_a_runner_thread_is_stored_and_ends_interrupted_s
         result = ex.wait(task_id, 20)
         assert result.task.state.value == "interrupted", result
         assert "can't start new thread" in result.steps[0].output
+
+
+class _Hold:
+    """A message that keeps a runner's thread until `go` is set (see the test below)."""
+
+    def __init__(self) -> None:
+        self.taken, self.go = threading.Event(), threading.Event()
+
+
+@pytest.mark.timeout(60)
+def test_a_create_left_in_a_stopped_runners_mailbox_is_answered_not_stored(make_executor, monkeypatch):
+    """A runner that stops with a made-id task's start (and create) still in its mailbox never
+    handles it: the submitter was answered only when its wait ran out (30 s by default). Its
+    create now fails at once: neither stored nor run."""
+    on_receive = TaskActor.on_receive
+
+    def holding(self, message):
+        if isinstance(message, _Hold):
+            message.taken.set()
+            message.go.wait(20)
+            return None
+        return on_receive(self, message)
+
+    monkeypatch.setattr(TaskActor, "on_receive", holding)
+    ex = make_executor(call_timeout=120)
+    runner = TaskActor.start(ex._services, ex._supervisor)
+    hold = _Hold()
+    runner.tell(hold)
+    assert hold.taken.wait(10)
+    runner.stop(block=False)  # queued behind the hold: the start told next is never handled
+    task = TaskRecord(id="never-stored", mode="sequential", count=1, accepted=0.0)
+    create = CreateTask(task, (StepRecord(index=0, name="a"),), tuple(spec.build_steps(task.id, [sh("true")], ex.limits)), Reply())
+    runner.tell(StartTask(task, create.steps, create.specs, create))
+    hold.go.set()
+    with pytest.raises(NotStored):
+        create.reply.get(timeout=20)
+    assert ex.get("never-stored") is None

@@ -162,10 +162,15 @@ class TaskActor(EngineActor):
             tell_if_alive(self._supervisor, stopped[0][1])
 
     def _unhandled(self, message: Any) -> None:
-        """A worker granted to this stopped runner goes back to the pool (it would stay taken)."""
+        """A worker granted to this stopped runner goes back to the pool (it would stay taken); a
+        task not stored yet, whose create was to go with this runner's first save, is refused
+        (its submitter waits for that answer)."""
         super()._unhandled(message)
         if isinstance(message, (WorkerGranted, StartNotRecorded)):
             self._services.pool.release(message.worker)
+        elif isinstance(message, StartTask) and message.create is not None:
+            message.create.reply.fail(NotStored(f"the task's runner stopped before storing it: {message.task.id}"))
+            tell_if_alive(self._supervisor, TaskEnded(message.task.id))  # its slot there is free
 
     def _fail(self, exc: BaseException | None, stopping: bool = True) -> None:
         """Interrupt the task, saying why; workers granted but not yet here are waited for (and
