@@ -40,22 +40,29 @@ def test_the_store_goes_on_after_a_failed_write_of_a_meta_page(failing_sync, mak
 
 
 @pytest.mark.timeout(90)
-def test_reads_in_the_fatal_state_are_a_busy_answer_not_an_engine_failure(failing_sync, tmp_path):
-    """A read that meets LMDB's fatal state (before the store opens it again) is the store being
-    unavailable for a moment: the engine's busy answer, never LMDB's own error (an HTTP 500)."""
+def test_reads_go_on_right_after_a_failed_write_of_a_meta_page(failing_sync, tmp_path, monkeypatch):
+    """The failed commit is the write's answer; the environment is opened again at once, so
+    reads go on (they raised LMDB's PanicError until the store's retry). Where it cannot be
+    opened again yet, a read is the store being unavailable for a moment (EngineBusy: an HTTP
+    503), not LMDB's own error (a 500); the next write opens it."""
     switch = failing_sync(tmp_path / "data")
     db = Database(tmp_path / "data" / "db")
     try:
         switch.fail_meta()
-        with pytest.raises(lmdb.Error):  # a commit's meta page refused: the fatal state
+        with pytest.raises(lmdb.Error):  # its meta page refused: the fatal state
             db.probe()
-        with pytest.raises(StoreUnavailable):
-            db.get_task("t1")
-        with pytest.raises(StoreUnavailable):
-            db.list_tasks()
+        assert db.get_task("t1") is None and db.list_tasks() == []
+        with monkeypatch.context() as patch:
+            patch.setattr(lmdb, "open", lambda *a, **k: (_ for _ in ()).throw(lmdb.Error("refused")))
+            with pytest.raises(lmdb.Error):
+                db.probe()
+            with pytest.raises(StoreUnavailable):
+                db.get_task("t1")
+        switch.heal()
+        db.probe()
+        assert db.get_task("t1") is None
     finally:
         switch.heal()
-        db.reopen()
         db.close()
 
 

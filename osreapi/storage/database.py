@@ -154,12 +154,23 @@ class Database:
                     return work(txn)
             except lmdb.MapFullError:
                 self._grow(when_used_over=0.0)
-            except lmdb.PanicError:  # this write failed; reads must not wait for a retry to read
-                self._fatal = True
-                with suppress(lmdb.Error, OSError):  # else at the next write
-                    self.reopen()
-                    log.warning("database: opened again after a failed write of its meta page")
+            except lmdb.Error:
+                self._reopen_if_fatal()
                 raise
+
+    def _reopen_if_fatal(self) -> None:
+        """A commit whose meta page could not be written leaves LMDB in its fatal state: every
+        transaction, reads too, is refused until the environment is opened again. Done at once
+        (else before the next write): reads do not wait for the store's retry."""
+        try:
+            self._env.begin().abort()
+        except lmdb.PanicError:
+            self._fatal = True
+            with suppress(lmdb.Error, OSError):
+                self.reopen()
+                log.warning("database: opened again after a failed write of its meta page")
+        except lmdb.Error:  # another refusal (readers full, say): the write's own error is the answer
+            pass
 
     def _grow(self, when_used_over: float) -> None:
         """Double the map once more than this share of it is used. Growing before it is full
