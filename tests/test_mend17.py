@@ -1,18 +1,23 @@
 """mend17: leftovers of the HTTP front and the client: answers given before a request's head is
-parsed in the language it asked for; an absolute-form request target refused in our envelope."""
+parsed in the language it asked for; an absolute-form request target refused in our envelope; an
+audit key others may read refused."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 
 import pytest
 
+from osreapi.errors import InvalidValue
 from osreapi.http.app import HttpSettings, make_app
+from osreapi.http.security import audit_key
 from osreapi.http.server import HttpServer, TlsSettings
 
 from .certs import make_pki
-from .conftest import Client
+from .conftest import Client, console_script
 
 WORDS = {"en": "request line too long", "zh": "请求行过长"}
 
@@ -108,3 +113,44 @@ def test_a_relative_target_keeps_its_own_refusal(make_server):
     head, body = _exchange(client, b"GET healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), head
     assert "absolute form" not in body["message"] and body["message"].startswith("malformed HTTP request"), body
+
+
+# -- the audit key's file ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_an_audit_key_others_may_read_or_change_is_refused_and_left_as_it_is(tmp_path, mode):
+    """An existing key was read whatever its mode: one others had read let them try tokens against
+    the log's fingerprints. It is refused, naming the file and its mode, and neither changed nor
+    replaced (whether anyone read it is the owner's to judge)."""
+    path = tmp_path / "audit.key"
+    path.write_bytes(b"k" * 32)
+    path.chmod(mode)
+    with pytest.raises(InvalidValue) as refused:
+        audit_key(tmp_path)
+    assert str(path) in str(refused.value) and f"mode {mode:04o}" in str(refused.value)
+    assert path.read_bytes() == b"k" * 32 and path.stat().st_mode & 0o777 == mode
+
+
+def test_an_audit_key_of_this_user_alone_is_read_and_a_link_is_not_followed(tmp_path):
+    path = tmp_path / "audit.key"
+    path.write_bytes(b"k" * 32)
+    path.chmod(0o600)
+    assert audit_key(tmp_path) == b"k" * 32
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    os.symlink(path, elsewhere / "audit.key")  # another file's mode is no proof about the key's
+    with pytest.raises(InvalidValue, match="cannot read the audit key"):
+        audit_key(elsewhere)
+
+
+def test_the_server_does_not_start_on_a_world_readable_audit_key(tmp_path):
+    """The installed console script: exit 1 with one line naming the key, no traceback."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    (data_dir / "audit.key").write_bytes(b"k" * 32)
+    (data_dir / "audit.key").chmod(0o644)
+    out = subprocess.run([console_script(), "run", "--addr", "127.0.0.1:0", "--data_dir", str(data_dir)],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and f"{data_dir / 'audit.key'}: other users may read" in out.stderr, out.stderr
