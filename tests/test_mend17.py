@@ -11,13 +11,14 @@ import subprocess
 
 import pytest
 
-from osreapi.errors import InvalidValue
+from osreapi.client import Client as RemoteClient
+from osreapi.errors import InvalidRequest, InvalidValue, NotFound
 from osreapi.http.app import HttpSettings, make_app
 from osreapi.http.security import audit_key
 from osreapi.http.server import HttpServer, TlsSettings
 
 from .certs import make_pki
-from .conftest import Client, console_script
+from .conftest import Client, console_script, sh
 
 WORDS = {"en": "request line too long", "zh": "请求行过长"}
 
@@ -154,3 +155,64 @@ def test_the_server_does_not_start_on_a_world_readable_audit_key(tmp_path):
                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr and f"{data_dir / 'audit.key'}: other users may read" in out.stderr, out.stderr
+
+
+# -- the Python client's logs() ------------------------------------------------------------------
+
+
+class _CountingLogs:
+    """The real application, counting the requests for a step's log (PATH_INFO ending in /log)."""
+
+    def __init__(self, app) -> None:
+        self._app = app
+        self.settings = app.settings
+        self.hub = app.hub
+        self.asked: list[str] = []
+
+    def __call__(self, environ: dict, start_response):
+        if environ["PATH_INFO"].endswith("/log"):
+            self.asked.append(f"{environ['PATH_INFO']}?{environ['QUERY_STRING']}")
+        return self._app(environ, start_response)
+
+
+@pytest.fixture
+def counted(make_executor):
+    app = _CountingLogs(make_app(make_executor(), HttpSettings()))
+    server = HttpServer(app, "127.0.0.1", 0)
+    server.start()
+    client = RemoteClient(server.url, timeout=10)
+    yield client, app
+    client.close()
+    server.stop()
+
+
+def test_logs_asks_the_server_once_per_call(counted, tmp_path):
+    """logs() asked a plain GET of the log first, for its errors at once, and then the stream: two
+    requests (and the plain one's answer, the whole log, cut unread). One stream request now, its
+    errors still raised by the call itself, its chunks the same."""
+    client, app = counted
+    task_id = client.submit([sh("printf 'one\\ntwo\\n'")])
+    assert client.wait(task_id, timeout=20).steps[0].succeeded
+    assert "".join(client.logs(task_id, 0)) == "one\ntwo\n"
+    assert len(app.asked) == 1, app.asked
+    assert "".join(client.logs(task_id, 0, offset=4)) == "two\n"
+    assert len(app.asked) == 2, app.asked
+    gate = tmp_path / "gate"
+    running = client.submit([sh(f"echo first; while [ ! -e {gate} ]; do sleep 0.01; done; echo last")])
+    followed = client.logs(running, 0, follow=True)
+    assert len(app.asked) == 3, app.asked  # asked by the call, before any chunk is read
+    assert next(followed) == "first\n"
+    gate.touch()
+    assert "".join(followed) == "last\n"
+    assert len(app.asked) == 3, app.asked
+
+
+def test_logs_raises_its_errors_at_the_call_with_one_request(counted):
+    client, app = counted
+    task_id = client.submit([sh("echo hi")])
+    client.wait(task_id, timeout=20)
+    with pytest.raises(NotFound):
+        client.logs(task_id, 5)
+    with pytest.raises(InvalidRequest):
+        client.logs(task_id, 0, offset=100)
+    assert len(app.asked) == 2, app.asked
