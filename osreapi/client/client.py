@@ -292,6 +292,7 @@ class Client(ControlCalls):
         """The chunks of `stream` (open), then of the streams that resume it."""
         path, failures = step_path(task_id, step) + "/log", 0
         while True:
+            self._open()  # closed since: EngineClosed, as a closed Executor's logs raise, whatever was read ahead
             try:
                 for text, after in stream or self._open_log(path, follow, offset):
                     if after is None:  # event: end
