@@ -1,17 +1,23 @@
 """mend17: leftovers of the HTTP front and the client: answers given before a request's head is
 parsed in the language it asked for; an absolute-form request target refused in our envelope; an
-audit key others may read refused."""
+audit key others may read refused; the client's logs() in one request, its transport on public APIs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
+import threading
+import time
 
+import httpx
 import pytest
 
 from osreapi.client import Client as RemoteClient
+from osreapi.client.client import tls_context
+from osreapi.client.deadline import AnswerTooSlow, DeadlineTransport, until
 from osreapi.errors import InvalidRequest, InvalidValue, NotFound
 from osreapi.http.app import HttpSettings, make_app
 from osreapi.http.security import audit_key
@@ -216,3 +222,43 @@ def test_logs_raises_its_errors_at_the_call_with_one_request(counted):
     with pytest.raises(InvalidRequest):
         client.logs(task_id, 0, offset=100)
     assert len(app.asked) == 2, app.asked
+
+
+# -- the client's transport ----------------------------------------------------------------------
+
+
+def test_the_deadline_transport_raises_httpx_errors_and_bounds_the_whole_answer():
+    """DeadlineTransport is a custom httpx transport over httpcore's pool (no private httpx attribute
+    replaced): httpcore's errors still reach the caller as httpx's, and the deadline still bounds
+    an answer that a server drips a byte at a time, each byte well within the read timeout."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed_port = unused.getsockname()[1]
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def drip() -> None:  # the head at once, then the body a byte every 50 ms for 30 s at most
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 600\r\n\r\n")
+            for _ in range(600):
+                if stop.wait(0.05):
+                    return
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"x")
+
+    server = threading.Thread(target=drip, daemon=True)
+    server.start()
+    try:
+        with httpx.Client(transport=DeadlineTransport(tls_context(True, None)), timeout=5) as http:
+            with pytest.raises(httpx.ConnectError):
+                http.get(f"http://127.0.0.1:{closed_port}/")
+            with pytest.raises(AnswerTooSlow), until(time.monotonic() + 0.5):
+                http.get(f"http://127.0.0.1:{port}/").read()
+    finally:
+        stop.set()
+        server.join(10)
+        listener.close()
+    assert not server.is_alive()
