@@ -262,3 +262,15 @@ def test_the_deadline_transport_raises_httpx_errors_and_bounds_the_whole_answer(
         server.join(10)
         listener.close()
     assert not server.is_alive()
+
+
+@pytest.mark.parametrize("seconds, given", [(0.0, "0"), (25 * 3600.0, "25h")])
+def test_the_cli_refuses_a_request_timeout_as_the_client_does(seconds, given):
+    """The CLI checked the request timeout's bounds itself, in its own words, beside Client's own
+    check: one check now, Client's, its words in both."""
+    with pytest.raises(InvalidValue) as refused:
+        RemoteClient(timeout=seconds)
+    done = subprocess.run([console_script(), "ls", "--url", "http://127.0.0.1:9", "--request_timeout", given],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"{refused.value} ({given!r})" in done.stderr, done.stderr

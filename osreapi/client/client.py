@@ -16,6 +16,7 @@ import httpx
 from ..controls import ControlCalls
 from ..embed import TaskResult, check_offset
 from ..errors import EngineClosed, InvalidRequest, InvalidValue, NotFound
+from ..executor.durations import format_duration
 from ..plaintext import ASCII_DIGITS, header_safe
 from ..records import TaskRecord
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, message
@@ -65,11 +66,9 @@ class Client(ControlCalls):
         max_answer: int = MAX_ANSWER,
     ) -> None:
         self.url = _checked_url(url.rstrip("/"))
-        if not 0 < timeout <= MAX_REQUEST_TIMEOUT:
-            raise InvalidValue(f"timeout: expected more than 0 and at most {MAX_REQUEST_TIMEOUT:g} seconds, got {timeout!r}")
         self.max_answer = max_answer
         self.lang = lang
-        self.timeout = timeout
+        self.timeout = request_timeout(timeout)
         self.poll_interval = poll_interval
         self.reconnects = reconnects
         headers = {"Authorization": f"Bearer {header_safe(token, 'token')}"} if token else {}
@@ -387,6 +386,16 @@ def tls_context(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.S
             problem = _file_problem(exc, "not a PEM certificate and its unencrypted key")
             raise InvalidValue(f"client certificate {' and key '.join(files)}: {problem}") from None
     return context
+
+
+def request_timeout(seconds: float) -> float:
+    """`seconds` as the limit of one request, or InvalidValue: more than 0 (httpx would fail every
+    connect at once, saying "Operation now in progress") and at most MAX_REQUEST_TIMEOUT (a socket's
+    timeout must fit in a time_t: an OverflowError)."""
+    if not 0 < seconds <= MAX_REQUEST_TIMEOUT:
+        limit = format_duration(MAX_REQUEST_TIMEOUT)
+        raise InvalidValue(f"timeout: expected more than 0 and at most {limit}, got {seconds!r} seconds")
+    return seconds
 
 
 def _backoff(failures: int) -> float:
