@@ -163,6 +163,10 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "header_too_large": ("请求头过大, 上限 {limit} 字节", "request header block too large, the limit is {limit} bytes"),
     "uri_too_long": ("请求行过长, 上限 {limit} 字节", "request line too long, the limit is {limit} bytes"),
     "bad_http": ("HTTP 请求格式错误: {detail}", "malformed HTTP request: {detail}"),
+    "target_absolute": (
+        "请求目标 {target!r} 是绝对形式 (给代理的): 请只发送以 / 开头的路径, 主机名放在 Host 头里",
+        "request target {target!r} is in absolute form (a proxy's): send the path alone, starting with '/', and the host in Host",
+    ),
     "http_version": ("不支持的 HTTP 版本: 请使用 HTTP/1.1 (或 1.0)", "HTTP version not supported: use HTTP/1.1 (or 1.0)"),
     "not_implemented": ("不支持的传输编码: 只接受 chunked", "unsupported Transfer-Encoding: only chunked is accepted"),
     "unauthorized": ("缺少或错误的令牌: 请发送 Authorization: Bearer <token>", "missing or wrong token: send Authorization: Bearer <token>"),

@@ -22,7 +22,7 @@ from ..errors import InvalidRequest, InvalidValue, OsreapiError
 from ..executor.durations import parse_duration
 from ..http.security import load_token
 from ..vocabulary import LANGUAGES, message
-from .client import DEFAULT_URL, MAX_REQUEST_TIMEOUT, Client, task_path
+from .client import DEFAULT_URL, Client, request_timeout, task_path
 from .display import Out, Progress, seconds
 from .errors import ConnectionFailed, ServerError, Unauthorized
 from .fleet import DEFAULT_FANOUT, Fleet, HostResult, parse_hosts, read_hosts_file
@@ -122,12 +122,11 @@ def _duration(text: str) -> float:
 
 
 def _request_timeout(text: str) -> float:
-    value = _duration(text)
-    if value == 0:  # httpx would fail every connect at once, saying "Operation now in progress"
-        raise argparse.ArgumentTypeError(f"a request needs some time: expected more than 0, got {text!r}")
-    if value > MAX_REQUEST_TIMEOUT:  # a socket's timeout must fit in a time_t (OverflowError)
-        raise argparse.ArgumentTypeError(f"expected at most 24h, got {text!r}")
-    return value
+    """The duration, within the bounds Client checks (one check, worded once)."""
+    try:
+        return request_timeout(_duration(text))
+    except InvalidValue as exc:
+        raise argparse.ArgumentTypeError(f"{exc} ({text!r})") from None
 
 
 def _positive(text: str) -> int:

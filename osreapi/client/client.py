@@ -16,6 +16,7 @@ import httpx
 from ..controls import ControlCalls
 from ..embed import TaskResult, check_offset
 from ..errors import EngineClosed, InvalidRequest, InvalidValue, NotFound
+from ..executor.durations import format_duration
 from ..plaintext import ASCII_DIGITS, header_safe
 from ..records import TaskRecord
 from ..vocabulary import CODE_FAILED, CODE_OK, CODE_RUNNING, message
@@ -65,11 +66,9 @@ class Client(ControlCalls):
         max_answer: int = MAX_ANSWER,
     ) -> None:
         self.url = _checked_url(url.rstrip("/"))
-        if not 0 < timeout <= MAX_REQUEST_TIMEOUT:
-            raise InvalidValue(f"timeout: expected more than 0 and at most {MAX_REQUEST_TIMEOUT:g} seconds, got {timeout!r}")
         self.max_answer = max_answer
         self.lang = lang
-        self.timeout = timeout
+        self.timeout = request_timeout(timeout)
         self.poll_interval = poll_interval
         self.reconnects = reconnects
         headers = {"Authorization": f"Bearer {header_safe(token, 'token')}"} if token else {}
@@ -241,16 +240,14 @@ class Client(ControlCalls):
     def logs(self, task_id: str, step: str | int, follow: bool = False, offset: int = 0) -> Iterator[str]:
         """Output chunks from byte `offset` (SSE). A dropped connection is resumed from the last byte
         received, up to `reconnects` times in a row. Raises NotFound (unknown step) or
-        InvalidRequest (offset past the end) at once."""
+        InvalidRequest (offset past the end) at once: the stream's request is made here, and its
+        answer read on iterating (one request, where a plain one asked first for the errors)."""
         check_offset(offset)
-        path = step_path(task_id, step) + "/log"
         try:
-            with self._answer("GET", path, {"offset": str(offset), "lang": self.lang}) as response:
-                if response.status_code != 200:  # unknown task or step, offset past the end: now
-                    self._raise_answer(response)
+            stream = self._open_log(step_path(task_id, step) + "/log", follow, offset)
         except httpx.HTTPError as exc:
             raise self._failure("client_no_answer", reason=_reason(exc)) from None
-        return self._log_chunks(task_id, step, follow, offset)
+        return self._log_chunks(task_id, step, follow, offset, stream)
 
     def control(self, task_id: str, action: str, step: str | int | None = None, lang: str | None = None) -> Envelope:
         path = task_path(task_id) if step is None else step_path(task_id, step)
@@ -288,11 +285,15 @@ class Client(ControlCalls):
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise self._failure("client_not_answer", error=f"{type(exc).__name__}: {exc}") from None
 
-    def _log_chunks(self, task_id: str, step: str | int, follow: bool, offset: int) -> Iterator[str]:
-        failures = 0
+    def _log_chunks(
+        self, task_id: str, step: str | int, follow: bool, offset: int, stream: Iterator[tuple[str, int | None]] | None
+    ) -> Iterator[str]:
+        """The chunks of `stream` (open), then of the streams that resume it."""
+        path, failures = step_path(task_id, step) + "/log", 0
         while True:
+            self._open()  # closed since: EngineClosed, as a closed Executor's logs raise, whatever was read ahead
             try:
-                for text, after in self._log_stream(step_path(task_id, step) + "/log", follow, offset):
+                for text, after in stream or self._open_log(path, follow, offset):
                     if after is None:  # event: end
                         return
                     offset, failures = after, 0
@@ -304,17 +305,27 @@ class Client(ControlCalls):
                 reason = _reason(exc)
             except RemoteBusy as exc:  # a server at its --max-requests (open streams count): for a moment
                 reason = exc.message
+            stream = None
             failures += 1  # resume from the last byte received
             if failures > self.reconnects:
                 raise self._failure("log_stream_lost", task=task_id, step=step, reason=reason)
             time.sleep(_backoff(failures))
 
-    def _log_stream(self, path: str, follow: bool, offset: int) -> Iterator[tuple[str, int | None]]:
-        """(text, byte offset after it) per output event of one connection; ("", None) for the end."""
+    def _open_log(self, path: str, follow: bool, offset: int) -> Iterator[tuple[str, int | None]]:
+        """A log stream whose answer has come: an error answer is raised here, its events are read
+        on iterating (closed with the iterator)."""
+        stream = self._log_stream(path, follow, offset)
+        next(stream)
+        return stream  # type: ignore[return-value]  # its first item, None, was taken
+
+    def _log_stream(self, path: str, follow: bool, offset: int) -> Iterator[tuple[str, int | None] | None]:
+        """None once the stream answered 200; then (text, byte offset after it) per output event of
+        the connection; ("", None) for the end."""
         params = {"offset": str(offset), "lang": self.lang, **({"follow": "true"} if follow else {})}
         with self._answer("GET", path, params, events=True) as response:
             if response.status_code != 200:
                 self._raise_answer(response)
+            yield None
             for event in self._events(response, path):
                 if event.event == "end":
                     yield "", None
@@ -375,6 +386,16 @@ def tls_context(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.S
             problem = _file_problem(exc, "not a PEM certificate and its unencrypted key")
             raise InvalidValue(f"client certificate {' and key '.join(files)}: {problem}") from None
     return context
+
+
+def request_timeout(seconds: float) -> float:
+    """`seconds` as the limit of one request, or InvalidValue: more than 0 (httpx would fail every
+    connect at once, saying "Operation now in progress") and at most MAX_REQUEST_TIMEOUT (a socket's
+    timeout must fit in a time_t: an OverflowError)."""
+    if not 0 < seconds <= MAX_REQUEST_TIMEOUT:
+        limit = format_duration(MAX_REQUEST_TIMEOUT)
+        raise InvalidValue(f"timeout: expected more than 0 and at most {limit}, got {seconds!r} seconds")
+    return seconds
 
 
 def _backoff(failures: int) -> float:

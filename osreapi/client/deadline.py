@@ -119,14 +119,67 @@ def _connect_timeout(timeout: float | None) -> float | None:
     return timeout if bound is None else bound.left(timeout, httpcore.ConnectTimeout)[0]
 
 
-class DeadlineTransport(httpx.HTTPTransport):
-    """httpx's transport over httpcore's pool with the bounded backend. httpx's constructor takes
-    no backend: its pool is made again with one, with httpx's default limits (100 connections,
-    20 kept alive for 5 s)."""
+class DeadlineTransport(httpx.BaseTransport):
+    """A custom httpx transport (httpx's documented transport API) over httpcore's connection pool
+    with the bounded backend (httpcore's public network-backend API): httpx's own HTTPTransport
+    takes no backend, and replacing its private pool was the only other way. httpx's default limits
+    (100 connections, 20 kept alive for 5 s); httpcore's errors raised as httpx's, as HTTPTransport
+    raises them."""
 
     def __init__(self, ssl_context: ssl.SSLContext) -> None:
-        super().__init__(verify=ssl_context)
         self._pool = httpcore.ConnectionPool(
             ssl_context=ssl_context, max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0,
             network_backend=_BoundBackend(),
         )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        asked = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+            headers=request.headers.raw, content=request.stream, extensions=request.extensions,
+        )
+        with _as_httpx_errors():
+            answer = self._pool.handle_request(asked)
+        return httpx.Response(answer.status, headers=answer.headers, stream=_Body(answer.stream),
+                              extensions=answer.extensions)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class _Body(httpx.SyncByteStream):
+    """An answer's body as httpx reads it, httpcore's errors raised as httpx's."""
+
+    def __init__(self, stream: Iterable[bytes]) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx_errors():
+            yield from self._stream
+
+    def close(self) -> None:
+        with _as_httpx_errors():
+            getattr(self._stream, "close", lambda: None)()
+
+
+_HTTPCORE_ERRORS = (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError,
+                    httpcore.UnsupportedProtocol)  # the roots of httpcore's errors
+
+
+@contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    """httpcore's exception as httpx's of the same name (ReadTimeout as httpx.ReadTimeout, ...), the
+    most specific first; any other (AnswerTooSlow) as it is."""
+    try:
+        yield
+    except _HTTPCORE_ERRORS as exc:
+        raise _httpx_error(exc) from exc
+
+
+def _httpx_error(exc: Exception) -> httpx.HTTPError:
+    for kind in type(exc).__mro__:  # httpx names its transport errors as httpcore does
+        ours = getattr(httpx, kind.__name__, None)
+        if isinstance(ours, type) and issubclass(ours, httpx.TransportError):
+            return ours(str(exc))
+    return httpx.TransportError(str(exc))

@@ -86,6 +86,11 @@ class Fleet:
         if fanout < 1:
             raise InvalidValue(f"fanout must be at least 1, got {fanout}")
         self.fanout = fanout
+        # One Client (one connection pool) per host costs ~4 KiB, no thread and no connection until
+        # used (measured: 100 hosts, 375 KiB); the TLS context, the one costly part, is shared
+        # already (tls_context). A pool shared by all hosts would hold the same connections, one
+        # per host, but under one keep-alive limit (20): a call on 100 hosts would reconnect (and
+        # shake hands again) with most of them every time.
         self.clients: dict[str, Client] = {}
         servers = set()
         for host in hosts:

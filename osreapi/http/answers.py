@@ -23,6 +23,21 @@ def language_of(environ: dict, default: str) -> str:
     )
 
 
+def head_language(head: bytes, default: str) -> str:
+    """The language a request asks for, read from its head's bytes as received: for the answers given
+    before its head is parsed, or instead (a malformed or cut request line, a read timeout), where
+    neither its query nor its headers were seen. The target is the request line's second word
+    however many blanks part them, its query what follows '?' before any '#'."""
+    head = head.lstrip(b"\r\n").partition(b"\r\n\r\n")[0]
+    line, _, fields = head.partition(b"\n")
+    words = line.split()
+    query = words[1].partition(b"#")[0].partition(b"?")[2] if len(words) > 1 else b""
+    accepted = [value.strip() for name, _, value in (field.partition(b":") for field in fields.split(b"\n"))
+                if name.strip().lower() == b"accept-language"]
+    asked = {"QUERY_STRING": query.decode("latin-1"), "HTTP_ACCEPT_LANGUAGE": b", ".join(accepted).decode("latin-1")}
+    return language_of(asked, default)
+
+
 def refuse(start_response: Callable, status: str, code: int, text: str, headers: dict[str, str] | None = None) -> list[bytes]:
     """Answer with the envelope before the application runs."""
     body = envelope(code, text).encode("utf-8")

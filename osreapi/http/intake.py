@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from cheroot.connections import ConnectionManager, prevent_socket_inheritance
 
 from ..errors import DESCRIPTOR_TURN, out_of_descriptors
-from .answers import raw_refusal
+from .answers import head_language, raw_refusal
 from .outbox import waiting
 from .sockerrors import client_went_away, wants_write, would_block
 
@@ -442,12 +442,14 @@ class RequestIntake(ConnectionManager):
     def _answer_plain_http(self, shake: _Handshake) -> None:
         """A plain HTTP request on the TLS port: say so in plain text, under the TLS layer. The rest
         of the request is read first: closing on unread bytes would reset the connection and lose
-        the answer."""
-        fd = shake.sock.fileno()
+        the answer. The TLS layer took the request's first 5 bytes (a record header's worth: the
+        method and the target's start): a stand-in word before the rest keeps its query the second.
+        """
+        fd, head = shake.sock.fileno(), b""
         with suppress(OSError):
-            os.read(fd, _RECV)
+            head = os.read(fd, _RECV)
         with suppress(OSError):
-            os.write(fd, raw_refusal("400 Bad Request", "tls_only", self.server.osreapi_lang))
+            os.write(fd, raw_refusal("400 Bad Request", "tls_only", head_language(b"- " + head, self.server.osreapi_lang)))
             shake.sock.shutdown(socket.SHUT_WR)  # the answer is sent before the close
 
     # -- reading requests --------------------------------------------------------------------
@@ -504,7 +506,6 @@ class RequestIntake(ConnectionManager):
         rfile = conn.rfile
         rfile._read_buf, rfile._read_pos = bytes(pending.data) + rfile._read_buf[rfile._read_pos :], 0
         conn.osreapi_continued = pending.continued  # the worker's parser must not invite it again
-        conn.osreapi_cut_line = _cut_line(pending.data, self.server.max_request_header_size)
         conn.osreapi_pending = _Pending()  # the next request starts afresh
         with self._whole_lock:  # a worker's put() gets here too, while the recount walks the queue
             closed = self._closed  # close() sets it before it empties the queue under this lock
@@ -576,12 +577,6 @@ class RequestIntake(ConnectionManager):
         self._held = held
 
 
-def _cut_line(data: bytearray, limit: int) -> bytes | None:
-    """The start of a request line too long to parse (answered 414), or None: it still tells the
-    answer's language (?lang=), as the request line does for every other answer."""
-    return None if data.find(b"\n", 0, limit) >= 0 else bytes(data[:limit])
-
-
 def _whole_bytes(conn) -> int:
     """Bytes a whole request not yet served holds past its free part."""
     rfile = getattr(conn, "rfile", None)  # the queue also carries the workers' shutdown requests
@@ -618,9 +613,12 @@ def _pending(conn) -> _Pending:
 
 
 def refuse(conn, status: str, key: str, server, /, retry_after: int | None = None, **values: object) -> None:
-    """Answer with the envelope without blocking (it fits the socket buffer, or is dropped) and close."""
+    """Answer with the envelope without blocking (it fits the socket buffer, or is dropped) and close,
+    in the language of what was read of the request."""
+    read = getattr(conn, "osreapi_pending", None)
+    lang = head_language(bytes(read.data[: server.max_request_header_size]) if read else b"", server.osreapi_lang)
     _drop_pending(conn)
-    payload = raw_refusal(status, key, server.osreapi_lang, retry_after=retry_after, **values)
+    payload = raw_refusal(status, key, lang, retry_after=retry_after, **values)
     with suppress(OSError):
         conn.socket.setblocking(False)  # a socket with a timeout would wait for room to write
         conn.socket.send(payload)

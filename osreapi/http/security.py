@@ -163,10 +163,28 @@ def audit_key(data_dir: Path) -> bytes:
             pass  # another maker was first: its key is the one
         finally:
             spare.unlink(missing_ok=True)
-    key = path.read_bytes()
+    key = _read_private(path)
     if len(key) != AUDIT_KEY_BYTES:
         raise InvalidValue(f"{path}: not an audit key ({len(key)} bytes, expected {AUDIT_KEY_BYTES}); remove it to make a new one")
     return key
+
+
+def _read_private(path: Path) -> bytes:
+    """The key file's bytes, refused when another user may read or change it: a key others have read
+    lets them try likely tokens against the log's hints, one they wrote is known to them. Refused,
+    not chmodded: whether no one has read it yet is the owner's to judge. Not through a symbolic link,
+    whose target's mode is another file's."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:  # ELOOP: a symbolic link
+        raise InvalidValue(f"{path}: cannot read the audit key: {exc.strerror}; remove it to make a new one") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        mode = stat.S_IMODE(os.fstat(descriptor).st_mode)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise InvalidValue(f"{path}: other users may read or change it (mode {mode:04o}), and with it try tokens "
+                               f"against the audit log's fingerprints; remove it to make a new one at the next start "
+                               f"(or chmod 600 {path} if no one could have read it)")
+        return handle.read()
 
 
 def _put_in_place(spare: Path, path: Path) -> None:

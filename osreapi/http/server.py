@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from cheroot import wsgi
 from cheroot.makefile import MakeFile, StreamReader
@@ -17,7 +18,7 @@ from cheroot.server import HeaderReader, HTTPConnection, HTTPRequest
 
 from ..errors import InvalidValue
 from ..vocabulary import DEFAULT_LANGUAGE
-from .answers import language_of, raw_refusal
+from .answers import head_language, raw_refusal
 from .intake import (
     CHUNK_LINE,
     CHUNKED_READ_FACTOR,
@@ -32,6 +33,7 @@ from .sockerrors import client_went_away
 
 log = logging.getLogger(__name__)
 DEFAULT_THREADS = 32
+SHOWN_TARGET = 200  # characters of a refused request target shown in its answer
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -123,6 +125,7 @@ class _Request(HTTPRequest):
     Content-Length that is not plain digits, or not the only word on the body's length, refused
     before any body is read."""
 
+    _head_at: tuple[bytes, int] = (b"", 0)  # set by read_request_line for each request
     ambiguous_length = False  # set by header_reader for each request
     host_lines = 1  # set by header_reader for each request
 
@@ -170,6 +173,14 @@ class _Request(HTTPRequest):
         HEAD, took it for the start of its next answer on the connection kept alive."""
         if self.method != b"HEAD":
             super().write(chunk)
+
+    def read_request_line(self) -> bool:
+        """cheroot's, noting where the request starts in the connection's buffer (the intake hands
+        a worker each request there, or the start of a line too long to end): the head's bytes, for
+        the language of an answer to a head cheroot refused unparsed. A reference, not a copy."""
+        rfile = self.conn.rfile
+        self._head_at = (getattr(rfile, "_read_buf", b""), getattr(rfile, "_read_pos", 0))
+        return super().read_request_line()
 
     def read_request_headers(self) -> bool:
         if not super().read_request_headers():
@@ -219,6 +230,8 @@ class _Request(HTTPRequest):
             self._refuse("431 Request Header Fields Too Large", "header_too_large", limit=server.max_request_header_size)
         elif code == 414:
             self._refuse(status, "uri_too_long", limit=server.max_request_header_size)
+        elif code == 400 and (target := self._absolute_target()) is not None:
+            self._refuse(status, "target_absolute", target=target[:SHOWN_TARGET])
         elif code == 408:
             self._refuse(status, "read_timeout", seconds=f"{server.osreapi_read_timeout:g}")
         elif code == 501:  # a transfer coding the client chose: its error, never a 5xx
@@ -232,22 +245,29 @@ class _Request(HTTPRequest):
         else:
             self._refuse(status, "bad_http", detail=msg or status[4:])
 
+    def _absolute_target(self) -> str | None:
+        """The request target cheroot refused for its absolute form (`http://host/path`), as sent.
+        Refused, not served (RFC 9112 3.2.2 would have the host taken from it, Host ignored): a proxy
+        in front that forwarded it may have routed on Host, and the loopback-name check here would
+        read another host than the one asked for, as with two Host lines."""
+        uri = getattr(self, "uri", None)  # set once the request line splits into three words
+        if uri is None or hasattr(self, "path"):  # not reached, or parsed: not cheroot's refusal
+            return None
+        try:
+            parts = urlsplit(uri)
+        except ValueError:
+            return None
+        return uri.decode("latin-1") if parts.scheme or parts.netloc else None
+
     def _refuse(self, status: str, key: str, /, retry_after: int | None = None, **values: object) -> None:
         self.close_connection = True
-        asked = {"QUERY_STRING": (getattr(self, "qs", b"") or _query_of(self.conn)).decode("latin-1"),
-                 "HTTP_ACCEPT_LANGUAGE": self.inheaders.get(b"Accept-Language", b"").decode("latin-1")}
-        lang = language_of(asked, self.server.osreapi_lang)
+        buffered, start = self._head_at
+        head = bytes(buffered[start : start + self.server.max_request_header_size])
+        lang = head_language(head, self.server.osreapi_lang)
         try:
             self.conn.wfile.write(raw_refusal(status, key, lang, retry_after=retry_after, **values))
         except OSError:
             pass  # the client has gone
-
-
-def _query_of(conn) -> bytes:
-    """The query string of a request line cut short (a 414): what of it was read."""
-    line = getattr(conn, "osreapi_cut_line", None) or b""
-    target = line.split(b" ", 2)[1] if line.count(b" ") else b""
-    return target.partition(b"?")[2]
 
 
 class _Connection(HTTPConnection):
