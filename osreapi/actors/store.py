@@ -41,6 +41,7 @@ from .messages import (
     SweepExpired,
     TaskDropped,
 )
+from .reply import Reply
 from .taskstate import TaskState
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ SWEEP_BATCH = 100
 GROUP = 64  # most committed writes waiting for one flush
 RETRY_AFTER = 1.0  # seconds between attempts to write what a full disk refused
 WRITE_ERRORS = (lmdb.Error, OSError)
+ASKED = (Ping, SweepExpired, Flush)  # only ever sent with ask(): a failure goes back to the asker
 OnCommit = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
@@ -107,6 +109,14 @@ class StoreActor(EngineActor):
     def on_receive(self, message: Any) -> Any:
         try:
             return self._handle(message)
+        except Exception as exc:  # a bug: the message's answer, never the end of the single writer
+            if isinstance(message, ASKED):  # pykka hands it to the asker, and the store goes on
+                raise
+            log.exception("store: handling %s failed; going on", type(message).__name__)
+            reply = getattr(message, "reply", None)
+            if isinstance(reply, Reply):
+                reply.fail(exc)
+            return None
         finally:
             if self._awaiting and (len(self._awaiting) >= GROUP or self.actor_inbox.empty()):
                 self._flush()
@@ -338,6 +348,11 @@ class StoreActor(EngineActor):
             for message, task, steps in merged:
                 self._keep_unsaved(message.task_id, task, steps)
             self._failed(exc)
+            for message, _, _ in merged:
+                self._refuse(message, exc)
+            return
+        except Exception as exc:  # a bug: these saves are refused, not kept (they would fail again); the store goes on
+            log.exception("store: saving %s failed", ", ".join(sorted({m.task_id for m, _, _ in merged})))
             for message, _, _ in merged:
                 self._refuse(message, exc)
             return

@@ -1,0 +1,66 @@
+"""A fault in the store's handling of a save (a bug, not a write the disk refused) is that save's
+answer: the store, the single writer, goes on. It stopped, and with it every later write."""
+
+from __future__ import annotations
+
+import pytest
+
+from osreapi.errors import DiskFull
+from osreapi.storage.database import Database
+
+from .conftest import sh, wait_until
+from .test_mend16 import failing_sync  # noqa: F401 - a fixture
+
+
+def fail_saves_of(monkeypatch, task_id: str, times: int) -> list[int]:
+    """Inject a fault (not a write error) into the next `times` saves that carry `task_id`."""
+    save_many, left = Database.save_many, [times]
+
+    def failing(self, changes):
+        if left[0] > 0 and any(change[0] == task_id for change in changes):
+            left[0] -= 1
+            raise RuntimeError("injected fault")
+        return save_many(self, changes)
+
+    monkeypatch.setattr(Database, "save_many", failing)
+    return left
+
+
+@pytest.mark.timeout(60)
+def test_a_save_that_fails_with_a_bug_is_refused_and_the_store_goes_on(make_executor, monkeypatch):
+    left = fail_saves_of(monkeypatch, "faulty", 1)
+    ex = make_executor(call_timeout=20)
+    ex.submit([sh("echo never", name="a")], task_id="faulty")  # stored first; its start's save fails
+    result = ex.wait("faulty", 20)
+    assert left == [0]
+    assert result.task.state.finished, result
+    step = result.steps[0]
+    assert step.state.value == "interrupted" and step.output == "step not started: its start could not be recorded"
+    after = ex.submit([sh("echo after")])
+    assert ex.wait(after, 20).steps[0].output == "after\n"
+    assert ex.check_health() == "ok"
+
+
+@pytest.mark.timeout(90)
+def test_a_fault_in_the_stores_retry_is_logged_and_the_store_goes_on(failing_sync, make_executor, tmp_path, monkeypatch):
+    """A fault anywhere in a message told to the store (here its retry after a failed flush)
+    stopped it: every later submit was refused for good. It is logged, and the store goes on."""
+    switch = failing_sync(tmp_path / "data")
+    ex = make_executor(call_timeout=20)
+    switch.fail()
+    with pytest.raises(DiskFull):
+        ex.submit([sh("true")])
+    probe, left = Database.probe, [1]
+
+    def failing_probe(self, *args, **kwargs):
+        if left[0] > 0:
+            left[0] -= 1
+            raise RuntimeError("injected fault")
+        return probe(self, *args, **kwargs)
+
+    monkeypatch.setattr(Database, "probe", failing_probe)
+    switch.heal()
+    assert wait_until(lambda: left == [0], timeout=20)  # the retry met the fault
+    after = ex.submit([sh("echo after")])
+    assert ex.wait(after, 20).steps[0].output == "after\n"
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=20)
