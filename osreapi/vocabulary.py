@@ -163,6 +163,18 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "header_too_large": ("请求头过大, 上限 {limit} 字节", "request header block too large, the limit is {limit} bytes"),
     "uri_too_long": ("请求行过长, 上限 {limit} 字节", "request line too long, the limit is {limit} bytes"),
     "bad_http": ("HTTP 请求格式错误: {detail}", "malformed HTTP request: {detail}"),
+    # What the HTTP parser (cheroot) refused, in our words (its own sentences are English):
+    "http_crlf": ("每行须以 CRLF (\\r\\n) 结尾", "every line must end with CRLF (\\r\\n)"),
+    "http_protocol": ("请求行的协议须为 HTTP/1.x", "the request line's protocol must be HTTP/1.x"),
+    "http_request_line": ("请求行须为 \"方法 目标 HTTP/1.1\"", "the request line must be \"METHOD target HTTP/1.1\""),
+    "http_method_case": ("方法名须为大写 (如 GET)", "the method name must be uppercase (GET, say)"),
+    "http_target": ("请求目标格式错误", "the request target is malformed"),
+    "http_target_slash": ("请求目标须以 / 开头", "the request target must start with /"),
+    "http_target_authority": ("CONNECT 的目标须为 host:port", "a CONNECT target must be host:port"),
+    "http_fragment": ("请求目标不能含 # 片段", "the request target must not contain a # fragment"),
+    "http_header_line": ("请求头行须为 \"名称: 值\"", "a header line must be \"Name: value\""),
+    "http_header_end": ("请求头未以空行结束", "the header block does not end with an empty line"),
+    "http_content_length": ("Content-Length 头格式错误", "the Content-Length header is malformed"),
     "target_absolute": (
         "请求目标 {target!r} 是绝对形式 (给代理的): 请只发送以 / 开头的路径, 主机名放在 Host 头里",
         "request target {target!r} is in absolute form (a proxy's): send the path alone, starting with '/', and the host in Host",

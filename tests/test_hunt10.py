@@ -131,7 +131,7 @@ def test_a_length_and_chunks_together_are_refused_at_once(client: Client, order:
 def test_a_head_of_bare_line_feeds_is_refused_at_once(client: Client, head: bytes):
     """The request intake waited for a CRLF CRLF that such a head never has: a 408 ten seconds
     later, for a request cheroot refuses as soon as it reads it."""
-    assert envelope_of(answered_while_open(client, head)) == (400, {"code": 400, "message": "HTTP 请求格式错误: HTTP requires CRLF terminators"})
+    assert envelope_of(answered_while_open(client, head)) == (400, {"code": 400, "message": "HTTP 请求格式错误: 每行须以 CRLF (\\r\\n) 结尾"})
 
 
 @pytest.mark.parametrize("line", [b"X-Note: a\x00b", b"X-\x00Note: ab", b"X-Note: a\rContent-Length: 5"])

@@ -274,3 +274,29 @@ def test_the_cli_refuses_a_request_timeout_as_the_client_does(seconds, given):
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert f"{refused.value} ({given!r})" in done.stderr, done.stderr
+
+
+# The server's parser's own refusals, each with what cheroot says of it, in both languages: the
+# sentence was cheroot's English inside our message, whatever language the request asked for.
+PARSER_REFUSALS = [  # {q} is where the request's ?lang= goes
+    (b"GET /x{q} HTTP/1.1\nHost: x\n\n", "CRLF"),
+    (b"GET /x{q} FTP/1.1\r\nHost: x\r\n\r\n", "HTTP"),
+    (b"get /x{q} HTTP/1.1\r\nHost: x\r\n\r\n", "GET"),
+    (b"GET x{q} HTTP/1.1\r\nHost: x\r\n\r\n", "/"),
+    (b"GET /x{q}#frag HTTP/1.1\r\nHost: x\r\n\r\n", "#"),
+    (b"GET /x{q} HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", ":"),
+]
+
+
+@pytest.mark.parametrize("raw,named", PARSER_REFUSALS)
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_parsers_own_refusals_are_told_in_the_requests_language(make_server, raw, named, lang):
+    client = make_server(settings=HttpSettings(lang=_other(lang)))
+    head, body = _exchange(client, raw.replace(b"{q}", b"?lang=" + lang.encode()))
+    assert head.startswith(b"HTTP/1.1 400"), head
+    text = body["message"]
+    assert named in text, text
+    if lang == "zh":  # nothing of cheroot's English left in it
+        assert not any(word in text for word in ("Malformed", "Illegal", "Invalid", "requires", "must")), text
+    else:
+        assert text.startswith("malformed HTTP request: ") and text[len("malformed HTTP request: ")].islower(), text

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
-from ..vocabulary import message, normalize_language
+from ..vocabulary import Phrase, normalize_language
 from .render import envelope
 
 JSON_TYPE = "application/json; charset=utf-8"
@@ -48,7 +48,7 @@ def refuse(start_response: Callable, status: str, code: int, text: str, headers:
 def raw_refusal(status: str, key: str, lang: str, /, retry_after: int | None = None, **values: object) -> bytes:
     """A whole HTTP/1.1 response with the envelope, for answers given below the WSGI application
     (the server's parser, the request intake); the connection closes after it."""
-    body = envelope(int(status[:3]), message(key, lang, **values)).encode("utf-8")
+    body = envelope(int(status[:3]), Phrase(key, values).render(lang)).encode("utf-8")
     lines = [f"HTTP/1.1 {status}", f"Content-Type: {JSON_TYPE}", f"Content-Length: {len(body)}", "Connection: close"]
     if retry_after is not None:
         lines.append(f"Retry-After: {retry_after}")

@@ -17,7 +17,7 @@ from cheroot.makefile import MakeFile, StreamReader
 from cheroot.server import HeaderReader, HTTPConnection, HTTPRequest
 
 from ..errors import InvalidValue
-from ..vocabulary import DEFAULT_LANGUAGE
+from ..vocabulary import DEFAULT_LANGUAGE, Phrase
 from .answers import head_language, raw_refusal
 from .intake import (
     CHUNK_LINE,
@@ -243,7 +243,7 @@ class _Request(HTTPRequest):
         elif code >= 500:
             self._refuse(status, "internal")
         else:
-            self._refuse(status, "bad_http", detail=msg or status[4:])
+            self._refuse(status, "bad_http", detail=parser_refusal(msg or status[4:]))
 
     def _absolute_target(self) -> str | None:
         """The request target cheroot refused for its absolute form (`http://host/path`), as sent.
@@ -268,6 +268,30 @@ class _Request(HTTPRequest):
             self.conn.wfile.write(raw_refusal(status, key, lang, retry_after=retry_after, **values))
         except OSError:
             pass  # the client has gone
+
+
+# cheroot's sentences for a request its parser refuses (English only), by how they begin: ours
+# say the same in the request's language. One it may add later is shown as it is.
+PARSER_REFUSALS = (
+    ("HTTP requires CRLF terminators", "http_crlf"),
+    ("Malformed Request-Line: bad protocol", "http_protocol"),
+    ("Malformed Request-Line: bad version", "http_protocol"),
+    ("Malformed Request-Line", "http_request_line"),
+    ("Malformed method name", "http_method_case"),
+    ("Malformed Request-URI", "http_target"),
+    ("Invalid path in Request-URI: request-target must match authority-form", "http_target_authority"),
+    ("Invalid path in Request-URI: request-target must contain origin-form", "http_target_slash"),
+    ("Invalid path in Request-URI", "http_target"),
+    ("Illegal #fragment", "http_fragment"),
+    ("Illegal header line", "http_header_line"),
+    ("Illegal end of headers", "http_header_end"),
+    ("Malformed Content-Length", "http_content_length"),
+)
+
+
+def parser_refusal(said: str) -> Phrase | str:
+    """Our words for what cheroot's parser said of a request it refused."""
+    return next((Phrase(key) for start, key in PARSER_REFUSALS if said.startswith(start)), said)
 
 
 class _Connection(HTTPConnection):
