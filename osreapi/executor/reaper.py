@@ -211,7 +211,10 @@ class Reaper:
     def _exited(self, watch: _Watch) -> None:
         """The process is reaped: drain and close its output (unless kept), then report."""
         returncode = watch.proc.wait()
-        watch.sink.close(hand_off=watch.keep_output)
+        try:
+            watch.sink.close(hand_off=watch.keep_output)
+        except Exception:  # a bug: the output is cut short, the end is reported all the same
+            log.exception("closing a step's output failed")
         try:
             watch.on_exit(returncode, self._clock())
         except Exception:
@@ -232,19 +235,29 @@ class Reaper:
                     continue
                 with self._lock:
                     kind, watch = self._watched.get(fd, (None, None))
-                if kind == "exit" and watch.proc.poll() is not None:  # never a wait() here for a running one
-                    closed.update((fd, watch.sink.fd))
-                    self._forget(fd)
-                    os.close(fd)
-                    self._forget_output(watch)
-                    self._exited(watch)
-                elif kind == "output" and not watch.sink.pump():
+                try:
+                    self._event(fd, kind, watch, closed)
+                except Exception:  # a bug: this thread reports every step's end, it must go on
+                    log.exception("reaper: a step's %s event failed; its output may be cut short", kind)
                     closed.add(fd)
-                    self._forget_output(watch)
-                    watch.sink.close()
+                    self._forget(fd)  # not polled again
+                    if kind == "exit":
+                        self._exited(watch)
         self._epoll.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+    def _event(self, fd: int, kind: str | None, watch: _Watch | None, closed: set[int]) -> None:
+        if kind == "exit" and watch.proc.poll() is not None:  # never a wait() here for a running one
+            closed.update((fd, watch.sink.fd))
+            self._forget(fd)
+            os.close(fd)
+            self._forget_output(watch)
+            self._exited(watch)
+        elif kind == "output" and not watch.sink.pump():
+            closed.add(fd)
+            self._forget_output(watch)
+            watch.sink.close()
 
     def _forget(self, fd: int) -> None:
         with self._lock:

@@ -1,5 +1,6 @@
-"""A fault in the store's handling of a save (a bug, not a write the disk refused) is that save's
-answer: the store, the single writer, goes on. It stopped, and with it every later write."""
+"""A fault (a bug, not an I/O error the code expects) in one of the engine's long-lived parts is the
+answer to the piece of work it met, never the end of that part: the store (the single writer)
+and the reaper (which reports every step's end) stopped, and with them the engine."""
 
 from __future__ import annotations
 
@@ -64,3 +65,26 @@ def test_a_fault_in_the_stores_retry_is_logged_and_the_store_goes_on(failing_syn
     after = ex.submit([sh("echo after")])
     assert ex.wait(after, 20).steps[0].output == "after\n"
     assert wait_until(lambda: ex.check_health() == "ok", timeout=20)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["pump", "close"])
+def test_a_fault_while_the_reaper_copies_output_ends_that_step_and_the_reaper_goes_on(make_executor, monkeypatch, where):
+    """The reaper thread reports every step's end: one fault while it copied or closed a step's
+    output (a bug, not an I/O error the sink handles) ended the thread, and no step ended any more."""
+    from osreapi.executor.reaper import LogSink
+
+    original, left = getattr(LogSink, where), [1]
+
+    def failing(self, *args, **kwargs):
+        if left[0] > 0:
+            left[0] -= 1
+            raise RuntimeError("injected fault")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogSink, where, failing)
+    ex = make_executor()
+    first = ex.wait(ex.submit([sh("echo first")]), 20)
+    assert left == [0] and first.task.state.finished, first
+    after = ex.wait(ex.submit([sh("echo after")]), 20)
+    assert after.steps[0].output == "after\n", after
