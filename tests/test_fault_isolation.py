@@ -88,3 +88,30 @@ def test_a_fault_while_the_reaper_copies_output_ends_that_step_and_the_reaper_go
     assert left == [0] and first.task.state.finished, first
     after = ex.wait(ex.submit([sh("echo after")]), 20)
     assert after.steps[0].output == "after\n", after
+
+
+@pytest.mark.timeout(60)
+def test_a_fault_while_the_stream_hub_serves_one_stream_ends_that_stream_only(make_server, monkeypatch):
+    """One thread serves every wait past its first 20 ms, followed log and event feed: a fault
+    while it served one stream ended the thread, and no such stream was answered any more."""
+    from osreapi.http.streams import StreamHub
+
+    pull, left = StreamHub._pull, [1]
+
+    def failing_pull(self, stream, now, news=False):
+        if left[0] > 0:
+            left[0] -= 1
+            raise RuntimeError("injected fault")
+        return pull(self, stream, now, news=news)
+
+    monkeypatch.setattr(StreamHub, "_pull", failing_pull)
+    client = make_server()
+    first = client.submit([sh("sleep 0.3")])
+    try:  # the stream the fault met: ended (the connection closed, the answer cut short)
+        client.get(f"/{first}?wait=30s")
+    except Exception:  # noqa: BLE001 - any way a cut-short answer shows is fine here
+        pass
+    assert left == [0]
+    second = client.submit([sh("sleep 0.3; echo second")])
+    answer = client.get(f"/{second}?wait=30s")
+    assert answer.status == 200 and answer.json["code"] == 0, answer.body[:200]

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import bottle
 from cheroot.makefile import MakeFile
@@ -301,11 +301,9 @@ class StreamHub:
                         with self._lock:
                             woken, self._woken = self._woken, set()
                     else:
-                        self._on_event(key.data, mask)
+                        self._guarded(key.data, self._on_event, key.data, mask)
                 for stream in self._take_incoming():
-                    self._streams[id(stream)] = stream
-                    self._selector.register(stream.sock, stream.events, stream)
-                    self._flush(stream)
+                    self._guarded(stream, self._take, stream)
                 now = time.monotonic()
                 ticking = now >= next_tick or None in woken  # else only the streams with news are read
                 if ticking:
@@ -313,11 +311,26 @@ class StreamHub:
                 for stream in list(self._streams.values()):
                     news = self._has_news(stream, woken)
                     if ticking or news:
-                        self._pull(stream, now, news=news)
+                        self._guarded(stream, self._pull, stream, now, news=news)
         finally:
             for stream in list(self._streams.values()):
                 self._finish_on_stop(stream)
             self._selector.close()
+
+    def _guarded(self, stream: _Stream, work: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """One stream's work; a fault in it (a bug) ends that stream, never this thread, which
+        serves every other stream."""
+        try:
+            work(*args, **kwargs)
+        except Exception:
+            log.exception("stream hub: serving a stream failed; ending it")
+            with suppress(Exception):
+                self._end(stream)
+
+    def _take(self, stream: _Stream) -> None:
+        self._streams[id(stream)] = stream
+        self._selector.register(stream.sock, stream.events, stream)
+        self._flush(stream)
 
     def _take_incoming(self) -> list[_Stream]:
         with self._lock:
