@@ -426,7 +426,7 @@ class Executor(ControlCalls):
     def sweep(self) -> int:
         """Remove expired records and workspaces now; return how many tasks went."""
         self._check_not_listening("sweep")
-        return self._ask(self._store, SweepExpired())
+        return self._ask(self._store, SweepExpired(asked=True))
 
     def close(self, timeout: float = 30.0) -> None:
         """Interrupt running tasks (their trees are killed), keep queued ones for the next start, flush.

@@ -111,7 +111,10 @@ class DeleteTask:
 
 @dataclass(frozen=True)
 class SweepExpired:
-    pass
+    """Remove expired records. `asked`: sent with ask() (Executor.sweep), which hears a failure;
+    the engine's timer tells it, and a failure is then only logged (the store goes on)."""
+
+    asked: bool = False
 
 
 @dataclass(frozen=True)

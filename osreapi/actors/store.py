@@ -49,7 +49,7 @@ SWEEP_BATCH = 100
 GROUP = 64  # most committed writes waiting for one flush
 RETRY_AFTER = 1.0  # seconds between attempts to write what a full disk refused
 WRITE_ERRORS = (lmdb.Error, OSError)
-ASKED = (Ping, SweepExpired, Flush)  # only ever sent with ask(): a failure goes back to the asker
+ASKED = (Ping, Flush)  # only ever sent with ask(): a failure goes back to the asker (so does an asked sweep's)
 OnCommit = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
@@ -110,8 +110,8 @@ class StoreActor(EngineActor):
         try:
             return self._handle(message)
         except Exception as exc:  # a bug: the message's answer, never the end of the single writer
-            if isinstance(message, ASKED):  # pykka hands it to the asker, and the store goes on
-                raise
+            if isinstance(message, ASKED) or (isinstance(message, SweepExpired) and message.asked):
+                raise  # pykka hands it to the asker, and the store goes on (a told one's would stop it)
             log.exception("store: handling %s failed; going on", type(message).__name__)
             reply = getattr(message, "reply", None)
             if isinstance(reply, Reply):
