@@ -113,17 +113,20 @@ class LogSink:
         if self.closed:
             return
         self.closed = True
-        writers_left = self.pump()
-        if self._dropped:
-            lost = self._dropped - len(self._tail)
-            marker = (f"\n... {lost} bytes of output dropped ({self._why or 'over the --max_log cap'}); "
-                      f"the last {len(self._tail)} bytes follow ...\n")
-            self._write(marker.encode() + bytes(self._tail))
-        if self._log_fd is not None:
-            os.close(self._log_fd)
-        if hand_off and writers_left:
-            _discard_elsewhere(self.fd)
-        os.close(self.fd)
+        writers_left = False
+        try:
+            writers_left = self.pump()
+            if self._dropped:
+                lost = self._dropped - len(self._tail)
+                marker = (f"\n... {lost} bytes of output dropped ({self._why or 'over the --max_log cap'}); "
+                          f"the last {len(self._tail)} bytes follow ...\n")
+                self._write(marker.encode() + bytes(self._tail))
+        finally:  # a fault above (a bug) cuts the output short: the descriptors are closed all the same
+            if self._log_fd is not None:
+                os.close(self._log_fd)
+            if hand_off and writers_left:
+                _discard_elsewhere(self.fd)
+            os.close(self.fd)
 
 
 def _discard_elsewhere(fd: int) -> None:
@@ -211,10 +214,7 @@ class Reaper:
     def _exited(self, watch: _Watch) -> None:
         """The process is reaped: drain and close its output (unless kept), then report."""
         returncode = watch.proc.wait()
-        try:
-            watch.sink.close(hand_off=watch.keep_output)
-        except Exception:  # a bug: the output is cut short, the end is reported all the same
-            log.exception("closing a step's output failed")
+        self._close_output(watch, hand_off=watch.keep_output)  # a fault cuts it short: the end is reported
         try:
             watch.on_exit(returncode, self._clock())
         except Exception:
@@ -243,9 +243,19 @@ class Reaper:
                     self._forget(fd)  # not polled again
                     if kind == "exit":
                         self._exited(watch)
+                    elif kind == "output":  # closed, not left unread: a step that writes more than
+                        self._close_output(watch)  # the pipe holds would block for ever (now EPIPE)
         self._epoll.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+    @staticmethod
+    def _close_output(watch: _Watch, hand_off: bool = False) -> None:
+        """Close a step's output; a fault in it (a bug) cuts the output short, and is logged."""
+        try:
+            watch.sink.close(hand_off=hand_off)
+        except Exception:
+            log.exception("closing a step's output failed")
 
     def _event(self, fd: int, kind: str | None, watch: _Watch | None, closed: set[int]) -> None:
         if kind == "exit" and watch.proc.poll() is not None:  # never a wait() here for a running one

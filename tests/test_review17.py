@@ -1,0 +1,41 @@
+"""Review of this session's fault isolation, LMDB fatal state and parser refusals: what a fault
+still ended, left hanging or said in English (tests that failed before their fix)."""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+from osreapi.executor.reaper import LogSink
+from osreapi.storage.database import Database
+
+from .conftest import sh, wait_until
+from .test_fault_isolation import fail_once
+
+
+@pytest.mark.timeout(60)
+def test_a_fault_in_a_scheduled_sweep_is_logged_and_the_store_goes_on(make_executor, monkeypatch):
+    """The engine's timer tells the store to sweep (a tell, not an ask): a fault in it was raised
+    out of the store as for an ask, and pykka stopped the store (the single writer) for good."""
+    left = fail_once(monkeypatch, Database, "expired")
+    ex = make_executor(call_timeout=20, sweep_interval=0.05)
+    assert wait_until(lambda: left == [0], timeout=20)  # a scheduled sweep met the fault
+    after = ex.submit([sh("echo after")])
+    assert ex.wait(after, 20).steps[0].output == "after\n"
+    assert ex.check_health() == "ok"
+
+
+@pytest.mark.timeout(60)
+def test_a_fault_while_the_reaper_copies_a_long_output_still_ends_that_step(make_executor, monkeypatch):
+    """After a fault in copying a step's output its pipe was no longer read nor closed: a step
+    writing more than a pipe holds (64 KiB) blocked in write() for ever, and its task never ended."""
+    left = fail_once(monkeypatch, LogSink, "pump")
+    ex = make_executor()
+    task = ex.submit([sh("head -c 1000000 /dev/zero; echo done >&2")])
+    result = ex.wait(task, 30)
+    assert left == [0]
+    assert result is not None and result.task.state.finished, result
+    after = ex.wait(ex.submit([sh("echo after")]), 20)
+    assert after.steps[0].output == "after\n", after
