@@ -174,6 +174,9 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "http_fragment": ("请求目标不能含 # 片段", "the request target must not contain a # fragment"),
     "http_header_line": ("请求头行须为 \"名称: 值\"", "a header line must be \"Name: value\""),
     "http_header_end": ("请求头未以空行结束", "the header block does not end with an empty line"),
+    "http_header_space": ("请求头名称与冒号之间不能有空白", "whitespace before the colon of a header name"),
+    "http_header_fold": ("请求头不能折行 (obs-fold)", "a folded header line (obs-fold)"),
+    "http_header_control": ("请求头行不能含 NUL 或单独的 CR", "a NUL or a bare CR in a header line"),
     "http_content_length": ("Content-Length 头格式错误", "the Content-Length header is malformed"),
     "target_absolute": (
         "请求目标 {target!r} 是绝对形式 (给代理的): 请只发送以 / 开头的路径, 主机名放在 Host 头里",

@@ -240,9 +240,9 @@ def test_a_hangup_shuts_down_in_order_like_sigterm(start_server, tmp_path):
 def test_a_head_cheroot_and_the_intake_would_read_apart_is_refused_at_once(client: Client, header: bytes, said: bytes):
     """cheroot read `Content-Length : 100`, or a length folded onto a second line, as a length that
     the intake did not see: the request went to a worker before its body, and 40 of them held every
-    worker until --read_timeout. (The detail is cheroot's, in English in either language.)"""
+    worker until --read_timeout. (Asked in English: the detail is in the request's language.)"""
     with socket.create_connection((client.host, client.port), timeout=10) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\n" + header + b"\r\nHost: x\r\n\r\n[")
+        sock.sendall(b"POST /?lang=en HTTP/1.1\r\n" + header + b"\r\nHost: x\r\n\r\n[")
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert said in answer

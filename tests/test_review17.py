@@ -3,6 +3,7 @@ still ended, left hanging or said in English (tests that failed before their fix
 
 from __future__ import annotations
 
+import json
 import socket
 from urllib.parse import urlsplit
 
@@ -10,6 +11,7 @@ import pytest
 
 from osreapi.executor.reaper import LogSink
 from osreapi.storage.database import Database
+from osreapi.vocabulary import message
 
 from .conftest import sh, wait_until
 from .test_fault_isolation import fail_once
@@ -39,3 +41,24 @@ def test_a_fault_while_the_reaper_copies_a_long_output_still_ends_that_step(make
     assert result is not None and result.task.state.finished, result
     after = ex.wait(ex.submit([sh("echo after")]), 20)
     assert after.steps[0].output == "after\n", after
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "said"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Note : a\r\n", 400, message("bad_http", "zh", detail=message("http_header_space", "zh"))),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Note: a\r\n b\r\n", 400, message("bad_http", "zh", detail=message("http_header_fold", "zh"))),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Note: a\x00b\r\n", 400, message("bad_http", "zh", detail=message("http_header_control", "zh"))),
+        (b"CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: x\r\n", 405, message("method", "zh")),
+    ],
+)
+def test_the_head_readers_own_refusals_are_in_the_requests_language(client, head, status, said):
+    """The refusals of our own header reader (a space before a colon, a fold, a NUL) and cheroot's
+    405 for CONNECT were still English in a zh answer, the 405 called a malformed request."""
+    with socket.create_connection((urlsplit(client.url).hostname, urlsplit(client.url).port), timeout=10) as sock:
+        sock.sendall(head + b"Accept-Language: zh\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer
+    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"code": status, "message": said}

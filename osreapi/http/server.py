@@ -90,13 +90,13 @@ class _LengthCounting(HeaderReader):
 
     def _transform_key(self, key_name: bytes) -> bytes:
         if key_name != key_name.rstrip():
-            raise ValueError("whitespace before the colon of a header name")  # answered 400
+            raise ValueError(Phrase("http_header_space"))  # answered 400
         self._named = True
         return super()._transform_key(key_name)
 
     def _allow_header(self, key_name: bytes) -> bool:
         if not self._named:
-            raise ValueError("a folded header line (obs-fold)")
+            raise ValueError(Phrase("http_header_fold"))
         self._named = False
         if key_name == b"Content-Length":  # cheroot title-cases the name before asking
             self.lengths += 1
@@ -116,7 +116,7 @@ class _FieldLines:
     def readline(self, *args) -> bytes:
         line = self._rfile.readline(*args)
         if b"\x00" in line or b"\r" in line[:-2]:
-            raise ValueError("a NUL or a bare CR in a header line")  # answered 400
+            raise ValueError(Phrase("http_header_control"))  # answered 400
         return line
 
 
@@ -139,7 +139,7 @@ class _Request(HTTPRequest):
         try:
             headers = reader(_FieldLines(rfile), headers)
         except NameError:  # cheroot's reader on a fold before any header: a 500, not the client's 400
-            raise ValueError("a folded header line (obs-fold)") from None
+            raise ValueError(Phrase("http_header_fold")) from None
         # Two lengths, or a length and chunks: a proxy may read another body than we do, and the
         # rest would run as a request of its own (request smuggling).
         self.ambiguous_length = reader.lengths > 1 or (reader.lengths == 1 and b"Transfer-Encoding" in headers)
@@ -232,6 +232,8 @@ class _Request(HTTPRequest):
             self._refuse(status, "uri_too_long", limit=server.max_request_header_size)
         elif code == 400 and (target := self._absolute_target()) is not None:
             self._refuse(status, "target_absolute", target=target[:SHOWN_TARGET])
+        elif code == 405:  # cheroot's refusal of CONNECT
+            self._refuse(status, "method")
         elif code == 408:
             self._refuse(status, "read_timeout", seconds=f"{server.osreapi_read_timeout:g}")
         elif code == 501:  # a transfer coding the client chose: its error, never a 5xx
@@ -289,8 +291,11 @@ PARSER_REFUSALS = (
 )
 
 
-def parser_refusal(said: str) -> Phrase | str:
-    """Our words for what cheroot's parser said of a request it refused."""
+def parser_refusal(said: str | Phrase) -> Phrase | str:
+    """Our words for what cheroot's parser said of a request it refused (ours already: a Phrase
+    our header reader raised)."""
+    if isinstance(said, Phrase):
+        return said
     return next((Phrase(key) for start, key in PARSER_REFUSALS if said.startswith(start)), said)
 
 
