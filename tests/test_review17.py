@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from osreapi.actors.store import StoreActor
 from osreapi.executor.reaper import LogSink
 from osreapi.storage.database import Database
 from osreapi.vocabulary import message
@@ -27,6 +28,22 @@ def test_a_fault_in_a_scheduled_sweep_is_logged_and_the_store_goes_on(make_execu
     after = ex.submit([sh("echo after")])
     assert ex.wait(after, 20).steps[0].output == "after\n"
     assert ex.check_health() == "ok"
+
+
+@pytest.mark.timeout(60)
+def test_a_fault_before_a_save_is_written_refuses_it_and_its_step_does_not_wait_for_ever(make_executor, monkeypatch):
+    """A fault in merging a save with what a full disk had refused came before the write's own
+    guard: the store went on, but the save's `otherwise` (its step's StartNotRecorded) was never
+    told, and the task stayed running for ever. It is refused as a save the write refused."""
+    left = fail_once(monkeypatch, StoreActor, "_merge_unsaved", lambda store, task_id, *rest: task_id == "faulty")
+    ex = make_executor(call_timeout=20)
+    ex.submit([sh("echo never", name="a")], task_id="faulty")
+    result = ex.wait("faulty", 20)
+    assert left == [0]
+    assert result is not None and result.task.state.finished, result
+    assert result.steps[0].output == "step not started: its start could not be recorded", result
+    after = ex.submit([sh("echo after")])
+    assert ex.wait(after, 20).steps[0].output == "after\n"
 
 
 @pytest.mark.timeout(60)

@@ -341,19 +341,21 @@ class StoreActor(EngineActor):
             for message in (m for m in messages if m.task_id in self._dropping):
                 self._refuse(message, DiskFull(f"task {message.task_id} was not stored"))
             messages = [m for m in messages if m.task_id not in self._dropping]
-        merged = [(message, *self._merge_unsaved(message.task_id, message.task, message.steps)) for message in messages]
-        try:
+        merged: list[tuple[SaveRecords, TaskRecord | None, tuple[StepRecord, ...]]] = []
+        try:  # the merge too: a fault before the write must refuse these saves as well (their steps wait)
+            merged.extend((message, *self._merge_unsaved(message.task_id, message.task, message.steps))
+                          for message in messages)
             self._db.save_many([(message.task_id, task, steps) for message, task, steps in merged])
         except WRITE_ERRORS as exc:
             for message, task, steps in merged:
                 self._keep_unsaved(message.task_id, task, steps)
             self._failed(exc)
-            for message, _, _ in merged:
+            for message in messages:
                 self._refuse(message, exc)
             return
         except Exception as exc:  # a bug: these saves are refused, not kept (they would fail again); the store goes on
-            log.exception("store: saving %s failed", ", ".join(sorted({m.task_id for m, _, _ in merged})))
-            for message, _, _ in merged:
+            log.exception("store: saving %s failed", ", ".join(sorted({m.task_id for m in messages})))
+            for message in messages:
                 self._refuse(message, exc)
             return
         for message, task, steps in merged:
