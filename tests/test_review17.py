@@ -7,15 +7,18 @@ import json
 import socket
 from urllib.parse import urlsplit
 
+import lmdb
 import pytest
 
 from osreapi.actors.store import StoreActor
+from osreapi.errors import DiskFull
 from osreapi.executor.reaper import LogSink
 from osreapi.storage.database import Database
-from osreapi.vocabulary import message
+from osreapi.vocabulary import State, message
 
 from .conftest import sh, wait_until
 from .test_fault_isolation import fail_once
+from .test_mend16 import failing_sync  # noqa: F401 - a fixture
 
 
 @pytest.mark.timeout(60)
@@ -79,3 +82,24 @@ def test_the_head_readers_own_refusals_are_in_the_requests_language(client, head
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 %d " % status), answer
     assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"code": status, "message": said}
+
+
+@pytest.mark.timeout(90)
+def test_close_after_a_failed_reopen_closes_the_engine(failing_sync, make_executor, tmp_path, monkeypatch):
+    """A reopen after LMDB's fatal error that fails (no descriptor for lmdb.open, say) leaves the
+    environment closed: Database.close() then raised on its flush, Executor.close() raised, and
+    the data dir's lock and the waiters were left as they were. Nothing is flushed (the last
+    commit failed); the engine closes, and a new one finds every commit before the failed one."""
+    switch = failing_sync(tmp_path / "data")
+    ex = make_executor(call_timeout=20)
+    before = ex.submit([sh("echo before")])
+    assert ex.wait(before, 30).steps[0].output == "before\n"
+    switch.fail_meta()
+    with monkeypatch.context() as patch:
+        patch.setattr(lmdb, "open", lambda *a, **k: (_ for _ in ()).throw(lmdb.Error("refused")))
+        with pytest.raises(DiskFull):  # its commit's meta page refused, and the reopen too
+            ex.submit([sh("true")])
+        ex.close()
+    switch.heal()
+    again = make_executor(call_timeout=20)
+    assert again.get(before).task.state is State.STOPPED

@@ -138,7 +138,8 @@ class Database:
         (a thread of a program that embeds the engine may still read while it closes)."""
         with self._gate.exclusive():
             self._closed = True
-            self._env.sync(True)
+            if not self._fatal:  # else closed by a reopen that failed, or refusing: nothing to flush
+                self._env.sync(True)
             self._env.close()
 
     # -- writes (one thread) -------------------------------------------------------------
