@@ -50,6 +50,20 @@ def test_a_fault_before_a_save_is_written_refuses_it_and_its_step_does_not_wait_
 
 
 @pytest.mark.timeout(60)
+def test_a_fault_after_a_flush_is_logged_and_every_write_is_told(make_executor, monkeypatch):
+    """The flush that acknowledges committed writes runs after a message's handling, outside the
+    store's guard: a fault there (here in giving back removed tasks' workspace names) stopped
+    the store, and the writes it held were never told (a submitter waited its whole timeout)."""
+    left = fail_once(monkeypatch, StoreActor, "_give_back")
+    ex = make_executor(call_timeout=20)
+    first = ex.submit([sh("echo first")])
+    assert left == [0]
+    assert ex.wait(first, 20).steps[0].output == "first\n"
+    after = ex.submit([sh("echo after")])
+    assert ex.wait(after, 20).steps[0].output == "after\n"
+
+
+@pytest.mark.timeout(60)
 def test_a_fault_while_the_reaper_copies_a_long_output_still_ends_that_step(make_executor, monkeypatch):
     """After a fault in copying a step's output its pipe was no longer read nor closed: a step
     writing more than a pipe holds (64 KiB) blocked in write() for ever, and its task never ended."""

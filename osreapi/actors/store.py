@@ -381,13 +381,27 @@ class StoreActor(EngineActor):
                 else:
                     self._deliver(message)
             return False
-        self._give_back()
+        try:
+            self._give_back()
+        except Exception:  # a bug: those names go with the next start's orphans; the writes are told
+            log.exception("store: giving back the workspace names of removed tasks failed")
         for message in awaiting:
+            self._acknowledge(message)
+        return True
+
+    def _acknowledge(self, message: SaveRecords | _Created) -> None:
+        """Tell those waiting for a write now on disk. A fault (a bug) is that write's answer, never
+        the others' nor the store's end: a flush runs after a message's handling, outside its guard."""
+        try:
             if isinstance(message, _Created):
                 self._created(message)
             else:
                 self._deliver(message)
-        return True
+        except Exception as exc:
+            reply = message.message.reply if isinstance(message, _Created) else message.reply
+            log.exception("store: telling a write on disk failed")
+            if reply is not None:
+                reply.fail(exc)
 
     def _deliver(self, message: SaveRecords) -> None:
         for position, (ref, then) in enumerate(message.then):  # first: a step waiting for its start to be on disk
