@@ -117,3 +117,39 @@ def test_close_after_a_failed_reopen_closes_the_engine(failing_sync, make_execut
     switch.heal()
     again = make_executor(call_timeout=20)
     assert again.get(before).task.state is State.STOPPED
+
+
+@pytest.mark.timeout(60)
+def test_a_fault_in_saving_a_tasks_end_does_not_leave_it_running_on_disk(make_executor, monkeypatch):
+    """A save refused by a bug is not kept: when it held the task's end, nothing else came for
+    the task, and it stayed running on disk (and in every read) for ever."""
+    def ends(db, changes):
+        return any(task is not None and task.state.finished for _, task, _ in changes)
+
+    left = fail_once(monkeypatch, Database, "save_many", ends)
+    ex = make_executor(call_timeout=20)
+    task = ex.submit([sh("echo done")])
+    assert wait_until(lambda: left == [0], timeout=20)
+    assert wait_until(lambda: ex.get(task).task.state.finished, timeout=20), ex.get(task)
+    assert ex.get(task).task.state is State.INTERRUPTED
+
+
+@pytest.mark.timeout(60)
+def test_a_task_whose_every_save_of_its_end_fails_is_not_retried_for_ever(make_executor, monkeypatch):
+    """The interrupt that follows a refused end is tried once: its own save meeting the same bug
+    is refused, and the store goes on."""
+    original, calls = Database.save_many, []
+
+    def failing(db, changes):
+        if any(task is not None and task.state.finished and task.id == "doomed" for _, task, _ in changes):
+            calls.append(1)
+            raise RuntimeError("injected fault")
+        return original(db, changes)
+
+    monkeypatch.setattr(Database, "save_many", failing)
+    ex = make_executor(call_timeout=20)
+    ex.submit([sh("true")], task_id="doomed")
+    assert wait_until(lambda: len(calls) >= 2, timeout=20)  # its end, then its interrupt
+    after = ex.submit([sh("echo after")])
+    assert ex.wait(after, 20).steps[0].output == "after\n"
+    assert len(calls) == 2

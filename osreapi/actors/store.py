@@ -105,6 +105,7 @@ class StoreActor(EngineActor):
         self._to_release: set[str] = set()  # ids whose record's removal waits for a flush (see _give_back)
         self._undeleted: dict[str, TaskRecord] = {}  # refused creates whose records the disk kept (see _not_created)
         self._dropping: set[str] = set()  # refused creates whose runners may still send saves (see _not_stored_with)
+        self._ending: set[str] = set()  # tasks being interrupted after a bug refused their end (see _end_refused)
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -357,6 +358,7 @@ class StoreActor(EngineActor):
             log.exception("store: saving %s failed", ", ".join(sorted({m.task_id for m in messages})))
             for message in messages:
                 self._refuse(message, exc)
+            self._end_refused(messages, exc)
             return
         for message, task, steps in merged:
             committed = replace(message, task=task, steps=steps)
@@ -364,6 +366,18 @@ class StoreActor(EngineActor):
                 self._awaiting.append(committed)
             else:
                 self._deliver(committed)
+
+    def _end_refused(self, messages: list[SaveRecords], exc: Exception) -> None:
+        """A task whose end a bug refused gets nothing more from its runner: it ends interrupted
+        from what is on disk, else it stays running there for ever. Once: the interrupt's own
+        save may meet the same bug."""
+        for task_id in {m.task_id for m in messages if m.task is not None and m.task.state.finished} - self._ending:
+            self._ending.add(task_id)
+            try:
+                self._interrupt(InterruptStored(task_id, f"task interrupted: its end could not be stored "
+                                                         f"({type(exc).__name__}: {exc})"))
+            finally:
+                self._ending.discard(task_id)
 
     def _flush(self) -> bool:
         """Flush what was committed; then tell everyone waiting for it. False if the flush failed
