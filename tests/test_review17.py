@@ -153,3 +153,17 @@ def test_a_task_whose_every_save_of_its_end_fails_is_not_retried_for_ever(make_e
     after = ex.submit([sh("echo after")])
     assert ex.wait(after, 20).steps[0].output == "after\n"
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("target", [b"http://[::1/", b"http://[zz]/x", b"//[::1"])
+def test_a_target_whose_ipv6_host_does_not_parse_is_refused_not_a_500(client, target):
+    """cheroot catches only a UnicodeError of urlsplit on the request target: its ValueError for a
+    bracketed host that does not parse left the parser, and the client's bad target was a 500."""
+    with socket.create_connection((urlsplit(client.url).hostname, urlsplit(client.url).port), timeout=10) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    said = message("bad_http", "en", detail=message("http_target", "en"))
+    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"code": 400, "message": said}

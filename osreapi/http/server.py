@@ -177,10 +177,18 @@ class _Request(HTTPRequest):
     def read_request_line(self) -> bool:
         """cheroot's, noting where the request starts in the connection's buffer (the intake hands
         a worker each request there, or the start of a line too long to end): the head's bytes, for
-        the language of an answer to a head cheroot refused unparsed. A reference, not a copy."""
+        the language of an answer to a head cheroot refused unparsed. A reference, not a copy.
+        A target whose bracketed host does not parse (`http://[::1/`) is the client's 400: cheroot
+        catches only urlsplit's UnicodeError, and its ValueError was a 500."""
         rfile = self.conn.rfile
         self._head_at = (getattr(rfile, "_read_buf", b""), getattr(rfile, "_read_pos", 0))
-        return super().read_request_line()
+        try:
+            return super().read_request_line()
+        except ValueError:
+            if getattr(self, "uri", None) is None or hasattr(self, "path"):  # not the target's parse
+                raise
+            self.simple_response("400 Bad Request", "Malformed Request-URI")
+            return False
 
     def read_request_headers(self) -> bool:
         if not super().read_request_headers():
