@@ -15,6 +15,7 @@ import lmdb
 import pytest
 
 from osreapi.actors.store import StoreActor
+from osreapi.actors.task import TaskActor
 from osreapi.errors import DiskFull
 from osreapi.executor.reaper import LogSink
 from osreapi.http.security import audit_key
@@ -24,6 +25,7 @@ from osreapi.vocabulary import State, message
 from .conftest import sh, wait_until
 from .test_fault_isolation import fail_once
 from .test_mend16 import failing_sync  # noqa: F401 - a fixture
+from .test_submit_failures import _Hold
 
 
 @pytest.mark.timeout(60)
@@ -197,3 +199,34 @@ def test_the_audit_key_is_used_on_a_file_system_that_keeps_no_modes(tmp_path):
         subprocess.run(["umount", "--lazy", str(data)], check=False, capture_output=True, timeout=30)
         served.wait(30)
         served.stderr.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_queued_tasks_start_left_in_a_stopped_runners_mailbox_runs_on_another(make_executor, monkeypatch):
+    """A runner that stops with a stored task's start still in its mailbox never handles it: the
+    supervisor kept the task live on the stopped runner, its slot taken and the task pending for
+    ever (until a restart). It goes back to the queue and runs on another runner."""
+    on_receive = TaskActor.on_receive
+
+    def holding(self, message):
+        if isinstance(message, _Hold):
+            message.taken.set()
+            message.go.wait(20)
+            return None
+        return on_receive(self, message)
+
+    monkeypatch.setattr(TaskActor, "on_receive", holding)
+    ex = make_executor(call_timeout=20)
+    ex.wait(ex.submit([sh("true")]), 20)
+    supervisor = ex._supervisor._actor_weakref()  # its runners: read here, between its messages
+    assert wait_until(lambda: len(supervisor._idle) == 1 and not supervisor._live, timeout=10)
+    runner, hold = supervisor._idle[0], _Hold()
+    runner.tell(hold)
+    assert hold.taken.wait(10)
+    runner.stop(block=False)  # queued behind the hold: the start the supervisor tells next is never handled
+    ex.submit([sh("echo ran")], task_id="queued")
+    assert wait_until(lambda: supervisor._live.get("queued") is runner, timeout=10)
+    hold.go.set()
+    result = ex.wait("queued", 20)
+    assert result is not None and result.task.state is State.STOPPED, result
+    assert result.steps[0].output == "ran\n"

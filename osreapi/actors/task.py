@@ -23,6 +23,7 @@ from .messages import (
     ControlTask,
     CreateRefused,
     CreateTask,
+    Enqueue,
     InterruptTask,
     RunDropped,
     RunnerStopped,
@@ -164,13 +165,18 @@ class TaskActor(EngineActor):
     def _unhandled(self, message: Any) -> None:
         """A worker granted to this stopped runner goes back to the pool (it would stay taken); a
         task not stored yet, whose create was to go with this runner's first save, is refused
-        (its submitter waits for that answer)."""
+        (its submitter waits for that answer); a stored one, never begun here, is queued again
+        (it was live here for ever, pending, its slot taken). Its slot here is free either way."""
         super()._unhandled(message)
         if isinstance(message, (WorkerGranted, StartNotRecorded)):
             self._services.pool.release(message.worker)
-        elif isinstance(message, StartTask) and message.create is not None:
-            message.create.reply.fail(NotStored(f"the task's runner stopped before storing it: {message.task.id}"))
-            tell_if_alive(self._supervisor, TaskEnded(message.task.id))  # its slot there is free
+        elif isinstance(message, StartTask):
+            task_id = message.task.id
+            if message.create is not None:
+                message.create.reply.fail(NotStored(f"the task's runner stopped before storing it: {task_id}"))
+            tell_if_alive(self._supervisor, TaskEnded(task_id))
+            if message.create is None:
+                tell_if_alive(self._supervisor, Enqueue(task_id, (message.task, message.steps, message.specs)))
 
     def _fail(self, exc: BaseException | None, stopping: bool = True) -> None:
         """Interrupt the task, saying why; workers granted but not yet here are waited for (and
