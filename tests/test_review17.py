@@ -3,6 +3,7 @@ still ended, left hanging or said in English (tests that failed before their fix
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -230,3 +231,24 @@ def test_a_queued_tasks_start_left_in_a_stopped_runners_mailbox_runs_on_another(
     result = ex.wait("queued", 20)
     assert result is not None and result.task.state is State.STOPPED, result
     assert result.steps[0].output == "ran\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_fault_in_the_retry_of_a_kept_end_does_not_leave_the_task_running(make_executor, monkeypatch):
+    """A task's end a full disk refused is kept and written again by the retry. A fault (a bug)
+    in that write lost the records it had taken, and no retry came again: the task stayed running
+    on disk, and the health check said "disk full", for ever."""
+    original, faults = Database.save_many, [OSError(errno.ENOSPC, "No space left on device"), RuntimeError("injected")]
+
+    def failing(db, changes):
+        if faults and any(task is not None and task.state.finished for _, task, _ in changes):
+            raise faults.pop(0)  # the end's write: the disk is full; its retry: a bug
+        return original(db, changes)
+
+    monkeypatch.setattr(Database, "save_many", failing)
+    ex = make_executor(call_timeout=20)
+    task = ex.submit([sh("true")])
+    assert wait_until(lambda: not faults, timeout=20)
+    assert wait_until(lambda: ex.get(task).task.state.finished, timeout=20), ex.get(task)
+    assert ex.get(task).task.state is State.INTERRUPTED
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=20)

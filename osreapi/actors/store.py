@@ -15,7 +15,7 @@ import errno
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -358,7 +358,7 @@ class StoreActor(EngineActor):
             log.exception("store: saving %s failed", ", ".join(sorted({m.task_id for m in messages})))
             for message in messages:
                 self._refuse(message, exc)
-            self._end_refused(messages, exc)
+            self._end_refused(((m.task_id, m.task) for m in messages), exc)
             return
         for message, task, steps in merged:
             committed = replace(message, task=task, steps=steps)
@@ -367,11 +367,11 @@ class StoreActor(EngineActor):
             else:
                 self._deliver(committed)
 
-    def _end_refused(self, messages: list[SaveRecords], exc: Exception) -> None:
-        """A task whose end a bug refused gets nothing more from its runner: it ends interrupted
-        from what is on disk, else it stays running there for ever. Once: the interrupt's own
-        save may meet the same bug."""
-        for task_id in {m.task_id for m in messages if m.task is not None and m.task.state.finished} - self._ending:
+    def _end_refused(self, changes: Iterable[tuple[str, TaskRecord | None]], exc: Exception) -> None:
+        """A task whose end a bug refused (of its records: task id, summary) gets nothing more from
+        its runner: it ends interrupted from what is on disk, else it stays running there for ever.
+        Once: the interrupt's own save may meet the same bug."""
+        for task_id in {task_id for task_id, task in changes if task is not None and task.state.finished} - self._ending:
             self._ending.add(task_id)
             try:
                 self._interrupt(InterruptStored(task_id, f"task interrupted: its end could not be stored "
@@ -463,6 +463,10 @@ class StoreActor(EngineActor):
                 self._unsaved[task_id] = (task, steps)
                 self._failed(exc)
                 return
+            except Exception as exc:  # a bug: these are dropped (they would fail again), the others written
+                log.exception("store: writing the kept records of task %s failed", task_id)
+                self._end_refused(((task_id, task),), exc)
+                continue
             self._committed(task_id, task, tuple(steps.values()))
         self._give_back()
         if self._disk_full.is_set():
