@@ -17,7 +17,7 @@ import pytest
 
 from osreapi.actors.store import StoreActor
 from osreapi.actors.task import TaskActor
-from osreapi.errors import DiskFull
+from osreapi.errors import DiskFull, EngineClosed
 from osreapi.executor.reaper import LogSink
 from osreapi.http.security import audit_key
 from osreapi.storage.database import Database
@@ -252,3 +252,15 @@ def test_a_fault_in_the_retry_of_a_kept_end_does_not_leave_the_task_running(make
     assert wait_until(lambda: ex.get(task).task.state.finished, timeout=20), ex.get(task)
     assert ex.get(task).task.state is State.INTERRUPTED
     assert wait_until(lambda: ex.check_health() == "ok", timeout=20)
+
+
+def test_the_stores_size_after_close_is_engine_closed_not_a_reopen(tmp_path):
+    """size_bytes() after close() said the store was being opened again after a failed write (a
+    503 with Retry-After for /metrics), as if it would answer shortly; reads say EngineClosed."""
+    db = Database(tmp_path / "db")
+    assert db.size_bytes() > 0
+    db.close()
+    with pytest.raises(EngineClosed):
+        db.get_task("t1")
+    with pytest.raises(EngineClosed):
+        db.size_bytes()

@@ -330,15 +330,19 @@ class Database:
 
     @contextmanager
     def _reading(self) -> Iterator[lmdb.Transaction]:
+        with self._open_env() as env:
+            with _unavailable_if_refused():
+                txn = env.begin(buffers=False)
+            with txn:
+                yield txn
+
+    @contextmanager
+    def _open_env(self) -> Iterator[lmdb.Environment]:
+        """The environment, for reads (not while it is opened again); EngineClosed once closed."""
         with self._gate.reading():
             if self._closed:
                 raise EngineClosed("the engine is shut down")
-            try:
-                txn = self._env.begin(buffers=False)
-            except lmdb.Error as exc:  # its fatal state, or not opened again yet (see _write)
-                raise StoreUnavailable(f"the database cannot be read now: {exc}") from exc
-            with txn:
-                yield txn
+            yield self._env
 
     def get_task(self, task_id: str) -> TaskRecord | None:
         with self._reading() as txn:
@@ -388,8 +392,15 @@ class Database:
         return [record for _, record in listed.values()]
 
     def size_bytes(self) -> int:
-        with self._gate.reading():  # not while the environment is opened again
-            try:
-                return (self._env.info()["last_pgno"] + 1) * self._page_size
-            except lmdb.Error as exc:  # not opened again yet (see _write)
-                raise StoreUnavailable(f"the database cannot be read now: {exc}") from exc
+        with self._open_env() as env, _unavailable_if_refused():
+            return (env.info()["last_pgno"] + 1) * self._page_size
+
+
+@contextmanager
+def _unavailable_if_refused() -> Iterator[None]:
+    """LMDB's refusal of the environment, in its fatal state or not opened again yet (see
+    Database._write), as the store being unavailable for a moment."""
+    try:
+        yield
+    except lmdb.Error as exc:
+        raise StoreUnavailable(f"the database cannot be read now: {exc}") from exc
