@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -264,3 +265,21 @@ def test_the_stores_size_after_close_is_engine_closed_not_a_reopen(tmp_path):
         db.get_task("t1")
     with pytest.raises(EngineClosed):
         db.size_bytes()
+
+
+@pytest.mark.timeout(60)
+def test_a_reopen_that_fails_after_the_fatal_error_is_logged(failing_sync, tmp_path, monkeypatch, caplog):
+    """The reopen after LMDB's fatal error that failed was suppressed without a word: the log said
+    only that a write failed (once), while every read was refused until the next write."""
+    switch = failing_sync(tmp_path / "data")
+    db = Database(tmp_path / "data" / "db")
+    try:
+        switch.fail_meta()
+        with monkeypatch.context() as patch, caplog.at_level(logging.ERROR, logger="osreapi.storage.database"):
+            patch.setattr(lmdb, "open", lambda *a, **k: (_ for _ in ()).throw(lmdb.Error("refused")))
+            with pytest.raises(lmdb.Error):
+                db.probe()
+        assert any("cannot be opened again" in r.getMessage() and "refused" in r.getMessage() for r in caplog.records)
+    finally:
+        switch.heal()
+        db.close()

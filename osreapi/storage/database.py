@@ -11,7 +11,7 @@ import struct
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +167,13 @@ class Database:
             self._env.begin().abort()
         except lmdb.PanicError:
             self._fatal = True
-            with suppress(lmdb.Error, OSError):
+            try:
                 self.reopen()
-                log.warning("database: opened again after a failed write of its meta page")
+            except (lmdb.Error, OSError) as exc:  # the write's own error is the answer: said here only
+                log.error("database: cannot be opened again after a failed write of its meta page (%s); "
+                          "tried again before the next write, reads are refused until then", exc)
+                return
+            log.warning("database: opened again after a failed write of its meta page")
         except lmdb.Error:  # another refusal (readers full, say): the write's own error is the answer
             pass
 
