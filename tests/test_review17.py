@@ -4,20 +4,16 @@ still ended, left hanging or said in English (tests that failed before their fix
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
-import socket
-from urllib.parse import urlsplit
 
 import lmdb
 import pytest
 
 from osreapi.actors.store import StoreActor
-from osreapi.actors.task import TaskActor
 from osreapi.errors import DiskFull, EngineClosed
 from osreapi.executor.reaper import LogSink
 from osreapi.http.security import audit_key
@@ -26,8 +22,9 @@ from osreapi.vocabulary import State, message
 
 from .conftest import sh, wait_until
 from .test_fault_isolation import fail_once
+from .test_http_front_input import envelope_of, raw_request
 from .test_mend16 import failing_sync  # noqa: F401 - a fixture
-from .test_submit_failures import _Hold
+from .test_submit_failures import _Hold, hold_runners
 
 
 @pytest.mark.timeout(60)
@@ -98,13 +95,8 @@ def test_a_fault_while_the_reaper_copies_a_long_output_still_ends_that_step(make
 def test_the_head_readers_own_refusals_are_in_the_requests_language(client, head, status, said):
     """The refusals of our own header reader (a space before a colon, a fold, a NUL) and cheroot's
     405 for CONNECT were still English in a zh answer, the 405 called a malformed request."""
-    with socket.create_connection((urlsplit(client.url).hostname, urlsplit(client.url).port), timeout=10) as sock:
-        sock.sendall(head + b"Accept-Language: zh\r\n\r\n")
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 %d " % status), answer
-    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"code": status, "message": said}
+    answer = raw_request(client, head + b"Accept-Language: zh\r\n\r\n")
+    assert envelope_of(answer) == (status, {"code": status, "message": said}), answer
 
 
 @pytest.mark.timeout(90)
@@ -168,14 +160,9 @@ def test_a_task_whose_every_save_of_its_end_fails_is_not_retried_for_ever(make_e
 def test_a_target_whose_ipv6_host_does_not_parse_is_refused_not_a_500(client, target):
     """cheroot catches only a UnicodeError of urlsplit on the request target: its ValueError for a
     bracketed host that does not parse left the parser, and the client's bad target was a 500."""
-    with socket.create_connection((urlsplit(client.url).hostname, urlsplit(client.url).port), timeout=10) as sock:
-        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\n\r\n")
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    answer = raw_request(client, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\n\r\n")
     said = message("bad_http", "en", detail=message("http_target", "en"))
-    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"code": 400, "message": said}
+    assert envelope_of(answer) == (400, {"code": 400, "message": said}), answer
 
 
 @pytest.mark.timeout(60)
@@ -208,16 +195,7 @@ def test_a_queued_tasks_start_left_in_a_stopped_runners_mailbox_runs_on_another(
     """A runner that stops with a stored task's start still in its mailbox never handles it: the
     supervisor kept the task live on the stopped runner, its slot taken and the task pending for
     ever (until a restart). It goes back to the queue and runs on another runner."""
-    on_receive = TaskActor.on_receive
-
-    def holding(self, message):
-        if isinstance(message, _Hold):
-            message.taken.set()
-            message.go.wait(20)
-            return None
-        return on_receive(self, message)
-
-    monkeypatch.setattr(TaskActor, "on_receive", holding)
+    hold_runners(monkeypatch)
     ex = make_executor(call_timeout=20)
     ex.wait(ex.submit([sh("true")]), 20)
     supervisor = ex._supervisor._actor_weakref()  # its runners: read here, between its messages

@@ -47,17 +47,15 @@ def test_a_made_id_task_without_a_runner_thread_is_stored_and_ends_interrupted_s
 
 
 class _Hold:
-    """A message that keeps a runner's thread until `go` is set (see the test below)."""
+    """A message that keeps a runner's thread until `go` is set (see hold_runners)."""
 
     def __init__(self) -> None:
         self.taken, self.go = threading.Event(), threading.Event()
 
 
-@pytest.mark.timeout(60)
-def test_a_create_left_in_a_stopped_runners_mailbox_is_answered_not_stored(make_executor, monkeypatch):
-    """A runner that stops with a made-id task's start (and create) still in its mailbox never
-    handles it: the submitter was answered only when its wait ran out (30 s by default). Its
-    create now fails at once: neither stored nor run."""
+def hold_runners(monkeypatch) -> None:
+    """Task runners told a _Hold keep their thread on it until its `go` is set: what is told to
+    them meanwhile (a stop, then a start) waits in their mailbox in that order."""
     on_receive = TaskActor.on_receive
 
     def holding(self, message):
@@ -68,6 +66,14 @@ def test_a_create_left_in_a_stopped_runners_mailbox_is_answered_not_stored(make_
         return on_receive(self, message)
 
     monkeypatch.setattr(TaskActor, "on_receive", holding)
+
+
+@pytest.mark.timeout(60)
+def test_a_create_left_in_a_stopped_runners_mailbox_is_answered_not_stored(make_executor, monkeypatch):
+    """A runner that stops with a made-id task's start (and create) still in its mailbox never
+    handles it: the submitter was answered only when its wait ran out (30 s by default). Its
+    create now fails at once: neither stored nor run."""
+    hold_runners(monkeypatch)
     ex = make_executor(call_timeout=120)
     runner = TaskActor.start(ex._services, ex._supervisor)
     hold = _Hold()
