@@ -13,8 +13,9 @@ from pathlib import Path
 import lmdb
 import pytest
 
+from osreapi.actors.messages import InterruptStored, Ping
 from osreapi.actors.store import StoreActor
-from osreapi.errors import DiskFull, EngineClosed
+from osreapi.errors import DiskFull, EngineClosed, StoreUnavailable
 from osreapi.executor.reaper import LogSink
 from osreapi.http.security import audit_key
 from osreapi.storage.database import Database
@@ -261,3 +262,31 @@ def test_a_reopen_that_fails_after_the_fatal_error_is_logged(failing_sync, tmp_p
     finally:
         switch.heal()
         db.close()
+
+
+@pytest.mark.timeout(90)
+def test_an_interrupt_the_store_cannot_read_for_yet_is_done_once_it_can(failing_sync, make_executor, tmp_path, monkeypatch):
+    """A task to end interrupted (its runner stopped) is read first; while LMDB could not be opened
+    again after its fatal error that read failed, and the task stayed running on disk for ever
+    (until a restart). It is tried again, as the refused writes are, and ends once it can be read."""
+    switch = failing_sync(tmp_path / "data")
+    ex = make_executor(call_timeout=20)
+    task = ex.submit([sh("sleep 60")])
+    assert wait_until(lambda: ex.get(task).steps[0].pid is not None, timeout=20)
+    switch.fail_meta()
+    with monkeypatch.context() as patch:
+        patch.setattr(lmdb, "open", lambda *a, **k: (_ for _ in ()).throw(lmdb.Error("refused")))
+        with pytest.raises(DiskFull):  # its commit's meta page refused, and the reopen too
+            ex.submit([sh("true")])
+        ex._store.tell(InterruptStored(task, "task interrupted: its runner failed inside the engine"))
+        ex._store.ask(Ping())  # handled while the database cannot be read
+    switch.heal()
+
+    def state() -> State | None:
+        try:
+            return ex.get(task).task.state
+        except StoreUnavailable:  # until the store's retry opens it again
+            return None
+
+    assert wait_until(lambda: state() is not None and state().finished, timeout=20), ex.get(task)
+    assert state() is State.INTERRUPTED

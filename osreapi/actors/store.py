@@ -24,7 +24,7 @@ import lmdb
 
 from .. import casefold
 from ..config import EngineConfig
-from ..errors import CaseConflict, DiskFull, TaskConflict, out_of_descriptors
+from ..errors import CaseConflict, DiskFull, StoreUnavailable, TaskConflict, out_of_descriptors
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
 from ..storage.removal import empty_tree
@@ -290,6 +290,10 @@ class StoreActor(EngineActor):
         keeps them for the retry). The task's saves told earlier were handled first (one mailbox)."""
         try:
             changes = self._interrupted(message)
+        except StoreUnavailable:  # LMDB not opened again yet after its fatal error: once the retry may have
+            ref = self.actor_ref
+            self._call_later(RETRY_AFTER, lambda: tell_if_alive(ref, message))
+            return
         except Exception:  # a record that cannot be read: left as stored, and the store goes on
             log.exception("task %s cannot be marked interrupted", message.task_id)
             return
