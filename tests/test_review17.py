@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import lmdb
 import pytest
@@ -17,7 +13,6 @@ from osreapi.actors.messages import InterruptStored, Ping
 from osreapi.actors.store import StoreActor
 from osreapi.errors import DiskFull, EngineClosed, StoreUnavailable
 from osreapi.executor.reaper import LogSink
-from osreapi.http.security import audit_key
 from osreapi.storage.database import Database
 from osreapi.vocabulary import State, message
 
@@ -164,31 +159,6 @@ def test_a_target_whose_ipv6_host_does_not_parse_is_refused_not_a_500(client, ta
     answer = raw_request(client, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nAccept-Language: en\r\n\r\n")
     said = message("bad_http", "en", detail=message("http_target", "en"))
     assert envelope_of(answer) == (400, {"code": 400, "message": said}), answer
-
-
-@pytest.mark.timeout(60)
-def test_the_audit_key_is_used_on_a_file_system_that_keeps_no_modes(tmp_path):
-    """On vfat (a data dir the key's rename is there for) every file shows the mount's mode: the
-    key, made 0600, read back as 0755 and was refused at every start, with advice (chmod) that
-    cannot work there; the server could not start. Its mode says nothing there; it is used."""
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        pytest.skip("a FUSE mount takes root and /dev/fuse")
-    backing, data = tmp_path / "backing", tmp_path / "data"
-    backing.mkdir()
-    data.mkdir()
-    served = subprocess.Popen([sys.executable, "-m", "tests.modelessfs", str(backing), str(data)],
-                              cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
-    try:
-        if not wait_until(lambda: os.path.ismount(data) or served.poll() is not None, timeout=10) or served.poll() is not None:
-            pytest.skip(f"FUSE refused: {served.stderr.read().decode().strip()}")
-        key = audit_key(data)
-        assert (data / "audit.key").stat().st_mode & 0o777 == 0o755  # as vfat shows it
-        assert len(key) == 32 and audit_key(data) == key
-        assert sorted(p.name for p in data.iterdir()) == ["audit.key"]  # no probe left behind
-    finally:
-        subprocess.run(["umount", "--lazy", str(data)], check=False, capture_output=True, timeout=30)
-        served.wait(30)
-        served.stderr.close()
 
 
 @pytest.mark.timeout(60)

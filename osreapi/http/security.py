@@ -180,28 +180,11 @@ def _read_private(path: Path) -> bytes:
         raise InvalidValue(f"{path}: cannot read the audit key: {exc.strerror}; remove it to make a new one") from None
     with os.fdopen(descriptor, "rb") as handle:
         mode = stat.S_IMODE(os.fstat(descriptor).st_mode)
-        if mode & (stat.S_IRWXG | stat.S_IRWXO) and _keeps_modes(path.parent):
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise InvalidValue(f"{path}: other users may read or change it (mode {mode:04o}), and with it try tokens "
                                f"against the audit log's fingerprints; remove it to make a new one at the next start "
                                f"(or chmod 600 {path} if no one could have read it)")
         return handle.read()
-
-
-def _keeps_modes(directory: Path) -> bool:
-    """Whether a file made here shows the mode it was made with. Not on vfat (or some network or FUSE
-    mounts): every file shows the mount's mode, and the key's says nothing of who may read it (the
-    mount's options say that); refused there, the server could never start. The probe has a
-    spare's name: one a kill leaves goes with the stale spares."""
-    probe = directory / f"{AUDIT_KEY}.{os.getpid()}.{secrets.token_hex(4)}"
-    try:
-        descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    except OSError:  # cannot tell (a read-only data dir): the key's mode is taken at its word
-        return True
-    try:
-        return not stat.S_IMODE(os.fstat(descriptor).st_mode) & (stat.S_IRWXG | stat.S_IRWXO)
-    finally:
-        os.close(descriptor)
-        probe.unlink(missing_ok=True)
 
 
 def _put_in_place(spare: Path, path: Path) -> None:
