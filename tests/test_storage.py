@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from osreapi.config import EngineConfig
 from osreapi.records import StepRecord, TaskRecord
-from osreapi.storage.database import Database
+from osreapi.storage.database import Database, _ResizeGate
 from osreapi.vocabulary import State
 
 from .conftest import sh, wait_until
@@ -158,3 +160,33 @@ def test_a_listing_reparses_only_what_changed_and_drops_what_is_gone(tmp_path):
     assert second["a"] is first["a"]  # the same stored bytes: not parsed again
     assert second["b"].state is State.RUNNING and second["b"].begin == 2.0
     db.close()
+
+
+def test_the_resize_gate_lets_one_exclusive_holder_in_at_a_time():
+    """Two exclusive holders (close() while a reopen or a map resize runs, at a shutdown whose
+    store did not stop in time) both went in: the second cleared the flag as it left, and readers
+    came in under the first."""
+
+    gate, order, inside, leave = _ResizeGate(), [], threading.Event(), threading.Event()
+
+    def first() -> None:
+        with gate.exclusive():
+            inside.set()
+            leave.wait(10)
+            order.append("first out")
+
+    def second() -> None:
+        with gate.exclusive():
+            order.append("second in")
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert inside.wait(10)
+    two = threading.Thread(target=second)
+    two.start()
+    # the second is waiting for the gate, or (the fault) already in
+    assert wait_until(lambda: order or gate._cond._waiters, timeout=10)
+    leave.set()
+    one.join(10)
+    two.join(10)
+    assert order == ["first out", "second in"]

@@ -54,7 +54,8 @@ def _expiry_key(expires: float, task_id: str) -> bytes:
 
 
 class _ResizeGate:
-    """Readers share it; growing the map waits until no read transaction is open."""
+    """Readers share it; growing the map (or opening the environment again, or closing it) waits
+    until no read transaction is open, and for the one doing so before it."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -78,6 +79,8 @@ class _ResizeGate:
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:
+            while self._resizing:  # one holder at a time (a close() during a reopen, say)
+                self._cond.wait()
             self._resizing = True
             while self._readers:
                 self._cond.wait()
