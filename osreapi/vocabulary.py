@@ -165,8 +165,7 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "bad_http": ("HTTP 请求格式错误: {detail}", "malformed HTTP request: {detail}"),
     # What the HTTP parser (cheroot) refused, in our words (its own sentences are English):
     "http_crlf": ("每行须以 CRLF (\\r\\n) 结尾", "every line must end with CRLF (\\r\\n)"),
-    "http_protocol": ("请求行的协议须为 HTTP/1.x", "the request line's protocol must be HTTP/1.x"),
-    "http_request_line": ("请求行须为 \"方法 目标 HTTP/1.1\"", "the request line must be \"METHOD target HTTP/1.1\""),
+    "http_request_line": ("请求行须为 \"方法 目标 HTTP/1.1\", 各部分以一个空格分隔", "the request line must be \"METHOD target HTTP/1.1\", one space apart"),
     "http_method_case": ("方法名须为大写 (如 GET)", "the method name must be uppercase (GET, say)"),
     "http_target": ("请求目标格式错误", "the request target is malformed"),
     "http_target_slash": ("请求目标须以 / 开头", "the request target must start with /"),

@@ -136,7 +136,7 @@ class StoreActor(EngineActor):
                 try:
                     reply.arrive(self._delete(task_id))
                 except Exception as exc:  # a refusal (DiskFull, WorkspaceLeft) or a bug: the caller
-                    if not isinstance(exc, (DiskFull, WorkspaceLeft)):  # hears it, the store goes on
+                    if not isinstance(exc, (DiskFull, WorkspaceLeft, StoreUnavailable)):  # hears it, the store goes on
                         log.exception("store: deleting task %s failed", task_id)
                     reply.fail(exc)
             case Ping():

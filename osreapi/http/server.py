@@ -284,9 +284,7 @@ class _Request(HTTPRequest):
 # say the same in the request's language. One it may add later is shown as it is.
 PARSER_REFUSALS = (
     ("HTTP requires CRLF terminators", "http_crlf"),
-    ("Malformed Request-Line: bad protocol", "http_protocol"),
-    ("Malformed Request-Line: bad version", "http_protocol"),
-    ("Malformed Request-Line", "http_request_line"),
+    ("Malformed Request-Line", "http_request_line"),  # a bad protocol or version too (or two blanks)
     ("Malformed method name", "http_method_case"),
     ("Malformed Request-URI", "http_target"),
     ("Invalid path in Request-URI: request-target must match authority-form", "http_target_authority"),
