@@ -84,3 +84,39 @@ def test_a_read_right_after_the_fatal_error_is_never_a_500(failing_sync, make_se
     assert all(r.status in (200, 404, 503) for r in reads), [(r.status, r.body[:120]) for r in reads]
     assert all("Retry-After" in r.headers for r in reads if r.status == 503)
     assert wait_until(lambda: client.get("/nosuch").status == 404, timeout=10)
+
+
+class _NoDatabases:
+    """An environment opened again whose named databases cannot be opened (EMFILE, say)."""
+
+    def __init__(self, env) -> None:
+        self._env = env
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+    def open_db(self, *args, **kwargs):
+        raise lmdb.Error("no database handle")
+
+
+@pytest.mark.timeout(90)
+def test_a_reopen_that_fails_halfway_leaves_reads_a_503_not_stale_handles(failing_sync, tmp_path, monkeypatch):
+    """The environment opened again but its databases not: reads began on the new environment
+    with the old one's handles, and failed inside the transaction (a 500)."""
+    switch = failing_sync(tmp_path / "data")
+    db = Database(tmp_path / "data" / "db")
+    opened = lmdb.open
+    try:
+        switch.fail_meta()
+        with monkeypatch.context() as patch:
+            patch.setattr(lmdb, "open", lambda *a, **k: _NoDatabases(opened(*a, **k)))
+            with pytest.raises(lmdb.Error):  # the fatal state, and a reopen that fails halfway
+                db.probe()
+            with pytest.raises(StoreUnavailable):
+                db.get_task("t1")
+        switch.heal()
+        db.probe()  # opened again, whole
+        assert db.get_task("t1") is None
+    finally:
+        switch.heal()
+        db.close()

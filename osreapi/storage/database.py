@@ -112,14 +112,18 @@ class Database:
         # Commits are not flushed one by one: the store calls sync() where durability is promised
         # (a task accepted, begun, paused or ended). A process crash loses nothing either way;
         # an OS crash may lose the newest step-only updates, which recovery tolerates.
-        self._env = lmdb.open(str(self._path), map_size=map_size, max_dbs=8, subdir=True, sync=False)
-        self._env.reader_check()
-        self._tasks = self._env.open_db(b"tasks")
-        self._steps = self._env.open_db(b"steps")
-        self._specs = self._env.open_db(b"specs")
-        self._expiry = self._env.open_db(b"expiry")
-        self._meta = self._env.open_db(b"meta")
-        self._map_size = self._env.info()["map_size"]  # what a reopen asks for (a closed one cannot tell)
+        # All or nothing: an environment whose databases did not open is not kept with the old
+        # one's handles (reads would fail inside their transactions).
+        env = lmdb.open(str(self._path), map_size=map_size, max_dbs=8, subdir=True, sync=False)
+        try:
+            env.reader_check()
+            dbs = [env.open_db(name) for name in (b"tasks", b"steps", b"specs", b"expiry", b"meta")]
+            self._map_size = env.info()["map_size"]  # what a reopen asks for (a closed one cannot tell)
+        except BaseException:
+            env.close()
+            raise
+        self._env = env
+        self._tasks, self._steps, self._specs, self._expiry, self._meta = dbs
 
     def reopen(self) -> None:
         """Open the environment again, once no read is under way. After a write of a meta page
