@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import psutil
+import pytest
 
 from osreapi import Executor
+from osreapi.errors import DataDirInUse
 from osreapi.vocabulary import State
 
 from .conftest import sh, step_pid, wait_until
@@ -31,3 +38,30 @@ def test_task_resume_keeps_a_step_paused_on_its_own(executor: Executor):
     assert states(executor, task_id)[0] is State.RUNNING
     assert wait_until(lambda: psutil.Process(running).status() != psutil.STATUS_STOPPED)
     executor.kill(task_id)
+
+
+def test_a_start_after_a_crash_waits_for_the_dead_engines_half_born_child(tmp_path):
+    """An engine killed (SIGKILL) while it forks a step leaves a child that holds the data dir's
+    lock until it execs or exits: a start just after the crash must wait for it (bounded), not
+    refuse the data dir as in use by the dead pid. A live engine is still refused at once."""
+    data = tmp_path / "data"
+    script = textwrap.dedent(f"""
+        import os, pathlib, time
+        from osreapi.storage.lock import lock_data_dir
+        handle = lock_data_dir(pathlib.Path({str(data)!r}))
+        if os.fork() == 0:  # as a step between fork and exec: every descriptor of its parent held
+            time.sleep(1.0)
+            os._exit(0)
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    with Executor(data, pool_size=1) as ex:  # before: DataDirInUse, "in use by pid <the dead one>"
+        assert ex.check_health() == "ok"
+        with pytest.raises(DataDirInUse, match=f"in use by pid {os.getpid()}"):
+            Executor(data)
