@@ -39,6 +39,7 @@ from osreapi.vocabulary import STEP_CODE_KILLED, STEP_CODE_TIMEOUT, STEP_CODE_UN
 from .conftest import wait_until
 
 POOL = 2
+KEY_EXPIRE = 3600.0  # seconds; the model's clock jumps past it to expire what has ended
 STEPS = int(os.environ.get("OSREAPI_MODEL_STEPS", "15"))  # actions per seed
 SETTLE = 30.0  # seconds for every task to end at quiescence (bounded)
 
@@ -135,12 +136,21 @@ def lock_holders(lock: Path) -> list[str]:
 CRASH_SCRIPT = textwrap.dedent("""
     import json, sys, time
     from osreapi import Executor
-    ex = Executor(sys.argv[1], pool_size=%d, kill_grace=0.5)
-    for mode, task_id, body in json.loads(sys.argv[2]):
-        print("ok", ex.submit(body, mode=mode, task_id=task_id), flush=True)
+    from osreapi.errors import ActionRejected
+    offset = float(sys.argv[3])
+    ex = Executor(sys.argv[1], pool_size=%d, kill_grace=0.5, key_expire=%r, clock=lambda: time.time() + offset)
+    for mode, task_id, body, pause in json.loads(sys.argv[2]):
+        task_id, paused = ex.submit(body, mode=mode, task_id=task_id), "-"
+        try:
+            if pause:  # the crash then leaves a suspended tree (or a held task) behind
+                ex.pause(task_id, None if pause == "task" else 0)
+                paused = pause
+        except ActionRejected:
+            pass
+        print("ok", task_id, paused, flush=True)
     print("ready", flush=True)
     time.sleep(60)
-""") % POOL
+""") % (POOL, KEY_EXPIRE)
 
 
 class EngineModel:
@@ -150,6 +160,7 @@ class EngineModel:
         self.data = self.root / "data"
         self.ledger = self.root / "ledger"
         self.ledger.touch()
+        self.offset = 0.0
         self.ex = self._open()
         self.subs: dict[str, Sub] = {}  # by id: the live (last) submission of each id
         self.gens: dict[int, Sub] = {}  # every submission, by generation
@@ -158,7 +169,12 @@ class EngineModel:
         self.actions: list[str] = []
 
     def _open(self) -> Executor:
-        return Executor(self.data, pool_size=POOL, kill_grace=0.5, call_timeout="20s")
+        return Executor(self.data, pool_size=POOL, kill_grace=0.5, call_timeout="20s", key_expire=KEY_EXPIRE,
+                        clock=self.clock)
+
+    def clock(self) -> float:
+        """The engines' wall clock: real time, moved forward by expire()."""
+        return time.time() + self.offset
 
     def _new_sub(self, mode: str, chosen: tuple[Plan, ...], task_id: str | None) -> Sub:
         gen, self.next_gen = self.next_gen, self.next_gen + 1
@@ -238,7 +254,7 @@ class EngineModel:
     def _control(self, sub: Sub, action: str, step: int | None, twin: bool) -> None:
         self.note(f"{action} {sub.id}/{step} twin={twin}")
         answers = self._call_control(sub.id, action, step, 2 if twin else 1)
-        answered = time.time()
+        answered = self.clock()
         oks = answers.count("ok")
         assert oks <= 1, f"{action} of {sub.id}/{step} answered OK {oks} times at once"
         record = self.ex.get(sub.id)
@@ -336,19 +352,20 @@ class EngineModel:
         """The engine in a subprocess takes submits, is killed with SIGKILL while they run, and the
         data dir is opened again here: what it acknowledged survives and nothing runs twice."""
         chosen = [submission(self.rng) for _ in range(self.rng.randint(1, 2))]
-        named = self.rng.random() < 0.5
-        self.note(f"crash with {chosen} named={named}")
+        named, pause = self.rng.random() < 0.5, self.rng.choice([None, None, "task", "step"])
+        self.note(f"crash with {chosen} named={named} pause={pause}")
         self._mark_disturbed()
         self.ex.close()
         news = [self._new_sub(mode, plan, f"n{self.next_gen}" if named else None) for mode, plan in chosen]
-        jobs = [(n.mode, n.id or None, n.body) for n in news]
-        proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(self.data), json.dumps(jobs)],
+        jobs = [(n.mode, n.id or None, n.body, pause) for n in news]
+        proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(self.data), json.dumps(jobs), str(self.offset)],
                                 stdout=subprocess.PIPE, text=True)
         try:
-            acked = []
+            acked, paused = [], []
             for line in proc.stdout:
                 if line.startswith("ok "):
                     acked.append(line.split()[1])
+                    paused.append(line.split()[2])
                 if line.startswith("ready"):
                     break
             assert len(acked) == len(news), f"the crash engine acknowledged {acked} of {len(news)}"
@@ -357,8 +374,12 @@ class EngineModel:
         finally:
             proc.kill()
             proc.wait(timeout=10)
-        for new, task_id in zip(news, acked):
+        for new, task_id, held in zip(news, acked, paused):
             new.id, new.disturbed = task_id, True
+            if held == "task":
+                new.paused = self.clock()
+            elif held == "step":
+                new.paused_steps[0] = self.clock()
             self.subs[task_id] = self.gens[new.gen] = new
         try:
             self.ex = self._open()
@@ -366,6 +387,24 @@ class EngineModel:
             raise AssertionError(f"{exc}: held by {lock_holders(self.data / 'lock')} (this pid {os.getpid()})") from exc
         self.restarts += 1
         self._check_pauses_kept()
+
+    def expire(self) -> None:
+        """The clock passes the time to keep records: every ended task is gone at once (before any
+        sweep), the sweep removes its workspace, its id is free again; the others stay."""
+        self.note("expire")
+        ended = [s for s in self._live() if self.ex.task(s.id).state.finished]
+        self.offset += KEY_EXPIRE + 1
+        for sub in ended:
+            assert self.ex.get(sub.id) is None, f"{sub.id} readable after it expired"
+        for sub in self._live():  # and those that ended in between (the stored record tells)
+            stored = self.ex._db.get_task(sub.id)
+            if sub in ended or self.ex.get(sub.id) is None:
+                assert stored is None or stored.expires <= self.clock(), f"{sub.id} unreadable, stored {stored}"
+                sub.deleted = True
+                ended.append(sub)
+        self.ex.sweep()
+        for sub in ended:
+            assert not self.ex.config.workspace_entry(sub.id).exists(), f"{sub.id} swept, its workspace kept"
 
     def _mark_disturbed(self) -> None:
         for sub in self._live():
@@ -537,7 +576,8 @@ class EngineModel:
     def rules(self) -> list[tuple[Any, int]]:
         """The rules that apply now, with their weights."""
         live = self._live()
-        rules: list[tuple[Any, int]] = [(self.submit, 6), (self.submit_invalid, 1), (self.restart, 1), (self.crash, 1)]
+        rules: list[tuple[Any, int]] = [(self.submit, 6), (self.submit_invalid, 1), (self.restart, 1), (self.crash, 1),
+                                        (self.expire, 1)]
         if live:
             rules += [(self.control, 6), (self.delete, 2)]
         if any(s.named for s in live):
