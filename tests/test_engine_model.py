@@ -393,9 +393,10 @@ class EngineModel:
         """The clock passes the time to keep records: every ended task is gone at once (before any
         sweep), the sweep removes its workspace, its id is free again; the others stay."""
         self.note("expire")
-        free = [s for s in self._live() if s.paused is None and not s.paused_steps]
-        # first what may end has ended: a task that ends as the clock jumps may be expired at once
-        assert wait_until(lambda: all(self.ex.task(s.id).state.finished for s in free), timeout=SETTLE), "not ended"
+        live = self._live()  # nothing paused (see rules)
+        # first everything ends: a task that ends as the clock jumps may be expired at once
+        assert wait_until(lambda: all(self.ex.task(s.id).state.finished for s in live), timeout=SETTLE), \
+            f"not ended: {[self.ex.get(s.id) for s in live if not self.ex.task(s.id).state.finished]}"
         ended = [s for s in self._live() if self.ex.task(s.id).state.finished]
         self.offset += KEY_EXPIRE + 1
         for sub in ended:
@@ -580,8 +581,7 @@ class EngineModel:
     def rules(self) -> list[tuple[Any, int]]:
         """The rules that apply now, with their weights."""
         live = self._live()
-        rules: list[tuple[Any, int]] = [(self.submit, 6), (self.submit_invalid, 1), (self.restart, 1), (self.crash, 1),
-                                        (self.expire, 1)]
+        rules: list[tuple[Any, int]] = [(self.submit, 6), (self.submit_invalid, 1), (self.restart, 1), (self.crash, 1)]
         if live:
             rules += [(self.control, 6), (self.delete, 2)]
         if any(s.named for s in live):
@@ -590,6 +590,8 @@ class EngineModel:
             rules.append((self.reuse_deleted_id, 1))
         if any(s.paused is not None or s.paused_steps for s in live):
             rules.append((self.resume_paused, 3))
+        else:  # (a paused step holds its worker: the others might wait for the pool for ever)
+            rules.append((self.expire, 1))
         return rules
 
     def run(self, steps: int) -> None:
