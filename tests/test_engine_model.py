@@ -298,26 +298,63 @@ class EngineModel:
             assert ended or stopping, f"kill of {sub.id}/{step} refused ({answers}), record says {target_state}"
 
     def _call_control(self, task_id: str, action: str, step: int | None, count: int) -> list[str]:
-        """The same control from `count` threads at once: "ok" or the refusal's name for each."""
-        answers: list[str] = []
-        start = threading.Barrier(count)
+        """The same control from `count` threads at once: "ok" or the refusal for each."""
+        return list(self._calls_at_once(task_id, [action] * count, step))
 
-        def call() -> None:
+    def _calls_at_once(self, task_id: str, actions: list[str], step: int | None) -> tuple[str, ...]:
+        """Controls from one thread each, at once: "ok" or the refusal for each, in their order."""
+        answers: list[str | None] = [None] * len(actions)
+        start = threading.Barrier(len(actions))
+
+        def call(position: int) -> None:
             start.wait(timeout=10)
             try:
-                self.ex.control(task_id, action, step)
+                self.ex.control(task_id, actions[position], step)
             except ActionRejected as exc:
-                answers.append(f"rejected: {exc}")
+                answers[position] = f"rejected: {exc}"
             else:
-                answers.append("ok")
+                answers[position] = "ok"
 
-        threads = [threading.Thread(target=call) for _ in range(count)]
+        threads = [threading.Thread(target=call, args=(position,)) for position in range(len(actions))]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=30)
-        assert len(answers) == count, f"{action} of {task_id}/{step}: {count - len(answers)} call(s) failed or hung"
-        return answers
+        assert None not in answers, f"{actions} of {task_id}/{step}: {answers} (a call failed or hung)"
+        return tuple(answers)
+
+    def mixed_controls(self) -> None:
+        """Two different controls at once on a task or step that is neither paused nor being
+        killed: the answers must fit one order of the two. pause+resume: the pause applies; the
+        resume only if it came second, and then nothing stays paused. kill+pause: the kill applies."""
+        rng = self.rng
+        sub = rng.choice([s for s in self._live() if s.paused is None and not s.killed])
+        step = rng.randrange(len(sub.plans)) if rng.random() < 0.5 else None
+        if step is not None and (step in sub.paused_steps or step in sub.killed_steps):
+            return
+        pair = rng.choice([("pause", "resume"), ("kill", "pause")])
+        self.note(f"{pair[0]}+{pair[1]} at once on {sub.id}/{step}")
+        first, second = self._calls_at_once(sub.id, list(pair), step)
+        record = self.ex.get(sub.id)
+        target = record.task.state if step is None else record.steps[step].state
+        if pair[0] == "kill" and first == "ok":
+            if step is None:
+                sub.killed, sub.paused, sub.paused_steps = True, None, {}
+            else:
+                sub.killed_steps.add(step)
+        if record.task.state.finished or target.finished:
+            return  # it ended meanwhile (on its own or killed): any answer may be true
+        if pair[0] == "pause":
+            assert first == "ok", f"pause of {sub.id}/{step} refused: {first}, record says {target}"
+            paused = second != "ok"
+            assert (target is State.PAUSED) == paused, f"pause ok, resume {second}: record says {target}"
+            if paused:
+                if step is None:
+                    sub.paused = self.clock()
+                else:
+                    sub.paused_steps[step] = self.clock()
+        else:
+            assert first == "ok", f"kill of {sub.id}/{step} refused: {first}, record says {target}"
 
     # -- deletes ------------------------------------------------------------------------
 
@@ -515,12 +552,11 @@ class EngineModel:
         """Quiescence: resume what is paused, wait (bounded) for every task to end, then check the
         final records against the plan, the ledger and the pool."""
         for sub in self._live():
-            self._forget_ended_pauses(sub, self.ex.get(sub.id))
             if sub.paused is not None:
-                self.ex.resume(sub.id)
+                self._control(sub, "resume", None, twin=False)
             for index in sorted(sub.paused_steps):
-                self.ex.resume(sub.id, index)
-            sub.paused, sub.paused_steps = None, {}
+                self._control(sub, "resume", index, twin=False)
+            assert sub.paused is None and not sub.paused_steps, f"{sub.id} still paused"
         live = self._live()
         assert wait_until(lambda: all(self.ex.task(s.id).state.finished for s in live), timeout=SETTLE), \
             f"not ended: {[(s.id, self.ex.task(s.id).state) for s in live if not self.ex.task(s.id).state.finished]}"
@@ -584,6 +620,8 @@ class EngineModel:
         rules: list[tuple[Any, int]] = [(self.submit, 6), (self.submit_invalid, 1), (self.restart, 1), (self.crash, 1)]
         if live:
             rules += [(self.control, 6), (self.delete, 2)]
+        if any(s.paused is None and not s.killed for s in live):
+            rules.append((self.mixed_controls, 3))
         if any(s.named for s in live):
             rules.append((self.repost, 2))
         if any(s.named and s.deleted for s in self.subs.values()):
