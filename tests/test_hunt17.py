@@ -11,7 +11,10 @@ import psutil
 import pytest
 
 from osreapi import Executor
+from osreapi.actors.taskstate import TaskState
 from osreapi.errors import ActionRejected, DataDirInUse
+from osreapi.records import StepRecord, TaskRecord
+from osreapi.spec import StepSpec
 from osreapi.vocabulary import State
 
 from .conftest import sh, step_pid, wait_until
@@ -83,3 +86,27 @@ def test_a_refused_control_never_runs_ahead_of_the_records(executor: Executor):
                     behind.append(str(exc))
                 break
     assert behind == []
+
+
+def test_a_kill_that_comes_after_every_step_succeeded_leaves_the_task_succeeded():
+    """A kill answered while the task's last step was exiting 0 (its exit not yet handled) finds
+    nothing left to kill: every step succeeded, so the task did (code 0). Before, it ended killed
+    with no failed step: code 1002 whose message named step 0 as failed."""
+    spec = StepSpec("s0", "sh", "true")
+    state = TaskState(TaskRecord(id="t", mode="sequential", count=1, accepted=0.0), [StepRecord(0, "s0")], (spec,))
+    state.step_starting(0, now=1.0)
+    assert state.control("kill", None, now=2.0) == [0]  # its process is to be stopped
+    state.step_ended(0, State.STOPPED, 0, "", end=2.1)  # it had exited 0 already
+    task = state.finish(now=2.2, key_expire=60.0)
+    assert (task.state, task.failed_step, task.succeeded) == (State.STOPPED, None, True)
+
+
+def test_a_killed_task_with_a_step_killed_stays_killed():
+    spec = StepSpec("s0", "sh", "sleep 9")
+    state = TaskState(TaskRecord(id="t", mode="sequential", count=2, accepted=0.0),
+                      [StepRecord(0, "s0"), StepRecord(1, "s1")], (spec, StepSpec("s1", "sh", "true")))
+    state.step_starting(0, now=1.0)
+    state.control("kill", None, now=2.0)
+    state.step_ended(0, State.KILLED, 137, "", end=2.1)
+    task = state.finish(now=2.2, key_expire=60.0)
+    assert (task.state, task.failed_step) == (State.KILLED, 0)

@@ -231,13 +231,16 @@ class TaskState:
                 self.step_lost(first, now, reason)
 
     def finish(self, now: float, key_expire: float) -> TaskRecord:
-        """The task's ended record: the one place it is built."""
+        """The task's ended record: the one place it is built. A kill (or an interrupt) that found
+        every step already succeeded changed nothing: the task succeeded (code 0), for a killed or
+        interrupted task is a failed one (1002) and must name a step that did not succeed."""
+        failed = lowest_failure(self.steps)
         self._set_task(
-            state=self.ending or State.STOPPED,
+            state=State.STOPPED if failed is None else self.ending or State.STOPPED,
             begin=self.task.begin or now,
             end=now,
             expires=now + key_expire,
-            failed_step=lowest_failure(self.steps),
+            failed_step=failed,
         )
         return self.task
 
