@@ -47,7 +47,7 @@ from osreapi.vocabulary import (
 
 from .conftest import wait_until
 
-POOL = 2
+POOL = int(os.environ.get("OSREAPI_MODEL_POOL", "2"))  # step processes at once: small, so steps queue
 KEY_EXPIRE = 3600.0  # seconds; the model's clock jumps past it to expire what has ended
 STEPS = int(os.environ.get("OSREAPI_MODEL_STEPS", "15"))  # actions per seed
 SETTLE = 30.0  # seconds for every task to end at quiescence (bounded)
@@ -151,6 +151,10 @@ CRASH_SCRIPT = textwrap.dedent("""
 
 
 class EngineModel:
+    """The engine in a temporary data dir, and what it acknowledged: each action is a method (the
+    driver, run(), picks among those that apply); the checks after every action and at quiescence
+    compare the records, the ledger and the processes with it."""
+
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.root = Path(tempfile.mkdtemp(prefix="osreapi-model-"))
@@ -162,7 +166,7 @@ class EngineModel:
         self.subs: dict[str, Sub] = {}  # by id: the live (last) submission of each id
         self.gens: dict[int, Sub] = {}  # every submission, by generation
         self.next_gen = 0
-        self.restarts = 0
+        self.prefix = uuid.uuid4().hex[:8]
         self.actions: list[str] = []
 
     def _open(self) -> Executor:
@@ -178,6 +182,11 @@ class EngineModel:
         body = [step_body(self.ledger, gen, i, p) for i, p in enumerate(chosen)]
         return Sub(task_id or "", gen, mode, chosen, body, named=task_id is not None)
 
+    def _name(self) -> str:
+        """The id of the next named submission: unique on this host (the process scans look for
+        these markers, and other tests may run at the same time)."""
+        return f"{self.prefix}-n{self.next_gen}"
+
     def _live(self) -> list[Sub]:
         return [s for s in self.subs.values() if not s.deleted]
 
@@ -188,10 +197,10 @@ class EngineModel:
         (mode, chosen), named, then = submission(rng), rng.random() < 0.5, rng.choice([None, None, "pause", "kill"])
         on_step, twin = rng.random() < 0.5, rng.random() < 0.5
         self.note(f"submit {mode} {chosen} named={named} then={then} on_step={on_step} twin={twin}")
-        new = self._new_sub(mode, chosen, f"n{self.next_gen}" if named else None)
+        new = self._new_sub(mode, chosen, self._name() if named else None)
         new.id = self.ex.submit(new.body, mode=mode, task_id=new.id or None)
         if named:
-            assert new.id == f"n{new.gen}"
+            assert new.id == f"{self.prefix}-n{new.gen}"
         self.subs[new.id] = self.gens[new.gen] = new
         if then is not None:  # a control just after the submit
             self._control(new, then, 0 if on_step else None, twin)
@@ -378,7 +387,6 @@ class EngineModel:
         self._mark_disturbed()
         self.ex.close()
         self.ex = self._open()
-        self.restarts += 1
         self._check_pauses_kept()
 
     def crash(self) -> None:
@@ -389,7 +397,7 @@ class EngineModel:
         self.note(f"crash with {chosen} named={named} pause={pause}")
         self._mark_disturbed()
         self.ex.close()
-        news = [self._new_sub(mode, plan, f"n{self.next_gen}" if named else None) for mode, plan in chosen]
+        news = [self._new_sub(mode, plan, self._name() if named else None) for mode, plan in chosen]
         jobs = [(n.mode, n.id or None, n.body, pause) for n in news]
         proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(self.data), json.dumps(jobs), str(self.offset)],
                                 stdout=subprocess.PIPE, text=True)
@@ -415,7 +423,6 @@ class EngineModel:
                 new.paused_steps[0] = self.clock()
             self.subs[task_id] = self.gens[new.gen] = new
         self.ex = self._open()  # (was refused while a child the dead engine was forking held its lock)
-        self.restarts += 1
         interrupted = {s.id for s in self._live() if self.ex.task(s.id).state is State.INTERRUPTED}
         assert not marked_alive(interrupted), f"the start after a crash left {marked_alive(interrupted)} alive"
         self._check_pauses_kept()
