@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -390,11 +391,14 @@ class EngineModel:
         self._check_pauses_kept()
 
     def crash(self) -> None:
-        """The engine in a subprocess takes submits, is killed with SIGKILL while they run, and the
-        data dir is opened again here: what it acknowledged survives and nothing runs twice."""
-        chosen = [submission(self.rng) for _ in range(self.rng.randint(1, 2))]
+        """The engine in a subprocess takes submits, is killed with SIGKILL while they run (or
+        right after the `cut`-th submit was answered), and the data dir is opened again here: what
+        it acknowledged survives, a submit it did not answer is there whole or not at all, and
+        nothing runs twice."""
+        chosen = [submission(self.rng) for _ in range(self.rng.randint(1, 3))]
         named, pause = self.rng.random() < 0.5, self.rng.choice([None, None, "task", "step"])
-        self.note(f"crash with {chosen} named={named} pause={pause}")
+        cut = self.rng.randint(1, len(chosen))
+        self.note(f"crash with {chosen} named={named} pause={pause} cut={cut}")
         self._mark_disturbed()
         self.ex.close()
         news = [self._new_sub(mode, plan, self._name() if named else None) for mode, plan in chosen]
@@ -407,11 +411,11 @@ class EngineModel:
                 if line.startswith("ok "):
                     acked.append(line.split()[1])
                     paused.append(line.split()[2])
-                if line.startswith("ready"):
+                if line.startswith("ready") or len(acked) == cut < len(news):
                     break
-            assert len(acked) == len(news), f"the crash engine acknowledged {acked} of {len(news)}"
-            # killed while a step runs, if one starts soon enough
-            wait_until(lambda: any(line.split()[0] in acked for line in self._ledger_lines()), timeout=3)
+            assert len(acked) == cut, f"the crash engine acknowledged {acked} of {len(news)}"
+            if cut == len(news):  # killed while a step runs, if one starts soon enough
+                wait_until(lambda: any(line.split()[0] in acked for line in self._ledger_lines()), timeout=3)
         finally:
             proc.kill()
             proc.wait(timeout=10)
@@ -423,9 +427,29 @@ class EngineModel:
                 new.paused_steps[0] = self.clock()
             self.subs[task_id] = self.gens[new.gen] = new
         self.ex = self._open()  # (was refused while a child the dead engine was forking held its lock)
+        self._adopt_unanswered(news[cut:])
         interrupted = {s.id for s in self._live() if self.ex.task(s.id).state is State.INTERRUPTED}
         assert not marked_alive(interrupted), f"the start after a crash left {marked_alive(interrupted)} alive"
         self._check_pauses_kept()
+
+    def _adopt_unanswered(self, unanswered: list[Sub]) -> None:
+        """Tasks the crashed engine stored without answering: each must be one of the submits it
+        did not answer, whole (every step recorded). One not stored must never run: its generation
+        stays unknown, and the ledger check refuses any run of it."""
+        by_gen = {sub.gen: sub for sub in unanswered}
+        for task in self.ex.list():
+            if task.id in self.subs and not self.subs[task.id].deleted:
+                continue
+            gen = int(re.search(r" g([0-9]+) ", self.ex.specs(task.id)[0].content).group(1))
+            sub = by_gen.pop(gen, None)
+            assert sub is not None and sub.id in ("", task.id), f"{task.id} (g{gen}) stored, never submitted"
+            record = self.ex.get(task.id)
+            assert len(record.steps) == len(sub.plans), f"{task.id} stored in part: {record.steps}"
+            sub.id, sub.disturbed = task.id, True
+            if record.task.state is State.PAUSED:  # the crashed engine applied its pause
+                sub.paused = self.clock()
+            sub.paused_steps = {s.index: self.clock() for s in record.steps if s.state is State.PAUSED}
+            self.subs[task.id] = self.gens[sub.gen] = sub
 
     def expire(self) -> None:
         """The clock passes the time to keep records: every ended task is gone at once (before any
