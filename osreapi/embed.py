@@ -322,7 +322,17 @@ class Executor(ControlCalls):
             self._answer(self._supervisor, ControlTask(task_id, action, index, Reply()))
         except ActionRejected as exc:  # expected: one line, no traceback
             log.info("%s of %s refused: ActionRejected: %s", action, task_id, exc)
+            self._caught_up()
             raise
+
+    def _caught_up(self) -> None:
+        """Wait (bounded) until the store has committed what it was told before now: a refusal
+        comes from a runner's memory ("step 0 has ended"), whose record of that end was told to the
+        store first but may not be written yet; a read after the answer must see it."""
+        try:
+            self._ask(self._store, Flush())
+        except (EngineClosed, EngineBusy):  # closing: the close flushes it
+            pass
 
     def delete(self, task_id: str) -> None:
         """Remove a finished task's record and workspace. Raises NotFound for an unknown or expired

@@ -48,6 +48,7 @@ class TaskState:
         self.active: set[int] = set()  # a process was started (or is starting) and has not ended
         self.stopping: dict[int, State] = {}  # active steps being killed, and what they end as
         self.ending: State | None = None  # the task is being killed or interrupted
+        self.held_by_task: set[int] = set()  # active steps the task's pause suspended (its resume releases only these)
         self._changed: dict[int, StepRecord] = {}
         self._task_changed = False
 
@@ -150,15 +151,19 @@ class TaskState:
             if self.paused:
                 raise ActionRejected("task_paused_already")
             self._set_task(state=State.PAUSED)
-            return self._set_active_steps(State.RUNNING, State.PAUSED)
+            self.held_by_task = set(self._set_active_steps(State.RUNNING, State.PAUSED))
+            return sorted(self.held_by_task)
         if not self.paused:
             raise ActionRejected("task_not_paused")
         self._set_task(state=State.RUNNING if self.task.begin is not None else State.PENDING)
-        return self._set_active_steps(State.PAUSED, State.RUNNING)
+        held, self.held_by_task = self.held_by_task, set()  # a step paused on its own stays paused
+        return self._set_active_steps(State.PAUSED, State.RUNNING, held)
 
-    def _set_active_steps(self, old: State, new: State) -> list[int]:
-        """Active steps in `old` (and not being killed) go to `new`; return them to be signalled."""
-        targets = sorted(i for i in self.active if i not in self.stopping and self.steps[i].state is old)
+    def _set_active_steps(self, old: State, new: State, among: Collection[int] | None = None) -> list[int]:
+        """Active steps in `old` (and not being killed; of `among` if given) go to `new`; return
+        them to be signalled."""
+        targets = sorted(i for i in self.active
+                         if i not in self.stopping and self.steps[i].state is old and (among is None or i in among))
         for index in targets:
             self._set_step(self.steps[index].with_(state=new))
         return targets
@@ -226,13 +231,16 @@ class TaskState:
                 self.step_lost(first, now, reason)
 
     def finish(self, now: float, key_expire: float) -> TaskRecord:
-        """The task's ended record: the one place it is built."""
+        """The task's ended record: the one place it is built. A kill (or an interrupt) that found
+        every step already succeeded changed nothing: the task succeeded (code 0), for a killed or
+        interrupted task is a failed one (1002) and must name a step that did not succeed."""
+        failed = lowest_failure(self.steps)
         self._set_task(
-            state=self.ending or State.STOPPED,
+            state=State.STOPPED if failed is None else self.ending or State.STOPPED,
             begin=self.task.begin or now,
             end=now,
             expires=now + key_expire,
-            failed_step=lowest_failure(self.steps),
+            failed_step=failed,
         )
         return self.task
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 from typing import IO
+
+import psutil
 
 from ..errors import DataDirInUse, DataDirUnsafe
 
@@ -13,6 +16,9 @@ try:
     import fcntl
 except ImportError:  # Windows: no advisory locks here; one server per data dir is up to the operator
     fcntl = None  # type: ignore[assignment]
+
+
+ORPHAN_WAIT = 5.0  # seconds a start waits for the children of a dead holder to let its lock go
 
 
 def lock_data_dir(data_dir: Path) -> IO[str] | None:
@@ -25,13 +31,16 @@ def lock_data_dir(data_dir: Path) -> IO[str] | None:
     if fcntl is None:
         return None
     handle = open(data_dir / "lock", "a+", encoding="ascii")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    deadline = time.monotonic() + ORPHAN_WAIT
+    while not _locked(handle):
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise DataDirInUse(f"data dir {data_dir} is in use by pid {holder}") from None
+        # A dead holder's lock is held by a child it was forking (a step before its exec): that
+        # lets go by itself in a moment. A live holder (or one not written yet) is refused at once.
+        if _alive(holder) or time.monotonic() > deadline:
+            handle.close()
+            raise DataDirInUse(f"data dir {data_dir} is in use by pid {holder}")
+        time.sleep(0.02)
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()
@@ -84,3 +93,23 @@ def _check_one(path: Path, trusted: set[int], sticky_ok: bool, where: str = "", 
         who, bits = ("every local user", "o") if mode & stat.S_IWOTH else ("every user of its group", "g")
         raise DataDirUnsafe(f"{who} may write in {path} (mode {mode:04o}{where}) and change the "
                             f"scripts the server runs; chmod {bits}-w {path}")
+
+
+def _locked(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _alive(holder: str) -> bool:
+    """Whether the pid written in the lock file runs (an unreadable one counts as running)."""
+    try:
+        return psutil.Process(int(holder)).status() != psutil.STATUS_ZOMBIE
+    except ValueError:
+        return True
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
