@@ -270,6 +270,7 @@ _MESSAGES.update({
     "task_not_paused": ("任务没有暂停", "the task is not paused"),
     "task_not_here": ("任务不在此处运行 (已结束或服务正在停止)", "the task is not running here (it has ended or the server is stopping)"),
     "step_ended": ("第 {index} 步已结束 ({state}), {action} 不适用", "step {index} has ended ({state}); {action} does not apply"),
+    "step_exited": ("第 {index} 步在 {action} 到达时已退出, {action} 不适用", "step {index} had exited when the {action} came; it does not apply"),
     "step_being_killed": ("第 {index} 步正在被终止, {action} 不适用", "step {index} is being killed; {action} does not apply"),
     "step_paused_already": ("第 {index} 步已暂停", "step {index} is already paused"),
     "step_not_paused": ("第 {index} 步没有暂停", "step {index} is not paused"),

@@ -110,3 +110,50 @@ def test_a_killed_task_with_a_step_killed_stays_killed():
     state.step_ended(0, State.KILLED, 137, "", end=2.1)
     task = state.finish(now=2.2, key_expire=60.0)
     assert (task.state, task.failed_step) == (State.KILLED, 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_pause_of_a_step_whose_process_has_exited_is_refused(make_executor, monkeypatch):
+    """The step's process had exited, its end not yet reported: a pause of that step was answered
+    OK and recorded, and the step then ended without a resume (the model's pause-versus-exit
+    race, made certain here by holding the reaper's report). Now the pause is refused, saying the
+    process had exited; the step ends as it ran."""
+    import threading
+
+    from osreapi.executor.reaper import Reaper
+
+    exited, release, report = threading.Event(), threading.Event(), Reaper._exited
+
+    def holding(self, watch):
+        if not release.is_set():
+            exited.set()
+            release.wait(20)
+        return report(self, watch)
+
+    monkeypatch.setattr(Reaper, "_exited", holding)
+    ex = make_executor()
+    task_id = ex.submit([sh("true", name="a")])
+    answers: list[BaseException | None] = []
+
+    def pause() -> None:
+        try:
+            ex.pause(task_id, "a")
+            answers.append(None)
+        except ActionRejected as exc:
+            answers.append(exc)
+
+    pausing = threading.Thread(target=pause)
+    try:
+        assert exited.wait(20)  # reaped, its end not yet told to its worker
+        pausing.start()
+        # recorded paused: the signal is in the worker's mailbox, ahead of the exit held back
+        assert wait_until(lambda: ex.get(task_id).steps[0].state is State.PAUSED, timeout=20)
+    finally:
+        release.set()
+    pausing.join(20)
+    assert len(answers) == 1 and isinstance(answers[0], ActionRejected), answers
+    assert "exited" in str(answers[0]) or "has ended" in str(answers[0]), answers
+    step = ex.get(task_id).steps[0]  # the refusal came once the end was on its way to disk
+    assert step.state.finished, step
+    step = ex.wait(task_id, 20).steps[0]
+    assert (step.state, step.code) == (State.STOPPED, 0), step

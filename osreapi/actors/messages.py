@@ -236,11 +236,28 @@ class RunStep:
 
 @dataclass(frozen=True)
 class SignalStep:
-    """pause / resume the run's tree; `reply` arrives once it is signalled."""
+    """pause / resume the run's tree; `reply` arrives once it is signalled. `alone`: a pause of
+    step `index` alone (of task `task_id`, run by `task`); if its process has exited, the worker
+    sends it back to the runner after the step's end (PauseRefused), and the runner refuses it."""
 
     run: int
     pause: bool
     reply: Reply | None = None
+    index: int = -1
+    alone: bool = False
+    task: pykka.ActorRef | None = None
+    task_id: str = ""
+
+
+@dataclass(frozen=True)
+class PauseRefused:
+    """A pause of one step whose process had exited when it came: told by the worker behind the
+    step's end, so that the runner refuses it once that end is on its way to the store (a read
+    after the refusal sees the step ended)."""
+
+    task_id: str
+    index: int
+    reply: Reply
 
 
 @dataclass(frozen=True)

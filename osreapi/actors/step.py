@@ -13,6 +13,7 @@ import os
 import signal
 from typing import Any
 
+from ..errors import ActionRejected
 from ..executor import process, treekill
 from ..executor.output import add_line, read_output, with_exit_status
 from ..executor.reaper import LogSink
@@ -24,6 +25,7 @@ from .messages import (
     ProcessExited,
     RunDropped,
     RunStep,
+    PauseRefused,
     SignalStep,
     StartNotRecorded,
     StepEnded,
@@ -58,6 +60,7 @@ class StepActor(EngineActor):
         # Control that overtook its run's RunStep (that one comes through the store, after the
         # start is on disk): applied as the run starts.
         self._early: dict[int, list[SignalStep | StopStep]] = {}
+        self._refused: list[SignalStep] = []  # pauses of this run's step alone that came after its exit
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -68,6 +71,13 @@ class StepActor(EngineActor):
             case DeadlineReached(run=run) if self._is_current(run):
                 if self._active_since is not None and self._remaining() <= 0:
                     self._kill(State.TIMEOUT)
+            case SignalStep(pause=True, alone=True) if self._has_exited(message.run):
+                # Not paused: refused by its runner behind the step's end (a pause of the task as
+                # a whole is still true of the task, and is answered as below).
+                if self._is_current(message.run):
+                    self._refused.append(message)  # told after the end, in _end
+                else:
+                    self._refuse_pause(message)
             case SignalStep(run=run, pause=pause, reply=reply):
                 if self._is_current(run):
                     self._signal(pause)
@@ -98,6 +108,8 @@ class StepActor(EngineActor):
             now = self._services.clock()
             tell_if_alive(job.task, StepEnded(job.run, job.record.index, State.INTERRUPTED, STEP_CODE_UNFINISHED,
                                               "step interrupted: the engine failed", now, self._pid()))
+        for message in self._refused:
+            self._refuse_pause(message)
         self._services.pool.retire(self.actor_ref)
         super().on_failure(*args)
 
@@ -109,6 +121,26 @@ class StepActor(EngineActor):
 
     def _is_current(self, run: int) -> bool:
         return self._job is not None and self._job.run == run
+
+    @staticmethod
+    def _refuse_pause(message: SignalStep) -> None:
+        refused = PauseRefused(message.task_id, message.index, message.reply)
+        if message.reply is not None and (message.task is None or not tell_if_alive(message.task, refused)):
+            message.reply.fail(ActionRejected("step_exited", index=message.index, action="pause"))
+
+    def _has_exited(self, run: int) -> bool:
+        """Whether run's process has exited (reaped, or a zombie not yet reaped: WNOWAIT leaves it
+        to the reaper), or the run has ended here, before its runner heard so."""
+        if not self._is_current(run):
+            return self._last_run >= run
+        if self._proc is None or self._proc.returncode is not None:
+            return self._proc is not None
+        if not hasattr(os, "waitid"):  # Windows: the pause is answered as its signal was
+            return False
+        try:
+            return os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:  # reaped meanwhile
+            return True
 
     def _run(self, job: RunStep) -> None:
         self._job, self._proc, self._stop_state, self._stop_reason, self._sink = job, None, None, None, None
@@ -256,3 +288,6 @@ class StepActor(EngineActor):
         # and the task runs while this thread only goes back to its mailbox.
         self._services.pool.release(self.actor_ref)
         tell_if_alive(job.task, StepEnded(job.run, job.record.index, state, code, output, end, pid))
+        refused, self._refused = self._refused, []
+        for message in refused:  # behind the end they came too late for
+            self._refuse_pause(message)

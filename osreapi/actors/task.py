@@ -22,6 +22,7 @@ from .delivery import tell_if_alive
 from .messages import (
     ControlTask,
     CreateRefused,
+    PauseRefused,
     CreateTask,
     Enqueue,
     InterruptTask,
@@ -98,6 +99,9 @@ class TaskActor(EngineActor):
             return None
         if isinstance(message, CreateRefused):
             self._create_refused(message.task_id)
+            return None
+        if isinstance(message, PauseRefused):
+            self._pause_refused(message)
             return None
         if self._state is None and not isinstance(message, (StartTask, ControlTask)):
             return None  # about a task that has ended here (a pid-save timer, an interrupt racing the end)
@@ -331,17 +335,28 @@ class TaskActor(EngineActor):
         if action == "kill":
             self._stop_steps(targets)
         else:
-            self._signal_steps(targets, action == "pause", reply)
+            self._signal_steps(targets, action == "pause", reply, alone=index is not None)
         reply.expect()  # the store's part: the change is on disk
         self._save(durable=True, reply=reply)
         reply.arrive()  # ours
 
-    def _signal_steps(self, indices: list[int], pause: bool, reply: Reply) -> None:
+    def _pause_refused(self, message: PauseRefused) -> None:
+        """A pause of one step whose process had exited: refused behind that step's end, which
+        this runner has handled (and told the store) before, as a pause of an ended step is."""
+        ours = self._state is not None and message.task_id == self._state.task.id
+        step = self._state.steps[message.index] if ours else None
+        if step is not None and step.state.finished:
+            message.reply.fail(ActionRejected("step_ended", index=message.index, state=step.state, action="pause"))
+        else:
+            message.reply.fail(ActionRejected("step_exited", index=message.index, action="pause"))
+
+    def _signal_steps(self, indices: list[int], pause: bool, reply: Reply, alone: bool = False) -> None:
         for index in indices:
             worker, run = self._workers.get(index, (None, 0))
             if worker is not None:
                 reply.expect()
-                if not tell_if_alive(worker, SignalStep(run, pause, reply)):
+                signal = SignalStep(run, pause, reply, index, alone, self.actor_ref, self._state.task.id)
+                if not tell_if_alive(worker, signal):
                     reply.arrive()
 
     def _stop_steps(self, indices: list[int], reason: str | None = None) -> None:
