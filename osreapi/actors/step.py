@@ -17,15 +17,20 @@ from ..errors import ActionRejected
 from ..executor import process, treekill
 from ..executor.output import add_line, read_output, with_exit_status
 from ..executor.reaper import LogSink
-from ..vocabulary import STEP_CODE_KILLED, STEP_CODE_TIMEOUT, STEP_CODE_UNFINISHED, State
+from ..vocabulary import (
+    STEP_CODE_KILLED,
+    STEP_CODE_TIMEOUT,
+    STEP_CODE_UNFINISHED,
+    State,
+)
 from .base import EngineActor
 from .delivery import tell_if_alive
 from .messages import (
     DeadlineReached,
+    PauseRefused,
     ProcessExited,
     RunDropped,
     RunStep,
-    PauseRefused,
     SignalStep,
     StartNotRecorded,
     StepEnded,

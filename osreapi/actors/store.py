@@ -24,7 +24,13 @@ import lmdb
 
 from .. import casefold
 from ..config import EngineConfig
-from ..errors import CaseConflict, DiskFull, StoreUnavailable, TaskConflict, out_of_descriptors
+from ..errors import (
+    CaseConflict,
+    DiskFull,
+    StoreUnavailable,
+    TaskConflict,
+    out_of_descriptors,
+)
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
 from ..storage.removal import empty_tree

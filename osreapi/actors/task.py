@@ -22,10 +22,10 @@ from .delivery import tell_if_alive
 from .messages import (
     ControlTask,
     CreateRefused,
-    PauseRefused,
     CreateTask,
     Enqueue,
     InterruptTask,
+    PauseRefused,
     RunDropped,
     RunnerStopped,
     RunStep,
