@@ -147,7 +147,7 @@ CRASH_SCRIPT = textwrap.dedent("""
             pass
         print("ok", task_id, paused, flush=True)
     print("ready", flush=True)
-    time.sleep(60)
+    sys.stdin.read()  # until the test kills it (its end of the pipe stays open until then)
 """) % (POOL, KEY_EXPIRE)
 
 
@@ -404,7 +404,7 @@ class EngineModel:
         news = [self._new_sub(mode, plan, self._name() if named else None) for mode, plan in chosen]
         jobs = [(n.mode, n.id or None, n.body, pause) for n in news]
         proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(self.data), json.dumps(jobs), str(self.offset)],
-                                stdout=subprocess.PIPE, text=True)
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             acked, paused = [], []
             for line in proc.stdout:
@@ -419,6 +419,7 @@ class EngineModel:
         finally:
             proc.kill()
             proc.wait(timeout=10)
+            proc.stdin.close()
         for new, task_id, held in zip(news, acked, paused):
             new.id, new.disturbed = task_id, True
             if held == "task":

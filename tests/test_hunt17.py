@@ -49,21 +49,22 @@ def test_a_start_after_a_crash_waits_for_the_dead_engines_half_born_child(tmp_pa
     refuse the data dir as in use by the dead pid. A live engine is still refused at once."""
     data = tmp_path / "data"
     script = textwrap.dedent(f"""
-        import os, pathlib, time
+        import os, pathlib, sys, time
         from osreapi.storage.lock import lock_data_dir
         handle = lock_data_dir(pathlib.Path({str(data)!r}))
         if os.fork() == 0:  # as a step between fork and exec: every descriptor of its parent held
             time.sleep(1.0)
             os._exit(0)
         print("ready", flush=True)
-        time.sleep(60)
+        sys.stdin.read()  # until the test kills it
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
     finally:
         proc.kill()
         proc.wait(timeout=10)
+        proc.stdin.close()
     with Executor(data, pool_size=1) as ex:  # before: DataDirInUse, "in use by pid <the dead one>"
         assert ex.check_health() == "ok"
         with pytest.raises(DataDirInUse, match=f"in use by pid {os.getpid()}"):
