@@ -151,8 +151,9 @@ class TaskState:
             if self.paused:
                 raise ActionRejected("task_paused_already")
             self._set_task(state=State.PAUSED)
-            self.held_by_task = set(self._set_active_steps(State.RUNNING, State.PAUSED))
-            return sorted(self.held_by_task)
+            paused = self._set_active_steps(State.RUNNING, State.PAUSED)
+            self.held_by_task = set(paused)
+            return paused
         if not self.paused:
             raise ActionRejected("task_not_paused")
         self._set_task(state=State.RUNNING if self.task.begin is not None else State.PENDING)

@@ -185,10 +185,16 @@ class _Request(HTTPRequest):
         try:
             return super().read_request_line()
         except ValueError:
-            if getattr(self, "uri", None) is None or hasattr(self, "path"):  # not the target's parse
+            if self._unparsed_target() is None:  # not the target's parse
                 raise
             self.simple_response("400 Bad Request", "Malformed Request-URI")
             return False
+
+    def _unparsed_target(self) -> bytes | None:
+        """The request target once the request line split into three words, while cheroot has
+        not parsed it (None before, or once parsed): what a refusal of the target is about."""
+        uri = getattr(self, "uri", None)
+        return None if uri is None or hasattr(self, "path") else uri
 
     def read_request_headers(self) -> bool:
         if not super().read_request_headers():
@@ -260,8 +266,8 @@ class _Request(HTTPRequest):
         Refused, not served (RFC 9112 3.2.2 would have the host taken from it, Host ignored): a proxy
         in front that forwarded it may have routed on Host, and the loopback-name check here would
         read another host than the one asked for, as with two Host lines."""
-        uri = getattr(self, "uri", None)  # set once the request line splits into three words
-        if uri is None or hasattr(self, "path"):  # not reached, or parsed: not cheroot's refusal
+        uri = self._unparsed_target()
+        if uri is None:  # not reached, or parsed: not cheroot's refusal of its form
             return None
         try:
             parts = urlsplit(uri)
