@@ -158,3 +158,38 @@ def test_a_pause_of_a_step_whose_process_has_exited_is_refused(make_executor, mo
     assert step.state.finished, step
     step = ex.wait(task_id, 20).steps[0]
     assert (step.state, step.code) == (State.STOPPED, 0), step
+
+
+@pytest.mark.timeout(60)
+def test_a_pause_that_meets_the_steps_exit_half_way_is_refused(make_executor, monkeypatch):
+    """The worker checks that the step's process is alive, lists its marked processes (a scan of
+    /proc), then sends SIGSTOP: a process that exits inside that window was answered "paused",
+    its orphan left stopped. The worker now checks again after the signal: it resumes what it
+    stopped and refuses the pause behind the step's end. The exit is made certain here by ending
+    the process from inside the scan."""
+    import signal
+
+    from osreapi.executor import treekill
+
+    scan, ended = treekill.marked_processes, []
+
+    def exit_inside_the_window(task_id, step_name=None, run_id=None):
+        if not ended:
+            root = psutil.Process(pid)
+            os.kill(pid, signal.SIGKILL)
+            ended.append(pid)
+            assert wait_until(lambda: not root.is_running() or root.status() == psutil.STATUS_ZOMBIE)
+        return scan(task_id, step_name, run_id)
+
+    ex = make_executor()
+    task_id = ex.submit([sh("sleep 30 & wait", name="a")])
+    pid = step_pid(ex, task_id)
+    assert wait_until(lambda: psutil.Process(pid).children())
+    child = psutil.Process(pid).children()[0]  # orphaned by the exit, stopped by the pause
+    monkeypatch.setattr(treekill, "marked_processes", exit_inside_the_window)
+    with pytest.raises(ActionRejected):
+        ex.pause(task_id, "a")
+    assert ended == [pid]
+    step = ex.wait(task_id, 20).steps[0]
+    assert step.state.finished and step.state is not State.PAUSED, step
+    assert wait_until(lambda: not child.is_running() or child.status() != psutil.STATUS_STOPPED)

@@ -86,7 +86,13 @@ class StepActor(EngineActor):
             case SignalStep(run=run, pause=pause, reply=reply):
                 if self._is_current(run):
                     self._signal(pause)
-                    arrive(reply)
+                    if pause and message.alone and self._has_exited(run):
+                        # It exited between the check above and the signal: what the signal
+                        # stopped (its orphans) goes on, and the pause is refused behind its end.
+                        self._signal(False)
+                        self._refused.append(message)
+                    else:
+                        arrive(reply)
                 elif run > self._last_run:
                     self._early.setdefault(run, []).append(message)
                 else:
