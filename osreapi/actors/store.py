@@ -245,7 +245,7 @@ class StoreActor(EngineActor):
         if created.existing is None:
             if not self._unsaved and not self._undeleted:  # else the retry clears it, once they are deleted
                 self._disk_full.clear()
-            self._on_commit(message.task.id, message.task, message.steps)
+            self._committed(message.task.id, message.task, message.steps)
             for ref, then in message.then:
                 tell_if_alive(ref, then)
         message.reply.arrive(created.existing)
@@ -513,9 +513,15 @@ class StoreActor(EngineActor):
                 casefold.release_workspace(self._config.workspace_entry(task_id))
 
     def _committed(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
+        """Tell the commit hook (events, waiters, subscribers) of a write on disk: the one place it
+        is called. Its fault (a bug) is logged, never the write's answer: a create told it failed
+        was stored all the same, and its task never run (nor the rest of a retry written)."""
         # A small write may fit in freed pages while the disk is still full: only a new task or
         # the retry of everything refused says there is room again.
-        self._on_commit(task_id, task, steps)
+        try:
+            self._on_commit(task_id, task, steps)
+        except Exception:
+            log.exception("store: publishing a write of task %s failed; the write stands", task_id)
 
     def _failed(self, exc: BaseException) -> None:
         if not self._disk_full.is_set():
