@@ -4,14 +4,19 @@ that failed before their fix)."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 
+from osreapi.actors import task as task_module
+from osreapi.actors.messages import Ping
 from osreapi.embed import Executor
+from osreapi.errors import DiskFull
 from osreapi.executor.reaper import Reaper
+from osreapi.storage.database import Database
 
-from .conftest import sh
+from .conftest import sh, wait_until
 from .test_fault_isolation import fail_once
 
 # -- 1. a fault while acknowledging a committed create ----------------------------------------
@@ -72,3 +77,45 @@ def test_a_fault_in_handling_a_steps_exit_closes_its_pidfd_and_the_step_ends(mak
     assert _pidfds() == before  # its pidfd is closed (before its end was reported)
     after = ex.wait(ex.submit([sh("echo after")]), 20)
     assert after.steps[0].output == "after\n" and _pidfds() == before, after
+
+
+# -- 4. a save of a dropped task told after a failed flush ---------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_save_behind_a_create_whose_flush_failed_is_not_published(make_executor, monkeypatch):
+    """A runner writes its task's create with its first save, and may send more before the flush
+    (here its workspace could not be made: it interrupts the task, and its not-started step's skip
+    is saved without a flush). When that flush failed, the create was refused and deleted, yet the
+    save behind it, not promised durable, was told as written: the subscribers heard of a task
+    the submitter was told does not exist. It is refused, as the saves sent after it are."""
+    ex = make_executor(call_timeout=20)
+    seen: list[str] = []
+    ex.subscribe(lambda task_id, task, steps: seen.append(task_id))
+    created, queued = [], []
+    create_task, sync = Database.create_task, Database.sync
+
+    def creating(db, task, *args, **kwargs):  # the runner's next save waits behind its (first) create
+        if not created:
+            queued.append(wait_until(lambda: not ex._store.actor_inbox.empty(), timeout=10))
+        created.append(task.id)
+        return create_task(db, task, *args, **kwargs)
+
+    def failing_sync(db):  # the flush of that create and that save fails (a full disk), once
+        if len(created) == 1 and len(queued) == 1:
+            queued.append(True)
+            raise OSError(errno.ENOSPC, "injected: no space left on device")
+        return sync(db)
+
+    monkeypatch.setattr(Database, "create_task", creating)
+    monkeypatch.setattr(Database, "sync", failing_sync)
+    left = fail_once(monkeypatch, task_module.process, "prepare_workspace")
+    with pytest.raises(DiskFull):
+        ex.submit([sh("echo never", name="a"), sh("echo never", name="b")])
+    ex._store.ask(Ping(), timeout=10)  # the failed flush has told everything it held
+    assert left == [0] and queued == [True, True], queued  # the save was behind the create in that flush
+    assert ex.get(created[0]) is None
+    assert seen == [], seen  # no event of a task that was not stored
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=20)  # the retry found room
+    after = ex.submit([sh("echo after")])
+    assert ex.wait(after, 20).steps[0].output == "after\n"

@@ -397,11 +397,11 @@ class StoreActor(EngineActor):
             self._db.sync()
         except WRITE_ERRORS as exc:
             self._failed(exc)
-            for message in awaiting:
+            for message in awaiting:  # in order: a create refused here drops its task before its saves
                 if isinstance(message, _Created):
                     self._not_created(message)
-                elif message.durable or message.task is not None:
-                    self._refuse(message, exc)
+                elif message.durable or message.task is not None or message.task_id in self._dropping:
+                    self._refuse(message, exc)  # (a save of a task that is not stored is never told)
                 else:
                     self._deliver(message)
             return False
