@@ -82,40 +82,56 @@ def test_a_fault_in_handling_a_steps_exit_closes_its_pidfd_and_the_step_ends(mak
 # -- 4. a save of a dropped task told after a failed flush ---------------------------------------
 
 
+def _steps_stored(ex: Executor, task_id: str) -> list:
+    """The step records LMDB holds under a task's id, with or without its task record."""
+    with ex._db._reading() as txn:
+        return ex._db._steps_in(txn, task_id)
+
+
 @pytest.mark.timeout(60)
-def test_a_save_behind_a_create_whose_flush_failed_is_not_published(make_executor, monkeypatch):
+@pytest.mark.parametrize("written", [True, False], ids=["save-written", "save-kept-for-the-retry"])
+def test_a_save_behind_a_create_whose_flush_failed_is_neither_published_nor_written(make_executor, monkeypatch, written):
     """A runner writes its task's create with its first save, and may send more before the flush
     (here its workspace could not be made: it interrupts the task, and its not-started step's skip
     is saved without a flush). When that flush failed, the create was refused and deleted, yet the
-    save behind it, not promised durable, was told as written: the subscribers heard of a task
-    the submitter was told does not exist. It is refused, as the saves sent after it are."""
+    save behind it was told as written (not promised durable), or, when the full disk had refused
+    it too, kept and written by the retry: the subscribers heard of a task the submitter was told
+    does not exist, and LMDB kept step records without their task. Neither is told nor kept."""
     ex = make_executor(call_timeout=20)
     seen: list[str] = []
     ex.subscribe(lambda task_id, task, steps: seen.append(task_id))
-    created, queued = [], []
-    create_task, sync = Database.create_task, Database.sync
+    created, faults = [], []
+    create_task, save_many, sync = Database.create_task, Database.save_many, Database.sync
 
     def creating(db, task, *args, **kwargs):  # the runner's next save waits behind its (first) create
         if not created:
-            queued.append(wait_until(lambda: not ex._store.actor_inbox.empty(), timeout=10))
+            faults.append(wait_until(lambda: not ex._store.actor_inbox.empty(), timeout=10))
         created.append(task.id)
         return create_task(db, task, *args, **kwargs)
 
-    def failing_sync(db):  # the flush of that create and that save fails (a full disk), once
-        if len(created) == 1 and len(queued) == 1:
-            queued.append(True)
+    def saving(db, changes):  # unless `written`, the disk refuses that save too, once
+        changes = list(changes)
+        if not written and len(faults) == 1 and any(change[0] == created[0] for change in changes):
+            faults.append("save")
+            raise OSError(errno.ENOSPC, "injected: no space left on device")
+        return save_many(db, changes)
+
+    def syncing(db):  # the flush of that create and that save fails (a full disk), once
+        if len(faults) == (1 if written else 2):
+            faults.append("sync")
             raise OSError(errno.ENOSPC, "injected: no space left on device")
         return sync(db)
 
     monkeypatch.setattr(Database, "create_task", creating)
-    monkeypatch.setattr(Database, "sync", failing_sync)
+    monkeypatch.setattr(Database, "save_many", saving)
+    monkeypatch.setattr(Database, "sync", syncing)
     left = fail_once(monkeypatch, task_module.process, "prepare_workspace")
     with pytest.raises(DiskFull):
         ex.submit([sh("echo never", name="a"), sh("echo never", name="b")])
-    ex._store.ask(Ping(), timeout=10)  # the failed flush has told everything it held
-    assert left == [0] and queued == [True, True], queued  # the save was behind the create in that flush
-    assert ex.get(created[0]) is None
+    assert wait_until(lambda: ex.check_health() == "ok", timeout=20)  # the retry found room, and wrote what it kept
+    ex._store.ask(Ping(), timeout=10)
+    assert left == [0] and faults == ([True, "sync"] if written else [True, "save", "sync"]), faults
+    assert ex.get(created[0]) is None and _steps_stored(ex, created[0]) == []
     assert seen == [], seen  # no event of a task that was not stored
-    assert wait_until(lambda: ex.check_health() == "ok", timeout=20)  # the retry found room
     after = ex.submit([sh("echo after")])
     assert ex.wait(after, 20).steps[0].output == "after\n"

@@ -189,10 +189,12 @@ class StoreActor(EngineActor):
         """The runner that sent its first save with a create that was not stored drops the task.
         Until it says so (TaskDropped), the saves it sent meanwhile (a start granted later, a
         control) are refused unwritten: a record of a task that does not exist, a step started on
-        a worker the runner gives back, are not kept."""
+        a worker the runner gives back, are not kept; nor is what a full disk refused of it before
+        (the retry wrote it: steps without their task, told to the subscribers)."""
         if first is None:
             return
         self._dropping.add(first.task_id)
+        self._unsaved.pop(first.task_id, None)
         for ref, otherwise in first.otherwise:
             tell_if_alive(ref, otherwise)
 
