@@ -135,3 +135,21 @@ def test_a_save_behind_a_create_whose_flush_failed_is_neither_published_nor_writ
     assert seen == [], seen  # no event of a task that was not stored
     after = ex.submit([sh("echo after")])
     assert ex.wait(after, 20).steps[0].output == "after\n"
+
+
+# -- 3. whether a fault goes back is the message's type alone: an asked sweep's does -------------
+
+
+@pytest.mark.timeout(60)
+def test_a_fault_in_an_asked_sweep_goes_back_to_the_asker_and_the_store_goes_on(make_executor, monkeypatch):
+    """(A guard of a refactor, passing before it too.) Executor.sweep asks the store (SweepExpired),
+    the timer tells it (ScheduledSweep, see test_review17): the asker hears the fault, and the store
+    goes on."""
+    ex = make_executor(call_timeout=20, sweep_interval=3600)  # no scheduled sweep meets the fault first
+    left = fail_once(monkeypatch, Database, "expired")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        ex.sweep()
+    assert left == [0] and ex.sweep() == 0
+    after = ex.submit([sh("echo after")])
+    assert ex.wait(after, 20).steps[0].output == "after\n"
+    assert ex.check_health() == "ok"

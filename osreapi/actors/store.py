@@ -44,6 +44,7 @@ from .messages import (
     Ping,
     RetryUnsaved,
     SaveRecords,
+    ScheduledSweep,
     SweepExpired,
     TaskDropped,
 )
@@ -55,7 +56,7 @@ SWEEP_BATCH = 100
 GROUP = 64  # most committed writes waiting for one flush
 RETRY_AFTER = 1.0  # seconds between attempts to write what a full disk refused
 WRITE_ERRORS = (lmdb.Error, OSError)
-ASKED = (Ping, Flush)  # only ever sent with ask(): a failure goes back to the asker (so does an asked sweep's)
+ASKED = (Ping, Flush, SweepExpired)  # only ever sent with ask(): a failure goes back to the asker
 OnCommit = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
@@ -117,7 +118,7 @@ class StoreActor(EngineActor):
         try:
             return self._handle(message)
         except Exception as exc:  # a bug: the message's answer, never the end of the single writer
-            if isinstance(message, ASKED) or (isinstance(message, SweepExpired) and message.asked):
+            if isinstance(message, ASKED):
                 raise  # pykka hands it to the asker, and the store goes on (a told one's would stop it)
             log.exception("store: handling %s failed; going on", type(message).__name__)
             reply = getattr(message, "reply", None)
@@ -151,7 +152,7 @@ class StoreActor(EngineActor):
                 self._dropping.discard(task_id)
             case RetryUnsaved():
                 self._retry()
-            case SweepExpired():
+            case SweepExpired() | ScheduledSweep():
                 return self._sweep()
             case Flush():
                 self._flush()
