@@ -518,7 +518,7 @@ class StoreActor(EngineActor):
     def _committed(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
         """Tell the commit hook (events, waiters, subscribers) of a write on disk: the one place it
         is called. Its fault (a bug) is logged, never the write's answer: a create told it failed
-        was stored all the same, and its task never run (nor the rest of a retry written)."""
+        was stored all the same and never run, and a retry stopped with the rest of what it kept."""
         # A small write may fit in freed pages while the disk is still full: only a new task or
         # the retry of everything refused says there is room again.
         try:
