@@ -29,6 +29,7 @@ from .actors.messages import (
     InterruptAll,
     Ping,
     SaveRecords,
+    ScheduledSweep,
     Submit,
     SweepExpired,
 )
@@ -436,7 +437,7 @@ class Executor(ControlCalls):
     def sweep(self) -> int:
         """Remove expired records and workspaces now; return how many tasks went."""
         self._check_not_listening("sweep")
-        return self._ask(self._store, SweepExpired(asked=True))
+        return self._ask(self._store, SweepExpired())
 
     def close(self, timeout: float = 30.0) -> None:
         """Interrupt running tasks (their trees are killed), keep queued ones for the next start, flush.
@@ -552,7 +553,7 @@ class Executor(ControlCalls):
         def tick() -> None:
             if self._closed:
                 return
-            if tell_if_alive(self._store, SweepExpired()):
+            if tell_if_alive(self._store, ScheduledSweep()):
                 self._schedule_sweep()
 
         self._scheduler.call_later(self.config.sweep_interval, tick)

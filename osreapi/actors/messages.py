@@ -111,10 +111,14 @@ class DeleteTask:
 
 @dataclass(frozen=True)
 class SweepExpired:
-    """Remove expired records. `asked`: sent with ask() (Executor.sweep), which hears a failure;
-    the engine's timer tells it, and a failure is then only logged (the store goes on)."""
+    """ask (Executor.sweep): remove expired records now; answered with how many tasks went, or
+    with the failure."""
 
-    asked: bool = False
+
+@dataclass(frozen=True)
+class ScheduledSweep:
+    """The engine's timer tells the store to sweep as SweepExpired does: nobody waits for the
+    answer, and a failure is only logged (the store goes on)."""
 
 
 @dataclass(frozen=True)

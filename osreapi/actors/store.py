@@ -44,6 +44,7 @@ from .messages import (
     Ping,
     RetryUnsaved,
     SaveRecords,
+    ScheduledSweep,
     SweepExpired,
     TaskDropped,
 )
@@ -55,7 +56,7 @@ SWEEP_BATCH = 100
 GROUP = 64  # most committed writes waiting for one flush
 RETRY_AFTER = 1.0  # seconds between attempts to write what a full disk refused
 WRITE_ERRORS = (lmdb.Error, OSError)
-ASKED = (Ping, Flush)  # only ever sent with ask(): a failure goes back to the asker (so does an asked sweep's)
+ASKED = (Ping, Flush, SweepExpired)  # only ever sent with ask(): a failure goes back to the asker
 OnCommit = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
@@ -117,7 +118,7 @@ class StoreActor(EngineActor):
         try:
             return self._handle(message)
         except Exception as exc:  # a bug: the message's answer, never the end of the single writer
-            if isinstance(message, ASKED) or (isinstance(message, SweepExpired) and message.asked):
+            if isinstance(message, ASKED):
                 raise  # pykka hands it to the asker, and the store goes on (a told one's would stop it)
             log.exception("store: handling %s failed; going on", type(message).__name__)
             reply = getattr(message, "reply", None)
@@ -151,7 +152,7 @@ class StoreActor(EngineActor):
                 self._dropping.discard(task_id)
             case RetryUnsaved():
                 self._retry()
-            case SweepExpired():
+            case SweepExpired() | ScheduledSweep():
                 return self._sweep()
             case Flush():
                 self._flush()
@@ -189,10 +190,12 @@ class StoreActor(EngineActor):
         """The runner that sent its first save with a create that was not stored drops the task.
         Until it says so (TaskDropped), the saves it sent meanwhile (a start granted later, a
         control) are refused unwritten: a record of a task that does not exist, a step started on
-        a worker the runner gives back, are not kept."""
+        a worker the runner gives back, are not kept; nor is what a full disk refused of it before
+        (the retry wrote it: steps without their task, told to the subscribers)."""
         if first is None:
             return
         self._dropping.add(first.task_id)
+        self._unsaved.pop(first.task_id, None)
         for ref, otherwise in first.otherwise:
             tell_if_alive(ref, otherwise)
 
@@ -245,7 +248,7 @@ class StoreActor(EngineActor):
         if created.existing is None:
             if not self._unsaved and not self._undeleted:  # else the retry clears it, once they are deleted
                 self._disk_full.clear()
-            self._on_commit(message.task.id, message.task, message.steps)
+            self._committed(message.task.id, message.task, message.steps)
             for ref, then in message.then:
                 tell_if_alive(ref, then)
         message.reply.arrive(created.existing)
@@ -397,11 +400,11 @@ class StoreActor(EngineActor):
             self._db.sync()
         except WRITE_ERRORS as exc:
             self._failed(exc)
-            for message in awaiting:
+            for message in awaiting:  # in order: a create refused here drops its task before its saves
                 if isinstance(message, _Created):
                     self._not_created(message)
-                elif message.durable or message.task is not None:
-                    self._refuse(message, exc)
+                elif message.durable or message.task is not None or message.task_id in self._dropping:
+                    self._refuse(message, exc)  # (a save of a task that is not stored is never told)
                 else:
                     self._deliver(message)
             return False
@@ -513,9 +516,15 @@ class StoreActor(EngineActor):
                 casefold.release_workspace(self._config.workspace_entry(task_id))
 
     def _committed(self, task_id: str, task: TaskRecord | None, steps: tuple[StepRecord, ...]) -> None:
+        """Tell the commit hook (events, waiters, subscribers) of a write on disk: the one place it
+        is called. Its fault (a bug) is logged, never the write's answer: a create told it failed
+        was stored all the same and never run, and a retry stopped with the rest of what it kept."""
         # A small write may fit in freed pages while the disk is still full: only a new task or
         # the retry of everything refused says there is room again.
-        self._on_commit(task_id, task, steps)
+        try:
+            self._on_commit(task_id, task, steps)
+        except Exception:
+            log.exception("store: publishing a write of task %s failed; the write stands", task_id)
 
     def _failed(self, exc: BaseException) -> None:
         if not self._disk_full.is_set():

@@ -142,13 +142,14 @@ def _discard_elsewhere(fd: int) -> None:
 
 
 class _Watch:
-    __slots__ = ("proc", "sink", "on_exit", "keep_output")
+    __slots__ = ("proc", "sink", "on_exit", "keep_output", "pidfd")
 
     def __init__(self, proc: subprocess.Popen, sink: LogSink, on_exit: OnExit, keep_output: bool) -> None:
         self.proc = proc
         self.sink = sink
         self.on_exit = on_exit
         self.keep_output = keep_output  # kept background processes may go on writing after the exit
+        self.pidfd: int | None = None  # open while the exit is watched (see Reaper._close_pidfd)
 
 
 class Reaper:
@@ -182,6 +183,7 @@ class Reaper:
         if pidfd is None:  # a thread of its own
             threading.Thread(target=self._wait_one, args=(watch,), name=f"osreapi-wait-{proc.pid}", daemon=True).start()
             return
+        watch.pidfd = pidfd
         with self._lock:  # known before the epoll set can report them
             self._watched[sink.fd] = ("output", watch)
             self._watched[pidfd] = ("exit", watch)
@@ -240,14 +242,20 @@ class Reaper:
                 except Exception:  # a bug: this thread reports every step's end, it must go on
                     log.exception("reaper: a step's %s event failed; its output may be cut short", kind)
                     closed.add(fd)
-                    self._forget(fd)  # not polled again
-                    if kind == "exit":
-                        self._exited(watch)
-                    elif kind == "output":  # closed, not left unread: a step that writes more than
-                        self._close_output(watch)  # the pipe holds would block for ever (now EPIPE)
+                    self._event_failed(fd, kind, watch)
         self._epoll.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+    def _event_failed(self, fd: int, kind: str | None, watch: _Watch | None) -> None:
+        """After a fault in an event's handling: the fd is not polled again, and the step ends."""
+        if kind == "exit":  # its pidfd closed if the fault came first (once: its number may be another's now)
+            self._close_pidfd(watch)
+            self._exited(watch)
+            return
+        self._forget(fd)
+        if kind == "output":  # closed, not left unread: a step that writes more than
+            self._close_output(watch)  # the pipe holds would block for ever (now EPIPE)
 
     @staticmethod
     def _close_output(watch: _Watch, hand_off: bool = False) -> None:
@@ -260,14 +268,24 @@ class Reaper:
     def _event(self, fd: int, kind: str | None, watch: _Watch | None, closed: set[int]) -> None:
         if kind == "exit" and watch.proc.poll() is not None:  # never a wait() here for a running one
             closed.update((fd, watch.sink.fd))
-            self._forget(fd)
-            os.close(fd)
+            self._close_pidfd(watch)
             self._forget_output(watch)
             self._exited(watch)
         elif kind == "output" and not watch.sink.pump():
             closed.add(fd)
             self._forget_output(watch)
             watch.sink.close()
+
+    def _close_pidfd(self, watch: _Watch) -> None:
+        """Stop watching an exited step's pidfd and close it, once, whatever fails on the way: a
+        fault in the exit's handling before the close left it open for the server's life."""
+        fd, watch.pidfd = watch.pidfd, None
+        if fd is None:
+            return
+        try:
+            self._forget(fd)  # first: once closed, its number may be another watch's
+        finally:
+            os.close(fd)
 
     def _forget(self, fd: int) -> None:
         with self._lock:
