@@ -98,7 +98,8 @@ def test_a_log_a_step_replaced_with_a_link_or_a_directory_reads_as_empty_not_a_s
     secret = tmp_path / "secret"
     secret.write_text("not the step's output")
     replace = f"ln -s {secret}" if planted == "link" else "mkdir"
-    task_id = client.submit([sh(f"echo hi; rm .osreapi/step-0.log; {replace} .osreapi/step-0.log")])
+    made = "for i in $(seq 1000); do [ -e .osreapi/step-0.log ] && break; sleep 0.01; done"  # at its first byte
+    task_id = client.submit([sh(f"echo hi; {made}; rm .osreapi/step-0.log; {replace} .osreapi/step-0.log")])
     assert client.wait(task_id).json["code"] == 0
     for query in ("", "?follow=true"):
         answer = client.get(f"/{task_id}/0/log{query}")
