@@ -245,12 +245,14 @@ class Executor(ControlCalls):
         create = CreateTask(task, records, specs, Reply())
         # An id made here: nobody can name the task before this answer, so the supervisor may start
         # it as it is stored, and queues it otherwise. A named one is stored first (it may be a
-        # re-post, or race a delete of its id), then queued.
+        # re-post, or race a delete of its id), then queued by the store, before this answer: a
+        # control request naming it from another thread meanwhile finds it queued. (A close()
+        # since the record was written leaves it queued on disk, to run after the next start.)
+        if named:
+            create = replace(create, then=((self._supervisor, Enqueue(task_id, (task, records, specs))),))
         existing = self._answer(self._store, create) if named else self._answer(self._supervisor, Submit(create))
         if existing is not None:  # submitted with this body (the store compared: TaskConflict if not)
             return Submitted(existing.id, existing.count, created=False)
-        if named:  # (a close() since the record was written leaves it queued on disk, to run after the next start)
-            tell_if_alive(self._supervisor, Enqueue(task_id, (task, records, specs)))
         return Submitted(task_id, len(specs), created=True)
 
     def get(self, task_id: str) -> TaskResult | None:
