@@ -64,10 +64,25 @@ class Janitor:
         with self._lock:
             self._scheduled = False
             jobs = dict(self._jobs)
-        found = self._scan(set(jobs))
-        now = self._clock()
         finished = []
-        for key, job in jobs.items():
+        try:
+            found = self._scan(set(jobs))
+            now = self._clock()
+            for key, job in jobs.items():
+                if self._job_round(key, job, found, now):
+                    finished.append(key)
+        finally:  # a fault (a bug) cut this round short: the next round tries again, else nothing is ever KILLed
+            with self._lock:
+                for key in finished:
+                    if self._jobs.get(key) is jobs[key]:
+                        del self._jobs[key]
+                if self._jobs:
+                    self._schedule()
+
+    def _job_round(self, key: str, job: _Job, found: dict[str, list[int]] | None, now: float) -> bool:
+        """Signal what is left of one run; True once it is gone (or given up on). A fault (a bug)
+        is this run's, logged: the other runs are still killed, and it is tried again next round."""
+        try:
             pids = (found or {}).get(key, [])
             late = now - job.since >= job.grace
             grouped = job.group is not None and treekill.signal_group(job.group, 0)
@@ -75,24 +90,22 @@ class Janitor:
             if gone or now - job.since > job.grace + GIVE_UP_AFTER:
                 if not gone:
                     log.error("processes %s (group %s) of run %s survive SIGKILL", pids, job.group, key)
-                finished.append(key)
-                continue
+                return True
             treekill.kill_round(pids, [job.group] if grouped else [], job.signalled, late)
-        with self._lock:
-            for key in finished:
-                if self._jobs.get(key) is jobs[key]:
-                    del self._jobs[key]
-            if self._jobs:
-                self._schedule()
+        except Exception:
+            log.exception("janitor: a kill round of run %s failed; trying again", key)
+            return now - job.since > job.grace + GIVE_UP_AFTER  # bounded, as a process that survives KILL
+        return False
 
     def _scan(self, runs: set[str]) -> dict[str, list[int]] | None:
         """The marked processes of each run; None while /proc cannot be read (no descriptor free):
         the groups are still killed, and the jobs wait for a round that can scan."""
         try:
             found = treekill.scan_markers(runs)
-        except OSError as exc:
+        except Exception as exc:  # OSError, or a bug: the groups are still killed meanwhile
             if not self._scan_failing:  # one line per spell, not one per round
-                log.warning("cannot scan for processes to kill (%s); trying again every round", exc)
+                log.warning("cannot scan for processes to kill (%s); trying again every round", exc,
+                            exc_info=not isinstance(exc, OSError))
             self._scan_failing = True
             return None
         self._scan_failing = False
