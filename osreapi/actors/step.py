@@ -13,6 +13,8 @@ import os
 import signal
 from typing import Any
 
+import pykka
+
 from ..errors import ActionRejected
 from ..executor import process, treekill
 from ..executor.output import add_line, read_output, with_exit_status
@@ -37,7 +39,7 @@ from .messages import (
     StepStarted,
     StopStep,
 )
-from .reply import arrive
+from .reply import Reply, arrive
 from .services import Services
 from .timers import TimerHandle
 
@@ -68,6 +70,17 @@ class StepActor(EngineActor):
         self._refused: list[SignalStep] = []  # pauses of this run's step alone that came after its exit
 
     def on_receive(self, message: Any) -> Any:
+        """A failure (a bug) is the handled request's answer, not left to its caller's timeout; the
+        worker then stops, and on_failure ends its run."""
+        try:
+            return self._receive(message)
+        except Exception as exc:
+            reply = getattr(message, "reply", None)
+            if isinstance(reply, Reply):
+                reply.fail(exc)
+            raise
+
+    def _receive(self, message: Any) -> Any:
         match message:
             case RunStep():
                 self._run(message)
@@ -113,16 +126,23 @@ class StepActor(EngineActor):
     def on_failure(self, *args: Any) -> None:
         log.error("step worker failed inside the engine")
         job = self._job
-        if job is not None:
-            if self._proc is not None and self._proc.poll() is None:
-                self._clean_up(job, grace=0.0)
-            now = self._services.clock()
-            tell_if_alive(job.task, StepEnded(job.run, job.record.index, State.INTERRUPTED, STEP_CODE_UNFINISHED,
-                                              "step interrupted: the engine failed", now, self._pid()))
-        for message in self._refused:
-            self._refuse_pause(message)
-        self._services.pool.retire(self.actor_ref)
-        super().on_failure(*args)
+        try:
+            if job is not None:
+                if self._proc is not None and self._proc.poll() is None:
+                    self._clean_up(job, grace=0.0)
+                now = self._services.clock()
+                tell_if_alive(job.task, StepEnded(job.run, job.record.index, State.INTERRUPTED, STEP_CODE_UNFINISHED,
+                                                  "step interrupted: the engine failed", now, self._pid()))
+            for message in self._refused:
+                self._refuse_pause(message)
+            gone = pykka.ActorDeadError(f"{self.actor_ref} failed before applying the request")
+            for parked in self._early.values():  # control that waited for a run this worker never applies
+                for message in parked:
+                    if isinstance(message, SignalStep) and message.reply is not None:
+                        message.reply.fail(gone)
+        finally:  # whatever failed above: the pool forgets this worker, and its mailbox is answered
+            self._services.pool.retire(self.actor_ref)
+            super().on_failure(*args)
 
     def _unhandled(self, message: Any) -> None:
         """A start that reached this failed worker goes back to its runner: the step does not run."""
@@ -156,10 +176,10 @@ class StepActor(EngineActor):
     def _run(self, job: RunStep) -> None:
         self._job, self._proc, self._stop_state, self._stop_reason, self._sink = job, None, None, None, None
         self._active_total, self._deadline, self._last_run = 0.0, None, job.run
-        early = self._early.pop(job.run, [])
-        for stale in self._early.values():  # runs that never started here
-            self._answer_parked(stale)
-        self._early.clear()
+        for run in [run for run in self._early if run != job.run]:  # runs that never started here
+            self._answer_parked(self._early.pop(run))
+        # This run's early control stays parked until applied: a failure meanwhile answers it (on_failure).
+        early = self._early.setdefault(job.run, [])
         stop = next((m for m in early if isinstance(m, StopStep)), None)
         if stop is None and not job.task.is_alive():  # nobody would hear of it: its task is ended from the store
             stop = StopStep(job.run, State.INTERRUPTED, RUNNER_GONE)
@@ -169,13 +189,14 @@ class StepActor(EngineActor):
             else:
                 code, text = STEP_CODE_UNFINISHED, stop.reason or "step interrupted before it started"
             self._end(stop.state, code, text, self._services.clock())
-            self._answer_parked(early)
+            self._answer_parked(self._early.pop(job.run))
             return
         self._start(job)
-        for message in early:  # a pause (or resume) that came first
-            if isinstance(message, SignalStep):
-                self._signal(message.pause)
-                arrive(message.reply)
+        while early:  # a pause (or resume) that came first; off the list once answered
+            if isinstance(early[0], SignalStep):
+                self._signal(early[0].pause)
+            arrive(getattr(early.pop(0), "reply", None))
+        del self._early[job.run]
 
     @staticmethod
     def _answer_parked(messages: list[SignalStep | StopStep]) -> None:
@@ -291,14 +312,16 @@ class StepActor(EngineActor):
     def _end(self, state: State, code: int, output: str, end: float) -> None:
         job, pid = self._job, self._pid()
         self._job = self._proc = None
-        if self._announce is not None:
-            self._announce.cancel()
-            self._announce = None
-        self._services.metrics.step_ended(state, code, job.record.begin, end)
-        # Free first, tell last: the task's next step finds this worker idle (no grant message),
-        # and the task runs while this thread only goes back to its mailbox.
-        self._services.pool.release(self.actor_ref)
-        tell_if_alive(job.task, StepEnded(job.run, job.record.index, state, code, output, end, pid))
+        try:
+            if self._announce is not None:
+                self._announce.cancel()
+                self._announce = None
+            self._services.metrics.step_ended(state, code, job.record.begin, end)
+            # Free first, tell last: the task's next step finds this worker idle (no grant message),
+            # and the task runs while this thread only goes back to its mailbox.
+            self._services.pool.release(self.actor_ref)
+        finally:  # told whatever failed above (the run is no longer this worker's: on_failure would not)
+            tell_if_alive(job.task, StepEnded(job.run, job.record.index, state, code, output, end, pid))
         refused, self._refused = self._refused, []
         for message in refused:  # behind the end they came too late for
             self._refuse_pause(message)

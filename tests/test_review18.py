@@ -1,0 +1,172 @@
+"""Review of the engine's actors against the design rules: a failure is an answer (never a caller
+left waiting, a task never ended), and no message is assumed to overtake another from a different
+sender (tests that failed before their fix)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+
+import pytest
+
+from osreapi import embed
+from osreapi.actors.messages import Enqueue, SignalStep
+from osreapi.actors.step import StepActor
+from osreapi.errors import EngineFailed
+from osreapi.executor import process, treekill
+from osreapi.metrics import EngineMetrics
+from osreapi.storage.database import Database
+
+from .conftest import gone, read_pid, sh, wait_until
+from .test_fault_isolation import fail_once
+
+
+@pytest.mark.timeout(60)
+def test_a_named_task_is_known_to_the_supervisor_before_its_submitter_hears_it_is_stored(make_executor, monkeypatch):
+    """A task submitted with its own id is stored first; its submitter then told the supervisor to
+    queue it. A pause sent meanwhile (from another thread: an id anyone may name, a re-post of the
+    same body answered at once) reached the supervisor first and was refused 'the task is not
+    running here' for a task stored and pending. The store queues it, before the submit is answered."""
+    held, release = threading.Event(), threading.Event()
+    tell = embed.tell_if_alive
+
+    def slow_enqueue(ref, message):  # the submitting thread, held between the store's answer and its Enqueue
+        if isinstance(message, Enqueue):
+            held.set()
+            assert release.wait(20)
+        return tell(ref, message)
+
+    monkeypatch.setattr(embed, "tell_if_alive", slow_enqueue)
+    ex = make_executor()
+    submitted = threading.Event()
+    step = sh("while [ ! -e go ]; do sleep 0.02; done; echo ran")
+    submitter = threading.Thread(target=lambda: (ex.submit([step], task_id="named"), submitted.set()))
+    submitter.start()
+    try:
+        assert wait_until(lambda: held.is_set() or submitted.is_set(), timeout=20)
+        ex.pause("named")  # before: ActionRejected task_not_here
+        assert ex.get("named").task.state.value == "paused"
+    finally:
+        release.set()
+        submitter.join(20)
+    assert submitted.is_set()
+    ex.resume("named")
+    (ex.config.workspace("named") / "go").touch()
+    result = ex.wait("named", timeout=20)
+    assert (result.task.state.value, result.steps[0].output) == ("stopped", "ran\n")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["kill_round", "scan_markers"])
+def test_a_fault_in_a_kill_round_does_not_stop_the_kill(make_executor, monkeypatch, where):
+    """The janitor's rounds run on a timer: a fault in one (a bug) was logged by the timer thread,
+    and no round was scheduled again. A step that ignores TERM was never KILLed: it ran for ever,
+    its task never ended and its pool slot stayed taken. The round that failed is followed by another."""
+    left = fail_once(monkeypatch, treekill, where)
+    ex = make_executor(kill_grace=0.3)
+    task_id = ex.submit([sh("echo $$ > pid; trap '' TERM; while :; do sleep 0.05; done")])
+    pid = read_pid(ex.config.workspace(task_id) / "pid")
+    try:
+        ex.kill(task_id)
+        result = ex.wait(task_id, timeout=20)
+        assert left == [0]
+        assert result is not None and result.task.state.value == "killed", result
+        assert gone(pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # the old code leaves it running
+    after = ex.submit([sh("echo after")])
+    assert ex.wait(after, timeout=20).steps[0].output == "after\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_fault_while_it_pauses_its_step_answers_the_pause(make_executor, monkeypatch):
+    """A fault (a bug) while a worker signals its step's tree stopped the worker (its step ends
+    interrupted, as designed), but the pause it was signalling was never answered: its caller
+    waited its whole call timeout and heard the engine was busy. It hears the fault at once."""
+    left = fail_once(monkeypatch, treekill, "signal_tree")
+    ex = make_executor(call_timeout=20)
+    task_id = ex.submit([sh("echo $$ > pid; while :; do sleep 0.05; done")])
+    pid = read_pid(ex.config.workspace(task_id) / "pid")
+    try:
+        with pytest.raises(RuntimeError, match="injected fault"):  # before: EngineBusy after 20 s
+            ex.pause(task_id)
+        assert left == [0]
+        result = ex.wait(task_id, timeout=20)
+        assert result.task.state.finished and result.steps[0].state.value == "interrupted", result
+        assert wait_until(lambda: gone(pid), timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    after = ex.submit([sh("echo after")])
+    assert ex.wait(after, timeout=20).steps[0].output == "after\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_fault_as_its_step_ends_still_ends_the_step(make_executor, monkeypatch):
+    """A fault (a bug) in the last moment of a step's end, after the worker had let go of its run:
+    the worker stopped and told nobody the step had ended; its task ran for ever. The end is told
+    whatever fails after it is known."""
+    left = fail_once(monkeypatch, EngineMetrics, "step_ended")
+    ex = make_executor(call_timeout=20)
+    task_id = ex.submit([sh("echo first"), sh("echo second")])
+    result = ex.wait(task_id, timeout=20)
+    assert left == [0]
+    assert result is not None and result.task.state.finished, result
+    assert result.steps[0].output == "first\n"
+    after = ex.submit([sh("echo after")])
+    assert ex.wait(after, timeout=20).steps[0].output == "after\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_pause_parked_for_a_start_its_worker_fails_on_is_answered(make_executor, monkeypatch):
+    """A pause that reaches a worker before its run's start (that one comes through the store,
+    once on disk) waits there for it; a fault (a bug) while the worker started that run stopped
+    the worker and left the parked pause unanswered: its caller waited its whole call timeout and
+    heard the engine was busy. It hears the engine failed, at once; the step ends interrupted."""
+    holding, release, parked = threading.Event(), threading.Event(), threading.Event()
+    save_many = Database.save_many
+
+    def held_start(db, changes):  # the store, about to write the step's start: held until the pause is parked
+        if not holding.is_set() and any(task_id == "held" and steps for task_id, _, steps in changes):
+            holding.set()
+            assert release.wait(20)
+        return save_many(db, changes)
+
+    receive = StepActor.on_receive
+
+    def seeing(self, message):
+        if isinstance(message, SignalStep):
+            parked.set()
+        return receive(self, message)
+
+    monkeypatch.setattr(Database, "save_many", held_start)
+    monkeypatch.setattr(StepActor, "on_receive", seeing)
+    left = fail_once(monkeypatch, process, "start_step")
+    ex = make_executor(call_timeout=20)
+    answer: list[BaseException | None] = []
+
+    def pause() -> None:
+        try:
+            ex.pause("held")
+            answer.append(None)
+        except BaseException as exc:  # noqa: BLE001 - what the caller heard
+            answer.append(exc)
+
+    ex.submit([sh("echo never")], task_id="held")
+    assert holding.wait(20)
+    pauser = threading.Thread(target=pause)
+    pauser.start()
+    try:
+        assert parked.wait(20)
+    finally:
+        release.set()
+    pauser.join(30)
+    assert left == [0]
+    assert len(answer) == 1 and isinstance(answer[0], EngineFailed), answer  # before: EngineBusy after 20 s
+    result = ex.wait("held", timeout=20)
+    assert result.task.state.finished and result.steps[0].state.value == "interrupted", result
+    after = ex.submit([sh("echo after")])
+    assert ex.wait(after, timeout=20).steps[0].output == "after\n"
