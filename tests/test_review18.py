@@ -5,9 +5,12 @@ sender (tests that failed before their fix)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import subprocess
 import threading
+import time
 
 import pytest
 
@@ -16,6 +19,7 @@ from osreapi.actors.messages import Enqueue, SignalStep
 from osreapi.actors.step import StepActor
 from osreapi.errors import EngineFailed
 from osreapi.executor import process, treekill
+from osreapi.executor.reaper import LogSink, Reaper
 from osreapi.metrics import EngineMetrics
 from osreapi.storage.database import Database
 
@@ -170,3 +174,32 @@ def test_a_pause_parked_for_a_start_its_worker_fails_on_is_answered(make_executo
     assert result.task.state.finished and result.steps[0].state.value == "interrupted", result
     after = ex.submit([sh("echo after")])
     assert ex.wait(after, timeout=20).steps[0].output == "after\n"
+
+
+@pytest.mark.timeout(30)
+def test_a_fault_in_a_process_own_waiter_still_reports_its_end(tmp_path, monkeypatch):
+    """Where no pidfd can be had (none free, or no pidfd at all), a process gets a waiting thread
+    of its own. A fault (a bug) while that thread copied its output ended the thread: the exit was
+    never reported, the step ran for ever, its pool slot taken. The end is reported, the output
+    cut short."""
+    reaper = Reaper(time.time)
+
+    def no_pidfd(pid, *args):
+        raise OSError(errno.EMFILE, "no descriptor free")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd, raising=False)
+    left = fail_once(monkeypatch, LogSink, "pump")
+    proc = subprocess.Popen(["sh", "-c", "echo out; sleep 0.2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = os.dup(proc.stdout.fileno())
+    proc.stdout.close()
+    sink = LogSink(out, tmp_path / "step.log", 1 << 20)
+    ended: list[int] = []
+    try:
+        reaper.watch(proc, sink, lambda returncode, at: ended.append(returncode))
+        assert wait_until(lambda: ended, timeout=10), "the process's end was never reported"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        reaper.close()
+    assert left == [0] and ended == [0] and sink.closed

@@ -201,17 +201,28 @@ class Reaper:
         self._thread.join(5)
 
     def _wait_one(self, watch: _Watch) -> None:
+        try:
+            self._follow_one(watch)
+        except Exception:  # a bug: this thread is the only one to report the process's end
+            log.exception("reaper: following process %d failed; its output is cut short", watch.proc.pid)
+            self._close_output(watch)  # not left unread: a step that writes more than the pipe holds would block
+        self._exited(watch)  # waits for the exit (this thread is the process's own)
+
+    @staticmethod
+    def _follow_one(watch: _Watch) -> None:
+        """Copy the process's output until it exits."""
         selector = _selector_without_descriptor()
-        selector.register(watch.sink.fd, selectors.EVENT_READ)
-        open_pipe = True
-        while watch.proc.poll() is None:
-            if open_pipe and selector.select(0.05) and not watch.sink.pump():
-                selector.unregister(watch.sink.fd)
-                open_pipe = False
-            elif not open_pipe:
-                watch.proc.wait()
-        selector.close()
-        self._exited(watch)
+        try:
+            selector.register(watch.sink.fd, selectors.EVENT_READ)
+            open_pipe = True
+            while watch.proc.poll() is None:
+                if open_pipe and selector.select(0.05) and not watch.sink.pump():
+                    selector.unregister(watch.sink.fd)
+                    open_pipe = False
+                elif not open_pipe:
+                    watch.proc.wait()
+        finally:
+            selector.close()
 
     def _exited(self, watch: _Watch) -> None:
         """The process is reaped: drain and close its output (unless kept), then report."""
