@@ -15,13 +15,25 @@ import time
 import pytest
 
 from osreapi import embed
-from osreapi.actors.messages import Enqueue, SignalStep
+from osreapi.actors.messages import (
+    CreateTask,
+    Enqueue,
+    Flush,
+    Ping,
+    SaveRecords,
+    ScheduledSweep,
+    SignalStep,
+)
+from osreapi.actors.reply import Reply
 from osreapi.actors.step import StepActor
+from osreapi.actors.store import SWEEP_BATCH, StoreActor
 from osreapi.errors import EngineFailed
 from osreapi.executor import process, treekill
 from osreapi.executor.reaper import LogSink, Reaper
 from osreapi.metrics import EngineMetrics
+from osreapi.records import TaskRecord
 from osreapi.storage.database import Database
+from osreapi.vocabulary import State
 
 from .conftest import gone, read_pid, sh, wait_until
 from .test_fault_isolation import fail_once
@@ -203,3 +215,39 @@ def test_a_fault_in_a_process_own_waiter_still_reports_its_end(tmp_path, monkeyp
             proc.wait(10)
         reaper.close()
     assert left == [0] and ended == [0] and sink.closed
+
+
+@pytest.mark.timeout(60)
+def test_a_scheduled_sweep_of_many_expired_tasks_lets_other_work_through_between_batches(make_executor, monkeypatch):
+    """The timer's sweep removed every expired task in one message, batch after batch, each task's
+    files with it: thousands of tasks expiring together (a burst two days ago) held the store, the
+    single writer, for all of it, and no step started meanwhile. It does one batch, and the next
+    comes behind what was told to the store meanwhile."""
+    ex = make_executor(sweep_interval=3600)
+    now = ex.clock()
+    for i in range(SWEEP_BATCH * 2 + 1):  # expired records, stored as they would be after two days
+        task = TaskRecord(id=f"old-{i}", mode="sequential", count=0, accepted=now - 10, state=State.STOPPED,
+                          begin=now - 10, end=now - 9, expires=now - 5)
+        ex._store.tell(CreateTask(task, (), (), Reply()))
+        ex._store.tell(SaveRecords(task.id, task, durable=True))  # its end, with its expiry
+    assert ex._store.ask(Flush(), timeout=20) is None and len(ex._db.expired(ex.clock(), 1000)) == SWEEP_BATCH * 2 + 1
+    order: list[str] = []
+    delete_expired, handle = Database.delete_expired, StoreActor._handle
+
+    def batch(db, at, limit):
+        order.append("batch")
+        if len(order) == 1:  # told while the store sweeps: handled before the next batch, not after all of them
+            ex._store.tell(Ping())
+        return delete_expired(db, at, limit)
+
+    def seeing(store, message):
+        if isinstance(message, Ping):
+            order.append("other work")
+        return handle(store, message)
+
+    monkeypatch.setattr(Database, "delete_expired", batch)
+    monkeypatch.setattr(StoreActor, "_handle", seeing)
+    ex._store.tell(ScheduledSweep())
+    assert wait_until(lambda: ex._db.get_task(f"old-{SWEEP_BATCH * 2}") is None and order.count("batch") >= 3), order
+    assert order[:3] == ["batch", "other work", "batch"], order
+    assert not any(ex._db.get_task(f"old-{i}") for i in range(SWEEP_BATCH * 2 + 1))  # all swept all the same

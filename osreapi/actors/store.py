@@ -152,8 +152,10 @@ class StoreActor(EngineActor):
                 self._dropping.discard(task_id)
             case RetryUnsaved():
                 self._retry()
-            case SweepExpired() | ScheduledSweep():
+            case SweepExpired():
                 return self._sweep()
+            case ScheduledSweep():
+                self._sweep(whole=False)
             case Flush():
                 self._flush()
             case _:
@@ -567,7 +569,10 @@ class StoreActor(EngineActor):
             self._failed(exc)
             return None
 
-    def _sweep(self) -> int:
+    def _sweep(self, whole: bool = True) -> int:
+        """Remove expired tasks, a batch at a time; how many went. Not `whole` (the timer's): one
+        batch, the next told behind what waits meanwhile: thousands of tasks expiring together
+        (their files removed here) do not hold the single writer, and every step's start, at once."""
         total = 0
         while True:
             now = self._clock()
@@ -580,6 +585,9 @@ class StoreActor(EngineActor):
                 self._on_delete(tuple(gone))
             total += len(gone)
             if len(gone) < SWEEP_BATCH:
+                break
+            if not whole:
+                tell_if_alive(self.actor_ref, ScheduledSweep())
                 break
         if total:
             self._flush()
