@@ -27,7 +27,7 @@ from osreapi.actors.messages import (
 from osreapi.actors.reply import Reply
 from osreapi.actors.step import StepActor
 from osreapi.actors.store import SWEEP_BATCH, StoreActor
-from osreapi.errors import EngineFailed
+from osreapi.errors import EngineBusy, EngineFailed
 from osreapi.executor import process, treekill
 from osreapi.executor.reaper import LogSink, Reaper
 from osreapi.metrics import EngineMetrics
@@ -251,3 +251,30 @@ def test_a_scheduled_sweep_of_many_expired_tasks_lets_other_work_through_between
     assert wait_until(lambda: ex._db.get_task(f"old-{SWEEP_BATCH * 2}") is None and order.count("batch") >= 3), order
     assert order[:3] == ["batch", "other work", "batch"], order
     assert not any(ex._db.get_task(f"old-{i}") for i in range(SWEEP_BATCH * 2 + 1))  # all swept all the same
+
+
+@pytest.mark.timeout(60)
+def test_a_named_task_whose_submit_timed_out_runs_once_it_is_stored(make_executor, monkeypatch):
+    """A named task's submitter queued it only once the store had answered: a submit that timed out
+    (the disk slow to flush, 503 said 'the engine did not answer') left the task stored once the
+    flush came, pending, and never run until the server's next start. It is queued by the store."""
+    slow, release = threading.Event(), threading.Event()
+    sync = Database.sync
+
+    def slow_flush(db):
+        if slow.is_set():
+            assert release.wait(20)
+        return sync(db)
+
+    monkeypatch.setattr(Database, "sync", slow_flush)
+    ex = make_executor(call_timeout=1)
+    slow.set()
+    try:
+        with pytest.raises(EngineBusy):
+            ex.submit([sh("echo ran")], task_id="slow")
+    finally:
+        slow.clear()
+        release.set()
+    assert wait_until(lambda: ex.task("slow") is not None, timeout=20)  # stored once the flush came
+    result = ex.wait("slow", timeout=20)
+    assert (result.task.state.value, result.steps[0].output) == ("stopped", "ran\n"), result
