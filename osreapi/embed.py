@@ -65,12 +65,14 @@ from .metrics import EngineMetrics
 from .plaintext import ASCII_DIGITS
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
+from .storage.discard import Discarder
 from .storage.lock import lock_data_dir
 from .vocabulary import State
 from .watchers import TaskWatchers
 
 log = logging.getLogger(__name__)
 MAX_OFFSET = 1 << 62  # of a log; fits os.lseek
+DISCARD_STOP = 5.0  # seconds a close waits for the tree being removed (the rest goes after the next start)
 Listener = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
 
 
@@ -189,9 +191,10 @@ class Executor(ControlCalls):
         self._scheduler = Scheduler(self.monotonic)  # deadlines and sweeps, on the engine's clock
         self._cleanup_timer = Scheduler()  # the janitor's rounds: real processes take real time
         self._disk_full = threading.Event()
+        self._discarder = Discarder(config.data_dir)  # takes what a stop left in the trash
         self._store = StoreActor.start(
             self._db, config, clock, self._committed, self._deleted, self._scheduler.call_later, self._disk_full,
-            folds_case=folds_case,
+            self._discarder, folds_case=folds_case,
         )
         self._services = Services(
             config=config,
@@ -474,6 +477,7 @@ class Executor(ControlCalls):
             self._scheduler.stop()
             self._cleanup_timer.stop()
             self._services.reaper.close()
+            self._discarder.close(min(timeout, DISCARD_STOP))
             self._db.close()
             if self._lock is not None:
                 self._lock.close()

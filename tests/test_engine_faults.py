@@ -30,7 +30,6 @@ from osreapi.spec import StepSpec
 from osreapi.storage.database import Database
 from osreapi.vocabulary import State
 
-from .test_storage import FakeClock
 from .conftest import (
     Client,
     console_script,
@@ -40,6 +39,7 @@ from .conftest import (
     sh,
     wait_until,
 )
+from .test_storage import FakeClock
 
 
 def put(client: Client, path: str, action: str):
@@ -1204,44 +1204,49 @@ def test_a_marker_scan_that_cannot_open_an_environment_file_for_want_of_a_descri
     assert treekill.scan_markers({"some-run"}) == {}
 
 
-def test_a_workspace_not_removed_for_want_of_descriptors_keeps_its_record_until_it_is(make_executor):
+def test_a_workspace_removed_while_no_descriptor_is_free_goes_with_its_record_and_its_tree_later(make_executor):
     """A delete or a sweep removed the workspace with errors ignored, then the record: with no
     descriptor free, rmtree could open none of the workspace's directories, and the files stayed
-    for good, owned by no record (until the next start cleaned them up). The record now stays (a
-    delete is refused, a sweep leaves it for its next round) until its files are gone."""
+    for good, owned by no record. The record was then kept until its files could go; now the
+    tree is moved aside (a rename takes no descriptor) and the task goes at once: the tree is
+    removed once descriptors free (or after the next start)."""
     clock = FakeClock()
     ex = make_executor(key_expire="1h", clock=clock, sweep_interval=3600)
     deleted, swept = (ex.submit([sh("mkdir -p a/b && echo x > a/b/file")]) for _ in range(2))
     for task_id in (deleted, swept):
         assert ex.wait(task_id, 10).task.state == State.STOPPED
     with no_descriptor_free():
-        with pytest.raises(OSError) as refused:
-            ex.delete(deleted)
+        ex.delete(deleted)
         clock.now += 3601
-        kept = ex.sweep()
-    assert refused.value.errno == errno.EMFILE and kept == 0
+        assert ex.sweep() == 1
     for task_id in (deleted, swept):
-        assert (ex.config.workspace(task_id) / "a" / "b" / "file").exists()
-        assert ex._db.get_task(task_id) is not None
-    assert ex.sweep() == 2  # both expired meanwhile
-    for task_id in (deleted, swept):
-        assert not ex.config.workspace(task_id).exists() and ex._db.get_task(task_id) is None
+        assert ex._db.get_task(task_id) is None
+        assert not (ex.config.workspace(task_id) / "a").exists()
+    assert ex._discarder.wait_idle(10) and list((ex.config.data_dir / "trash").iterdir()) == []
 
 
-def test_an_expired_id_posted_again_while_its_files_cannot_be_removed_is_refused_not_run_among_them(make_executor):
-    """The same id posted after its record expired replaces it, and the old workspace goes first:
-    with no descriptor free it stayed, and the new task ran among the old task's files."""
-    clock = FakeClock()
-    ex = make_executor(key_expire="1h", clock=clock, sweep_interval=3600)
-    ex.submit([sh("mkdir -p a/b && echo old > a/b/file")], task_id="again")
-    assert ex.wait("again", 10).task.state == State.STOPPED
-    clock.now += 3601
+@pytest.mark.timeout(60)
+def test_on_a_full_disk_a_workspace_not_removed_for_want_of_descriptors_keeps_its_record(make_executor, small_disk):
+    """While the disk is full a deletion removes the files in place (the room is wanted now, for
+    the record's removal): with no descriptor free the tree cannot be walked, and the record stays
+    (a delete is refused) until its files can go, or they would stay for good with no record."""
+    ex = make_executor(small_disk / "data")
+    task_id = ex.submit([sh("mkdir -p a/b && echo x > a/b/file")])
+    assert ex.wait(task_id, 10).task.state == State.STOPPED
+    subprocess.run(["dd", "if=/dev/zero", f"of={small_disk / 'filler'}", "bs=1M", "count=40"], capture_output=True)
+    from osreapi.errors import DiskFull
+
+    with pytest.raises(DiskFull):  # the store learns that the disk is full
+        for _ in range(50):
+            ex.submit([sh("true")] * 50)
     with no_descriptor_free():
         with pytest.raises(OSError) as refused:
-            ex.submit([sh("cat a/b/file")], task_id="again")
+            ex.delete(task_id)
     assert refused.value.errno == errno.EMFILE
-    ex.submit([sh("test -e a/b/file && echo old || echo fresh")], task_id="again")
-    assert ex.wait("again", 10).steps[0].output.strip() == "fresh"
+    assert (ex.config.workspace(task_id) / "a" / "b" / "file").exists() and ex._db.get_task(task_id) is not None
+    (small_disk / "filler").unlink()
+    ex.delete(task_id)
+    assert ex.get(task_id) is None and not (ex.config.workspace(task_id) / "a").exists()
 
 
 def test_an_unexpected_failure_while_creating_a_task_is_the_caller_answer_and_the_store_goes_on(make_executor, monkeypatch):

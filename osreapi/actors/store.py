@@ -33,6 +33,7 @@ from ..errors import (
 )
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
+from ..storage.discard import Discarder
 from ..storage.removal import empty_tree
 from .base import EngineActor
 from .delivery import tell_if_alive
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 SWEEP_BATCH = 100
 GROUP = 64  # most committed writes waiting for one flush
 RETRY_AFTER = 1.0  # seconds between attempts to write what a full disk refused
+FREE_WAIT = 10.0  # most seconds a deletion refused by a full disk waits for its files' removal
 WRITE_ERRORS = (lmdb.Error, OSError)
 ASKED = (Ping, Flush, SweepExpired)  # only ever sent with ask(): a failure goes back to the asker
 OnCommit = Callable[[str, TaskRecord | None, tuple[StepRecord, ...]], None]
@@ -95,6 +97,7 @@ class StoreActor(EngineActor):
         on_delete: Callable[[tuple[str, ...]], None],
         call_later: Callable[[float, Callable[[], None]], object],
         disk_full: threading.Event,
+        discarder: Discarder,
         folds_case: bool = False,
     ) -> None:
         super().__init__()
@@ -109,6 +112,7 @@ class StoreActor(EngineActor):
         self._awaiting: list[SaveRecords | _Created] = []  # committed, acknowledged after the next flush
         self._disk_full = disk_full  # set while a write is refused; read by health checks
         self._folds_case = folds_case  # the workspace root's: a create takes its workspace's name
+        self._discarder = discarder  # removes the trees of workspaces moved aside, on its own thread
         self._to_release: set[str] = set()  # ids whose record's removal waits for a flush (see _give_back)
         self._undeleted: dict[str, TaskRecord] = {}  # refused creates whose records the disk kept (see _not_created)
         self._dropping: set[str] = set()  # refused creates whose runners may still send saves (see _not_stored_with)
@@ -286,7 +290,7 @@ class StoreActor(EngineActor):
             return task
         self._remove_files(task_id)
         try:
-            self._db.delete_task(task)
+            self._after_removal(lambda: self._db.delete_task(task))
         except WRITE_ERRORS as exc:
             self._failed(exc)
             raise DiskFull(f"the task could not be deleted: {exc}") from None
@@ -543,10 +547,15 @@ class StoreActor(EngineActor):
 
     def _files_removed(self, task_id: str) -> bool:
         """Remove what a task's workspace holds, its directory kept (it goes once the record is
-        gone); False if some of it is left for want of a descriptor (rmtree opens each
-        directory): the caller keeps the record, or the files would never be removed.
-        Other failures (a file made immutable, a read-only mount) are let go, logged in one
-        warning however many files they left."""
+        gone). Moved aside at once and removed by the discarder's thread: a tree of many files
+        does not hold the single writer. Removed here while the disk is full (the space is wanted
+        now, for the write that follows) or where it cannot be moved: then False if some of it is
+        left for want of a descriptor (rmtree opens each directory): the caller keeps the record,
+        or the files would never be removed. Other failures (a file made immutable, a read-only
+        mount) are let go, logged in one warning however many files they left."""
+        entry = self._config.workspace_entry(task_id)
+        if not self._disk_full.is_set() and self._discarder.detach(entry):
+            return True
         short: list[OSError] = []
         left: list[tuple[str, BaseException]] = []
 
@@ -556,11 +565,22 @@ class StoreActor(EngineActor):
             elif not isinstance(exc, FileNotFoundError):
                 left.append((path, exc))
 
-        empty_tree(self._config.workspace_entry(task_id), failed)
+        empty_tree(entry, failed)
         if left:
             path, exc = left[0]
             log.warning("workspace of task %s: %d entries not removed, the first %s: %s", task_id, len(left), path, exc)
         return not short
+
+    def _after_removal(self, write: Callable[[], Any]) -> Any:
+        """A write that follows a removal of files: on a disk the removed tasks' own logs filled,
+        it needs the room their removal (on the discarder's thread) frees. Refused, it waits for
+        that (bounded) and is tried once more."""
+        try:
+            return write()
+        except WRITE_ERRORS:
+            if not self._discarder.wait_idle(FREE_WAIT):
+                raise
+            return write()
 
     def _guarded(self, write: Callable[[], Any]) -> Any:
         try:
@@ -579,7 +599,7 @@ class StoreActor(EngineActor):
             expired = self._db.expired(now, SWEEP_BATCH)
             if not all(self._files_removed(task_id) for task_id in expired):  # files first, as a delete does
                 break  # the records stay, swept (their files with them) at the next round
-            gone = self._guarded(lambda: self._db.delete_expired(now, SWEEP_BATCH)) or []
+            gone = self._guarded(lambda: self._after_removal(lambda: self._db.delete_expired(now, SWEEP_BATCH))) or []
             self._to_release.update(gone)  # their directories last, once on disk, as a delete's
             if gone:
                 self._on_delete(tuple(gone))

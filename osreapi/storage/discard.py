@@ -1,0 +1,123 @@
+"""Workspaces removed off the store's thread.
+
+A deleted, swept or replaced task's files were removed by the store, the single writer, before it
+went on: a workspace of 50,000 files (an `npm install`) held every other write, and so every step's
+start, for about a second. The store now only moves the workspace aside (one rename into the trash,
+its directory made again empty, so that its name stays taken as before) and this thread removes
+the tree. What cannot be removed for want of a descriptor is tried again; whatever a crash or a
+stop leaves in the trash is removed after the next start."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import uuid
+from contextlib import suppress
+from pathlib import Path
+
+from ..errors import out_of_descriptors
+from . import removal
+
+log = logging.getLogger(__name__)
+
+TRASH = "trash"  # in the data dir, beside the workspace root: moved there by a rename (elsewhere: removed in place)
+RETRY_AFTER = 1.0  # seconds before a tree left for want of a descriptor is tried again
+
+
+class Discarder:
+    def __init__(self, data_dir: Path) -> None:
+        self.trash = data_dir / TRASH
+        self._queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._idle = threading.Event()  # nothing queued nor deferred (tests and close() wait on it)
+        self._idle.set()
+        self._pending = 0  # queued or deferred; changed on the caller's side (+) and this thread's (-)
+        self._count = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="osreapi-discard", daemon=True)
+        self._thread.start()
+        self._take_leftovers()
+
+    def detach(self, workspace: Path) -> bool:
+        """Move a workspace's tree into the trash and make its directory again, empty; its removal
+        follows on this thread. False if it could not be moved whole (a link or no directory in
+        its place, another file system, a disk with no room for the new directory): the caller
+        removes it where it is, as before."""
+        if workspace.is_symlink() or not workspace.is_dir():
+            return False
+        aside = self.trash / f"{workspace.name}.{uuid.uuid4().hex}"  # its task named in a warning
+        try:
+            self.trash.mkdir(mode=0o700, exist_ok=True)
+            os.rename(workspace, aside)
+        except OSError:
+            return False
+        try:
+            workspace.mkdir(mode=0o700)
+        except OSError as exc:  # (a full disk): put it back, removed in place by the caller
+            try:
+                os.rename(aside, workspace)
+            except OSError:
+                log.warning("workspace %s: moved to the trash, not made again (%s)", workspace.name, exc)
+                self._discard(aside)
+                return True
+            return False
+        self._discard(aside)
+        return True
+
+    def wait_idle(self, timeout: float) -> bool:
+        return self._idle.wait(timeout)
+
+    def close(self, timeout: float) -> None:
+        """Stop after the tree in hand (what is left goes after the next start)."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _take_leftovers(self) -> None:
+        with suppress(FileNotFoundError), os.scandir(self.trash) as entries:
+            for entry in entries:
+                self._discard(Path(entry.path))
+
+    def _discard(self, path: Path) -> None:
+        with self._count:
+            self._pending += 1
+            self._idle.clear()
+        self._queue.put(path)
+
+    def _run(self) -> None:
+        deferred: list[Path] = []
+        while True:
+            try:
+                path = self._queue.get(timeout=RETRY_AFTER if deferred else None)
+            except queue.Empty:
+                retried, deferred = deferred, []
+                for path in retried:
+                    self._remove(path, deferred)
+                continue
+            if path is None:
+                return
+            self._remove(path, deferred)
+
+    def _remove(self, path: Path, deferred: list[Path]) -> None:
+        short: list[BaseException] = []
+        left: list[tuple[str, BaseException]] = []
+
+        def failed(where: str, exc: BaseException) -> None:
+            if out_of_descriptors(exc):
+                short.append(exc)
+            elif not isinstance(exc, FileNotFoundError):
+                left.append((where, exc))
+
+        try:
+            removal.remove_tree(path, failed)
+        except Exception:  # a bug: this thread removes every workspace, it goes on
+            log.exception("removing %s failed", path)
+        if short:
+            deferred.append(path)  # its count stays pending
+            return
+        if left:
+            where, exc = left[0]
+            log.warning("trash %s: %d entries not removed, the first %s: %s", path, len(left), where, exc)
+        with self._count:
+            self._pending -= 1
+            if not self._pending:
+                self._idle.set()
