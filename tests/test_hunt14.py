@@ -17,7 +17,6 @@ import lmdb
 import pytest
 
 from osreapi.errors import CaseConflict, out_of_descriptors
-from osreapi.storage.database import Database
 from osreapi.vocabulary import State
 
 from .conftest import no_descriptor_free, sh, wait_until
