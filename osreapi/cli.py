@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import DataDirInUse, DataDirUnsafe, InvalidValue, one_line_refusals
+from .errors import DataDirInUse, DataDirUnsafe, InvalidValue, StoreDamaged, one_line_refusals
 from .executor.durations import parse_duration, parse_size
 from .vocabulary import LANGUAGES
 
@@ -378,7 +378,7 @@ def _engine(args: argparse.Namespace):
         )
     except DataDirInUse as exc:
         raise _CannotStart(1, str(exc)) from None
-    except DataDirUnsafe as exc:
+    except (DataDirUnsafe, StoreDamaged) as exc:
         raise _CannotStart(1, f"--data_dir: {exc}") from None
     except OSError as exc:  # not a directory, no permission, a file where db/ or workspace/ goes
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(data_dir) else ""

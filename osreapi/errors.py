@@ -89,6 +89,12 @@ class DataDirUnsafe(OsreapiError):
     """The data dir is another user's, or every user may write in it: they could change the scripts
     the engine runs."""
 
+
+class StoreDamaged(OsreapiError):
+    """The database file cannot be opened safely (it is shorter than its own pages): refused at
+    start with what to do, nothing in it changed."""
+
+
 class TaskActive(OsreapiError):
     """The task has not finished: it cannot be deleted (HTTP 409)."""
 

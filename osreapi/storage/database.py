@@ -21,6 +21,7 @@ from ..errors import EngineClosed, StoreUnavailable
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
 from ..vocabulary import State
+from .integrity import check_data_file
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class _ResizeGate:
 class Database:
     def __init__(self, path: Path, map_size: int = INITIAL_MAP_SIZE) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        check_data_file(path / "data.mdb")  # one cut short would be a SIGBUS once mapped
         self._path = path
         self._open(map_size)
         self._gate = _ResizeGate()
