@@ -15,7 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import DataDirInUse, DataDirUnsafe, InvalidValue, StoreDamaged, one_line_refusals
+from .errors import (
+    DataDirInUse,
+    DataDirUnsafe,
+    InvalidValue,
+    StoreDamaged,
+    one_line_refusals,
+)
 from .executor.durations import parse_duration, parse_size
 from .vocabulary import LANGUAGES
 
