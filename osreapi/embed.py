@@ -64,7 +64,7 @@ from .metrics import EngineMetrics
 from .plaintext import ASCII_DIGITS
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
-from .storage.lock import lock_data_dir
+from .storage.lock import lock_data_dir, still_held
 from .vocabulary import State
 from .watchers import TaskWatchers
 
@@ -184,7 +184,7 @@ class Executor(ControlCalls):
         config, clock = self.config, self.clock
         config.workspace_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         folds_case = casefold.folds_case(config.workspace_root)
-        self._db = Database(config.data_dir / "db")
+        self._db = Database(config.data_dir / "db", relock=self._relock)
         self._scheduler = Scheduler(self.monotonic)  # deadlines and sweeps, on the engine's clock
         self._cleanup_timer = Scheduler()  # the janitor's rounds: real processes take real time
         self._disk_full = threading.Event()
@@ -213,6 +213,16 @@ class Executor(ControlCalls):
         for task_id in waiting:
             self._supervisor.tell(Enqueue(task_id))
         self._schedule_sweep()
+
+    def _relock(self) -> None:
+        """Take the data dir's lock again before its database is written there anew (the data dir
+        was removed, the lock file with it); raise if it cannot be (DataDirInUse: another server
+        started there meanwhile). On the store's thread."""
+        if self._lock is None or still_held(self._lock, self.config.data_dir):
+            return
+        fresh = lock_data_dir(self.config.data_dir)
+        old, self._lock = self._lock, fresh
+        old.close()
 
     # -- public API ---------------------------------------------------------------------
 
@@ -369,7 +379,9 @@ class Executor(ControlCalls):
         self._check_not_listening("check_health")
         self._ask(self._supervisor, GetStats())
         self._ask(self._store, Ping())  # not Flush: a health probe must not cost an fsync
-        return "disk full" if self._disk_full.is_set() else "ok"
+        if not self._disk_full.is_set():
+            return "ok"
+        return "data dir lost" if self._db.lost else "disk full"
 
     def stats(self) -> dict[str, int]:
         """Gauges of the engine: pool, live task actors, queued tasks, store size, threads."""

@@ -81,6 +81,15 @@ class DiskFull(OsreapiError):
     """The store could not write: the disk (or its quota) is full. Reads go on working."""
 
 
+class DataDirLost(DiskFull):
+    """The store could not write: its data file (the data dir with it) was removed or replaced
+    while the engine ran, and could not be put back yet. Reads go on working."""
+
+
+class StoreDetached(OsreapiError, OSError):
+    """A write's failure: the data file at its path is not the one open, and could not be made so."""
+
+
 class DataDirInUse(OsreapiError):
     """Another server (or Executor) holds the data dir."""
 

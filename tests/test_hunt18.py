@@ -3,6 +3,8 @@ signals, odd step environments), each as an operator meets it."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,8 +12,9 @@ import pytest
 
 from osreapi import Executor
 from osreapi.errors import StoreDamaged
+from osreapi.http.app import HttpSettings
 
-from .conftest import console_script, sh
+from .conftest import console_script, sh, wait_until
 
 
 def _store_with_tasks(data_dir: Path, count: int = 5) -> Path:
@@ -48,3 +51,87 @@ def test_a_data_file_cut_short_is_refused_with_what_to_do_and_kept(tmp_path):
         assert len(executor.list()) == 5
     finally:
         executor.close()
+
+
+def _second_server(data_dir: Path) -> tuple[int, str]:
+    """Start another server on data_dir: (its exit status, its first line); one that serves is
+    stopped (status None)."""
+    proc = subprocess.Popen([console_script(), "run", "--addr", "127.0.0.1:0", "--data_dir", str(data_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    if "listening on" in line:
+        proc.terminate()
+        proc.wait(30)
+        proc.stdout.close()
+        return None, line
+    status = proc.wait(30)
+    proc.stdout.close()
+    return status, line
+
+
+def test_a_data_dir_removed_while_serving_is_written_again_whole_and_locked(start_server, tmp_path):
+    """The data dir removed under a running server (by hand, by a cleaner of old files in /tmp):
+    LMDB went on writing to a file that was in no directory any more, every later submit was
+    acknowledged and then lost at the next start, and a second server started on the same data
+    dir (its lock file had gone too)."""
+    data_dir = tmp_path / "data"
+    server = start_server(data_dir=data_dir)
+    before = server.client.submit([sh("echo before")])
+    assert server.client.wait(before).json["code"] == 0
+    shutil.rmtree(data_dir)
+    after = server.client.submit([sh("echo after")])  # acknowledged once on disk: in the data dir again
+    assert server.client.wait(after).json["code"] == 0
+    assert (data_dir / "db" / "data.mdb").is_file()
+    status, line = _second_server(data_dir)
+    assert status == 1 and "in use" in line, (status, line)  # the lock was taken again
+    assert server.terminate() == 0
+    restarted = start_server(data_dir=data_dir)
+    for task_id, word in ((before, "before"), (after, "after")):
+        answer = restarted.client.get(f"/{task_id}").json
+        assert answer["code"] == 0 and answer["data"][0]["message"] == f"{word}\n", answer
+
+
+def test_a_data_dir_that_cannot_be_made_again_refuses_saying_why_and_recovers(make_server, tmp_path):
+    """While the data dir cannot be made again (a file is where it was), submits answer 507
+    saying the data dir was lost, reads go on, a step that ends meanwhile keeps its end; once the
+    path is free, everything is written there and the engine takes submits again."""
+    data_dir, started, flag = tmp_path / "data", tmp_path / "started", tmp_path / "go"
+    client = make_server(settings=HttpSettings(lang="en"), data_dir=data_dir)
+    done = client.submit([sh("echo done")])
+    client.wait(done)
+    running = client.submit([sh(f"touch {started}; while [ ! -e {flag} ]; do sleep 0.02; done; echo ended")])
+    assert wait_until(started.exists)
+    shutil.rmtree(data_dir)
+    data_dir.write_text("not a directory\n")
+    refused = client.post("/", [sh("echo x")])
+    assert refused.status == 507 and "data dir was removed" in refused.json["message"], refused.body
+    assert client.get("/healthz").json["data"]["status"] == "data dir lost"
+    assert client.get(f"/{done}").json["code"] == 0  # reads go on
+    flag.touch()  # the step ends while its end cannot be stored: kept, written once it can be
+    assert wait_until(lambda: client.executor._services.pool.stats()[1] == 0)
+    data_dir.unlink()
+    assert wait_until(lambda: client.get(f"/{running}").json["code"] == 0, timeout=20), client.get(f"/{running}").json
+    assert client.get(f"/{running}").json["data"][0]["message"].startswith("ended\n")  # (its log file is lost)
+    assert wait_until(lambda: client.get("/healthz").json["data"]["status"] == "ok")  # (a check stands 0.1 s)
+    again = client.submit([sh("echo again")])
+    assert client.wait(again).json["code"] == 0
+    assert (data_dir / "db" / "data.mdb").is_file() and re.fullmatch(r"\d+\n", (data_dir / "lock").read_text())
+
+
+def test_a_workspace_root_taken_away_fails_the_steps_saying_why(make_server, caplog):
+    """The workspace root replaced by a file (or made read-only) while the server runs: every task
+    submitted then was "interrupted" (a state that means the server stopped), its record saying
+    "the engine failed", and each logged a traceback as a bug of the engine. Its steps cannot
+    start: they end failed, saying why, and the engine goes on once the root is back."""
+    client = make_server(settings=HttpSettings(lang="en"))
+    root = client.executor.config.workspace_root
+    shutil.rmtree(root)
+    root.write_text("not a directory\n")
+    for _ in range(3):
+        answer = client.wait(client.submit([sh("echo never")])).json
+        step = answer["data"][0]
+        assert answer["code"] == 1002 and step["state"] == "stopped" and step["code"] == 127, answer
+        assert "cannot start step" in step["message"] and "Not a directory" in step["message"], step
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
+    root.unlink()
+    assert client.wait(client.submit([sh("echo back")])).json["data"][0]["message"] == "back\n"

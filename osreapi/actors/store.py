@@ -26,7 +26,9 @@ from .. import casefold
 from ..config import EngineConfig
 from ..errors import (
     CaseConflict,
+    DataDirLost,
     DiskFull,
+    StoreDetached,
     StoreUnavailable,
     TaskConflict,
     out_of_descriptors,
@@ -107,6 +109,7 @@ class StoreActor(EngineActor):
         self._retry_scheduled = False
         self._awaiting: list[SaveRecords | _Created] = []  # committed, acknowledged after the next flush
         self._disk_full = disk_full  # set while a write is refused; read by health checks
+        self._refusal: type[DiskFull] = DiskFull  # what a refused write is, by the last failure's cause
         self._folds_case = folds_case  # the workspace root's: a create takes its workspace's name
         self._to_release: set[str] = set()  # ids whose record's removal waits for a flush (see _give_back)
         self._undeleted: dict[str, TaskRecord] = {}  # refused creates whose records the disk kept (see _not_created)
@@ -210,7 +213,7 @@ class StoreActor(EngineActor):
             return exc.__cause__
         if isinstance(exc, WRITE_ERRORS):
             self._failed(exc)
-            return DiskFull(f"the task could not be stored: {exc}")
+            return self._refusal(f"the task could not be stored: {exc}")
         log.exception("store: creating task %s failed", task_id)  # a bug: the store (the single writer) goes on
         return exc
 
@@ -260,7 +263,7 @@ class StoreActor(EngineActor):
         if created.existing is None:
             self._delete_refused(created.message.task)
         self._not_stored_with(created.first)
-        created.message.reply.fail(DiskFull("the task could not be flushed to disk"))
+        created.message.reply.fail(self._refusal("the task could not be flushed to disk"))
 
     def _delete(self, task_id: str) -> TaskRecord | None:
         """Remove a finished task's files, then its records, then its workspace's directory;
@@ -284,7 +287,7 @@ class StoreActor(EngineActor):
             self._db.delete_task(task)
         except WRITE_ERRORS as exc:
             self._failed(exc)
-            raise DiskFull(f"the task could not be deleted: {exc}") from None
+            raise self._refusal(f"the task could not be deleted: {exc}") from None
         self._to_release.add(task_id)
         if not self._flush():
             log.warning("store: task %s is deleted; its deletion is flushed to disk once there is room", task_id)
@@ -437,7 +440,7 @@ class StoreActor(EngineActor):
 
     def _refuse(self, message: SaveRecords, exc: BaseException) -> None:
         if message.reply is not None:
-            message.reply.fail(DiskFull(f"the change could not be stored: {exc}"))
+            message.reply.fail(self._refusal(f"the change could not be stored: {exc}"))
         for ref, otherwise in message.otherwise:
             tell_if_alive(ref, otherwise)
 
@@ -482,6 +485,7 @@ class StoreActor(EngineActor):
         if self._disk_full.is_set():
             log.warning("store: the disk has room again; every record is written")
         self._disk_full.clear()
+        self._refusal = DiskFull
 
     def _delete_undeleted(self) -> bool:
         """Delete the records of refused creates that the disk kept (flushed with what follows);
@@ -518,6 +522,7 @@ class StoreActor(EngineActor):
         self._on_commit(task_id, task, steps)
 
     def _failed(self, exc: BaseException) -> None:
+        self._refusal = DataDirLost if isinstance(exc, StoreDetached) else DiskFull
         if not self._disk_full.is_set():
             log.error("store: a write failed (%s); retrying every %gs", exc, RETRY_AFTER)
         self._disk_full.set()

@@ -5,6 +5,7 @@ Writes happen on one thread only (the StoreActor's); reads may come from any thr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import struct
@@ -17,10 +18,11 @@ from typing import Any
 
 import lmdb
 
-from ..errors import EngineClosed, StoreUnavailable
+from ..errors import EngineClosed, OsreapiError, StoreDetached, StoreUnavailable
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
 from ..vocabulary import State
+from . import reattach
 from .integrity import check_data_file
 
 log = logging.getLogger(__name__)
@@ -94,10 +96,14 @@ class _ResizeGate:
 
 
 class Database:
-    def __init__(self, path: Path, map_size: int = INITIAL_MAP_SIZE) -> None:
+    def __init__(self, path: Path, map_size: int = INITIAL_MAP_SIZE, relock: Callable[[], None] = lambda: None) -> None:
+        """relock: take the data dir's lock again (it went with a data dir that was removed), or
+        raise; called before the database is written anew at its path (see _attached)."""
         path.mkdir(parents=True, exist_ok=True)
         check_data_file(path / "data.mdb")  # one cut short would be a SIGBUS once mapped
         self._path = path
+        self._relock = relock
+        self.lost: str | None = None  # why the data file is not at its path and could not be put back
         self._open(map_size)
         self._gate = _ResizeGate()
         self._closed = False
@@ -126,6 +132,7 @@ class Database:
             raise
         self._env = env
         self._tasks, self._steps, self._specs, self._expiry, self._meta = dbs
+        self._identity = reattach.identity(self._path / "data.mdb")
 
     def reopen(self) -> None:
         """Open the environment again, once no read is under way. After a write of a meta page
@@ -139,12 +146,44 @@ class Database:
             self._fatal = False
 
     def sync(self) -> None:
-        """Flush committed transactions to disk."""
+        """Flush committed transactions to disk: to the data file at its path (StoreDetached if
+        it is gone and cannot be put back)."""
+        self._attached()
         self._env.sync(True)
+
+    def _attached(self) -> None:
+        """Make sure the open data file is the one at its path: one removed (its data dir with it)
+        is written there anew from the open environment, which holds every record, with the data
+        dir's lock taken again first; else StoreDetached says why (a write's answer, tried again
+        by the store's retry). A stat per write: the cost of noticing at once."""
+        where = reattach.place(self._path / "data.mdb", self._identity)
+        if where is reattach.Place.KEPT:  # (a data dir moved away and back keeps it)
+            self.lost = None
+            return
+        try:
+            if where is reattach.Place.REPLACED:
+                raise StoreDetached(f"{self._path / 'data.mdb'} was replaced while the server ran; it is left as "
+                                    "it is: stop the server (the records it holds since are lost) to use that one")
+            self._relock()
+            self._path.mkdir(parents=True, exist_ok=True)
+            reattach.copy_into_place(self._env, self._path / "data.mdb")
+            self.reopen()
+        except (OSError, lmdb.Error, OsreapiError) as exc:
+            reason = str(exc) if isinstance(exc, StoreDetached) else f"{self._path / 'data.mdb'} was removed while " \
+                f"the server ran and cannot be written again ({type(exc).__name__}: {exc})"
+            if self.lost != reason:
+                log.error("database: %s; every record is kept, and written there once it can be", reason)
+            self.lost = reason
+            raise StoreDetached(reason) from exc
+        log.warning("database: %s was removed while the server ran; written there again with every record",
+                    self._path / "data.mdb")
+        self.lost = None
 
     def close(self) -> None:
         """Flush and close, once no read is under way; a read from now on raises EngineClosed
         (a thread of a program that embeds the engine may still read while it closes)."""
+        with contextlib.suppress(StoreDetached):  # said in the log; what it held is lost with it
+            self._attached()
         with self._gate.exclusive():
             self._closed = True
             if not self._fatal:  # else closed by a reopen that failed, or refusing: nothing to flush
@@ -157,6 +196,7 @@ class Database:
         """Run work(txn) in a write transaction, growing the map and retrying when it is full."""
         if self._fatal:  # the environment could not be opened again after its fatal error
             self.reopen()
+        self._attached()
         self._grow(when_used_over=0.5)
         while True:
             try:
