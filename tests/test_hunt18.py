@@ -135,3 +135,14 @@ def test_a_workspace_root_taken_away_fails_the_steps_saying_why(make_server, cap
     assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
     root.unlink()
     assert client.wait(client.submit([sh("echo back")])).json["data"][0]["message"] == "back\n"
+
+
+def test_an_idle_engine_puts_back_a_removed_data_dir_at_its_next_sweep(make_executor, tmp_path):
+    """Nothing submitted: the sweep's write notices the removal (the lock went with the data dir)."""
+    executor = make_executor(sweep_interval=0.1)
+    done = executor.submit([sh("echo kept")])
+    executor.wait(done, 20)
+    shutil.rmtree(tmp_path / "data")
+    assert wait_until(lambda: (tmp_path / "data" / "db" / "data.mdb").is_file() and (tmp_path / "data" / "lock").is_file())
+    status, line = _second_server(tmp_path / "data")
+    assert status == 1 and "in use" in line, (status, line)
