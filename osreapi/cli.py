@@ -285,8 +285,13 @@ def _serve(args: argparse.Namespace):
     executor = _engine(args)
     settings = HttpSettings(lang=args.lang, max_body=int(args.max_body), max_requests=int(args.max_requests), token=token)
     try:
+        app = make_app(executor, settings)
+    except InvalidValue as exc:  # the data dir's audit key cannot be made or read
+        executor.close()
+        raise _CannotStart(1, f"--data_dir: {exc}") from None
+    try:
         raise_fd_limit()
-        server = HttpServer(make_app(executor, settings), host, port, tls=tls, max_header=int(args.max_header),
+        server = HttpServer(app, host, port, tls=tls, max_header=int(args.max_header),
                             read_timeout=args.read_timeout)
         server.start()
     except (OSError, ValueError) as exc:

@@ -146,3 +146,19 @@ def test_an_idle_engine_puts_back_a_removed_data_dir_at_its_next_sweep(make_exec
     assert wait_until(lambda: (tmp_path / "data" / "db" / "data.mdb").is_file() and (tmp_path / "data" / "lock").is_file())
     status, line = _second_server(tmp_path / "data")
     assert status == 1 and "in use" in line, (status, line)
+
+
+@pytest.mark.parametrize("put", [lambda key: key.mkdir(), lambda key: key.symlink_to("/etc/hostname")],
+                         ids=["a directory", "a symbolic link"])
+def test_an_audit_key_that_cannot_be_read_is_a_data_dir_error_not_the_address(put, tmp_path):
+    """The audit key unreadable (a directory, a link, a data dir made read-only) answered "cannot
+    serve on 127.0.0.1:0: [Errno 21] Is a directory: 14": the address blamed, a descriptor named."""
+    data_dir = tmp_path / "data"
+    _store_with_tasks(data_dir, count=1)
+    put(data_dir / "audit.key")
+    done = subprocess.run([console_script(), "run", "--addr", "127.0.0.1:0", "--data_dir", str(data_dir)],
+                          check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"osreapi: error: --data_dir: {data_dir / 'audit.key'}: cannot "), done.stderr
+    assert "serve on" not in done.stderr and "Traceback" not in done.stderr
+    Executor(data_dir).close()  # the engine it had started let go of the data dir
