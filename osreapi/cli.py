@@ -282,6 +282,7 @@ def _serve(args: argparse.Namespace):
     from .http.server import HttpServer, raise_fd_limit
 
     host, port, token, tls = _network(args)
+    raise_fd_limit()  # first: the engine fits its pool to the limit
     executor = _engine(args)
     settings = HttpSettings(lang=args.lang, max_body=int(args.max_body), max_requests=int(args.max_requests), token=token)
     try:
@@ -290,7 +291,6 @@ def _serve(args: argparse.Namespace):
         executor.close()
         raise _CannotStart(1, f"--data_dir: {exc}") from None
     try:
-        raise_fd_limit()
         server = HttpServer(app, host, port, tls=tls, max_header=int(args.max_header),
                             read_timeout=args.read_timeout)
         server.start()

@@ -54,6 +54,7 @@ from .errors import (
     TaskActive,
 )
 from .executor import process
+from .executor.descriptors import fitted_pool_size
 from .executor.durations import parse_duration
 from .executor.janitor import Janitor
 from .executor.logsource import LogSource
@@ -151,7 +152,7 @@ class Executor(ControlCalls):
         (tests inject both, and poke() after moving `monotonic` forward). Kill graces are real time."""
         self.config = EngineConfig(
             data_dir=Path(data_dir or default_data_dir()).resolve(),
-            pool_size=pool_size,
+            pool_size=fitted_pool_size(pool_size),  # steps beyond what the descriptor limit allows wait
             exec_timeout=_seconds(exec_timeout),
             key_expire=_seconds(key_expire),
             max_output=max_output,

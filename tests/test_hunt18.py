@@ -3,6 +3,7 @@ signals, odd step environments), each as an operator meets it."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -162,3 +163,20 @@ def test_an_audit_key_that_cannot_be_read_is_a_data_dir_error_not_the_address(pu
     assert done.stderr.startswith(f"osreapi: error: --data_dir: {data_dir / 'audit.key'}: cannot "), done.stderr
     assert "serve on" not in done.stderr and "Traceback" not in done.stderr
     Executor(data_dir).close()  # the engine it had started let go of the data dir
+
+
+def test_steps_beyond_what_the_descriptor_limit_allows_wait_instead_of_failing(start_server):
+    """Under `ulimit -n 64` with --pool_size 30, 20 parallel steps started together and each one's
+    start took descriptors the others needed: not one ran, every step "cannot start step: [Errno
+    24] Too many open files". The pool is fitted to the limit: every step runs, a few at a time."""
+    server = start_server("--lang=en", fd_limit=64)
+    client = server.client
+    idle = len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+    task_id = client.submit([sh(f"sleep 0.1; echo {i}") for i in range(20)], query="?async=true")
+    answer = client.wait(task_id, timeout=60).json
+    assert answer["code"] == 0, [(s["state"], s["message"][:80]) for s in answer["data"] if s["code"]]
+    assert [s["message"] for s in answer["data"]] == [f"{i}\n" for i in range(20)]
+    assert wait_until(lambda: len(os.listdir(f"/proc/{server.proc.pid}/fd")) <= idle + 1)
+    assert server.terminate() == 0
+    log = server.log.read_text()
+    assert "pool size 30 needs about" in log and "may open 64" in log and "Traceback" not in log, log[-2000:]
