@@ -14,6 +14,7 @@ import pytest
 from osreapi import Executor
 from osreapi.errors import StoreDamaged
 from osreapi.http.app import HttpSettings
+from osreapi.storage.database import Database
 
 from .conftest import console_script, sh, wait_until
 
@@ -180,3 +181,30 @@ def test_steps_beyond_what_the_descriptor_limit_allows_wait_instead_of_failing(s
     assert server.terminate() == 0
     log = server.log.read_text()
     assert "pool size 30 needs about" in log and "may open 64" in log and "Traceback" not in log, log[-2000:]
+
+
+def test_workspaces_older_than_a_new_database_are_kept(tmp_path, caplog):
+    """A data dir whose db/ was moved aside (as the error for a data file cut short says to) or
+    whose data.mdb was emptied started with a new database, and removed every workspace as an
+    orphan of a crash: the step logs, all that was left of those tasks. Only this database's own
+    orphans go; older ones are kept and said."""
+    data_dir = tmp_path / "data"
+    _store_with_tasks(data_dir, count=3)
+    old = sorted(path.name for path in (data_dir / "workspace").iterdir())
+    assert len(old) == 3
+    (data_dir / "db").rename(tmp_path / "db.aside")
+    executor = Executor(data_dir)
+    try:
+        assert sorted(path.name for path in (data_dir / "workspace").iterdir()) == old
+        assert any("kept 3 workspaces" in r.getMessage() for r in caplog.records)
+        orphan = executor.submit([sh("echo mine")])
+        executor.wait(orphan, 20)
+    finally:
+        executor.close()
+    db = Database(data_dir / "db")  # its record deleted, its workspace left (a crash between the two)
+    try:
+        db.delete_task(db.get_task(orphan))
+    finally:
+        db.close()
+    Executor(data_dir).close()  # the same database: its own orphan goes
+    assert sorted(path.name for path in (data_dir / "workspace").iterdir()) == old

@@ -10,6 +10,7 @@ import json
 import logging
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -101,6 +102,7 @@ class Database:
         raise; called before the database is written anew at its path (see _attached)."""
         path.mkdir(parents=True, exist_ok=True)
         check_data_file(path / "data.mdb")  # one cut short would be a SIGBUS once mapped
+        new = _empty(path / "data.mdb")
         self._path = path
         self._relock = relock
         self.lost: str | None = None  # why the data file is not at its path and could not be put back
@@ -109,6 +111,7 @@ class Database:
         self._closed = False
         self._fatal = False  # LMDB's fatal state: opened again at once, else before the next write
         self._page_size = self._env.stat()["psize"]
+        self.made = self._made(new)
         self._listed: dict[bytes, tuple[bytes, TaskRecord]] = {}  # key -> (stored bytes, parsed), of the last listing
         self._counts_lock = threading.Lock()
         self._counts: Counter[State] = Counter(task.state for task in self.list_tasks())
@@ -133,6 +136,18 @@ class Database:
         self._env = env
         self._tasks, self._steps, self._specs, self._expiry, self._meta = dbs
         self._identity = reattach.identity(self._path / "data.mdb")
+
+    def _made(self, new: bool) -> float:
+        """When this database was made (wall time; 0 if before this was recorded): a workspace
+        older than it was not left by its deletions (see recovery.remove_orphan_workspaces).
+        Written here, before any actor runs, and flushed at once."""
+        with self._env.begin(write=True) as txn:
+            raw = txn.get(b"made", db=self._meta)
+            if raw is None:
+                raw = repr(time.time() if new else 0.0).encode("ascii")
+                txn.put(b"made", raw, db=self._meta)
+        self._env.sync(True)
+        return float(raw)
 
     def reopen(self) -> None:
         """Open the environment again, once no read is under way. After a write of a meta page
@@ -447,6 +462,14 @@ class Database:
     def size_bytes(self) -> int:
         with self._open_env() as env, _unavailable_if_refused():
             return (env.info()["last_pgno"] + 1) * self._page_size
+
+
+def _empty(data_file: Path) -> bool:
+    """Whether the data file is missing or empty: LMDB makes a new database."""
+    try:
+        return data_file.stat().st_size == 0
+    except FileNotFoundError:
+        return True
 
 
 @contextmanager
