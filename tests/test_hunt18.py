@@ -3,6 +3,7 @@ signals, odd step environments), each as an operator meets it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -172,12 +173,21 @@ def test_steps_beyond_what_the_descriptor_limit_allows_wait_instead_of_failing(s
     24] Too many open files". The pool is fitted to the limit: every step runs, a few at a time."""
     server = start_server("--lang=en", fd_limit=64)
     client = server.client
-    idle = len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+    client.wait(client.submit([sh("true")]))  # what the first step opens for good (/dev/null) is open
+
+    def descriptors() -> dict[str, str]:
+        found = {}
+        for fd in os.listdir(f"/proc/{server.proc.pid}/fd"):
+            with contextlib.suppress(OSError):
+                found[fd] = os.readlink(f"/proc/{server.proc.pid}/fd/{fd}")
+        return found
+
+    idle = descriptors()
     task_id = client.submit([sh(f"sleep 0.1; echo {i}") for i in range(20)], query="?async=true")
     answer = client.wait(task_id, timeout=60).json
     assert answer["code"] == 0, [(s["state"], s["message"][:80]) for s in answer["data"] if s["code"]]
     assert [s["message"] for s in answer["data"]] == [f"{i}\n" for i in range(20)]
-    assert wait_until(lambda: len(os.listdir(f"/proc/{server.proc.pid}/fd")) <= idle + 1)
+    assert wait_until(lambda: len(descriptors()) <= len(idle)), (idle, descriptors())
     assert server.terminate() == 0
     log = server.log.read_text()
     assert "pool size 30 needs about" in log and "may open 64" in log and "Traceback" not in log, log[-2000:]
@@ -208,3 +218,23 @@ def test_workspaces_older_than_a_new_database_are_kept(tmp_path, caplog):
         db.close()
     Executor(data_dir).close()  # the same database: its own orphan goes
     assert sorted(path.name for path in (data_dir / "workspace").iterdir()) == old
+
+
+def test_a_data_file_replaced_while_serving_is_left_as_it_is_and_said(make_server, tmp_path):
+    """Another data.mdb put in place of the open one (a backup restored under a running server) is
+    never overwritten: writes are refused saying so; moved away, the engine writes its own back."""
+    client = make_server(settings=HttpSettings(lang="en"), data_dir=tmp_path / "data")
+    kept = client.submit([sh("echo kept")])
+    client.wait(kept)
+    other = _store_with_tasks(tmp_path / "other", count=1)
+    data_file = tmp_path / "data" / "db" / "data.mdb"
+    data_file.unlink()
+    shutil.copy(other, data_file)
+    theirs = data_file.read_bytes()
+    refused = client.post("/", [sh("echo x")])
+    assert refused.status == 507 and "data dir was removed or replaced" in refused.json["message"], refused.body
+    assert data_file.read_bytes() == theirs
+    data_file.rename(tmp_path / "theirs.mdb")
+    again = client.submit([sh("echo again")])
+    assert client.wait(again).json["code"] == 0 and client.get(f"/{kept}").json["code"] == 0
+    assert (tmp_path / "theirs.mdb").read_bytes() == theirs

@@ -168,30 +168,40 @@ class Database:
 
     def _attached(self) -> None:
         """Make sure the open data file is the one at its path: one removed (its data dir with it)
-        is written there anew from the open environment, which holds every record, with the data
-        dir's lock taken again first; else StoreDetached says why (a write's answer, tried again
-        by the store's retry). A stat per write: the cost of noticing at once."""
-        where = reattach.place(self._path / "data.mdb", self._identity)
+        is written there anew from the open environment, which holds every record; else
+        StoreDetached says why (a write's answer, tried again by the store's retry). A stat per
+        write: the cost of noticing at once."""
+        data_file = self._path / "data.mdb"
+        where = reattach.place(data_file, self._identity)
         if where is reattach.Place.KEPT:  # (a data dir moved away and back keeps it)
             self.lost = None
             return
-        try:
-            if where is reattach.Place.REPLACED:
-                raise StoreDetached(f"{self._path / 'data.mdb'} was replaced while the server ran; it is left as "
-                                    "it is: stop the server (the records it holds since are lost) to use that one")
-            self._relock()
-            self._path.mkdir(parents=True, exist_ok=True)
-            reattach.copy_into_place(self._env, self._path / "data.mdb")
-            self.reopen()
-        except (OSError, lmdb.Error, OsreapiError) as exc:
-            reason = str(exc) if isinstance(exc, StoreDetached) else f"{self._path / 'data.mdb'} was removed while " \
-                f"the server ran and cannot be written again ({type(exc).__name__}: {exc})"
-            if self.lost != reason:
-                log.error("database: %s; every record is kept, and written there once it can be", reason)
-            self.lost = reason
-            raise StoreDetached(reason) from exc
-        log.warning("database: %s was removed while the server ran; written there again with every record",
-                    self._path / "data.mdb")
+        cause = None
+        if where is reattach.Place.REPLACED:
+            reason = (f"{data_file} was replaced while the server ran: it is left as it is, and nothing more can be "
+                      "stored; move it away to have the server write its own database there again, or stop the "
+                      "server to use that one (what was stored since it was replaced is then lost)")
+        else:
+            try:
+                self._put_back(data_file)
+                return
+            except (OSError, lmdb.Error, OsreapiError) as exc:
+                cause = exc
+                reason = (f"{data_file} was removed while the server ran and cannot be written there again "
+                          f"({type(exc).__name__}: {exc}); every record is kept, and written there once it can be")
+        if self.lost != reason:
+            log.error("database: %s", reason)
+        self.lost = reason
+        raise StoreDetached(reason) from cause
+
+    def _put_back(self, data_file: Path) -> None:
+        """Take the data dir's lock again (it went with the data dir), then write the open
+        environment at its path and use that one from now on."""
+        self._relock()
+        self._path.mkdir(parents=True, exist_ok=True)
+        reattach.copy_into_place(self._env, data_file)
+        self.reopen()
+        log.warning("database: %s was removed while the server ran; written there again with every record", data_file)
         self.lost = None
 
     def close(self) -> None:
