@@ -5,7 +5,6 @@ Writes happen on one thread only (the StoreActor's); reads may come from any thr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import struct
@@ -207,8 +206,10 @@ class Database:
     def close(self) -> None:
         """Flush and close, once no read is under way; a read from now on raises EngineClosed
         (a thread of a program that embeds the engine may still read while it closes)."""
-        with contextlib.suppress(StoreDetached):  # said in the log; what it held is lost with it
+        try:
             self._attached()
+        except StoreDetached:
+            log.error("database: closed while its data file is not at %s: what was stored since is lost", self._path)
         with self._gate.exclusive():
             self._closed = True
             if not self._fatal:  # else closed by a reopen that failed, or refusing: nothing to flush
