@@ -4,10 +4,12 @@ signals, odd step environments), each as an operator meets it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -238,3 +240,48 @@ def test_a_data_file_replaced_while_serving_is_left_as_it_is_and_said(make_serve
     again = client.submit([sh("echo again")])
     assert client.wait(again).json["code"] == 0 and client.get(f"/{kept}").json["code"] == 0
     assert (tmp_path / "theirs.mdb").read_bytes() == theirs
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
+def test_an_address_space_limit_starts_a_smaller_map_and_runs_steps(start_server):
+    """Under `ulimit -v` 1.5 GB the server could not start: LMDB maps its whole 2 GiB map at once
+    ("cannot open the database: Cannot allocate memory"). The map starts smaller and grows."""
+    limit = 1_500_000_000
+    server = start_server("--lang=en", limits=(f"--as={limit}",))
+    task_id = server.client.submit([sh(f"echo {i}") for i in range(10)], query="?async=true")
+    assert server.client.wait(task_id, timeout=60).json["code"] == 0
+    assert server.terminate() == 0
+    assert "the database's map starts at" in server.log.read_text()
+
+
+GROW_WITHOUT_ROOM = """
+import json, os, resource, sys
+from pathlib import Path
+import lmdb
+from osreapi.storage.database import Database
+db = Database(Path(sys.argv[1]), map_size=32 << 20)
+used = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+resource.setrlimit(resource.RLIMIT_AS, (used + (16 << 20), resource.RLIM_INFINITY))
+refused, blob = 0, bytes(1 << 20)
+for i in range(48):  # 48 MiB into a 32 MiB map that cannot grow
+    try:
+        db._write(lambda txn: txn.put(b"k%d" % i, blob, db=db._meta))
+    except lmdb.Error:
+        refused += 1
+with db._reading() as txn:
+    kept = sum(1 for i in range(48) if txn.get(b"k%d" % i, db=db._meta) is not None)
+print(json.dumps({"refused": refused, "kept": kept}))
+"""
+
+
+def test_a_map_that_cannot_grow_refuses_writes_and_the_process_lives(tmp_path):
+    """LMDB unmaps its map before it maps a bigger one: when no address space was left for that,
+    py-lmdb gave the environment up, and every read and write after was refused, for good (the
+    server answered 503 to every read). It is opened again at its old size; writes go on while it
+    has room, then are refused, and reads go on."""
+    done = subprocess.run([sys.executable, "-c", GROW_WITHOUT_ROOM, str(tmp_path / "db")], check=False,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    result = json.loads(done.stdout)
+    assert result["refused"] > 0 and result["kept"] + result["refused"] == 48 and result["kept"] >= 16, result
+    assert "cannot grow past 32 MiB" in done.stderr

@@ -24,6 +24,7 @@ from ..spec import StepSpec
 from ..vocabulary import State
 from . import reattach
 from .integrity import check_data_file
+from .mapsize import fitted_map_size
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ class Database:
         self._path = path
         self._relock = relock
         self.lost: str | None = None  # why the data file is not at its path and could not be put back
-        self._open(map_size)
+        self._ceiling: int | None = None  # a map size the map could not grow from (see _grow)
+        self._open(fitted_map_size(map_size))
         self._gate = _ResizeGate()
         self._closed = False
         self._fatal = False  # LMDB's fatal state: opened again at once, else before the next write
@@ -257,10 +259,29 @@ class Database:
         matters: py-lmdb's abort of a write that hit MapFullError waits until no read is in
         progress, which busy readers can postpone for ever."""
         info = self._env.info()
-        if (info["last_pgno"] + 1) * self._page_size > info["map_size"] * when_used_over:
-            with self._gate.exclusive():
+        if (info["last_pgno"] + 1) * self._page_size <= info["map_size"] * when_used_over:
+            return
+        if when_used_over and self._ceiling is not None and info["map_size"] >= self._ceiling:
+            return  # it could not grow from here: tried again when it is full
+        with self._gate.exclusive():
+            try:
                 self._env.set_mapsize(info["map_size"] * 2)
-                self._map_size = info["map_size"] * 2
+            except lmdb.Error:  # no address space for it (ulimit -v)
+                # LMDB unmapped the old map before it tried, and py-lmdb gives the environment up:
+                # every read and write was refused from then on, for good. Opened again as it was.
+                self._fatal = True  # (opened again before the next write if this open fails)
+                self._env.close()
+                self._open(info["map_size"])
+                self._fatal = False
+                if self._ceiling is None:
+                    log.warning("database: the map cannot grow past %d MiB (no address space for more); "
+                                "writes go on while it has room", info["map_size"] >> 20)
+                self._ceiling = info["map_size"]
+                if not when_used_over:  # full: this write cannot be done
+                    raise
+                return
+            self._map_size = info["map_size"] * 2
+            self._ceiling = None
 
     def probe(self, size: int = 256 * 1024) -> None:
         """Write `size` bytes and take them back, flushed: raises while the disk has no room for a
