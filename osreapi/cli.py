@@ -15,7 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import DataDirInUse, DataDirUnsafe, InvalidValue, one_line_refusals
+from .errors import (
+    DataDirInUse,
+    DataDirUnsafe,
+    InvalidValue,
+    StoreDamaged,
+    one_line_refusals,
+)
 from .executor.durations import parse_duration, parse_size
 from .vocabulary import LANGUAGES
 
@@ -276,11 +282,16 @@ def _serve(args: argparse.Namespace):
     from .http.server import HttpServer, raise_fd_limit
 
     host, port, token, tls = _network(args)
+    raise_fd_limit()  # first: the engine fits its pool to the limit
     executor = _engine(args)
     settings = HttpSettings(lang=args.lang, max_body=int(args.max_body), max_requests=int(args.max_requests), token=token)
     try:
-        raise_fd_limit()
-        server = HttpServer(make_app(executor, settings), host, port, tls=tls, max_header=int(args.max_header),
+        app = make_app(executor, settings)
+    except InvalidValue as exc:  # the data dir's audit key cannot be made or read
+        executor.close()
+        raise _CannotStart(1, f"--data_dir: {exc}") from None
+    try:
+        server = HttpServer(app, host, port, tls=tls, max_header=int(args.max_header),
                             read_timeout=args.read_timeout)
         server.start()
     except (OSError, ValueError) as exc:
@@ -378,7 +389,7 @@ def _engine(args: argparse.Namespace):
         )
     except DataDirInUse as exc:
         raise _CannotStart(1, str(exc)) from None
-    except DataDirUnsafe as exc:
+    except (DataDirUnsafe, StoreDamaged) as exc:
         raise _CannotStart(1, f"--data_dir: {exc}") from None
     except OSError as exc:  # not a directory, no permission, a file where db/ or workspace/ goes
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(data_dir) else ""

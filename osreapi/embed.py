@@ -55,6 +55,7 @@ from .errors import (
     TaskActive,
 )
 from .executor import process
+from .executor.descriptors import fitted_pool_size
 from .executor.durations import parse_duration
 from .executor.janitor import Janitor
 from .executor.logsource import LogSource
@@ -66,7 +67,7 @@ from .plaintext import ASCII_DIGITS
 from .records import StepRecord, TaskRecord
 from .storage.database import Database
 from .storage.discard import Discarder
-from .storage.lock import lock_data_dir
+from .storage.lock import lock_data_dir, still_held
 from .vocabulary import State
 from .watchers import TaskWatchers
 
@@ -154,7 +155,7 @@ class Executor(ControlCalls):
         (tests inject both, and poke() after moving `monotonic` forward). Kill graces are real time."""
         self.config = EngineConfig(
             data_dir=Path(data_dir or default_data_dir()).resolve(),
-            pool_size=pool_size,
+            pool_size=fitted_pool_size(pool_size),  # steps beyond what the descriptor limit allows wait
             exec_timeout=_seconds(exec_timeout),
             key_expire=_seconds(key_expire),
             max_output=max_output,
@@ -187,7 +188,7 @@ class Executor(ControlCalls):
         config, clock = self.config, self.clock
         config.workspace_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         folds_case = casefold.folds_case(config.workspace_root)
-        self._db = Database(config.data_dir / "db")
+        self._db = Database(config.data_dir / "db", relock=self._relock)
         self._scheduler = Scheduler(self.monotonic)  # deadlines and sweeps, on the engine's clock
         self._cleanup_timer = Scheduler()  # the janitor's rounds: real processes take real time
         self._disk_full = threading.Event()
@@ -217,6 +218,16 @@ class Executor(ControlCalls):
         for task_id in waiting:
             self._supervisor.tell(Enqueue(task_id))
         self._schedule_sweep()
+
+    def _relock(self) -> None:
+        """Take the data dir's lock again before its database is written there anew (the data dir
+        was removed, the lock file with it); raise if it cannot be (DataDirInUse: another server
+        started there meanwhile). On the store's thread."""
+        if self._lock is None or still_held(self._lock, self.config.data_dir):
+            return
+        fresh = lock_data_dir(self.config.data_dir)
+        old, self._lock = self._lock, fresh
+        old.close()
 
     # -- public API ---------------------------------------------------------------------
 
@@ -375,7 +386,9 @@ class Executor(ControlCalls):
         self._check_not_listening("check_health")
         self._ask(self._supervisor, GetStats())
         self._ask(self._store, Ping())  # not Flush: a health probe must not cost an fsync
-        return "disk full" if self._disk_full.is_set() else "ok"
+        if not self._disk_full.is_set():
+            return "ok"
+        return "data dir lost" if self._db.lost else "disk full"
 
     def stats(self) -> dict[str, int]:
         """Gauges of the engine: pool, live task actors, queued tasks, store size, threads."""

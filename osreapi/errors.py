@@ -81,6 +81,15 @@ class DiskFull(OsreapiError):
     """The store could not write: the disk (or its quota) is full. Reads go on working."""
 
 
+class DataDirLost(DiskFull):
+    """The store could not write: its data file (the data dir with it) was removed or replaced
+    while the engine ran, and could not be put back yet. Reads go on working."""
+
+
+class StoreDetached(OsreapiError, OSError):
+    """A write's failure: the data file at its path is not the one open, and could not be made so."""
+
+
 class DataDirInUse(OsreapiError):
     """Another server (or Executor) holds the data dir."""
 
@@ -88,6 +97,12 @@ class DataDirInUse(OsreapiError):
 class DataDirUnsafe(OsreapiError):
     """The data dir is another user's, or every user may write in it: they could change the scripts
     the engine runs."""
+
+
+class StoreDamaged(OsreapiError):
+    """The database file cannot be opened safely (it is shorter than its own pages): refused at
+    start with what to do, nothing in it changed."""
+
 
 class TaskActive(OsreapiError):
     """The task has not finished: it cannot be deleted (HTTP 409)."""

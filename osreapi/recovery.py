@@ -8,12 +8,12 @@ import os
 
 import psutil
 
+from .actors.taskstate import TaskState
 from .config import EngineConfig
 from .errors import InvalidRequest
-from .spec import validate_task_id
 from .executor import treekill
-from .actors.taskstate import TaskState
 from .records import StepRecord, TaskRecord
+from .spec import validate_task_id
 from .storage.database import Database
 from .storage.removal import remove_tree
 
@@ -27,7 +27,7 @@ def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[
     waiting: list[TaskRecord] = []
     running: list[tuple[TaskRecord, list[StepRecord]]] = []
     tasks = db.list_tasks()
-    remove_orphan_workspaces(config, {task.id for task in tasks})
+    remove_orphan_workspaces(config, {task.id for task in tasks}, made=db.made)
     for task in tasks:
         if task.state.finished:
             continue
@@ -48,16 +48,18 @@ def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[
     return interrupted, [t.id for t in waiting]
 
 
-def remove_orphan_workspaces(config: EngineConfig, known: set[str]) -> list[str]:
+def remove_orphan_workspaces(config: EngineConfig, known: set[str], made: float = 0.0) -> list[str]:
     """Remove the workspaces of tasks that have no record: a crash between a deletion's (or a
     sweep's) commit and its rmtree leaves them behind for good. Only real directories directly in
     the workspace root whose names a task could have; nothing else there is ours. Run before
-    anything can create a task."""
+    anything can create a task. One last changed before the database was made (`made`, wall time)
+    is not its to remove: its record went with another database (a db/ moved aside, a data.mdb
+    lost), and its logs may be all that is left of it; it is kept, and said."""
     try:
         entries = list(os.scandir(config.workspace_root))
     except FileNotFoundError:
         return []
-    removed = []
+    removed, older = [], []
     for entry in entries:
         if entry.name in known or not _may_be_task_id(entry.name) or not entry.is_dir(follow_symlinks=False):
             continue
@@ -65,10 +67,16 @@ def remove_orphan_workspaces(config: EngineConfig, known: set[str]) -> list[str]
             path = config.workspace(entry.name)  # refuses a path that resolves outside the root
         except ValueError:
             continue
+        if entry.stat(follow_symlinks=False).st_mtime < made:
+            older.append(entry.name)
+            continue
         remove_tree(path, lambda _path, _exc: None)
         removed.append(entry.name)
     if removed:
         log.warning("removed %d workspaces whose tasks have no record (left by a crash)", len(removed))
+    if older:
+        log.warning("kept %d workspaces in %s older than the database, whose records it never had (e.g. %s): "
+                    "remove them by hand once their logs are not needed", len(older), config.workspace_root, older[0])
     return removed
 
 

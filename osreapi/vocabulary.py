@@ -125,6 +125,9 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "engine_failed": ("任务的执行者在引擎内失败, 请求未执行: 任务以中断结束", "the task's runner failed inside the engine; nothing was applied and the task ends interrupted"),
     "engine_failed_not_stored": ("任务的执行者在引擎内失败, 任务未保存, 也未执行", "the task's runner failed inside the engine; the task was neither stored nor run"),
     "disk_full": ("磁盘已满, 无法保存: 请释放空间后重试", "the disk is full, nothing can be stored: free some space and try again"),
+    "data_dir_lost": ("数据目录在服务运行时被删除或替换, 暂时无法保存: 服务能重建时会写回全部记录 (原因见服务日志)",
+                      "the data dir was removed or replaced while the server ran, nothing can be stored for now: the "
+                      "server writes every record there again once it can (its log says why it cannot)"),
     "too_large": ("请求体过大, 上限 {limit} 字节", "request body too large, the limit is {limit} bytes"),
     "task_active": ("任务 {id} 尚未结束, 不能删除: 请先终止或等待其结束", "task {id} has not ended and cannot be deleted: kill it or wait for it to end"),
     "no_route": ("路径不存在", "no such route"),

@@ -163,11 +163,13 @@ def console_script(name: str = "osreapi") -> str:
 class ServerProcess:
     """The installed console script running `run` on 127.0.0.1:0."""
 
-    def __init__(self, data_dir: Path, *args: str, script: str = "osreapi", fd_limit: int | None = None) -> None:
+    def __init__(self, data_dir: Path, *args: str, script: str = "osreapi", fd_limit: int | None = None,
+                 limits: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.log = data_dir.parent / f"server-{time.monotonic_ns()}.log"
         self._log_handle = open(self.log, "wb")
-        limit = ["prlimit", f"--nofile={fd_limit}:{fd_limit}", "--"] if fd_limit else []  # util-linux
+        limits = (*limits, f"--nofile={fd_limit}:{fd_limit}") if fd_limit else limits  # prlimit's
+        limit = ["prlimit", *limits, "--"] if limits else []  # util-linux
         self.proc = subprocess.Popen(
             [*limit, console_script(script), "run", "--addr", "127.0.0.1:0", "--data_dir", str(data_dir), *args],
             stdout=subprocess.PIPE,
@@ -201,8 +203,9 @@ class ServerProcess:
 def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
-    def start(*args: str, data_dir: Path | None = None, script: str = "osreapi", fd_limit: int | None = None) -> ServerProcess:
-        server = ServerProcess(data_dir or tmp_path / "data", *args, script=script, fd_limit=fd_limit)
+    def start(*args: str, data_dir: Path | None = None, script: str = "osreapi", fd_limit: int | None = None,
+              limits: tuple[str, ...] = ()) -> ServerProcess:
+        server = ServerProcess(data_dir or tmp_path / "data", *args, script=script, fd_limit=fd_limit, limits=limits)
         started.append(server)
         return server
 

@@ -22,6 +22,7 @@ import pytest
 
 from osreapi import Executor
 from osreapi.actors.messages import Enqueue, Ping, StepEnded, StepStarted
+from osreapi.actors.step import EXIT_CANNOT_START
 from osreapi.actors.task import TaskActor
 from osreapi.executor import treekill
 from osreapi.executor.reaper import LogSink, Reaper
@@ -357,11 +358,10 @@ def test_a_task_whose_workspace_cannot_be_made_says_why(make_executor, tmp_path)
     (ex.config.workspace_root / "blocked").write_text("a file where the workspace goes")
     ex.submit([sh("true", name="a")], task_id="blocked")
     result = ex.wait("blocked", timeout=10)
-    assert result.task.state.value == "interrupted" and result.steps[0].pid is None  # it never ran
-    # Its runner makes the workspace while the store flushes the start, and fails ("the engine
-    # failed (FileExistsError: ...)"); a worker the start reached first fails at its script
-    # ("cannot start step: ... Not a directory"): either says why.
-    assert any(why in result.steps[0].output for why in ("File exists", "Not a directory")), result.steps[0].output
+    assert result.task.state.value == "stopped" and result.steps[0].pid is None  # it never ran
+    # Its runner's try at the workspace fails quietly; the step's own start fails at its script and says why.
+    assert result.steps[0].code == EXIT_CANNOT_START and "cannot start step" in result.steps[0].output
+    assert "Not a directory" in result.steps[0].output, result.steps[0].output
     assert ex.wait(ex.submit([sh("echo next")]), timeout=10).steps[0].output == "next\n"
 
 

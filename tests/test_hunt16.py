@@ -308,9 +308,10 @@ def test_a_workspace_that_cannot_be_made_ends_its_task_and_the_engine_goes_on(ma
     monkeypatch.undo()
     assert got == task_id
     result = ex.wait(task_id, 20)
-    assert result.task.state.value == "interrupted", result
-    # Its runner stops its steps; a start that reached its worker first fails there instead.
-    assert all("File exists" in step.output or "Not a directory" in step.output for step in result.steps), result
+    assert result.task.state.value == "stopped", result
+    # Its runner's try at the workspace fails quietly; each step's start fails at its script, saying why.
+    assert all(step.code == 127 and "cannot start step" in step.output and "Not a directory" in step.output
+               for step in result.steps), result
     assert not (ex.config.workspace(task_id).parent / "ran").exists()
     assert wait_until(lambda: ex.stats()["tasks_live"] == 0 and ex.stats()["pool_busy"] == 0)
     assert ex.wait(ex.submit([sh("echo next")]), 20).steps[0].output == "next\n"

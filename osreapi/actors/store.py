@@ -26,7 +26,9 @@ from .. import casefold
 from ..config import EngineConfig
 from ..errors import (
     CaseConflict,
+    DataDirLost,
     DiskFull,
+    StoreDetached,
     StoreUnavailable,
     TaskConflict,
     out_of_descriptors,
@@ -111,6 +113,7 @@ class StoreActor(EngineActor):
         self._retry_scheduled = False
         self._awaiting: list[SaveRecords | _Created] = []  # committed, acknowledged after the next flush
         self._disk_full = disk_full  # set while a write is refused; read by health checks
+        self._refusal: type[DiskFull] = DiskFull  # what a refused write is, by the last failure's cause
         self._folds_case = folds_case  # the workspace root's: a create takes its workspace's name
         self._discarder = discarder  # removes the trees of workspaces moved aside, on its own thread
         self._to_release: set[str] = set()  # ids whose record's removal waits for a flush (see _give_back)
@@ -219,7 +222,7 @@ class StoreActor(EngineActor):
             return exc.__cause__
         if isinstance(exc, WRITE_ERRORS):
             self._failed(exc)
-            return DiskFull(f"the task could not be stored: {exc}")
+            return self._refusal(f"the task could not be stored: {exc}")
         log.exception("store: creating task %s failed", task_id)  # a bug: the store (the single writer) goes on
         return exc
 
@@ -269,7 +272,7 @@ class StoreActor(EngineActor):
         if created.existing is None:
             self._delete_refused(created.message.task)
         self._not_stored_with(created.first)
-        created.message.reply.fail(DiskFull("the task could not be flushed to disk"))
+        created.message.reply.fail(self._refusal("the task could not be flushed to disk"))
 
     def _delete(self, task_id: str) -> TaskRecord | None:
         """Remove a finished task's files, then its records, then its workspace's directory;
@@ -293,7 +296,7 @@ class StoreActor(EngineActor):
             self._after_removal(lambda: self._db.delete_task(task))
         except WRITE_ERRORS as exc:
             self._failed(exc)
-            raise DiskFull(f"the task could not be deleted: {exc}") from None
+            raise self._refusal(f"the task could not be deleted: {exc}") from None
         self._to_release.add(task_id)
         if not self._flush():
             log.warning("store: task %s is deleted; its deletion is flushed to disk once there is room", task_id)
@@ -446,7 +449,7 @@ class StoreActor(EngineActor):
 
     def _refuse(self, message: SaveRecords, exc: BaseException) -> None:
         if message.reply is not None:
-            message.reply.fail(DiskFull(f"the change could not be stored: {exc}"))
+            message.reply.fail(self._refusal(f"the change could not be stored: {exc}"))
         for ref, otherwise in message.otherwise:
             tell_if_alive(ref, otherwise)
 
@@ -491,6 +494,7 @@ class StoreActor(EngineActor):
         if self._disk_full.is_set():
             log.warning("store: the disk has room again; every record is written")
         self._disk_full.clear()
+        self._refusal = DiskFull
 
     def _delete_undeleted(self) -> bool:
         """Delete the records of refused creates that the disk kept (flushed with what follows);
@@ -533,6 +537,7 @@ class StoreActor(EngineActor):
             log.exception("store: publishing a write of task %s failed; the write stands", task_id)
 
     def _failed(self, exc: BaseException) -> None:
+        self._refusal = DataDirLost if isinstance(exc, StoreDetached) else DiskFull
         if not self._disk_full.is_set():
             log.error("store: a write failed (%s); retrying every %gs", exc, RETRY_AFTER)
         self._disk_full.set()

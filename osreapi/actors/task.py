@@ -258,7 +258,10 @@ class TaskActor(EngineActor):
         start comes first makes it itself (process.write_file)."""
         if not self._prepared:
             self._prepared = True
-            process.prepare_workspace(self._workspace)
+            try:
+                process.prepare_workspace(self._workspace)
+            except OSError:  # (its root read-only, or a file): each step's start tries again and ends saying why
+                pass
 
     def _end(self) -> None:
         self._ended = True

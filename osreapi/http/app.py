@@ -19,6 +19,7 @@ from ..embed import MAX_OFFSET, Executor
 from ..errors import (
     ActionRejected,
     CaseConflict,
+    DataDirLost,
     DiskFull,
     EngineBusy,
     EngineClosed,
@@ -153,6 +154,8 @@ class Routes:
                 return json_response(CODE_BUSY, message("store_unavailable", lang), headers={"Retry-After": str(RETRY_AFTER)})
             case EngineBusy() | EngineClosed():
                 return json_response(CODE_BUSY, message("busy", lang))
+            case DataDirLost():  # before DiskFull, its base: the reason is another one
+                return json_response(CODE_DISK_FULL, message("data_dir_lost", lang))
             case DiskFull():
                 return json_response(CODE_DISK_FULL, message("disk_full", lang))
             case OSError() if out_of_descriptors(exc):  # short of a resource for now: say when to retry

@@ -98,7 +98,8 @@ COMMON_ERRORS = {
     "408": _json(ERROR, "the request did not arrive whole within --read_timeout"),
     "431": _json(ERROR, "request header block over --max_header"),
     "503": _json(ERROR, "engine busy, or too many connections (Retry-After)"),
-    "507": _json(ERROR, "the disk is full: nothing could be stored (code 507); reads go on working"),
+    "507": _json(ERROR, "the disk is full, or the data dir was removed and cannot be made again: nothing could be "
+                 "stored (code 507); reads go on working"),
 }
 
 
@@ -184,7 +185,7 @@ def _service_paths() -> dict[str, Any]:
     version = {"type": "object", "required": ["version"], "properties": {"version": {"type": "string"}}}
     return {
         "/healthz": {"get": _op("Liveness of actors and store", "health", [], {
-            "200": _json(_envelope({"type": "object"}, [0]), 'alive; data.status is "ok" or "disk full"'),
+            "200": _json(_envelope({"type": "object"}, [0]), 'alive; data.status is "ok", "disk full" or "data dir lost"'),
             "503": _json(ERROR, "unhealthy"),
         }, common=False)},
         "/version": {"get": _op("Version", "version", [], {"200": _json(_envelope(version, [0]), "version")}, common=False)},

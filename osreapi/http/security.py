@@ -149,6 +149,19 @@ def audit_key(data_dir: Path) -> bytes:
     under another name and linked into place, which fails if it exists: of two makers racing,
     each reads the one key that won."""
     path = data_dir / AUDIT_KEY
+    try:
+        key = _made_or_read(data_dir, path)
+    except OSError as exc:  # a data dir made read-only, a directory where the key goes
+        other = exc.filename if isinstance(exc.filename, str) and exc.filename != str(path) else None
+        raise InvalidValue(f"{path}: cannot make or read the audit key: {exc.strerror or exc}"
+                           f"{f' ({other})' if other else ''}; the data dir must be writable by this user, "
+                           "and the key a file") from None
+    if len(key) != AUDIT_KEY_BYTES:
+        raise InvalidValue(f"{path}: not an audit key ({len(key)} bytes, expected {AUDIT_KEY_BYTES}); remove it to make a new one")
+    return key
+
+
+def _made_or_read(data_dir: Path, path: Path) -> bytes:
     _remove_stale_spares(data_dir)
     if not path.exists():
         spare = data_dir / f"{AUDIT_KEY}.{os.getpid()}.{secrets.token_hex(4)}"
@@ -163,10 +176,7 @@ def audit_key(data_dir: Path) -> bytes:
             pass  # another maker was first: its key is the one
         finally:
             spare.unlink(missing_ok=True)
-    key = _read_private(path)
-    if len(key) != AUDIT_KEY_BYTES:
-        raise InvalidValue(f"{path}: not an audit key ({len(key)} bytes, expected {AUDIT_KEY_BYTES}); remove it to make a new one")
-    return key
+    return _read_private(path)
 
 
 def _read_private(path: Path) -> bytes:

@@ -9,6 +9,7 @@ import json
 import logging
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,10 +18,13 @@ from typing import Any
 
 import lmdb
 
-from ..errors import EngineClosed, StoreUnavailable
+from ..errors import EngineClosed, OsreapiError, StoreDetached, StoreUnavailable
 from ..records import StepRecord, TaskRecord
 from ..spec import StepSpec
 from ..vocabulary import State
+from . import reattach
+from .integrity import check_data_file
+from .mapsize import fitted_map_size
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +97,22 @@ class _ResizeGate:
 
 
 class Database:
-    def __init__(self, path: Path, map_size: int = INITIAL_MAP_SIZE) -> None:
+    def __init__(self, path: Path, map_size: int = INITIAL_MAP_SIZE, relock: Callable[[], None] = lambda: None) -> None:
+        """relock: take the data dir's lock again (it went with a data dir that was removed), or
+        raise; called before the database is written anew at its path (see _attached)."""
         path.mkdir(parents=True, exist_ok=True)
+        check_data_file(path / "data.mdb")  # one cut short would be a SIGBUS once mapped
+        new = _empty(path / "data.mdb")
         self._path = path
-        self._open(map_size)
+        self._relock = relock
+        self.lost: str | None = None  # why the data file is not at its path and could not be put back
+        self._ceiling: int | None = None  # a map size the map could not grow from (see _grow)
+        self._open(fitted_map_size(map_size))
         self._gate = _ResizeGate()
         self._closed = False
         self._fatal = False  # LMDB's fatal state: opened again at once, else before the next write
         self._page_size = self._env.stat()["psize"]
+        self.made = self._made(new)
         self._listed: dict[bytes, tuple[bytes, TaskRecord]] = {}  # key -> (stored bytes, parsed), of the last listing
         self._counts_lock = threading.Lock()
         self._counts: Counter[State] = Counter(task.state for task in self.list_tasks())
@@ -124,6 +136,19 @@ class Database:
             raise
         self._env = env
         self._tasks, self._steps, self._specs, self._expiry, self._meta = dbs
+        self._identity = reattach.identity(self._path / "data.mdb")
+
+    def _made(self, new: bool) -> float:
+        """When this database was made (wall time; 0 if before this was recorded): a workspace
+        older than it was not left by its deletions (see recovery.remove_orphan_workspaces).
+        Written here, before any actor runs, and flushed at once."""
+        with self._env.begin(write=True) as txn:
+            raw = txn.get(b"made", db=self._meta)
+            if raw is None:
+                raw = repr(time.time() if new else 0.0).encode("ascii")
+                txn.put(b"made", raw, db=self._meta)
+        self._env.sync(True)
+        return float(raw)
 
     def reopen(self) -> None:
         """Open the environment again, once no read is under way. After a write of a meta page
@@ -137,12 +162,56 @@ class Database:
             self._fatal = False
 
     def sync(self) -> None:
-        """Flush committed transactions to disk."""
+        """Flush committed transactions to disk: to the data file at its path (StoreDetached if
+        it is gone and cannot be put back)."""
+        self._attached()
         self._env.sync(True)
+
+    def _attached(self) -> None:
+        """Make sure the open data file is the one at its path: one removed (its data dir with it)
+        is written there anew from the open environment, which holds every record; else
+        StoreDetached says why (a write's answer, tried again by the store's retry). A stat per
+        write: the cost of noticing at once."""
+        data_file = self._path / "data.mdb"
+        where = reattach.place(data_file, self._identity)
+        if where is reattach.Place.KEPT:  # (a data dir moved away and back keeps it)
+            self.lost = None
+            return
+        cause = None
+        if where is reattach.Place.REPLACED:
+            reason = (f"{data_file} was replaced while the server ran: it is left as it is, and nothing more can be "
+                      "stored; move it away to have the server write its own database there again, or stop the "
+                      "server to use that one (what was stored since it was replaced is then lost)")
+        else:
+            try:
+                self._put_back(data_file)
+                return
+            except (OSError, lmdb.Error, OsreapiError) as exc:
+                cause = exc
+                reason = (f"{data_file} was removed while the server ran and cannot be written there again "
+                          f"({type(exc).__name__}: {exc}); every record is kept, and written there once it can be")
+        if self.lost != reason:
+            log.error("database: %s", reason)
+        self.lost = reason
+        raise StoreDetached(reason) from cause
+
+    def _put_back(self, data_file: Path) -> None:
+        """Take the data dir's lock again (it went with the data dir), then write the open
+        environment at its path and use that one from now on."""
+        self._relock()
+        self._path.mkdir(parents=True, exist_ok=True)
+        reattach.copy_into_place(self._env, data_file)
+        self.reopen()
+        log.warning("database: %s was removed while the server ran; written there again with every record", data_file)
+        self.lost = None
 
     def close(self) -> None:
         """Flush and close, once no read is under way; a read from now on raises EngineClosed
         (a thread of a program that embeds the engine may still read while it closes)."""
+        try:
+            self._attached()
+        except StoreDetached:
+            log.error("database: closed while its data file is not at %s: what was stored since is lost", self._path)
         with self._gate.exclusive():
             self._closed = True
             if not self._fatal:  # else closed by a reopen that failed, or refusing: nothing to flush
@@ -155,6 +224,7 @@ class Database:
         """Run work(txn) in a write transaction, growing the map and retrying when it is full."""
         if self._fatal:  # the environment could not be opened again after its fatal error
             self.reopen()
+        self._attached()
         self._grow(when_used_over=0.5)
         while True:
             try:
@@ -189,10 +259,29 @@ class Database:
         matters: py-lmdb's abort of a write that hit MapFullError waits until no read is in
         progress, which busy readers can postpone for ever."""
         info = self._env.info()
-        if (info["last_pgno"] + 1) * self._page_size > info["map_size"] * when_used_over:
-            with self._gate.exclusive():
+        if (info["last_pgno"] + 1) * self._page_size <= info["map_size"] * when_used_over:
+            return
+        if when_used_over and self._ceiling is not None and info["map_size"] >= self._ceiling:
+            return  # it could not grow from here: tried again when it is full
+        with self._gate.exclusive():
+            try:
                 self._env.set_mapsize(info["map_size"] * 2)
-                self._map_size = info["map_size"] * 2
+            except lmdb.Error:  # no address space for it (ulimit -v)
+                # LMDB unmapped the old map before it tried, and py-lmdb gives the environment up:
+                # every read and write was refused from then on, for good. Opened again as it was.
+                self._fatal = True  # (opened again before the next write if this open fails)
+                self._env.close()
+                self._open(info["map_size"])
+                self._fatal = False
+                if self._ceiling is None:
+                    log.warning("database: the map cannot grow past %d MiB (no address space for more); "
+                                "writes go on while it has room", info["map_size"] >> 20)
+                self._ceiling = info["map_size"]
+                if not when_used_over:  # full: this write cannot be done
+                    raise
+                return
+            self._map_size = info["map_size"] * 2
+            self._ceiling = None
 
     def probe(self, size: int = 256 * 1024) -> None:
         """Write `size` bytes and take them back, flushed: raises while the disk has no room for a
@@ -405,6 +494,14 @@ class Database:
     def size_bytes(self) -> int:
         with self._open_env() as env, _unavailable_if_refused():
             return (env.info()["last_pgno"] + 1) * self._page_size
+
+
+def _empty(data_file: Path) -> bool:
+    """Whether the data file is missing or empty: LMDB makes a new database."""
+    try:
+        return data_file.stat().st_size == 0
+    except FileNotFoundError:
+        return True
 
 
 @contextmanager

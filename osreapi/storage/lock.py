@@ -47,6 +47,17 @@ def lock_data_dir(data_dir: Path) -> IO[str] | None:
     return handle
 
 
+def still_held(handle: IO[str], data_dir: Path) -> bool:
+    """Whether the lock held is still the data dir's lock file: one removed with its data dir
+    keeps no other server out."""
+    try:
+        here = os.stat(data_dir / "lock")
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    held = os.fstat(handle.fileno())
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
 def check_owner(data_dir: Path) -> None:
     """Refuse a data dir another user controls: its owner, or anyone where every user may write
     (`--data_dir /tmp/x` made by someone else first), could put a link where the engine writes and
