@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
+from pathlib import Path
 
 import psutil
 
@@ -18,6 +20,8 @@ from .storage.database import Database
 from .storage.removal import remove_tree
 
 log = logging.getLogger(__name__)
+
+KEPT = "kept"  # in the data dir: workspaces older than its database, moved out of the workspace root
 
 
 def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[TaskRecord, tuple[StepRecord, ...]]], list[str]]:
@@ -54,7 +58,8 @@ def remove_orphan_workspaces(config: EngineConfig, known: set[str], made: float 
     the workspace root whose names a task could have; nothing else there is ours. Run before
     anything can create a task. One last changed before the database was made (`made`, wall time)
     is not its to remove: its record went with another database (a db/ moved aside, a data.mdb
-    lost), and its logs may be all that is left of it; it is kept, and said."""
+    lost), and its logs may be all that is left of it; it is moved out of the root into
+    <data_dir>/kept, and said (left in place, a new task of its id ran among its files)."""
     try:
         entries = list(os.scandir(config.workspace_root))
     except FileNotFoundError:
@@ -68,16 +73,33 @@ def remove_orphan_workspaces(config: EngineConfig, known: set[str], made: float 
         except ValueError:
             continue
         if entry.stat(follow_symlinks=False).st_mtime < made:
-            older.append(entry.name)
+            older.append(_keep(config, path))
             continue
         remove_tree(path, lambda _path, _exc: None)
         removed.append(entry.name)
     if removed:
         log.warning("removed %d workspaces whose tasks have no record (left by a crash)", len(removed))
     if older:
-        log.warning("kept %d workspaces in %s older than the database, whose records it never had (e.g. %s): "
-                    "remove them by hand once their logs are not needed", len(older), config.workspace_root, older[0])
+        log.warning("moved %d workspaces older than the database, whose records it never had, to %s (e.g. %s): "
+                    "remove them by hand once their logs are not needed", len(older), config.data_dir / KEPT, older[0])
     return removed
+
+
+def _keep(config: EngineConfig, path: Path) -> str:
+    """Move an older workspace into <data_dir>/kept (beside its namesakes moved before); where it
+    went, or where it stays if it cannot be moved."""
+    kept = config.data_dir / KEPT
+    target = kept / path.name
+    try:
+        kept.mkdir(mode=0o700, exist_ok=True)
+        if target.exists():
+            target = kept / f"{path.name}.{uuid.uuid4().hex[:8]}"
+        os.rename(path, target)
+    except OSError as exc:
+        log.warning("workspace %s, older than the database, cannot be moved to %s (%s): a new task of its id "
+                    "would run among its files", path, kept, exc)
+        return str(path)
+    return str(target)
 
 
 def _may_be_task_id(name: str) -> bool:

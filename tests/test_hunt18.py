@@ -199,16 +199,21 @@ def test_workspaces_older_than_a_new_database_are_kept(tmp_path, caplog):
     """A data dir whose db/ was moved aside (as the error for a data file cut short says to) or
     whose data.mdb was emptied started with a new database, and removed every workspace as an
     orphan of a crash: the step logs, all that was left of those tasks. Only this database's own
-    orphans go; older ones are kept and said."""
+    orphans go; older ones are moved out of the workspace root into <data_dir>/kept, and said
+    (left in place, a new task of the same id ran among their files)."""
     data_dir = tmp_path / "data"
     _store_with_tasks(data_dir, count=3)
     old = sorted(path.name for path in (data_dir / "workspace").iterdir())
     assert len(old) == 3
     (data_dir / "db").rename(tmp_path / "db.aside")
+    (data_dir / "workspace" / old[0] / "made-by-the-old-task").write_text("old")
     executor = Executor(data_dir)
     try:
-        assert sorted(path.name for path in (data_dir / "workspace").iterdir()) == old
-        assert any("kept 3 workspaces" in r.getMessage() for r in caplog.records)
+        assert sorted(path.name for path in (data_dir / "kept").iterdir()) == old
+        assert list((data_dir / "workspace").iterdir()) == []
+        assert any("moved 3 workspaces" in r.getMessage() for r in caplog.records)
+        executor.submit([sh("ls -A")], task_id=old[0])  # the id of a kept one: a workspace of its own
+        assert executor.wait(old[0], 20).steps[0].output == ".osreapi\n"
         orphan = executor.submit([sh("echo mine")])
         executor.wait(orphan, 20)
     finally:
@@ -219,7 +224,8 @@ def test_workspaces_older_than_a_new_database_are_kept(tmp_path, caplog):
     finally:
         db.close()
     Executor(data_dir).close()  # the same database: its own orphan goes
-    assert sorted(path.name for path in (data_dir / "workspace").iterdir()) == old
+    assert sorted(path.name for path in (data_dir / "workspace").iterdir()) == [old[0]]
+    assert sorted(path.name for path in (data_dir / "kept").iterdir()) == old
 
 
 def test_a_data_file_replaced_while_serving_is_left_as_it_is_and_said(make_server, tmp_path):
