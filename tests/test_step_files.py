@@ -74,7 +74,8 @@ def test_what_a_step_puts_in_place_of_its_log_before_printing_is_not_written_thr
     result = executor.wait(executor.submit([sh(f"{make}; echo printed")]), 20)
     step = result.steps[0]
     assert step.code == 0 and step.output.startswith("printed\n")
-    assert "bytes of output dropped (the log could not be written:" in step.output
+    assert "no log file (the log could not be written:" in step.output  # and none dropped from here
+    assert "bytes of output dropped" not in step.output, step.output
     assert target.read_bytes() == b"untouched"
 
 
@@ -132,6 +133,7 @@ def test_an_output_whose_log_the_full_disk_could_not_make_stays_in_the_record(tm
         sink.close()
         kept = sink.small_output()
         assert kept is not None and kept.startswith(b"hello\n") and b"(the disk was full)" in kept, kept
+        assert b"bytes of output dropped" not in kept, kept  # they are all here
         assert not (disk / "step-0.log").exists()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -54,6 +54,7 @@ class LogSink:
         self._room = cap
         self._tail = bytearray()
         self._dropped = 0
+        self._refused = 0  # of those, the bytes the log file refused (kept in memory while it has none)
         self._why: str | None = None  # why bytes went missing from the log, other than the cap
         self.closed = False
         self._kept: bytearray | None = bytearray()  # the whole output while it is small
@@ -105,6 +106,7 @@ class LogSink:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             self._why = "the disk was full" if full else f"the log could not be written: {exc.strerror or exc}"
             self._dropped += len(view)
+            self._refused += len(view)
             return False
 
     def close(self, hand_off: bool = False) -> None:
@@ -117,16 +119,25 @@ class LogSink:
         try:
             writers_left = self.pump()
             if self._dropped:
-                lost = self._dropped - len(self._tail)
-                marker = (f"\n... {lost} bytes of output dropped ({self._why or 'over the --max_log cap'}); "
-                          f"the last {len(self._tail)} bytes follow ...\n")
-                self._write(marker.encode() + bytes(self._tail))
+                self._write(self._marker() + bytes(self._tail))
         finally:  # a fault above (a bug) cuts the output short: the descriptors are closed all the same
             if self._log_fd is not None:
                 os.close(self._log_fd)
             if hand_off and writers_left:
                 _discard_elsewhere(self.fd)
             os.close(self.fd)
+
+
+    def _marker(self) -> bytes:
+        """The line before the kept tail. With no log file made, what the file refused is all in
+        the record (it said those bytes were dropped, above the whole output)."""
+        lost = self._dropped - len(self._tail)
+        if self._log_fd is None and self._kept is not None:
+            lost -= self._refused
+            if not lost:
+                return f"\n... no log file ({self._why}): the output above is whole, in this record only ...\n".encode()
+        return (f"\n... {lost} bytes of output dropped ({self._why or 'over the --max_log cap'}); "
+                f"the last {len(self._tail)} bytes follow ...\n").encode()
 
 
 def _discard_elsewhere(fd: int) -> None:
