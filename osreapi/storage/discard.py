@@ -34,6 +34,7 @@ class Discarder:
         self._idle.set()
         self._pending = 0  # queued or deferred; changed on the caller's side (+) and this thread's (-)
         self._count = threading.Lock()
+        self._stopping = threading.Event()  # set by close(): no tree is begun after the one in hand
         self._thread = threading.Thread(target=self._run, name="osreapi-discard", daemon=True)
         self._thread.start()
         self._take_leftovers()
@@ -68,8 +69,11 @@ class Discarder:
         return self._idle.wait(timeout)
 
     def close(self, timeout: float) -> None:
-        """Stop after the tree in hand (what is left goes after the next start)."""
-        self._queue.put(None)
+        """Stop after the tree in hand (what is left goes after the next start): not behind every
+        tree queued, which a close waited for, and which went on being removed after it returned
+        (in a data dir whose lock was given up)."""
+        self._stopping.set()
+        self._queue.put(None)  # wakes the thread if it waits
         self._thread.join(timeout)
 
     def _take_leftovers(self) -> None:
@@ -85,17 +89,17 @@ class Discarder:
 
     def _run(self) -> None:
         deferred: list[Path] = []
-        while True:
+        while not self._stopping.is_set():
             try:
                 path = self._queue.get(timeout=RETRY_AFTER if deferred else None)
             except queue.Empty:
                 retried, deferred = deferred, []
                 for path in retried:
-                    self._remove(path, deferred)
+                    if not self._stopping.is_set():
+                        self._remove(path, deferred)
                 continue
-            if path is None:
-                return
-            self._remove(path, deferred)
+            if path is not None and not self._stopping.is_set():
+                self._remove(path, deferred)
 
     def _remove(self, path: Path, deferred: list[Path]) -> None:
         short: list[BaseException] = []
