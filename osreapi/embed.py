@@ -211,7 +211,7 @@ class Executor(ControlCalls):
         )
         self.metrics = self._services.metrics
         self.metrics.add_gauges(self.stats, self._db.state_counts)
-        ended, waiting = recovery.recover(self._db, config, clock())
+        ended, waiting = recovery.recover(self._db, config, clock(), folds_case)
         for task, steps in ended:
             self._store.ask(SaveRecords(task.id, task, steps, durable=True), timeout=config.call_timeout)
         self._supervisor = SupervisorActor.start(self._services)

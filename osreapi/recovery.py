@@ -24,14 +24,19 @@ log = logging.getLogger(__name__)
 KEPT = "kept"  # in the data dir: workspaces older than its database, moved out of the workspace root
 
 
-def recover(db: Database, config: EngineConfig, now: float) -> tuple[list[tuple[TaskRecord, tuple[StepRecord, ...]]], list[str]]:
+def recover(
+    db: Database, config: EngineConfig, now: float, folds_case: bool = False
+) -> tuple[list[tuple[TaskRecord, tuple[StepRecord, ...]]], list[str]]:
     """Return (records to save as interrupted, ids of never-started tasks in submission order).
-    A step whose start was recorded may have run: it is interrupted, never run again."""
+    A step whose start was recorded may have run: it is interrupted, never run again.
+    folds_case: the workspace root's (see retake_names)."""
     interrupted = []
     waiting: list[TaskRecord] = []
     running: list[tuple[TaskRecord, list[StepRecord]]] = []
     tasks = db.list_tasks()
     remove_orphan_workspaces(config, {task.id for task in tasks}, made=db.made)
+    if folds_case:
+        retake_names(config, [task.id for task in tasks])
     for task in tasks:
         if task.state.finished:
             continue
@@ -100,6 +105,21 @@ def _keep(config: EngineConfig, path: Path) -> str:
                     "would run among its files", path, kept, exc)
         return str(path)
     return str(target)
+
+
+def retake_names(config: EngineConfig, task_ids: list[str]) -> None:
+    """On a root that folds case, a record's workspace directory holds its name (see
+    casefold.claim_workspace): one a crash left without it (killed between a deletion's move of
+    the workspace into the trash and the making of its directory again) gets it back, before
+    anything can create a task; else another id equal under case folding took the name, and the
+    record's deletion later moved that task's workspace into the trash."""
+    for task_id in task_ids:
+        try:
+            config.workspace_entry(task_id).mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            log.warning("workspace of task %s: missing, and not made again (%s)", task_id, exc)
 
 
 def _may_be_task_id(name: str) -> bool:

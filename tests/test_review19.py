@@ -3,15 +3,22 @@ their fix)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from osreapi.errors import CaseConflict
 from osreapi.storage import removal
 from osreapi.storage.discard import TRASH
 from osreapi.vocabulary import State
 
-from .conftest import sh
+from .conftest import sh, wait_until
 
 
 @pytest.mark.timeout(60)
@@ -45,3 +52,68 @@ def test_close_stops_the_discarder_after_the_tree_in_hand(make_executor, monkeyp
     assert not thread.is_alive()
     trash = ex.config.data_dir / TRASH
     assert len(list(trash.iterdir())) == 2  # the two trees not begun: left for the next start
+
+
+CRASH_IN_DETACH = r"""
+import os, signal, sys
+from pathlib import Path
+from osreapi import Executor
+from osreapi.storage import discard
+
+class KilledAfterRename:  # the process dies between the rename into the trash and the mkdir
+    def __getattr__(self, name):
+        return getattr(os, name)
+    def rename(self, old, new):
+        os.rename(old, new)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+ex = Executor(Path(sys.argv[1]), kill_grace=0.5)
+ex.submit([{"command_type": "sh", "command_content": "echo one > made-by-first"}], task_id="Build-1")
+assert ex.wait("Build-1", 20).task.state.value == "stopped"
+discard.os = KilledAfterRename()
+ex.delete("Build-1")
+"""
+
+
+@pytest.fixture
+def case_folding_data_dir(tmp_path) -> Iterator[Path]:
+    """A whole data dir (its trash beside its workspace root, as where the whole volume folds case:
+    macOS, FAT) served by tests/casefs.py; its database is a link out of the FUSE mount."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("a FUSE mount takes root and /dev/fuse")
+    try:
+        import fuse  # noqa: F401 - fusepy: raises OSError without libfuse.so.2
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"no FUSE library ({exc})")
+    backing, data, db = tmp_path / "backing", tmp_path / "data", tmp_path / "db"
+    for path in (backing, data, db):
+        path.mkdir(mode=0o700)
+    (backing / "db").symlink_to(db)
+    served = subprocess.Popen([sys.executable, "-m", "tests.casefs", str(backing), str(data)],
+                              cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
+    try:
+        if not wait_until(lambda: os.path.ismount(data) or served.poll() is not None) or served.poll() is not None:
+            pytest.skip(f"FUSE refused: {served.stderr.read().decode().strip()}")
+        yield data
+    finally:
+        subprocess.run(["umount", "--lazy", str(data)], check=False, capture_output=True, timeout=30)
+        served.wait(30)
+        served.stderr.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_crash_while_a_workspace_is_moved_aside_leaves_its_name_taken(case_folding_data_dir, make_executor):
+    """The discarder moves a deleted task's workspace into the trash, then makes its directory
+    again: a kill between the two left a record without its directory, so on a root that folds case
+    another id (BUILD-1) took the name, and the record's deletion later moved that task's workspace
+    into the trash. The next start makes the directory of a record that lacks one."""
+    data = case_folding_data_dir
+    child = subprocess.run([sys.executable, "-c", CRASH_IN_DETACH, str(data)], cwd=Path(__file__).parent.parent,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert not os.path.lexists(data / "workspace" / "Build-1")  # the crash window, as it was left
+    ex = make_executor(data)
+    assert ex.get("Build-1").task.state is State.STOPPED
+    with pytest.raises(CaseConflict):
+        ex.submit([sh("echo two > made-by-second")], task_id="BUILD-1")
+    assert ex.get("BUILD-1") is None
