@@ -117,3 +117,26 @@ def test_a_crash_while_a_workspace_is_moved_aside_leaves_its_name_taken(case_fol
     with pytest.raises(CaseConflict):
         ex.submit([sh("echo two > made-by-second")], task_id="BUILD-1")
     assert ex.get("BUILD-1") is None
+
+
+@pytest.mark.timeout(60)
+def test_a_link_in_the_trash_place_is_never_followed(make_executor, tmp_path):
+    """<data_dir>/trash is what a step reaches as ../../trash: a link a step put there (to the home
+    directory, say) was followed by the next start, which removed everything in the directory it
+    led to as "left in the trash"; and each deletion moved its workspace through it. The trash is
+    used only where it is a real directory; otherwise workspaces are removed in place."""
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "dir" / "file").write_text("keep me")
+    (outside / "file").write_text("keep me too")
+    ex = make_executor(tmp_path / "data")
+    made = ex.submit([sh(f"ln -s {outside} ../../trash && mkdir t && echo x > t/f")])
+    assert ex.wait(made, 10).task.state is State.STOPPED
+    assert (ex.config.data_dir / TRASH).is_symlink()
+    ex.delete(made)
+    assert ex._discarder.wait_idle(10)
+    assert sorted(p.name for p in outside.iterdir()) == ["dir", "file"]
+    ex.close()
+    again = make_executor(tmp_path / "data")
+    assert again._discarder.wait_idle(10)
+    assert (outside / "dir" / "file").read_text() == "keep me" and (outside / "file").read_text() == "keep me too"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat
 import threading
 import uuid
 from contextlib import suppress
@@ -34,6 +35,7 @@ class Discarder:
         self._idle.set()
         self._pending = 0  # queued or deferred; changed on the caller's side (+) and this thread's (-)
         self._count = threading.Lock()
+        self._warned = False  # of a trash that is not a directory (once)
         self._stopping = threading.Event()  # set by close(): no tree is begun after the one in hand
         self._thread = threading.Thread(target=self._run, name="osreapi-discard", daemon=True)
         self._thread.start()
@@ -48,7 +50,10 @@ class Discarder:
             return False
         aside = self.trash / f"{workspace.name}.{uuid.uuid4().hex}"  # its task named in a warning
         try:
-            self.trash.mkdir(mode=0o700, exist_ok=True)
+            with suppress(FileExistsError):
+                self.trash.mkdir(mode=0o700)
+            if not self._trash_is_ours():
+                return False
             os.rename(workspace, aside)
         except OSError:
             return False
@@ -76,7 +81,24 @@ class Discarder:
         self._queue.put(None)  # wakes the thread if it waits
         self._thread.join(timeout)
 
+    def _trash_is_ours(self) -> bool:
+        """Whether the trash is a real directory. It is what a step reaches as ../../trash: a link
+        put there is never followed (the next start removed all that the directory it led to held);
+        workspaces are then removed in place."""
+        if stat.S_ISDIR(os.lstat(self.trash).st_mode):
+            return True
+        if not self._warned:
+            self._warned = True
+            log.warning("%s is not a directory (a link a step made?): it is left alone, workspaces are removed in "
+                        "place; remove it to have them removed in the background again", self.trash)
+        return False
+
     def _take_leftovers(self) -> None:
+        try:
+            if not self._trash_is_ours():
+                return
+        except FileNotFoundError:
+            return
         with suppress(FileNotFoundError), os.scandir(self.trash) as entries:
             for entry in entries:
                 self._discard(Path(entry.path))
