@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from osreapi.errors import CaseConflict
+from osreapi import Executor
+from osreapi.errors import CaseConflict, InvalidValue
 from osreapi.storage import removal
 from osreapi.storage.discard import TRASH
 from osreapi.vocabulary import State
@@ -140,3 +141,11 @@ def test_a_link_in_the_trash_place_is_never_followed(make_executor, tmp_path):
     again = make_executor(tmp_path / "data")
     assert again._discarder.wait_idle(10)
     assert (outside / "dir" / "file").read_text() == "keep me" and (outside / "file").read_text() == "keep me too"
+
+
+def test_a_pool_size_that_is_not_a_number_is_refused_before_it_is_fitted(tmp_path):
+    """The pool is fitted to the descriptor limit before the config checks it: NaN (which compares
+    false with everything) came out as the number of steps the limit allows, and the engine started
+    with it, where it was refused naming pool_size before."""
+    with pytest.raises(InvalidValue, match="pool_size"):
+        Executor(tmp_path / "data", pool_size=float("nan"))

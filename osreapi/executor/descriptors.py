@@ -30,7 +30,7 @@ def descriptor_limit() -> int | None:
 def fitted_pool_size(pool_size: int, limit: int | None = None) -> int:
     """pool_size, or fewer (at least one) when the descriptor limit would not let so many start."""
     limit = descriptor_limit() if limit is None else limit
-    if limit is None:
+    if limit is None or not pool_size >= 1:  # (`not >=`: NaN too) the config refuses it, naming it
         return pool_size
     allowed = max(1, (limit - RESERVED) // STEP_DESCRIPTORS)
     if allowed >= pool_size:
