@@ -91,3 +91,42 @@ def test_what_a_stop_left_in_the_trash_is_removed_after_the_next_start(make_exec
     (left / "a" / "b" / "file").write_text("x")
     again = make_executor(data)
     assert again._discarder.wait_idle(10) and trash_of(again) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_tree_left_for_want_of_descriptors_is_tried_again_while_others_keep_coming(tmp_path, monkeypatch):
+    """A tree left for want of a descriptor was tried again only once the queue had stood empty
+    for a whole RETRY_AFTER: a steady stream of deletions left it for as long as it lasted."""
+    import errno
+
+    from osreapi.storage import discard
+
+    monkeypatch.setattr(discard, "RETRY_AFTER", 0.3)
+    remove, short = removal.remove_tree, ["once"]
+
+    def short_once(path, failed):
+        if path.name.startswith("first.") and short:
+            short.clear()
+            failed(str(path), OSError(errno.EMFILE, "Too many open files"))
+            return None
+        return remove(path, failed)
+
+    monkeypatch.setattr(removal, "remove_tree", short_once)
+    data = tmp_path / "data"
+    (data / "workspace").mkdir(parents=True)
+    discarder = discard.Discarder(data)
+    try:
+        first = data / "workspace" / "first"
+        first.mkdir()
+        assert discarder.detach(first)
+        moved = next((data / TRASH).iterdir())
+        for n in range(100):  # a deletion every 50 ms for at most 5 s, far more often than the retry
+            if not moved.exists():
+                break
+            other = data / "workspace" / f"other-{n}"
+            other.mkdir()
+            assert discarder.detach(other)
+            threading.Event().wait(0.05)  # the stream's pace, not a synchronisation
+        assert not moved.exists() and not short  # tried again, and removed, while the stream went on
+    finally:
+        discarder.close(5)

@@ -14,6 +14,7 @@ import os
 import queue
 import stat
 import threading
+import time
 import uuid
 from contextlib import suppress
 from pathlib import Path
@@ -110,18 +111,25 @@ class Discarder:
         self._queue.put(path)
 
     def _run(self) -> None:
-        deferred: list[Path] = []
+        deferred: list[Path] = []  # left for want of a descriptor: tried again at retry_at
+        retry_at = 0.0
         while not self._stopping.is_set():
-            try:
-                path = self._queue.get(timeout=RETRY_AFTER if deferred else None)
-            except queue.Empty:
+            if deferred and time.monotonic() >= retry_at:  # however busy the queue is
                 retried, deferred = deferred, []
                 for path in retried:
                     if not self._stopping.is_set():
                         self._remove(path, deferred)
+                retry_at = time.monotonic() + RETRY_AFTER
+                continue
+            try:
+                path = self._queue.get(timeout=max(0.0, retry_at - time.monotonic()) if deferred else None)
+            except queue.Empty:
                 continue
             if path is not None and not self._stopping.is_set():
+                first = not deferred
                 self._remove(path, deferred)
+                if first and deferred:
+                    retry_at = time.monotonic() + RETRY_AFTER
 
     def _remove(self, path: Path, deferred: list[Path]) -> None:
         short: list[BaseException] = []
