@@ -98,8 +98,7 @@ class StepActor(EngineActor):
                     self._refuse_pause(message)
             case SignalStep(run=run, pause=pause, reply=reply):
                 if self._is_current(run):
-                    self._signal(pause)
-                    if pause and message.alone and self._has_exited(run):
+                    if self._signal(pause) and pause and message.alone and self._has_exited(run):
                         # It exited between the check above and the signal: what the signal
                         # stopped (its orphans) goes on, and the pause is refused behind its end.
                         self._signal(False)
@@ -246,10 +245,11 @@ class StepActor(EngineActor):
                 max(0.0, self._remaining()), lambda: tell_if_alive(ref, DeadlineReached(run))
             )
 
-    def _signal(self, pause: bool) -> None:
-        """Suspend or resume the tree; paused time does not count against the time limit."""
+    def _signal(self, pause: bool) -> bool:
+        """Suspend or resume the tree; paused time does not count against the time limit. False if
+        there was nothing to do (already so, not started, being stopped)."""
         if self._proc is None or self._stop_state is not None or pause == (self._active_since is None):
-            return
+            return False
         try:
             marked = treekill.marked_processes(self._job.task_id, self._job.spec.name, self._job.record.run_id)
         except OSError as exc:  # /proc unreadable now (no descriptor free): the group and its tree still are
@@ -265,6 +265,7 @@ class StepActor(EngineActor):
         else:
             self._active_since = self._services.scheduler.now()
             self._arm_deadline()
+        return True
 
     def _kill(self, state: State, reason: str | None = None) -> None:
         if self._proc is None or self._proc.returncode is not None or self._stop_state is not None:
