@@ -101,8 +101,9 @@ class Database:
         """relock: take the data dir's lock again (it went with a data dir that was removed), or
         raise; called before the database is written anew at its path (see _attached)."""
         path.mkdir(parents=True, exist_ok=True)
-        check_data_file(path / "data.mdb")  # one cut short would be a SIGBUS once mapped
-        new = _empty(path / "data.mdb")
+        self._data_file = path / "data.mdb"  # (made once: looked at before every write)
+        check_data_file(self._data_file)  # one cut short would be a SIGBUS once mapped
+        new = _empty(self._data_file)
         self._path = path
         self._relock = relock
         self.lost: str | None = None  # why the data file is not at its path and could not be put back
@@ -136,7 +137,7 @@ class Database:
             raise
         self._env = env
         self._tasks, self._steps, self._specs, self._expiry, self._meta = dbs
-        self._identity = reattach.identity(self._path / "data.mdb")
+        self._identity = reattach.identity(self._data_file)
 
     def _made(self, new: bool) -> float:
         """When this database was made (wall time; 0 if before this was recorded): a workspace
@@ -172,7 +173,7 @@ class Database:
         is written there anew from the open environment, which holds every record; else
         StoreDetached says why (a write's answer, tried again by the store's retry). A stat per
         write: the cost of noticing at once."""
-        data_file = self._path / "data.mdb"
+        data_file = self._data_file
         where = reattach.place(data_file, self._identity)
         if where is reattach.Place.KEPT:  # (a data dir moved away and back keeps it)
             self.lost = None
