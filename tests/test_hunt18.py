@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -291,3 +292,20 @@ def test_a_map_that_cannot_grow_refuses_writes_and_the_process_lives(tmp_path):
     result = json.loads(done.stdout)
     assert result["refused"] > 0 and result["kept"] + result["refused"] == 48 and result["kept"] >= 16, result
     assert "cannot grow past 32 MiB" in done.stderr
+
+
+def test_a_workspace_made_while_the_data_dir_is_gone_never_makes_the_data_dir(tmp_path):
+    """A runner makes its task's workspace while the store writes its first starts: the data dir
+    removed under the server was made again there, with the umask's mode (0755: other users could
+    list the tasks), and the store's put-back kept that mode. Only the workspace root is made
+    again here; the data dir is the store's to make (0700)."""
+    from osreapi.executor import process
+
+    data_dir = tmp_path / "data"
+    with pytest.raises(FileNotFoundError):
+        process.prepare_workspace(data_dir / "workspace" / "task")
+    assert not data_dir.exists()
+    data_dir.mkdir(mode=0o700)
+    process.prepare_workspace(data_dir / "workspace" / "task")
+    assert stat.S_IMODE((data_dir / "workspace").stat().st_mode) == 0o700
+    assert (data_dir / "workspace" / "task" / ".osreapi").is_dir()

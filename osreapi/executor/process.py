@@ -21,8 +21,11 @@ PRIVATE_FILE = 0o600  # scripts and logs (run as `sh <script>`: no execute bit n
 
 def prepare_workspace(workspace: Path) -> None:
     """Create the task workspace and its control directory (scripts and logs), once per task, for
-    the engine's user alone whatever the umask (under umask 000 other users could rewrite scripts)."""
-    workspace.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    the engine's user alone whatever the umask (under umask 000 other users could rewrite scripts).
+    The workspace root is made again if it is gone, never the data dir above it: made here (the
+    data dir removed under the server), it had the umask's mode, which the store's put-back kept."""
+    workspace.parent.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+    workspace.mkdir(mode=PRIVATE_DIR, exist_ok=True)
     (workspace / CONTROL_DIR).mkdir(mode=PRIVATE_DIR, exist_ok=True)
 
 
