@@ -15,11 +15,11 @@ import pytest
 
 from osreapi import Executor
 from osreapi.errors import CaseConflict, InvalidValue
-from osreapi.storage import removal
 from osreapi.storage.discard import TRASH
 from osreapi.vocabulary import State
 
 from .conftest import sh, wait_until
+from .test_discard import hold_removals
 
 
 @pytest.mark.timeout(60)
@@ -32,14 +32,7 @@ def test_close_stops_the_discarder_after_the_tree_in_hand(make_executor, monkeyp
     ids = [ex.submit([sh("mkdir -p t/u && echo x > t/u/f")]) for _ in range(3)]
     for task_id in ids:
         assert ex.wait(task_id, 10).task.state is State.STOPPED
-    held, release, remove = threading.Event(), threading.Event(), removal.remove_tree
-
-    def holding(path, failed):
-        held.set()
-        release.wait(30)
-        return remove(path, failed)
-
-    monkeypatch.setattr(removal, "remove_tree", holding)
+    held, release = hold_removals(monkeypatch)
     for task_id in ids:
         ex.delete(task_id)
     assert held.wait(10)
