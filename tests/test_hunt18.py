@@ -154,6 +154,19 @@ def test_an_idle_engine_puts_back_a_removed_data_dir_at_its_next_sweep(make_exec
     assert status == 1 and "in use" in line, (status, line)
 
 
+def test_a_health_probe_puts_back_a_removed_data_dir_at_once(make_executor, tmp_path):
+    """An idle engine noticed a removed data dir only at its next sweep (30 s by default): a second
+    server started meanwhile took the data dir. A health probe (an orchestrator polls it) looks too."""
+    executor = make_executor(sweep_interval=3600)
+    done = executor.submit([sh("echo kept")])
+    executor.wait(done, 20)
+    shutil.rmtree(tmp_path / "data")
+    assert executor.check_health() == "ok"
+    assert (tmp_path / "data" / "db" / "data.mdb").is_file() and (tmp_path / "data" / "lock").is_file()
+    status, line = _second_server(tmp_path / "data")
+    assert status == 1 and "in use" in line, (status, line)
+
+
 @pytest.mark.parametrize("put", [lambda key: key.mkdir(), lambda key: key.symlink_to("/etc/hostname")],
                          ids=["a directory", "a symbolic link"])
 def test_an_audit_key_that_cannot_be_read_is_a_data_dir_error_not_the_address(put, tmp_path):

@@ -153,7 +153,8 @@ class StoreActor(EngineActor):
                     if not isinstance(exc, (DiskFull, WorkspaceLeft, StoreUnavailable)):  # hears it, the store goes on
                         log.exception("store: deleting task %s failed", task_id)
                     reply.fail(exc)
-            case Ping():
+            case Ping():  # a health probe: notices a data dir removed under an idle engine (one stat)
+                self._guarded(self._db.check_attached)
                 return None
             case TaskDropped(task_id=task_id):
                 self._dropping.discard(task_id)

@@ -168,6 +168,10 @@ class Database:
         self._attached()
         self._env.sync(True)
 
+    def check_attached(self) -> None:
+        """What every write does first (see _attached), for a health probe of an idle engine."""
+        self._attached()
+
     def _attached(self) -> None:
         """Make sure the open data file is the one at its path: one removed (its data dir with it)
         is written there anew from the open environment, which holds every record; else
