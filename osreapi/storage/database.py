@@ -168,6 +168,13 @@ class Database:
         self._attached()
         self._env.sync(True)
 
+    def attach(self) -> None:
+        """Before files in the data dir are removed (a delete's, a sweep's): they are this engine's
+        only while its data file is at its path (put back here if it was removed, the lock with
+        it). StoreDetached otherwise: a data dir restored under the engine, or taken by another
+        server, is left as it is, its workspaces with it."""
+        self._attached()
+
     def _attached(self) -> None:
         """Make sure the open data file is the one at its path: one removed (its data dir with it)
         is written there anew from the open environment, which holds every record; else
