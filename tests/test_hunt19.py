@@ -3,14 +3,16 @@ dir put back, the kept workspaces)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
 
 import pytest
 
 from osreapi.errors import DataDirLost
 from osreapi.vocabulary import State
 
-from .conftest import sh
+from .conftest import sh, wait_until
 from .test_storage import FakeClock
 
 
@@ -64,3 +66,23 @@ def test_a_server_whose_data_dir_another_took_leaves_that_ones_workspaces(start_
     workspace = data_dir / "workspace" / "deploy-42"
     assert (workspace / "file").read_text() == "second\n"
     assert second.client.get("/deploy-42").json["code"] == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_database_removed_on_a_full_disk_is_put_back_once_a_delete_frees_room(make_executor, small_disk):
+    """db/ removed on a disk the tasks' files filled: the copy that puts it back finds no room.
+    The data dir is still this engine's (its lock is), so a delete removes the task's files all
+    the same, and the room they free takes the copy."""
+    data_dir = small_disk / "data"
+    ex = make_executor(data_dir)
+    tasks = [ex.submit([sh("head -c 3000000 /dev/zero > big")]) for _ in range(4)]
+    for task_id in tasks:
+        assert ex.wait(task_id, 20).task.state is State.STOPPED
+    subprocess.run(["dd", "if=/dev/zero", f"of={small_disk / 'filler'}", "bs=1M", "count=40"], check=False, capture_output=True)
+    shutil.rmtree(data_dir / "db")
+    for task_id in tasks:
+        with contextlib.suppress(DataDirLost):
+            ex.delete(task_id)
+        assert not (ex.config.workspace_entry(task_id) / "big").exists()  # its room freed either way
+    assert wait_until(lambda: (data_dir / "db" / "data.mdb").is_file(), timeout=20)
+    assert all(ex.get(task_id) is None for task_id in tasks[1:])
