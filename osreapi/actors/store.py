@@ -196,6 +196,14 @@ class StoreActor(EngineActor):
         else:
             self._awaiting.append(_Created(message, None, first=first))
 
+    def _refuse_delete_unless(self, write: Callable[[], Any]) -> None:
+        """A delete's write (or its check of the data file) that fails is its 507."""
+        try:
+            write()
+        except WRITE_ERRORS as exc:
+            self._failed(exc)
+            raise self._refusal(f"the task could not be deleted: {exc}") from None
+
     def _not_stored_with(self, first: SaveRecords | None) -> None:
         """The runner that sent its first save with a create that was not stored drops the task.
         Until it says so (TaskDropped), the saves it sent meanwhile (a start granted later, a
@@ -292,12 +300,9 @@ class StoreActor(EngineActor):
         task = self._db.get_task(task_id)
         if task is None or not task.state.finished:
             return task
+        self._refuse_delete_unless(self._db.attach)  # the files are not ours to remove otherwise
         self._remove_files(task_id)
-        try:
-            self._after_removal(lambda: self._db.delete_task(task))
-        except WRITE_ERRORS as exc:
-            self._failed(exc)
-            raise self._refusal(f"the task could not be deleted: {exc}") from None
+        self._refuse_delete_unless(lambda: self._after_removal(lambda: self._db.delete_task(task)))
         self._to_release.add(task_id)
         if not self._flush():
             log.warning("store: task %s is deleted; its deletion is flushed to disk once there is room", task_id)
@@ -588,6 +593,10 @@ class StoreActor(EngineActor):
                 raise
             return write()
 
+    def _attach(self) -> bool:
+        self._db.attach()
+        return True
+
     def _guarded(self, write: Callable[[], Any]) -> Any:
         try:
             return write()
@@ -603,6 +612,8 @@ class StoreActor(EngineActor):
         while True:
             now = self._clock()
             expired = self._db.expired(now, SWEEP_BATCH)
+            if expired and self._guarded(self._attach) is None:  # a data dir not ours: its files stay
+                break
             if not all(self._files_removed(task_id) for task_id in expired):  # files first, as a delete does
                 break  # the records stay, swept (their files with them) at the next round
             gone = self._guarded(lambda: self._after_removal(lambda: self._db.delete_expired(now, SWEEP_BATCH))) or []

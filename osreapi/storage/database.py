@@ -172,6 +172,22 @@ class Database:
         """What every write does first (see _attached), for a health probe of an idle engine."""
         self._attached()
 
+    def attach(self) -> None:
+        """Before files in the data dir are removed (a delete's, a sweep's): they are this engine's
+        while its data file is at its path (put back here if it was removed), or while it is gone
+        and the lock is this engine's again (a full disk refused the copy: removing files makes
+        room for it). StoreDetached otherwise: a data dir restored under the engine, or taken by
+        another server, is left as it is, its workspaces with it."""
+        try:
+            self._attached()
+        except StoreDetached:
+            if reattach.place(self._data_file, self._identity) is not reattach.Place.GONE:
+                raise
+            try:
+                self._relock()  # (taken already by the put back, unless another server has it)
+            except (OSError, OsreapiError) as exc:
+                raise StoreDetached(self.lost or str(exc)) from exc
+
     def _attached(self) -> None:
         """Make sure the open data file is the one at its path: one removed (its data dir with it)
         is written there anew from the open environment, which holds every record; else
