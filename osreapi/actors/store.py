@@ -31,12 +31,11 @@ from ..errors import (
     StoreDetached,
     StoreUnavailable,
     TaskConflict,
-    out_of_descriptors,
 )
 from ..records import StepRecord, TaskRecord
 from ..storage.database import Database
 from ..storage.discard import Discarder
-from ..storage.removal import empty_tree
+from ..storage.removal import Leftovers, empty_tree
 from .base import EngineActor
 from .delivery import tell_if_alive
 from .messages import (
@@ -567,20 +566,11 @@ class StoreActor(EngineActor):
         entry = self._config.workspace_entry(task_id)
         if not self._disk_full.is_set() and self._discarder.detach(entry):
             return True
-        short: list[OSError] = []
-        left: list[tuple[str, BaseException]] = []
-
-        def failed(path: str, exc: BaseException) -> None:
-            if out_of_descriptors(exc):
-                short.append(exc)
-            elif not isinstance(exc, FileNotFoundError):
-                left.append((path, exc))
-
-        empty_tree(entry, failed)
-        if left:
-            path, exc = left[0]
-            log.warning("workspace of task %s: %d entries not removed, the first %s: %s", task_id, len(left), path, exc)
-        return not short
+        leftovers = Leftovers()
+        empty_tree(entry, leftovers.failed)
+        if leftovers.left:
+            log.warning("workspace of task %s: %s", task_id, leftovers.summary())
+        return not leftovers.short
 
     def _after_removal(self, write: Callable[[], Any]) -> Any:
         """A write that follows a removal of files: on a disk the removed tasks' own logs filled,

@@ -19,7 +19,6 @@ import uuid
 from contextlib import suppress
 from pathlib import Path
 
-from ..errors import out_of_descriptors
 from . import removal
 
 log = logging.getLogger(__name__)
@@ -132,25 +131,16 @@ class Discarder:
                     retry_at = time.monotonic() + RETRY_AFTER
 
     def _remove(self, path: Path, deferred: list[Path]) -> None:
-        short: list[BaseException] = []
-        left: list[tuple[str, BaseException]] = []
-
-        def failed(where: str, exc: BaseException) -> None:
-            if out_of_descriptors(exc):
-                short.append(exc)
-            elif not isinstance(exc, FileNotFoundError):
-                left.append((where, exc))
-
+        leftovers = removal.Leftovers()
         try:
-            removal.remove_tree(path, failed)
+            removal.remove_tree(path, leftovers.failed)
         except Exception:  # a bug: this thread removes every workspace, it goes on
             log.exception("removing %s failed", path)
-        if short:
+        if leftovers.short:
             deferred.append(path)  # its count stays pending
             return
-        if left:
-            where, exc = left[0]
-            log.warning("trash %s: %d entries not removed, the first %s: %s", path, len(left), where, exc)
+        if leftovers.left:
+            log.warning("trash %s: %s", path, leftovers.summary())
         with self._count:
             self._pending -= 1
             if not self._pending:

@@ -30,6 +30,27 @@ _OPEN_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLO
 Failed = Callable[[str, BaseException], None]  # (path, error) for what could not be removed
 
 
+class Leftovers:
+    """What a removal could not remove, sorted: for want of a descriptor (`short`: try again
+    later) or for good (`left`: a file made immutable, a read-only mount), a missing path not at
+    all. Its `failed` is the removal's Failed."""
+
+    def __init__(self) -> None:
+        self.short: list[BaseException] = []
+        self.left: list[tuple[str, BaseException]] = []
+
+    def failed(self, where: str, exc: BaseException) -> None:
+        if out_of_descriptors(exc):
+            self.short.append(exc)
+        elif not isinstance(exc, FileNotFoundError):
+            self.left.append((where, exc))
+
+    def summary(self) -> str:
+        """One line however many were left: the count, the first path and its error."""
+        where, exc = self.left[0]
+        return f"{len(self.left)} entries not removed, the first {where}: {exc}"
+
+
 def remove_tree(path: Path, failed: Failed) -> None:
     """Remove path and everything under it, not following symbolic links; `failed` hears each error
     (a missing path among them)."""
