@@ -254,14 +254,20 @@ def _fuse_case_folding(data: Path, backing: Path, reason: str) -> Iterator[Path]
     folding = data / "workspace"
     folding.mkdir(parents=True, mode=0o700)
     data.chmod(0o700)
-    served = subprocess.Popen([sys.executable, "-m", "tests.casefs", str(backing), str(folding)],
+    yield from serve_case_folding(backing, folding, f"no casefold tmpfs ({reason}) and ")
+
+
+def serve_case_folding(backing: Path, mount: Path, why: str = "") -> Iterator[Path]:
+    """backing served at mount by tests/casefs.py (names looked up without regard to case) until
+    the generator is closed; skipped, saying why, if FUSE refuses."""
+    served = subprocess.Popen([sys.executable, "-m", "tests.casefs", str(backing), str(mount)],
                               cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
     try:
-        if not wait_until(lambda: os.path.ismount(folding) or served.poll() is not None, timeout=10) or served.poll() is not None:
-            pytest.skip(f"no casefold tmpfs ({reason}) and FUSE refused: {served.stderr.read().decode().strip()}")
-        yield folding
+        if not wait_until(lambda: os.path.ismount(mount) or served.poll() is not None, timeout=10) or served.poll() is not None:
+            pytest.skip(f"{why}FUSE refused: {served.stderr.read().decode().strip()}")
+        yield mount
     finally:
-        subprocess.run(["umount", "--lazy", str(folding)], check=False, capture_output=True, timeout=30)
+        subprocess.run(["umount", "--lazy", str(mount)], check=False, capture_output=True, timeout=30)
         served.wait(30)
         served.stderr.close()
 

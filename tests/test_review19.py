@@ -18,8 +18,9 @@ from osreapi.errors import CaseConflict, InvalidValue
 from osreapi.storage.discard import TRASH
 from osreapi.vocabulary import State
 
-from .conftest import sh, wait_until
+from .conftest import sh
 from .test_discard import hold_removals
+from .test_front12 import serve_case_folding
 
 
 @pytest.mark.timeout(60)
@@ -83,16 +84,7 @@ def case_folding_data_dir(tmp_path) -> Iterator[Path]:
     for path in (backing, data, db):
         path.mkdir(mode=0o700)
     (backing / "db").symlink_to(db)
-    served = subprocess.Popen([sys.executable, "-m", "tests.casefs", str(backing), str(data)],
-                              cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
-    try:
-        if not wait_until(lambda: os.path.ismount(data) or served.poll() is not None) or served.poll() is not None:
-            pytest.skip(f"FUSE refused: {served.stderr.read().decode().strip()}")
-        yield data
-    finally:
-        subprocess.run(["umount", "--lazy", str(data)], check=False, capture_output=True, timeout=30)
-        served.wait(30)
-        served.stderr.close()
+    yield from serve_case_folding(backing, data)
 
 
 @pytest.mark.timeout(120)
