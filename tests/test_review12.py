@@ -46,8 +46,11 @@ def test_a_workspace_deeper_than_the_recursion_limit_is_deleted_swept_and_replac
         assert not ex.config.workspace(swept).exists() and ex._db.get_task(swept) is None
         later = ex.submit([sh("echo alive")])  # the store still takes tasks
         assert ex.wait(later, 30).task.state == State.STOPPED
-    finally:  # what a failure leaves, pytest's own clean-up (rmtree) cannot remove
-        subprocess.run(["rm", "-rf", "--", str(ex.config.workspace_root)], check=False, timeout=60)
+        assert ex._discarder.wait_idle(60)  # the trees moved into the trash are removed there too
+        assert list((ex.config.data_dir / "trash").iterdir()) == []
+    finally:  # what a failure (or a close before the trash is empty) leaves, pytest's own clean-up
+        ex.close()  # (rmtree) cannot remove: it fails the whole session at its end
+        subprocess.run(["rm", "-rf", "--", str(ex.config.data_dir)], check=False, timeout=60)
 
 
 def test_an_expired_task_replaced_while_it_waits_keeps_its_workspace_name(case_folding_dir, make_executor):  # noqa: F811
