@@ -99,7 +99,7 @@ class _ResizeGate:
 class Database:
     def __init__(self, path: Path, map_size: int = INITIAL_MAP_SIZE, relock: Callable[[], None] = lambda: None) -> None:
         """relock: take the data dir's lock again (it went with a data dir that was removed), or
-        raise; called before the database is written anew at its path (see _attached)."""
+        raise; called before the database is written anew at its path (see check_attached)."""
         path.mkdir(parents=True, exist_ok=True)
         self._data_file = path / "data.mdb"  # (made once: looked at before every write)
         check_data_file(self._data_file)  # one cut short would be a SIGBUS once mapped
@@ -142,13 +142,15 @@ class Database:
     def _made(self, new: bool) -> float:
         """When this database was made (wall time; 0 if before this was recorded): a workspace
         older than it was not left by its deletions (see recovery.remove_orphan_workspaces).
-        Written here, before any actor runs, and flushed at once."""
-        with self._env.begin(write=True) as txn:
+        Written here once, before any actor runs, and flushed at once (a start that finds it
+        writes nothing)."""
+        with self._env.begin() as txn:
             raw = txn.get(b"made", db=self._meta)
-            if raw is None:
-                raw = repr(time.time() if new else 0.0).encode("ascii")
+        if raw is None:
+            raw = repr(time.time() if new else 0.0).encode("ascii")
+            with self._env.begin(write=True) as txn:
                 txn.put(b"made", raw, db=self._meta)
-        self._env.sync(True)
+            self._env.sync(True)
         return float(raw)
 
     def reopen(self) -> None:
@@ -165,12 +167,8 @@ class Database:
     def sync(self) -> None:
         """Flush committed transactions to disk: to the data file at its path (StoreDetached if
         it is gone and cannot be put back)."""
-        self._attached()
+        self.check_attached()
         self._env.sync(True)
-
-    def check_attached(self) -> None:
-        """What every write does first (see _attached), for a health probe of an idle engine."""
-        self._attached()
 
     def attach(self) -> None:
         """Before files in the data dir are removed (a delete's, a sweep's): they are this engine's
@@ -179,7 +177,7 @@ class Database:
         room for it). StoreDetached otherwise: a data dir restored under the engine, or taken by
         another server, is left as it is, its workspaces with it."""
         try:
-            self._attached()
+            self.check_attached()
         except StoreDetached:
             if reattach.place(self._data_file, self._identity) is not reattach.Place.GONE:
                 raise
@@ -188,11 +186,11 @@ class Database:
             except (OSError, OsreapiError) as exc:
                 raise StoreDetached(self.lost or str(exc)) from exc
 
-    def _attached(self) -> None:
+    def check_attached(self) -> None:
         """Make sure the open data file is the one at its path: one removed (its data dir with it)
         is written there anew from the open environment, which holds every record; else
         StoreDetached says why (a write's answer, tried again by the store's retry). A stat per
-        write: the cost of noticing at once."""
+        write (and per health probe of an idle engine): the cost of noticing at once."""
         data_file = self._data_file
         where = reattach.place(data_file, self._identity)
         if where is reattach.Place.KEPT:  # (a data dir moved away and back keeps it)
@@ -230,7 +228,7 @@ class Database:
         """Flush and close, once no read is under way; a read from now on raises EngineClosed
         (a thread of a program that embeds the engine may still read while it closes)."""
         try:
-            self._attached()
+            self.check_attached()
         except StoreDetached:
             log.error("database: closed while its data file is not at %s: what was stored since is lost", self._path)
         with self._gate.exclusive():
@@ -245,7 +243,7 @@ class Database:
         """Run work(txn) in a write transaction, growing the map and retrying when it is full."""
         if self._fatal:  # the environment could not be opened again after its fatal error
             self.reopen()
-        self._attached()
+        self.check_attached()
         self._grow(when_used_over=0.5)
         while True:
             try:
